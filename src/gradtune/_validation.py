@@ -1,0 +1,198 @@
+"""Input checks shared by every public entry point.
+
+All user-facing input errors are raised from here as :class:`GradTuneInputError`
+(a ``ValueError``), with a message that says what arrived and how to fix it.
+Public functions validate once at the edge, then call private code that assumes
+valid input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "GradTuneInputError",
+    "as_float_tensor",
+    "as_label_tensor",
+    "check_features",
+    "check_labels",
+    "check_scores",
+    "check_same_length",
+    "check_choice",
+    "check_positive_int",
+    "check_nonneg_float",
+    "make_generator",
+    "make_numpy_rng",
+]
+
+
+class GradTuneInputError(ValueError):
+    """Raised when user input is malformed; the message says what and how to fix it."""
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, (np.ndarray, torch.Tensor)):
+        return f"{type(x).__name__} of shape {tuple(x.shape)} and dtype {x.dtype}"
+    return type(x).__name__
+
+
+def as_float_tensor(x: Any, name: str, *, device: torch.device | str | None = None) -> torch.Tensor:
+    """Convert array-like to a floating tensor without copying when possible."""
+    if isinstance(x, torch.Tensor):
+        t = x
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(x))
+        except (TypeError, ValueError) as err:
+            raise GradTuneInputError(
+                f"{name} must be a numeric array, got {_describe(x)}: {err}"
+            ) from None
+    if not (t.is_floating_point()):
+        if t.dtype == torch.bool or t.is_complex():
+            raise GradTuneInputError(f"{name} must be real-valued numbers, got {_describe(x)}")
+        t = t.to(torch.float32)
+    if device is not None:
+        t = t.to(device)
+    return t
+
+
+def check_features(x: Any, name: str = "features", *, ndim: int = 2,
+                   check_finite: bool = True) -> torch.Tensor:
+    """Return ``x`` as a float tensor of shape (N, d), rejecting NaN/inf and wrong ndim."""
+    t = as_float_tensor(x, name)
+    if t.ndim != ndim:
+        hint = " (reshape a single sample with x[None, :])" if t.ndim == ndim - 1 else ""
+        raise GradTuneInputError(
+            f"{name} must be {ndim}-dimensional, got shape {tuple(t.shape)}{hint}"
+        )
+    if check_finite and t.numel() and not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).any(dim=-1).sum()) if t.ndim > 1 else int((~torch.isfinite(t)).sum())
+        raise GradTuneInputError(
+            f"{name} contains NaN or infinite values in {bad} row(s); clean or drop those rows first"
+        )
+    return t
+
+
+def as_label_tensor(y: Any, name: str = "labels") -> torch.Tensor:
+    """Convert to an int64 tensor of shape (N,), rejecting non-integer values."""
+    if isinstance(y, torch.Tensor):
+        t = y
+    else:
+        try:
+            arr = np.asarray(y)
+        except (TypeError, ValueError) as err:
+            raise GradTuneInputError(f"{name} must be an integer array: {err}") from None
+        if arr.dtype.kind not in "biuf":
+            raise GradTuneInputError(
+                f"{name} must hold integer class ids, got dtype {arr.dtype}; map names to 0..C-1 first"
+            )
+        t = torch.as_tensor(arr)
+    if t.ndim != 1:
+        raise GradTuneInputError(f"{name} must be 1-dimensional (N,), got shape {tuple(t.shape)}")
+    if t.is_floating_point():
+        if t.numel() and not bool(torch.isfinite(t).all()):
+            raise GradTuneInputError(f"{name} contains NaN or infinite values")
+        if t.numel() and not bool((t == t.round()).all()):
+            raise GradTuneInputError(f"{name} must hold integer class ids, got non-integer values")
+    elif t.dtype == torch.bool:
+        pass
+    return t.to(torch.int64)
+
+
+def check_labels(y: Any, n_classes: int | None = None, name: str = "labels",
+                 *, n: int | None = None) -> torch.Tensor:
+    """Return labels as int64 (N,), checking range [0, n_classes) and length ``n``."""
+    t = as_label_tensor(y, name)
+    if n is not None and t.shape[0] != n:
+        raise GradTuneInputError(f"{name} has {t.shape[0]} entries but {n} were expected (one per sample)")
+    if t.numel():
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0:
+            raise GradTuneInputError(f"{name} must be >= 0, found {lo}")
+        if n_classes is not None and hi >= n_classes:
+            raise GradTuneInputError(
+                f"{name} must be < {n_classes} (the number of classes), found {hi}"
+            )
+    return t
+
+
+def check_scores(scores: Any, name: str = "scores") -> np.ndarray:
+    """Return scores as float64 (N,), rejecting NaN, inf and negative values."""
+    if isinstance(scores, torch.Tensor):
+        arr = scores.detach().cpu().numpy()
+    else:
+        arr = np.asarray(scores)
+    if arr.dtype.kind not in "biuf":
+        raise GradTuneInputError(f"{name} must be numeric, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64, copy=False)
+    if arr.ndim != 1:
+        raise GradTuneInputError(f"{name} must be 1-dimensional (N,), got shape {arr.shape}")
+    if arr.size and not np.isfinite(arr).all():
+        raise GradTuneInputError(f"{name} contains {int((~np.isfinite(arr)).sum())} NaN or infinite value(s)")
+    if arr.size and arr.min() < 0:
+        raise GradTuneInputError(f"{name} must be non-negative (they are norms), found {arr.min():g}")
+    return arr
+
+
+def check_same_length(**arrays: Any) -> int:
+    """Check that every non-None argument has the same first dimension; return it."""
+    lengths = {k: len(v) for k, v in arrays.items() if v is not None}
+    if len(set(lengths.values())) > 1:
+        desc = ", ".join(f"{k}={n}" for k, n in lengths.items())
+        raise GradTuneInputError(f"inputs must have one row per sample, got lengths {desc}")
+    return next(iter(lengths.values())) if lengths else 0
+
+
+def check_choice(value: Any, name: str, options: Sequence[str]) -> str:
+    if value not in options:
+        raise GradTuneInputError(f"{name} must be one of {sorted(options)}, got {value!r}")
+    return value
+
+
+def check_positive_int(value: Any, name: str, *, allow_zero: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise GradTuneInputError(f"{name} must be an integer, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise GradTuneInputError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    return int(value)
+
+
+def check_nonneg_float(value: Any, name: str, *, positive: bool = False) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise GradTuneInputError(f"{name} must be a number, got {value!r}") from None
+    if not np.isfinite(v) or v < 0 or (positive and v == 0):
+        raise GradTuneInputError(f"{name} must be {'> 0' if positive else '>= 0'} and finite, got {value!r}")
+    return v
+
+
+def make_generator(seed: int | torch.Generator | None, device: str | torch.device = "cpu") -> torch.Generator:
+    """A torch.Generator from a seed; an existing generator is passed through.
+
+    ``None`` is rejected: every random choice in gradtune takes an explicit seed.
+    """
+    if isinstance(seed, torch.Generator):
+        return seed
+    if seed is None or isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise GradTuneInputError(
+            f"seed must be an int or a torch.Generator (gradtune never uses global random state), got {seed!r}"
+        )
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed))
+    return g
+
+
+def make_numpy_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
+    """A numpy Generator from a seed; an existing generator is passed through."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is None or isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise GradTuneInputError(
+            f"seed must be an int or a numpy.random.Generator (gradtune never uses global random state), got {seed!r}"
+        )
+    return np.random.default_rng(int(seed))

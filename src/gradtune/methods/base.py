@@ -1,0 +1,137 @@
+"""The interface every last-layer method shares, and the registry that names them.
+
+A method takes an :class:`~gradtune.embeddings.bundle.EmbeddingBundle` whose rows
+are split into ``train`` / ``heldout`` / ``selection`` / ``test`` (the ERM head in
+``head_weight``/``head_bias``) and returns a :class:`MethodResult`: something that
+maps features to logits, plus diagnostics. Methods never read ``test`` rows.
+
+Each method class declares whether it uses group labels in training and in
+validation (model selection), and its hyperparameters are dataclass fields with
+their authors' defaults.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from gradtune._validation import GradTuneInputError
+from gradtune.embeddings.bundle import BundleError, EmbeddingBundle
+
+__all__ = ["LinearHead", "MethodResult", "Method", "register_method", "get_method",
+           "list_methods", "METHODS", "erm_head"]
+
+
+@dataclass
+class LinearHead:
+    """A linear classifier ``logits = features @ weight.T + bias``.
+
+    weight : np.ndarray (C, d) float32; bias : np.ndarray (C,) float32.
+    """
+
+    weight: np.ndarray
+    bias: np.ndarray
+
+    def __post_init__(self) -> None:
+        if isinstance(self.weight, torch.Tensor):
+            self.weight = self.weight.detach().cpu().numpy()
+        if isinstance(self.bias, torch.Tensor):
+            self.bias = self.bias.detach().cpu().numpy()
+        self.weight = np.asarray(self.weight, dtype=np.float32)
+        self.bias = np.asarray(self.bias, dtype=np.float32)
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """(n, d) features -> (n, C) logits."""
+        return np.asarray(features, dtype=np.float32) @ self.weight.T + self.bias
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        return self.logits(features).argmax(axis=1)
+
+
+@dataclass
+class MethodResult:
+    """What a method returns.
+
+    model : an object with ``logits(features (n, d)) -> (n, C)`` (usually a LinearHead)
+    diagnostics : JSON-friendly dict (selected indices, scores, chosen hyperparameters, ...)
+    """
+
+    model: Any
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+
+class Method(ABC):
+    """Base class of a last-layer method. Subclasses are dataclasses of hyperparameters."""
+
+    name: ClassVar[str] = ""
+    uses_group_labels_train: ClassVar[bool] = False
+    uses_group_labels_val: ClassVar[bool] = False
+    description: ClassVar[str] = ""
+
+    @abstractmethod
+    def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
+        """Fit on a bundle with ``heldout`` rows resolved; never reads ``test`` rows."""
+
+    def params(self) -> dict[str, Any]:
+        """Hyperparameters as a JSON-friendly dict."""
+        out = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            out[f.name] = v.to_dict() if hasattr(v, "to_dict") else v
+        return out
+
+    @property
+    def group_label_use(self) -> str:
+        """'train+val', 'val', or 'none'."""
+        if self.uses_group_labels_train:
+            return "train+val"
+        return "val" if self.uses_group_labels_val else "none"
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: add a Method subclass to the registry under ``cls.name``."""
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} must set a non-empty `name`")
+    if cls.name in METHODS and METHODS[cls.name] is not cls:
+        raise TypeError(f"method name {cls.name!r} is already registered by {METHODS[cls.name].__name__}")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def list_methods() -> list[str]:
+    """Registered method names, sorted."""
+    _import_builtin_methods()
+    return sorted(METHODS)
+
+
+def get_method(name: str, **params: Any) -> Method:
+    """Instantiate a registered method by name with hyperparameter overrides."""
+    _import_builtin_methods()
+    if name not in METHODS:
+        raise GradTuneInputError(f"unknown method {name!r}; available: {sorted(METHODS)}")
+    try:
+        return METHODS[name](**params)
+    except TypeError as err:
+        valid = [f.name for f in fields(METHODS[name])]  # type: ignore[arg-type]
+        raise GradTuneInputError(f"bad parameters for method {name!r}: {err}; valid parameters: {valid}") from None
+
+
+def _import_builtin_methods() -> None:
+    import gradtune.methods  # noqa: F401  (registers the built-in methods)
+
+
+def erm_head(bundle: EmbeddingBundle) -> LinearHead:
+    """The bundle's ERM head; a clear error if the bundle has none."""
+    if bundle.head_weight is None:
+        raise BundleError(
+            "this method needs the ERM model's last layer: the bundle has no head_weight/head_bias. "
+            "Store them when extracting embeddings, or run `gradtune tune --fit-erm-head` to fit one on the train rows"
+        )
+    return LinearHead(bundle.head_weight, bundle.head_bias)

@@ -1,0 +1,239 @@
+"""Per-sample gradient norms of the cross-entropy loss w.r.t. the last linear layer.
+
+For a last layer ``z = W h + b`` (``W`` of shape (C, d)) and softmax cross-entropy,
+the gradient of one sample's loss w.r.t. ``W`` is the outer product
+``(p - e_y) h^T`` and w.r.t. ``b`` it is ``p - e_y``. Its Frobenius norm is
+
+    ||grad|| = ||p - e_y||_2 * sqrt(||h||^2 + 1)       (without bias: drop the +1)
+
+so no per-sample gradient is ever materialized: the cost is one read of ``h``.
+
+Numerics. In fp32, ``p - e_y`` computed as ``softmax - onehot`` loses precision
+when ``p_y`` is close to 1 (``1 - p_y`` cancels). Here ``1 - p_y`` is computed as
+the sum of the other classes' probabilities, each of which is accurate, so the
+relative error stays near fp32 epsilon whatever the confidence.
+
+Shapes: N samples, d features, C classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from gradtune._validation import (
+    GradTuneInputError,
+    as_float_tensor,
+    check_features,
+    check_labels,
+    check_positive_int,
+)
+
+__all__ = ["grad_norms", "grad_norms_streaming", "residual_norms"]
+
+DEFAULT_CHUNK_ROWS = 16384
+
+
+def residual_norms(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``||softmax(logits) - onehot(labels)||_2`` per row, stable in fp32.
+
+    Parameters
+    ----------
+    logits : Tensor of shape (N, C)
+    labels : int64 Tensor of shape (N,)
+
+    Returns
+    -------
+    Tensor of shape (N,), dtype of ``logits``.
+    """
+    p = torch.softmax(logits, dim=1)
+    rows = torch.arange(p.shape[0], device=p.device)
+    p_other = p.clone()
+    p_other[rows, labels] = 0.0
+    one_minus_py = p_other.sum(dim=1)  # 1 - p_y without cancellation
+    sq = (p_other * p_other).sum(dim=1) + one_minus_py * one_minus_py
+    return sq.sqrt()
+
+
+def _norms_chunk(h: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None,
+                 weight: torch.Tensor | None, bias: torch.Tensor | None,
+                 include_bias: bool) -> torch.Tensor:
+    """Fused pass over one chunk: logits (if needed) and row norms while h is hot in cache."""
+    if logits is None:
+        # W @ h.T is the faster layout for few classes; transpose the small result back.
+        z = (weight @ h.T).T
+        if bias is not None:
+            z = z + bias
+    else:
+        z = logits
+    hsq = torch.linalg.vector_norm(h, dim=1).square_()
+    if include_bias:
+        hsq = hsq + 1.0
+    return residual_norms(z, y) * hsq.sqrt()
+
+
+def _check_head(weight: Any, bias: Any, d: int, device: torch.device,
+                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    w = check_features(weight, "weight").to(device=device, dtype=dtype)
+    if w.shape[1] != d:
+        raise GradTuneInputError(
+            f"weight has shape {tuple(w.shape)} but features have {d} columns; "
+            "weight must be (n_classes, n_features), as nn.Linear.weight"
+        )
+    if w.shape[0] < 2:
+        raise GradTuneInputError(f"weight must have at least 2 rows (classes), got {w.shape[0]}")
+    b = None
+    if bias is not None:
+        b = check_features(bias, "bias", ndim=1).to(device=device, dtype=dtype)
+        if b.shape[0] != w.shape[0]:
+            raise GradTuneInputError(f"bias has {b.shape[0]} entries but weight has {w.shape[0]} rows")
+    return w, b
+
+
+@torch.no_grad()
+def grad_norms(
+    features: Any,
+    logits: Any = None,
+    labels: Any = None,
+    *,
+    weight: Any = None,
+    bias: Any = None,
+    include_bias: bool = True,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> torch.Tensor:
+    """Exact per-sample L2 norm of the last-layer gradient of the cross-entropy loss.
+
+    Parameters
+    ----------
+    features : array-like of shape (N, d)
+        Inputs of the last linear layer (penultimate features). Kept on its device.
+    logits : array-like of shape (N, C), optional
+        The layer's outputs. If omitted, ``weight`` (and ``bias``) compute them in
+        the same pass over ``features``.
+    labels : array-like of shape (N,)
+        Integer class labels in ``0..C-1``.
+    weight : array-like of shape (C, d), optional
+        ``nn.Linear.weight`` of the last layer; required when ``logits`` is None.
+    bias : array-like of shape (C,), optional
+        ``nn.Linear.bias``; only used to compute logits.
+    include_bias : bool, default=True
+        Include the bias parameters in the gradient (the paper's ``theta_fc`` is the
+        whole layer). With False, the norm is w.r.t. the weight only.
+    chunk_rows : int, default=16384
+        Rows per fused chunk; bounds temporary memory to O(chunk_rows * C).
+
+    Returns
+    -------
+    Tensor of shape (N,)
+        Norms, in the floating dtype of ``features``, on its device.
+
+    Examples
+    --------
+    >>> import torch
+    >>> h = torch.tensor([[3.0, 4.0]]); z = torch.tensor([[0.0, 0.0]])
+    >>> float(grad_norms(h, z, torch.tensor([0]), include_bias=False))  # sqrt(.5) * 5
+    3.5355...
+    """
+    h = check_features(features, "features")
+    n, d = h.shape
+    if labels is None:
+        raise GradTuneInputError("labels are required: pass the (N,) integer class labels")
+    chunk_rows = check_positive_int(chunk_rows, "chunk_rows")
+    if logits is not None:
+        z = check_features(logits, "logits").to(h.device)
+        if z.shape[0] != n:
+            raise GradTuneInputError(f"logits have {z.shape[0]} rows but features have {n}")
+        if z.shape[1] < 2:
+            raise GradTuneInputError(f"logits must have at least 2 columns (classes), got {z.shape[1]}")
+        n_classes = z.shape[1]
+        w = b = None
+        z = z.to(h.dtype)
+    else:
+        if weight is None:
+            raise GradTuneInputError("pass either logits (N, C) or the last layer's weight (C, d)")
+        w, b = _check_head(weight, bias, d, h.device, h.dtype)
+        n_classes = w.shape[0]
+        z = None
+    y = check_labels(labels, n_classes, n=n).to(h.device)
+    out = torch.empty(n, dtype=h.dtype, device=h.device)
+    for start in range(0, n, chunk_rows):
+        sl = slice(start, min(start + chunk_rows, n))
+        out[sl] = _norms_chunk(h[sl], y[sl], None if z is None else z[sl], w, b, include_bias)
+    return out
+
+
+def _iter_chunks(source: Any, chunk_rows: int) -> Iterator[Any]:
+    if isinstance(source, (np.ndarray, torch.Tensor)):
+        if source.ndim != 2:
+            raise GradTuneInputError(f"features must be 2-dimensional (N, d), got shape {tuple(source.shape)}")
+        for start in range(0, source.shape[0], chunk_rows):
+            yield source[start:start + chunk_rows]
+    else:
+        yield from source
+
+
+@torch.no_grad()
+def grad_norms_streaming(
+    chunks: Iterable[Any] | np.ndarray,
+    labels: Any,
+    *,
+    weight: Any,
+    bias: Any = None,
+    include_bias: bool = True,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> np.ndarray:
+    """Gradient norms over features that do not fit in memory.
+
+    Parameters
+    ----------
+    chunks : iterable of arrays (n_i, d), or an (N, d) array / ``np.memmap``
+        Feature rows in order. A memory-mapped array is read ``chunk_rows`` rows
+        at a time, so N is bounded by disk, not RAM.
+    labels : array-like of shape (N,)
+        Labels for all rows (small: 8 bytes per row).
+    weight, bias : array-like of shapes (C, d) and (C,)
+        The last layer, used to compute logits chunk by chunk.
+    include_bias, chunk_rows
+        As in :func:`grad_norms`.
+    device : str or torch.device, default="cpu"
+        Where each chunk is computed (e.g. ``"cuda"``).
+    dtype : torch.dtype, default=torch.float32
+        Compute dtype for each chunk.
+
+    Returns
+    -------
+    np.ndarray of shape (N,), float32 or float64 matching ``dtype``.
+    """
+    chunk_rows = check_positive_int(chunk_rows, "chunk_rows")
+    y_all = check_labels(labels)
+    n = y_all.shape[0]
+    device = torch.device(device)
+    w = b = None
+    out = np.empty(n, dtype=np.float64 if dtype == torch.float64 else np.float32)
+    pos = 0
+    for chunk in _iter_chunks(chunks, chunk_rows):
+        h = as_float_tensor(np.asarray(chunk) if not isinstance(chunk, torch.Tensor) else chunk,
+                            "features chunk").to(device=device, dtype=dtype)
+        if h.ndim != 2:
+            raise GradTuneInputError(f"each features chunk must be (n_i, d), got shape {tuple(h.shape)}")
+        if w is None:
+            w, b = _check_head(weight, bias, h.shape[1], device, dtype)
+            n_classes = w.shape[0]
+            if n and int(y_all.max()) >= n_classes:
+                raise GradTuneInputError(f"labels must be < {n_classes} (rows of weight), found {int(y_all.max())}")
+        if not bool(torch.isfinite(h).all()):
+            raise GradTuneInputError(f"features contain NaN or infinite values in rows {pos}..{pos + h.shape[0] - 1}")
+        m = h.shape[0]
+        if pos + m > n:
+            raise GradTuneInputError(f"features have more rows than the {n} labels given")
+        y = y_all[pos:pos + m].to(device)
+        out[pos:pos + m] = _norms_chunk(h, y, None, w, b, include_bias).cpu().numpy()
+        pos += m
+    if pos != n:
+        raise GradTuneInputError(f"features had {pos} rows but {n} labels were given")
+    return out
