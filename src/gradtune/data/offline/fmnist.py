@@ -1,0 +1,242 @@
+"""Fashion-MNIST sneaker vs ankle boot on an INJECTED red/blue background.
+
+This is a synthetic spurious correlation built from real images, in the spirit of
+Waterbirds (objects pasted on backgrounds): the background colour is not part of
+Fashion-MNIST; this module adds it, with a correlation to the class that we choose.
+
+Task
+----
+* label: 0 sneaker (Fashion-MNIST class 7), 1 ankle boot (class 9);
+* attribute: background colour, 0 red / 1 blue; red "agrees" with sneaker and blue
+  with ankle boot; groups ``2 * label + attribute`` (sneaker,red / sneaker,blue /
+  ankle-boot,red / ankle-boot,blue).
+
+Construction (fixed, independent of the experiment seed; defaults)
+------------------------------------------------------------------
+* 6,000 images, classes balanced: train 3,600 and validation 1,200 drawn without
+  overlap from the official training file, test 1,200 from the official test file
+  (``numpy.random.default_rng(BUILD_SEED)`` picks the images per class);
+* the background agrees with the class for exactly 95% of each class's training images
+  and 50% of each class's validation and test images (so validation and test are
+  group-balanced, and the minority groups hold 90 training images each);
+* compositing: with ``a = pixel / 255`` (Fashion-MNIST items are bright on black),
+  ``rgb = a * pixel + (1 - a) * background`` (:data:`BACKGROUNDS`), so the item keeps
+  its grey shading and the empty area takes the background colour.
+
+Files
+-----
+The four IDX files of the Fashion-MNIST GitHub repository
+(``train-images-idx3-ubyte.gz``, ``train-labels-idx1-ubyte.gz``,
+``t10k-images-idx3-ubyte.gz``, ``t10k-labels-idx1-ubyte.gz``), read with numpy.
+Looked up in ``$GRADTUNE_FASHION_MNIST_DIR``, else in
+``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+
+from gradtune.data.base import SPLIT_CODES, DatasetNotFoundError, GroupedDataset
+
+__all__ = ["FMNIST_FILES", "DEFAULT_DIR", "BUILD_SEED", "BACKGROUNDS", "find_fmnist_dir",
+           "fmnist_files", "read_idx", "compose", "load_fmnist_spurious"]
+
+FMNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
+ENV_VAR = "GRADTUNE_FASHION_MNIST_DIR"
+BUILD_SEED = 20_240_603
+"""Fixed seed of the image choice and background assignment (not the experiment seed)."""
+SOURCE_CLASSES = (7, 9)
+"""Fashion-MNIST class ids of sneaker and ankle boot."""
+BACKGROUNDS = np.array([[200, 30, 30], [30, 60, 200]], dtype=np.float32)
+"""RGB of the red (attribute 0) and blue (attribute 1) backgrounds, shape (2, 3)."""
+CLASS_NAMES = ["sneaker", "ankle-boot"]
+ATTRIBUTE_NAMES = ["red", "blue"]
+_INSTALL = (
+    f"Install the Debian package with `apt-get install dataset-fashion-mnist` (files in "
+    f"{DEFAULT_DIR}), or point {ENV_VAR} at a folder holding the four IDX .gz files of "
+    "github.com/zalandoresearch/fashion-mnist (data/fashion/)."
+)
+
+
+def find_fmnist_dir(root: str | os.PathLike[str] | None = None) -> Path:
+    """The folder holding the four Fashion-MNIST IDX files.
+
+    Parameters
+    ----------
+    root : path, optional
+        Default: ``$GRADTUNE_FASHION_MNIST_DIR`` if set, else :data:`DEFAULT_DIR`.
+
+    Raises
+    ------
+    DatasetNotFoundError
+        If a file is missing; the message says how to install them.
+    """
+    if root is None:
+        root = os.environ.get(ENV_VAR) or DEFAULT_DIR
+    folder = Path(root).expanduser()
+    missing = [name for name in FMNIST_FILES.values() if not (folder / name).is_file()]
+    if missing:
+        raise DatasetNotFoundError(f"Fashion-MNIST: {', '.join(missing)} not found in {folder}. "
+                                   f"{_INSTALL}")
+    return folder.resolve()
+
+
+def fmnist_files(root: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Paths of the four IDX files (for cache keys and provenance)."""
+    folder = find_fmnist_dir(root)
+    return [folder / name for name in FMNIST_FILES.values()]
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a (gzip-compressed) IDX file of unsigned bytes.
+
+    Returns
+    -------
+    np.ndarray, uint8, of the shape in the header: (N,) labels or (N, 28, 28) images.
+
+    Raises
+    ------
+    ValueError
+        If the magic number, the data type or the size does not match the header.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"Fashion-MNIST: cannot read {path} (truncated or not gzip?): {exc}") from exc
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise ValueError(f"Fashion-MNIST: {path} is not an IDX file (bad magic number)")
+    if raw[2] != 0x08:
+        raise ValueError(f"Fashion-MNIST: {path} holds IDX type 0x{raw[2]:02x}; expected unsigned bytes (0x08)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"Fashion-MNIST: {path} is truncated inside its header")
+    dims = tuple(int(v) for v in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    expected = int(np.prod(dims))
+    if len(raw) - header != expected:
+        raise ValueError(f"Fashion-MNIST: {path} has {len(raw) - header} data bytes; its header "
+                         f"{dims} needs {expected} (truncated file?)")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def compose(images: np.ndarray, attributes: np.ndarray) -> np.ndarray:
+    """Paste grey items onto their background colour.
+
+    Parameters
+    ----------
+    images : (N, H, W) uint8, bright items on black
+    attributes : (N,) int, 0 red / 1 blue
+
+    Returns
+    -------
+    (N, H, W, 3) uint8 RGB images.
+    """
+    x = images.astype(np.float32)[..., None]  # (N, H, W, 1)
+    a = x / 255.0
+    bg = BACKGROUNDS[np.asarray(attributes, dtype=np.int64)][:, None, None, :]  # (N, 1, 1, 3)
+    return np.clip(np.rint(a * x + (1.0 - a) * bg), 0, 255).astype(np.uint8)
+
+
+def _pick(labels: np.ndarray, per_class: tuple[int, ...], rng: np.random.Generator,
+          source: str) -> list[list[np.ndarray]]:
+    """For each source class, disjoint random index blocks of the requested sizes."""
+    out = []
+    for cls in SOURCE_CLASSES:
+        idx = np.flatnonzero(labels == cls)
+        need = sum(per_class)
+        if idx.size < need:
+            raise ValueError(f"Fashion-MNIST: the {source} file has {idx.size} images of class "
+                             f"{cls}; {need} are needed")
+        idx = rng.permutation(idx)
+        cuts = np.cumsum((0,) + per_class)
+        out.append([np.sort(idx[cuts[i]:cuts[i + 1]]) for i in range(len(per_class))])
+    return out
+
+
+def _backgrounds(label: int, n: int, agreement: float, rng: np.random.Generator) -> np.ndarray:
+    """Exactly ``round(agreement * n)`` of ``n`` images get the class's own colour, (n,) int64."""
+    n_agree = int(round(agreement * n))
+    attrs = np.full(n, 1 - label, dtype=np.int64)
+    attrs[:n_agree] = label
+    return rng.permutation(attrs)
+
+
+def load_fmnist_spurious(root: str | os.PathLike[str] | None = None, *, n_train: int = 3600,
+                         n_val: int = 1200, n_test: int = 1200, train_agreement: float = 0.95,
+                         eval_agreement: float = 0.5) -> GroupedDataset:
+    """Build the sneaker/ankle-boot benchmark with injected backgrounds (see module docstring).
+
+    Parameters
+    ----------
+    root : path, optional
+        Folder with the four IDX files (default: see :func:`find_fmnist_dir`).
+    n_train, n_val, n_test : int
+        Images per split (even numbers: classes are balanced).
+    train_agreement, eval_agreement : float in [0, 1]
+        Fraction of each class whose background agrees with the class, in training and
+        in validation/test.
+
+    Returns
+    -------
+    GroupedDataset
+        ``inputs``: uint8 array (N, 28, 28, 3) RGB; ``labels`` (N,) 0 sneaker / 1 ankle
+        boot; ``attributes`` (N,) 0 red / 1 blue; ``groups`` (N,) ``2 * label +
+        attribute``; ``split`` (N,) 0/1/2 (rows ordered train, validation, test);
+        ``extra["source_index"]`` (N,) the row in the official file it came from.
+
+    Raises
+    ------
+    DatasetNotFoundError
+        If an IDX file is missing (the message says how to install them).
+    ValueError
+        If a file is malformed or holds too few images of the two classes.
+    """
+    for name, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
+        if n < 2 or n % 2:
+            raise ValueError(f"{name} must be an even number >= 2, got {n}")
+    for name, f in (("train_agreement", train_agreement), ("eval_agreement", eval_agreement)):
+        if not 0.0 <= f <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1], got {f}")
+    folder = find_fmnist_dir(root)
+    tr_x = read_idx(folder / FMNIST_FILES["train_images"])
+    tr_y = read_idx(folder / FMNIST_FILES["train_labels"])
+    te_x = read_idx(folder / FMNIST_FILES["test_images"])
+    te_y = read_idx(folder / FMNIST_FILES["test_labels"])
+    for x, y, what in ((tr_x, tr_y, "train"), (te_x, te_y, "t10k")):
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise ValueError(f"Fashion-MNIST: {what} images {x.shape} and labels {y.shape} do not match")
+    rng = np.random.default_rng(BUILD_SEED)
+    tr_pick = _pick(tr_y, (n_train // 2, n_val // 2), rng, "train")
+    te_pick = _pick(te_y, (n_test // 2,), rng, "t10k")
+    images, labels, attrs, split, source = [], [], [], [], []
+    plan = (("train", tr_x, 0, train_agreement), ("val", tr_x, 1, eval_agreement),
+            ("test", te_x, 0, eval_agreement))
+    for code_name, x, block, agreement in plan:
+        picks = te_pick if code_name == "test" else tr_pick
+        for label in (0, 1):
+            idx = picks[label][block]
+            images.append(x[idx])
+            labels.append(np.full(idx.size, label, dtype=np.int64))
+            attrs.append(_backgrounds(label, idx.size, agreement, rng))
+            split.append(np.full(idx.size, SPLIT_CODES[code_name], dtype=np.int64))
+            source.append(idx)
+    y = np.concatenate(labels)
+    a = np.concatenate(attrs)
+    rgb = compose(np.concatenate(images), a)
+    group_names = [f"{c},{b}" for c in CLASS_NAMES for b in ATTRIBUTE_NAMES]
+    return GroupedDataset("fmnist-spurious", rgb, y, a, 2 * y + a, np.concatenate(split),
+                          list(CLASS_NAMES), list(ATTRIBUTE_NAMES), group_names,
+                          {"source_index": np.concatenate(source)})

