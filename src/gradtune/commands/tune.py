@@ -1,0 +1,141 @@
+"""``gradtune tune``: run GradTune on an embedding bundle (bring your own embeddings)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from gradtune._io import atomic_save_npz, atomic_write_json, file_digest
+from gradtune.embeddings.bundle import EmbeddingBundle, load_bundle
+from gradtune.estimator import GradTune
+from gradtune.finetune.linear import FinetuneConfig, finetune_linear
+from gradtune.metrics.accuracy import evaluate
+from gradtune.methods.base import LinearHead, erm_head
+from gradtune.report.text import group_table
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "spurious_example.npz"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="fine-tune a last layer with GradTune on cached embeddings",
+        description="Score the held-out rows of an embedding bundle by last-layer gradient norm, "
+        "select the fine-tuning set (top-k + norm-proportional draw) and fine-tune the ERM head. "
+        "Writes head.npz and metrics.json to --out; rerunning with the same inputs reuses them.",
+    )
+    p.add_argument("--embeddings", required=True, metavar="FILE",
+                   help="bundle (.npz or directory of .npy; see gradtune.embeddings.bundle). "
+                   f"'example' uses the bundled example ({EXAMPLE.name})")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--size", type=int, default=500, help="M', fine-tuning set size (default 500)")
+    p.add_argument("--top-k", type=int, default=400, help="k, top gradient norms taken (default 400)")
+    p.add_argument("--epochs", type=int, default=500, help="fine-tuning epochs (default 500)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 3e-3 SGD / 1e-5 AdamW)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size (default 32 SGD / 16 AdamW)")
+    p.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
+    p.add_argument("--schedule", choices=["cosine", "linear", "constant"], default=None,
+                   help="default: cosine for SGD, linear for AdamW")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--sampler", choices=["class_balanced", "uniform"], default="class_balanced")
+    p.add_argument("--retrain", action="store_true", help="reset the head before training (paper Table 5)")
+    p.add_argument("--no-bias-in-norm", action="store_true", help="gradient norm w.r.t. the weight only")
+    p.add_argument("--fit-erm-head", action="store_true",
+                   help="if the bundle has no head, fit a class-balanced linear ERM head on its train rows")
+    p.add_argument("--seed", type=int, default=0, help="seed of the selection draw and the sampler")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="seed that halves 'val' rows into held-out/selection when the bundle has no 'heldout' rows")
+    p.add_argument("--force", action="store_true", help="recompute even if --out holds a finished run")
+    p.set_defaults(func=run)
+
+
+def _config(args: argparse.Namespace) -> FinetuneConfig:
+    adam = args.optimizer == "adamw"
+    return FinetuneConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size or (16 if adam else 32),
+        optimizer=args.optimizer,
+        lr=args.lr or (1e-5 if adam else 3e-3),
+        schedule=args.schedule or ("linear" if adam else "cosine"),
+        weight_decay=args.weight_decay,
+        sampler=args.sampler,
+        reset=args.retrain,
+    )
+
+
+def _head(bundle: EmbeddingBundle, fit: bool, seed: int) -> tuple[LinearHead, str]:
+    if bundle.head_weight is not None:
+        return erm_head(bundle), "bundle"
+    if not fit:
+        return erm_head(bundle), "bundle"  # raises a BundleError explaining --fit-erm-head
+    train = bundle.view("train")
+    c = bundle.n_classes
+    res = finetune_linear(train.features, train.labels, np.zeros((c, train.features.shape[1]), np.float32),
+                          np.zeros(c, np.float32), FinetuneConfig(epochs=100, batch_size=128, lr=0.01,
+                                                                  reset=True), seed=seed)
+    return LinearHead(res.weight, res.bias), "fitted on train rows (class-balanced, 100 epochs)"
+
+
+def run(args: argparse.Namespace) -> int:
+    path = EXAMPLE if args.embeddings == "example" else Path(args.embeddings)
+    out = Path(args.out)
+    cfg = _config(args)
+    params = {"size": args.size, "top_k": args.top_k, "include_bias": not args.no_bias_in_norm,
+              "seed": args.seed, "split_seed": args.split_seed, "finetune": cfg.to_dict(),
+              "fit_erm_head": args.fit_erm_head}
+    bundle = load_bundle(path)
+    digest = file_digest(path)
+    metrics_path = out / "metrics.json"
+    if metrics_path.exists() and not args.force:
+        try:
+            done = json.loads(metrics_path.read_text())
+        except json.JSONDecodeError:
+            done = {}
+        if done.get("bundle_sha256") == digest and done.get("params") == json.loads(json.dumps(params)):
+            print(f"{metrics_path} already holds this run (same bundle and parameters); use --force to recompute")
+            _print_summary(done)
+            return 0
+    bundle = bundle.resolve_heldout(args.split_seed)
+    head, head_source = _head(bundle, args.fit_erm_head, args.seed)
+    held = bundle.view("heldout")
+    tuner = GradTune(args.size, args.top_k, finetune=cfg, include_bias=not args.no_bias_in_norm,
+                     seed=args.seed)
+    tuner.fit_embeddings(held.features, held.labels, weight=head.weight, bias=head.bias)
+    tuned = LinearHead(tuner.weight_, tuner.bias_)
+    rep = tuner.report_
+    result = {
+        "bundle": str(path), "bundle_sha256": digest, "params": params, "head_source": head_source,
+        "heldout_size": len(held), "size_used": rep.size, "top_k_used": rep.top_k,
+        "selected_rows": held.index[rep.selected].tolist(),
+        "finetune_loss": {"initial": rep.extra["initial_loss"], "final": rep.extra["final_loss"]},
+        "group_names": bundle.group_names, "class_names": bundle.class_names,
+        "evaluation": {},
+    }
+    train_counts = None
+    if bundle.groups is not None and bundle.has_split("train"):
+        train_counts = np.bincount(bundle.view("train").groups, minlength=bundle.n_groups)
+    for split in ("selection", "test"):
+        if not bundle.has_split(split):
+            continue
+        v = bundle.view(split)
+        result["evaluation"][split] = {
+            name: evaluate(h.logits(v.features), v.labels, v.groups, n_groups=bundle.n_groups,
+                           train_group_counts=train_counts, n_classes=bundle.n_classes).to_dict()
+            for name, h in (("before", head), ("after", tuned))
+        }
+    atomic_save_npz(out / "head.npz", weight=tuned.weight, bias=tuned.bias)
+    atomic_write_json(metrics_path, result)
+    print(f"held-out rows: {len(held)}; fine-tuning set: M'={rep.size}, k={rep.top_k}; "
+          f"loss on it {rep.extra['initial_loss']:.4f} -> {rep.extra['final_loss']:.4f}")
+    _print_summary(result)
+    print(f"wrote {out / 'head.npz'} and {metrics_path}")
+    return 0
+
+
+def _print_summary(result: dict) -> None:
+    for split, ev in result.get("evaluation", {}).items():
+        print(f"\n[{split}]")
+        print(group_table(ev["before"], ev["after"], result.get("group_names")))
