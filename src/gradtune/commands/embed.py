@@ -1,0 +1,91 @@
+"""``gradtune embed``: cache a trained model's penultimate features and logits as an embedding bundle.
+
+Example::
+
+    gradtune embed --checkpoint runs/wb-erm-s0/checkpoints/last.pt --out runs/wb-erm-s0/embeddings.npz
+    torchrun --nproc_per_node=4 -m gradtune.cli embed --checkpoint ... --out ...
+
+The dataset defaults to the one recorded in the checkpoint (``--dataset``/``--root``
+override it). The bundle holds features (N, d), logits (N, C), the head's weight and
+bias, labels, groups, attributes and the official split of every row; it is written
+atomically, and an existing bundle is kept unless ``--overwrite`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from gradtune._validation import GradTuneInputError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "embed", help="extract features and logits of a trained model into an embedding bundle",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a gradtune checkpoint (e.g. OUT/checkpoints/last.pt)")
+    p.add_argument("--out", required=True, help="bundle path: FILE.npz, or a folder of .npy files")
+    p.add_argument("--dataset", default=None, help="benchmark name (default: the checkpoint's)")
+    p.add_argument("--root", default=None, help="dataset folder (default: the checkpoint's)")
+    p.add_argument("--splits", default="train,val,test", help="comma-separated official splits to embed")
+    p.add_argument("--batch-size", type=int, default=256, help="per-process batch size")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--device", default=None, help="e.g. cpu, cuda:0")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from gradtune.data.base import SPLIT_CODES
+    from gradtune.embeddings.extract import save_embeddings
+    from gradtune.models import distributed as gdist
+    from gradtune.models.resnet import ImagePreprocess, ResNet
+    from gradtune.models.trainer import load_checkpoint, load_model, make_preprocess
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        print(f"{out} exists; keeping it (pass --overwrite to replace it)", file=sys.stderr)
+        return 0
+    splits = [s.strip() for s in str(args.splits).split(",") if s.strip()]
+    bad = [s for s in splits if s not in SPLIT_CODES]
+    if bad or not splits:
+        raise GradTuneInputError(f"--splits must list some of {list(SPLIT_CODES)}, got {args.splits!r}")
+    ckpt = load_checkpoint(args.checkpoint)
+    meta = ckpt.get("meta") or {}
+    name = args.dataset or meta.get("dataset")
+    root = args.root or meta.get("root")
+    if not name or not root:
+        raise GradTuneInputError(
+            "the checkpoint does not record its dataset; pass --dataset NAME --root DIR"
+        )
+    info = gdist.init_distributed()
+    try:
+        from gradtune.data.registry import load_dataset
+
+        data = load_dataset(name, root)
+        model = load_model(args.checkpoint, device="cpu")
+        if isinstance(model, ResNet):
+            prep = dict(meta.get("preprocess") or {})
+            if "crop_scale" in prep:
+                prep["crop_scale"] = tuple(prep["crop_scale"])
+            preprocess = ImagePreprocess(**prep)
+        else:
+            preprocess = make_preprocess(model, data)
+        rows = np.flatnonzero(np.isin(data.split, [SPLIT_CODES[s] for s in splits]))
+        if rows.size == 0:
+            raise GradTuneInputError(f"{name}: no rows in splits {splits}")
+        path = save_embeddings(model, data, out, rows, preprocess=preprocess, batch_size=args.batch_size,
+                               num_workers=args.num_workers, device=args.device, precision=args.precision,
+                               progress=not args.no_progress,
+                               meta={"checkpoint": str(Path(args.checkpoint).resolve()),
+                                     "epoch": int(ckpt.get("epoch", 0))})
+        if info.is_main:
+            print(f"wrote {rows.size} embeddings of {name} to {path}", file=sys.stderr)
+    finally:
+        gdist.cleanup()
+    return 0
