@@ -89,7 +89,7 @@ def test_small_heldout_scales_size():
 
 
 def test_find_last_linear_errors():
-    with pytest.raises(GradTuneInputError, match="no nn.Linear"):
+    with pytest.raises(GradTuneInputError, match="no torch.nn.Linear"):
         find_last_linear(nn.Sequential(nn.ReLU()))
     with pytest.raises(GradTuneInputError, match="no submodule"):
         find_last_linear(Net(), "head")

@@ -13,7 +13,7 @@ import sys
 from gradtune._validation import GradTuneInputError
 
 # Modules under gradtune.commands, in the order shown by --help.
-COMMANDS: tuple[str, ...] = ("tune", "train", "embed")
+COMMANDS: tuple[str, ...] = ("demo", "tune", "train", "embed")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,10 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except GradTuneInputError as err:
-        print(f"gradtune {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as err:
+    except (GradTuneInputError, ValueError, FileNotFoundError) as err:
         print(f"gradtune {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

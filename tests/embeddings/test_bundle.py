@@ -36,6 +36,7 @@ def test_round_trip_npz_and_dir(tmp_path):
     arrays = make_arrays()
     b = load_bundle(write(tmp_path, arrays))
     assert b.n_classes == 2 and b.n_groups == 4
+    b.meta = {"encoder": "x", "seed": 3}
     b.save(tmp_path / "copy.npz")
     b.save(tmp_path / "copydir")
     for p in ("copy.npz", "copydir"):
@@ -43,6 +44,7 @@ def test_round_trip_npz_and_dir(tmp_path):
         np.testing.assert_array_equal(b2.features, b.features)
         np.testing.assert_array_equal(b2.split, b.split)
         assert b2.group_names == ["a", "b", "c", "d"]
+        assert b2.meta == {"encoder": "x", "seed": 3}
 
 
 def test_resolve_heldout_halves_val(tmp_path):

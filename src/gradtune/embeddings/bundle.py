@@ -25,6 +25,7 @@ name                     shape       meaning
 ``n_classes``            ()          optional, int C (else inferred)
 ``class_names``          (C,)        optional, str
 ``group_names``          (G,)        optional, str
+``meta_json``            ()          optional, str: a JSON object of provenance
 =======================  ==========  ==============================================
 
 If the rows have ``val`` but no ``heldout``/``selection`` split, the validation
@@ -51,7 +52,7 @@ SPLIT_NAMES = ("train", "val", "heldout", "selection", "test")
 _REQUIRED = ("features", "labels", "split")
 _OPTIONAL = ("logits", "early_logits", "head_weight", "head_bias", "groups", "attributes",
              "n_classes", "class_names", "group_names")
-_KNOWN = ("format_version",) + _REQUIRED + _OPTIONAL
+_KNOWN = ("format_version", "meta_json") + _REQUIRED + _OPTIONAL
 
 
 class BundleError(GradTuneInputError):
@@ -141,7 +142,8 @@ class EmbeddingBundle:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the bundle atomically as ``.npz`` (or a directory if ``path`` has no suffix ``.npz``)."""
         path = Path(path)
-        arrays = {"format_version": np.asarray(FORMAT_VERSION)}
+        arrays = {"format_version": np.asarray(FORMAT_VERSION),
+                  "meta_json": np.asarray(json.dumps(self.meta, default=str))}
         for key in _REQUIRED + _OPTIONAL:
             value = getattr(self, key)
             if value is None:
@@ -156,7 +158,6 @@ class EmbeddingBundle:
                                            prefix=path.name + ".tmp"))
             for key, value in arrays.items():
                 np.save(tmpdir / f"{key}.npy", value, allow_pickle=False)
-            (tmpdir / "meta.json").write_text(json.dumps(self.meta, indent=2, default=str))
             if path.exists():
                 import shutil
 
@@ -184,7 +185,7 @@ def load_bundle(path: str | os.PathLike) -> EmbeddingBundle:
             for f in sorted(path.glob("*.npy")):
                 if f.stem in _KNOWN:
                     arrays[f.stem] = np.load(f, allow_pickle=False)
-            if (path / "meta.json").exists():
+            if (path / "meta.json").exists():  # written by older versions
                 meta = json.loads((path / "meta.json").read_text())
         else:
             with np.load(path, allow_pickle=False) as z:
@@ -199,6 +200,13 @@ def load_bundle(path: str | os.PathLike) -> EmbeddingBundle:
         raise BundleError(f"{str(path)!r} is not a gradtune bundle: it has no 'format_version' array "
                           f"(found: {sorted(arrays)}); write one with EmbeddingBundle.save")
     version = arrays.pop("format_version")
+    if "meta_json" in arrays:
+        try:
+            meta = json.loads(str(arrays.pop("meta_json")))
+        except json.JSONDecodeError:
+            raise BundleError("meta_json is not valid JSON") from None
+        if not isinstance(meta, dict):
+            raise BundleError("meta_json must hold a JSON object")
     if version.shape != () or int(version) != FORMAT_VERSION:
         raise BundleError(f"{str(path)!r} has bundle format version {version!r}; this gradtune reads version {FORMAT_VERSION}")
     missing = [k for k in _REQUIRED if k not in arrays]

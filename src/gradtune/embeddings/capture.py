@@ -19,9 +19,10 @@ __all__ = ["find_last_linear", "capture_features", "split_batch"]
 def find_last_linear(model: nn.Module, layer: nn.Linear | str | None = None) -> nn.Linear:
     """The model's final classification layer.
 
-    ``layer`` may be the module itself, its dotted name, or None for the last
-    ``nn.Linear`` in ``model.modules()`` order (registration order: for the usual
-    ``backbone`` + ``fc``/``classifier`` models that is the output layer).
+    ``layer`` may be the module itself, its dotted name, or None: then a ``head``
+    attribute that is an ``nn.Linear`` wins, else the last ``nn.Linear`` in
+    ``model.modules()`` order (for the usual backbone + ``fc`` models, the output
+    layer); DDP/DataParallel wrappers are looked through.
     """
     if isinstance(layer, nn.Linear):
         return layer
@@ -34,13 +35,9 @@ def find_last_linear(model: nn.Module, layer: nn.Linear | str | None = None) -> 
         return modules[layer]
     if layer is not None:
         raise GradTuneInputError(f"layer must be an nn.Linear, a module name or None, got {type(layer).__name__}")
-    last = None
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            last = m
-    if last is None:
-        raise GradTuneInputError("the model has no nn.Linear layer; pass layer= explicitly or use fit_embeddings")
-    return last
+    from gradtune.models.classifier import find_last_linear as auto_find
+
+    return auto_find(model)
 
 
 def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:

@@ -4,6 +4,8 @@ Importing this package registers the built-in methods; look them up with
 :func:`get_method` / :func:`list_methods`.
 """
 
+from gradtune.methods.afr import AFRMethod
+from gradtune.methods.balancing import RWG, RWY, SUBG, SUBY
 from gradtune.methods.base import (
     METHODS,
     LinearHead,
@@ -14,7 +16,14 @@ from gradtune.methods.base import (
     list_methods,
     register_method,
 )
+from gradtune.methods.dfr import DFRMethod
 from gradtune.methods.gradtune import ERMMethod, GradTuneMethod
+from gradtune.methods.group_dro import GroupDROLoss, GroupDROMethod, group_dro_update
+from gradtune.methods.jtt import JTTMethod, jtt_error_set, jtt_upsampled_indices
+from gradtune.methods.random_ft import RandomFinetuneMethod
+from gradtune.methods.selection import select_hyperparameters
+from gradtune.methods.self_ft import LossTopKMethod, ResidualTopKMethod, SELFMethod
+from gradtune.methods.ula import ULAMethod, ULAModel
 
 __all__ = [
     "METHODS",
@@ -27,4 +36,23 @@ __all__ = [
     "register_method",
     "GradTuneMethod",
     "ERMMethod",
+    "AFRMethod",
+    "DFRMethod",
+    "GroupDROLoss",
+    "GroupDROMethod",
+    "group_dro_update",
+    "JTTMethod",
+    "jtt_error_set",
+    "jtt_upsampled_indices",
+    "LossTopKMethod",
+    "RandomFinetuneMethod",
+    "ResidualTopKMethod",
+    "RWG",
+    "RWY",
+    "SELFMethod",
+    "SUBG",
+    "SUBY",
+    "ULAMethod",
+    "ULAModel",
+    "select_hyperparameters",
 ]
