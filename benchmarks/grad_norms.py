@@ -61,6 +61,21 @@ def rss_anon_mb():
     return float("nan")
 
 
+def bench_size(n: int, d: int, c: int, name: str, rep: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(n, d, generator=g)
+    y = torch.randint(0, c, (n,), generator=g)
+    w = torch.randn(c, d, generator=g) * 0.02
+    b = torch.zeros(c)
+    t_gt = timeit(lambda: grad_norms(h, labels=y, weight=w, bias=b), rep)
+    t_read = timeit(lambda: h.sum(), rep)
+    t_func = timeit(lambda: func_norms(h, y, w, b), 1 if n >= 1_000_000 else rep)
+    ok = torch.allclose(grad_norms(h, labels=y, weight=w, bias=b)[:1000], func_norms(h[:1000], y[:1000], w, b),
+                        rtol=1e-4)
+    print(f"{name:>24s} {t_gt * 1e3:8.1f}ms {t_func * 1e3:9.1f}ms {t_read * 1e3:8.1f}ms "
+          f"{t_func / t_gt:7.1f}x {t_gt / t_read:7.2f}x {'' if ok else ' MISMATCH'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-1m", action="store_true")
@@ -69,23 +84,10 @@ def main() -> None:
     args = ap.parse_args()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, fp32, median of {args.repeat}")
     print(f"{'size':>24s} {'gradtune':>10s} {'torch.func':>11s} {'read once':>10s} {'vs func':>8s} {'vs read':>8s}")
-    g = torch.Generator().manual_seed(0)
     for n, d, c, name in SIZES:
         if n >= 1_000_000 and args.skip_1m:
             continue
-        h = torch.randn(n, d, generator=g)
-        y = torch.randint(0, c, (n,), generator=g)
-        w = torch.randn(c, d, generator=g) * 0.02
-        b = torch.zeros(c)
-        rep = args.repeat if n < 1_000_000 else max(1, args.repeat // 2)
-        t_gt = timeit(lambda: grad_norms(h, labels=y, weight=w, bias=b), rep)
-        t_read = timeit(lambda: h.sum(), rep)
-        t_func = timeit(lambda: func_norms(h, y, w, b), 1 if n >= 1_000_000 else rep)
-        ok = torch.allclose(grad_norms(h, labels=y, weight=w, bias=b)[:1000], func_norms(h[:1000], y[:1000], w, b),
-                            rtol=1e-4)
-        print(f"{name:>24s} {t_gt * 1e3:8.1f}ms {t_func * 1e3:9.1f}ms {t_read * 1e3:8.1f}ms "
-              f"{t_func / t_gt:7.1f}x {t_gt / t_read:7.2f}x {'' if ok else ' MISMATCH'}")
-        del h
+        bench_size(n, d, c, name, args.repeat if n < 1_000_000 else max(1, args.repeat // 2))
     if args.skip_1m:
         return
     n, d = 1_000_000, 2048

@@ -45,7 +45,7 @@ def reference_run(h, y, w0, b0, cfg, seed, sample_weight=None):
             else:
                 loss = per.mean()
             if cfg.l2_to_init:
-                loss = loss + cfg.l2_to_init * sum(((p - a) ** 2).sum() for p, a in zip(layer.parameters(), anchor))
+                loss = loss + cfg.l2_to_init * sum(((p - a) ** 2).sum() for p, a in zip(layer.parameters(), anchor, strict=True))
             loss.backward()
             opt.step()
             sched.step()

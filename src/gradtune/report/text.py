@@ -20,7 +20,7 @@ def group_table(before: dict, after: dict, group_names: Sequence[str] | None = N
             rows.append(("train-weighted accuracy", "weighted_accuracy"))
     for label, key in rows:
         lines.append(f"{label:28s} {_pct(before.get(key))} {_pct(after.get(key))}")
-    for g, (a, b) in enumerate(zip(before.get("group_accuracy", []), after.get("group_accuracy", []))):
+    for g, (a, b) in enumerate(zip(before.get("group_accuracy", []), after.get("group_accuracy", []), strict=False)):
         name = group_names[g] if group_names and g < len(group_names) else f"group {g}"
         n = before["group_count"][g]
         lines.append(f"  {name[:18]:18s} n={n:<5d} {_pct(a)} {_pct(b)}")

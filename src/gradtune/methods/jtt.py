@@ -1,0 +1,118 @@
+"""Just Train Twice, JTT (Liu et al., 2021), and its last-layer variant.
+
+JTT trains an identification model by ERM for T epochs, takes its *error set* (the
+training points it misclassifies), and trains a second model on the training set with
+the error set repeated so that each error point appears ``lambda`` times in total
+(``ConcatDataset([train] + [error_set] * (lambda - 1))``), shuffled uniformly. The
+authors' values: Waterbirds T=60, lambda=100; CelebA T=1, lambda=50; MultiNLI T=2,
+lambda=4; CivilComments T=2, lambda=6.
+
+Last-layer variant (``"jtt"``): the identification model is the bundle's ERM head, the
+error set is the ``heldout`` rows it misclassifies, and the head is trained on the
+upsampled index list of the held-out rows. JTT's second model starts from the
+pretrained initialization, not from the first model, so the head is re-initialized by
+default (``finetune.reset=True``); no group labels are read.
+
+:func:`jtt_error_set` and :func:`jtt_upsampled_indices` are pure functions that the
+full-network JTT reuses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from gradtune._validation import (
+    GradTuneInputError,
+    check_features,
+    check_labels,
+    check_positive_int,
+)
+from gradtune.embeddings.bundle import EmbeddingBundle
+from gradtune.finetune.linear import FinetuneConfig, finetune_linear
+from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, register_method
+
+__all__ = ["JTTMethod", "jtt_error_set", "jtt_upsampled_indices", "JTT_UPWEIGHT"]
+
+#: The authors' lambda per benchmark.
+JTT_UPWEIGHT = {"waterbirds": 100, "celeba": 50, "multinli": 4, "civilcomments": 6}
+
+
+def jtt_error_set(logits: Any, labels: Any) -> np.ndarray:
+    """Rows whose argmax prediction differs from the label, shape (E,), int64, increasing.
+
+    Parameters
+    ----------
+    logits : array-like of shape (N, C)   the identification model's outputs
+    labels : array-like of shape (N,)
+    """
+    z = check_features(logits, "logits")
+    y = check_labels(labels, z.shape[1], n=z.shape[0])
+    return np.flatnonzero((z.argmax(dim=1) != y).numpy()).astype(np.int64)
+
+
+def jtt_upsampled_indices(n: int, error_idx: Any, lam: int) -> np.ndarray:
+    """The upsampled training list: ``range(n)`` then ``lam - 1`` more copies of the errors.
+
+    Parameters
+    ----------
+    n : int                      number of training rows
+    error_idx : array-like (E,)  error-set rows, in ``0..n-1``
+    lam : int >= 1               total times each error row appears
+
+    Returns
+    -------
+    np.ndarray of shape (n + (lam - 1) * E,), int64 (as ``ConcatDataset``'s order)
+    """
+    n = check_positive_int(n, "n", allow_zero=True)
+    lam = check_positive_int(lam, "lam")
+    e = np.asarray(error_idx, dtype=np.int64).reshape(-1)
+    if e.size and (e.min() < 0 or e.max() >= n):
+        raise GradTuneInputError(f"error_idx must lie in 0..{n - 1}")
+    return np.concatenate([np.arange(n, dtype=np.int64), np.tile(e, lam - 1)])
+
+
+def _default_config() -> FinetuneConfig:
+    # The second model is trained anew with plain shuffling over the upsampled list.
+    return FinetuneConfig(epochs=20, batch_size=64, lr=1e-2, schedule="constant",
+                          sampler="uniform", reset=True)
+
+
+@register_method
+@dataclass
+class JTTMethod(Method):
+    """Last-layer JTT: upsample the ERM head's held-out errors ``upweight`` times, retrain.
+
+    Parameters
+    ----------
+    upweight : int, default=100
+        lambda (the authors' Waterbirds value; see ``JTT_UPWEIGHT``).
+    finetune : FinetuneConfig, default: 20 epochs over the upsampled list, batch 64,
+        SGD lr 1e-2 momentum 0.9, wd 1e-4, constant schedule, uniform shuffling,
+        ``reset=True``.
+    """
+
+    name = "jtt"
+    description = "JTT (Liu et al.) on the last layer: ERM head's held-out errors upsampled lambda times"
+    search_space: ClassVar[dict[str, list]] = {
+        "upweight": [4, 6, 20, 50, 100],
+        "finetune.lr": [1e-3, 1e-2],
+    }
+
+    upweight: int = 100
+    finetune: FinetuneConfig = field(default_factory=_default_config)
+
+    def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
+        seed = check_positive_int(seed, "seed", allow_zero=True)
+        head = erm_head(bundle)
+        held = bundle.view("heldout")
+        errors = jtt_error_set(head.logits(held.features), held.labels)
+        idx = jtt_upsampled_indices(len(held), errors, self.upweight)
+        res = finetune_linear(held.features[idx], held.labels[idx], head.weight, head.bias,
+                              self.finetune, seed=seed)
+        diag = {"error_rows": held.index[errors].tolist(), "error_set_size": int(errors.size),
+                "upsampled_size": int(idx.size), "initial_loss": res.initial_loss,
+                "final_loss": res.final_loss}
+        return MethodResult(LinearHead(res.weight, res.bias), diag)

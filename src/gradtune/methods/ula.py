@@ -1,0 +1,224 @@
+"""Bias-unsupervised logit adjustment, uLA (Tsirigotis et al., 2023), head-only variant.
+
+uLA's full method trains a self-supervised backbone, then
+
+1. a *bias model*: a linear probe on those features, early-stopped so that it captures
+   the easy (spurious) signal; its prediction is ``b(x) = argmax probe(x)``;
+2. the debiased classifier with the logit-adjusted loss
+   ``CE(f(x) + tau * log p(y | b(x)), y)``, where ``p(y | b)`` is the row-normalized
+   joint ``p(b, y)``, estimated as an exponential moving average (0.999) of the
+   minibatch joints over training steps; ``tau = 1``; predictions are ``argmax f(x)``;
+3. model selection by the balanced accuracy over the pseudo-groups ``(b(x), y)``.
+
+What is implemented here (``"ula"``), on the frozen features of the bundle:
+
+* bias model: a fresh linear head (``nn.Linear`` initialization) trained on the
+  ``heldout`` rows for ``bias_epochs`` epochs (default 1: an early stop by count, not by
+  validation) with SGD, uniform shuffling, batch 32, lr ``bias_lr``;
+* ``mode='loss'`` (default, uLA's form): the head (from the ERM head, or re-initialized
+  with ``reset=True``) is trained on the held-out rows with the logit-adjusted loss. At
+  each step the batch joint (counts / batch size) enters the EMA *before* the step's
+  adjustment is computed; the EMA starts at zero and is bias-corrected
+  (``M_t / (1 - 0.999^t)``, as Adam's moments) so early steps are not dominated by the
+  initial value; probabilities are clamped at 1e-8 before the log. The returned model is
+  the plain head: no adjustment at test time;
+* ``mode='post_hoc'``: no training; the ERM head's logits minus
+  ``tau * log p(y | b(x))``, with ``p(b, y)`` counted on the held-out rows
+  (the post-hoc form of logit adjustment, Menon et al. 2021). The returned
+  :class:`ULAModel` runs the bias probe on each input and subtracts the offsets.
+
+Departures from uLA: no self-supervised backbone (the ERM features are used), the bias
+probe is trained on held-out rows and stopped after a fixed epoch count, and the pseudo-group
+selection criterion is not part of ``fit`` (see :mod:`gradtune.methods.selection`). No
+group labels are read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from gradtune._validation import (
+    GradTuneInputError,
+    check_choice,
+    check_nonneg_float,
+    check_positive_int,
+    make_generator,
+)
+from gradtune.embeddings.bundle import EmbeddingBundle
+from gradtune.finetune.linear import FinetuneConfig, finetune_linear
+from gradtune.methods.balancing import torch_threads
+from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, register_method
+
+__all__ = ["ULAMethod", "ULAModel", "conditional_from_joint", "adjustment_offsets", "ema_update"]
+
+ULA_MODES = ("loss", "post_hoc")
+_PROB_FLOOR = 1e-8
+
+
+def conditional_from_joint(joint: Any) -> np.ndarray:
+    """Row-normalize a joint ``p(b, y)`` (C_b, C) into ``p(y | b)``; empty rows become uniform."""
+    j = np.asarray(joint, dtype=np.float64)
+    if j.ndim != 2 or (j < 0).any():
+        raise GradTuneInputError(f"joint must be a non-negative (C_b, C) array, got shape {j.shape}")
+    rows = j.sum(axis=1, keepdims=True)
+    return np.where(rows > 0, j / np.where(rows > 0, rows, 1.0), 1.0 / j.shape[1])
+
+
+def adjustment_offsets(cond: Any, bias_pred: Any, tau: float) -> np.ndarray:
+    """``tau * log p(y | b(x))`` for every row and class, shape (N, C).
+
+    cond : (C_b, C) conditional table; bias_pred : (N,) bias-model predictions.
+    """
+    c = np.clip(np.asarray(cond, dtype=np.float64), _PROB_FLOOR, None)
+    return tau * np.log(c)[np.asarray(bias_pred, dtype=np.int64)]
+
+
+def ema_update(state: torch.Tensor, batch_joint: torch.Tensor, beta: float) -> torch.Tensor:
+    """``beta * state + (1 - beta) * batch_joint`` (the uncorrected EMA; see module doc)."""
+    return state * beta + batch_joint * (1.0 - beta)
+
+
+@dataclass
+class ULAModel:
+    """Post-hoc logit adjustment: ``head(x) - tau * log p(y | argmax bias_head(x))``.
+
+    head, bias_head : LinearHead; cond : (C_b, C) table ``p(y | b)``; tau : float.
+    """
+
+    head: LinearHead
+    bias_head: LinearHead
+    cond: np.ndarray
+    tau: float = 1.0
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """(n, d) features -> (n, C) adjusted logits."""
+        b = self.bias_head.predict(features)
+        return (self.head.logits(features) - adjustment_offsets(self.cond, b, self.tau)).astype(np.float32)
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        return self.logits(features).argmax(axis=1)
+
+
+@torch.no_grad()
+def _train_adjusted(h: torch.Tensor, y: torch.Tensor, bias_pred: torch.Tensor, theta: torch.Tensor,
+                    n_bias: int, *, epochs: int, batch_size: int, lr: float, momentum: float,
+                    weight_decay: float, tau: float, beta: float,
+                    gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """SGD on ``CE(theta [h, 1] + tau log p(y | b), y)`` with the EMA joint; returns
+    ``(theta, corrected_joint)``. Uniform shuffling each epoch; torch.optim.SGD update."""
+    n = h.shape[0]
+    c = theta.shape[0]
+    ha = torch.cat([h, torch.ones(n, 1, dtype=h.dtype)], dim=1)
+    onehot = torch.nn.functional.one_hot(y, c).to(h.dtype)
+    state = torch.zeros(n_bias, c, dtype=torch.float64)
+    buf = torch.zeros_like(theta)
+    step = 0
+    for _ in range(epochs):
+        for idx in torch.randperm(n, generator=gen).split(batch_size):
+            yb, bb = y[idx], bias_pred[idx]
+            batch = torch.zeros(n_bias * c, dtype=torch.float64).index_add_(
+                0, bb * c + yb, torch.ones(idx.numel(), dtype=torch.float64)).view(n_bias, c) / idx.numel()
+            state = ema_update(state, batch, beta)
+            joint = state / (1.0 - beta ** (step + 1))
+            cond = joint / joint.sum(1, keepdim=True).clamp_min(1e-300)
+            offsets = (tau * cond.clamp_min(_PROB_FLOOR).log()).to(h.dtype)[bb]  # (B, C)
+            hb = ha[idx]
+            p = torch.softmax(hb @ theta.T + offsets, dim=1)
+            grad = ((p - onehot[idx]).T @ hb) / idx.numel()
+            grad.add_(theta, alpha=weight_decay)
+            buf = grad.clone() if step == 0 else buf.mul_(momentum).add_(grad)
+            theta.add_(buf if momentum else grad, alpha=-lr)
+            step += 1
+    joint = state / (1.0 - beta ** step) if step else state
+    return theta, joint
+
+
+@register_method
+@dataclass
+class ULAMethod(Method):
+    """uLA, head-only (see module doc for exactly what is implemented).
+
+    Parameters
+    ----------
+    mode : {'loss', 'post_hoc'}, default='loss'
+    tau : float, default=1.0
+    bias_epochs : int, default=1
+        Epochs of the fresh bias probe on the held-out rows (the early stop).
+    bias_lr : float, default=1e-3
+    ema : float, default=0.999
+    epochs : int, default=100
+        Epochs of logit-adjusted training of the head (``mode='loss'``).
+    batch_size : int, default=32
+    lr : float, default=1e-3
+    momentum : float, default=0.9
+    weight_decay : float, default=1e-4
+    reset : bool, default=False
+        Re-initialize the head instead of starting from the ERM head (``mode='loss'``).
+    """
+
+    name = "ula"
+    description = "uLA (Tsirigotis et al.), head-only: early-stopped bias probe, logit-adjusted last layer"
+    search_space: ClassVar[dict[str, list]] = {
+        "bias_epochs": [1, 2, 5, 10],
+        "lr": [1e-3, 1e-2],
+    }
+
+    mode: str = "loss"
+    tau: float = 1.0
+    bias_epochs: int = 1
+    bias_lr: float = 1e-3
+    ema: float = 0.999
+    epochs: int = 100
+    batch_size: int = 32
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    reset: bool = False
+
+    def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
+        seed = check_positive_int(seed, "seed", allow_zero=True)
+        check_choice(self.mode, "mode", ULA_MODES)
+        tau = check_nonneg_float(self.tau, "tau")
+        beta = check_nonneg_float(self.ema, "ema")
+        if beta >= 1.0:
+            raise GradTuneInputError(f"ema must be in [0, 1), got {self.ema}")
+        head = erm_head(bundle)
+        held = bundle.view("heldout")
+        c, d = head.weight.shape
+        ss = np.random.SeedSequence(seed).spawn(2)
+        probe_cfg = FinetuneConfig(epochs=check_positive_int(self.bias_epochs, "bias_epochs"), lr=self.bias_lr,
+                                   schedule="constant", sampler="uniform", reset=True)
+        probe = finetune_linear(held.features, held.labels, head.weight, head.bias, probe_cfg,
+                                seed=int(ss[0].generate_state(1)[0]))
+        bias_head = LinearHead(probe.weight, probe.bias)
+        bias_pred = bias_head.predict(held.features)
+        diag: dict[str, Any] = {"mode": self.mode,
+                                "bias_accuracy_heldout": float((bias_pred == held.labels).mean())}
+        if self.mode == "post_hoc":
+            joint = np.bincount(bias_pred * c + held.labels, minlength=c * c).reshape(c, c)
+            cond = conditional_from_joint(joint / len(held))
+            diag["p_y_given_bias"] = cond.tolist()
+            return MethodResult(ULAModel(head, bias_head, cond, tau), diag)
+        gen = make_generator(int(ss[1].generate_state(1)[0]))
+        if self.reset:
+            bound = 1.0 / math.sqrt(d)
+            theta = (torch.rand(c, d + 1, generator=gen) * 2 - 1) * bound
+        else:
+            theta = torch.cat([torch.as_tensor(head.weight), torch.as_tensor(head.bias)[:, None]], dim=1).clone()
+        with torch_threads(1):
+            theta, joint = _train_adjusted(
+                torch.as_tensor(held.features, dtype=torch.float32), torch.as_tensor(held.labels),
+                torch.as_tensor(bias_pred), theta, c,
+                epochs=check_positive_int(self.epochs, "epochs", allow_zero=True),
+                batch_size=min(check_positive_int(self.batch_size, "batch_size"), len(held)),
+                lr=check_nonneg_float(self.lr, "lr", positive=True),
+                momentum=check_nonneg_float(self.momentum, "momentum"),
+                weight_decay=check_nonneg_float(self.weight_decay, "weight_decay"),
+                tau=tau, beta=beta, gen=gen)
+        diag["p_y_given_bias"] = conditional_from_joint(joint.numpy()).tolist()
+        return MethodResult(LinearHead(theta[:, :d], theta[:, d]), diag)

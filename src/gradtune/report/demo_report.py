@@ -1,0 +1,102 @@
+"""The demo's report folder: results.csv, report.md, report.html and figures/, from stored records."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+from gradtune._io import atomic_write_text
+from gradtune.report.figures import plot_group_accuracy, plot_norm_distributions
+from gradtune.report.tables import (
+    comparison_notes,
+    markdown_table,
+    per_group_table,
+    records_frame,
+    summary_table,
+)
+
+__all__ = ["write_report"]
+
+
+def _norm_files(run_root: Path, benchmark: str) -> list[dict]:
+    out = []
+    for p in sorted((run_root / benchmark).glob("seed*/erm-heldout-norms.json")):
+        d = json.loads(p.read_text())
+        if d.get("groups") is not None:
+            out.append(d)
+    return out
+
+
+def write_report(records: Sequence[dict], run_root: str | Path, out_dir: str | Path, *,
+                 methods: Sequence[str], benchmarks: Sequence[str], title: str = "gradtune demo",
+                 preamble: Sequence[str] = ()) -> dict[str, Path]:
+    """Write the report files; returns their paths. ``preamble`` lines open the Markdown."""
+    run_root, out_dir = Path(run_root), Path(out_dir)
+    fig_dir = out_dir / "figures"
+    frame = records_frame(records, "test")
+    frame_sorted = frame.sort_values(["benchmark", "method", "seed"]) if not frame.empty else frame
+    csv_path = out_dir / "results.csv"
+    atomic_write_text(csv_path, frame_sorted.to_csv(index=False))
+    table = summary_table(frame, methods, benchmarks)
+    notes = comparison_notes(frame)
+    figures: list[tuple[str, Path]] = []
+    group_tables = {}
+    for b in benchmarks:
+        recs = [r for r in records if r["benchmark"] == b]
+        if not recs:
+            continue
+        names = recs[0].get("group_names")
+        norms = _norm_files(run_root, b)
+        if norms:
+            figures.append((f"{b}: held-out gradient norms per group (ERM head, {len(norms)} seeds pooled)",
+                            plot_norm_distributions(norms, names, b, fig_dir / f"{b}-gradnorms.png")))
+        shown = [m for m in ("erm", "gradtune") if any(r["label"] == m for r in recs)]
+        acc: dict[str, list] = defaultdict(list)
+        for r in sorted(recs, key=lambda r: r["seed"]):
+            if r["label"] in shown and "test" in r["evaluation"]:
+                acc[r["label"]].append(r["evaluation"]["test"]["group_accuracy"])
+        if acc and names:
+            figures.append((f"{b}: per-group test accuracy before (ERM) and after GradTune",
+                            plot_group_accuracy(dict(acc), names, b, fig_dir / f"{b}-group-accuracy.png")))
+        group_tables[b] = per_group_table(records, b, [m for m in methods if any(r["label"] == m for r in recs)])
+
+    md = [f"# {title}", "", *preamble, "",
+          "## Test accuracy (%), mean ± std over seeds", "",
+          "Avg = plain test accuracy; WGA = worst-group accuracy. Group-label columns say whether a "
+          "method uses group labels for training its last layer / for validation.", "",
+          markdown_table(table), "", "## What the numbers say", ""]
+    md += [f"- {n}" for n in notes] or ["- (no GradTune/ERM pair to compare)"]
+    for b, t in group_tables.items():
+        md += ["", f"## {b}: per-group test accuracy (%)", "", markdown_table(t)]
+    md += ["", "## Figures", ""]
+    for caption, p in figures:
+        md += [f"![{caption}](figures/{p.name})", "", f"*{caption}*", ""]
+    md_path = atomic_write_text(out_dir / "report.md", "\n".join(md) + "\n")
+
+    def img(p: Path) -> str:
+        return "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode()
+
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;"
+             "text-align:right}th{background:#f3f3f3}img{max-width:100%}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>"]
+    parts += [f"<p>{html.escape(line)}</p>" for line in preamble if line.strip()]
+    parts += ["<h2>Test accuracy (%), mean ± std over seeds</h2>",
+              "<p>Avg = plain test accuracy; WGA = worst-group accuracy.</p>",
+              table.to_html(index=False, border=0, escape=True), "<h2>What the numbers say</h2><ul>"]
+    parts += [f"<li>{html.escape(n)}</li>" for n in notes] + ["</ul>"]
+    for b, t in group_tables.items():
+        parts += [f"<h2>{html.escape(b)}: per-group test accuracy (%)</h2>", t.to_html(index=False, border=0)]
+    parts += ["<h2>Figures</h2>"]
+    for caption, p in figures:
+        parts += [f"<figure><img src='{img(p)}' alt='{html.escape(caption)}'>"
+                  f"<figcaption>{html.escape(caption)}</figcaption></figure>"]
+    parts += ["</body></html>"]
+    html_path = atomic_write_text(out_dir / "report.html", "\n".join(parts))
+    return {"csv": csv_path, "markdown": md_path, "html": html_path,
+            **{p.stem: p for _, p in figures}}

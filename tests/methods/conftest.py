@@ -1,0 +1,54 @@
+"""Shared fixtures: small synthetic bundles with a spurious correlation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gradtune.embeddings.bundle import EmbeddingBundle
+from tests.methods._synthetic import make_spurious_bundle
+
+#: Parameters that make every registered method fast enough for a unit test.
+FAST_PARAMS: dict[str, dict] = {
+    "gradtune": {"finetune.epochs": 2},
+    "random": {"finetune.epochs": 2},
+    "loss-topk": {"finetune.epochs": 2},
+    "residual-topk": {"finetune.epochs": 2},
+    "self": {"steps": 10},
+    "dfr": {"num_retrains": 2, "c_grid": (1.0, 0.1)},
+    "afr": {"epochs": 20},
+    "group-dro": {"epochs": 2},
+    "jtt": {"finetune.epochs": 2, "upweight": 5},
+    "ula": {"epochs": 2},
+    "suby": {"finetune.epochs": 3},
+    "subg": {"finetune.epochs": 3},
+    "rwy": {"finetune.epochs": 3},
+    "rwg": {"finetune.epochs": 3},
+}
+
+
+@pytest.fixture(scope="session")
+def bundle() -> EmbeddingBundle:
+    return make_spurious_bundle(n_train=300, n_heldout=200, n_selection=160, n_test=200, d=16, seed=0)
+
+
+def garbage_test_rows(b: EmbeddingBundle, seed: int = 123) -> EmbeddingBundle:
+    """The same bundle with test features, labels, groups, logits all replaced by noise."""
+    rng = np.random.default_rng(seed)
+    test = b.split == "test"
+    n = int(test.sum())
+    feats = b.features.copy()
+    feats[test] = rng.normal(size=(n, b.features.shape[1])) * 50
+    labels = b.labels.copy()
+    labels[test] = rng.integers(0, b.n_classes, n)
+    groups = b.groups.copy()
+    groups[test] = rng.integers(0, 9, n)  # ids never seen outside test
+    logits = b.logits.copy()
+    logits[test] = rng.normal(size=(n, b.n_classes)) * 9
+    early = b.early_logits.copy()
+    early[test] = rng.normal(size=(n, b.n_classes))
+    attrs = b.attributes.copy()
+    attrs[test] = rng.integers(0, 2, n)
+    return EmbeddingBundle(features=feats, labels=labels, split=b.split, logits=logits, early_logits=early,
+                           head_weight=b.head_weight, head_bias=b.head_bias, groups=groups, attributes=attrs,
+                           n_classes=b.n_classes)
