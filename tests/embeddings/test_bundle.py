@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gradtune import BundleError, EmbeddingBundle, load_bundle
+from gradtune import BundleError, load_bundle
 
 
 def make_arrays(n=40, d=5, c=2, seed=0):

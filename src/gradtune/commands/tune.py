@@ -12,8 +12,8 @@ from gradtune._io import atomic_save_npz, atomic_write_json, file_digest
 from gradtune.embeddings.bundle import EmbeddingBundle, load_bundle
 from gradtune.estimator import GradTune
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
-from gradtune.metrics.accuracy import evaluate
 from gradtune.methods.base import LinearHead, erm_head
+from gradtune.metrics.accuracy import evaluate
 from gradtune.report.text import group_table
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "spurious_example.npz"
