@@ -14,6 +14,11 @@ def reference_run(h, y, w0, b0, cfg, seed, sample_weight=None):
     """Slow reference: nn.Linear, autograd, torch.optim, the same sample order."""
     torch.manual_seed(0)  # nn.Linear init only; weights are overwritten below
     layer = torch.nn.Linear(h.shape[1], w0.shape[0]).double()
+    gen = torch.Generator().manual_seed(seed)
+    if cfg.reset:  # the documented re-initialization: U(-1/sqrt(d), 1/sqrt(d)), drawn first
+        d = h.shape[1]
+        init = (torch.rand(w0.shape[0], d + 1, generator=gen, dtype=torch.float64) * 2 - 1) / math.sqrt(d)
+        w0, b0 = init[:, :d], init[:, d]
     with torch.no_grad():
         layer.weight.copy_(w0)
         layer.bias.copy_(b0)
@@ -27,7 +32,6 @@ def reference_run(h, y, w0, b0, cfg, seed, sample_weight=None):
     bs = n if cfg.batch_size is None else cfg.batch_size
     total = math.ceil(n / bs) * cfg.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, total, 1.0, cfg.schedule))
-    gen = torch.Generator().manual_seed(seed)
     weights = None
     if cfg.sampler == "class_balanced":
         weights = class_balance_weights(y)
@@ -70,8 +74,15 @@ def data():
         FinetuneConfig(epochs=6, batch_size=None, lr=0.1, schedule="linear", sampler="uniform", weight_decay=0.0),
         FinetuneConfig(epochs=5, batch_size=16, optimizer="adamw", lr=0.01, schedule="linear", weight_decay=0.01),
         FinetuneConfig(epochs=4, batch_size=9, lr=0.05, l2_to_init=0.3),
+        FinetuneConfig(epochs=7, batch_size=8, lr=0.05, dual="on"),
+        FinetuneConfig(epochs=5, batch_size=10, lr=0.05, momentum=0.0, schedule="constant", sampler="uniform",
+                       dual="on"),
+        FinetuneConfig(epochs=4, batch_size=9, lr=0.05, l2_to_init=0.3, dual="on"),
+        FinetuneConfig(epochs=3, batch_size=9, lr=0.05, reset=True),
+        FinetuneConfig(epochs=3, batch_size=9, lr=0.05, reset=True, dual="on"),
     ],
-    ids=["sgd-cosine-balanced", "sgd-plain-uniform", "fullbatch-linear", "adamw", "l2-pull"],
+    ids=["sgd-cosine-balanced", "sgd-plain-uniform", "fullbatch-linear", "adamw", "l2-pull",
+         "dual-sgd", "dual-plain", "dual-l2-pull", "reset", "dual-reset"],
 )
 def test_matches_torch_optim(data, cfg):
     h, y, w0, b0 = data
@@ -79,6 +90,22 @@ def test_matches_torch_optim(data, cfg):
     wr, br = reference_run(h, y, w0.double(), b0.double(), cfg, seed=11)
     torch.testing.assert_close(res.weight, wr, rtol=1e-9, atol=1e-10)
     torch.testing.assert_close(res.bias, br, rtol=1e-9, atol=1e-10)
+
+
+def test_dual_is_chosen_automatically_and_matches_primal():
+    g = torch.Generator().manual_seed(5)
+    h = torch.randn(20, 64, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (20,), generator=g)
+    w0 = torch.randn(3, 64, generator=g, dtype=torch.float64) * 0.1
+    b0 = torch.zeros(3, dtype=torch.float64)
+    cfg = dict(epochs=6, batch_size=4, lr=0.05, snapshot_epochs=(3,))
+    auto = finetune_linear(h, y, w0, b0, FinetuneConfig(**cfg), seed=1)
+    primal = finetune_linear(h, y, w0, b0, FinetuneConfig(**cfg, dual="off"), seed=1)
+    torch.testing.assert_close(auto.weight, primal.weight, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(auto.snapshots[3][1], primal.snapshots[3][1], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(auto.losses, primal.losses, rtol=1e-10)
+    with pytest.raises(GradTuneInputError, match="dual='on' needs"):
+        finetune_linear(h, y, w0, b0, FinetuneConfig(optimizer="adamw", dual="on"), seed=0)
 
 
 def test_sample_weights_match_reference(data):
@@ -89,6 +116,10 @@ def test_sample_weights_match_reference(data):
     wr, br = reference_run(h, y, w0.double(), b0.double(), cfg, seed=4, sample_weight=sw)
     torch.testing.assert_close(res.weight, wr, rtol=1e-9, atol=1e-10)
     cfg = FinetuneConfig(epochs=3, batch_size=7, lr=0.05, sampler="weighted")
+    res = finetune_linear(h.double(), y, w0.double(), b0.double(), cfg, seed=4, sample_weight=sw.double())
+    wr, br = reference_run(h, y, w0.double(), b0.double(), cfg, seed=4, sample_weight=sw)
+    torch.testing.assert_close(res.weight, wr, rtol=1e-9, atol=1e-10)
+    cfg = FinetuneConfig(epochs=3, batch_size=7, lr=0.05, sampler="uniform", dual="on")
     res = finetune_linear(h.double(), y, w0.double(), b0.double(), cfg, seed=4, sample_weight=sw.double())
     wr, br = reference_run(h, y, w0.double(), b0.double(), cfg, seed=4, sample_weight=sw)
     torch.testing.assert_close(res.weight, wr, rtol=1e-9, atol=1e-10)

@@ -74,6 +74,10 @@ class FinetuneConfig:
     snapshot_epochs : tuple of int, default=()
         Epochs (1-based, after that epoch) at which to keep a copy of the head,
         so a selection rule can choose the number of epochs without rerunning.
+    dual : {'auto', 'on', 'off'}, default='auto'
+        Run SGD in the sample space (a Gram matrix of the N rows) instead of the
+        feature space. Same updates, fewer numbers per step when N is well below d;
+        'auto' uses it for SGD with a bias when 2 N <= d.
     """
 
     epochs: int = 500
@@ -90,6 +94,7 @@ class FinetuneConfig:
     eps: float = 1e-8
     num_threads: int | None = 1
     snapshot_epochs: tuple[int, ...] = field(default_factory=tuple)
+    dual: str = "auto"
 
     def __post_init__(self) -> None:
         check_positive_int(self.epochs, "epochs", allow_zero=True)
@@ -98,6 +103,7 @@ class FinetuneConfig:
         check_choice(self.optimizer, "optimizer", OPTIMIZERS)
         check_choice(self.schedule, "schedule", SCHEDULES)
         check_choice(self.sampler, "sampler", SAMPLERS)
+        check_choice(self.dual, "dual", ("auto", "on", "off"))
         check_nonneg_float(self.lr, "lr", positive=True)
         check_nonneg_float(self.momentum, "momentum")
         check_nonneg_float(self.weight_decay, "weight_decay")
@@ -271,22 +277,79 @@ def _epoch_steps(theta: torch.Tensor, buf: torch.Tensor, sq: torch.Tensor, ha: t
     return step
 
 
-_SCRIPTED: list[Any] = []
+def _epoch_steps_dual(a_coef: torch.Tensor, buf_a: torch.Tensor, alpha: float, buf_alpha: float,
+                      gram: torch.Tensor, z0_t: torch.Tensor, onehot_t: torch.Tensor, order: torch.Tensor,
+                      weights: torch.Tensor | None, loss_acc: torch.Tensor, bs: int, step: int, total: int,
+                      base_lr: float, schedule: int, wd: float, mom: float, pull: float
+                      ) -> tuple[int, float, float]:
+    """SGD epoch in the dual (sample) space, for fine-tuning sets with fewer rows than features.
+
+    Every SGD update of a linear head is a combination of the rows of ``ha`` plus a
+    multiple of the start ``theta0``, so ``theta = scal[0] * theta0 + a_coef @ ha``
+    with ``a_coef`` of shape (C, N). Logits of a batch are then
+    ``alpha * z0_t[:, idx] + a_coef @ gram[idx].T`` with ``gram = ha @ ha.T`` (N, N),
+    so each step touches N instead of d + 1 numbers per sample. ``alpha`` and its
+    momentum buffer are Python floats (kept out of tensors: TorchScript would store
+    them at fp32). The pull toward the start (``pull`` = 2 * l2) is only valid when
+    the anchor is ``theta0`` itself. Returns (next step, alpha, buf_alpha).
+    """
+    n = order.shape[0]
+    for start in range(0, n, bs):
+        idx = order[start:start + bs]
+        z = torch.mm(a_coef, gram.index_select(0, idx).t())  # (C, B)
+        z.add_(z0_t.index_select(1, idx), alpha=alpha)
+        g = torch.softmax(z, 0)
+        yb = onehot_t.index_select(1, idx)
+        loss_acc.sub_(torch.log((g * yb).sum(0)).mean())
+        g.sub_(yb)
+        if weights is None:
+            scale = 1.0 / idx.shape[0]
+        else:
+            wb = weights.index_select(0, idx)
+            g.mul_(wb)
+            scale = 1.0 / float(wb.sum())
+        if schedule == 1:
+            lr = base_lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
+        elif schedule == 2:
+            lr = base_lr * (1.0 - step / total)
+        else:
+            lr = base_lr
+        grad_a = a_coef * (wd + pull)
+        grad_a.index_add_(1, idx, g, alpha=scale)
+        grad_alpha = wd * alpha + pull * (alpha - 1.0)
+        if mom != 0.0:
+            if step == 0:
+                buf_a.copy_(grad_a)
+                buf_alpha = grad_alpha
+            else:
+                buf_a.mul_(mom).add_(grad_a)
+                buf_alpha = mom * buf_alpha + grad_alpha
+            a_coef.add_(buf_a, alpha=-lr)
+            alpha = alpha - lr * buf_alpha
+        else:
+            a_coef.add_(grad_a, alpha=-lr)
+            alpha = alpha - lr * grad_alpha
+        step += 1
+    return step, alpha, buf_alpha
 
 
-def _run_epoch() -> Any:
-    """The epoch kernel, compiled with TorchScript once (removes Python overhead per
-    step, ~1.5x faster on small heads); falls back to plain Python if scripting fails."""
-    if not _SCRIPTED:
+_SCRIPTED: dict[str, Any] = {}
+
+
+def _kernel(name: str) -> Any:
+    """An epoch kernel compiled with TorchScript once (removes Python overhead per step,
+    ~1.5x faster on small heads); falls back to plain Python if scripting fails."""
+    if name not in _SCRIPTED:
+        fn = _epoch_steps if name == "primal" else _epoch_steps_dual
         try:
             import warnings
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                _SCRIPTED.append(torch.jit.script(_epoch_steps))
+                _SCRIPTED[name] = torch.jit.script(fn)
         except Exception:  # noqa: BLE001 - any scripting failure means: use Python
-            _SCRIPTED.append(_epoch_steps)
-    return _SCRIPTED[0]
+            _SCRIPTED[name] = fn
+    return _SCRIPTED[name]
 
 
 def finetune_linear(
@@ -376,20 +439,49 @@ def finetune_linear(
         onehot_t = torch.nn.functional.one_hot(y, c).to(h.dtype).T.contiguous()  # (C, N)
         class_w = class_balance_weights(y) if cfg.sampler == "class_balanced" else None
         loss_acc = torch.zeros(1, dtype=h.dtype, device=h.device)
-        kernel = _run_epoch()
         train_losses: list[float] = []
+        # The dual path pays an (N, N) Gram matrix once and then works on N numbers per
+        # sample instead of d + 1; it applies to SGD with a trained bias, and to the L2
+        # pull only when the pull's anchor is the starting point.
+        dual = (cfg.optimizer == "sgd" and bias is not None and 2 * n <= d and cfg.epochs > 0
+                and (anchor is None or not cfg.reset) and cfg.dual in ("auto", "on")) or cfg.dual == "on"
+        if dual:
+            if cfg.optimizer != "sgd" or bias is None or (anchor is not None and cfg.reset):
+                raise GradTuneInputError("dual='on' needs optimizer='sgd', a bias, and no l2_to_init with reset")
+            theta0 = theta
+            gram = ha @ ha.T  # (N, N)
+            z0_t = theta0 @ ha.T  # (C, N)
+            a_coef = torch.zeros(c, n, dtype=h.dtype, device=h.device)
+            buf_a = torch.zeros_like(a_coef)
+            scal = [1.0, 0.0]  # alpha, its momentum buffer
+            kernel = _kernel("dual")
+
+            def current() -> torch.Tensor:
+                return theta0 * scal[0] + a_coef @ ha
+        else:
+            kernel = _kernel("primal")
+
+            def current() -> torch.Tensor:
+                return theta
         for epoch in range(1, cfg.epochs + 1):
             if cfg.batch_size is None and cfg.sampler == "uniform":
                 order = full_idx
             else:
                 order = epoch_order(y, cfg.sampler, gen, sw if cfg.sampler == "weighted" else class_w)
             loss_acc.zero_()
-            step = kernel(theta, buf, sq, ha, onehot_t, order, loss_weight, anchor, loss_acc, bs, step,
-                          total, cfg.lr, _SCHEDULE_CODE[cfg.schedule], cfg.optimizer == "adamw", wd,
-                          mom, b1, b2, cfg.eps, 2.0 * cfg.l2_to_init, bias is not None)
+            if dual:
+                step, scal[0], scal[1] = kernel(a_coef, buf_a, scal[0], scal[1], gram, z0_t, onehot_t, order,
+                                                loss_weight, loss_acc, bs, step, total, cfg.lr,
+                                                _SCHEDULE_CODE[cfg.schedule], wd, mom, 2.0 * cfg.l2_to_init)
+            else:
+                step = kernel(theta, buf, sq, ha, onehot_t, order, loss_weight, anchor, loss_acc, bs, step,
+                              total, cfg.lr, _SCHEDULE_CODE[cfg.schedule], cfg.optimizer == "adamw", wd,
+                              mom, b1, b2, cfg.eps, 2.0 * cfg.l2_to_init, bias is not None)
             train_losses.append(float(loss_acc) / steps_per_epoch)
             if epoch in snap:
-                snapshots[epoch] = (theta[:, :d].clone(), theta[:, d].clone())
+                t = current()
+                snapshots[epoch] = (t[:, :d].clone(), t[:, d].clone())
+        theta = current()
         final_loss = _mean_loss(theta, ha, y)
     return FinetuneResult(theta[:, :d].contiguous(), theta[:, d].contiguous(),
                           np.asarray(train_losses), initial_loss, final_loss, snapshots)
