@@ -154,12 +154,9 @@ class FinetuneResult:
 
 def lr_at(step: int, total: int, base_lr: float, schedule: str) -> float:
     """Learning rate for 0-based ``step`` out of ``total`` steps."""
-    if schedule == "constant" or total <= 0:
+    if total <= 0:
         return base_lr
-    frac = step / total
-    if schedule == "cosine":
-        return base_lr * 0.5 * (1.0 + math.cos(math.pi * frac))
-    return base_lr * (1.0 - frac)  # linear decay to zero, no warm-up
+    return _scheduled_lr(step, total, base_lr, _SCHEDULE_CODE[schedule])  # linear: to zero, no warm-up
 
 
 def epoch_order(labels: torch.Tensor, sampler: str, generator: torch.Generator,
@@ -212,6 +209,15 @@ def _mean_loss(theta: torch.Tensor, ha: torch.Tensor, y: torch.Tensor) -> float:
 _SCHEDULE_CODE = {"constant": 0, "cosine": 1, "linear": 2}
 
 
+def _scheduled_lr(step: int, total: int, base_lr: float, schedule: int) -> float:
+    """:func:`lr_at` with the schedule as an integer code (scriptable)."""
+    if schedule == 1:
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
+    if schedule == 2:
+        return base_lr * (1.0 - step / total)
+    return base_lr
+
+
 def _epoch_steps(theta: torch.Tensor, buf: torch.Tensor, sq: torch.Tensor, ha: torch.Tensor,
                  onehot_t: torch.Tensor, order: torch.Tensor, weights: torch.Tensor | None,
                  anchor: torch.Tensor | None, loss_acc: torch.Tensor,
@@ -242,12 +248,7 @@ def _epoch_steps(theta: torch.Tensor, buf: torch.Tensor, sq: torch.Tensor, ha: t
             wb = weights.index_select(0, idx)
             g.mul_(wb)
             scale = 1.0 / float(wb.sum())
-        if schedule == 1:
-            lr = base_lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
-        elif schedule == 2:
-            lr = base_lr * (1.0 - step / total)
-        else:
-            lr = base_lr
+        lr = _scheduled_lr(step, total, base_lr, schedule)
         if adamw or wd == 0.0:
             grad = torch.mm(g, hb).mul_(scale)
         else:
@@ -308,12 +309,7 @@ def _epoch_steps_dual(a_coef: torch.Tensor, buf_a: torch.Tensor, alpha: float, b
             wb = weights.index_select(0, idx)
             g.mul_(wb)
             scale = 1.0 / float(wb.sum())
-        if schedule == 1:
-            lr = base_lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
-        elif schedule == 2:
-            lr = base_lr * (1.0 - step / total)
-        else:
-            lr = base_lr
+        lr = _scheduled_lr(step, total, base_lr, schedule)
         grad_a = a_coef * (wd + pull)
         grad_a.index_add_(1, idx, g, alpha=scale)
         grad_alpha = wd * alpha + pull * (alpha - 1.0)
