@@ -13,7 +13,7 @@ import sys
 from gradtune._validation import GradTuneInputError
 
 # Modules under gradtune.commands, in the order shown by --help.
-COMMANDS: tuple[str, ...] = ("demo", "tune", "train", "embed")
+COMMANDS: tuple[str, ...] = ("demo", "tune", "train", "embed", "experiment", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

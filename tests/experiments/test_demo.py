@@ -1,13 +1,12 @@
 """A miniature end-to-end demo run on synthetic bundles: report files with sane values; resume."""
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.experiments.demo import DemoConfig, run_demo
+from gradtune.experiments.store import ResultStore
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
 
 CALLS = []
@@ -64,8 +63,11 @@ def test_mini_demo_end_to_end(tmp_path):
     assert "toy-a" in md and "WGA" in md and "gradtune" in md
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4
-    # the report's numbers are the stored records' numbers
-    rec = json.loads(next((out / "runs" / "toy-a" / "seed0").glob("gradtune-*.json")).read_text())
+    # the report's numbers are the stored records' numbers (one results store for everything)
+    store = ResultStore(out / "runs" / "results.sqlite", readonly=True)
+    assert store.counts() == {"running": 0, "done": 20, "failed": 0}
+    (rec,) = store.records(benchmark="toy-a", seed=0, method="gradtune")
+    assert len(store.norms(benchmark="toy-a")) == 2  # ERM held-out gradient norms per seed (Fig. 2/4)
     row = df[(df["benchmark"] == "toy-a") & (df["seed"] == 0) & (df["method"] == "gradtune")].iloc[0]
     assert row["worst_group_accuracy"] == pytest.approx(rec["evaluation"]["test"]["worst_group_accuracy"])
     assert len(CALLS) == 4

@@ -1,10 +1,13 @@
-"""The demo's report folder: results.csv, report.md, report.html and figures/, from stored records."""
+"""The demo's report folder: results.csv, report.md, report.html and figures/, from stored records.
+
+Run records and the ERM held-out gradient norms come from the demo's results store
+(``<out>/runs/results.sqlite``); ``gradtune report`` can read the same store.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,13 +25,16 @@ from gradtune.report.tables import (
 __all__ = ["write_report"]
 
 
-def _norm_files(run_root: Path, benchmark: str) -> list[dict]:
-    out = []
-    for p in sorted((run_root / benchmark).glob("seed*/erm-heldout-norms.json")):
-        d = json.loads(p.read_text())
-        if d.get("groups") is not None:
-            out.append(d)
-    return out
+def _norm_entries(run_root: Path, benchmark: str, fingerprints: set[str]) -> list[dict]:
+    """The ERM held-out norms of the bundles behind ``fingerprints``, from the results store."""
+    from gradtune.experiments.runner import store_path_for
+    from gradtune.experiments.store import ResultStore
+
+    path = store_path_for(run_root)
+    if not path.exists():
+        return []
+    entries = ResultStore(path, readonly=True).norms(benchmark=benchmark, fingerprints=fingerprints)
+    return [e for e in entries if e.get("groups") is not None]
 
 
 def write_report(records: Sequence[dict], run_root: str | Path, out_dir: str | Path, *,
@@ -50,7 +56,7 @@ def write_report(records: Sequence[dict], run_root: str | Path, out_dir: str | P
         if not recs:
             continue
         names = recs[0].get("group_names")
-        norms = _norm_files(run_root, b)
+        norms = _norm_entries(run_root, b, {r["bundle_fingerprint"] for r in recs})
         if norms:
             figures.append((f"{b}: held-out gradient norms per group (ERM head, {len(norms)} seeds pooled)",
                             plot_norm_distributions(norms, names, b, fig_dir / f"{b}-gradnorms.png")))

@@ -5,14 +5,23 @@
   group means ± std as markers (Fig. 4).
 * :func:`plot_group_accuracy` — per-group test accuracy of several methods,
   mean ± std over seeds (the paper's Table 7 as a picture).
+* :func:`fig_norm_distributions` / :func:`fig_norm_means` — the paper's Fig. 2 / Fig. 4,
+  one panel per benchmark.
+* :func:`fig_sweep` — the paper's Fig. 3 (WGA vs M') and Fig. 5 (Avg and WGA vs k).
+
+Every function draws from stored numbers only and writes one PNG.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+__all__ = ["plot_norm_distributions", "plot_group_accuracy", "fig_norm_distributions", "fig_norm_means",
+           "fig_sweep"]
 
 
 def _plt():
@@ -80,3 +89,135 @@ def plot_group_accuracy(acc: dict[str, list[list[float | None]]], group_names: S
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# ===================================================================== paper figures
+
+
+def _panels(n: int, width: float = 4.6, height: float = 3.6):
+    plt = _plt()
+    cols = min(n, 3)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return plt, fig, list(axes.flat[:n])
+
+
+def _save(plt, fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _by_benchmark(entries: Sequence[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for e in entries:
+        if e.get("groups") is not None:
+            out.setdefault(e["benchmark"], []).append(e)
+    return out
+
+
+def fig_norm_distributions(entries: Sequence[dict], path: str | Path) -> Path:
+    """Paper Fig. 2: per benchmark, the density of held-out gradient norms of each group under
+    the ERM head on a log axis (norms span decades); the line is the mean over seeds of the
+    per-seed densities of log10(norm), the band ± std.
+
+    ``entries``: dicts with benchmark, seed, norms (N,), groups (N,), group_names.
+    """
+    by_b = _by_benchmark(entries)
+    plt, fig, axes = _panels(len(by_b))
+    for ax, (b, es) in zip(axes, by_b.items(), strict=True):
+        names = next((e["group_names"] for e in es if e.get("group_names")), None)
+        n_groups = max(max(e["groups"]) for e in es) + 1
+        pooled = np.concatenate([np.asarray(e["norms"], dtype=float) for e in es])
+        positive = pooled[pooled > 0]
+        hi = float(np.quantile(positive, 0.995)) if positive.size else 1.0
+        lo = max(float(np.quantile(positive, 0.005)) if positive.size else 1e-3, hi * 1e-6)
+        hi = max(hi, lo * 10)  # smaller norms (near-certain correct predictions) sit at the left edge
+        edges = np.linspace(np.log10(lo), np.log10(hi), 26)  # norms span decades: bins on log10
+        centers = 10 ** ((edges[:-1] + edges[1:]) / 2)
+        for g in range(n_groups):
+            dens = []
+            for e in es:
+                sel = np.asarray(e["norms"], dtype=float)[np.asarray(e["groups"]) == g]
+                if sel.size:
+                    vals = np.log10(np.clip(sel, lo, hi))
+                    dens.append(np.histogram(vals, bins=edges, density=True)[0])
+            if not dens:
+                continue
+            d = np.asarray(dens)
+            label = (names[g] if names and g < len(names) else f"group {g}")
+            n_avg = np.mean([np.sum(np.asarray(e["groups"]) == g) for e in es])
+            line = ax.plot(centers, d.mean(0), linewidth=1.8, label=f"{label} (n≈{n_avg:.0f})")[0]
+            ax.fill_between(centers, np.maximum(d.mean(0) - d.std(0), 0), d.mean(0) + d.std(0), alpha=0.15,
+                            color=line.get_color())
+        ax.set_xscale("log")
+        ax.set_title(f"{b} ({len(es)} seeds)", fontsize=11)
+        ax.set_xlabel("last-layer gradient norm, ERM head (log scale)")
+        ax.set_ylabel("density of log10 norm (mean ± std)")
+        ax.legend(fontsize=8)
+    fig.suptitle("Held-out gradient-norm distribution per group (norms below 1e-6 x the 99.5th percentile "
+                 "are drawn at the left edge)", fontsize=11)
+    return _save(plt, fig, path)
+
+
+def fig_norm_means(entries: Sequence[dict], path: str | Path) -> Path:
+    """Paper Fig. 4: per benchmark, each group's mean held-out gradient norm, mean ± std over seeds."""
+    by_b = _by_benchmark(entries)
+    plt, fig, axes = _panels(len(by_b), width=4.2)
+    for ax, (b, es) in zip(axes, by_b.items(), strict=True):
+        names = next((e["group_names"] for e in es if e.get("group_names")), None)
+        n_groups = max(max(e["groups"]) for e in es) + 1
+        means = np.array([[np.mean(np.asarray(e["norms"], dtype=float)[np.asarray(e["groups"]) == g])
+                           if np.any(np.asarray(e["groups"]) == g) else np.nan for g in range(n_groups)]
+                          for e in es])
+        with np.errstate(all="ignore"):
+            mu, sd = np.nanmean(means, 0), np.nanstd(means, 0)
+        labels = [names[g] if names and g < len(names) else f"group {g}" for g in range(n_groups)]
+        ax.bar(range(n_groups), mu, yerr=sd, capsize=4, color="tab:blue", alpha=0.8)
+        ax.set_xticks(range(n_groups), labels, rotation=25, ha="right", fontsize=9)
+        ax.set_ylabel("mean gradient norm")
+        ax.set_title(f"{b} ({len(es)} seeds)", fontsize=11)
+    fig.suptitle("Mean held-out gradient norm per group (ERM head), mean ± std over seeds", fontsize=12)
+    return _save(plt, fig, path)
+
+
+def fig_sweep(numbers: Any, baseline: Any, path: str | Path, *, x_label: str, metrics: Sequence[str],
+              title: str, log_x: bool = False) -> Path:
+    """Paper Fig. 3 / Fig. 5: per benchmark, metric(s) vs a swept parameter, mean ± std over seeds.
+
+    numbers : DataFrame with benchmark, metric, mean, std, x (percent)
+    baseline : DataFrame with benchmark, metric, mean (the ERM reference, dashed) or None
+    """
+    benchmarks = list(dict.fromkeys(numbers["benchmark"]))
+    plt, fig, axes = _panels(len(benchmarks))
+    colors = {"WGA": "tab:red", "Avg": "tab:blue"}
+    for ax, b in zip(axes, benchmarks, strict=True):
+        nb = numbers[numbers["benchmark"] == b]
+        for m in metrics:
+            d = nb[nb["metric"] == m].sort_values("x")
+            if d.empty:
+                continue
+            ax.errorbar(d["x"], d["mean"], yerr=d["std"], marker="o", capsize=3, color=colors.get(m),
+                        label=f"GradTune {m}")
+            if baseline is not None:
+                ref = baseline[(baseline["benchmark"] == b) & (baseline["metric"] == m)]
+                if not ref.empty and not np.isnan(ref["mean"].iloc[0]):
+                    ax.axhline(ref["mean"].iloc[0], linestyle="--", color=colors.get(m), alpha=0.6,
+                               label=f"ERM {m}")
+        if log_x:
+            ax.set_xscale("log")
+        xs = sorted(set(nb["x"]))
+        ax.set_xticks(xs, [str(int(x)) if float(x).is_integer() else str(x) for x in xs], fontsize=8)
+        ax.minorticks_off()
+        ax.set_xlabel(x_label)
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(b, fontsize=11)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=12)
+    return _save(plt, fig, path)

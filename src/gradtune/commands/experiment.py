@@ -1,0 +1,113 @@
+"""``gradtune run``: run experiment configs (datasets x methods x seeds x grids) into one results store.
+
+Examples::
+
+    gradtune run offline-table1 --workers 2                       # a packaged config, by name
+    gradtune run offline-table1 offline-ablation-k --out results  # several configs, one store
+    gradtune run my-grid.toml --launcher submitit                  # SLURM through submitit
+    gradtune run --list                                            # the packaged configs
+
+Runs are stored in OUT/results.sqlite as they finish; a rerun skips finished runs
+(``--force`` recomputes them), so an interrupted grid resumes where it stopped. Write the
+paper's tables and figures with ``gradtune report OUT --out OUT/report`` (or ``--report``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run experiment configs (grids over datasets, methods, seeds) into a results store",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("configs", nargs="*", metavar="CONFIG",
+                   help="config files (.toml; .yaml with PyYAML) or names of packaged configs")
+    p.add_argument("--out", type=Path, default=Path("gradtune-results"),
+                   help="results folder: the store is OUT/results.sqlite (default: gradtune-results)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="parallel worker processes (default: the config's launcher.workers, else 1)")
+    p.add_argument("--launcher", choices=("local", "submitit"), default=None,
+                   help="local processes, or submitit jobs (SLURM); default: the config's launcher.kind")
+    p.add_argument("--cluster", choices=("slurm", "local", "debug"), default=None,
+                   help="submitit executor (default: submitit's choice, SLURM when available)")
+    p.add_argument("--force", action="store_true", help="recompute runs that are already stored")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="offline benchmarks' feature/bundle cache (default: the config's, else ~/.cache/gradtune)")
+    p.add_argument("--mlflow", action="store_true", help="also log each new run to MLflow (needs mlflow)")
+    p.add_argument("--report", action="store_true", help="write the report into OUT/report afterwards")
+    p.add_argument("--dry-run", action="store_true", help="validate the configs and print the runs; run nothing")
+    p.add_argument("--list", action="store_true", help="list the packaged configs and exit")
+    p.add_argument("--quiet", action="store_true", help="no per-run progress lines")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from gradtune._validation import GradTuneInputError
+    from gradtune.experiments.config import load_config, packaged_configs
+    from gradtune.experiments.runner import print_progress, run_experiments, store_path_for
+
+    if args.list:
+        for name, path in packaged_configs().items():
+            first = next((line.strip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")),
+                         "")
+            print(f"{name:28s} {first}")
+        return 0
+    if not args.configs:
+        raise GradTuneInputError("give at least one CONFIG (a .toml file or a packaged name; see --list)")
+    if args.workers is not None and args.workers < 1:
+        raise GradTuneInputError(f"--workers must be >= 1, got {args.workers}")
+    configs = [load_config(c, check_paths=True) for c in args.configs]
+    n_runs = sum(len(c.run_specs()) for c in configs)
+    if args.dry_run:
+        for c in configs:
+            specs = c.run_specs()
+            print(f"{c.name}: {len(specs)} runs = {len(c.benchmarks)} benchmarks x {len(c.seeds)} seeds x "
+                  f"{len(c.variants)} settings; report: {', '.join(c.report.tables)}")
+            for v in c.variants:
+                print(f"    {v.label}: {v.params}")
+        return 0
+    logger = None
+    if args.mlflow:
+        from gradtune.experiments.tracking import MlflowLogger
+
+        logger = MlflowLogger(experiment="gradtune:" + "+".join(c.name for c in configs))
+    store_path = store_path_for(args.out)
+    launcher_kind = args.launcher or configs[0].launcher.kind
+    if args.cluster:
+        configs[0].launcher.submitit["cluster"] = args.cluster
+    print(f"{n_runs} planned runs from {', '.join(c.name for c in configs)} -> {store_path}", file=sys.stderr)
+
+    def on_record(record: dict, reused: bool) -> None:
+        if not args.quiet:
+            print_progress(record, reused)
+        if logger is not None and not reused:
+            logger.log(record)
+
+    parts = ["gradtune", "run", *args.configs, "--out", str(args.out)]
+    for flag, value in (("--workers", args.workers), ("--launcher", args.launcher), ("--cluster", args.cluster),
+                        ("--cache-dir", args.cache_dir)):
+        if value is not None:
+            parts += [flag, str(value)]
+    parts += [f for f, on in (("--force", args.force), ("--mlflow", args.mlflow)) if on]
+    command = " ".join(shlex.quote(p) for p in parts)
+    summary = run_experiments(configs, store_path, workers=args.workers, launcher=launcher_kind, force=args.force,
+                              cache_dir=args.cache_dir, progress=not args.quiet, on_record=on_record,
+                              command=command)
+    print(f"{summary.new} runs computed, {summary.reused} already stored, {summary.failed} failed; "
+          f"{summary.seconds:.0f} s; store: {store_path}")
+    if summary.failed:
+        for r in summary.records:
+            if r.get("status") == "failed":
+                last = (r.get("error") or "").strip().splitlines()[-1:] or [""]
+                print(f"  FAILED {r['benchmark']} seed {r['seed']} {r['label']}: {last[0]}", file=sys.stderr)
+    if args.report:
+        from gradtune.report.paper_report import write_paper_report
+
+        res = write_paper_report(store_path, args.out / "report", partial=False)
+        print(f"report: {res.paths['markdown']} ({', '.join(res.shown) or 'no complete items'})")
+    else:
+        print(f"write the tables and figures with: gradtune report {args.out} --out {args.out / 'report'}")
+    return 1 if summary.failed else 0
