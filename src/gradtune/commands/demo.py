@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="offline demo: GradTune vs ERM and baselines on three real-data benchmarks",
         description="Train ERM on three offline benchmarks (Fashion-MNIST with an injected background, "
         "Amazon reviews x negation, Adult income x sex), run ERM / random fine-tuning / loss-top-k / "
-        "GradTune / DFR over seeds, print a paper-style table and write a report folder. "
+        "GradTune / gradtune-auto / DFR over seeds, print a paper-style table and write a report folder. "
         "Finished runs are cached: a second run only reads them.",
     )
     p.add_argument("--benchmarks", nargs="+", default=list(DEFAULT_BENCHMARKS), metavar="NAME")

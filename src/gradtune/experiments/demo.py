@@ -22,7 +22,7 @@ from gradtune.report.tables import records_frame, summary_table
 
 __all__ = ["DemoConfig", "DEFAULT_METHODS", "run_demo", "cached_bundle"]
 
-DEFAULT_METHODS = ("erm", "random", "loss-topk", "gradtune", "dfr")
+DEFAULT_METHODS = ("erm", "random", "loss-topk", "gradtune", "gradtune-auto", "dfr")
 DEFAULT_BENCHMARKS = ("fmnist-spurious", "reviews", "adult")
 
 
@@ -121,6 +121,9 @@ def run_demo(cfg: DemoConfig, build: Callable[..., EmbeddingBundle] | None = Non
         "wd 1e-4, class-balanced sampler, fine-tuning from the ERM head). When the held-out half is smaller "
         "than 500, the whole held-out half is used with k = 80% of it (the paper's ratio). Random fine-tuning "
         "and loss-top-k use the same set size and fine-tuning.",
+        "gradtune-auto (beyond the paper, see docs/gradtune-auto.md) fine-tunes the same set with an L2 pull "
+        "toward the ERM head and picks the number of epochs by worst-class accuracy on the selection half "
+        "(no group labels).",
         "DFR uses group labels on the validation data (marked in the table); all other methods use none.",
         "fmnist-spurious: the background colour is injected by gradtune (95% agreement with the class in "
         "train, 50% in validation/test); it is a constructed shortcut on real images.",

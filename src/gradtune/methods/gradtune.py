@@ -36,7 +36,12 @@ class GradTuneMethod(Method):
                          score=self.score, replace=self.replace, size_rule=self.size_rule, seed=seed)
         tuner.fit_embeddings(held.features, held.labels, weight=head.weight, bias=head.bias)
         r = tuner.report_
+        erm_wrong = head.predict(held.features) != held.labels
         diag = {
+            # label-only summaries of what was selected (no group labels involved)
+            "heldout_size": int(len(held)),
+            "heldout_erm_error_rate": float(erm_wrong.mean()),
+            "selected_erm_error_rate": float(erm_wrong[r.selected].mean()),
             "selected_rows": held.index[r.selected].tolist(),
             "heldout_scores": r.norms.tolist(),
             "size": r.size,

@@ -12,6 +12,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from gradtune._io import atomic_write_text
 from gradtune.report.figures import plot_group_accuracy, plot_norm_distributions
 from gradtune.report.tables import (
@@ -37,6 +39,36 @@ def _norm_entries(run_root: Path, benchmark: str, fingerprints: set[str]) -> lis
     return [e for e in entries if e.get("groups") is not None]
 
 
+def _selection_notes(records: Sequence[dict], frame) -> list[str]:
+    """Per benchmark: how much of GradTune's fine-tuning set the ERM head gets wrong, and what
+    that does. Label-only statistics stored by the method (no group labels)."""
+    out = []
+    for b in dict.fromkeys(r["benchmark"] for r in records):
+        d = [r["diagnostics"] for r in records if r["benchmark"] == b and r["label"] == "gradtune"
+             and "selected_erm_error_rate" in r.get("diagnostics", {})]
+        if not d:
+            continue
+        sel = 100 * float(np.mean([x["selected_erm_error_rate"] for x in d]))
+        held = 100 * float(np.mean([x["heldout_erm_error_rate"] for x in d]))
+        f = frame[frame["benchmark"] == b]
+        dw = 100 * (f[f["method"] == "gradtune"]["worst_group_accuracy"].mean()
+                    - f[f["method"] == "erm"]["worst_group_accuracy"].mean())
+        text = (f"{b}: the ERM head misclassifies {sel:.0f}% of GradTune's fine-tuning set "
+                f"(vs {held:.0f}% of the whole held-out half).")
+        if dw < -1 and sel > 50:
+            text += (" Most of the set is the head's own errors, so 500 epochs on it teach the head the "
+                     "opposite of what it knew: when those errors are label noise rather than a shortcut, the "
+                     "head inverts (the paper's defaults have no stopping rule; see gradtune-auto).")
+        elif dw < -1:
+            whole = all(x.get("size") == x.get("heldout_size") for x in d)
+            text += ((" The fine-tuning set is the whole held-out half (M' >= N), so the selection has no "
+                      "effect here;" if whole else "") +
+                     " 500 epochs on a few hundred noisy samples overfit them and worst-group accuracy falls "
+                     "below ERM's (gradtune-auto stops earlier by a label-free rule).")
+        out.append(text)
+    return out
+
+
 def write_report(records: Sequence[dict], run_root: str | Path, out_dir: str | Path, *,
                  methods: Sequence[str], benchmarks: Sequence[str], title: str = "gradtune demo",
                  preamble: Sequence[str] = ()) -> dict[str, Path]:
@@ -49,6 +81,9 @@ def write_report(records: Sequence[dict], run_root: str | Path, out_dir: str | P
     atomic_write_text(csv_path, frame_sorted.to_csv(index=False))
     table = summary_table(frame, methods, benchmarks)
     notes = comparison_notes(frame)
+    if "gradtune-auto" in set(frame.get("method", [])):
+        notes += comparison_notes(frame, "gradtune-auto", "erm")
+    why = _selection_notes(records, frame)
     figures: list[tuple[str, Path]] = []
     group_tables = {}
     for b in benchmarks:
@@ -76,6 +111,8 @@ def write_report(records: Sequence[dict], run_root: str | Path, out_dir: str | P
           "method uses group labels for training its last layer / for validation.", "",
           markdown_table(table), "", "## What the numbers say", ""]
     md += [f"- {n}" for n in notes] or ["- (no GradTune/ERM pair to compare)"]
+    if why:
+        md += ["", "## What GradTune selected", ""] + [f"- {n}" for n in why]
     for b, t in group_tables.items():
         md += ["", f"## {b}: per-group test accuracy (%)", "", markdown_table(t)]
     md += ["", "## Figures", ""]
