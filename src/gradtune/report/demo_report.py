@@ -95,13 +95,13 @@ def write_report(records: Sequence[dict], run_root: str | Path, out_dir: str | P
         if norms:
             figures.append((f"{b}: held-out gradient norms per group (ERM head, {len(norms)} seeds pooled)",
                             plot_norm_distributions(norms, names, b, fig_dir / f"{b}-gradnorms.png")))
-        shown = [m for m in ("erm", "gradtune") if any(r["label"] == m for r in recs)]
+        shown = [m for m in ("erm", "gradtune", "gradtune-auto") if any(r["label"] == m for r in recs)]
         acc: dict[str, list] = defaultdict(list)
         for r in sorted(recs, key=lambda r: r["seed"]):
             if r["label"] in shown and "test" in r["evaluation"]:
                 acc[r["label"]].append(r["evaluation"]["test"]["group_accuracy"])
         if acc and names:
-            figures.append((f"{b}: per-group test accuracy before (ERM) and after GradTune",
+            figures.append((f"{b}: per-group test accuracy before (ERM) and after GradTune (and gradtune-auto)",
                             plot_group_accuracy(dict(acc), names, b, fig_dir / f"{b}-group-accuracy.png")))
         group_tables[b] = per_group_table(records, b, [m for m in methods if any(r["label"] == m for r in recs)])
 

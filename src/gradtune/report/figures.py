@@ -42,13 +42,20 @@ def plot_norm_distributions(per_seed: Sequence[dict], group_names: Sequence[str]
     n_groups = int(groups.max()) + 1
     names = list(group_names) if group_names else [f"group {g}" for g in range(n_groups)]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [2, 1]})
-    bins = np.linspace(0, np.quantile(norms, 0.995) if norms.size else 1, 40)
+    # Log-spaced bins: the norms of well-fit samples sit orders of magnitude below the rest.
+    positive = norms[norms > 0]
+    lo = max(float(np.quantile(positive, 0.005)), 1e-8) if positive.size else 1e-8
+    hi = max(float(np.quantile(norms, 0.999)) if norms.size else 1.0, lo * 10)
+    bins = np.geomspace(lo, hi, 45)
     for g in range(n_groups):
         sel = norms[groups == g]
         if sel.size:
-            ax1.hist(sel, bins=bins, density=True, histtype="step", linewidth=1.8, label=f"{names[g]} (n={sel.size})")
-    ax1.set_xlabel("per-sample gradient norm of the last layer (ERM head)")
-    ax1.set_ylabel("density")
+            ax1.hist(np.clip(sel, lo, hi), bins=bins, histtype="step", linewidth=1.8,
+                     weights=np.full(sel.size, 1.0 / sel.size), label=f"{names[g]} (n={sel.size})")
+    ax1.set_xscale("log")
+    ax1.set_xlabel(f"per-sample gradient norm of the last layer (ERM head), log scale; "
+                   f"values below {lo:.0e} drawn at {lo:.0e}")
+    ax1.set_ylabel("fraction of the group")
     ax1.set_title(f"{title}: held-out gradient norms by group")
     ax1.legend(fontsize=8)
     means = np.array([[np.mean(np.asarray(d["norms"])[np.asarray(d["groups"]) == g])
