@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping
@@ -33,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from gradtune._io import atomic_save_npz
 
 __all__ = ["CACHE_FORMAT", "ENV_VAR", "default_cache_dir", "cache_key", "hash_array",
            "hash_texts", "file_identity", "FeatureCache"]
@@ -136,18 +137,7 @@ class FeatureCache:
         feats = np.asarray(features, dtype=np.float32)
         if feats.ndim != 2:
             raise ValueError(f"features must have shape (N, d), got {feats.shape}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, features=feats, key=np.asarray(key))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return atomic_save_npz(path, features=feats, key=np.asarray(key))
 
     def get_or_compute(self, name: str, key: str, compute: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
         """Cached features for ``(name, key)``, computing and storing them on a miss.

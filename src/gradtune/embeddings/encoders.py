@@ -23,13 +23,14 @@ import functools
 import importlib.metadata
 import os
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from gradtune._threads import torch_threads
 
 __all__ = ["EncoderNotAvailableError", "TEXT_ENCODER", "IMAGE_ENCODER", "encode_texts",
            "encode_images", "text_encoder_info", "image_encoder_info", "default_num_threads"]
@@ -63,16 +64,6 @@ def default_num_threads() -> int:
     except (AttributeError, OSError):  # pragma: no cover - Windows
         busy = 0
     return max(1, min(cores, cores - busy))
-
-
-@contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(default_num_threads() if n is None else int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:
@@ -164,7 +155,7 @@ def encode_texts(texts: Sequence[str], batch_size: int = 16, progress: bool = Tr
     if not texts:
         return out
     order = np.argsort([len(t) for t in texts], kind="stable")
-    with _torch_threads(num_threads), torch.inference_mode(), \
+    with torch_threads(default_num_threads() if num_threads is None else num_threads), torch.inference_mode(), \
             _progress(len(texts), "encoding texts (MiniLM)", progress) as bar:
         for start in range(0, len(texts), batch_size):
             idx = order[start:start + batch_size]
@@ -258,7 +249,7 @@ def encode_images(images: np.ndarray, size: int = 64, batch_size: int = 100, pro
         raise ValueError(f"batch_size must be >= 1 and size >= 16, got {batch_size}, {size}")
     model = _load_effnet(int(size))
     out = np.zeros((len(x), 1280), dtype=np.float32)
-    with _torch_threads(num_threads), torch.inference_mode(), \
+    with torch_threads(default_num_threads() if num_threads is None else num_threads), torch.inference_mode(), \
             _progress(len(x), f"encoding images (EfficientNet-Lite0, {size}px)", progress) as bar:
         for start in range(0, len(x), batch_size):
             b = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])).float()

@@ -20,7 +20,6 @@ Flow of :func:`execute`:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import pickle
@@ -28,7 +27,7 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from gradtune._threads import torch_threads
 from gradtune._validation import GradTuneInputError
 from gradtune.embeddings.bundle import BundleError, EmbeddingBundle, load_bundle
 from gradtune.experiments.store import STORE_NAME, ResultStore, code_version, make_run_id
@@ -229,18 +229,6 @@ def failure_record(task: RunTask, error: str) -> dict[str, Any]:
             "worker": str(os.getpid()), "evaluation": {}, "diagnostics": {}}
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def execute_task(task: RunTask) -> dict[str, Any]:
     """Run one task (in any process) and return its record; never raises.
 
@@ -255,7 +243,7 @@ def execute_task(task: RunTask) -> dict[str, Any]:
         if fp != task.fingerprint:
             raise BundleError(f"the bundle of {task.source.describe()} changed since the run was planned "
                               f"(fingerprint {fp} != {task.fingerprint}); rerun to plan again")
-        with _torch_threads(1):
+        with torch_threads(1):
             rec = run_record(task.spec, bundle)
         version, commit = code_version()
         rec.update({"run_id": task.run_id, "status": "done", "data_hash": task.data_hash, "code_version": version,

@@ -43,8 +43,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from gradtune._io import jsonable
 from gradtune._validation import GradTuneInputError
 
 __all__ = ["ResultStore", "make_run_id", "code_version", "STATUSES", "SCHEMA_VERSION", "find_store"]
@@ -141,22 +140,10 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    if hasattr(o, "to_dict"):
-        return o.to_dict()
-    if isinstance(o, (set, frozenset, tuple)):
-        return list(o)
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
 def _dumps(obj: Any) -> str | None:
-    return None if obj is None else json.dumps(obj, sort_keys=True, default=_jsonable, allow_nan=True)
+    return None if obj is None else json.dumps(obj, sort_keys=True, default=jsonable, allow_nan=True)
 
 
 def _loads(text: str | None) -> Any:
@@ -179,7 +166,7 @@ def make_run_id(benchmark: str, seed: int, method: str, params: dict[str, Any], 
         The bundle's content hash (:func:`gradtune.experiments.runner.bundle_fingerprint`).
     """
     blob = json.dumps({"benchmark": benchmark, "seed": int(seed), "method": method, "params": params,
-                       "bundle": fingerprint}, sort_keys=True, default=_jsonable)
+                       "bundle": fingerprint}, sort_keys=True, default=jsonable)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -12,13 +12,13 @@ Shapes: N samples, d features, C classes.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from gradtune._threads import torch_threads
 from gradtune._validation import (
     GradTuneInputError,
     check_choice,
@@ -186,19 +186,6 @@ def epoch_batches(labels: torch.Tensor, batch_size: int, sampler: str, generator
     """One epoch of index batches: N indices split into ceil(N / batch_size) batches."""
     weights = sample_weight.to(torch.float64) if sampler == "weighted" else None
     return list(epoch_order(labels, sampler, generator, weights).split(batch_size))
-
-
-@contextmanager
-def _threads(n: int | None):
-    if n is None:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _mean_loss(theta: torch.Tensor, ha: torch.Tensor, y: torch.Tensor) -> float:
@@ -408,7 +395,7 @@ def finetune_linear(
         raise GradTuneInputError("sampler='weighted' needs sample_weight")
     gen = make_generator(seed, device=h.device)
 
-    with _threads(cfg.num_threads), torch.no_grad():
+    with torch_threads(cfg.num_threads), torch.no_grad():
         ha = torch.cat([h, torch.ones(n, 1, dtype=h.dtype, device=h.device)], dim=1)  # (N, d+1)
         theta_init = torch.cat([w0, b0[:, None]], dim=1)  # (C, d+1)
         if cfg.reset:

@@ -22,14 +22,12 @@ subsets) and the other baselines.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
+from gradtune._threads import torch_threads
 from gradtune._validation import GradTuneInputError, check_positive_int, make_numpy_rng
 from gradtune.embeddings.bundle import BundleError, EmbeddingBundle, SplitView
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
@@ -93,21 +91,6 @@ def require_groups(view: SplitView, method: str, split: str) -> np.ndarray:
             "'groups' array; store groups when building the bundle or use a method that does not need them"
         )
     return view.groups
-
-
-@contextmanager
-def torch_threads(n: int | None = 1) -> Iterator[None]:
-    """Run a block with ``n`` torch threads (restored after). Loops of tiny steps run
-    fastest and steadiest on one thread, above all when other processes share the cores."""
-    if n is None:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _default_config() -> FinetuneConfig:

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from gradtune._io import atomic_write
 from gradtune._validation import GradTuneInputError
 from gradtune.data.base import GroupedDataset
 from gradtune.models import distributed as gdist
@@ -428,17 +429,7 @@ def seeded_scope(seed: int, device: torch.device | str | None = None) -> Iterato
 
 # ------------------------------------------------------------------------- checkpoints
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def _cpu_state(state: Any) -> Any:
