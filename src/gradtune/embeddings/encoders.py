@@ -23,6 +23,7 @@ import functools
 import importlib.metadata
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,23 +48,51 @@ class EncoderNotAvailableError(ImportError):
     """A packaged encoder (or its runtime) is not installed; the message says what to install."""
 
 
-def default_num_threads() -> int:
-    """torch threads for encoding: the cores this process may use that look idle.
+def _busy_cores(window_s: float = 0.25) -> float | None:
+    """Cores kept busy by other processes right now, from two /proc/stat samples.
 
-    ``cores - floor(1-minute load average)``, at least 1 and at most ``cores``. Measured
-    on a 2-core machine: when another process keeps a core busy, two threads encode
-    3-5x SLOWER than one (the threads wait on each other), so a busy machine gets one
-    thread; an idle one gets all its cores.
+    Called while this process is idle (before encoding), so what it measures is the
+    rest of the machine. None where /proc/stat is unavailable.
+    """
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as fh:
+            vals = [int(v) for v in fh.readline().split()[1:]]
+        idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
+        return idle, sum(vals)
+
+    try:
+        i0, t0 = sample()
+        time.sleep(window_s)
+        i1, t1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = t1 - t0
+    if total <= 0:
+        return None
+    return (1.0 - (i1 - i0) / total) * (os.cpu_count() or 1)
+
+
+def default_num_threads() -> int:
+    """torch threads for encoding: the cores this process may use that are idle now.
+
+    ``cores - round(busy cores)``, at least 1 and at most ``cores``, where busy cores are
+    measured over a quarter second just before encoding (falling back to the 1-minute
+    load average). Measured on a 2-core machine: when another process keeps a core
+    busy, two threads encode 3-5x SLOWER than one (the threads wait on each other), so
+    a busy machine gets one thread; an idle one gets all its cores. (The load average
+    alone lags: it still counts this process's own previous work.)
     """
     try:
         cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - macOS / Windows
         cores = max(1, os.cpu_count() or 1)
-    try:
-        busy = int(os.getloadavg()[0])
-    except (AttributeError, OSError):  # pragma: no cover - Windows
-        busy = 0
-    return max(1, min(cores, cores - busy))
+    busy = _busy_cores()
+    if busy is None:
+        try:
+            busy = os.getloadavg()[0]
+        except (AttributeError, OSError):  # pragma: no cover - Windows
+            busy = 0.0
+    return max(1, min(cores, cores - int(round(busy))))
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:

@@ -13,6 +13,13 @@ when ``p_y`` is close to 1 (``1 - p_y`` cancels). Here ``1 - p_y`` is computed a
 the sum of the other classes' probabilities, each of which is accurate, so the
 relative error stays near fp32 epsilon whatever the confidence.
 
+Backends. ``backend="torch"`` computes ``W @ h.T`` (BLAS) and ``||h||`` with torch:
+two passes over ``h``, any device. ``backend="fused"`` runs a numba kernel
+(:mod:`gradtune.scores._fused`, ``pip install 'gradtune[fast]'``) that reads each
+row once on the CPU and accumulates the logits and ``||h||^2`` in float64.
+``backend="auto"`` (default) picks the fused kernel when it is installed and the
+input suits it (CPU, float32/float64, contiguous, C <= 16, N * d >= 2**22).
+
 Shapes: N samples, d features, C classes.
 """
 
@@ -28,6 +35,7 @@ import torch
 from gradtune._validation import (
     GradTuneInputError,
     as_float_tensor,
+    check_choice,
     check_features,
     check_labels,
     check_positive_int,
@@ -36,6 +44,13 @@ from gradtune._validation import (
 __all__ = ["grad_norms", "grad_norms_streaming", "residual_norms"]
 
 DEFAULT_CHUNK_ROWS = 262144
+BACKENDS = ("auto", "torch", "fused")
+# backend="auto" uses the fused kernel only with at most this many classes (it keeps one
+# accumulator per class; beyond that a BLAS GEMM wins) ...
+FUSED_MAX_CLASSES = 16
+# ... and at least this many feature elements (N * d; per chunk when streaming). Below,
+# the saving per call is ~1 ms or less, not worth importing numba (~0.5 s per process).
+FUSED_MIN_ELEMENTS = 1 << 22
 
 
 def residual_norms(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -77,6 +92,51 @@ def _norms_chunk(h: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None,
     return _residual_t(z_t, y).mul_(hn)
 
 
+def _use_fused(backend: str, h: torch.Tensor, n_classes: int, have_logits: bool) -> bool:
+    """Whether to run the fused kernel on ``h`` (N, d); raises if ``backend="fused"`` can't.
+
+    ``backend="fused"`` copies a non-contiguous CPU ``h`` (one extra pass) and refuses
+    other devices and dtypes; ``"auto"`` falls back to torch in all those cases.
+    """
+    if backend == "torch":
+        return False
+    suitable = (not have_logits and h.device.type == "cpu"
+                and h.dtype in (torch.float32, torch.float64))
+    if backend == "auto":
+        if not (suitable and h.is_contiguous() and n_classes <= FUSED_MAX_CLASSES
+                and h.numel() >= FUSED_MIN_ELEMENTS):
+            return False
+        return _fused_module() is not None
+    if have_logits:
+        raise GradTuneInputError(
+            "backend='fused' computes the logits from weight in the same pass over the features; "
+            "with logits given the torch path already reads the features once: use backend='auto' or 'torch'"
+        )
+    if h.device.type != "cpu":
+        raise GradTuneInputError(
+            f"backend='fused' runs on the CPU only, but the features are on {h.device}; "
+            "use backend='auto' or 'torch' (or move the features with .cpu())"
+        )
+    if not suitable:
+        raise GradTuneInputError(
+            f"backend='fused' supports float32 and float64 features, got {h.dtype}; "
+            "convert them (e.g. .float()) or use backend='auto' or 'torch'"
+        )
+    if _fused_module() is None:
+        raise GradTuneInputError(
+            "backend='fused' needs numba, which is not installed (or fails to import): "
+            "pip install 'gradtune[fast]', or use backend='auto' or 'torch'"
+        )
+    return True
+
+
+def _fused_module() -> Any:
+    """The fused-kernel module if numba imports, else None. Imported on first use only."""
+    from gradtune.scores import _fused
+
+    return _fused if _fused.available() else None
+
+
 def _check_head(weight: Any, bias: Any, d: int, device: torch.device,
                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
     w = check_features(weight, "weight").to(device=device, dtype=dtype)
@@ -105,6 +165,7 @@ def grad_norms(
     bias: Any = None,
     include_bias: bool = True,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Exact per-sample L2 norm of the last-layer gradient of the cross-entropy loss.
 
@@ -125,7 +186,18 @@ def grad_norms(
         Include the bias parameters in the gradient (the paper's ``theta_fc`` is the
         whole layer). With False, the norm is w.r.t. the weight only.
     chunk_rows : int, default=262144
-        Rows per chunk; bounds temporary memory to O(chunk_rows * C).
+        Rows per chunk; bounds temporary memory to O(chunk_rows * C). The fused
+        kernel needs no chunks (its temporary memory is O(C) per thread).
+    backend : {"auto", "torch", "fused"}, default="auto"
+        ``"torch"``: BLAS logits then row norms (two passes over ``features``; any
+        device). ``"fused"``: one pass on the CPU with float64 accumulation; needs
+        ``numba`` (``pip install 'gradtune[fast]'``) and ``weight``; copies
+        non-contiguous features first; raises :class:`GradTuneInputError` for
+        CUDA features, dtypes other than float32/float64, or ``logits`` given.
+        ``"auto"``: ``"fused"`` when numba is installed and the features are a
+        contiguous float32/float64 CPU tensor with N * d >= 2**22 and C <= 16,
+        else ``"torch"``. The two agree to within the fp32 rounding of the torch
+        logits (``"fused"`` is the more accurate).
 
     Returns
     -------
@@ -146,6 +218,7 @@ def grad_norms(
     if labels is None:
         raise GradTuneInputError("labels are required: pass the (N,) integer class labels")
     chunk_rows = check_positive_int(chunk_rows, "chunk_rows")
+    backend = check_choice(backend, "backend", BACKENDS)
     if logits is not None:
         z = check_features(logits, "logits", check_finite=False).to(h.device)
         if z.shape[0] != n:
@@ -162,6 +235,11 @@ def grad_norms(
         n_classes = w.shape[0]
         z = None
     y = check_labels(labels, n_classes, n=n).to(h.device)
+    if _use_fused(backend, h, n_classes, z is not None):
+        h = h.contiguous()
+        out = _fused_module().fused_norms(h, y, w, b, include_bias)
+        _check_finite_result(out, h, None)
+        return out
     out = torch.empty(n, dtype=h.dtype, device=h.device)
     for start in range(0, n, chunk_rows):
         sl = slice(start, min(start + chunk_rows, n))
@@ -204,6 +282,7 @@ def grad_norms_streaming(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    backend: str = "auto",
 ) -> np.ndarray:
     """Gradient norms over features that do not fit in memory.
 
@@ -222,12 +301,16 @@ def grad_norms_streaming(
         Where each chunk is computed (e.g. ``"cuda"``).
     dtype : torch.dtype, default=torch.float32
         Compute dtype for each chunk.
+    backend : {"auto", "torch", "fused"}, default="auto"
+        As in :func:`grad_norms`, decided per chunk (``"auto"`` counts each chunk's
+        N * d). The fused kernel writes straight into the output array.
 
     Returns
     -------
     np.ndarray of shape (N,), float32 or float64 matching ``dtype``.
     """
     chunk_rows = check_positive_int(chunk_rows, "chunk_rows")
+    backend = check_choice(backend, "backend", BACKENDS)
     y_all = check_labels(labels)
     n = y_all.shape[0]
     device = torch.device(device)
@@ -253,9 +336,14 @@ def grad_norms_streaming(
         if pos + m > n:
             raise GradTuneInputError(f"features have more rows than the {n} labels given")
         y = y_all[pos:pos + m].to(device)
-        res = _norms_chunk(h, y, None, w, b, include_bias)
-        _check_finite_result(res, h, None, offset=pos)
-        out[pos:pos + m] = res.cpu().numpy()
+        if _use_fused(backend, h, n_classes, False):
+            h = h.contiguous()
+            res = torch.from_numpy(_fused_module().fused_norms(h, y, w, b, include_bias, out=out[pos:pos + m]))
+            _check_finite_result(res, h, None, offset=pos)
+        else:
+            res = _norms_chunk(h, y, None, w, b, include_bias)
+            _check_finite_result(res, h, None, offset=pos)
+            out[pos:pos + m] = res.cpu().numpy()
         pos += m
     if pos != n:
         raise GradTuneInputError(f"features had {pos} rows but {n} labels were given")
