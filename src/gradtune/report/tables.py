@@ -237,6 +237,17 @@ def _group_name(names: Sequence[str] | None, g: int) -> str:
     return names[g] if names and 0 <= g < len(names) else f"group {g}"
 
 
+def _fill_metric_cells(row: dict[str, Any], nums: list[dict], runs: pd.DataFrame, benchmarks: Sequence[str],
+                       key: str, name: str) -> None:
+    """Add the 'mean ± std' cell of every (benchmark, metric) to ``row`` and its numbers to ``nums``."""
+    for b in benchmarks:
+        cb = runs[runs["benchmark"] == b]
+        for short, col in _METRICS:
+            m, s, n = aggregate(cb[col].tolist())
+            row[f"{b} {short}"] = cell(m, s, n)
+            nums.append({"item": key, "row": name, "benchmark": b, "metric": short, "mean": m, "std": s, "n": n})
+
+
 def table1(frame: pd.DataFrame, labels: Sequence[str], benchmarks: Sequence[str], *, key: str = "table1",
            title: str = "Table 1: test accuracy (%) of every method, mean ± std over seeds") -> PaperTable:
     """Methods (rows, in ``labels`` order) x benchmarks (Avg, WGA), with group-label columns."""
@@ -247,12 +258,7 @@ def table1(frame: pd.DataFrame, labels: Sequence[str], benchmarks: Sequence[str]
             continue
         tr, va = GROUP_LABEL_MARKS.get(sub["group_labels"].iloc[0], ("?", "?"))
         row: dict[str, Any] = {"Method": lab, "Group labels (train)": tr, "Group labels (val)": va}
-        for b in benchmarks:
-            cellf = sub[sub["benchmark"] == b]
-            for short, col in _METRICS:
-                m, s, n = aggregate(cellf[col].tolist())
-                row[f"{b} {short}"] = cell(m, s, n)
-                nums.append({"item": key, "row": lab, "benchmark": b, "metric": short, "mean": m, "std": s, "n": n})
+        _fill_metric_cells(row, nums, sub, benchmarks, key, lab)
         rows.append(row)
     return PaperTable(key, title, pd.DataFrame(rows), pd.DataFrame(nums))
 
@@ -332,12 +338,7 @@ def sweep_table(frame: pd.DataFrame, *, key: str, title: str, method: str, param
     for kv, suffix, runs in groups:
         name = row_names.get(kv[0], f"{param}={kv[0]}") + (f" [{suffix}]" if suffix else "")
         row: dict[str, Any] = {"Method": name}
-        for b in benchmarks:
-            cb = runs[runs["benchmark"] == b]
-            for short, col in _METRICS:
-                m, s, n = aggregate(cb[col].tolist())
-                row[f"{b} {short}"] = cell(m, s, n)
-                nums.append({"item": key, "row": name, "benchmark": b, "metric": short, "mean": m, "std": s, "n": n})
+        _fill_metric_cells(row, nums, runs, benchmarks, key, name)
         rows.append(row)
     return PaperTable(key, title, pd.DataFrame(rows), pd.DataFrame(nums))
 
