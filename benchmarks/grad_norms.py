@@ -1,11 +1,15 @@
 """Speed of gradtune.grad_norms against torch.func per-sample gradients and a single read.
 
 For each size (the paper's four held-out sets and 1M x 2048) it prints the median time of:
-  * gradtune  : grad_norms(features, labels, weight=W, bias=b)  (logits computed in the same pass)
+  * torch     : grad_norms(..., backend="torch"): BLAS logits, then row norms (two passes)
+  * fused     : grad_norms(..., backend="fused"): the numba single-pass kernel (gradtune[fast];
+                "n/a" without numba)
   * torch.func: vmap(grad(loss)) over samples, then the norm (the usual per-sample-gradient route)
   * read once : features.sum(), a lower bound for anything that must read the features
-and the ratios the project targets: >= 10x faster than torch.func, <= 2x the read-once time.
-Then it streams 1M x 2048 from a memory-mapped .npy file and reports the extra memory.
+(torch, fused and read once are timed round-robin, so load from other processes hits them alike)
+and the ratios the project targets: >= 10x faster than torch.func, <= 2x the read-once time
+(for the default backend="auto", which is "fused" at these sizes when numba is installed).
+Then it streams 1M x 2048 from a memory-mapped .npy file (each backend) and reports the extra memory.
 
     python benchmarks/grad_norms.py [--skip-1m] [--repeat 5] [--tmpdir DIR]
 """
@@ -24,6 +28,9 @@ import torch
 from torch.func import grad, vmap
 
 from gradtune import grad_norms, grad_norms_streaming
+from gradtune.scores import _fused
+
+BACKENDS = ["torch", "fused"] if _fused.available() else ["torch"]
 
 SIZES = [(600, 2048, 2, "Waterbirds held-out"), (9934, 2048, 2, "CelebA held-out"),
          (22590, 768, 2, "CivilComments held-out"), (41231, 768, 3, "MultiNLI held-out"),
@@ -38,6 +45,20 @@ def timeit(fn, repeat):
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def timeit_interleaved(fns, repeat):
+    """Median time of each of ``fns`` (name -> callable), run round-robin so that load from
+    other processes on a shared machine hits them alike."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def func_norms(h, y, w, b, chunk=65536):
@@ -67,13 +88,18 @@ def bench_size(n: int, d: int, c: int, name: str, rep: int) -> None:
     y = torch.randint(0, c, (n,), generator=g)
     w = torch.randn(c, d, generator=g) * 0.02
     b = torch.zeros(c)
-    t_gt = timeit(lambda: grad_norms(h, labels=y, weight=w, bias=b), rep)
-    t_read = timeit(lambda: h.sum(), rep)
+    fns = {be: (lambda be=be: grad_norms(h, labels=y, weight=w, bias=b, backend=be)) for be in BACKENDS}
+    t = timeit_interleaved({**fns, "read": lambda: h.sum()}, rep)
+    t_read = t.pop("read")
     t_func = timeit(lambda: func_norms(h, y, w, b), 1 if n >= 1_000_000 else rep)
-    ok = torch.allclose(grad_norms(h, labels=y, weight=w, bias=b)[:1000], func_norms(h[:1000], y[:1000], w, b),
-                        rtol=1e-4)
-    print(f"{name:>24s} {t_gt * 1e3:8.1f}ms {t_func * 1e3:9.1f}ms {t_read * 1e3:8.1f}ms "
-          f"{t_func / t_gt:7.1f}x {t_gt / t_read:7.2f}x {'' if ok else ' MISMATCH'}")
+    ref = func_norms(h[:1000], y[:1000], w, b)
+    ok = all(torch.allclose(grad_norms(h[:1000], labels=y[:1000], weight=w, bias=b, backend=be), ref, rtol=1e-4)
+             for be in BACKENDS)
+    best = min(t.values())
+    cols = "".join(f"{t[be] * 1e3:8.1f}ms" if be in t else f"{'n/a':>10s}" for be in ["torch", "fused"])
+    ratios = "".join(f"{t[be] / t_read:10.2f}x" if be in t else f"{'n/a':>11s}" for be in ["torch", "fused"])
+    print(f"{name:>24s}{cols} {t_func * 1e3:9.1f}ms {t_read * 1e3:8.1f}ms "
+          f"{t_func / best:8.1f}x {ratios}{'' if ok else ' MISMATCH'}")
 
 
 def main() -> None:
@@ -83,7 +109,8 @@ def main() -> None:
     ap.add_argument("--tmpdir", default=None)
     args = ap.parse_args()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, fp32, median of {args.repeat}")
-    print(f"{'size':>24s} {'gradtune':>10s} {'torch.func':>11s} {'read once':>10s} {'vs func':>8s} {'vs read':>8s}")
+    print(f"{'size':>24s}{'torch':>10s}{'fused':>10s} {'torch.func':>11s} {'read once':>10s} {'func/best':>9s}"
+          f"{'torch/read':>11s}{'fused/read':>11s}")
     for n, d, c, name in SIZES:
         if n >= 1_000_000 and args.skip_1m:
             continue
@@ -113,14 +140,15 @@ def main() -> None:
 
         th = threading.Thread(target=watch)
         th.start()
-        t = time.perf_counter()
-        out = grad_norms_streaming(feats, labels, weight=w, bias=np.zeros(2, np.float32))
-        dt = time.perf_counter() - t
+        for be in BACKENDS:
+            t = time.perf_counter()
+            out = grad_norms_streaming(feats, labels, weight=w, bias=np.zeros(2, np.float32), backend=be)
+            dt = time.perf_counter() - t
+            print(f"streaming 1M x 2048 from a memory-mapped .npy ({os.path.getsize(path) / 2**30:.1f} GiB), "
+                  f"backend={be}: {dt:.2f} s, extra anonymous memory so far {peak[0] - base:.0f} MB "
+                  f"(target < 1024 MB), output {out.shape}")
         stop.set()
         th.join()
-        print(f"streaming 1M x 2048 from a memory-mapped .npy ({os.path.getsize(path) / 2**30:.1f} GiB): "
-              f"{dt:.2f} s, extra anonymous memory {peak[0] - base:.0f} MB (target < 1024 MB), "
-              f"output {out.shape}")
 
 
 if __name__ == "__main__":

@@ -16,9 +16,12 @@ relative error stays near fp32 epsilon whatever the confidence.
 Backends. ``backend="torch"`` computes ``W @ h.T`` (BLAS) and ``||h||`` with torch:
 two passes over ``h``, any device. ``backend="fused"`` runs a numba kernel
 (:mod:`gradtune.scores._fused`, ``pip install 'gradtune[fast]'``) that reads each
-row once on the CPU and accumulates the logits and ``||h||^2`` in float64.
+row once on the CPU, computing the logits and ``||h||^2`` together, then the same
+residual as the torch path on the (C, N) logits.
 ``backend="auto"`` (default) picks the fused kernel when it is installed and the
-input suits it (CPU, float32/float64, contiguous, C <= 16, N * d >= 2**22).
+input suits it (CPU, float32/float64, contiguous, C <= 10, N * d >= 2**22). The
+first fused call in a process costs ~1.2 s (importing numba, loading the kernel
+from numba's disk cache); the first ever, ~10 s more per dtype to compile it.
 
 Shapes: N samples, d features, C classes.
 """
@@ -45,11 +48,12 @@ __all__ = ["grad_norms", "grad_norms_streaming", "residual_norms"]
 
 DEFAULT_CHUNK_ROWS = 262144
 BACKENDS = ("auto", "torch", "fused")
-# backend="auto" uses the fused kernel only with at most this many classes (it keeps one
-# accumulator per class; beyond that a BLAS GEMM wins) ...
-FUSED_MAX_CLASSES = 16
-# ... and at least this many feature elements (N * d; per chunk when streaming). Below,
-# the saving per call is ~1 ms or less, not worth importing numba (~0.5 s per process).
+# backend="auto" uses the fused kernel only with at most this many classes (it sweeps each
+# row segment once per 4 classes; measured on 2 cores, it beats BLAS up to C = 10 but not
+# at C = 16) ...
+FUSED_MAX_CLASSES = 10
+# ... and at least this many feature elements (N * d; per chunk when streaming). The
+# measured crossover is 2-3 M (below it, the torch path's fewer fixed costs win).
 FUSED_MIN_ELEMENTS = 1 << 22
 
 
@@ -90,6 +94,15 @@ def _norms_chunk(h: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None,
     if include_bias:
         hn = torch.hypot(hn, torch.ones((), dtype=hn.dtype, device=hn.device))  # sqrt(||h||^2 + 1)
     return _residual_t(z_t, y).mul_(hn)
+
+
+def _fused_chunk(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 include_bias: bool) -> torch.Tensor:
+    """:func:`_norms_chunk` with the logits and ``||h||^2`` from the one-pass kernel."""
+    z_t, sq = _fused_module().fused_logits(h, weight, bias)  # (C, n), (n,); dtype of h
+    if include_bias:
+        sq += 1.0
+    return _residual_t(z_t, y).mul_(sq.sqrt_())
 
 
 def _use_fused(backend: str, h: torch.Tensor, n_classes: int, have_logits: bool) -> bool:
@@ -186,18 +199,17 @@ def grad_norms(
         Include the bias parameters in the gradient (the paper's ``theta_fc`` is the
         whole layer). With False, the norm is w.r.t. the weight only.
     chunk_rows : int, default=262144
-        Rows per chunk; bounds temporary memory to O(chunk_rows * C). The fused
-        kernel needs no chunks (its temporary memory is O(C) per thread).
+        Rows per chunk; bounds temporary memory to O(chunk_rows * C).
     backend : {"auto", "torch", "fused"}, default="auto"
         ``"torch"``: BLAS logits then row norms (two passes over ``features``; any
-        device). ``"fused"``: one pass on the CPU with float64 accumulation; needs
+        device). ``"fused"``: one pass over ``features`` on the CPU; needs
         ``numba`` (``pip install 'gradtune[fast]'``) and ``weight``; copies
         non-contiguous features first; raises :class:`GradTuneInputError` for
         CUDA features, dtypes other than float32/float64, or ``logits`` given.
         ``"auto"``: ``"fused"`` when numba is installed and the features are a
-        contiguous float32/float64 CPU tensor with N * d >= 2**22 and C <= 16,
-        else ``"torch"``. The two agree to within the fp32 rounding of the torch
-        logits (``"fused"`` is the more accurate).
+        contiguous float32/float64 CPU tensor with N * d >= 2**22 and C <= 10,
+        else ``"torch"``. In float32 the two agree to ~1e-5 relative (both round
+        the logits at fp32 GEMM accuracy, in a different order).
 
     Returns
     -------
@@ -235,15 +247,16 @@ def grad_norms(
         n_classes = w.shape[0]
         z = None
     y = check_labels(labels, n_classes, n=n).to(h.device)
-    if _use_fused(backend, h, n_classes, z is not None):
+    fused = _use_fused(backend, h, n_classes, z is not None)
+    if fused:
         h = h.contiguous()
-        out = _fused_module().fused_norms(h, y, w, b, include_bias)
-        _check_finite_result(out, h, None)
-        return out
     out = torch.empty(n, dtype=h.dtype, device=h.device)
     for start in range(0, n, chunk_rows):
         sl = slice(start, min(start + chunk_rows, n))
-        out[sl] = _norms_chunk(h[sl], y[sl], None if z is None else z[sl], w, b, include_bias)
+        if fused:
+            out[sl] = _fused_chunk(h[sl], y[sl], w, b, include_bias)
+        else:
+            out[sl] = _norms_chunk(h[sl], y[sl], None if z is None else z[sl], w, b, include_bias)
     _check_finite_result(out, h, z)
     return out
 
@@ -303,7 +316,7 @@ def grad_norms_streaming(
         Compute dtype for each chunk.
     backend : {"auto", "torch", "fused"}, default="auto"
         As in :func:`grad_norms`, decided per chunk (``"auto"`` counts each chunk's
-        N * d). The fused kernel writes straight into the output array.
+        N * d).
 
     Returns
     -------
@@ -338,12 +351,11 @@ def grad_norms_streaming(
         y = y_all[pos:pos + m].to(device)
         if _use_fused(backend, h, n_classes, False):
             h = h.contiguous()
-            res = torch.from_numpy(_fused_module().fused_norms(h, y, w, b, include_bias, out=out[pos:pos + m]))
-            _check_finite_result(res, h, None, offset=pos)
+            res = _fused_chunk(h, y, w, b, include_bias)
         else:
             res = _norms_chunk(h, y, None, w, b, include_bias)
-            _check_finite_result(res, h, None, offset=pos)
-            out[pos:pos + m] = res.cpu().numpy()
+        _check_finite_result(res, h, None, offset=pos)
+        out[pos:pos + m] = res.cpu().numpy()
         pos += m
     if pos != n:
         raise GradTuneInputError(f"features had {pos} rows but {n} labels were given")

@@ -1,0 +1,226 @@
+"""The fused (numba) backend of grad_norms against the torch backend and the autograd references."""
+
+import importlib
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gradtune import GradTuneInputError, grad_norms, grad_norms_streaming
+from gradtune.scores import _fused
+from tests.scores.test_grad_norms import reference_from_logits, reference_norms
+
+# The module, not the function that gradtune.scores re-exports under the same name.
+gn_module = importlib.import_module("gradtune.scores.grad_norms")
+
+
+@pytest.fixture
+def kernel():
+    """Skip (with the reason) where numba is not installed; fail if it is but won't import."""
+    pytest.importorskip("numba", reason="the fused backend needs numba: pip install 'gradtune[fast]'")
+    assert _fused.available(), "numba is installed but gradtune.scores._fused cannot use it"
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Count the calls of the fused kernel."""
+    calls = []
+    real = _fused.fused_logits
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_fused, "fused_logits", counting)
+    return calls
+
+
+def make(n, d, c, seed, scale=1.0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, d, generator=g, dtype=torch.float64).to(dtype)
+    w = (torch.randn(c, d, generator=g, dtype=torch.float64) * scale).to(dtype)
+    b = (torch.randn(c, generator=g, dtype=torch.float64) * scale).to(dtype)
+    y = torch.randint(0, c, (n,), generator=g)
+    return h, w, b, y
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(0, 40), d=st.integers(1, 30), c=st.sampled_from([2, 3, 4, 5, 10]),
+       use_bias=st.booleans(), include_bias=st.booleans(), dtype=st.sampled_from([torch.float32, torch.float64]),
+       scale=st.sampled_from([0.1, 1.0, 8.0]), seed=st.integers(0, 10_000))
+def test_fused_matches_torch_and_autograd(kernel, n, d, c, use_bias, include_bias, dtype, scale, seed):
+    h, w, b, y = make(n, d, c, seed, scale, dtype)
+    bias = b if use_bias else None
+    got = grad_norms(h, labels=y, weight=w, bias=bias, include_bias=include_bias, backend="fused")
+    assert got.dtype == dtype and got.shape == (n,)
+    ref = reference_norms(h, y, w, b if use_bias else torch.zeros_like(b), include_bias)
+    # fp32: logits at fp32-GEMM accuracy, residual in float64; fp64 throughout otherwise.
+    rtol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(got.double(), ref, rtol=rtol, atol=1e-12)
+    # The torch backend carries its own rounding of the logits (see test_grad_norms).
+    tch = grad_norms(h, labels=y, weight=w, bias=bias, include_bias=include_bias, backend="torch")
+    torch.testing.assert_close(got.double(), tch.double(), rtol=5e-5 if dtype == torch.float32 else 1e-12,
+                               atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n, d, c", [(300, 2048, 2), (257, 768, 3), (130, 67, 7), (65, 2048, 16), (40, 33, 17)])
+def test_fused_wide_features(kernel, dtype, n, d, c):
+    """d = 2048 (the paper's ResNet-50 features): fp32 segment sums keep 1e-5 relative."""
+    h, w, b, y = make(n, d, c, seed=d + c, scale=0.2, dtype=dtype)
+    got = grad_norms(h, labels=y, weight=w, bias=b, backend="fused")
+    z64 = h.double() @ w.double().T + b.double()
+    ref = reference_from_logits(h, z64, y, include_bias=True)
+    # atol: the fp64 reference's own p_y - 1 cancels (~1e-16 * ||h||) when p_y is near 1.
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-12)
+    tch = grad_norms(h, labels=y, weight=w, bias=b, backend="torch")
+    torch.testing.assert_close(got.double(), tch.double(), rtol=5e-5 if dtype == torch.float32 else 1e-11,
+                               atol=1e-12)
+
+
+def test_fused_stable_when_confident(kernel):
+    """p_y = 1 - O(1e-10 .. 1e-16): 1 - p_y as a sum of small probabilities, 1e-5 relative in fp32."""
+    h = torch.tensor([[1.0, 2.0], [0.5, -1.0], [3.0, 0.0]])
+    w = torch.tensor([[12.0, 6.0], [-2.0, -1.0], [0.0, 0.5]])
+    y = torch.tensor([0, 1, 0])
+    got = grad_norms(h, labels=y, weight=w, backend="fused")
+    z64 = h.double() @ w.double().T
+    assert float(torch.softmax(z64, 1)[0, 0]) > 1 - 1e-9
+    # Autograd's p_y - 1 cancels even in fp64 here; each p_c = exp(z_c - logsumexp(z)) does not.
+    p = torch.exp(z64 - torch.logsumexp(z64, 1, keepdim=True)).scatter(1, y[:, None], 0.0)
+    ref = ((p * p).sum(1) + p.sum(1) ** 2).sqrt() * ((h.double() ** 2).sum(1) + 1).sqrt()
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=0)
+    torch.testing.assert_close(grad_norms(h.double(), labels=y, weight=w.double(), backend="fused"), ref,
+                               rtol=1e-13, atol=0)
+
+
+def test_fused_empty_and_noncontiguous(kernel):
+    w = torch.randn(3, 5)
+    out = grad_norms(torch.empty(0, 5), labels=torch.empty(0, dtype=torch.int64), weight=w, backend="fused")
+    assert out.shape == (0,) and out.dtype == torch.float32
+    # Non-contiguous features are copied first (one extra pass), not refused.
+    g = torch.Generator().manual_seed(3)
+    ht = torch.randn(5, 50, generator=g)
+    y = torch.randint(0, 3, (50,), generator=g)
+    assert not ht.T.is_contiguous()
+    torch.testing.assert_close(grad_norms(ht.T, labels=y, weight=w, backend="fused"),
+                               grad_norms(ht.T.contiguous(), labels=y, weight=w, backend="torch"), rtol=5e-5, atol=0)
+    # Array-likes go through the same conversion as the torch backend.
+    torch.testing.assert_close(grad_norms(ht.T.numpy(), labels=y.numpy(), weight=w.numpy(), backend="fused"),
+                               grad_norms(ht.T, labels=y, weight=w, backend="fused"))
+
+
+def test_fused_reports_non_finite_rows(kernel):
+    h = torch.randn(6, 4)
+    h[2, 1] = float("nan")
+    h[4, 0] = float("inf")
+    with pytest.raises(GradTuneInputError, match=r"NaN or infinite values in 2 row\(s\), e.g. rows \[2, 4\]"):
+        grad_norms(h, labels=torch.zeros(6, dtype=torch.int64), weight=torch.ones(2, 4), backend="fused")
+
+
+def test_auto_dispatch(kernel, spy, monkeypatch):
+    h, w, b, y = make(64, 16, 3, seed=0)
+    grad_norms(h, labels=y, weight=w, bias=b)  # 1024 elements: below the threshold
+    assert spy == []
+    monkeypatch.setattr(gn_module, "FUSED_MIN_ELEMENTS", 1000)
+    auto = grad_norms(h, labels=y, weight=w, bias=b)
+    assert spy == [(64, 16)]
+    torch.testing.assert_close(auto, grad_norms(h, labels=y, weight=w, bias=b, backend="fused"))
+    spy.clear()
+    # Cases auto leaves to torch: many classes, non-contiguous, half precision, logits given.
+    hc, wc, _, yc = make(64, 16, gn_module.FUSED_MAX_CLASSES + 1, seed=1)
+    grad_norms(hc, labels=yc, weight=wc)
+    grad_norms(h.T.contiguous().T, labels=y, weight=w)
+    grad_norms(h.to(torch.bfloat16), labels=y, weight=w)
+    grad_norms(h, h @ w.T, y)
+    grad_norms(h, labels=y, weight=w, backend="torch")
+    assert spy == []
+
+
+def test_streaming_fused_matches_torch(kernel, spy, tmp_path):
+    h, w, b, y = make(2500, 40, 3, seed=5)
+    path = tmp_path / "feats.npy"
+    np.save(path, h.numpy())
+    mm = np.load(path, mmap_mode="r")
+    got = grad_norms_streaming(mm, y.numpy(), weight=w, bias=b, chunk_rows=300, backend="fused")
+    assert len(spy) == 9
+    ref = grad_norms_streaming(mm, y.numpy(), weight=w, bias=b, chunk_rows=300, backend="torch")
+    np.testing.assert_allclose(got, ref, rtol=5e-5)
+    # Same kernel per row; torch's softmax may round the last bit differently per chunk.
+    np.testing.assert_allclose(got, grad_norms(h, labels=y, weight=w, bias=b, backend="fused").numpy(), rtol=1e-6)
+    got64 = grad_norms_streaming((h[i:i + 999].numpy() for i in range(0, 2500, 999)), y, weight=w, bias=b,
+                                 dtype=torch.float64, backend="fused")
+    assert got64.dtype == np.float64
+    np.testing.assert_allclose(got64, got, rtol=1e-5)
+    bad = h.numpy().copy()
+    bad[1234, 3] = np.nan
+    with pytest.raises(GradTuneInputError, match=r"rows \[1234\]"):
+        grad_norms_streaming(bad, y, weight=w, chunk_rows=300, backend="fused")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(features=torch.zeros(2, 3, device="meta"), weight=torch.ones(2, 3)), "CPU only"),
+        (dict(features=torch.zeros(2, 3, dtype=torch.float16), weight=torch.ones(2, 3)), "float32 and float64"),
+        (dict(features=torch.zeros(2, 3), logits=torch.zeros(2, 2)), "with logits given"),
+    ],
+)
+def test_fused_refuses_unsupported_input(kwargs, match):
+    # Raised before the kernel is needed, so these run without numba too.
+    with pytest.raises(GradTuneInputError, match=match):
+        grad_norms(labels=torch.tensor([0, 1]), backend="fused", **kwargs)
+
+
+def test_bad_backend_name():
+    with pytest.raises(GradTuneInputError, match="backend must be one of"):
+        grad_norms(torch.zeros(2, 3), labels=[0, 1], weight=torch.ones(2, 3), backend="numba")
+    with pytest.raises(GradTuneInputError, match="backend must be one of"):
+        grad_norms_streaming(np.zeros((2, 3)), [0, 1], weight=np.ones((2, 3)), backend="cuda")
+
+
+def test_fused_unavailable(monkeypatch):
+    """Without numba: 'fused' raises with the install hint, 'auto' quietly uses torch."""
+    monkeypatch.setattr(_fused, "available", lambda: False)
+    monkeypatch.setattr(gn_module, "FUSED_MIN_ELEMENTS", 0)
+    h, w, b, y = make(20, 6, 3, seed=2)
+    with pytest.raises(GradTuneInputError, match=r"needs numba.*gradtune\[fast\]"):
+        grad_norms(h, labels=y, weight=w, backend="fused")
+    with pytest.raises(GradTuneInputError, match="needs numba"):
+        grad_norms_streaming(h.numpy(), y, weight=w, backend="fused")
+    torch.testing.assert_close(grad_norms(h, labels=y, weight=w, bias=b),
+                               grad_norms(h, labels=y, weight=w, bias=b, backend="torch"))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
+def test_fused_in_forked_child(kernel):
+    """After the parallel kernel ran, a forked child gets the serial kernel: numba would abort
+    it ("fork() called from a process already using GNU OpenMP"). The child limits torch to
+    one thread, as fork workers should (torch's own OpenMP pool hangs after fork otherwise)."""
+    h, w, b, y = make(3000, 40, 3, seed=7)
+    parent = grad_norms(h, labels=y, weight=w, bias=b, backend="fused")
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        code = 1
+        try:
+            import faulthandler
+
+            faulthandler.dump_traceback_later(120, exit=True)
+            torch.set_num_threads(1)
+            child = grad_norms(h, labels=y, weight=w, bias=b, backend="fused")
+            os.write(write_fd, child.numpy().tobytes())
+            code = 0
+        finally:
+            sys.stdout.flush()
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as fh:
+        data = fh.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    np.testing.assert_allclose(np.frombuffer(data, dtype=np.float32), parent.numpy(), rtol=1e-6)
