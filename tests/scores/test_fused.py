@@ -68,7 +68,8 @@ def test_fused_matches_torch_and_autograd(kernel, n, d, c, use_bias, include_bia
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("n, d, c", [(300, 2048, 2), (257, 768, 3), (130, 67, 7), (65, 2048, 16), (40, 33, 17)])
+@pytest.mark.parametrize("n, d, c", [(300, 2048, 2), (257, 768, 3), (50, 1100, 5), (130, 67, 7), (65, 2048, 16),
+                                     (40, 33, 17)])
 def test_fused_wide_features(kernel, dtype, n, d, c):
     """d = 2048 (the paper's ResNet-50 features): fp32 segment sums keep 1e-5 relative."""
     h, w, b, y = make(n, d, c, seed=d + c, scale=0.2, dtype=dtype)
@@ -224,3 +225,15 @@ def test_fused_in_forked_child(kernel):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     np.testing.assert_allclose(np.frombuffer(data, dtype=np.float32), parent.numpy(), rtol=1e-6)
+
+
+def test_fused_from_threads(kernel):
+    """Concurrent calls are serialized by a lock (numba's workqueue layer would abort)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    h, w, b, y = make(5000, 64, 3, seed=8)
+    ref = grad_norms(h, labels=y, weight=w, bias=b, backend="fused")
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda _: grad_norms(h, labels=y, weight=w, bias=b, backend="fused"), range(8)))
+    for out in outs:
+        torch.testing.assert_close(out, ref, rtol=1e-6, atol=0)

@@ -72,11 +72,12 @@ if numba is not None:
     # cache recognizes it across processes.
     _FM = {"reassoc", "contract"}  # SIMD partial sums; no nnan/ninf/afn: IEEE semantics kept
 
-    # Partial dot products over one segment of a row, accumulated in the input dtype
-    # (``zero`` fixes it). The segments are short (_SEGMENT), and with reassoc LLVM keeps
-    # 16-32 SIMD partial sums, so each partial sum adds only a handful of products.
+    # Partial dot products over one segment r (m,) of a row and the same columns of up to
+    # 4 weight rows a, b, ... (m,), plus sum(r * r), accumulated in the input dtype (that
+    # of the scalar ``zero``). With reassoc, LLVM keeps 32 SIMD partial sums per sum
+    # (8 lanes x 4), so each adds ~16 products of a 512-long segment.
     @njit(fastmath=_FM, inline="always", nogil=True)
-    def _seg4(r, a, b, c, e, zero):  # type: ignore[no-untyped-def]
+    def _seg4(r, a, b, c, e, zero):
         s = t0 = t1 = t2 = t3 = zero
         for k in range(r.shape[0]):
             x = r[k]
@@ -88,7 +89,7 @@ if numba is not None:
         return s, t0, t1, t2, t3
 
     @njit(fastmath=_FM, inline="always", nogil=True)
-    def _seg3(r, a, b, c, zero):  # type: ignore[no-untyped-def]
+    def _seg3(r, a, b, c, zero):
         s = t0 = t1 = t2 = zero
         for k in range(r.shape[0]):
             x = r[k]
@@ -99,7 +100,7 @@ if numba is not None:
         return s, t0, t1, t2
 
     @njit(fastmath=_FM, inline="always", nogil=True)
-    def _seg2(r, a, b, zero):  # type: ignore[no-untyped-def]
+    def _seg2(r, a, b, zero):
         s = t0 = t1 = zero
         for k in range(r.shape[0]):
             x = r[k]
@@ -109,7 +110,7 @@ if numba is not None:
         return s, t0, t1
 
     @njit(fastmath=_FM, inline="always", nogil=True)
-    def _seg1(r, a, zero):  # type: ignore[no-untyped-def]
+    def _seg1(r, a, zero):
         s = t0 = zero
         for k in range(r.shape[0]):
             x = r[k]
@@ -118,7 +119,7 @@ if numba is not None:
         return s, t0
 
     @njit(fastmath=_FM, inline="always", nogil=True)
-    def _row_logits(r, w, bias, z, zero):  # type: ignore[no-untyped-def]
+    def _row_logits(r, w, bias, z, zero):
         """z (C,) = w (C, d) @ r (d,) + bias, in float64 across segments; returns ||r||^2.
 
         Each _SEGMENT-long piece of r is read from memory once and swept once per 4
@@ -165,7 +166,7 @@ if numba is not None:
         return ss
 
     @njit(fastmath=_FM, inline="always", nogil=True)
-    def _rows(h, w, bias, zero, z_t, sq, z, start, stop):  # type: ignore[no-untyped-def]
+    def _rows(h, w, bias, zero, z_t, sq, z, start, stop):
         """Rows start..stop-1: z_t[:, i] = w @ h[i] + bias, sq[i] = ||h[i]||^2; z: (C,) scratch."""
         for i in range(start, stop):
             sq[i] = _row_logits(h[i], w, bias, z, zero)
@@ -173,7 +174,7 @@ if numba is not None:
                 z_t[j, i] = z[j]
 
     @njit(parallel=True, fastmath=_FM, cache=True, nogil=True)
-    def _kernel(h, w, bias, zero, z_t, sq):  # type: ignore[no-untyped-def]
+    def _kernel(h, w, bias, zero, z_t, sq):
         """z_t[:, i] = w @ h[i] + bias and sq[i] = ||h[i]||^2, blocks of rows in parallel.
 
         h (N, d), w (C, d), z_t (C, N) and sq (N,) share a dtype (that of the scalar
@@ -187,7 +188,7 @@ if numba is not None:
             _rows(h, w, bias, zero, z_t, sq, z, blk * _ROWS_PER_BLOCK, min(n, (blk + 1) * _ROWS_PER_BLOCK))
 
     @njit(fastmath=_FM, cache=True, nogil=True)
-    def _kernel_serial(h, w, bias, zero, z_t, sq):  # type: ignore[no-untyped-def]
+    def _kernel_serial(h, w, bias, zero, z_t, sq):
         """:func:`_kernel` on one thread (for forked children; see :func:`_parallel_unsafe`)."""
         z = np.empty(w.shape[0], dtype=np.float64)
         _rows(h, w, bias, zero, z_t, sq, z, 0, h.shape[0])
