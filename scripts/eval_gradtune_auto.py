@@ -255,7 +255,7 @@ def write_doc(path: Path, records: list[dict], cands: pd.DataFrame, benchmarks: 
         "500 epochs, L2 guard only), `gradtune-autok` (automatic k only, 500 epochs).",
         "",
         f"The criterion ({DEFAULT_CRITERION}) and the guard strength ({DEFAULT_L2}, the middle of AFR's grid) were "
-        "fixed before these runs, from RESEARCH.md section 8 (worst-class accuracy tracked test WGA through the "
+        "fixed before these runs, from an earlier independent reference run on Adult (worst-class accuracy tracked test WGA through the "
         "Adult collapse). The correlation and oracle-gap tables below use test labels after the fact only; "
         "they were not used to pick a default. There is no further held-out benchmark, so treat the "
         "comparison between criteria as descriptive.",
@@ -334,7 +334,7 @@ def write_doc(path: Path, records: list[dict], cands: pd.DataFrame, benchmarks: 
         "",
         "- The gain over the paper's gradtune comes from **not fine-tuning too long when it hurts**. Where "
         "500 epochs on the top-norm rows degrade the head (Adult, whose held-out errors are mostly noise "
-        "(RESEARCH.md 8), and reviews, where gradtune ends below ERM), worst-class accuracy on the selection "
+        "(seen in an independent reference run), and reviews, where gradtune ends below ERM), worst-class accuracy on the selection "
         "rows sees it and keeps the ERM head or an early snapshot. Where the shortcut is real (fmnist-spurious) "
         "it keeps fine-tuning. It does not beat ERM where fine-tuning cannot help: there it mostly avoids harm.",
         "- On fmnist-spurious the L2 guard costs WGA relative to epoch selection alone (see 'What the guard "

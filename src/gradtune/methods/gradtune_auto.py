@@ -2,8 +2,8 @@
 
 Beyond the paper (issue 7). The paper's GradTune (``"gradtune"``, the default) fixes
 ``M' = 500``, ``k = 400`` and 500 epochs and has no way to choose them without group
-labels; where the ERM head's held-out errors are noise rather than a shortcut (Adult,
-RESEARCH.md 8) hundreds of epochs on them invert the head. ``"gradtune-auto"`` keeps the
+labels; where the ERM head's held-out errors are noise rather than a shortcut (Adult;
+see docs/gradtune-auto.md) hundreds of epochs on them invert the head. ``"gradtune-auto"`` keeps the
 paper's selection rule and fine-tuning loop and adds three things, none of which reads a
 group label or a test row:
 

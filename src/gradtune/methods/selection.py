@@ -8,7 +8,7 @@ Two policies, chosen by ``mode``:
 * ``'label_free'``: each grid point is scored by **worst-class accuracy** on the
   ``selection`` rows (labels only, no groups are read). It needs no annotation of the
   spurious attribute and tracks worst-group accuracy where a shortcut hurts one class
-  more than the other (RESEARCH.md 8: it caught the Adult collapse); it cannot see a
+  more than the other (an independent reference run: it caught the Adult collapse); it cannot see a
   failure confined within a class.
 
 Grids are data: each method class declares ``search_space: ClassVar[dict[str, list]]``
