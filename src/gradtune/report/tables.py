@@ -310,12 +310,7 @@ def _baseline_row(frame: pd.DataFrame, baseline: str, benchmarks: Sequence[str],
     if sub.empty:
         return None
     row: dict[str, Any] = {"Method": name}
-    for b in benchmarks:
-        cb = sub[sub["benchmark"] == b]
-        for short, col in _METRICS:
-            m, s, n = aggregate(cb[col].tolist())
-            row[f"{b} {short}"] = cell(m, s, n)
-            nums.append({"item": key, "row": name, "benchmark": b, "metric": short, "mean": m, "std": s, "n": n})
+    _fill_metric_cells(row, nums, sub, benchmarks, key, name)
     return row
 
 
