@@ -29,13 +29,13 @@ def kernel():
 def spy(monkeypatch):
     """Count the calls of the fused kernel."""
     calls = []
-    real = _fused.fused_logits
+    real = _fused.fused_norms_np
 
     def counting(*args, **kwargs):
         calls.append(args[0].shape)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(_fused, "fused_logits", counting)
+    monkeypatch.setattr(_fused, "fused_norms_np", counting)
     return calls
 
 
@@ -237,3 +237,84 @@ def test_fused_from_threads(kernel):
         outs = list(pool.map(lambda _: grad_norms(h, labels=y, weight=w, bias=b, backend="fused"), range(8)))
     for out in outs:
         torch.testing.assert_close(out, ref, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("bad, match", [(-1, "labels must be >= 0, found -1"), (3, "labels must be < 3"),
+                                        (7, "labels must be < 3")])
+def test_fused_reports_labels_out_of_range(kernel, bad, match):
+    """The kernel counts out-of-range labels (it never indexes with one); the error is the torch path's."""
+    h, w, b, y = make(300, 16, 3, seed=4)
+    y[123] = bad
+    for backend in ("fused", "torch"):
+        with pytest.raises(GradTuneInputError, match=match):
+            grad_norms(h, labels=y, weight=w, bias=b, backend=backend)
+    h2, w2, b2, y2 = make(300, 16, 2, seed=4)  # the two-class residual takes its own branch
+    y2[7] = 2
+    with pytest.raises(GradTuneInputError, match="labels must be < 2"):
+        grad_norms(h2, labels=y2, weight=w2, bias=b2, backend="fused")
+
+
+@pytest.mark.parametrize("c", [2, 3])
+@pytest.mark.parametrize("what, value", [("weight", float("nan")), ("weight", float("inf")),
+                                         ("bias", float("-inf")), ("bias", float("nan"))])
+def test_fused_names_non_finite_head(kernel, c, what, value):
+    """A NaN/inf in the head is refused up front (a -inf bias can leave every norm finite)."""
+    h, w, b, y = make(50, 8, c, seed=6)
+    (w if what == "weight" else b)[c - 1, ...] = value
+    for backend in ("fused", "torch"):
+        with pytest.raises(GradTuneInputError, match=f"{what} contains NaN or infinite values"):
+            grad_norms(h, labels=y, weight=w, bias=b, backend=backend)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float32, 1e-5), (torch.float64, 1e-13)])
+def test_fused_two_classes_at_extreme_confidence(kernel, dtype, rtol):
+    """C = 2: sqrt(2) / (1 + exp(z_y - z_other)) stays relative-accurate for p_y near 0 and near 1."""
+    h = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.3, -0.2], [2.0, 1.0]], dtype=dtype)
+    w = torch.tensor([[40.0, 0.0], [0.0, 0.0]], dtype=dtype)  # z = (40, 0) for the first two rows
+    y = torch.tensor([0, 1, 1, 0])
+    got = grad_norms(h, labels=y, weight=w, backend="fused").double()
+    z64 = h.double() @ w.double().T
+    logp = z64 - torch.logsumexp(z64, 1, keepdim=True)
+    p_other = torch.exp(logp.gather(1, (1 - y)[:, None])).squeeze(1)  # exact even at 4e-18
+    ref = 2 ** 0.5 * p_other * ((h.double() ** 2).sum(1) + 1).sqrt()
+    torch.testing.assert_close(got, ref, rtol=rtol, atol=0)
+    assert float(got[0]) < 1e-16 and abs(float(got[1]) - 2 ** 0.5 * 2 ** 0.5) < 1e-6
+
+
+def test_fast_path_takes_canonical_tensors_only(kernel, monkeypatch):
+    """Canonical CPU tensors skip the general validation; every other form goes through it,
+    with bitwise the same norms (one kernel, one rounding)."""
+    h, w, b, y = make(300, 40, 3, seed=9)
+    lin = torch.nn.Linear(40, 3)  # parameters that require grad are taken too
+    with torch.no_grad():
+        lin.weight.copy_(w)
+        lin.bias.copy_(b)
+    general = grad_norms(h.numpy(), labels=y.numpy(), weight=w.numpy(), bias=b.numpy(), backend="fused")
+
+    def no_general_path(*args, **kwargs):
+        raise AssertionError("the general validation ran for canonical input")
+
+    with monkeypatch.context() as m:
+        m.setattr(gn_module, "check_features", no_general_path)
+        fast = grad_norms(h, labels=y, weight=w, bias=b, backend="fused")
+        fast_params = grad_norms(h, labels=y, weight=lin.weight, bias=lin.bias, backend="fused")
+        unbiased = grad_norms(h, labels=y, weight=w, backend="fused", include_bias=False)
+    assert torch.equal(fast, general) and torch.equal(fast_params, general)
+    torch.testing.assert_close(unbiased, grad_norms(h.numpy(), labels=y.numpy(), weight=w.numpy(), backend="fused",
+                                                    include_bias=False), rtol=0, atol=0)
+    # Not canonical: int32 labels, float64 weight for float32 features, a transposed view.
+    calls = []
+    real = gn_module.check_features
+    monkeypatch.setattr(gn_module, "check_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for kwargs in (dict(features=h, labels=y.int(), weight=w), dict(features=h, labels=y, weight=w.double()),
+                   dict(features=h.T.contiguous().T, labels=y, weight=w)):
+        ref = grad_norms(**{k: (v.numpy() if k != "features" else v.contiguous().numpy()) for k, v in kwargs.items()},
+                         backend="torch")
+        torch.testing.assert_close(grad_norms(**kwargs, backend="fused"), ref, rtol=5e-5, atol=0)
+    assert len(calls) >= 3
+
+
+def test_fast_path_validates_chunk_rows(kernel):
+    h, w, b, y = make(20, 4, 2, seed=1)
+    with pytest.raises(GradTuneInputError, match="chunk_rows must be > 0"):
+        grad_norms(h, labels=y, weight=w, bias=b, backend="fused", chunk_rows=0)

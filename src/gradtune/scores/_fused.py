@@ -1,28 +1,29 @@
 """Optional single-pass CPU kernel for :func:`gradtune.grad_norms` (needs ``numba``).
 
-The torch path reads the features twice (``W @ h.T``, then ``||h||``). This kernel
-reads each row of ``h`` once and, while a segment of the row sits in L1, computes
-its contribution to the row's C logits and to ``||h||^2`` together. It returns the
-class-major logits (C, N) and the squared norms (N,) in the input dtype;
-``grad_norms`` then applies the same stable residual (``_residual_t``) as the torch
-path, on (C, N) numbers instead of (N, d).
+The torch path reads the features twice (``W @ h.T``, then ``||h||``) and then runs
+about ten small tensor operations for the residual. This kernel reads each row of
+``h`` once and, while a segment of the row sits in L1, computes its contribution to
+the row's C logits and to ``||h||^2`` together; then, still per row, the softmax
+residual and the norm. It also counts labels outside ``0..C-1`` and non-finite
+norms, so that :func:`gradtune.grad_norms` validates both without another pass.
 
 Numerics
 --------
 * Each row is cut into segments of ``_SEGMENT`` (512) elements. Within a segment the
   dot products and the sum of squares accumulate in the input dtype, in 16-32 SIMD
   partial sums (``fastmath={"reassoc", "contract"}``: FMA, reordered sums); the
-  segment sums are added in float64 and the total rounded once to the input dtype.
-  So each fp32 rounding error is relative to a sum of ~16 products: the logits are as
-  accurate as an fp32 GEMM's (~1e-6 relative to ``sum |w_k h_k|``) whatever d, and
-  float64 input stays float64 throughout.
+  segment sums are added in float64. So each fp32 rounding error is relative to a
+  sum of ~16 products: the logits are as accurate as an fp32 GEMM's (~1e-6 relative
+  to ``sum |w_k h_k|``) whatever d, and float64 input stays float64 throughout.
   Accumulating in float64 throughout was measured: it costs ~1.5-2x the SIMD
   instructions (4 lanes instead of 8, plus a conversion per element).
+* The residual ``||p - e_y||`` is computed in float64 from the float64 logits, with
+  ``1 - p_y`` as the sum of the other probabilities (no cancellation when ``p_y`` is
+  near 1); for two classes as ``sqrt(2) / (1 + exp(z_y - z_other))``, one ``exp``.
+  The norm is rounded to the input dtype once, when stored.
 * Only ``reassoc`` and ``contract`` are enabled: no ``nnan``/``ninf``/``afn``, so IEEE
-  NaN/inf semantics hold and a non-finite feature gives a non-finite norm
-  (``grad_norms`` relies on that to report bad rows).
-* The residual is not computed here: numba's scalar ``exp`` (~20-35 ns) made it a
-  fifth of the kernel time, whereas torch's vectorized softmax over (C, N) is cheap.
+  NaN/inf semantics hold and a non-finite feature, weight or bias gives a non-finite
+  norm, which the kernel counts.
 
 Compilation
 -----------
@@ -42,18 +43,19 @@ layer (which numba would abort), a single-threaded build of the kernel runs inst
 
 from __future__ import annotations
 
+import math
 import os
 import threading
-from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["available", "fused_logits"]
+__all__ = ["available", "fused_norms", "fused_norms_np"]
 
 _ROWS_PER_BLOCK = 64  # rows per parallel task: amortizes the O(C) scratch allocation
 _SEGMENT = 512  # row elements accumulated in the input dtype before adding into float64
 _lock = threading.Lock()
+_SQRT2 = math.sqrt(2.0)
 
 try:  # numba is optional: ``pip install 'gradtune[fast]'``
     import numba
@@ -166,32 +168,112 @@ if numba is not None:
         return ss
 
     @njit(fastmath=_FM, inline="always", nogil=True)
-    def _rows(h, w, bias, zero, z_t, sq, z, start, stop):
-        """Rows start..stop-1: z_t[:, i] = w @ h[i] + bias, sq[i] = ||h[i]||^2; z: (C,) scratch."""
+    def _residual(z, y, e):
+        """||softmax(z) - onehot(y)||_2 for one row's float64 logits z (C,); e: (C,) scratch.
+
+        ``1 - p_y`` is the sum of the other classes' probabilities, so it does not
+        cancel when ``p_y`` is near 1. ``y`` is only compared with class indices,
+        never used as one, so an out-of-range label cannot touch memory outside ``e``.
+        NaN/inf logits give NaN.
+        """
+        c = z.shape[0]
+        if c == 2 and (y == 0 or y == 1):
+            # Two classes: ||p - e_y|| = sqrt(2) * p_other, p_other = 1 / (1 + exp(z_y - z_other)),
+            # accurate at both ends; one exp instead of two. NaN for a NaN/inf logit, as below.
+            if not math.isfinite(z[0] + z[1]):
+                return math.nan
+            return _SQRT2 / (1.0 + math.exp(z[y] - z[1 - y]))
+        jm = 0
+        for j in range(1, c):
+            if z[j] > z[jm]:
+                jm = j
+        m = z[jm]
+        e[jm] = 1.0 + (m - m)  # exp(0) without the call; NaN when the largest logit is inf
+        s = e[jm]
+        for j in range(c):
+            if j != jm:
+                e[j] = math.exp(z[j] - m)
+                s += e[j]
+        inv = 1.0 / s
+        other = 0.0
+        sq_other = 0.0
+        for j in range(c):
+            if j != y:
+                p = e[j] * inv
+                other += p
+                sq_other += p * p
+        return math.sqrt(sq_other + other * other)
+
+    @njit(fastmath=_FM, inline="always", nogil=True)
+    def _head_bad(w, bias):
+        """1 if w or bias holds a NaN/inf, else 0.
+
+        Sums ``x * 0.0``: 0 for finite x, NaN otherwise (without the nnan/ninf fastmath
+        flags LLVM may not fold it away), so the loop stays vectorized.
+        """
+        check = 0.0
+        for j in range(w.shape[0]):
+            check += np.float64(bias[j]) * 0.0
+            for k in range(w.shape[1]):
+                check += np.float64(w[j, k]) * 0.0
+        return 0 if check == 0.0 else 1
+
+    @njit(fastmath=_FM, inline="always", nogil=True)
+    def _rows(h, w, bias, y, extra, zero, out, z, e, start, stop):
+        """Rows start..stop-1: out[i] = ||p_i - e_y_i|| * sqrt(||h_i||^2 + extra); z, e: (C,) scratch.
+
+        Returns (labels outside 0..C-1, non-finite norms) among these rows.
+
+        (Logits relative to class 0, ``(w_j - w_0) @ h``, would save one dot product per
+        row, but rounding ``w_j - w_0`` to float32 doubles the error bound of the logit
+        differences: measured 1.3e-5 relative against the 1e-5 this kernel is tested to.)
+        """
+        c = w.shape[0]
+        bad_labels = 0
+        non_finite = 0
         for i in range(start, stop):
-            sq[i] = _row_logits(h[i], w, bias, z, zero)
-            for j in range(w.shape[0]):
-                z_t[j, i] = z[j]
+            sq = _row_logits(h[i], w, bias, z, zero)
+            yi = y[i]
+            if yi < 0 or yi >= c:
+                bad_labels += 1
+            r = _residual(z, yi, e) * math.sqrt(sq + extra)
+            out[i] = r
+            if not math.isfinite(out[i]):  # as stored: float32 can overflow where float64 did not
+                non_finite += 1
+        return bad_labels, non_finite
 
     @njit(parallel=True, fastmath=_FM, cache=True, nogil=True)
-    def _kernel(h, w, bias, zero, z_t, sq):
-        """z_t[:, i] = w @ h[i] + bias and sq[i] = ||h[i]||^2, blocks of rows in parallel.
+    def _kernel(h, w, bias, y, extra, zero, out):
+        """out[i] = ||softmax(w @ h[i] + bias) - onehot(y[i])|| * sqrt(||h[i]||^2 + extra).
 
-        h (N, d), w (C, d), z_t (C, N) and sq (N,) share a dtype (that of the scalar
-        ``zero``); bias (C,) is float64. Sums run in float64 across segments, rounded
-        to the dtype once, when stored.
+        h (N, d), w (C, d), bias (C,) and out (N,) share a dtype (that of the scalar
+        ``zero``); y (N,) is int64. The logits, the residual and the norm are float64
+        per row, rounded to the dtype once, when stored. Blocks of rows run in
+        parallel. Returns (number of labels outside 0..C-1, number of non-finite
+        norms, 1 if w or bias holds a NaN/inf else 0), so that the caller validates
+        all three without another pass.
         """
         n = h.shape[0]
         nblocks = (n + _ROWS_PER_BLOCK - 1) // _ROWS_PER_BLOCK
+        bad_labels = 0
+        non_finite = 0
+        bad_head = _head_bad(w, bias)
         for blk in prange(nblocks):
             z = np.empty(w.shape[0], dtype=np.float64)
-            _rows(h, w, bias, zero, z_t, sq, z, blk * _ROWS_PER_BLOCK, min(n, (blk + 1) * _ROWS_PER_BLOCK))
+            e = np.empty(w.shape[0], dtype=np.float64)
+            bl, nf = _rows(h, w, bias, y, extra, zero, out, z, e, blk * _ROWS_PER_BLOCK,
+                           min(n, (blk + 1) * _ROWS_PER_BLOCK))
+            bad_labels += bl
+            non_finite += nf
+        return bad_labels, non_finite, bad_head
 
     @njit(fastmath=_FM, cache=True, nogil=True)
-    def _kernel_serial(h, w, bias, zero, z_t, sq):
+    def _kernel_serial(h, w, bias, y, extra, zero, out):
         """:func:`_kernel` on one thread (for forked children; see :func:`_parallel_unsafe`)."""
         z = np.empty(w.shape[0], dtype=np.float64)
-        _rows(h, w, bias, zero, z_t, sq, z, 0, h.shape[0])
+        e = np.empty(w.shape[0], dtype=np.float64)
+        bad_labels, non_finite = _rows(h, w, bias, y, extra, zero, out, z, e, 0, h.shape[0])
+        return bad_labels, non_finite, _head_bad(w, bias)
 
 
 _in_forked_child = False
@@ -221,43 +303,93 @@ def _parallel_unsafe() -> bool:
         return False
 
 
-def fused_logits(h: torch.Tensor, weight: torch.Tensor,
-                 bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and squared row norms of ``h`` in one pass over it.
+# numba.set_num_threads is per calling thread and costs ~6 us, so each thread remembers its last value.
+_thread_state = threading.local()
+_NP_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
-    Callers validate shapes and values; this only checks what the kernel needs.
+
+def _np(t: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    """A tensor as a C-contiguous CPU numpy array of ``dtype``, sharing memory when it can."""
+    try:
+        a = t.numpy()  # ~4 us; raises for CUDA tensors, ones requiring grad, or with a lazy negation
+    except (RuntimeError, TypeError):
+        a = t.detach().cpu().resolve_neg().numpy()
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def fused_norms(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                labels: torch.Tensor, include_bias: bool) -> tuple[torch.Tensor, int, int, int]:
+    """Per-sample last-layer gradient norms in one pass over ``h``.
+
+    Callers validate shapes; the label range and the finiteness of the head and of the
+    norms are counted by the kernel (it never indexes memory with a label), for the
+    caller to report.
 
     Parameters
     ----------
-    h : CPU Tensor of shape (N, d), float32 or float64, C-contiguous
-    weight : Tensor of shape (C, d); converted to the dtype of ``h``
-    bias : Tensor of shape (C,) or None
+    h : CPU Tensor of shape (N, d), float32 or float64 (copied if not C-contiguous)
+    weight : Tensor of shape (C, d), C >= 2; converted to the dtype of ``h``
+    bias : Tensor of shape (C,) or None; converted to the dtype of ``h``
+    labels : integer Tensor of shape (N,)
+    include_bias : bool
+        Add 1 to ``||h||^2`` (the bias's share of the gradient).
 
     Returns
     -------
-    z_t : Tensor of shape (C, N), dtype of ``h``
-        ``weight @ h.T + bias[:, None]`` (class-major, as ``_residual_t`` takes it).
-    sq : Tensor of shape (N,), dtype of ``h``
-        ``||h_i||^2``.
+    norms : Tensor of shape (N,), dtype of ``h``
+        ``||softmax(weight @ h_i + bias) - e_{y_i}|| * sqrt(||h_i||^2 + include_bias)``.
+    bad_labels : int
+        How many labels lie outside ``0..C-1`` (their norms are meaningless).
+    non_finite : int
+        How many norms are NaN or infinite.
+    bad_head : int
+        1 if ``weight`` or ``bias`` holds a NaN or infinity (the norms are then
+        meaningless), else 0.
     """
     if numba is None:
         raise RuntimeError("the fused kernel needs numba: pip install 'gradtune[fast]'")
-    if h.device.type != "cpu" or h.dtype not in (torch.float32, torch.float64) or not h.is_contiguous():
-        raise ValueError(f"fused_logits needs a contiguous float32/float64 CPU tensor, got {h.dtype} on {h.device}")
-    n = h.shape[0]
-    c = weight.shape[0]
-    z_t = torch.empty(c, n, dtype=h.dtype)
-    sq = torch.empty(n, dtype=h.dtype)
-    if n == 0:
-        return z_t, sq
-    h_np = h.detach().resolve_neg().numpy()
-    w_np = np.ascontiguousarray(weight.detach().cpu().to(h.dtype).resolve_neg().numpy())
-    b_np: Any = (np.zeros(c) if bias is None
-                 else np.ascontiguousarray(bias.detach().cpu().to(torch.float64).resolve_neg().numpy()))
+    # Checked on numpy arrays: at 600 x 2048 the kernel takes ~160 us and each torch
+    # attribute access or no-op conversion 1-5 us, numpy's ~0.1 us.
+    if h.dtype not in _NP_DTYPES or h.device.type != "cpu":
+        raise ValueError(f"fused_norms needs float32/float64 CPU features, got {h.dtype} on {h.device}")
+    h_np = _np(h, _NP_DTYPES[h.dtype])
+    dt = h_np.dtype
+    b_np = None if bias is None else _np(bias, dt)
+    out, *counts = fused_norms_np(h_np, _np(weight, dt), b_np, _np(labels, np.dtype(np.int64)), include_bias)
+    return torch.from_numpy(out), *counts
+
+
+def fused_norms_np(h: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, labels: np.ndarray,
+                   include_bias: bool) -> tuple[np.ndarray, int, int, int]:
+    """:func:`fused_norms` on numpy arrays already in the kernel's form: ``h`` (N, d)
+    float32/float64, ``weight`` (C, d) and ``bias`` (C,) of the same dtype, ``labels``
+    (N,) int64, all C-contiguous. Anything else raises ValueError (the kernel reads
+    without bounds checks)."""
+    if numba is None:
+        raise RuntimeError("the fused kernel needs numba: pip install 'gradtune[fast]'")
+    dt = h.dtype
+    n = h.shape[0] if h.ndim == 2 else -1
+    if bias is None:
+        bias = np.zeros(weight.shape[0] if weight.ndim == 2 else 0, dtype=dt)
+    if (n < 0 or dt not in _NP_DTYPES.values() or weight.dtype != dt or bias.dtype != dt
+            or labels.dtype != np.int64 or weight.ndim != 2 or weight.shape[1] != h.shape[1]
+            or weight.shape[0] < 2 or bias.shape != weight.shape[:1] or labels.shape != (n,)
+            or not (h.flags.c_contiguous and weight.flags.c_contiguous and bias.flags.c_contiguous
+                    and labels.flags.c_contiguous)):
+        raise ValueError(
+            "fused_norms needs C-contiguous features (N, d) float32/float64, weight (C >= 2, d) and bias (C,) of "
+            f"their dtype, and int64 labels (N,); got {h.shape} {h.dtype}, {weight.shape} {weight.dtype}, "
+            f"{bias.shape} {bias.dtype}, {labels.shape} {labels.dtype}"
+        )
+    out = np.empty(n, dtype=dt)  # n = 0 still runs the kernel, for its head check
+    args = (h, weight, bias, labels, 1.0 if include_bias else 0.0, dt.type(0), out)
     with _lock:
         if _parallel_unsafe():
-            _kernel_serial(h_np, w_np, b_np, h_np.dtype.type(0), z_t.numpy(), sq.numpy())
+            counts = _kernel_serial(*args)
         else:
-            numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-            _kernel(h_np, w_np, b_np, h_np.dtype.type(0), z_t.numpy(), sq.numpy())
-    return z_t, sq
+            threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+            if getattr(_thread_state, "threads", 0) != threads:
+                numba.set_num_threads(threads)
+                _thread_state.threads = threads
+            counts = _kernel(*args)
+    return out, counts[0], counts[1], counts[2]

@@ -16,12 +16,13 @@ relative error stays near fp32 epsilon whatever the confidence.
 Backends. ``backend="torch"`` computes ``W @ h.T`` (BLAS) and ``||h||`` with torch:
 two passes over ``h``, any device. ``backend="fused"`` runs a numba kernel
 (:mod:`gradtune.scores._fused`, ``pip install 'gradtune[fast]'``) that reads each
-row once on the CPU, computing the logits and ``||h||^2`` together, then the same
-residual as the torch path on the (C, N) logits.
+row once on the CPU and computes its logits, ``||h||^2`` and the residual together
+(in float64 per row), and counts bad labels and non-finite norms on the way.
 ``backend="auto"`` (default) picks the fused kernel when it is installed and the
-input suits it (CPU, float32/float64, contiguous, C <= 10, N * d >= 2**22). The
+input suits it (CPU, float32/float64, contiguous, C <= 10, N * d >= 2**20). The
 first fused call in a process costs ~1.2 s (importing numba, loading the kernel
-from numba's disk cache); the first ever, ~10 s more per dtype to compile it.
+from numba's disk cache); the first ever, ~10 s more per dtype to compile it. For
+a single small call in a short-lived process, ``backend="torch"`` avoids that.
 
 Shapes: N samples, d features, C classes.
 """
@@ -37,6 +38,7 @@ import torch
 
 from gradtune._validation import (
     GradTuneInputError,
+    all_finite,
     as_float_tensor,
     check_choice,
     check_features,
@@ -52,9 +54,12 @@ BACKENDS = ("auto", "torch", "fused")
 # row segment once per 4 classes; measured on 2 cores, it beats BLAS up to C = 10 but not
 # at C = 16) ...
 FUSED_MAX_CLASSES = 10
-# ... and at least this many feature elements (N * d; per chunk when streaming). The
-# measured crossover is 2-3 M (below it, the torch path's fewer fixed costs win).
-FUSED_MIN_ELEMENTS = 1 << 22
+# ... and at least this many feature elements (N * d; per chunk when streaming). Once
+# loaded, the kernel is faster at every size measured (32 x 64: 64 against 241 us;
+# 600 x 2048: 258 against 592 us, on 2 cores), so the bound only keeps small calls from
+# paying the ~1.2 s first-call cost; it admits the paper's smallest held-out set
+# (Waterbirds, 600 x 2048 = 1.2 M).
+FUSED_MIN_ELEMENTS = 1 << 20
 
 
 def residual_norms(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -87,7 +92,7 @@ def _norms_chunk(h: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None,
     if logits is None:
         z_t = weight @ h.T  # (C, n): this layout is ~2x faster than h @ W.T for few classes
         if bias is not None:
-            z_t += bias[:, None]
+            z_t += bias[:, None]  # (addmm with a broadcast bias measured 1.7x slower)
     else:
         z_t = logits.T
     hn = torch.linalg.vector_norm(h, dim=1)
@@ -96,13 +101,58 @@ def _norms_chunk(h: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None,
     return _residual_t(z_t, y).mul_(hn)
 
 
-def _fused_chunk(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                 include_bias: bool) -> torch.Tensor:
-    """:func:`_norms_chunk` with the logits and ``||h||^2`` from the one-pass kernel."""
-    z_t, sq = _fused_module().fused_logits(h, weight, bias)  # (C, n), (n,); dtype of h
-    if include_bias:
-        sq += 1.0
-    return _residual_t(z_t, y).mul_(sq.sqrt_())
+def _auto_picks_fused(n_elements: int, n_classes: int) -> bool:
+    """The size rule of ``backend="auto"`` (the input checks are the caller's)."""
+    return n_classes <= FUSED_MAX_CLASSES and n_elements >= FUSED_MIN_ELEMENTS
+
+
+_FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+def _as_numpy(x: Any) -> np.ndarray | None:
+    """A CPU tensor's memory as numpy (no copy), or None for anything else."""
+    if type(x) not in _PLAIN_TENSORS:  # subclasses may override what .numpy() sees
+        return None
+    if x.requires_grad:
+        x = x.detach()
+    try:
+        return x.numpy()  # raises for CUDA/meta tensors and lazy negation/conjugation
+    except (RuntimeError, TypeError):
+        return None
+
+
+def _fused_fast_path(features: Any, labels: Any, weight: Any, bias: Any, include_bias: bool,
+                     backend: str) -> torch.Tensor | None:
+    """The fused kernel on inputs already in its form, else None.
+
+    For C-contiguous CPU tensors (features float32/float64, weight and bias of the same
+    dtype, int64 labels) with valid shapes, the checks run on numpy views (~0.1 us each
+    instead of 1-5 us for a torch attribute or a no-op conversion: at 600 x 2048 the
+    general path's checks cost about half the kernel's time). The kernel counts labels
+    out of range and NaN/inf in the head and the norms; any such count, and any input
+    in another form, returns None, and the general path then validates (and names
+    the problem) from scratch.
+    """
+    h = _as_numpy(features)
+    w = _as_numpy(weight)
+    y = _as_numpy(labels)
+    b = None if bias is None else _as_numpy(bias)
+    if h is None or w is None or y is None or (bias is not None and b is None):
+        return None
+    if (h.dtype not in _FAST_DTYPES or h.ndim != 2 or w.dtype != h.dtype or w.ndim != 2
+            or w.shape[1] != h.shape[1] or w.shape[0] < 2 or y.dtype != np.int64 or y.shape != h.shape[:1]
+            or (b is not None and (b.dtype != h.dtype or b.shape != w.shape[:1] or not b.flags.c_contiguous))
+            or not (h.flags.c_contiguous and w.flags.c_contiguous and y.flags.c_contiguous)
+            or (backend == "auto" and not _auto_picks_fused(h.size, w.shape[0]))):
+        return None
+    fused = _fused_module()
+    if fused is None:
+        return None
+    out, bad_labels, non_finite, bad_head = fused.fused_norms_np(h, w, b, y, include_bias)
+    if bad_labels or non_finite or bad_head:
+        return None
+    return torch.from_numpy(out)
 
 
 def _use_fused(backend: str, h: torch.Tensor, n_classes: int, have_logits: bool) -> bool:
@@ -116,8 +166,7 @@ def _use_fused(backend: str, h: torch.Tensor, n_classes: int, have_logits: bool)
     suitable = (not have_logits and h.device.type == "cpu"
                 and h.dtype in (torch.float32, torch.float64))
     if backend == "auto":
-        if not (suitable and h.is_contiguous() and n_classes <= FUSED_MAX_CLASSES
-                and h.numel() >= FUSED_MIN_ELEMENTS):
+        if not (suitable and h.is_contiguous() and _auto_picks_fused(h.numel(), n_classes)):
             return False
         return _fused_module() is not None
     if have_logits:
@@ -143,16 +192,38 @@ def _use_fused(backend: str, h: torch.Tensor, n_classes: int, have_logits: bool)
     return True
 
 
+_fused_cache: list[Any] = []
+
+
 def _fused_module() -> Any:
     """The fused-kernel module if numba imports, else None. Imported on first use only."""
-    from gradtune.scores import _fused
+    if not _fused_cache:
+        from gradtune.scores import _fused
 
-    return _fused if _fused.available() else None
+        _fused_cache.append(_fused)
+    return _fused_cache[0] if _fused_cache[0].available() else None
 
 
-def _check_head(weight: Any, bias: Any, d: int, device: torch.device,
-                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-    w = check_features(weight, "weight").to(device=device, dtype=dtype)
+def _detached(t: torch.Tensor) -> torch.Tensor:
+    # Detaching instead of running under torch.no_grad() (~5 us a call), and only when needed.
+    return t.detach() if t.requires_grad else t
+
+
+def _on(t: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` detached, on ``device`` in ``dtype`` (a no-op call costs ~4 us at N = 600)."""
+    t = _detached(t)
+    return t if t.dtype == dtype and t.device == device else t.to(device=device, dtype=dtype)
+
+
+def _check_head(weight: Any, bias: Any, d: int, device: torch.device, dtype: torch.dtype,
+                check_finite: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """weight (C, d) and bias (C,), finite, on ``device`` in ``dtype``.
+
+    Finiteness is checked here, not from the result: an infinite bias (e.g. -inf to
+    rule a class out) can leave every norm finite. ``check_finite=False`` is for the
+    fused kernel, which counts NaN/inf in the head itself.
+    """
+    w = _on(check_features(weight, "weight", check_finite=check_finite), device, dtype)
     if w.shape[1] != d:
         raise GradTuneInputError(
             f"weight has shape {tuple(w.shape)} but features have {d} columns; "
@@ -162,13 +233,18 @@ def _check_head(weight: Any, bias: Any, d: int, device: torch.device,
         raise GradTuneInputError(f"weight must have at least 2 rows (classes), got {w.shape[0]}")
     b = None
     if bias is not None:
-        b = check_features(bias, "bias", ndim=1).to(device=device, dtype=dtype)
+        b = _on(check_features(bias, "bias", ndim=1, check_finite=check_finite), device, dtype)
         if b.shape[0] != w.shape[0]:
             raise GradTuneInputError(f"bias has {b.shape[0]} entries but weight has {w.shape[0]} rows")
     return w, b
 
 
-@torch.no_grad()
+def _check_head_finite(w: torch.Tensor, b: torch.Tensor | None) -> None:
+    check_features(w, "weight")
+    if b is not None:
+        check_features(b, "bias", ndim=1)
+
+
 def grad_norms(
     features: Any,
     logits: Any = None,
@@ -207,7 +283,7 @@ def grad_norms(
         non-contiguous features first; raises :class:`GradTuneInputError` for
         CUDA features, dtypes other than float32/float64, or ``logits`` given.
         ``"auto"``: ``"fused"`` when numba is installed and the features are a
-        contiguous float32/float64 CPU tensor with N * d >= 2**22 and C <= 10,
+        contiguous float32/float64 CPU tensor with N * d >= 2**20 and C <= 10,
         else ``"torch"``. In float32 the two agree to ~1e-5 relative (both round
         the logits at fp32 GEMM accuracy, in a different order).
 
@@ -223,16 +299,20 @@ def grad_norms(
     >>> float(grad_norms(h, z, torch.tensor([0]), include_bias=False))  # sqrt(.5) * 5
     3.5355...
     """
+    chunk_rows = check_positive_int(chunk_rows, "chunk_rows")
+    if logits is None and (backend == "auto" or backend == "fused"):
+        out = _fused_fast_path(features, labels, weight, bias, include_bias, backend)
+        if out is not None:
+            return out
     # Finiteness is checked on the (N,) result instead of the (N, d) input: a NaN/inf
     # anywhere in a row makes that row's norm non-finite, and this saves a full pass.
-    h = check_features(features, "features", check_finite=False)
+    h = _detached(check_features(features, "features", check_finite=False))
     n, d = h.shape
     if labels is None:
         raise GradTuneInputError("labels are required: pass the (N,) integer class labels")
-    chunk_rows = check_positive_int(chunk_rows, "chunk_rows")
     backend = check_choice(backend, "backend", BACKENDS)
     if logits is not None:
-        z = check_features(logits, "logits", check_finite=False).to(h.device)
+        z = check_features(logits, "logits", check_finite=False).detach().to(h.device)
         if z.shape[0] != n:
             raise GradTuneInputError(f"logits have {z.shape[0]} rows but features have {n}")
         if z.shape[1] < 2:
@@ -243,26 +323,42 @@ def grad_norms(
     else:
         if weight is None:
             raise GradTuneInputError("pass either logits (N, C) or the last layer's weight (C, d)")
-        w, b = _check_head(weight, bias, d, h.device, h.dtype)
+        w, b = _check_head(weight, bias, d, h.device, h.dtype, check_finite=False)
         n_classes = w.shape[0]
         z = None
-    y = check_labels(labels, n_classes, n=n).to(h.device)
-    fused = _use_fused(backend, h, n_classes, z is not None)
-    if fused:
-        h = h.contiguous()
-    out = torch.empty(n, dtype=h.dtype, device=h.device)
-    for start in range(0, n, chunk_rows):
-        sl = slice(start, min(start + chunk_rows, n))
-        if fused:
-            out[sl] = _fused_chunk(h[sl], y[sl], w, b, include_bias)
-        else:
+    if _use_fused(backend, h, n_classes, z is not None):
+        # The kernel counts NaN/inf in the head, labels out of range and non-finite norms
+        # as it goes (it never indexes with a label): the checks cost nothing unless they fail.
+        y = check_labels(labels, n=n, check_range=False)
+        out, bad_labels, non_finite, bad_head = _fused_module().fused_norms(h.contiguous(), w, b, y, include_bias)
+        if bad_head:
+            _check_head_finite(w, b)  # raises, naming weight or bias
+        if bad_labels:
+            check_labels(y, n_classes)  # raises, naming the offending value
+        if non_finite:
+            _check_finite_result(out, h, z)
+        return out
+    if w is not None:
+        _check_head_finite(w, b)
+    y = check_labels(labels, n_classes, n=n)
+    if y.device != h.device:
+        y = y.to(h.device)
+    if n <= chunk_rows:
+        out = _norms_chunk(h, y, z, w, b, include_bias)
+    else:
+        out = torch.empty(n, dtype=h.dtype, device=h.device)
+        for start in range(0, n, chunk_rows):
+            sl = slice(start, min(start + chunk_rows, n))
             out[sl] = _norms_chunk(h[sl], y[sl], None if z is None else z[sl], w, b, include_bias)
     _check_finite_result(out, h, z)
     return out
 
 
 def _check_finite_result(out: torch.Tensor, h: torch.Tensor, z: torch.Tensor | None, offset: int = 0) -> None:
-    if bool(torch.isfinite(out).all()):
+    """Raise naming the rows whose norm is NaN/inf (from NaN/inf features or logits, or overflow)."""
+    # One reduction instead of isfinite + all (a third of the call at N = 600): norms are
+    # >= 0, so the sum is finite unless some norm is not, or the sum itself overflows.
+    if all_finite(out):
         return
     bad = torch.nonzero(~torch.isfinite(out)).flatten()
     rows = bad[:5].tolist()
@@ -351,7 +447,7 @@ def grad_norms_streaming(
         y = y_all[pos:pos + m].to(device)
         if _use_fused(backend, h, n_classes, False):
             h = h.contiguous()
-            res = _fused_chunk(h, y, w, b, include_bias)
+            res = _fused_module().fused_norms(h, w, b, y, include_bias)[0]  # labels checked above
         else:
             res = _norms_chunk(h, y, None, w, b, include_bias)
         _check_finite_result(res, h, None, offset=pos)
