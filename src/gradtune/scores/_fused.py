@@ -355,8 +355,9 @@ def fused_norms(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     h_np = _np(h, _NP_DTYPES[h.dtype])
     dt = h_np.dtype
     b_np = None if bias is None else _np(bias, dt)
-    out, *counts = fused_norms_np(h_np, _np(weight, dt), b_np, _np(labels, np.dtype(np.int64)), include_bias)
-    return torch.from_numpy(out), *counts
+    out, bad_labels, non_finite, bad_head = fused_norms_np(h_np, _np(weight, dt), b_np,
+                                                           _np(labels, np.dtype(np.int64)), include_bias)
+    return torch.from_numpy(out), bad_labels, non_finite, bad_head
 
 
 def fused_norms_np(h: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, labels: np.ndarray,
@@ -392,4 +393,4 @@ def fused_norms_np(h: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, l
                 numba.set_num_threads(threads)
                 _thread_state.threads = threads
             counts = _kernel(*args)
-    return out, counts[0], counts[1], counts[2]
+    return out, int(counts[0]), int(counts[1]), int(counts[2])
