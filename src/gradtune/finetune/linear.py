@@ -30,7 +30,7 @@ from gradtune._validation import (
 )
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune_linear", "epoch_batches", "epoch_order",
-           "class_balance_weights", "lr_at"]
+           "class_balance_weights", "lr_at", "sgd_step_"]
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -157,6 +157,20 @@ def lr_at(step: int, total: int, base_lr: float, schedule: str) -> float:
     if total <= 0:
         return base_lr
     return _scheduled_lr(step, total, base_lr, _SCHEDULE_CODE[schedule])  # linear: to zero, no warm-up
+
+
+def sgd_step_(theta: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor, first: bool, *,
+              lr: float, momentum: float) -> torch.Tensor:
+    """One ``torch.optim.SGD`` step (no dampening, no Nesterov) on ``theta`` in place.
+
+    ``grad`` already includes any weight decay; ``buf`` is the momentum buffer, started
+    from ``grad`` when ``first``. Returns the buffer to pass to the next step.
+    """
+    if momentum:
+        buf = grad.clone() if first else buf.mul_(momentum).add_(grad)
+        grad = buf
+    theta.add_(grad, alpha=-lr)
+    return buf
 
 
 def epoch_order(labels: torch.Tensor, sampler: str, generator: torch.Generator,

@@ -40,6 +40,7 @@ from gradtune._validation import (
     check_positive_int,
 )
 from gradtune.embeddings.bundle import EmbeddingBundle
+from gradtune.finetune.linear import sgd_step_
 from gradtune.methods.balancing import torch_threads
 from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, register_method
 
@@ -137,10 +138,7 @@ def afr_train(features: Any, labels: Any, weight0: Any, bias0: Any, sample_weigh
             coef = grad_clip / (norm + 1e-6)
             if coef < 1.0:
                 grad.mul_(coef)
-        if momentum:
-            buf = grad.clone() if epoch == 0 else buf.mul_(momentum).add_(grad)
-            grad = buf
-        theta.add_(grad, alpha=-lr)
+        buf = sgd_step_(theta, grad, buf, epoch == 0, lr=lr, momentum=momentum)
     return theta[:, :d].contiguous(), theta[:, d].contiguous(), objective
 
 

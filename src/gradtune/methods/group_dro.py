@@ -38,6 +38,7 @@ from gradtune._validation import (
     make_generator,
 )
 from gradtune.embeddings.bundle import EmbeddingBundle
+from gradtune.finetune.linear import sgd_step_
 from gradtune.methods.balancing import require_groups, torch_threads
 from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, register_method
 
@@ -177,8 +178,7 @@ def _train_head(h: torch.Tensor, y: torch.Tensor, g: torch.Tensor, theta: torch.
             coef = (q / cnt.clamp_min(1.0))[gb]  # d(q . loss_g) / d CE_i
             grad = ((logp.exp() - yb) * coef[:, None]).T @ hb
             grad.add_(theta, alpha=weight_decay)
-            buf = grad.clone() if step == 0 else buf.mul_(momentum).add_(grad)
-            theta.add_(buf if momentum else grad, alpha=-lr)
+            buf = sgd_step_(theta, grad, buf, step == 0, lr=lr, momentum=momentum)
             step += 1
     return theta, q
 

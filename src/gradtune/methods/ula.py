@@ -50,7 +50,7 @@ from gradtune._validation import (
     make_generator,
 )
 from gradtune.embeddings.bundle import EmbeddingBundle
-from gradtune.finetune.linear import FinetuneConfig, finetune_linear
+from gradtune.finetune.linear import FinetuneConfig, finetune_linear, sgd_step_
 from gradtune.methods.balancing import torch_threads
 from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, register_method
 
@@ -131,8 +131,7 @@ def _train_adjusted(h: torch.Tensor, y: torch.Tensor, bias_pred: torch.Tensor, t
             p = torch.softmax(hb @ theta.T + offsets, dim=1)
             grad = ((p - onehot[idx]).T @ hb) / idx.numel()
             grad.add_(theta, alpha=weight_decay)
-            buf = grad.clone() if step == 0 else buf.mul_(momentum).add_(grad)
-            theta.add_(buf if momentum else grad, alpha=-lr)
+            buf = sgd_step_(theta, grad, buf, step == 0, lr=lr, momentum=momentum)
             step += 1
     joint = state / (1.0 - beta ** step) if step else state
     return theta, joint
