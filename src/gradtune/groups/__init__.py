@@ -1,0 +1,1 @@
+"""Label-free group inference: pseudo-groups for a pool without group labels."""
