@@ -140,3 +140,16 @@ def check_fraction(value: Any, name: str) -> float:
     if not 0.0 < v < 1.0:
         raise GradTuneInputError(f"{name} must lie strictly between 0 and 1, got {value!r}")
     return v
+
+
+def standardizer(x: torch.Tensor, standardize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column mean and standard deviation of ``x`` (N, d), each of shape (d,).
+
+    Columns with zero spread get scale 1 (centred only). With ``standardize=False``
+    the identity: zeros and ones.
+    """
+    mean = x.mean(dim=0)
+    if not standardize:
+        return torch.zeros_like(mean), torch.ones_like(mean)
+    scale = x.std(dim=0, unbiased=False)
+    return mean, torch.where(scale > 0, scale, torch.ones_like(scale))

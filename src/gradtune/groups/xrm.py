@@ -49,7 +49,7 @@ from gradtune._validation import (
     make_generator,
 )
 from gradtune.groups._heads import ce_logit_grad, epoch_batches, stack_logits, train_heads
-from gradtune.groups.base import InferredGroups, check_pool, class_by_flag
+from gradtune.groups.base import InferredGroups, check_pool, class_by_flag, standardizer
 
 __all__ = ["XRMConfig", "XRMSchedule", "XRMTwins", "draw_xrm_schedule", "fit_xrm", "xrm_groups"]
 
@@ -154,14 +154,6 @@ def draw_xrm_schedule(n: int, config: XRMConfig, seed: int | torch.Generator,
     steps = config.flip_steps()
     draws = torch.rand(len(steps), n, generator=g, dtype=dtype)
     return XRMSchedule(assignment, batches, steps, draws)
-
-
-def _standardizer(x: torch.Tensor, standardize: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    mean = x.mean(dim=0)
-    if not standardize:
-        return torch.zeros_like(mean), torch.ones_like(mean)
-    scale = x.std(dim=0, unbiased=False)
-    return mean, torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
 @dataclass(frozen=True)
@@ -300,7 +292,7 @@ def fit_xrm(features: Any, labels: Any, *, seed: int | torch.Generator,
     if x.dtype not in (torch.float32, torch.float64):
         x = x.to(torch.float32)
     schedule = draw_xrm_schedule(x.shape[0], config, seed, dtype=x.dtype)
-    mean, scale = _standardizer(x, config.standardize)
+    mean, scale = standardizer(x, config.standardize)
     xs = (x - mean) / scale
     weight, bias, final = _train_twins(xs, y.cpu(), c, schedule, config)
     return XRMTwins(weight, bias, mean, scale, schedule.assignment, final,
