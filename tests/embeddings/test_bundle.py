@@ -155,3 +155,29 @@ def test_zip_member_is_not_executed(tmp_path):
     with zipfile.ZipFile(path, "a") as z:
         z.writestr("evil.py", "raise SystemExit('executed')")
     assert load_bundle(path).n_classes == 2
+
+
+def test_encoder_features_round_trip_views_and_old_bundles(tmp_path):
+    arrays = make_arrays()
+    old = load_bundle(write(tmp_path, arrays))          # a bundle written without them loads
+    assert old.encoder_features is None and old.view("val").encoder_features is None
+    enc = np.random.default_rng(1).normal(size=(40, 7))
+    b = load_bundle(write(tmp_path, {**arrays, "encoder_features": enc}, "enc.npz"))
+    assert b.encoder_features.dtype == np.float32 and b.encoder_features.shape == (40, 7)
+    v = b.view("val")
+    np.testing.assert_array_equal(v.encoder_features, enc.astype(np.float32)[b.split == "val"])
+    for path in (tmp_path / "copy.npz", tmp_path / "copydir"):
+        b.save(path)
+        np.testing.assert_array_equal(load_bundle(path).encoder_features, b.encoder_features)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((39, 7)), r"encoder_features must have shape \(40, e\)"),
+    (np.zeros((40, 0)), r"encoder_features must have shape \(40, e\)"),
+    (np.zeros(40), r"encoder_features must have shape \(40, e\)"),
+    (np.array([["a"] * 3] * 40), "encoder_features has dtype"),
+    (np.where(np.eye(40, 3) > 0, np.nan, 0.0), r"encoder_features contain NaN or infinite values in 3 row\(s\)"),
+])
+def test_bad_encoder_features_are_named(tmp_path, bad, message):
+    with pytest.raises(BundleError, match=message):
+        load_bundle(write(tmp_path, {**make_arrays(), "encoder_features": bad}))

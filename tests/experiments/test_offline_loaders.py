@@ -234,6 +234,38 @@ def test_fmnist_spurious_groups_and_backgrounds(tmp_path):
     np.testing.assert_array_equal(again.inputs, ds.inputs)
 
 
+def test_fmnist_family_stripes_classes_and_split_agreements(tmp_path):
+    folder = write_fmnist(tmp_path / "fm", n_train_per_class=12, n_test_per_class=4)
+    spec = fmnist_mod.FmnistSpurious(classes=(0, 6), shortcut="stripes", n_train=8, n_val=12,
+                                     n_test=4, train_agreement=0.75, val_agreement=5 / 6,
+                                     test_agreement=0.5, name="fixture")
+    ds = spec(folder)
+    # per class: train 4 (3 agree), val 6 (5 agree), test 2 (1 agree)
+    np.testing.assert_array_equal(ds.group_counts("train"), [3, 1, 1, 3])
+    np.testing.assert_array_equal(ds.group_counts("val"), [5, 1, 1, 5])
+    np.testing.assert_array_equal(ds.group_counts("test"), [1, 1, 1, 1])
+    assert ds.class_names == ["t-shirt", "shirt"] and ds.name == "fixture"
+    assert ds.group_names == ["t-shirt,horizontal", "t-shirt,vertical", "shirt,horizontal",
+                              "shirt,vertical"]
+    # item pixels (value 100 + class) are dimmed on every other pair of rows (horizontal) or
+    # columns (vertical); the three channels are equal and the background stays black
+    cls = np.where(ds.labels == 0, 100, 106).astype(float)
+    for i in range(len(ds.labels)):
+        img = ds.inputs[i, :, :, 0].astype(float)
+        np.testing.assert_array_equal(ds.inputs[i, :, :, 1], ds.inputs[i, :, :, 2])
+        assert img[0, 0] == 0
+        band = img[10:18, 10:18]
+        along = band[:, 0] if ds.attributes[i] == 0 else band[0, :]
+        expect = [cls[i] if (k % 4) < 2 else np.rint(cls[i] * fmnist_mod.STRIPE_DIM)
+                  for k in range(10, 18)]
+        np.testing.assert_array_equal(along, expect)
+    assert repr(spec) == repr(fmnist_mod.FmnistSpurious(**{**spec.params(), "classes": (0, 6)}))
+    for bad in ({"shortcut": "noise"}, {"classes": (3, 3)}, {"classes": (1, 12)},
+                {"n_val": 5}, {"val_agreement": 1.5}):
+        with pytest.raises(ValueError):
+            fmnist_mod.FmnistSpurious(**bad)
+
+
 def test_fmnist_missing_files_say_how_to_install(tmp_path, monkeypatch):
     monkeypatch.delenv("GRADTUNE_FASHION_MNIST_DIR", raising=False)
     with pytest.raises(DatasetNotFoundError, match="apt-get install dataset-fashion-mnist"):
@@ -287,7 +319,14 @@ def test_build_bundle_adult_on_fixture(tmp_path, monkeypatch):
     np.testing.assert_array_equal(b2.split, b.split)
     b4 = build_bundle("adult", 4, cache_dir=tmp_path / "cache", progress=False)
     assert not np.array_equal(b4.split, b.split)
-    assert set(OFFLINE_BENCHMARKS) == {"adult", "reviews", "fmnist-spurious"}
+    assert set(OFFLINE_BENCHMARKS) == {"adult", "reviews", "fmnist-spurious", "fmnist-biased",
+                                       "fmnist-stripes"}
+    # encoder features: Adult has no encoder, so they are the MLP's (tabular) inputs
+    assert b.encoder_features.shape == (260, b.meta["input_dim"])
+    erm = b.meta["mlp"]
+    assert erm["epochs"] >= b.meta["early_epoch"] == 1 and b.meta["family"] == "tabular"
+    assert b.early_logits.shape == b.logits.shape
+    assert not np.allclose(b.early_logits, b.logits)
     with pytest.raises(ValueError, match="unknown offline benchmark"):
         build_bundle("mnist", 0)
 
@@ -312,6 +351,9 @@ def test_build_bundle_fmnist_real_encoder_and_cache(tmp_path, monkeypatch):
     b2 = offline.build_bundle("fmnist-spurious", 0, cache_dir=tmp_path / "cache", progress=False)
     assert b2.meta["cache_hit"] is True
     np.testing.assert_array_equal(b2.features, b.features)
+    # the frozen encoder's features are stored beside the ERM head's inputs
+    assert b.encoder_features.shape == (32, 1280)
+    np.testing.assert_array_equal(b2.encoder_features, b.encoder_features)
 
 
 @pytest.mark.slow

@@ -24,6 +24,8 @@ FAST_PARAMS: dict[str, dict] = {
     "subg": {"finetune.epochs": 3},
     "rwy": {"finetune.epochs": 3},
     "rwg": {"finetune.epochs": 3},
+    "gradtune-auto": {"xrm_steps": 200, "epochs_grid": (1, 3), "c_grid": (1.0,), "num_retrains": 1},
+    "dfr-xrm": {"num_retrains": 2, "c_grid": (1.0, 0.1)},
 }
 
 
@@ -49,6 +51,11 @@ def garbage_test_rows(b: EmbeddingBundle, seed: int = 123) -> EmbeddingBundle:
     early[test] = rng.normal(size=(n, b.n_classes))
     attrs = b.attributes.copy()
     attrs[test] = rng.integers(0, 2, n)
+    enc = None
+    if b.encoder_features is not None:
+        enc = b.encoder_features.copy()
+        enc[test] = rng.normal(size=(n, enc.shape[1])) * 50
     return EmbeddingBundle(features=feats, labels=labels, split=b.split, logits=logits, early_logits=early,
+                           encoder_features=enc,
                            head_weight=b.head_weight, head_bias=b.head_bias, groups=groups, attributes=attrs,
                            n_classes=b.n_classes)

@@ -1,4 +1,5 @@
-"""gradtune-auto and its variants: registration, selection, guard, and never reading test rows."""
+"""gradtune-auto and dfr-xrm: pseudo-groups, candidates, label-free choice, guard, and
+never reading group labels or test rows."""
 
 from __future__ import annotations
 
@@ -6,109 +7,163 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from sklearn.preprocessing import StandardScaler
 
 from gradtune._validation import GradTuneInputError
-from gradtune.embeddings.bundle import EmbeddingBundle
+from gradtune.embeddings.bundle import BundleError, EmbeddingBundle
+from gradtune.groups.xrm import XRMConfig, fit_xrm
 from gradtune.methods import get_method, list_methods
-from gradtune.methods.gradtune_auto import GradTuneAutoMethod
+from gradtune.methods.balancing import balanced_subsample
+from gradtune.methods.dfr import DFRMethod, fit_l1_logreg
+from gradtune.methods.gradtune_auto import GradTuneAutoMethod, worst_group_value
+from gradtune.methods.inferred import bundle_pseudo_groups, merge_small_groups
+from gradtune.metrics import evaluate
+from tests.methods._synthetic import make_spurious_bundle
 from tests.methods.conftest import garbage_test_rows
 
-FAST = {"epochs_grid": (0, 1, 3, 8), "lrs": (3e-3, 1e-2)}
+FAST = {"xrm_steps": 300, "epochs_grid": (1, 5, 20), "c_grid": (1.0, 0.1), "num_retrains": 2}
 
 
-def test_registered_and_label_free() -> None:
-    names = list_methods()
-    for n in ("gradtune-auto", "gradtune-es", "gradtune-l2", "gradtune-autok"):
-        assert n in names
-        m = get_method(n)
-        assert not m.uses_group_labels_train and not m.uses_group_labels_val
+@pytest.fixture(scope="module")
+def biased() -> EmbeddingBundle:
+    """Held-out / selection halves at the training correlation, with encoder features."""
+    return make_spurious_bundle(n_train=400, n_heldout=600, n_selection=600, n_test=400, d=16,
+                                seed=3, align_eval=0.9, encoder_dim=6)
+
+
+def _no_groups(b: EmbeddingBundle) -> EmbeddingBundle:
+    return replace(b, groups=None, attributes=None, group_names=None)
+
+
+def test_registered_as_label_free() -> None:
+    for name in ("gradtune-auto", "dfr-xrm"):
+        assert name in list_methods()
+        m = get_method(name)
         assert m.group_label_use == "none"
-    assert get_method("gradtune-es").set_size == "fixed" and get_method("gradtune-es").l2_to_init == 0
-    assert get_method("gradtune-l2").epochs_grid == (500,)
 
 
-def test_fit_records_its_choices(bundle: EmbeddingBundle) -> None:
-    res = get_method("gradtune-auto", **FAST).fit(bundle, seed=0)
-    d = res.diagnostics
-    assert d["criterion"] == "worst_class"
-    assert d["chosen_epoch"] in (0, 1, 3, 8)
-    assert len(d["candidates"]) == 1 + 2 * 3  # ERM + 2 lrs x 3 epochs
-    values = [c["value"] for c in d["candidates"]]
-    assert d["chosen_value"] == max(values)
-    first = values.index(max(values))
-    assert (d["candidates"][first]["epoch"], d["candidates"][first]["lr"]) == (d["chosen_epoch"], d["chosen_lr"])
-    assert d["size"] >= d["top_k"] > 0 and d["auto_k"]["rule"] in ("mixture", "paper")
-    assert set(d["chosen_criteria"]) >= {"worst_class", "pseudo_erm_worst", "pseudo_norm_worst"}
-    assert res.model.logits(bundle.view("test").features).shape == (len(bundle.view("test")), 2)
+def test_never_reads_group_labels_or_test_rows(biased: EmbeddingBundle) -> None:
+    for name, params in (("gradtune-auto", FAST), ("dfr-xrm", {"num_retrains": 2})):
+        ref = get_method(name, **params).fit(biased, seed=1).model
+        for other in (_no_groups(biased), garbage_test_rows(biased)):
+            got = get_method(name, **params).fit(other, seed=1).model
+            np.testing.assert_array_equal(got.weight, ref.weight)
+            np.testing.assert_array_equal(got.bias, ref.bias)
 
 
-def test_chosen_head_is_the_candidate(bundle: EmbeddingBundle) -> None:
-    m = get_method("gradtune-auto", **FAST)
-    res = m.fit(bundle, seed=1)
-    cands, _ = m.candidates(bundle, seed=1)
-    d = res.diagnostics
-    match = [c for c in cands if c.epoch == d["chosen_epoch"] and c.lr == d["chosen_lr"]]
-    np.testing.assert_array_equal(match[0].head.weight, res.model.weight)
-
-
-def test_never_reads_test_rows(bundle: EmbeddingBundle) -> None:
-    poisoned = garbage_test_rows(bundle)
-    for name in ("gradtune-auto", "gradtune-es"):
-        a = get_method(name, **FAST).fit(bundle, seed=0)
-        b = get_method(name, **FAST).fit(poisoned, seed=0)
-        np.testing.assert_array_equal(a.model.weight, b.model.weight)
-        np.testing.assert_array_equal(a.model.bias, b.model.bias)
-        assert a.diagnostics["candidates"] == b.diagnostics["candidates"]
-
-
-def test_never_reads_group_labels(bundle: EmbeddingBundle) -> None:
-    rng = np.random.default_rng(5)
-    no_groups = replace(bundle, groups=rng.integers(0, 4, bundle.labels.size),
-                        attributes=rng.integers(0, 2, bundle.labels.size))
-    a = get_method("gradtune-auto", **FAST).fit(bundle, seed=0)
-    b = get_method("gradtune-auto", **FAST).fit(no_groups, seed=0)
+def test_same_seed_same_head_other_seed_other_draws(biased: EmbeddingBundle) -> None:
+    a = get_method("gradtune-auto", **FAST).fit(biased, seed=4)
+    b = get_method("gradtune-auto", **FAST).fit(biased, seed=4)
     np.testing.assert_array_equal(a.model.weight, b.model.weight)
+    assert a.diagnostics == b.diagnostics
+    c = get_method("gradtune-auto", **FAST).fit(biased, seed=5)
+    assert c.diagnostics["selected_rows"] != a.diagnostics["selected_rows"]
 
 
-def test_fixed_set_without_guard_matches_gradtune(bundle: EmbeddingBundle) -> None:
-    auto = get_method("gradtune-auto", set_size="fixed", l2_to_init=0.0, epochs_grid=(6,), lrs=(3e-3,))
-    paper = get_method("gradtune", **{"finetune": replace(get_method("gradtune").finetune, epochs=6)})
-    a = auto.fit(bundle, seed=3)
-    p = paper.fit(bundle, seed=3)
-    np.testing.assert_allclose(a.model.weight, p.model.weight, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(a.model.bias, p.model.bias, rtol=0, atol=1e-6)
+def test_repairs_the_worst_group_in_the_biased_regime(biased: EmbeddingBundle) -> None:
+    test = biased.view("test")
+    erm = evaluate(test.logits, test.labels, test.groups).worst_group_accuracy
+    res = get_method("gradtune-auto", **FAST).fit(biased, seed=0)
+    got = evaluate(res.model.logits(test.features), test.labels, test.groups).worst_group_accuracy
+    assert not res.diagnostics["guard_kept_erm"]
+    assert got > erm + 0.1, (erm, got)
+    # the inferred minority is mostly the true minority (diagnostic only)
+    rows = np.asarray(res.diagnostics["inferred_minority_rows"])
+    true_minority = biased.groups[rows] % 3 != 0          # groups (0, 1) and (1, 0)
+    assert true_minority.mean() > 0.8
 
 
-def test_only_erm_candidate_returns_erm(bundle: EmbeddingBundle) -> None:
-    res = get_method("gradtune-auto", epochs_grid=(0,)).fit(bundle, seed=0)
-    np.testing.assert_array_equal(res.model.weight, bundle.head_weight)
-    assert res.diagnostics["chosen_epoch"] == 0
+def test_choice_is_the_best_allowed_candidate_and_the_guard_keeps_erm(biased: EmbeddingBundle) -> None:
+    d = get_method("gradtune-auto", **FAST).fit(biased, seed=0).diagnostics
+    cands = d["candidates"]
+    assert [c["family"] for c in cands] == ["erm", "retrain", "retrain", "finetune", "finetune", "finetune"]
+    allowed = [c["value"] for c in cands if c["allowed"]]
+    assert d["chosen_value"] == max(allowed)
+    assert all(c["value"] > d["erm_value"] for c in cands[1:] if c["allowed"])
+    # a margin no candidate can pass keeps the ERM head exactly
+    kept = get_method("gradtune-auto", margin=1.0, **FAST).fit(biased, seed=0)
+    assert kept.diagnostics["guard_kept_erm"] and kept.diagnostics["chosen_family"] == "erm"
+    np.testing.assert_array_equal(kept.model.weight, biased.head_weight)
+    np.testing.assert_array_equal(kept.model.bias, biased.head_bias)
 
 
-def test_l2_guard_keeps_head_closer(bundle: EmbeddingBundle) -> None:
-    kw = {"set_size": "fixed", "epochs_grid": (8,), "lrs": (1e-2,)}
-    free = get_method("gradtune-auto", l2_to_init=0.0, **kw).fit(bundle, seed=0).model
-    held = get_method("gradtune-auto", l2_to_init=5.0, **kw).fit(bundle, seed=0).model
-    dist = lambda h: np.linalg.norm(h.weight - bundle.head_weight)  # noqa: E731
-    assert dist(held) < dist(free)
+def test_worst_group_value_by_hand() -> None:
+    from gradtune.methods.base import LinearHead
+
+    head = LinearHead(np.array([[1.0, 0.0], [0.0, 1.0]]), np.zeros(2))
+    x = np.array([[1, 0], [1, 0], [0, 1], [0, 1], [1, 0], [0, 1]], dtype=np.float32)
+    y = np.array([0, 0, 0, 1, 1, 1])        # predictions 0, 0, 1, 1, 0, 1
+    g = np.array([0, 0, 1, 2, 3, 2])
+    # group accuracies: g0 2/2, g1 0/1, g2 2/2, g3 0/1; with min size 2 only g0 and g2 count
+    assert worst_group_value(head, x, y, g, 4, min_group_size=1) == 0.0
+    assert worst_group_value(head, x, y, g, 4, min_group_size=2) == 1.0
 
 
-def test_replay_adds_disjoint_uniform_rows(bundle: EmbeddingBundle) -> None:
-    m = GradTuneAutoMethod(set_size="fixed", size=100, top_k=80, replay=0.5, epochs_grid=(1,))
-    _, info = m.candidates(bundle, seed=0)
-    assert len(info["selected_rows"]) == 100 and len(info["replay_rows"]) == 50
-    assert not set(info["selected_rows"]) & set(info["replay_rows"])
-    assert set(bundle.split[info["replay_rows"]]) == {"heldout"}
+def test_retrain_candidate_is_the_average_of_balanced_l1_fits() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 5))
+    y = (x[:, 0] + 0.3 * rng.normal(size=120) > 0).astype(np.int64)
+    g = 2 * y + (rng.random(120) < 0.2)
+    m = GradTuneAutoMethod(num_retrains=3)
+    head = m._retrain(x, y, g, 0.5, 2, np.random.default_rng(7), 11)
+    scaler = StandardScaler().fit(x)
+    r = np.random.default_rng(7)
+    fits = [fit_l1_logreg(scaler.transform(x)[s], y[s], 0.5, 2, random_state=11)
+            for s in (balanced_subsample(g, r) for _ in range(3))]
+    coef = np.mean([f[0] for f in fits], axis=0) / scaler.scale_[None, :]
+    icpt = np.mean([f[1] for f in fits], axis=0) - coef @ scaler.mean_
+    z = x @ coef.T + icpt                                   # (n, 1) decision function
+    np.testing.assert_allclose(head.logits(x)[:, 1] - head.logits(x)[:, 0], z[:, 0], atol=1e-4)
 
 
-def test_deterministic(bundle: EmbeddingBundle) -> None:
-    a = get_method("gradtune-auto", **FAST).fit(bundle, seed=4)
-    b = get_method("gradtune-auto", **FAST).fit(bundle, seed=4)
-    np.testing.assert_array_equal(a.model.weight, b.model.weight)
+def test_pseudo_groups_use_encoder_features_and_the_train_rows(biased: EmbeddingBundle) -> None:
+    cfg = XRMConfig(n_steps=200)
+    pg = bundle_pseudo_groups(biased, seed=2, config=cfg)
+    assert pg.info["features"] == "encoder_features" and pg.info["pool"] == "train+heldout"
+    train, held, sel = biased.view("train"), biased.view("heldout"), biased.view("selection")
+    twins = fit_xrm(np.concatenate([train.encoder_features, held.encoder_features]),
+                    np.concatenate([train.labels, held.labels]), seed=2, config=cfg, n_classes=2)
+    pool = twins.pool_groups(np.concatenate([train.encoder_features, held.encoder_features]),
+                             np.concatenate([train.labels, held.labels]))
+    np.testing.assert_array_equal(pg.held, pool.groups[len(train):])
+    np.testing.assert_array_equal(pg.sel, twins.assign(sel.encoder_features, sel.labels).groups)
+    only = bundle_pseudo_groups(biased, seed=2, config=cfg, pool="heldout", features="features")
+    assert only.info == {**only.info, "features": "features", "pool": "heldout"}
+    with pytest.raises(BundleError, match="encoder_features"):
+        bundle_pseudo_groups(replace(biased, encoder_features=None), seed=0, features="encoder")
+    with pytest.raises(GradTuneInputError, match="pool"):
+        bundle_pseudo_groups(biased, seed=0, pool="test")
 
 
-@pytest.mark.parametrize("bad", [{"criterion": "wga"}, {"set_size": "big"}, {"epochs_grid": ()},
-                                 {"lrs": (-1.0,)}, {"l2_to_init": -1.0}])
-def test_bad_parameters(bundle: EmbeddingBundle, bad: dict) -> None:
+def test_dfr_xrm_is_dfr_on_the_pseudo_groups(biased: EmbeddingBundle) -> None:
+    res = get_method("dfr-xrm", num_retrains=2).fit(biased, seed=0)
+    pg = bundle_pseudo_groups(biased, seed=0)
+    held, sel = biased.view("heldout"), biased.view("selection")
+    gh, gs = merge_small_groups(pg.held, held.labels, pg.sel, sel.labels, 2)
+    groups = np.zeros(len(biased.labels), dtype=np.int64)
+    groups[held.index] = gh
+    groups[sel.index] = gs
+    ref = DFRMethod(num_retrains=2).fit(replace(biased, groups=groups, group_names=None), seed=0)
+    np.testing.assert_array_equal(res.model.weight, ref.model.weight)
+    assert res.diagnostics["best_c"] == ref.diagnostics["best_c"]
+
+
+def test_merge_small_groups_by_hand() -> None:
+    y_h = np.array([0, 0, 0, 1, 1, 1, 1])
+    g_h = np.array([0, 1, 1, 2, 2, 3, 3])
+    y_s = np.array([0, 0, 1, 1, 1, 1])
+    g_s = np.array([0, 1, 2, 2, 3, 3])
+    a, b = merge_small_groups(g_h, y_h, g_s, y_s, 2, min_rows=1)
+    np.testing.assert_array_equal(a, g_h)
+    np.testing.assert_array_equal(b, g_s)
+    # class 0's groups hold 1 row in some half (< 2): merged; class 1 keeps both groups
+    a, b = merge_small_groups(g_h, y_h, g_s, y_s, 2, min_rows=2)
+    np.testing.assert_array_equal(a, [0, 0, 0, 2, 2, 3, 3])
+    np.testing.assert_array_equal(b, [0, 0, 2, 2, 3, 3])
+
+
+@pytest.mark.parametrize("bad", [{"families": ("magic",)}, {"features": "pixels"}, {"margin": -1},
+                                 {"epochs_grid": ()}, {"c_grid": (0.0,)}, {"xrm_steps": 0}])
+def test_bad_parameters_are_named(biased: EmbeddingBundle, bad: dict) -> None:
     with pytest.raises(GradTuneInputError):
-        get_method("gradtune-auto", **bad).fit(bundle, seed=0)
+        get_method("gradtune-auto", **{**FAST, **bad}).fit(biased, seed=0)

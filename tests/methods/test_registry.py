@@ -14,6 +14,7 @@ from tests.methods.conftest import FAST_PARAMS
 EXPECTED_GROUP_USE = {
     "erm": "none", "gradtune": "none", "random": "none", "self": "none", "loss-topk": "none",
     "residual-topk": "none", "afr": "none", "jtt": "none", "ula": "none", "suby": "none", "rwy": "none",
+    "gradtune-auto": "none", "dfr-xrm": "none", "dpe": "none",
     "dfr": "val", "group-dro": "train+val", "subg": "train+val", "rwg": "train+val",
 }
 

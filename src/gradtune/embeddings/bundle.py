@@ -18,6 +18,8 @@ name                     shape       meaning
 ``split``                (N,)        str: train / val / heldout / selection / test
 ``logits``               (N, C)      optional, the ERM model's logits
 ``early_logits``         (N, C)      optional, an early checkpoint's logits (SELF)
+``encoder_features``     (N, e)      optional, float, finite: a general-purpose frozen
+                                     encoder's features of the same rows (group inference)
 ``head_weight``          (C, d)      optional, the ERM last layer's weight
 ``head_bias``            (C,)        optional, its bias
 ``groups``               (N,)        optional, int group ids (evaluation only)
@@ -50,7 +52,7 @@ from gradtune.data.base import split_heldout
 FORMAT_VERSION = 1
 SPLIT_NAMES = ("train", "val", "heldout", "selection", "test")
 _REQUIRED = ("features", "labels", "split")
-_OPTIONAL = ("logits", "early_logits", "head_weight", "head_bias", "groups", "attributes",
+_OPTIONAL = ("logits", "early_logits", "encoder_features", "head_weight", "head_bias", "groups", "attributes",
              "n_classes", "class_names", "group_names")
 _KNOWN = ("format_version", "meta_json") + _REQUIRED + _OPTIONAL
 
@@ -64,7 +66,8 @@ class SplitView:
     """The rows of one split.
 
     features : (n, d) float32; labels : (n,) int64; logits : (n, C) or None;
-    groups / attributes : (n,) int64 or None; index : (n,) rows in the bundle.
+    groups / attributes : (n,) int64 or None; index : (n,) rows in the bundle;
+    early_logits : (n, C) or None; encoder_features : (n, e) or None.
     """
 
     features: np.ndarray
@@ -74,6 +77,7 @@ class SplitView:
     attributes: np.ndarray | None
     index: np.ndarray
     early_logits: np.ndarray | None = None
+    encoder_features: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -88,6 +92,7 @@ class EmbeddingBundle:
     split: np.ndarray
     logits: np.ndarray | None = None
     early_logits: np.ndarray | None = None
+    encoder_features: np.ndarray | None = None
     head_weight: np.ndarray | None = None
     head_bias: np.ndarray | None = None
     groups: np.ndarray | None = None
@@ -123,7 +128,8 @@ class EmbeddingBundle:
             return None if a is None else a[idx]
 
         return SplitView(self.features[idx], self.labels[idx], take(self.logits), take(self.groups),
-                         take(self.attributes), idx, take(self.early_logits))
+                         take(self.attributes), idx, take(self.early_logits),
+                         take(self.encoder_features))
 
     def resolve_heldout(self, seed: int = 0) -> EmbeddingBundle:
         """Split ``val`` rows into ``heldout``/``selection`` halves (seeded) if needed."""
@@ -259,6 +265,16 @@ def _validate(b: EmbeddingBundle) -> None:
     if unknown:
         raise BundleError(f"split has unknown value(s) {unknown}; allowed: {list(SPLIT_NAMES)}")
     b.split = split
+
+    if b.encoder_features is not None:
+        enc = arr("encoder_features", b.encoder_features, "fiu")
+        if enc.ndim != 2 or enc.shape[0] != n or enc.shape[1] == 0:
+            raise BundleError(f"encoder_features must have shape ({n}, e) with e > 0 to match "
+                              f"features, got {enc.shape}")
+        if not np.isfinite(enc).all():
+            rows = int((~np.isfinite(enc)).any(axis=1).sum())
+            raise BundleError(f"encoder_features contain NaN or infinite values in {rows} row(s)")
+        b.encoder_features = enc.astype(np.float32, copy=False)
 
     c = b.n_classes if b.n_classes is not None else None
     for name in ("logits", "early_logits"):

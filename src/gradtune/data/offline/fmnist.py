@@ -36,14 +36,16 @@ from __future__ import annotations
 
 import gzip
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from gradtune.data.base import SPLIT_CODES, DatasetNotFoundError, GroupedDataset
 
-__all__ = ["FMNIST_FILES", "DEFAULT_DIR", "BUILD_SEED", "BACKGROUNDS", "find_fmnist_dir",
-           "fmnist_files", "read_idx", "compose", "load_fmnist_spurious"]
+__all__ = ["FMNIST_FILES", "DEFAULT_DIR", "BUILD_SEED", "BACKGROUNDS", "FMNIST_CLASS_NAMES",
+           "SHORTCUTS", "FmnistSpurious", "find_fmnist_dir", "fmnist_files", "read_idx", "compose",
+           "stripe_mask", "load_fmnist_spurious"]
 
 FMNIST_FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
@@ -56,11 +58,21 @@ ENV_VAR = "GRADTUNE_FASHION_MNIST_DIR"
 BUILD_SEED = 20_240_603
 """Fixed seed of the image choice and background assignment (not the experiment seed)."""
 SOURCE_CLASSES = (7, 9)
-"""Fashion-MNIST class ids of sneaker and ankle boot."""
+"""Fashion-MNIST class ids of sneaker and ankle boot (the default class pair)."""
+FMNIST_CLASS_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+                      "sneaker", "bag", "ankle-boot")
+"""Names of the ten Fashion-MNIST classes, by class id."""
+SHORTCUTS = ("background", "stripes")
+"""Kinds of injected shortcut: a red/blue background, or horizontal/vertical stripes on the item."""
+STRIPE_PERIOD = 4
+"""Stripe period in pixels of the 28 x 28 image (2 bright rows/columns, 2 dimmed)."""
+STRIPE_DIM = 0.35
+"""Brightness factor of the dimmed stripes."""
 BACKGROUNDS = np.array([[200, 30, 30], [30, 60, 200]], dtype=np.float32)
 """RGB of the red (attribute 0) and blue (attribute 1) backgrounds, shape (2, 3)."""
 CLASS_NAMES = ["sneaker", "ankle-boot"]
 ATTRIBUTE_NAMES = ["red", "blue"]
+STRIPE_NAMES = ["horizontal", "vertical"]
 _INSTALL = (
     f"Install the Debian package with `apt-get install dataset-fashion-mnist` (files in "
     f"{DEFAULT_DIR}), or point {ENV_VAR} at a folder holding the four IDX .gz files of "
@@ -150,16 +162,46 @@ def compose(images: np.ndarray, attributes: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(a * x + (1.0 - a) * bg), 0, 255).astype(np.uint8)
 
 
-def _pick(labels: np.ndarray, per_class: tuple[int, ...], rng: np.random.Generator,
-          source: str) -> list[list[np.ndarray]]:
+def stripe_mask(height: int, width: int, vertical: bool) -> np.ndarray:
+    """Brightness factors of the stripe texture, shape (height, width), float32.
+
+    Rows (``vertical=False``) or columns (``vertical=True``) alternate in blocks of
+    ``STRIPE_PERIOD // 2`` between 1 and :data:`STRIPE_DIM`.
+    """
+    line = np.where((np.arange(height if not vertical else width) % STRIPE_PERIOD)
+                    < STRIPE_PERIOD // 2, 1.0, STRIPE_DIM).astype(np.float32)
+    return np.broadcast_to(line[None, :] if vertical else line[:, None], (height, width))
+
+
+def compose_stripes(images: np.ndarray, attributes: np.ndarray) -> np.ndarray:
+    """Overlay a stripe texture on the items (the background stays black).
+
+    Parameters
+    ----------
+    images : (N, H, W) uint8, bright items on black
+    attributes : (N,) int, 0 horizontal / 1 vertical stripes
+
+    Returns
+    -------
+    (N, H, W, 3) uint8 RGB images (grey: the three channels are equal).
+    """
+    n, h, w = images.shape
+    masks = np.stack([stripe_mask(h, w, False), stripe_mask(h, w, True)])  # (2, H, W)
+    out = images.astype(np.float32) * masks[np.asarray(attributes, dtype=np.int64)]
+    grey = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def _pick(labels: np.ndarray, classes: tuple[int, int], per_class: tuple[int, ...],
+          rng: np.random.Generator, source: str) -> list[list[np.ndarray]]:
     """For each source class, disjoint random index blocks of the requested sizes."""
     out = []
-    for cls in SOURCE_CLASSES:
+    for cls in classes:
         idx = np.flatnonzero(labels == cls)
         need = sum(per_class)
         if idx.size < need:
             raise ValueError(f"Fashion-MNIST: the {source} file has {idx.size} images of class "
-                             f"{cls}; {need} are needed")
+                             f"{cls}; {need} are needed (lower the split sizes)")
         idx = rng.permutation(idx)
         cuts = np.cumsum((0,) + per_class)
         out.append([np.sort(idx[cuts[i]:cuts[i + 1]]) for i in range(len(per_class))])
@@ -167,17 +209,116 @@ def _pick(labels: np.ndarray, per_class: tuple[int, ...], rng: np.random.Generat
 
 
 def _backgrounds(label: int, n: int, agreement: float, rng: np.random.Generator) -> np.ndarray:
-    """Exactly ``round(agreement * n)`` of ``n`` images get the class's own colour, (n,) int64."""
+    """Exactly ``round(agreement * n)`` of ``n`` images get the class's own attribute, (n,) int64."""
     n_agree = int(round(agreement * n))
     attrs = np.full(n, 1 - label, dtype=np.int64)
     attrs[:n_agree] = label
     return rng.permutation(attrs)
 
 
+@dataclass(frozen=True)
+class FmnistSpurious:
+    """One member of the Fashion-MNIST spurious-shortcut family (a callable loader).
+
+    Parameters
+    ----------
+    classes : (int, int)
+        Fashion-MNIST class ids of label 0 and label 1 (default sneaker, ankle boot).
+    shortcut : {"background", "stripes"}
+        The injected attribute: a red/blue background behind the item, or a
+        horizontal/vertical stripe texture over the item.
+    n_train, n_val, n_test : int
+        Images per split (even numbers: classes are balanced). Train and validation
+        come from the official training file, test from the official test file.
+    train_agreement, val_agreement, test_agreement : float in [0, 1]
+        Fraction of each class whose attribute agrees with the class (attribute 0 with
+        label 0, attribute 1 with label 1) in each split.
+    name : str
+        Dataset name recorded in the result.
+
+    Calling the instance (optionally with ``root``, the folder of the IDX files)
+    returns the :class:`~gradtune.data.base.GroupedDataset`; ``repr`` lists every
+    parameter, so it can go into cache keys.
+    """
+
+    classes: tuple[int, int] = SOURCE_CLASSES
+    shortcut: str = "background"
+    n_train: int = 3600
+    n_val: int = 1200
+    n_test: int = 1200
+    train_agreement: float = 0.95
+    val_agreement: float = 0.5
+    test_agreement: float = 0.5
+    name: str = "fmnist-spurious"
+
+    def __post_init__(self) -> None:
+        if self.shortcut not in SHORTCUTS:
+            raise ValueError(f"shortcut must be one of {list(SHORTCUTS)}, got {self.shortcut!r}")
+        cls = tuple(self.classes)
+        if (len(cls) != 2 or cls[0] == cls[1]
+                or not all(isinstance(c, (int, np.integer)) and 0 <= c < 10 for c in cls)):
+            raise ValueError(f"classes must be two different Fashion-MNIST class ids in 0..9, "
+                             f"got {self.classes!r}")
+        object.__setattr__(self, "classes", (int(cls[0]), int(cls[1])))
+        for key in ("n_train", "n_val", "n_test"):
+            n = getattr(self, key)
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2 or n % 2:
+                raise ValueError(f"{key} must be an even number >= 2, got {n!r}")
+        for key in ("train_agreement", "val_agreement", "test_agreement"):
+            f = getattr(self, key)
+            if not isinstance(f, (int, float)) or not 0.0 <= f <= 1.0:
+                raise ValueError(f"{key} must lie in [0, 1], got {f!r}")
+
+    def params(self) -> dict:
+        """The parameters as a JSON-friendly dict."""
+        out = asdict(self)
+        out["classes"] = list(self.classes)
+        return out
+
+    def __call__(self, root: str | os.PathLike[str] | None = None) -> GroupedDataset:
+        folder = find_fmnist_dir(root)
+        tr_x = read_idx(folder / FMNIST_FILES["train_images"])
+        tr_y = read_idx(folder / FMNIST_FILES["train_labels"])
+        te_x = read_idx(folder / FMNIST_FILES["test_images"])
+        te_y = read_idx(folder / FMNIST_FILES["test_labels"])
+        for x, y, what in ((tr_x, tr_y, "train"), (te_x, te_y, "t10k")):
+            if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+                raise ValueError(f"Fashion-MNIST: {what} images {x.shape} and labels {y.shape} do not match")
+        rng = np.random.default_rng(BUILD_SEED)
+        tr_pick = _pick(tr_y, self.classes, (self.n_train // 2, self.n_val // 2), rng, "train")
+        te_pick = _pick(te_y, self.classes, (self.n_test // 2,), rng, "t10k")
+        images, labels, attrs, split, source = [], [], [], [], []
+        plan = (("train", tr_x, 0, self.train_agreement), ("val", tr_x, 1, self.val_agreement),
+                ("test", te_x, 0, self.test_agreement))
+        for code_name, x, block, agreement in plan:
+            picks = te_pick if code_name == "test" else tr_pick
+            for label in (0, 1):
+                idx = picks[label][block]
+                images.append(x[idx])
+                labels.append(np.full(idx.size, label, dtype=np.int64))
+                attrs.append(_backgrounds(label, idx.size, agreement, rng))
+                split.append(np.full(idx.size, SPLIT_CODES[code_name], dtype=np.int64))
+                source.append(idx)
+        y = np.concatenate(labels)
+        a = np.concatenate(attrs)
+        if self.shortcut == "background":
+            rgb, attr_names = compose(np.concatenate(images), a), list(ATTRIBUTE_NAMES)
+        else:
+            rgb, attr_names = compose_stripes(np.concatenate(images), a), list(STRIPE_NAMES)
+        class_names = [FMNIST_CLASS_NAMES[c] for c in self.classes]
+        group_names = [f"{c},{b}" for c in class_names for b in attr_names]
+        return GroupedDataset(self.name, rgb, y, a, 2 * y + a, np.concatenate(split),
+                              class_names, attr_names, group_names,
+                              {"source_index": np.concatenate(source)})
+
+
 def load_fmnist_spurious(root: str | os.PathLike[str] | None = None, *, n_train: int = 3600,
                          n_val: int = 1200, n_test: int = 1200, train_agreement: float = 0.95,
-                         eval_agreement: float = 0.5) -> GroupedDataset:
-    """Build the sneaker/ankle-boot benchmark with injected backgrounds (see module docstring).
+                         eval_agreement: float = 0.5, val_agreement: float | None = None,
+                         test_agreement: float | None = None,
+                         classes: tuple[int, int] = SOURCE_CLASSES,
+                         shortcut: str = "background") -> GroupedDataset:
+    """Build a benchmark of the family with injected shortcuts (see :class:`FmnistSpurious`).
 
     Parameters
     ----------
@@ -185,16 +326,20 @@ def load_fmnist_spurious(root: str | os.PathLike[str] | None = None, *, n_train:
         Folder with the four IDX files (default: see :func:`find_fmnist_dir`).
     n_train, n_val, n_test : int
         Images per split (even numbers: classes are balanced).
-    train_agreement, eval_agreement : float in [0, 1]
-        Fraction of each class whose background agrees with the class, in training and
-        in validation/test.
+    train_agreement : float in [0, 1]
+        Fraction of each training class whose attribute agrees with the class.
+    eval_agreement : float in [0, 1]
+        The same for validation and test, unless ``val_agreement`` / ``test_agreement``
+        set them apart.
+    classes, shortcut
+        See :class:`FmnistSpurious`.
 
     Returns
     -------
     GroupedDataset
-        ``inputs``: uint8 array (N, 28, 28, 3) RGB; ``labels`` (N,) 0 sneaker / 1 ankle
-        boot; ``attributes`` (N,) 0 red / 1 blue; ``groups`` (N,) ``2 * label +
-        attribute``; ``split`` (N,) 0/1/2 (rows ordered train, validation, test);
+        ``inputs``: uint8 array (N, 28, 28, 3) RGB; ``labels`` (N,) 0 / 1 (the two
+        classes); ``attributes`` (N,); ``groups`` (N,) ``2 * label + attribute``;
+        ``split`` (N,) 0/1/2 (rows ordered train, validation, test);
         ``extra["source_index"]`` (N,) the row in the official file it came from.
 
     Raises
@@ -202,41 +347,11 @@ def load_fmnist_spurious(root: str | os.PathLike[str] | None = None, *, n_train:
     DatasetNotFoundError
         If an IDX file is missing (the message says how to install them).
     ValueError
-        If a file is malformed or holds too few images of the two classes.
+        If a parameter is out of range, a file is malformed or holds too few images.
     """
-    for name, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
-        if n < 2 or n % 2:
-            raise ValueError(f"{name} must be an even number >= 2, got {n}")
-    for name, f in (("train_agreement", train_agreement), ("eval_agreement", eval_agreement)):
-        if not 0.0 <= f <= 1.0:
-            raise ValueError(f"{name} must lie in [0, 1], got {f}")
-    folder = find_fmnist_dir(root)
-    tr_x = read_idx(folder / FMNIST_FILES["train_images"])
-    tr_y = read_idx(folder / FMNIST_FILES["train_labels"])
-    te_x = read_idx(folder / FMNIST_FILES["test_images"])
-    te_y = read_idx(folder / FMNIST_FILES["test_labels"])
-    for x, y, what in ((tr_x, tr_y, "train"), (te_x, te_y, "t10k")):
-        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-            raise ValueError(f"Fashion-MNIST: {what} images {x.shape} and labels {y.shape} do not match")
-    rng = np.random.default_rng(BUILD_SEED)
-    tr_pick = _pick(tr_y, (n_train // 2, n_val // 2), rng, "train")
-    te_pick = _pick(te_y, (n_test // 2,), rng, "t10k")
-    images, labels, attrs, split, source = [], [], [], [], []
-    plan = (("train", tr_x, 0, train_agreement), ("val", tr_x, 1, eval_agreement),
-            ("test", te_x, 0, eval_agreement))
-    for code_name, x, block, agreement in plan:
-        picks = te_pick if code_name == "test" else tr_pick
-        for label in (0, 1):
-            idx = picks[label][block]
-            images.append(x[idx])
-            labels.append(np.full(idx.size, label, dtype=np.int64))
-            attrs.append(_backgrounds(label, idx.size, agreement, rng))
-            split.append(np.full(idx.size, SPLIT_CODES[code_name], dtype=np.int64))
-            source.append(idx)
-    y = np.concatenate(labels)
-    a = np.concatenate(attrs)
-    rgb = compose(np.concatenate(images), a)
-    group_names = [f"{c},{b}" for c in CLASS_NAMES for b in ATTRIBUTE_NAMES]
-    return GroupedDataset("fmnist-spurious", rgb, y, a, 2 * y + a, np.concatenate(split),
-                          list(CLASS_NAMES), list(ATTRIBUTE_NAMES), group_names,
-                          {"source_index": np.concatenate(source)})
+    spec = FmnistSpurious(
+        classes=classes, shortcut=shortcut, n_train=n_train, n_val=n_val, n_test=n_test,
+        train_agreement=train_agreement,
+        val_agreement=eval_agreement if val_agreement is None else val_agreement,
+        test_agreement=eval_agreement if test_agreement is None else test_agreement)
+    return spec(root)

@@ -32,6 +32,7 @@ and runs of whitespace collapsed.
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,7 @@ import pandas as pd
 
 from gradtune.data.base import SPLIT_CODES, DatasetNotFoundError, GroupedDataset
 
-__all__ = ["NEGATION_WORDS", "NEGATION_CONTRACTIONS", "VAL_SPLIT_SEED", "N_VAL", "clean_review",
+__all__ = ["ReviewsSpec", "NEGATION_WORDS", "NEGATION_CONTRACTIONS", "VAL_SPLIT_SEED", "N_VAL", "clean_review",
            "has_negation", "reviews_files", "load_reviews"]
 
 NEGATION_WORDS = ("no", "not", "never", "nothing", "nobody", "none", "neither", "nor", "nowhere",
@@ -127,6 +128,19 @@ def _table(item: str) -> pd.DataFrame:
                          "expected 'great' or 'other'")
     return pd.DataFrame({"review": clean_review(df["review"]).to_numpy(),
                          "label": (score == "great").to_numpy().astype(np.int64)})
+
+
+@dataclass(frozen=True)
+class ReviewsSpec:
+    """A callable loader of the reviews benchmark with ``n_val`` validation rows.
+
+    ``repr`` lists the parameter, so it can go into cache keys.
+    """
+
+    n_val: int = N_VAL
+
+    def __call__(self) -> GroupedDataset:
+        return load_reviews(n_val=self.n_val)
 
 
 def load_reviews(*, n_val: int = N_VAL) -> GroupedDataset:

@@ -1,15 +1,15 @@
-"""Measure ``gradtune-auto`` against the paper's ``gradtune`` on the offline benchmarks.
+"""Measure ``gradtune-select`` against the paper's ``gradtune`` on the offline benchmarks.
 
-    python scripts/eval_gradtune_auto.py [--out build/gradtune-auto-eval] [--doc docs/gradtune-auto.md]
+    python scripts/eval_gradtune_select.py [--out build/gradtune-select-eval] [--doc docs/gradtune-select.md]
                                           [--seeds 0 1 2 3 4] [--benchmarks fmnist-spurious reviews adult]
 
 Two parts, both stored and resumable (a rerun only reads what exists):
 
 1. **Methods** through the experiment runner (:func:`gradtune.experiments.runner.run_grid`,
-   records under ``<out>/runs``): ``erm``, ``loss-topk``, ``gradtune``, ``gradtune-auto`` and
-   its intermediate variants (``gradtune-es``, ``gradtune-l2``, ``gradtune-autok``), ``dfr``.
+   records under ``<out>/runs``): ``erm``, ``loss-topk``, ``gradtune``, ``gradtune-select`` and
+   its intermediate variants (``gradtune-es``, ``gradtune-l2``, ``gradtune-selectk``), ``dfr``.
 2. **Candidates** (``<out>/candidates``): for each benchmark and seed, the candidate heads
-   of a grid (epochs x lr x k x L2 guard, via :meth:`GradTuneAutoMethod.candidates`), each
+   of a grid (epochs x lr x k x L2 guard, via :meth:`GradTuneSelectMethod.candidates`), each
    scored with every label-free criterion on the ``selection`` rows and, *after the fact*,
    evaluated on the ``test`` rows. Test numbers are only used here, to measure how well
    each criterion would have chosen (correlation with test WGA; gap between the criterion's
@@ -35,20 +35,20 @@ from gradtune._io import atomic_write_json
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.experiments.demo import cached_bundle
 from gradtune.experiments.runner import RunSpec, bundle_fingerprint, run_grid
-from gradtune.methods.gradtune_auto import (
+from gradtune.methods.gradtune_select import (
     DEFAULT_CRITERION,
     DEFAULT_L2,
     EPOCH_GRID,
-    GradTuneAutoMethod,
+    GradTuneSelectMethod,
 )
 from gradtune.metrics.accuracy import evaluate
 from gradtune.report.tables import comparison_notes, markdown_table, records_frame, summary_table
 from gradtune.selection.label_free import list_criteria
 
-METHODS = ("erm", "loss-topk", "gradtune", "gradtune-es", "gradtune-l2", "gradtune-autok", "gradtune-auto", "dfr")
+METHODS = ("erm", "loss-topk", "gradtune", "gradtune-es", "gradtune-l2", "gradtune-selectk", "gradtune-select", "dfr")
 BENCHMARKS = ("fmnist-spurious", "reviews", "adult")
 
-#: The candidate grid: each entry is one GradTuneAutoMethod configuration whose
+#: The candidate grid: each entry is one GradTuneSelectMethod configuration whose
 #: ``candidates()`` yields heads at every epoch of EPOCH_GRID (epoch 0 = the ERM head).
 SWEEP: tuple[dict[str, Any], ...] = (
     {"set_size": "fixed", "top_k": 400, "l2_to_init": 0.0, "lrs": (1e-3, 3e-3, 1e-2)},
@@ -56,7 +56,7 @@ SWEEP: tuple[dict[str, Any], ...] = (
     {"set_size": "fixed", "top_k": 250, "l2_to_init": 0.0, "lrs": (3e-3,)},
     {"set_size": "fixed", "top_k": 475, "l2_to_init": 0.0, "lrs": (3e-3,)},
 )
-#: The part of the grid that gradtune-auto itself searches (paper set here, since the
+#: The part of the grid that gradtune-select itself searches (paper set here, since the
 #: automatic rule fell back to it; its guard; the paper's lr).
 AUTO_POOL = {"top_k": 400, "l2": DEFAULT_L2, "lr": 3e-3}
 
@@ -72,7 +72,7 @@ def candidate_rows(bundle: EmbeddingBundle, benchmark: str, seed: int) -> list[d
     rows: list[dict[str, Any]] = []
     erm_done = False
     for cfg in SWEEP:
-        method = GradTuneAutoMethod(**cfg)
+        method = GradTuneSelectMethod(**cfg)
         cands, info = method.candidates(bundle, seed=seed)
         scorer, feats = method.scorer(bundle, seed=seed)
         for c in cands:
@@ -138,7 +138,7 @@ def choose(group: pd.DataFrame, col: str) -> pd.Series:
 def oracle_gaps(cands: pd.DataFrame, criteria: list[str]) -> pd.DataFrame:
     """Per criterion and pool: mean test WGA of the criterion's pick, of the oracle, and the gap."""
     pools = {
-        "gradtune-auto pool (epochs)": (cands["epoch"] == 0) | (
+        "gradtune-select pool (epochs)": (cands["epoch"] == 0) | (
             (cands["top_k"] == AUTO_POOL["top_k"]) & (cands["l2"] == AUTO_POOL["l2"])
             & np.isclose(cands["lr"], AUTO_POOL["lr"])),
         "full grid (epochs x lr x k x L2)": pd.Series(True, index=cands.index),
@@ -175,7 +175,7 @@ def _fmt(df: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     return out
 
 
-def verdict(frame: pd.DataFrame, benchmarks: list[str], method: str = "gradtune-auto",
+def verdict(frame: pd.DataFrame, benchmarks: list[str], method: str = "gradtune-select",
             base: str = "gradtune") -> tuple[list[str], bool]:
     """Per-benchmark comparison lines and whether ``method`` passes the keep rule: mean WGA
     above ``base`` with at most 1 point of average accuracy lost, on most benchmarks."""
@@ -200,7 +200,7 @@ def verdict(frame: pd.DataFrame, benchmarks: list[str], method: str = "gradtune-
 def auto_choices(records: list[dict]) -> pd.DataFrame:
     rows = []
     for r in records:
-        if r["method"] not in ("gradtune-auto", "gradtune-es", "gradtune-autok"):
+        if r["method"] not in ("gradtune-select", "gradtune-es", "gradtune-selectk"):
             continue
         d = r["diagnostics"]
         ak = d.get("auto_k") or {}
@@ -221,26 +221,26 @@ def write_doc(path: Path, records: list[dict], cands: pd.DataFrame, benchmarks: 
     lines_v, keep = verdict(frame, benchmarks)
     es_lines, _ = verdict(frame, benchmarks, method="gradtune-es")
     choices = auto_choices(records)
-    pool_gaps = gaps[gaps["pool"].str.startswith("gradtune-auto")].drop(columns="pool")
+    pool_gaps = gaps[gaps["pool"].str.startswith("gradtune-select")].drop(columns="pool")
     full_gaps = gaps[gaps["pool"].str.startswith("full")].drop(columns="pool")
     n_runs = cands.groupby(["benchmark", "seed"]).size()
-    chosen_epochs = choices[choices["method"] == "gradtune-auto"].groupby("benchmark")["epoch"].apply(
+    chosen_epochs = choices[choices["method"] == "gradtune-select"].groupby("benchmark")["epoch"].apply(
         lambda s: ", ".join(map(str, s.tolist())))
-    rules = choices[choices["method"] == "gradtune-auto"]["k rule"].value_counts().to_dict()
+    rules = choices[choices["method"] == "gradtune-select"]["k rule"].value_counts().to_dict()
     wga = frame.groupby(["benchmark", "method"])["worst_group_accuracy"].mean().unstack()
     acc = frame.groupby(["benchmark", "method"])["accuracy"].mean().unstack()
     mean_wga = {m: 100 * wga[m].mean() for m in wga.columns}
 
     out = [
-        "# gradtune-auto: label-free selection, a forgetting guard and automatic k",
+        "# gradtune-select: label-free selection, a forgetting guard and automatic k",
         "",
-        "_Generated by `scripts/eval_gradtune_auto.py` "
+        "_Generated by `scripts/eval_gradtune_select.py` "
         f"(benchmarks: {', '.join(benchmarks)}; seeds {', '.join(map(str, seeds))}; {seconds:.0f} s)._",
         "",
         "The paper's `gradtune` (M'=500, k=400, 500 epochs, SGD lr 3e-3 cosine, batch 32, class-balanced "
-        "fine-tuning from the ERM head) stays the default. `gradtune-auto` is an option beside it.",
+        "fine-tuning from the ERM head) stays the default. `gradtune-select` is an option beside it.",
         "",
-        "## What `gradtune-auto` is",
+        "## What `gradtune-select` is",
         "",
         "- **Automatic k / M'** (`gradtune.selection.auto_k.auto_set_size`): a two-component Gaussian mixture "
         "on held-out log gradient norms; k = rows whose posterior of the high component exceeds 0.5, "
@@ -252,7 +252,7 @@ def write_doc(path: Path, records: list[dict], cands: pd.DataFrame, benchmarks: 
         f"(0 = the ERM head); the candidate with the best `{DEFAULT_CRITERION}` (worst-class accuracy) on the "
         "`selection` rows wins, ties to fewer epochs. No group label and no test row is read.",
         "- Intermediate variants: `gradtune-es` (paper set, epoch selection only), `gradtune-l2` (paper set, "
-        "500 epochs, L2 guard only), `gradtune-autok` (automatic k only, 500 epochs).",
+        "500 epochs, L2 guard only), `gradtune-selectk` (automatic k only, 500 epochs).",
         "",
         f"The criterion ({DEFAULT_CRITERION}) and the guard strength ({DEFAULT_L2}, the middle of AFR's grid) were "
         "fixed before these runs, from an earlier independent reference run on Adult (worst-class accuracy tracked test WGA through the "
@@ -271,28 +271,28 @@ def write_doc(path: Path, records: list[dict], cands: pd.DataFrame, benchmarks: 
         "",
         *lines_v,
         "",
-        ("**Kept**: gradtune-auto passes the rule (mean WGA above gradtune, at most 1 point of average "
+        ("**Kept**: gradtune-select passes the rule (mean WGA above gradtune, at most 1 point of average "
          "accuracy lost) on most benchmarks. It ships as an option; `gradtune` remains the default, as the "
          "paper's exact method." if keep else
-         "**Not kept as an improvement**: gradtune-auto does not beat gradtune's mean WGA without losing more "
+         "**Not kept as an improvement**: gradtune-select does not beat gradtune's mean WGA without losing more "
          "than 1 point of average accuracy on most benchmarks. It ships as an option only; `gradtune` "
          "remains the default."),
         "",
-        "Against ERM (the head gradtune-auto starts from):",
+        "Against ERM (the head gradtune-select starts from):",
         "",
-        *[f"- {line}" for line in comparison_notes(frame, method="gradtune-auto", baseline="erm")],
+        *[f"- {line}" for line in comparison_notes(frame, method="gradtune-select", baseline="erm")],
         "",
         "Epoch selection alone (`gradtune-es`):",
         "",
         *es_lines,
         "",
-        "What the guard adds on top of epoch selection (gradtune-auto minus gradtune-es, mean WGA): "
-        + ", ".join(f"{b} {100 * (wga.loc[b, 'gradtune-auto'] - wga.loc[b, 'gradtune-es']):+.1f}"
+        "What the guard adds on top of epoch selection (gradtune-select minus gradtune-es, mean WGA): "
+        + ", ".join(f"{b} {100 * (wga.loc[b, 'gradtune-select'] - wga.loc[b, 'gradtune-es']):+.1f}"
                     for b in benchmarks if b in wga.index) + " points; the guard alone (gradtune-l2 minus "
         "gradtune): " + ", ".join(f"{b} {100 * (wga.loc[b, 'gradtune-l2'] - wga.loc[b, 'gradtune']):+.1f}"
                                   for b in benchmarks if b in wga.index) + " points.",
         "",
-        "Choices made by gradtune-auto (epoch per seed): "
+        "Choices made by gradtune-select (epoch per seed): "
         + "; ".join(f"{b}: {e}" for b, e in chosen_epochs.items())
         + f". k rule used: {rules} (automatic k fell back to the paper's 500/400 whenever the log-norm "
         "mixture had no minority high mode).",
@@ -312,7 +312,7 @@ def write_doc(path: Path, records: list[dict], cands: pd.DataFrame, benchmarks: 
         "",
         "Oracle = the candidate with the best test WGA in the pool; gap = oracle - picked, mean over seeds.",
         "",
-        "Pool of gradtune-auto (ERM head + epochs at k=400, lr 3e-3, L2 0.1):",
+        "Pool of gradtune-select (ERM head + epochs at k=400, lr 3e-3, L2 0.1):",
         "",
         markdown_table(_fmt(pool_gaps, 1)),
         "",
@@ -325,7 +325,7 @@ def write_doc(path: Path, records: list[dict], cands: pd.DataFrame, benchmarks: 
     ]
     out += reading_notes(frame, wga, acc, corr, pool_gaps, benchmarks)
     shares = [(r["diagnostics"].get("auto_k") or {}).get("weights") for r in records
-              if r["method"] == "gradtune-auto"]
+              if r["method"] == "gradtune-select"]
     shares = [w[1] for w in shares if w]
     high_share = f"{100 * min(shares):.0f}-{100 * max(shares):.0f}%" if shares else "(not recorded)"
     out += [
@@ -347,10 +347,10 @@ def write_doc(path: Path, records: list[dict], cands: pd.DataFrame, benchmarks: 
         "within one class, worst-class accuracy is blind and they may matter more.",
         f"- Automatic k had no effect here: on every held-out set the log-norm mixture's high component held "
         f"{high_share} of the rows (no minority mode), so the rule fell back to the paper's 500/400 and "
-        "gradtune-autok equals gradtune. The rule is tested on constructed bimodal norms; these benchmarks "
+        "gradtune-selectk equals gradtune. The rule is tested on constructed bimodal norms; these benchmarks "
         "do not exercise it.",
         "- Searching lr and k as well (full grid) gives the criteria more candidates on a 500-600-row "
-        "selection set; compare the two oracle tables. gradtune-auto searches epochs only, at the paper's lr "
+        "selection set; compare the two oracle tables. gradtune-select searches epochs only, at the paper's lr "
         "(fixed before these runs).",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -365,16 +365,16 @@ def reading_notes(frame: pd.DataFrame, wga: pd.DataFrame, acc: pd.DataFrame, cor
             continue
         w, a = wga.loc[b], acc.loc[b]
         notes.append(f"- {b}: WGA erm {100 * w['erm']:.1f}, gradtune {100 * w['gradtune']:.1f}, "
-                     f"gradtune-es {100 * w['gradtune-es']:.1f}, gradtune-auto {100 * w['gradtune-auto']:.1f}, "
+                     f"gradtune-es {100 * w['gradtune-es']:.1f}, gradtune-select {100 * w['gradtune-select']:.1f}, "
                      f"dfr {100 * w['dfr']:.1f} (group labels); avg acc gradtune {100 * a['gradtune']:.1f}, "
-                     f"gradtune-auto {100 * a['gradtune-auto']:.1f}.")
+                     f"gradtune-select {100 * a['gradtune-select']:.1f}.")
     wcols = [c for c in corr.columns if c.startswith("within-run")]
     best = corr.assign(mean_within=corr[wcols].mean(axis=1)).sort_values("mean_within", ascending=False)
     notes.append(f"- Best mean within-run Spearman: {best.iloc[0]['criterion']} "
                  f"({best.iloc[0]['mean_within']:.2f}); {DEFAULT_CRITERION}: "
                  f"{best.set_index('criterion').loc[DEFAULT_CRITERION, 'mean_within']:.2f}.")
     g = pool_gaps.set_index("criterion")["mean gap"]
-    notes.append(f"- Smallest mean oracle gap in gradtune-auto's pool: {g.idxmin()} ({g.min():.1f} points); "
+    notes.append(f"- Smallest mean oracle gap in gradtune-select's pool: {g.idxmin()} ({g.min():.1f} points); "
                  f"{DEFAULT_CRITERION}: {g[DEFAULT_CRITERION]:.1f} points.")
     return notes
 
@@ -382,8 +382,8 @@ def reading_notes(frame: pd.DataFrame, wga: pd.DataFrame, acc: pd.DataFrame, cor
 # ---------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("build/gradtune-auto-eval"))
-    ap.add_argument("--doc", type=Path, default=Path("docs/gradtune-auto.md"))
+    ap.add_argument("--out", type=Path, default=Path("build/gradtune-select-eval"))
+    ap.add_argument("--doc", type=Path, default=Path("docs/gradtune-select.md"))
     ap.add_argument("--cache-dir", type=Path, default=None)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--benchmarks", nargs="+", default=list(BENCHMARKS))

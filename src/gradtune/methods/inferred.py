@@ -1,0 +1,210 @@
+"""Pseudo-groups of a bundle's validation halves, and DFR run on them ("dfr-xrm").
+
+:func:`bundle_pseudo_groups` runs a label-free group inference of :mod:`gradtune.groups`
+on the ``heldout`` rows (the pool it is fitted on) and assigns pseudo-groups to the
+``selection`` rows with the same fitted model. It reads features, class labels and,
+for some inferences, the ERM head or ``early_logits``; never ``groups``,
+``attributes`` or ``test`` rows.
+
+Which features the inference sees (``features=``):
+
+* ``"auto"`` (default): the bundle's ``encoder_features`` (a general-purpose frozen
+  encoder) when present, else ``features`` (the ERM head's inputs). The research
+  behind this default: on the ERM model's own penultimate features the shortcut is
+  entangled with the class, and XRM's twins find the minority poorly; on the frozen
+  encoder's features they find it well;
+* ``"encoder"``: ``encoder_features``, an error if the bundle has none;
+* ``"features"``: ``features``.
+
+Pseudo-group ids are ``2 * label + minority`` (G = 2C) for every inference here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from gradtune._validation import check_choice, check_positive_int
+from gradtune.embeddings.bundle import BundleError, EmbeddingBundle, SplitView
+from gradtune.groups.base import InferredGroups
+from gradtune.groups.xrm import XRMConfig, fit_xrm
+from gradtune.methods.base import Method, MethodResult, register_method
+from gradtune.methods.dfr import DFR_C_GRID, DFRMethod, dfr_retrain
+
+__all__ = ["PseudoGroups", "bundle_pseudo_groups", "inference_features", "DFRInferredMethod",
+           "FEATURE_SOURCES", "merge_small_groups"]
+
+FEATURE_SOURCES = ("auto", "encoder", "features")
+POOLS = ("auto", "heldout", "train+heldout")
+
+
+@dataclass
+class PseudoGroups:
+    """Pseudo-groups of the two validation halves.
+
+    held, sel : np.ndarray (n_heldout,), (n_selection,) int64 ids ``2 * label + minority``
+    held_score, sel_score : np.ndarray float64, higher = more likely minority
+    n_groups : int (2C)
+    info : dict, JSON-friendly (which features, counts)
+    """
+
+    held: np.ndarray
+    sel: np.ndarray
+    held_score: np.ndarray
+    sel_score: np.ndarray
+    n_groups: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def inference_features(bundle: EmbeddingBundle, view: SplitView, source: str) -> tuple[np.ndarray, str]:
+    """The (n, e) features of ``view`` the inference runs on, and their name."""
+    check_choice(source, "features", FEATURE_SOURCES)
+    if source == "encoder" and bundle.encoder_features is None:
+        raise BundleError("features='encoder' needs the bundle's 'encoder_features' array (a frozen "
+                          "encoder's features of every row); store them, or use features='auto'")
+    if source != "features" and view.encoder_features is not None:
+        return view.encoder_features, "encoder_features"
+    return view.features, "features"
+
+
+def bundle_pseudo_groups(bundle: EmbeddingBundle, *, seed: int, features: str = "auto",
+                         config: XRMConfig | None = None, rule: str = "average",
+                         pool: str = "auto") -> PseudoGroups:
+    """XRM pseudo-groups of the ``heldout`` (fitted) and ``selection`` (assigned) rows.
+
+    Parameters
+    ----------
+    bundle : EmbeddingBundle
+        With ``heldout`` and ``selection`` rows.
+    seed : int
+        Seeds the twins' halves, batches and flips.
+    features : {"auto", "encoder", "features"}, default="auto"
+        See the module docstring.
+    config : XRMConfig, optional
+    rule : {"average", "either"}, default="average"
+        Which twin prediction defines a mistake (:mod:`gradtune.groups.xrm`); the same
+        rule labels both halves.
+    pool : {"auto", "heldout", "train+heldout"}, default="auto"
+        Rows the twins are fitted on. ``"train+heldout"`` adds the ``train`` rows (their
+        features and class labels only), as XRM itself runs on training data: where the
+        held-out set is group-balanced its rows alone carry no shortcut to discover,
+        while the training rows do. ``"auto"``: ``"train+heldout"`` when the bundle has
+        train rows, else ``"heldout"``.
+
+    Returns
+    -------
+    PseudoGroups
+    """
+    seed = check_positive_int(seed, "seed", allow_zero=True)
+    check_choice(pool, "pool", POOLS)
+    held = bundle.view("heldout")
+    sel = bundle.view("selection")
+    x_held, used = inference_features(bundle, held, features)
+    x_sel, _ = inference_features(bundle, sel, features)
+    if pool == "auto":
+        pool = "train+heldout" if bundle.has_split("train") else "heldout"
+    if pool == "train+heldout":
+        train = bundle.view("train")
+        x_tr, _ = inference_features(bundle, train, features)
+        x_pool = np.concatenate([x_tr, x_held])
+        y_pool = np.concatenate([train.labels, held.labels])
+    else:
+        x_pool, y_pool = x_held, held.labels
+    twins = fit_xrm(x_pool, y_pool, seed=seed, config=config, n_classes=bundle.n_classes)
+    g_pool = twins.pool_groups(x_pool, y_pool, rule=rule)
+    n_held = len(held)
+    g_held = _tail(g_pool, n_held)
+    g_sel = twins.assign(x_sel, sel.labels, rule=rule)
+    info = {
+        "inference": "xrm",
+        "features": used,
+        "pool": pool,
+        "rule": rule,
+        "heldout_minority": int(g_held.minority.sum()),
+        "selection_minority": int(g_sel.minority.sum()),
+        "flipped": int(twins.n_flipped),
+    }
+    return PseudoGroups(g_held.groups, g_sel.groups, g_held.scores, g_sel.scores,
+                        int(g_held.n_groups), info)
+
+
+def _tail(groups: InferredGroups, n: int) -> InferredGroups:
+    """The last ``n`` rows of a pool's pseudo-groups (the held-out rows)."""
+    return InferredGroups(groups.groups[-n:], groups.n_groups, groups.minority[-n:],
+                          groups.scores[-n:], groups.method, groups.info)
+
+
+@register_method
+@dataclass
+class DFRInferredMethod(Method):
+    """DFR on XRM-inferred pseudo-groups: no group label anywhere.
+
+    The validation halves get pseudo-groups from :func:`bundle_pseudo_groups`; DFR's
+    procedure (:func:`~gradtune.methods.dfr.dfr_retrain`: C tuned by worst pseudo-group
+    accuracy on the selection half, then averaged fits on pseudo-group-balanced
+    subsamples of both halves) runs on them. A class whose pseudo-minority is nearly
+    empty in a half is kept as one group (:func:`merge_small_groups`).
+
+    Parameters
+    ----------
+    features : {"auto", "encoder", "features"}, default="auto"
+    rule : {"average", "either"}, default="average"
+    pool : {"auto", "heldout", "train+heldout"}, default="auto"
+        See :func:`bundle_pseudo_groups`.
+    c_grid, num_retrains, scaler_fit, max_iter, tol
+        As in :class:`~gradtune.methods.dfr.DFRMethod`.
+    """
+
+    name = "dfr-xrm"
+    description = "DFR on XRM-inferred groups (frozen-encoder features when present): no group labels"
+    uses_group_labels_train: ClassVar[bool] = False
+    uses_group_labels_val: ClassVar[bool] = False
+
+    features: str = "auto"
+    rule: str = "average"
+    pool: str = "auto"
+    c_grid: tuple[float, ...] = DFR_C_GRID
+    num_retrains: int = 20
+    scaler_fit: str = "train"
+    max_iter: int = 100
+    tol: float = 1e-4
+
+    def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
+        pg = bundle_pseudo_groups(bundle, seed=seed, features=self.features, rule=self.rule,
+                                  pool=self.pool)
+        held, sel = bundle.view("heldout"), bundle.view("selection")
+        g_held, g_sel = merge_small_groups(pg.held, held.labels, pg.sel, sel.labels, int(bundle.n_classes))
+        dfr = DFRMethod(c_grid=self.c_grid, num_retrains=self.num_retrains, scaler_fit=self.scaler_fit,
+                        max_iter=self.max_iter, tol=self.tol)
+        res = dfr_retrain(dfr, bundle, g_held, g_sel, seed=seed)
+        res.diagnostics["pseudo_groups"] = pg.info
+        res.diagnostics["inferred_minority_rows"] = np.concatenate(
+            [held.index[pg.held % 2 == 1], sel.index[pg.sel % 2 == 1]]).tolist()
+        return res
+
+
+def merge_small_groups(g_held: np.ndarray, y_held: np.ndarray, g_sel: np.ndarray, y_sel: np.ndarray,
+                       n_classes: int, min_rows: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Merge a class's two pseudo-groups where either holds fewer than ``min_rows`` rows in
+    either half, so that balanced subsampling and the worst-group score never rest on a
+    handful of rows.
+
+    Parameters
+    ----------
+    g_held, y_held : (n_heldout,) int64 pseudo-groups ``2 * y + m`` and labels
+    g_sel, y_sel : (n_selection,) the same for the selection half
+    n_classes : int
+    min_rows : int, default 5
+
+    Returns
+    -------
+    (g_held, g_sel) with ``2 * y + 1`` mapped to ``2 * y`` for the merged classes.
+    """
+    size = 2 * n_classes
+    small = (np.minimum(np.bincount(g_held, minlength=size), np.bincount(g_sel, minlength=size))
+             < min_rows).reshape(n_classes, 2).any(axis=1)          # (C,) classes to merge
+    merge = np.repeat(small, 2) & (np.arange(size) % 2 == 1)        # (2C,) ids to fold
+    target = np.where(merge, np.arange(size) - 1, np.arange(size))
+    return target[g_held], target[g_sel]
