@@ -24,7 +24,10 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gradtune.experiments.config import ExperimentConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:28s} {first}")
         return 0
     if not args.configs:
-        raise GradTuneInputError("give at least one CONFIG (a .toml file or a packaged name; see --list)")
+        hint = (f"; --benchmarks takes every name after it ({' '.join(args.benchmarks)}), so put the configs first"
+                if args.benchmarks else "")
+        raise GradTuneInputError(f"give at least one CONFIG (a .toml file or a packaged name; see --list){hint}")
     if args.workers is not None and args.workers < 1:
         raise GradTuneInputError(f"--workers must be >= 1, got {args.workers}")
     configs = load_selected(args)
@@ -134,7 +139,7 @@ def benchmark_names(values: list[str]) -> list[str]:
     return list(dict.fromkeys(n.strip() for v in values for n in v.split(",") if n.strip()))
 
 
-def load_selected(args: argparse.Namespace) -> list[Any]:
+def load_selected(args: argparse.Namespace) -> list[ExperimentConfig]:
     """The configs of ``args.configs``, cut to ``--benchmarks``, with their bundle files checked.
 
     Configs that have none of the asked benchmarks are left out (said on stderr).
