@@ -86,8 +86,8 @@ from gradtune.experiments.config_benchmarks import (
 from gradtune.experiments.spec import RunSpec
 
 __all__ = ["ConfigError", "ExperimentConfig", "BenchmarkSpec", "Variant", "ReportOptions", "LauncherOptions",
-           "load_config", "parse_config", "find_config", "packaged_configs", "select_benchmarks", "REPORT_ITEMS",
-           "CONFIG_DIR"]
+           "load_config", "parse_config", "find_config", "packaged_configs", "is_packaged", "select_benchmarks",
+           "REPORT_ITEMS", "CONFIG_DIR"]
 
 #: Tables and figures a config can ask the report for (the paper's numbering).
 REPORT_ITEMS: dict[str, str] = {
