@@ -5,11 +5,17 @@ Examples::
     gradtune run offline-table1 --workers 2                       # a packaged config, by name
     gradtune run offline-table1 offline-ablation-k --out results  # several configs, one store
     gradtune run my-grid.toml --launcher submitit                  # SLURM through submitit
+    GRADTUNE_BUNDLES=bundles gradtune run paper-table1 --benchmarks waterbirds  # the datasets you have
     gradtune run --list                                            # the packaged configs
 
 Runs are stored in OUT/results.sqlite as they finish; a rerun skips finished runs
 (``--force`` recomputes them), so an interrupted grid resumes where it stopped. Write the
 paper's tables and figures with ``gradtune report OUT --out OUT/report`` (or ``--report``).
+
+Relative paths on the command line and in environment variables (``GRADTUNE_BUNDLES``) are
+taken from the current directory; a relative path written in your own config file is
+taken from that file's folder. ``--benchmarks`` runs a config on some of its benchmarks:
+the bundle files of the others are not needed, and the report names them as absent.
 """
 
 from __future__ import annotations
@@ -18,6 +24,10 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gradtune.experiments.config import ExperimentConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="config files (.toml; .yaml with PyYAML) or names of packaged configs")
     p.add_argument("--out", type=Path, default=Path("gradtune-results"),
                    help="results folder: the store is OUT/results.sqlite (default: gradtune-results)")
+    p.add_argument("--benchmarks", nargs="+", default=None, metavar="NAME",
+                   help="run only these benchmarks of the configs (names as in the config, e.g. waterbirds; "
+                        "space- or comma-separated); the others' bundles are not needed")
+    p.add_argument("--bundles", type=Path, default=None, metavar="DIR",
+                   help="the value of ${GRADTUNE_BUNDLES} in bundle paths (the packaged paper configs' folder of "
+                        "bundles); default: the environment variable")
     p.add_argument("--workers", type=int, default=None,
                    help="parallel worker processes (default: the config's launcher.workers, else 1)")
     p.add_argument("--launcher", choices=("local", "submitit"), default=None,
@@ -46,8 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gradtune._validation import GradTuneInputError
-    from gradtune.experiments.config import load_config, packaged_configs
-    from gradtune.experiments.runner import print_progress, run_experiments, store_path_for
+    from gradtune.experiments.config import packaged_configs
+    from gradtune.experiments.runner import run_experiments, store_path_for
 
     if args.list:
         for name, path in packaged_configs().items():
@@ -56,16 +72,19 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:28s} {first}")
         return 0
     if not args.configs:
-        raise GradTuneInputError("give at least one CONFIG (a .toml file or a packaged name; see --list)")
+        hint = (f"; --benchmarks takes every name after it ({' '.join(args.benchmarks)}), so put the configs first"
+                if args.benchmarks else "")
+        raise GradTuneInputError(f"give at least one CONFIG (a .toml file or a packaged name; see --list){hint}")
     if args.workers is not None and args.workers < 1:
         raise GradTuneInputError(f"--workers must be >= 1, got {args.workers}")
-    configs = [load_config(c, check_paths=True) for c in args.configs]
+    configs = load_selected(args)
     n_runs = sum(len(c.run_specs()) for c in configs)
     if args.dry_run:
         for c in configs:
             specs = c.run_specs()
             print(f"{c.name}: {len(specs)} runs = {len(c.benchmarks)} benchmarks x {len(c.seeds)} seeds x "
-                  f"{len(c.variants)} settings; report: {', '.join(c.report.tables)}")
+                  f"{len(c.variants)} settings; report: {', '.join(c.report.tables)}"
+                  + (f"; absent: {', '.join(c.absent)}" if c.absent else ""))
             for v in c.variants:
                 print(f"    {v.label}: {v.params}")
         return 0
@@ -87,8 +106,10 @@ def run(args: argparse.Namespace) -> int:
             logger.log(record)
 
     parts = ["gradtune", "run", *args.configs, "--out", str(args.out)]
-    for flag, value in (("--workers", args.workers), ("--launcher", args.launcher), ("--cluster", args.cluster),
-                        ("--cache-dir", args.cache_dir)):
+    if args.benchmarks:
+        parts += ["--benchmarks", *benchmark_names(args.benchmarks)]
+    for flag, value in (("--bundles", args.bundles), ("--workers", args.workers), ("--launcher", args.launcher),
+                        ("--cluster", args.cluster), ("--cache-dir", args.cache_dir)):
         if value is not None:
             parts += [flag, str(value)]
     parts += [f for f, on in (("--force", args.force), ("--mlflow", args.mlflow)) if on]
@@ -111,3 +132,41 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"write the tables and figures with: gradtune report {args.out} --out {args.out / 'report'}")
     return 1 if summary.failed else 0
+
+
+def benchmark_names(values: list[str]) -> list[str]:
+    """``--benchmarks`` values, space- or comma-separated, in order, each once."""
+    return list(dict.fromkeys(n.strip() for v in values for n in v.split(",") if n.strip()))
+
+
+def load_selected(args: argparse.Namespace) -> list[ExperimentConfig]:
+    """The configs of ``args.configs``, cut to ``--benchmarks``, with their bundle files checked.
+
+    Configs that have none of the asked benchmarks are left out (said on stderr).
+    """
+    from gradtune.experiments.config import load_config, select_benchmarks
+
+    variables = None if args.bundles is None else {"GRADTUNE_BUNDLES": str(args.bundles)}
+    configs = [load_config(c, check_paths=False, variables=variables) for c in args.configs]
+    if args.benchmarks is not None:
+        configs, skipped = select_benchmarks(configs, benchmark_names(args.benchmarks))
+        for c in skipped:
+            print(f"{c.name}: left out (none of --benchmarks is among its benchmarks "
+                  f"{', '.join(b.name for b in c.benchmarks)})", file=sys.stderr)
+    for c in configs:
+        c.check_paths()
+    return configs
+
+
+def print_progress(record: dict, reused: bool) -> None:
+    """A one-line progress report on stderr (the CLI's ``on_record``)."""
+    ev = (record.get("evaluation") or {}).get("test") or {}
+    wga = ev.get("worst_group_accuracy")
+    acc = ev.get("accuracy")
+    if record.get("status") == "failed":
+        state = "FAILED: " + (record.get("error") or "").strip().splitlines()[-1][:120]
+    else:
+        state = "stored" if reused else f"{record.get('fit_seconds', 0):.1f}s"
+    print(f"  {record['benchmark']:>16s} seed {record['seed']} {record['label'][:44]:>44s}: "
+          f"avg {100 * acc if acc is not None else float('nan'):5.1f}  "
+          f"wga {100 * wga if wga is not None else float('nan'):5.1f}  ({state})", file=sys.stderr)

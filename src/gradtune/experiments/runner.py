@@ -24,7 +24,6 @@ import hashlib
 import os
 import pickle
 import socket
-import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -38,38 +37,15 @@ import numpy as np
 from gradtune._threads import torch_threads
 from gradtune._validation import GradTuneInputError
 from gradtune.embeddings.bundle import BundleError, EmbeddingBundle, load_bundle
+from gradtune.experiments.spec import RunSpec
 from gradtune.experiments.store import STORE_NAME, ResultStore, code_version, make_run_id
-from gradtune.methods.base import Method, erm_head
+from gradtune.methods.base import erm_head
 from gradtune.metrics.accuracy import evaluate
 from gradtune.scores.grad_norms import grad_norms
 
 __all__ = ["RunSpec", "BundleSource", "RunTask", "ExecutionSummary", "run_record", "run_grid", "execute",
            "run_experiments", "execute_task", "failure_record", "bundle_fingerprint", "embedding_hash",
            "erm_diagnostics", "load_records", "store_path_for"]
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One run: a method (registry name, hyperparameter overrides) on a benchmark and seed.
-
-    ``params`` are ``(key, value)`` pairs; dotted keys (``"finetune.epochs"``) set a field of a
-    dataclass-valued parameter. ``label`` is the display name (default: the method name).
-    """
-
-    benchmark: str
-    seed: int
-    method: str
-    params: tuple[tuple[str, Any], ...] = ()
-    label: str | None = None
-
-    @property
-    def display(self) -> str:
-        return self.label or self.method
-
-    def build(self) -> Method:
-        from gradtune.methods.selection import build_method
-
-        return build_method(self.method, dict(self.params))
 
 
 # ------------------------------------------------------------------- bundles
@@ -443,16 +419,25 @@ def run_experiments(configs: Sequence[Any], store: ResultStore | str | Path, *, 
                     launcher: str | None = None, launcher_folder: str | Path | None = None, force: bool = False,
                     cache_dir: str | Path | None = None, progress: bool = True,
                     on_record: Callable[[dict, bool], None] | None = None,
-                    start_method: str | None = None, command: str | None = None) -> ExecutionSummary:
+                    start_method: str | None = None, command: str | None = None,
+                    benchmarks: Sequence[str] | None = None) -> ExecutionSummary:
     """Run one or more :class:`~gradtune.experiments.config.ExperimentConfig` into one store.
 
     Runs shared between configs (same benchmark, seed, method, resolved parameters and
     bundle) are computed once and linked to every experiment that plans them.
     ``workers``/``launcher``/``start_method`` override the configs' ``[launcher]`` tables
-    (the first config's table is used otherwise).
+    (the first config's table is used otherwise). ``benchmarks`` runs only those of the
+    configs' benchmarks (:func:`~gradtune.experiments.config.select_benchmarks`: each name
+    must be in some config, a config with none is left out, and only the kept benchmarks'
+    bundle files must exist); the stored experiments name the ones left out.
     """
+    from gradtune.experiments.config import select_benchmarks
     from gradtune.experiments.launchers import make_launcher
 
+    if benchmarks is not None:
+        configs, _ = select_benchmarks(configs, benchmarks)
+        for cfg in configs:
+            cfg.check_paths()
     if not configs:
         raise GradTuneInputError("no experiment configs given")
     names = [c.name for c in configs]
@@ -512,17 +497,3 @@ def load_records(root: str | Path, *, status: str = "done") -> list[dict]:
     from gradtune.experiments.store import find_store
 
     return ResultStore(find_store(root), readonly=True).records(status=status)
-
-
-def print_progress(record: dict, reused: bool) -> None:
-    """A one-line progress report on stderr (the CLI's ``on_record``)."""
-    ev = (record.get("evaluation") or {}).get("test") or {}
-    wga = ev.get("worst_group_accuracy")
-    acc = ev.get("accuracy")
-    if record.get("status") == "failed":
-        state = "FAILED: " + (record.get("error") or "").strip().splitlines()[-1][:120]
-    else:
-        state = "stored" if reused else f"{record.get('fit_seconds', 0):.1f}s"
-    print(f"  {record['benchmark']:>16s} seed {record['seed']} {record['label'][:44]:>44s}: "
-          f"avg {100 * acc if acc is not None else float('nan'):5.1f}  "
-          f"wga {100 * wga if wga is not None else float('nan'):5.1f}  ({state})", file=sys.stderr)

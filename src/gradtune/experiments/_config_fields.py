@@ -1,0 +1,232 @@
+"""Field checks shared by the experiment-config readers: every error names its field.
+
+Each helper takes ``where``, the dotted config path of the value it checks (for example
+``grid.gradtune.top_k``), and raises :class:`ConfigError` with that path first.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import MISSING, dataclass, fields, is_dataclass
+from typing import Any
+
+from gradtune._validation import GradTuneInputError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+"""Experiment and benchmark names: letters, digits, '-', '_' and '.'."""
+
+
+class ConfigError(GradTuneInputError):
+    """A config file is malformed; the message starts with the offending field."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One hyperparameter setting of one method: ``params`` are dotted keys -> values."""
+
+    method: str
+    label: str
+    params: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "label": self.label, "params": self.params}
+
+
+def type_name(v: Any) -> str:
+    return repr(v) if isinstance(v, (str, int, float, bool)) else type(v).__name__
+
+
+def require_table(where: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: must be a table, got {type_name(value)}")
+    return value
+
+
+def check_keys(where: str, table: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    for k in table:
+        if k not in allowed:
+            raise ConfigError(f"{where}.{k}: unknown key; allowed: {list(allowed)}" if where else
+                              f"{k}: unknown section; allowed: {list(allowed)}")
+
+
+def flatten(where: str, table: dict[str, Any], prefix: str = "") -> dict[str, tuple[str, Any]]:
+    """Nested tables -> {dotted key: (config path, value)}."""
+    out: dict[str, tuple[str, Any]] = {}
+    for k, v in table.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(f"{where}.{k}", v, f"{key}."))
+        else:
+            out[key] = (f"{where}.{k}", v)
+    return out
+
+
+def method_defaults(method: str) -> dict[str, Any]:
+    """Dotted parameter name -> default value, for a registered method (nested dataclass fields too)."""
+    from gradtune.methods.base import METHODS
+
+    cls = METHODS[method]
+    out: dict[str, Any] = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.default is not MISSING:
+            default = f.default
+        elif f.default_factory is not MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = None
+        if is_dataclass(default):
+            for sub in fields(default):
+                out[f"{f.name}.{sub.name}"] = getattr(default, sub.name)
+        out[f.name] = default
+    return out
+
+
+_KIND_WORDS = {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string",
+               list: "a list"}
+_KIND_PLURAL = {bool: "booleans (true/false)", int: "integers", float: "numbers", str: "strings", list: "lists"}
+
+
+def _expected_kind(default: Any) -> type | None:
+    if isinstance(default, bool):
+        return bool
+    if isinstance(default, int):
+        return int
+    if isinstance(default, float):
+        return float
+    if isinstance(default, str):
+        return str
+    if isinstance(default, (tuple, list)):
+        return list
+    return None
+
+
+def _fits(value: Any, kind: type | None) -> bool:
+    if kind is None:
+        return True
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is list:
+        return isinstance(value, (list, tuple))
+    return isinstance(value, kind)
+
+
+def check_param(where: str, method: str, key: str, value: Any, *, grid: bool = False) -> Any:
+    defaults = method_defaults(method)
+    if key not in defaults:
+        valid = sorted(k for k in defaults if not is_dataclass(defaults[k]))
+        raise ConfigError(f"{where}: {key!r} is not a parameter of method {method!r}; valid: {valid}")
+    if is_dataclass(defaults[key]):
+        raise ConfigError(f"{where}: {key!r} is a group of settings; set its fields, e.g. {key}.epochs")
+    kind = _expected_kind(defaults[key])
+    word = _KIND_WORDS.get(kind, "a value") if kind else "a value"
+    plural = _KIND_PLURAL.get(kind, "values") if kind else "values"
+    if grid:
+        if not isinstance(value, list) or not value:
+            raise ConfigError(f"{where}: must be a non-empty list of {plural} (one run per value), "
+                              f"got {type_name(value)}")
+        for i, v in enumerate(value):
+            if not _fits(v, kind):
+                raise ConfigError(f"{where}: must be a list of {plural}; item [{i}] is {type_name(v)}")
+        return [tuple(v) if isinstance(v, list) else v for v in value]
+    if not _fits(value, kind):
+        raise ConfigError(f"{where}: must be {word}, got {type_name(value)}")
+    return tuple(value) if isinstance(value, list) else value
+
+
+def fmt_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, tuple):
+        return "(" + ",".join(fmt_value(x) for x in v) + ")"
+    return str(v)
+
+
+# ------------------------------------------------------- seeds, methods, settings
+
+
+def parse_int_list(where: str, value: Any, *, minimum: int = 0) -> list[int]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where}: must be a non-empty list of integers, got {type_name(value)}")
+    for i, v in enumerate(value):
+        if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+            raise ConfigError(f"{where}[{i}]: must be an integer >= {minimum}, got {type_name(v)}")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{where}: values must be distinct, got {value}")
+    return list(value)
+
+
+def parse_methods(value: Any) -> list[str]:
+    from gradtune.methods.base import list_methods
+
+    available = list_methods()
+    where = "experiment.methods"
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where}: must be a non-empty list of method names; available: {available}")
+    for i, m in enumerate(value):
+        if not isinstance(m, str):
+            raise ConfigError(f"{where}[{i}]: must be a method name (string), got {type_name(m)}")
+        if m not in available:
+            raise ConfigError(f"{where}[{i}]: unknown method {m!r}; available: {available}")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{where}: each method once (use [grid.METHOD] or [[variants.METHOD]] for several settings)")
+    return list(value)
+
+
+def parse_variants(data: dict[str, Any], methods: list[str]) -> list[Variant]:
+    sections = {s: require_table(s, data.get(s, {})) for s in ("params", "grid", "variants", "labels")}
+    for s, table in sections.items():
+        for m in table:
+            if m not in methods:
+                raise ConfigError(f"{s}.{m}: not a method of this experiment; experiment.methods = {methods}")
+    for m, lab in sections["labels"].items():
+        if not isinstance(lab, str) or not lab.strip():
+            raise ConfigError(f"labels.{m}: must be a non-empty string, got {type_name(lab)}")
+    variants: list[Variant] = []
+    for m in methods:
+        base = {k: check_param(p, m, k, v)
+                for k, (p, v) in flatten(f"params.{m}", require_table(f"params.{m}", sections["params"].get(m, {}))).items()}
+        grid_flat = flatten(f"grid.{m}", require_table(f"grid.{m}", sections["grid"].get(m, {})))
+        grid = {k: check_param(p, m, k, v, grid=True) for k, (p, v) in grid_flat.items()}
+        raw_vars = sections["variants"].get(m, [{}])
+        if not isinstance(raw_vars, list) or not raw_vars:
+            raise ConfigError(f"variants.{m}: must be a non-empty list of tables ([[variants.{m}]])")
+        base_label = sections["labels"].get(m, m)
+        for i, var in enumerate(raw_vars):
+            w = f"variants.{m}[{i}]"
+            var = dict(require_table(w, var))
+            explicit = var.pop("label", None)
+            if explicit is not None and (not isinstance(explicit, str) or not explicit.strip()):
+                raise ConfigError(f"{w}.label: must be a non-empty string")
+            vparams = {k: check_param(p, m, k, v) for k, (p, v) in flatten(w, var).items()}
+            for k in vparams:
+                if k in grid:
+                    raise ConfigError(f"{w}.{k}: also set in grid.{m}; set it in one place")
+            points = [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())] or [{}]
+            for point in points:
+                params = {**base, **vparams, **point}
+                shown = {**({} if explicit else vparams), **point}
+                suffix = ", ".join(f"{k}={fmt_value(v)}" for k, v in shown.items())
+                label = (explicit or base_label) + (f" [{suffix}]" if suffix else "")
+                variants.append(Variant(m, label, params))
+    labels = [v.label for v in variants]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise ConfigError(f"variants: several settings share the label(s) {dup}; give each variant a distinct `label`")
+    return variants
+
+
+def validate_variant(v: Variant, where: str) -> None:
+    from gradtune.methods.selection import build_method
+
+    try:
+        method = build_method(v.method, v.params)
+    except (GradTuneInputError, TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: {err}") from None
+    size, top_k = getattr(method, "size", None), getattr(method, "top_k", None)
+    if isinstance(size, int) and isinstance(top_k, int) and top_k > size:
+        raise ConfigError(f"{where}: top_k={top_k} exceeds size={size} (k must be at most M')")
