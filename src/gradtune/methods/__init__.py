@@ -20,8 +20,8 @@ from gradtune.methods.dfr import DFRMethod
 from gradtune.methods.gradtune import ERMMethod, GradTuneMethod
 from gradtune.methods.gradtune_auto import GradTuneAutoMethod
 from gradtune.methods.gradtune_select import GradTuneSelectMethod  # noqa: F401  (registers gradtune-select & variants)
-from gradtune.methods.inferred import DFRInferredMethod
 from gradtune.methods.group_dro import GroupDROLoss, GroupDROMethod, group_dro_update
+from gradtune.methods.inferred import DFRInferredMethod
 from gradtune.methods.jtt import JTTMethod, jtt_error_set, jtt_upsampled_indices
 from gradtune.methods.random_ft import RandomFinetuneMethod
 from gradtune.methods.selection import select_hyperparameters

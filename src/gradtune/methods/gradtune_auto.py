@@ -38,7 +38,7 @@ The paper's ``"gradtune"`` is unchanged and stays the paper's method.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
