@@ -136,7 +136,8 @@ def _member_logits(u: torch.Tensor, prototypes: torch.Tensor, scales: torch.Tens
 
 def dpe_loss_and_grad(u: torch.Tensor, y: torch.Tensor, prototypes: torch.Tensor, scales: torch.Tensor, *,
                       entropic_scale: float, wd_weight: float,
-                      ips_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      ips_weight: torch.Tensor,
+                      u_sq: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every member's training loss on its batch and its gradient in closed form.
 
     Parameters
@@ -149,6 +150,8 @@ def dpe_loss_and_grad(u: torch.Tensor, y: torch.Tensor, prototypes: torch.Tensor
     entropic_scale, wd_weight : float
     ips_weight : Tensor (M,)
         ``lambda_m`` (:func:`ips_weights`).
+    u_sq : Tensor (M, B), optional
+        ``||u||^2`` of the batch rows, if already known (saves a pass over ``u``).
 
     Returns
     -------
@@ -163,7 +166,9 @@ def dpe_loss_and_grad(u: torch.Tensor, y: torch.Tensor, prototypes: torch.Tensor
     norm = torch.linalg.vector_norm(prototypes, dim=2, keepdim=True).clamp_min(_EPS)  # (M, C, 1)
     q = prototypes / norm
     uq = torch.bmm(u, q.transpose(1, 2))  # (M, B, C)
-    sq = (u * u).sum(2, keepdim=True) + (q * q).sum(2).unsqueeze(1) - 2.0 * uq
+    if u_sq is None:
+        u_sq = (u * u).sum(2)
+    sq = u_sq.unsqueeze(2) + (q * q).sum(2).unsqueeze(1) - 2.0 * uq
     dist = sq.clamp_min(0.0).sqrt()
     a = (-entropic_scale) * scales.abs()[:, None, None] * dist  # training logits
     logp = torch.log_softmax(a, dim=2)
@@ -226,14 +231,16 @@ def train_dpe(u: torch.Tensor, y: torch.Tensor, subsets: torch.Tensor, n_classes
     best_epoch = np.full(n_members, epochs - 1, dtype=np.int64)
     best_score = np.full(n_members, -np.inf if score_fn is not None else np.nan)
     n_batches = s_rows // batch_size
+    u_sq = (u * u).sum(1)
     losses = np.zeros((epochs, n_members))
     step = 0
     for epoch in range(epochs):
         order = torch.gather(subsets, 1, torch.rand(n_members, s_rows, generator=generator).argsort(dim=1))
         for bi in range(n_batches):
             idx = order[:, bi * batch_size:(bi + 1) * batch_size]  # (M, B)
-            loss, g_p, g_s = dpe_loss_and_grad(u[idx], y[idx], protos, scales, entropic_scale=entropic_scale,
-                                               wd_weight=wd_weight, ips_weight=ips_weight)
+            ub = u.index_select(0, idx.reshape(-1)).view(n_members, batch_size, d)
+            loss, g_p, g_s = dpe_loss_and_grad(ub, y[idx], protos, scales, entropic_scale=entropic_scale,
+                                               wd_weight=wd_weight, ips_weight=ips_weight, u_sq=u_sq[idx])
             if weight_decay:
                 g_p = g_p + weight_decay * protos
                 g_s = g_s + weight_decay * scales
