@@ -1,9 +1,7 @@
 """Run methods on bundles over seeds and store every run in one SQLite results store.
 
-This is the one place that turns a user's seed into the seeds of each stage: the seed
-of a run selects the bundle (the ERM model and, for ``bundle:`` files, the held-out /
-selection halves of the validation rows) and is passed to the method, which splits it
-into its own streams.
+The seed of a run selects the bundle (the ERM model and, for ``bundle:`` files, the
+held-out / selection halves) and is passed to the method, which splits it into streams.
 
 Flow of :func:`execute`:
 
@@ -37,6 +35,7 @@ import numpy as np
 from gradtune._threads import torch_threads
 from gradtune._validation import GradTuneInputError
 from gradtune.embeddings.bundle import BundleError, EmbeddingBundle, load_bundle
+from gradtune.experiments.inference_quality import inference_quality_record
 from gradtune.experiments.spec import RunSpec
 from gradtune.experiments.store import STORE_NAME, ResultStore, code_version, make_run_id
 from gradtune.methods.base import erm_head
@@ -182,10 +181,12 @@ def run_record(spec: RunSpec, bundle: EmbeddingBundle, *, keep_diagnostics: bool
     counts = train_group_counts(bundle)
     evals = {s: _eval_split(result.model, bundle, s, counts) for s in ("selection", "test") if bundle.has_split(s)}
     eval_s = time.perf_counter() - t
+    quality = inference_quality_record(bundle, result.diagnostics.get("inferred_minority_rows"))
     diag = {k: v for k, v in result.diagnostics.items()
             if keep_diagnostics or not isinstance(v, list) or len(v) <= 64}
     if bundle.has_split("heldout"):
         diag.setdefault("heldout_size", int(np.sum(bundle.split == "heldout")))
+    diag.update({"inference_quality": quality} if quality is not None else {})
     return {
         "benchmark": spec.benchmark, "seed": spec.seed, "method": spec.method, "label": spec.display,
         "params": method.params(), "group_labels": method.group_label_use,
