@@ -29,13 +29,14 @@ def kernel():
 def spy(monkeypatch):
     """Count the calls of the fused kernel."""
     calls = []
-    real = _fused.fused_norms_np
+    for name in ("fused_norms_np", "fused_logit_norms_np"):
+        real = getattr(_fused, name)
 
-    def counting(*args, **kwargs):
-        calls.append(args[0].shape)
-        return real(*args, **kwargs)
+        def counting(*args, real=real, **kwargs):
+            calls.append(args[0].shape)
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(_fused, "fused_norms_np", counting)
+        monkeypatch.setattr(_fused, name, counting)
     return calls
 
 
@@ -132,14 +133,19 @@ def test_auto_dispatch(kernel, spy, monkeypatch):
     assert spy == [(64, 16)]
     torch.testing.assert_close(auto, grad_norms(h, labels=y, weight=w, bias=b, backend="fused"))
     spy.clear()
-    # Cases auto leaves to torch: many classes, non-contiguous, half precision, logits given.
+    # Cases auto leaves to torch: many classes, non-contiguous, half precision, backend="torch".
     hc, wc, _, yc = make(64, 16, gn_module.FUSED_MAX_CLASSES + 1, seed=1)
     grad_norms(hc, labels=yc, weight=wc)
     grad_norms(h.T.contiguous().T, labels=y, weight=w)
     grad_norms(h.to(torch.bfloat16), labels=y, weight=w)
-    grad_norms(h, h @ w.T, y)
     grad_norms(h, labels=y, weight=w, backend="torch")
+    grad_norms(h, h @ w.T, y, backend="torch")
     assert spy == []
+    # With the logits given, auto takes the fused kernel at any class count (it only reads them).
+    z = hc @ wc.T
+    auto = grad_norms(hc, z, yc)
+    assert spy == [(64, 16)]
+    torch.testing.assert_close(auto, grad_norms(hc, z, yc, backend="torch"), rtol=1e-6, atol=0)
 
 
 def test_streaming_fused_matches_torch(kernel, spy, tmp_path):
@@ -168,7 +174,7 @@ def test_streaming_fused_matches_torch(kernel, spy, tmp_path):
     [
         (dict(features=torch.zeros(2, 3, device="meta"), weight=torch.ones(2, 3)), "CPU only"),
         (dict(features=torch.zeros(2, 3, dtype=torch.float16), weight=torch.ones(2, 3)), "float32 and float64"),
-        (dict(features=torch.zeros(2, 3), logits=torch.zeros(2, 2)), "with logits given"),
+        (dict(features=torch.zeros(2, 3, device="meta"), logits=torch.zeros(2, 2, device="meta")), "CPU only"),
     ],
 )
 def test_fused_refuses_unsupported_input(kwargs, match):

@@ -29,6 +29,7 @@ Shapes: N samples, d features, C classes.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -63,7 +64,7 @@ FUSED_MIN_ELEMENTS = 1 << 20
 
 
 def residual_norms(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``||softmax(logits) - onehot(labels)||_2`` per row, stable in fp32.
+    """``||softmax(logits) - onehot(labels)||_2`` per row, exact wherever representable.
 
     Parameters
     ----------
@@ -72,17 +73,36 @@ def residual_norms(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
     Returns
     -------
-    Tensor of shape (N,), dtype of ``logits``.
+    Tensor of shape (N,), dtype of ``logits`` (computed in float64, see :func:`grad_norms`).
     """
-    return _residual_t(logits.T, labels)
+    return _residual_t(logits.T, labels).to(logits.dtype)
+
+
+def _wide(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype the residual is computed in: float64, except on devices without it."""
+    return dtype if device.type == "mps" else torch.float64
 
 
 def _residual_t(z_t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """:func:`residual_norms` on class-major logits ``z_t`` (C, N) (the layout ``W @ h.T`` gives)."""
-    p = torch.softmax(z_t, dim=0)
-    p = p.scatter(0, y[None, :], 0.0)  # the other classes' probabilities
-    one_minus_py = p.sum(dim=0)  # 1 - p_y without cancellation
-    return (p * p).sum(dim=0).addcmul_(one_minus_py, one_minus_py).sqrt_()
+    """:func:`residual_norms` on class-major logits ``z_t`` (C, N) (the layout ``W @ h.T`` gives).
+
+    Returns float64 (N,). With ``s = 1 - p_y``, the largest component of ``p - e_y`` in
+    magnitude, the norm is ``s * sqrt(1 + sum_{j != y} (p_j / s)^2)``: each component
+    is divided by ``s`` before it is squared, so no square underflows where the norm is
+    representable. ``s`` is the ratio of ``sum exp(z_j - max z)`` over the other
+    classes to that over all classes: no cancellation when ``p_y`` is near 1.
+    """
+    z = z_t.to(_wide(z_t.dtype, z_t.device))
+    if z.shape[0] == 2:  # ||p - e_y|| = sqrt(2) * sigmoid(z_other - z_y), accurate at both ends
+        first = y == 0
+        t = torch.where(first, z[1], z[0]).sub_(torch.where(first, z[0], z[1]))
+        return t.sigmoid_().mul_(math.sqrt(2.0))
+    e = (z - z.amax(dim=0)).exp_()  # (C, N), the largest entry of each column is 1
+    e_other = e.scatter(0, y[None, :], 0.0)
+    s_other = e_other.sum(dim=0)
+    q = e_other.div_(s_other.clamp_min(torch.finfo(z.dtype).tiny))  # p_j / (1 - p_y); 0 when s_other is 0
+    scale = s_other / (s_other + e.gather(0, y[None, :]).squeeze(0))  # 1 - p_y
+    return q.mul_(q).sum(dim=0).add_(1.0).sqrt_().mul_(scale)
 
 
 def _norms_chunk(h: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None,
@@ -95,10 +115,11 @@ def _norms_chunk(h: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None,
             z_t += bias[:, None]  # (addmm with a broadcast bias measured 1.7x slower)
     else:
         z_t = logits.T
-    hn = torch.linalg.vector_norm(h, dim=1)
+    res = _residual_t(z_t, y)
+    hn = torch.linalg.vector_norm(h, dim=1).to(res.dtype)
     if include_bias:
         hn = torch.hypot(hn, torch.ones((), dtype=hn.dtype, device=hn.device))  # sqrt(||h||^2 + 1)
-    return _residual_t(z_t, y).mul_(hn)
+    return res.mul_(hn).to(h.dtype)
 
 
 def _auto_picks_fused(n_elements: int, n_classes: int) -> bool:
@@ -155,25 +176,48 @@ def _fused_fast_path(features: Any, labels: Any, weight: Any, bias: Any, include
     return torch.from_numpy(out)
 
 
+def _fused_logits_fast_path(features: Any, logits: Any, labels: Any, include_bias: bool,
+                            backend: str) -> torch.Tensor | None:
+    """The logits-given fused kernel on inputs already in its form, else None.
+
+    Like :func:`_fused_fast_path`: C-contiguous CPU tensors (features float32/float64,
+    logits of the same dtype, int64 labels) are checked on numpy views, and any count
+    of bad labels or non-finite norms sends the call to the general path.
+    """
+    h = _as_numpy(features)
+    z = _as_numpy(logits)
+    y = _as_numpy(labels)
+    if h is None or z is None or y is None:
+        return None
+    if (h.dtype not in _FAST_DTYPES or h.ndim != 2 or z.dtype != h.dtype or z.ndim != 2
+            or z.shape[0] != h.shape[0] or z.shape[1] < 2 or y.dtype != np.int64 or y.shape != h.shape[:1]
+            or not (h.flags.c_contiguous and z.flags.c_contiguous and y.flags.c_contiguous)
+            or (backend == "auto" and h.size < FUSED_MIN_ELEMENTS)):
+        return None
+    fused = _fused_module()
+    if fused is None:
+        return None
+    out, bad_labels, non_finite = fused.fused_logit_norms_np(h, z, y, include_bias)
+    if bad_labels or non_finite:
+        return None
+    return torch.from_numpy(out)
+
+
 def _use_fused(backend: str, h: torch.Tensor, n_classes: int, have_logits: bool) -> bool:
-    """Whether to run the fused kernel on ``h`` (N, d); raises if ``backend="fused"`` can't.
+    """Whether to run a fused kernel on ``h`` (N, d); raises if ``backend="fused"`` can't.
 
     ``backend="fused"`` copies a non-contiguous CPU ``h`` (one extra pass) and refuses
-    other devices and dtypes; ``"auto"`` falls back to torch in all those cases.
+    other devices and dtypes; ``"auto"`` falls back to torch in all those cases. With
+    the logits given, the class count does not matter (the kernel only reads them).
     """
     if backend == "torch":
         return False
-    suitable = (not have_logits and h.device.type == "cpu"
-                and h.dtype in (torch.float32, torch.float64))
+    suitable = h.device.type == "cpu" and h.dtype in (torch.float32, torch.float64)
     if backend == "auto":
-        if not (suitable and h.is_contiguous() and _auto_picks_fused(h.numel(), n_classes)):
+        if not (suitable and h.is_contiguous()
+                and _auto_picks_fused(h.numel(), 2 if have_logits else n_classes)):
             return False
         return _fused_module() is not None
-    if have_logits:
-        raise GradTuneInputError(
-            "backend='fused' computes the logits from weight in the same pass over the features; "
-            "with logits given the torch path already reads the features once: use backend='auto' or 'torch'"
-        )
     if h.device.type != "cpu":
         raise GradTuneInputError(
             f"backend='fused' runs on the CPU only, but the features are on {h.device}; "
@@ -300,8 +344,11 @@ def grad_norms(
     3.5355...
     """
     chunk_rows = check_positive_int(chunk_rows, "chunk_rows")
-    if logits is None and (backend == "auto" or backend == "fused"):
-        out = _fused_fast_path(features, labels, weight, bias, include_bias, backend)
+    if backend == "auto" or backend == "fused":
+        if logits is None:
+            out = _fused_fast_path(features, labels, weight, bias, include_bias, backend)
+        else:
+            out = _fused_logits_fast_path(features, logits, labels, include_bias, backend)
         if out is not None:
             return out
     # Finiteness is checked on the (N,) result instead of the (N, d) input: a NaN/inf
@@ -312,14 +359,17 @@ def grad_norms(
         raise GradTuneInputError("labels are required: pass the (N,) integer class labels")
     backend = check_choice(backend, "backend", BACKENDS)
     if logits is not None:
-        z = check_features(logits, "logits", check_finite=False).detach().to(h.device)
+        z = _detached(check_features(logits, "logits", check_finite=False))
+        if z.device != h.device:
+            z = z.to(h.device)
         if z.shape[0] != n:
             raise GradTuneInputError(f"logits have {z.shape[0]} rows but features have {n}")
         if z.shape[1] < 2:
             raise GradTuneInputError(f"logits must have at least 2 columns (classes), got {z.shape[1]}")
         n_classes = z.shape[1]
         w = b = None
-        z = z.to(h.dtype)
+        if z.dtype != h.dtype:
+            z = z.to(h.dtype)
     else:
         if weight is None:
             raise GradTuneInputError("pass either logits (N, C) or the last layer's weight (C, d)")
@@ -330,7 +380,12 @@ def grad_norms(
         # The kernel counts NaN/inf in the head, labels out of range and non-finite norms
         # as it goes (it never indexes with a label): the checks cost nothing unless they fail.
         y = check_labels(labels, n=n, check_range=False)
-        out, bad_labels, non_finite, bad_head = _fused_module().fused_norms(h.contiguous(), w, b, y, include_bias)
+        if z is not None:
+            out, bad_labels, non_finite = _fused_module().fused_logit_norms(h.contiguous(), z, y, include_bias)
+            bad_head = 0
+        else:
+            out, bad_labels, non_finite, bad_head = _fused_module().fused_norms(h.contiguous(), w, b, y,
+                                                                                include_bias)
         if bad_head:
             _check_head_finite(w, b)  # raises, naming weight or bias
         if bad_labels:
