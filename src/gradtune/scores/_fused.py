@@ -1,11 +1,13 @@
-"""Optional single-pass CPU kernel for :func:`gradtune.grad_norms` (needs ``numba``).
+"""Optional single-pass CPU kernels for :func:`gradtune.grad_norms` (needs ``numba``).
 
-The torch path reads the features twice (``W @ h.T``, then ``||h||``) and then runs
-about ten small tensor operations for the residual. This kernel reads each row of
-``h`` once and, while a segment of the row sits in L1, computes its contribution to
-the row's C logits and to ``||h||^2`` together; then, still per row, the softmax
-residual and the norm. It also counts labels outside ``0..C-1`` and non-finite
-norms, so that :func:`gradtune.grad_norms` validates both without another pass.
+With the head given, the torch path reads the features twice (``W @ h.T``, then
+``||h||``) and then runs about ten small tensor operations for the residual. The
+head kernel reads each row of ``h`` once and, while a segment of the row sits in L1,
+computes its contribution to the row's C logits and to ``||h||^2`` together; then,
+still per row, the softmax residual and the norm. The logits kernel reads each row
+once for ``||h||^2`` and takes the residual from the given logits. Both count labels
+outside ``0..C-1`` and non-finite norms, so that :func:`gradtune.grad_norms`
+validates both without another pass.
 
 Numerics
 --------
@@ -15,8 +17,7 @@ Numerics
   segment sums are added in float64. So each fp32 rounding error is relative to a
   sum of ~16 products: the logits are as accurate as an fp32 GEMM's (~1e-6 relative
   to ``sum |w_k h_k|``) whatever d, and float64 input stays float64 throughout.
-  Accumulating in float64 throughout was measured: it costs ~1.5-2x the SIMD
-  instructions (4 lanes instead of 8, plus a conversion per element).
+  (Accumulating in float64 throughout would halve the SIMD lanes.)
 * The residual ``||p - e_y||`` is computed in float64 from the float64 logits, scaled
   by its largest component ``1 - p_y`` before anything is squared (see
   :func:`_residual`), so it neither cancels when ``p_y`` is near 1 nor underflows
@@ -29,12 +30,11 @@ Numerics
 
 Compilation
 -----------
-Importing this module imports ``numba`` (~0.5 s), so ``grad_norms`` imports it only
-when it is about to use it. The kernel is compiled on first use, once per input
-dtype (float32, float64; ~10 s each on 2 cores), and cached on disk (``cache=True``: in
-``__pycache__`` next to this file, or numba's user cache dir when that is read-only,
-or ``NUMBA_CACHE_DIR``), so later processes only load it (~0.8 s, plus ~0.45 s to
-import numba).
+Importing this module imports ``numba``, so ``grad_norms`` imports it only when it
+is about to use it. The kernels are compiled on first use, once per input dtype, and
+cached on disk (``cache=True``: in ``__pycache__`` next to this file, or numba's user
+cache dir when that is read-only, or ``NUMBA_CACHE_DIR``), so later processes only
+load them.
 
 Threads: the kernel uses ``min(torch.get_num_threads(), NUMBA_NUM_THREADS)``
 threads, so ``torch.set_num_threads`` limits it too. Calls are serialized by a
@@ -246,10 +246,8 @@ if numba is not None:
         """Rows start..stop-1: out[i] = ||p_i - e_y_i|| * sqrt(||h_i||^2 + extra); z, e: (C,) scratch.
 
         Returns (labels outside 0..C-1, non-finite norms) among these rows.
-
-        (Logits relative to class 0, ``(w_j - w_0) @ h``, would save one dot product per
-        row, but rounding ``w_j - w_0`` to float32 doubles the error bound of the logit
-        differences: measured 1.3e-5 relative against the 1e-5 this kernel is tested to.)
+        (Logits relative to class 0, ``(w_j - w_0) @ h``, would save a dot product per row
+        but round ``w_j - w_0`` to float32, doubling the error bound of the differences.)
         """
         c = w.shape[0]
         bad_labels = 0
@@ -297,7 +295,6 @@ if numba is not None:
         e = np.empty(w.shape[0], dtype=np.float64)
         bad_labels, non_finite = _rows(h, w, bias, y, extra, zero, out, z, e, 0, h.shape[0])
         return bad_labels, non_finite, _head_bad(w, bias)
-
 
     @njit(fastmath=_FM, inline="always", nogil=True)
     def _rows_logits(h, logits, y, extra, zero, out, z, e, start, stop):
@@ -358,12 +355,10 @@ if hasattr(os, "register_at_fork"):
 
 
 def _parallel_unsafe() -> bool:
-    """True in a forked child whose parent already ran numba's OpenMP thread pool.
-
-    numba aborts such a child at its next parallel launch ("fork() called from a
-    process already using GNU OpenMP, this is unsafe"): e.g. grad_norms in a
-    parent, then in ``multiprocessing`` fork workers. There the serial kernel runs.
-    """
+    """True in a forked child whose parent already ran numba's OpenMP thread pool: numba
+    aborts such a child at its next parallel launch ("fork() called from a process
+    already using GNU OpenMP"), e.g. in ``multiprocessing`` fork workers. There the
+    serial kernels run."""
     if not _in_forked_child:
         return False
     try:
@@ -372,7 +367,7 @@ def _parallel_unsafe() -> bool:
         return False
 
 
-# numba.set_num_threads is per calling thread and costs ~6 us, so each thread remembers its last value.
+# numba.set_num_threads is per calling thread and not free, so each thread remembers its last value.
 _thread_state = threading.local()
 _NP_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
@@ -380,7 +375,7 @@ _NP_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.fl
 def _np(t: torch.Tensor, dtype: np.dtype) -> np.ndarray:
     """A tensor as a C-contiguous CPU numpy array of ``dtype``, sharing memory when it can."""
     try:
-        a = t.numpy()  # ~4 us; raises for CUDA tensors, ones requiring grad, or with a lazy negation
+        a = t.numpy()  # raises for CUDA tensors, ones requiring grad, or with a lazy negation
     except (RuntimeError, TypeError):
         a = t.detach().cpu().resolve_neg().numpy()
     return np.ascontiguousarray(a, dtype=dtype)
@@ -390,9 +385,8 @@ def fused_norms(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
                 labels: torch.Tensor, include_bias: bool) -> tuple[torch.Tensor, int, int, int]:
     """Per-sample last-layer gradient norms in one pass over ``h``.
 
-    Callers validate shapes; the label range and the finiteness of the head and of the
-    norms are counted by the kernel (it never indexes memory with a label), for the
-    caller to report.
+    Callers validate shapes; the kernel counts bad labels (it never indexes memory with
+    one) and NaN/inf in the head and the norms, for the caller to report.
 
     Parameters
     ----------
@@ -417,8 +411,6 @@ def fused_norms(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     """
     if numba is None:
         raise RuntimeError("the fused kernel needs numba: pip install 'gradtune[fast]'")
-    # Checked on numpy arrays: at 600 x 2048 the kernel takes ~160 us and each torch
-    # attribute access or no-op conversion 1-5 us, numpy's ~0.1 us.
     if h.dtype not in _NP_DTYPES or h.device.type != "cpu":
         raise ValueError(f"fused_norms needs float32/float64 CPU features, got {h.dtype} on {h.device}")
     h_np = _np(h, _NP_DTYPES[h.dtype])
@@ -472,23 +464,11 @@ def fused_logit_norms_np(h: np.ndarray, logits: np.ndarray, labels: np.ndarray,
                          include_bias: bool) -> tuple[np.ndarray, int, int]:
     """Per-sample gradient norms from given logits, in one pass over ``h``.
 
-    Parameters
-    ----------
-    h : np.ndarray of shape (N, d), float32 or float64, C-contiguous
-    logits : np.ndarray of shape (N, C), C >= 2, dtype of ``h``, C-contiguous
-    labels : np.ndarray of shape (N,), int64, C-contiguous
-    include_bias : bool
-        Add 1 to ``||h||^2`` (the bias's share of the gradient).
-
-    Returns
-    -------
-    norms : np.ndarray of shape (N,), dtype of ``h``
-    bad_labels : int
-        How many labels lie outside ``0..C-1``.
-    non_finite : int
-        How many norms are NaN or infinite (from NaN/inf features or logits).
-
-    Anything not in that form raises ValueError (the kernel reads without bounds checks).
+    ``h`` (N, d) float32/float64, ``logits`` (N, C >= 2) of its dtype, ``labels`` (N,)
+    int64, all C-contiguous. Returns (norms (N,) in the dtype of ``h``, how many labels
+    lie outside ``0..C-1``, how many norms are NaN or infinite: from NaN/inf features
+    or logits).
+    Anything else raises ValueError (the kernel reads without bounds checks).
     """
     if numba is None:
         raise RuntimeError("the fused kernel needs numba: pip install 'gradtune[fast]'")
