@@ -130,6 +130,22 @@ def test_dual_is_chosen_automatically_and_matches_primal(loop):
         finetune_linear(h, y, w0, b0, FinetuneConfig(optimizer="adamw", dual="on"), seed=0)
 
 
+@pytest.mark.parametrize("cfg", [FinetuneConfig(epochs=20, batch_size=8, lr=0.05, l2_to_init=0.1),
+                                 FinetuneConfig(epochs=20, batch_size=8, lr=0.05, dual="on"),
+                                 FinetuneConfig(epochs=20, batch_size=16, optimizer="adamw", lr=0.01)],
+                         ids=["primal", "dual", "adamw"])
+def test_float32_runs_follow_the_float64_reference(data, cfg, loop):
+    """In float32, each loop stays within float32 rounding of the float64 torch.optim run."""
+    h, y, w0, b0 = data
+    res = finetune_linear(h, y, w0, b0, cfg, seed=3)
+    assert res.weight.dtype == torch.float32
+    wr, br = reference_run(h, y, w0.double(), b0.double(), cfg, seed=3)
+    torch.testing.assert_close(res.weight.double(), wr, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(res.bias.double(), br, rtol=1e-4, atol=1e-5)
+    ref_losses = finetune_linear(h.double(), y, w0.double(), b0.double(), cfg, seed=3).losses
+    np.testing.assert_allclose(res.losses, ref_losses, rtol=1e-4)
+
+
 def test_sample_weights_match_reference(data, loop):
     h, y, w0, b0 = data
     sw = torch.rand(45, generator=torch.Generator().manual_seed(2)) + 0.1

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from gradtune import GradTuneInputError, grad_norms, grad_norms_streaming
 from gradtune.scores import _fused
 from tests.scores.test_grad_norms import reference_from_logits, reference_norms
+from tests.scores.test_grad_norms_exact import log_softmax_reference
 
 # The module, not the function that gradtune.scores re-exports under the same name.
 gn_module = importlib.import_module("gradtune.scores.grad_norms")
@@ -324,3 +325,33 @@ def test_fast_path_validates_chunk_rows(kernel):
     h, w, b, y = make(20, 4, 2, seed=1)
     with pytest.raises(GradTuneInputError, match="chunk_rows must be > 0"):
         grad_norms(h, labels=y, weight=w, bias=b, backend="fused", chunk_rows=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_logits_entry_point_one_kernel_call(kernel, spy, monkeypatch, dtype):
+    """Logits given: canonical tensors go straight to the one-pass kernel (no general
+    validation), with the norms of the torch backend; bad labels and NaN are still named."""
+    h, w, b, y = make(300, 40, 3, seed=12, dtype=dtype)
+    z = torch.addmm(b, h, w.T)
+
+    def no_general_path(*args, **kwargs):
+        raise AssertionError("the general validation ran for canonical input")
+
+    with monkeypatch.context() as m:
+        m.setattr(gn_module, "check_features", no_general_path)
+        fast = grad_norms(h, z, y, backend="fused")
+    assert spy == [(300, 40)] and fast.dtype == dtype
+    ref = log_softmax_reference(z, y, h)  # autograd's p_y - 1 would cancel at confident rows
+    torch.testing.assert_close(fast.double(), ref, rtol=1e-6 if dtype == torch.float32 else 1e-13, atol=0)
+    # Another form (float64 logits for float32 features, a strided view) takes the general path.
+    torch.testing.assert_close(grad_norms(h, z.double(), y, backend="fused"), grad_norms(h, z, y, backend="torch"),
+                               rtol=1e-6, atol=0)
+    torch.testing.assert_close(grad_norms(h, z.T.contiguous().T, y, backend="fused"), fast, rtol=0, atol=0)
+    bad_y = y.clone()
+    bad_y[5] = 3
+    with pytest.raises(GradTuneInputError, match="labels must be < 3"):
+        grad_norms(h, z, bad_y, backend="fused")
+    bad_z = z.clone()
+    bad_z[7, 1] = float("nan")
+    with pytest.raises(GradTuneInputError, match=r"logits contain NaN or infinite values in 1 row\(s\), e.g. rows \[7\]"):
+        grad_norms(h, bad_z, y, backend="fused")
