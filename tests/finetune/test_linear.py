@@ -7,7 +7,29 @@ import pytest
 import torch
 
 from gradtune import FinetuneConfig, GradTuneInputError, finetune_linear
+from gradtune.finetune import _fused_steps, _steps
+from gradtune.finetune import linear as linear_module
 from gradtune.finetune.linear import class_balance_weights, epoch_order, lr_at
+
+
+@pytest.fixture(params=["torch", "fused"])
+def loop(request, monkeypatch):
+    """Run finetune_linear on the torch loop or on the compiled (numba) epoch kernels,
+    and check afterwards that the chosen one ran."""
+    calls = []
+    if request.param == "torch":
+        monkeypatch.setattr(linear_module, "_compiled_steps", lambda: None)
+        for name in ("epoch_steps", "epoch_steps_dual"):
+            real = getattr(_steps, name)
+            monkeypatch.setattr(_steps, name, lambda *a, real=real, **k: calls.append(1) or real(*a, **k))
+    else:
+        pytest.importorskip("numba", reason="the compiled epoch kernels need numba: pip install 'gradtune[fast]'")
+        assert _fused_steps.available(), "numba is installed but gradtune.finetune._fused_steps cannot use it"
+        for name in ("epoch_primal", "epoch_dual"):
+            real = getattr(_fused_steps, name)
+            monkeypatch.setattr(_fused_steps, name, lambda *a, real=real, **k: calls.append(1) or real(*a, **k))
+    yield request.param
+    assert calls, f"the {request.param} loop did not run"
 
 
 def reference_run(h, y, w0, b0, cfg, seed, sample_weight=None):
@@ -84,7 +106,7 @@ def data():
     ids=["sgd-cosine-balanced", "sgd-plain-uniform", "fullbatch-linear", "adamw", "l2-pull",
          "dual-sgd", "dual-plain", "dual-l2-pull", "reset", "dual-reset"],
 )
-def test_matches_torch_optim(data, cfg):
+def test_matches_torch_optim(data, cfg, loop):
     h, y, w0, b0 = data
     res = finetune_linear(h.double(), y, w0.double(), b0.double(), cfg, seed=11)
     wr, br = reference_run(h, y, w0.double(), b0.double(), cfg, seed=11)
@@ -92,7 +114,7 @@ def test_matches_torch_optim(data, cfg):
     torch.testing.assert_close(res.bias, br, rtol=1e-9, atol=1e-10)
 
 
-def test_dual_is_chosen_automatically_and_matches_primal():
+def test_dual_is_chosen_automatically_and_matches_primal(loop):
     g = torch.Generator().manual_seed(5)
     h = torch.randn(20, 64, generator=g, dtype=torch.float64)
     y = torch.randint(0, 3, (20,), generator=g)
@@ -108,7 +130,23 @@ def test_dual_is_chosen_automatically_and_matches_primal():
         finetune_linear(h, y, w0, b0, FinetuneConfig(optimizer="adamw", dual="on"), seed=0)
 
 
-def test_sample_weights_match_reference(data):
+@pytest.mark.parametrize("cfg", [FinetuneConfig(epochs=20, batch_size=8, lr=0.05, l2_to_init=0.1),
+                                 FinetuneConfig(epochs=20, batch_size=8, lr=0.05, dual="on"),
+                                 FinetuneConfig(epochs=20, batch_size=16, optimizer="adamw", lr=0.01)],
+                         ids=["primal", "dual", "adamw"])
+def test_float32_runs_follow_the_float64_reference(data, cfg, loop):
+    """In float32, each loop stays within float32 rounding of the float64 torch.optim run."""
+    h, y, w0, b0 = data
+    res = finetune_linear(h, y, w0, b0, cfg, seed=3)
+    assert res.weight.dtype == torch.float32
+    wr, br = reference_run(h, y, w0.double(), b0.double(), cfg, seed=3)
+    torch.testing.assert_close(res.weight.double(), wr, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(res.bias.double(), br, rtol=1e-4, atol=1e-5)
+    ref_losses = finetune_linear(h.double(), y, w0.double(), b0.double(), cfg, seed=3).losses
+    np.testing.assert_allclose(res.losses, ref_losses, rtol=1e-4)
+
+
+def test_sample_weights_match_reference(data, loop):
     h, y, w0, b0 = data
     sw = torch.rand(45, generator=torch.Generator().manual_seed(2)) + 0.1
     cfg = FinetuneConfig(epochs=3, batch_size=7, lr=0.05, sampler="uniform")

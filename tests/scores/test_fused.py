@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from gradtune import GradTuneInputError, grad_norms, grad_norms_streaming
 from gradtune.scores import _fused
 from tests.scores.test_grad_norms import reference_from_logits, reference_norms
+from tests.scores.test_grad_norms_exact import log_softmax_reference
 
 # The module, not the function that gradtune.scores re-exports under the same name.
 gn_module = importlib.import_module("gradtune.scores.grad_norms")
@@ -29,13 +30,14 @@ def kernel():
 def spy(monkeypatch):
     """Count the calls of the fused kernel."""
     calls = []
-    real = _fused.fused_norms_np
+    for name in ("fused_norms_np", "fused_logit_norms_np"):
+        real = getattr(_fused, name)
 
-    def counting(*args, **kwargs):
-        calls.append(args[0].shape)
-        return real(*args, **kwargs)
+        def counting(*args, real=real, **kwargs):
+            calls.append(args[0].shape)
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(_fused, "fused_norms_np", counting)
+        monkeypatch.setattr(_fused, name, counting)
     return calls
 
 
@@ -132,14 +134,19 @@ def test_auto_dispatch(kernel, spy, monkeypatch):
     assert spy == [(64, 16)]
     torch.testing.assert_close(auto, grad_norms(h, labels=y, weight=w, bias=b, backend="fused"))
     spy.clear()
-    # Cases auto leaves to torch: many classes, non-contiguous, half precision, logits given.
+    # Cases auto leaves to torch: many classes, non-contiguous, half precision, backend="torch".
     hc, wc, _, yc = make(64, 16, gn_module.FUSED_MAX_CLASSES + 1, seed=1)
     grad_norms(hc, labels=yc, weight=wc)
     grad_norms(h.T.contiguous().T, labels=y, weight=w)
     grad_norms(h.to(torch.bfloat16), labels=y, weight=w)
-    grad_norms(h, h @ w.T, y)
     grad_norms(h, labels=y, weight=w, backend="torch")
+    grad_norms(h, h @ w.T, y, backend="torch")
     assert spy == []
+    # With the logits given, auto takes the fused kernel at any class count (it only reads them).
+    z = hc @ wc.T
+    auto = grad_norms(hc, z, yc)
+    assert spy == [(64, 16)]
+    torch.testing.assert_close(auto, grad_norms(hc, z, yc, backend="torch"), rtol=1e-6, atol=0)
 
 
 def test_streaming_fused_matches_torch(kernel, spy, tmp_path):
@@ -168,7 +175,7 @@ def test_streaming_fused_matches_torch(kernel, spy, tmp_path):
     [
         (dict(features=torch.zeros(2, 3, device="meta"), weight=torch.ones(2, 3)), "CPU only"),
         (dict(features=torch.zeros(2, 3, dtype=torch.float16), weight=torch.ones(2, 3)), "float32 and float64"),
-        (dict(features=torch.zeros(2, 3), logits=torch.zeros(2, 2)), "with logits given"),
+        (dict(features=torch.zeros(2, 3, device="meta"), logits=torch.zeros(2, 2, device="meta")), "CPU only"),
     ],
 )
 def test_fused_refuses_unsupported_input(kwargs, match):
@@ -318,3 +325,33 @@ def test_fast_path_validates_chunk_rows(kernel):
     h, w, b, y = make(20, 4, 2, seed=1)
     with pytest.raises(GradTuneInputError, match="chunk_rows must be > 0"):
         grad_norms(h, labels=y, weight=w, bias=b, backend="fused", chunk_rows=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_logits_entry_point_one_kernel_call(kernel, spy, monkeypatch, dtype):
+    """Logits given: canonical tensors go straight to the one-pass kernel (no general
+    validation), with the norms of the torch backend; bad labels and NaN are still named."""
+    h, w, b, y = make(300, 40, 3, seed=12, dtype=dtype)
+    z = torch.addmm(b, h, w.T)
+
+    def no_general_path(*args, **kwargs):
+        raise AssertionError("the general validation ran for canonical input")
+
+    with monkeypatch.context() as m:
+        m.setattr(gn_module, "check_features", no_general_path)
+        fast = grad_norms(h, z, y, backend="fused")
+    assert spy == [(300, 40)] and fast.dtype == dtype
+    ref = log_softmax_reference(z, y, h)  # autograd's p_y - 1 would cancel at confident rows
+    torch.testing.assert_close(fast.double(), ref, rtol=1e-6 if dtype == torch.float32 else 1e-13, atol=0)
+    # Another form (float64 logits for float32 features, a strided view) takes the general path.
+    torch.testing.assert_close(grad_norms(h, z.double(), y, backend="fused"), grad_norms(h, z, y, backend="torch"),
+                               rtol=1e-6, atol=0)
+    torch.testing.assert_close(grad_norms(h, z.T.contiguous().T, y, backend="fused"), fast, rtol=0, atol=0)
+    bad_y = y.clone()
+    bad_y[5] = 3
+    with pytest.raises(GradTuneInputError, match="labels must be < 3"):
+        grad_norms(h, z, bad_y, backend="fused")
+    bad_z = z.clone()
+    bad_z[7, 1] = float("nan")
+    with pytest.raises(GradTuneInputError, match=r"logits contain NaN or infinite values in 1 row\(s\), e.g. rows \[7\]"):
+        grad_norms(h, bad_z, y, backend="fused")

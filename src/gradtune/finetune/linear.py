@@ -28,6 +28,8 @@ from gradtune._validation import (
     check_positive_int,
     make_generator,
 )
+from gradtune.finetune import _steps
+from gradtune.finetune._steps import SCHEDULE_CODE, batch_loss_weights, scheduled_lr
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune_linear", "epoch_batches", "epoch_order",
            "class_balance_weights", "lr_at", "sgd_step_"]
@@ -156,7 +158,7 @@ def lr_at(step: int, total: int, base_lr: float, schedule: str) -> float:
     """Learning rate for 0-based ``step`` out of ``total`` steps."""
     if total <= 0:
         return base_lr
-    return _scheduled_lr(step, total, base_lr, _SCHEDULE_CODE[schedule])  # linear: to zero, no warm-up
+    return scheduled_lr(step, total, base_lr, SCHEDULE_CODE[schedule])  # linear: to zero, no warm-up
 
 
 def sgd_step_(theta: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor, first: bool, *,
@@ -207,146 +209,21 @@ def _mean_loss(theta: torch.Tensor, ha: torch.Tensor, y: torch.Tensor) -> float:
     return float((torch.logsumexp(z_t, 0) - z_t.gather(0, y[None, :]).squeeze(0)).mean())
 
 
-_SCHEDULE_CODE = {"constant": 0, "cosine": 1, "linear": 2}
+_fused_cache: list[Any] = []
 
 
-def _scheduled_lr(step: int, total: int, base_lr: float, schedule: int) -> float:
-    """:func:`lr_at` with the schedule as an integer code (scriptable)."""
-    if schedule == 1:
-        return base_lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
-    if schedule == 2:
-        return base_lr * (1.0 - step / total)
-    return base_lr
+def _np(t: torch.Tensor | None) -> np.ndarray | None:
+    """A CPU tensor as a C-contiguous numpy array (no copy when it already is one)."""
+    return None if t is None else np.ascontiguousarray(t.numpy())
 
 
-def _epoch_steps(theta: torch.Tensor, buf: torch.Tensor, sq: torch.Tensor, ha: torch.Tensor,
-                 onehot_t: torch.Tensor, order: torch.Tensor, weights: torch.Tensor | None,
-                 anchor: torch.Tensor | None, loss_acc: torch.Tensor,
-                 bs: int, step: int, total: int, base_lr: float, schedule: int, adamw: bool,
-                 wd: float, mom: float, b1: float, b2: float, eps: float, pull: float,
-                 train_bias: bool) -> int:
-    """All optimizer steps of one epoch; returns the next step index.
+def _compiled_steps() -> Any:
+    """The compiled epoch kernels if numba imports, else None. Imported on first use only."""
+    if not _fused_cache:
+        from gradtune.finetune import _fused_steps as mod
 
-    theta, buf, sq : (C, d+1) head and optimizer state, updated in place.
-    ha : (N, d+1) features with a ones column; onehot_t : (C, N) one-hot labels.
-    order : (N,) this epoch's sample order; weights : (N,) loss weights or None.
-    loss_acc : (1,) accumulates the sum over batches of the mean batch loss.
-    Follows torch.optim.SGD (momentum, dampening 0, coupled weight decay) and
-    torch.optim.AdamW (decoupled weight decay, bias-corrected moments).
-    """
-    n = order.shape[0]
-    d = theta.shape[1] - 1
-    for start in range(0, n, bs):
-        idx = order[start:start + bs]
-        hb = ha.index_select(0, idx)  # (B, d+1)
-        yb = onehot_t.index_select(1, idx)  # (C, B)
-        g = torch.softmax(torch.mm(theta, hb.t()), 0)  # (C, B): the fast layout for small C
-        loss_acc.sub_(torch.log((g * yb).sum(0)).mean())
-        g.sub_(yb)  # p - e_y
-        if weights is None:
-            scale = 1.0 / hb.shape[0]
-        else:
-            wb = weights.index_select(0, idx)
-            g.mul_(wb)
-            scale = 1.0 / float(wb.sum())
-        lr = _scheduled_lr(step, total, base_lr, schedule)
-        if adamw or wd == 0.0:
-            grad = torch.mm(g, hb).mul_(scale)
-        else:
-            grad = torch.addmm(theta, g, hb, beta=wd, alpha=scale)  # + coupled weight decay
-        if not train_bias:
-            grad[:, d] = 0.0
-        if anchor is not None:
-            grad.add_(theta - anchor, alpha=pull)
-        if adamw:
-            t = step + 1
-            theta.mul_(1.0 - lr * wd)
-            buf.mul_(b1).add_(grad, alpha=1.0 - b1)
-            sq.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)
-            denom = (sq / (1.0 - b2 ** t)).sqrt_().add_(eps)
-            theta.addcdiv_(buf, denom, value=-lr / (1.0 - b1 ** t))
-        elif mom != 0.0:
-            if step == 0:
-                buf.copy_(grad)
-            else:
-                buf.mul_(mom).add_(grad)
-            theta.add_(buf, alpha=-lr)
-        else:
-            theta.add_(grad, alpha=-lr)
-        if not train_bias:
-            theta[:, d] = 0.0
-        step += 1
-    return step
-
-
-def _epoch_steps_dual(a_coef: torch.Tensor, buf_a: torch.Tensor, alpha: float, buf_alpha: float,
-                      gram: torch.Tensor, z0_t: torch.Tensor, onehot_t: torch.Tensor, order: torch.Tensor,
-                      weights: torch.Tensor | None, loss_acc: torch.Tensor, bs: int, step: int, total: int,
-                      base_lr: float, schedule: int, wd: float, mom: float, pull: float
-                      ) -> tuple[int, float, float]:
-    """SGD epoch in the dual (sample) space, for fine-tuning sets with fewer rows than features.
-
-    Every SGD update of a linear head is a combination of the rows of ``ha`` plus a
-    multiple of the start ``theta0``, so ``theta = scal[0] * theta0 + a_coef @ ha``
-    with ``a_coef`` of shape (C, N). Logits of a batch are then
-    ``alpha * z0_t[:, idx] + a_coef @ gram[idx].T`` with ``gram = ha @ ha.T`` (N, N),
-    so each step touches N instead of d + 1 numbers per sample. ``alpha`` and its
-    momentum buffer are Python floats (kept out of tensors: TorchScript would store
-    them at fp32). The pull toward the start (``pull`` = 2 * l2) is only valid when
-    the anchor is ``theta0`` itself. Returns (next step, alpha, buf_alpha).
-    """
-    n = order.shape[0]
-    for start in range(0, n, bs):
-        idx = order[start:start + bs]
-        z = torch.mm(a_coef, gram.index_select(0, idx).t())  # (C, B)
-        z.add_(z0_t.index_select(1, idx), alpha=alpha)
-        g = torch.softmax(z, 0)
-        yb = onehot_t.index_select(1, idx)
-        loss_acc.sub_(torch.log((g * yb).sum(0)).mean())
-        g.sub_(yb)
-        if weights is None:
-            scale = 1.0 / idx.shape[0]
-        else:
-            wb = weights.index_select(0, idx)
-            g.mul_(wb)
-            scale = 1.0 / float(wb.sum())
-        lr = _scheduled_lr(step, total, base_lr, schedule)
-        grad_a = a_coef * (wd + pull)
-        grad_a.index_add_(1, idx, g, alpha=scale)
-        grad_alpha = wd * alpha + pull * (alpha - 1.0)
-        if mom != 0.0:
-            if step == 0:
-                buf_a.copy_(grad_a)
-                buf_alpha = grad_alpha
-            else:
-                buf_a.mul_(mom).add_(grad_a)
-                buf_alpha = mom * buf_alpha + grad_alpha
-            a_coef.add_(buf_a, alpha=-lr)
-            alpha = alpha - lr * buf_alpha
-        else:
-            a_coef.add_(grad_a, alpha=-lr)
-            alpha = alpha - lr * grad_alpha
-        step += 1
-    return step, alpha, buf_alpha
-
-
-_SCRIPTED: dict[str, Any] = {}
-
-
-def _kernel(name: str) -> Any:
-    """An epoch kernel compiled with TorchScript once (removes Python overhead per step,
-    ~1.5x faster on small heads); falls back to plain Python if scripting fails."""
-    if name not in _SCRIPTED:
-        fn = _epoch_steps if name == "primal" else _epoch_steps_dual
-        try:
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                _SCRIPTED[name] = torch.jit.script(fn)
-        except Exception:  # noqa: BLE001 - any scripting failure means: use Python
-            _SCRIPTED[name] = fn
-    return _SCRIPTED[name]
+        _fused_cache.append(mod)
+    return _fused_cache[0] if _fused_cache[0].available() else None
 
 
 def finetune_linear(
@@ -431,32 +308,62 @@ def finetune_linear(
         initial_loss = _mean_loss(theta, ha, y)
         snapshots: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         snap = set(cfg.snapshot_epochs)
-        step = 0
         full_idx = torch.arange(n, device=h.device)
         onehot_t = torch.nn.functional.one_hot(y, c).to(h.dtype).T.contiguous()  # (C, N)
         class_w = class_balance_weights(y) if cfg.sampler == "class_balanced" else None
-        loss_acc = torch.zeros(1, dtype=h.dtype, device=h.device)
+        pos_w = batch_loss_weights(n, bs, h.device, h.dtype)
         train_losses: list[float] = []
         # The dual path pays an (N, N) Gram matrix once and then works on N numbers per
         # sample instead of d + 1; it applies to SGD with a trained bias, and to the L2
         # pull only when the pull's anchor is the starting point.
         dual = (cfg.optimizer == "sgd" and bias is not None and 2 * n <= d and cfg.epochs > 0
                 and (anchor is None or not cfg.reset) and cfg.dual in ("auto", "on")) or cfg.dual == "on"
+        if dual and (cfg.optimizer != "sgd" or bias is None or (anchor is not None and cfg.reset)):
+            raise GradTuneInputError("dual='on' needs optimizer='sgd', a bias, and no l2_to_init with reset")
+        # The compiled kernels (numba, optional) take numpy views of the same CPU tensors.
+        fused = (_compiled_steps() if h.device.type == "cpu" and h.dtype in (torch.float32, torch.float64)
+                 and cfg.epochs > 0 else None)
+        sched, pull, adamw = SCHEDULE_CODE[cfg.schedule], 2.0 * cfg.l2_to_init, cfg.optimizer == "adamw"
+        state = {"step": 0, "alpha": 1.0, "buf_alpha": 0.0}  # alpha: theta0's coefficient in the dual
         if dual:
-            if cfg.optimizer != "sgd" or bias is None or (anchor is not None and cfg.reset):
-                raise GradTuneInputError("dual='on' needs optimizer='sgd', a bias, and no l2_to_init with reset")
             theta0 = theta
             gram = ha @ ha.T  # (N, N)
             z0_t = theta0 @ ha.T  # (C, N)
             a_coef = torch.zeros(c, n, dtype=h.dtype, device=h.device)
             buf_a = torch.zeros_like(a_coef)
-            scal = [1.0, 0.0]  # alpha, its momentum buffer
-            kernel = _kernel("dual")
+            if fused is not None:
+                np_args = (a_coef.numpy(), buf_a.numpy(), gram.numpy(), z0_t.numpy(), _np(y), _np(loss_weight))
+
+            def run_epoch(order: torch.Tensor) -> float:
+                if fused is not None:
+                    an, bn, gn, zn, yn, wn = np_args
+                    out = fused.epoch_dual(an, bn, state["alpha"], state["buf_alpha"], gn, zn, yn, order.numpy(),
+                                           wn, bs, state["step"], total, cfg.lr, sched, wd, mom, pull)
+                else:
+                    out = _steps.epoch_steps_dual(a_coef, buf_a, state["alpha"], state["buf_alpha"], gram, z0_t,
+                                            onehot_t, order, loss_weight, pos_w, bs, state["step"], total,
+                                            cfg.lr, sched, wd, mom, pull)
+                state["step"], loss, state["alpha"], state["buf_alpha"] = out
+                return loss
 
             def current() -> torch.Tensor:
-                return theta0 * scal[0] + a_coef @ ha
+                return theta0 * state["alpha"] + a_coef @ ha
         else:
-            kernel = _kernel("primal")
+            if fused is not None:
+                np_args = (theta.numpy(), buf.numpy(), sq.numpy(), ha.numpy(), _np(y), _np(loss_weight),
+                           _np(anchor))
+
+            def run_epoch(order: torch.Tensor) -> float:
+                if fused is not None:
+                    tn, bn, sn, hn, yn, wn, an = np_args
+                    state["step"], loss = fused.epoch_primal(tn, bn, sn, hn, yn, order.numpy(), wn, an, bs,
+                                                             state["step"], total, cfg.lr, sched, adamw, wd, mom,
+                                                             b1, b2, cfg.eps, pull, bias is not None)
+                else:
+                    state["step"], loss = _steps.epoch_steps(theta, buf, sq, ha, onehot_t, order, loss_weight, anchor,
+                                                       pos_w, bs, state["step"], total, cfg.lr, sched, adamw, wd,
+                                                       mom, b1, b2, cfg.eps, pull, bias is not None)
+                return loss
 
             def current() -> torch.Tensor:
                 return theta
@@ -465,16 +372,7 @@ def finetune_linear(
                 order = full_idx
             else:
                 order = epoch_order(y, cfg.sampler, gen, sw if cfg.sampler == "weighted" else class_w)
-            loss_acc.zero_()
-            if dual:
-                step, scal[0], scal[1] = kernel(a_coef, buf_a, scal[0], scal[1], gram, z0_t, onehot_t, order,
-                                                loss_weight, loss_acc, bs, step, total, cfg.lr,
-                                                _SCHEDULE_CODE[cfg.schedule], wd, mom, 2.0 * cfg.l2_to_init)
-            else:
-                step = kernel(theta, buf, sq, ha, onehot_t, order, loss_weight, anchor, loss_acc, bs, step,
-                              total, cfg.lr, _SCHEDULE_CODE[cfg.schedule], cfg.optimizer == "adamw", wd,
-                              mom, b1, b2, cfg.eps, 2.0 * cfg.l2_to_init, bias is not None)
-            train_losses.append(float(loss_acc) / steps_per_epoch)
+            train_losses.append(run_epoch(order) / steps_per_epoch)
             if epoch in snap:
                 t = current()
                 snapshots[epoch] = (t[:, :d].clone(), t[:, d].clone())

@@ -8,27 +8,36 @@ the gradient of one sample's loss w.r.t. ``W`` is the outer product
 
 so no per-sample gradient is ever materialized: the cost is one read of ``h``.
 
-Numerics. In fp32, ``p - e_y`` computed as ``softmax - onehot`` loses precision
-when ``p_y`` is close to 1 (``1 - p_y`` cancels). Here ``1 - p_y`` is computed as
-the sum of the other classes' probabilities, each of which is accurate, so the
-relative error stays near fp32 epsilon whatever the confidence.
+Numerics. ``||p - e_y||`` is computed in float64 (both backends) as
+``s * sqrt(1 + sum_{j != y} (p_j / s)^2)`` with ``s = 1 - p_y``, its largest
+component, taken as a ratio of sums of ``exp(z_j - max z)`` (for two classes,
+``sqrt(2) * sigmoid(z_other - z_y)``). Nothing cancels when ``p_y`` is near 1 and no
+component is squared before it is scaled, so the norm is exact (to a few float64
+ulps, before the final rounding) wherever it is a normal number of the output dtype.
+The output has the dtype of the features: in float32, norms below the smallest
+normal float32 (1.2e-38, logit gaps beyond ~85) are rounded to float32 subnormals,
+with fewer significant digits, and those below 7e-46 (gaps beyond ~103) to 0.
+Pass float64 features to keep them (exact down to 2.2e-308).
 
-Backends. ``backend="torch"`` computes ``W @ h.T`` (BLAS) and ``||h||`` with torch:
-two passes over ``h``, any device. ``backend="fused"`` runs a numba kernel
-(:mod:`gradtune.scores._fused`, ``pip install 'gradtune[fast]'``) that reads each
-row once on the CPU and computes its logits, ``||h||^2`` and the residual together
-(in float64 per row), and counts bad labels and non-finite norms on the way.
-``backend="auto"`` (default) picks the fused kernel when it is installed and the
-input suits it (CPU, float32/float64, contiguous, C <= 10, N * d >= 2**20). The
-first fused call in a process costs ~1.2 s (importing numba, loading the kernel
-from numba's disk cache); the first ever, ~10 s more per dtype to compile it. For
-a single small call in a short-lived process, ``backend="torch"`` avoids that.
+Backends. ``backend="torch"`` computes ``W @ h.T`` (BLAS) and ``||h||`` with torch
+(two passes over ``h`` with the head given, one with the logits given; any device).
+``backend="fused"`` runs numba kernels (:mod:`gradtune.scores._fused`,
+``pip install 'gradtune[fast]'``) that read each row once on the CPU: with the head
+given they compute its logits and ``||h||^2`` together, with the logits given its
+``||h||^2``; then the residual and the norm. They count bad labels and non-finite
+norms on the way, so validation costs no extra pass. ``backend="auto"`` (default)
+picks the fused kernels when numba is installed and the input suits them (CPU,
+float32/float64, contiguous, N * d >= 2**20, and with the head given C <= 10). The
+first fused call in a process pays for importing numba and loading the compiled
+kernels from numba's disk cache (compiling them the first time ever); for a single
+small call in a short-lived process, ``backend="torch"`` avoids that.
 
 Shapes: N samples, d features, C classes.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -50,20 +59,17 @@ __all__ = ["grad_norms", "grad_norms_streaming", "residual_norms"]
 
 DEFAULT_CHUNK_ROWS = 262144
 BACKENDS = ("auto", "torch", "fused")
-# backend="auto" uses the fused kernel only with at most this many classes (it sweeps each
-# row segment once per 4 classes; measured on 2 cores, it beats BLAS up to C = 10 but not
-# at C = 16) ...
+# backend="auto" uses the head-given fused kernel only with at most this many classes (it
+# sweeps each row segment once per 4 classes, and BLAS wins beyond ~10) ...
 FUSED_MAX_CLASSES = 10
-# ... and at least this many feature elements (N * d; per chunk when streaming). Once
-# loaded, the kernel is faster at every size measured (32 x 64: 64 against 241 us;
-# 600 x 2048: 258 against 592 us, on 2 cores), so the bound only keeps small calls from
-# paying the ~1.2 s first-call cost; it admits the paper's smallest held-out set
-# (Waterbirds, 600 x 2048 = 1.2 M).
+# ... and both fused kernels only from this many feature elements (N * d; per chunk when
+# streaming): once loaded they are faster at every size, so the bound only keeps small
+# calls from paying the first-call cost; it admits Waterbirds' held-out set (600 x 2048).
 FUSED_MIN_ELEMENTS = 1 << 20
 
 
 def residual_norms(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``||softmax(logits) - onehot(labels)||_2`` per row, stable in fp32.
+    """``||softmax(logits) - onehot(labels)||_2`` per row, exact wherever representable.
 
     Parameters
     ----------
@@ -72,17 +78,35 @@ def residual_norms(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
     Returns
     -------
-    Tensor of shape (N,), dtype of ``logits``.
+    Tensor of shape (N,), dtype of ``logits`` (computed in float64, see :func:`grad_norms`).
     """
-    return _residual_t(logits.T, labels)
+    return _residual_t(logits.T, labels).to(logits.dtype)
+
+
+def _wide(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype the residual is computed in: float64, except on devices without it."""
+    return dtype if device.type == "mps" else torch.float64
 
 
 def _residual_t(z_t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """:func:`residual_norms` on class-major logits ``z_t`` (C, N) (the layout ``W @ h.T`` gives)."""
-    p = torch.softmax(z_t, dim=0)
-    p = p.scatter(0, y[None, :], 0.0)  # the other classes' probabilities
-    one_minus_py = p.sum(dim=0)  # 1 - p_y without cancellation
-    return (p * p).sum(dim=0).addcmul_(one_minus_py, one_minus_py).sqrt_()
+    """:func:`residual_norms` on class-major logits ``z_t`` (C, N) (the layout ``W @ h.T`` gives).
+
+    Returns float64 (N,). With ``s = 1 - p_y``, the largest component of ``p - e_y`` in
+    magnitude, the norm is ``s * sqrt(1 + sum_{j != y} (p_j / s)^2)``: each component
+    is divided by ``s`` before it is squared, so no square underflows where the norm is
+    representable. ``s`` is the ratio of ``sum exp(z_j - max z)`` over the other
+    classes to that over all classes: no cancellation when ``p_y`` is near 1.
+    """
+    z = z_t.to(_wide(z_t.dtype, z_t.device))
+    if z.shape[0] == 2:  # ||p - e_y|| = sqrt(2) * sigmoid(z_other - z_y), accurate at both ends
+        t = z.sum(dim=0).sub_(z.gather(0, y[None, :]).squeeze(0), alpha=2.0)  # z_other - z_y
+        return t.sigmoid_().mul_(math.sqrt(2.0))
+    e = (z - z.amax(dim=0)).exp_()  # (C, N), the largest entry of each column is 1
+    e_other = e.scatter(0, y[None, :], 0.0)
+    s_other = e_other.sum(dim=0)
+    q = e_other.div_(s_other.clamp_min(torch.finfo(z.dtype).tiny))  # p_j / (1 - p_y); 0 when s_other is 0
+    scale = s_other / (s_other + e.gather(0, y[None, :]).squeeze(0))  # 1 - p_y
+    return q.mul_(q).sum(dim=0).add_(1.0).sqrt_().mul_(scale)
 
 
 def _norms_chunk(h: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None,
@@ -98,7 +122,7 @@ def _norms_chunk(h: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None,
     hn = torch.linalg.vector_norm(h, dim=1)
     if include_bias:
         hn = torch.hypot(hn, torch.ones((), dtype=hn.dtype, device=hn.device))  # sqrt(||h||^2 + 1)
-    return _residual_t(z_t, y).mul_(hn)
+    return _residual_t(z_t, y).mul_(hn).to(h.dtype)  # the product in float64: rounded once
 
 
 def _auto_picks_fused(n_elements: int, n_classes: int) -> bool:
@@ -122,58 +146,62 @@ def _as_numpy(x: Any) -> np.ndarray | None:
         return None
 
 
-def _fused_fast_path(features: Any, labels: Any, weight: Any, bias: Any, include_bias: bool,
+def _fused_fast_path(features: Any, logits: Any, labels: Any, weight: Any, bias: Any, include_bias: bool,
                      backend: str) -> torch.Tensor | None:
-    """The fused kernel on inputs already in its form, else None.
+    """A fused kernel on inputs already in its form, else None.
 
-    For C-contiguous CPU tensors (features float32/float64, weight and bias of the same
-    dtype, int64 labels) with valid shapes, the checks run on numpy views (~0.1 us each
-    instead of 1-5 us for a torch attribute or a no-op conversion: at 600 x 2048 the
-    general path's checks cost about half the kernel's time). The kernel counts labels
-    out of range and NaN/inf in the head and the norms; any such count, and any input
-    in another form, returns None, and the general path then validates (and names
-    the problem) from scratch.
+    For C-contiguous CPU tensors (features float32/float64; logits, or weight and bias,
+    of the same dtype; int64 labels) with valid shapes, the checks run on numpy views,
+    far cheaper than torch attribute reads or no-op conversions. The kernels count
+    labels out of range, NaN/inf in the head and non-finite norms; any such count, and
+    any input in another form, returns None, and the general path then validates (and
+    names the problem) from scratch.
     """
     h = _as_numpy(features)
-    w = _as_numpy(weight)
     y = _as_numpy(labels)
-    b = None if bias is None else _as_numpy(bias)
-    if h is None or w is None or y is None or (bias is not None and b is None):
+    if h is None or y is None or h.dtype not in _FAST_DTYPES or h.ndim != 2 or not h.flags.c_contiguous \
+            or y.dtype != np.int64 or y.shape != h.shape[:1] or not y.flags.c_contiguous:
         return None
-    if (h.dtype not in _FAST_DTYPES or h.ndim != 2 or w.dtype != h.dtype or w.ndim != 2
-            or w.shape[1] != h.shape[1] or w.shape[0] < 2 or y.dtype != np.int64 or y.shape != h.shape[:1]
+    if logits is not None:
+        z = _as_numpy(logits)
+        if (z is None or z.dtype != h.dtype or z.ndim != 2 or z.shape[0] != h.shape[0] or z.shape[1] < 2
+                or not z.flags.c_contiguous or (backend == "auto" and h.size < FUSED_MIN_ELEMENTS)):
+            return None
+        fused = _fused_module()
+        if fused is None:
+            return None
+        out, bad_labels, non_finite = fused.fused_logit_norms_np(h, z, y, include_bias)
+        return None if bad_labels or non_finite else torch.from_numpy(out)
+    w = _as_numpy(weight)
+    b = None if bias is None else _as_numpy(bias)
+    if w is None or (bias is not None and b is None):
+        return None
+    if (w.dtype != h.dtype or w.ndim != 2 or w.shape[1] != h.shape[1] or w.shape[0] < 2 or not w.flags.c_contiguous
             or (b is not None and (b.dtype != h.dtype or b.shape != w.shape[:1] or not b.flags.c_contiguous))
-            or not (h.flags.c_contiguous and w.flags.c_contiguous and y.flags.c_contiguous)
             or (backend == "auto" and not _auto_picks_fused(h.size, w.shape[0]))):
         return None
     fused = _fused_module()
     if fused is None:
         return None
     out, bad_labels, non_finite, bad_head = fused.fused_norms_np(h, w, b, y, include_bias)
-    if bad_labels or non_finite or bad_head:
-        return None
-    return torch.from_numpy(out)
+    return None if bad_labels or non_finite or bad_head else torch.from_numpy(out)
 
 
 def _use_fused(backend: str, h: torch.Tensor, n_classes: int, have_logits: bool) -> bool:
-    """Whether to run the fused kernel on ``h`` (N, d); raises if ``backend="fused"`` can't.
+    """Whether to run a fused kernel on ``h`` (N, d); raises if ``backend="fused"`` can't.
 
     ``backend="fused"`` copies a non-contiguous CPU ``h`` (one extra pass) and refuses
-    other devices and dtypes; ``"auto"`` falls back to torch in all those cases.
+    other devices and dtypes; ``"auto"`` falls back to torch in all those cases. With
+    the logits given, the class count does not matter (the kernel only reads them).
     """
     if backend == "torch":
         return False
-    suitable = (not have_logits and h.device.type == "cpu"
-                and h.dtype in (torch.float32, torch.float64))
+    suitable = h.device.type == "cpu" and h.dtype in (torch.float32, torch.float64)
     if backend == "auto":
-        if not (suitable and h.is_contiguous() and _auto_picks_fused(h.numel(), n_classes)):
+        if not (suitable and h.is_contiguous()
+                and _auto_picks_fused(h.numel(), 2 if have_logits else n_classes)):
             return False
         return _fused_module() is not None
-    if have_logits:
-        raise GradTuneInputError(
-            "backend='fused' computes the logits from weight in the same pass over the features; "
-            "with logits given the torch path already reads the features once: use backend='auto' or 'torch'"
-        )
     if h.device.type != "cpu":
         raise GradTuneInputError(
             f"backend='fused' runs on the CPU only, but the features are on {h.device}; "
@@ -205,12 +233,12 @@ def _fused_module() -> Any:
 
 
 def _detached(t: torch.Tensor) -> torch.Tensor:
-    # Detaching instead of running under torch.no_grad() (~5 us a call), and only when needed.
+    # Detaching (only when needed) costs less than entering torch.no_grad() on every call.
     return t.detach() if t.requires_grad else t
 
 
 def _on(t: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """``t`` detached, on ``device`` in ``dtype`` (a no-op call costs ~4 us at N = 600)."""
+    """``t`` detached, on ``device`` in ``dtype`` (skipping the no-op ``.to`` call)."""
     t = _detached(t)
     return t if t.dtype == dtype and t.device == device else t.to(device=device, dtype=dtype)
 
@@ -263,8 +291,8 @@ def grad_norms(
     features : array-like of shape (N, d)
         Inputs of the last linear layer (penultimate features). Kept on its device.
     logits : array-like of shape (N, C), optional
-        The layer's outputs. If omitted, ``weight`` (and ``bias``) compute them in
-        the same pass over ``features``.
+        The layer's outputs (converted to the dtype of ``features``). If omitted,
+        ``weight`` (and ``bias``) compute them in the same pass over ``features``.
     labels : array-like of shape (N,)
         Integer class labels in ``0..C-1``.
     weight : array-like of shape (C, d), optional
@@ -277,20 +305,23 @@ def grad_norms(
     chunk_rows : int, default=262144
         Rows per chunk; bounds temporary memory to O(chunk_rows * C).
     backend : {"auto", "torch", "fused"}, default="auto"
-        ``"torch"``: BLAS logits then row norms (two passes over ``features``; any
-        device). ``"fused"``: one pass over ``features`` on the CPU; needs
-        ``numba`` (``pip install 'gradtune[fast]'``) and ``weight``; copies
-        non-contiguous features first; raises :class:`GradTuneInputError` for
-        CUDA features, dtypes other than float32/float64, or ``logits`` given.
-        ``"auto"``: ``"fused"`` when numba is installed and the features are a
-        contiguous float32/float64 CPU tensor with N * d >= 2**20 and C <= 10,
-        else ``"torch"``. In float32 the two agree to ~1e-5 relative (both round
-        the logits at fp32 GEMM accuracy, in a different order).
+        ``"torch"``: row norms, after BLAS logits when the head is given (two passes
+        over ``features``; any device). ``"fused"``: one pass over ``features`` on
+        the CPU, for either entry point; needs ``numba`` (``pip install
+        'gradtune[fast]'``); copies non-contiguous features first; raises
+        :class:`GradTuneInputError` for non-CPU features or dtypes other than
+        float32/float64. ``"auto"``: ``"fused"`` when numba is installed and the
+        features are a contiguous float32/float64 CPU tensor with N * d >= 2**20
+        (and C <= 10 with the head given), else ``"torch"``. With the head given in
+        float32 the two agree to ~1e-5 relative (both round the logits at fp32 GEMM
+        accuracy, in a different order); with the logits given, to float32 rounding.
 
     Returns
     -------
     Tensor of shape (N,)
-        Norms, in the floating dtype of ``features``, on its device.
+        Norms, in the floating dtype of ``features``, on its device: exact wherever
+        representable; in float32, norms below 1.2e-38 become subnormals or 0 (see
+        the module notes; float64 features keep them).
 
     Examples
     --------
@@ -300,8 +331,8 @@ def grad_norms(
     3.5355...
     """
     chunk_rows = check_positive_int(chunk_rows, "chunk_rows")
-    if logits is None and (backend == "auto" or backend == "fused"):
-        out = _fused_fast_path(features, labels, weight, bias, include_bias, backend)
+    if backend == "auto" or backend == "fused":
+        out = _fused_fast_path(features, logits, labels, weight, bias, include_bias, backend)
         if out is not None:
             return out
     # Finiteness is checked on the (N,) result instead of the (N, d) input: a NaN/inf
@@ -312,14 +343,17 @@ def grad_norms(
         raise GradTuneInputError("labels are required: pass the (N,) integer class labels")
     backend = check_choice(backend, "backend", BACKENDS)
     if logits is not None:
-        z = check_features(logits, "logits", check_finite=False).detach().to(h.device)
+        z = _detached(check_features(logits, "logits", check_finite=False))
+        if z.device != h.device:
+            z = z.to(h.device)
         if z.shape[0] != n:
             raise GradTuneInputError(f"logits have {z.shape[0]} rows but features have {n}")
         if z.shape[1] < 2:
             raise GradTuneInputError(f"logits must have at least 2 columns (classes), got {z.shape[1]}")
         n_classes = z.shape[1]
         w = b = None
-        z = z.to(h.dtype)
+        if z.dtype != h.dtype:
+            z = z.to(h.dtype)
     else:
         if weight is None:
             raise GradTuneInputError("pass either logits (N, C) or the last layer's weight (C, d)")
@@ -330,7 +364,12 @@ def grad_norms(
         # The kernel counts NaN/inf in the head, labels out of range and non-finite norms
         # as it goes (it never indexes with a label): the checks cost nothing unless they fail.
         y = check_labels(labels, n=n, check_range=False)
-        out, bad_labels, non_finite, bad_head = _fused_module().fused_norms(h.contiguous(), w, b, y, include_bias)
+        if z is not None:
+            out, bad_labels, non_finite = _fused_module().fused_logit_norms(h.contiguous(), z, y, include_bias)
+            bad_head = 0
+        else:
+            out, bad_labels, non_finite, bad_head = _fused_module().fused_norms(h.contiguous(), w, b, y,
+                                                                                include_bias)
         if bad_head:
             _check_head_finite(w, b)  # raises, naming weight or bias
         if bad_labels:
