@@ -55,3 +55,34 @@ def test_fit_erm_head_option(tmp_path, capsys):
                "--epochs", "5", "--size", "100", "--top-k", "80"])
     assert rc == 0
     assert "fitted on train rows" in json.loads((tmp_path / "o" / "metrics.json").read_text())["head_source"]
+
+
+def test_tune_any_registered_method_with_params(tmp_path, capsys):
+    from gradtune.methods import get_method
+
+    out = tmp_path / "auto"
+    argv = ["tune", "--embeddings", "example", "--out", str(out), "--method", "gradtune-auto",
+            "--param", "xrm_steps=150", "--param", "epochs_grid=(1, 3)", "--param", "num_retrains=1",
+            "--seed", "2"]
+    assert main(argv) == 0
+    assert "group labels: none" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    head = np.load(out / "head.npz", allow_pickle=False)
+    # the same method through the Python API gives the same head
+    bundle = load_bundle(EXAMPLE).resolve_heldout(0)
+    ref = get_method("gradtune-auto", xrm_steps=150, epochs_grid=(1, 3), num_retrains=1).fit(bundle, seed=2)
+    np.testing.assert_array_equal(head["weight"], ref.model.weight)
+    assert metrics["params"]["method_params"]["xrm_steps"] == 150
+    assert main(argv) == 0 and "already holds this run" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "nope"], "unknown method"),
+    (["--method", "dfr-xrm", "--param", "novalue"], "KEY=VALUE"),
+    (["--method", "dfr-xrm", "--param", "bogus=1"], "not a parameter"),
+    (["--param", "size=3"], "--param sets hyperparameters of --method"),
+])
+def test_tune_method_errors_are_clear(tmp_path, capsys, argv, message):
+    rc = main(["tune", "--embeddings", "example", "--out", str(tmp_path / "x"), *argv])
+    assert rc != 0
+    assert message in capsys.readouterr().err

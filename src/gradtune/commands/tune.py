@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 from pathlib import Path
 
 import numpy as np
 
 from gradtune._io import atomic_save_npz, atomic_write_json, file_digest
+from gradtune._validation import GradTuneInputError
 from gradtune.embeddings.bundle import EmbeddingBundle, load_bundle
 from gradtune.estimator import GradTune
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
@@ -49,6 +51,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split-seed", type=int, default=0,
                    help="seed that halves 'val' rows into held-out/selection when the bundle has no 'heldout' rows")
     p.add_argument("--force", action="store_true", help="recompute even if --out holds a finished run")
+    p.add_argument("--method", default="gradtune", metavar="NAME",
+                   help="a registered method (default gradtune, the paper's; gradtune-auto is the "
+                        "recommended label-free pipeline and uses the bundle's encoder_features); "
+                        "with a method other than gradtune the --size/--top-k/... flags are ignored "
+                        "and --param sets its hyperparameters")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a hyperparameter of --method (repeatable; VALUE is read as a Python "
+                        "literal, e.g. --param xrm_steps=500 --param finetune.epochs=20)")
     p.set_defaults(func=run)
 
 
@@ -79,10 +89,30 @@ def _head(bundle: EmbeddingBundle, fit: bool, seed: int) -> tuple[LinearHead, st
     return LinearHead(res.weight, res.bias), "fitted on train rows (class-balanced, 100 epochs)"
 
 
+def parse_params(items: list[str]) -> dict[str, object]:
+    """``["a=1", "b.c='x'"]`` -> ``{"a": 1, "b.c": "x"}``; values are Python literals (else strings)."""
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise GradTuneInputError(f"--param expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value.strip()
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     path = EXAMPLE if args.embeddings == "example" else Path(args.embeddings)
     out = Path(args.out)
     cfg = _config(args)
+    method_params = parse_params(args.param)
+    if args.method != "gradtune":
+        return _run_method(args, path, out, method_params)
+    if method_params:
+        raise GradTuneInputError("--param sets hyperparameters of --method; for the paper's gradtune use "
+                                 "its flags (--size, --top-k, --epochs, ...)")
     params = {"size": args.size, "top_k": args.top_k, "include_bias": not args.no_bias_in_norm,
               "seed": args.seed, "split_seed": args.split_seed, "finetune": cfg.to_dict(),
               "fit_erm_head": args.fit_erm_head}
@@ -132,6 +162,66 @@ def run(args: argparse.Namespace) -> int:
           f"loss on it {rep.extra['initial_loss']:.4f} -> {rep.extra['final_loss']:.4f}")
     _print_summary(result)
     print(f"wrote {out / 'head.npz'} and {metrics_path}")
+    return 0
+
+
+def _evaluate_heads(bundle: EmbeddingBundle, heads: dict[str, object]) -> dict:
+    train_counts = None
+    if bundle.groups is not None and bundle.has_split("train"):
+        train_counts = np.bincount(bundle.view("train").groups, minlength=bundle.n_groups)
+    ev = {}
+    for split in ("selection", "test"):
+        if bundle.has_split(split):
+            v = bundle.view(split)
+            ev[split] = {name: evaluate(h.logits(v.features), v.labels, v.groups, n_groups=bundle.n_groups,
+                                        train_group_counts=train_counts, n_classes=bundle.n_classes).to_dict()
+                         for name, h in heads.items()}
+    return ev
+
+
+def _run_method(args: argparse.Namespace, path: Path, out: Path, method_params: dict) -> int:
+    """``tune --method NAME``: any registered method on the bundle, same outputs."""
+    from dataclasses import replace
+
+    from gradtune.methods.selection import build_method
+
+    method = build_method(args.method, method_params)
+    params = {"method": args.method, "method_params": method.params(), "seed": args.seed,
+              "split_seed": args.split_seed, "fit_erm_head": args.fit_erm_head}
+    bundle = load_bundle(path)
+    digest = file_digest(path)
+    metrics_path = out / "metrics.json"
+    if metrics_path.exists() and not args.force:
+        try:
+            done = json.loads(metrics_path.read_text())
+        except json.JSONDecodeError:
+            done = {}
+        if done.get("bundle_sha256") == digest and done.get("params") == json.loads(json.dumps(params, default=str)):
+            print(f"{metrics_path} already holds this run (same bundle and parameters); use --force to recompute")
+            _print_summary(done)
+            return 0
+    bundle = bundle.resolve_heldout(args.split_seed)
+    head, head_source = _head(bundle, args.fit_erm_head, args.seed)
+    if bundle.head_weight is None:
+        bundle = replace(bundle, head_weight=head.weight, head_bias=head.bias)
+    res = method.fit(bundle, seed=args.seed)
+    result = {
+        "bundle": str(path), "bundle_sha256": digest, "params": json.loads(json.dumps(params, default=str)),
+        "head_source": head_source, "method": args.method, "group_labels": method.group_label_use,
+        "heldout_size": int((bundle.split == "heldout").sum()),
+        "diagnostics": {k: v for k, v in res.diagnostics.items() if not isinstance(v, list) or len(v) <= 64},
+        "group_names": bundle.group_names, "class_names": bundle.class_names,
+        "evaluation": _evaluate_heads(bundle, {"before": head, "after": res.model}),
+    }
+    wrote = [metrics_path]
+    if isinstance(res.model, LinearHead):
+        atomic_save_npz(out / "head.npz", weight=res.model.weight, bias=res.model.bias)
+        wrote.insert(0, out / "head.npz")
+    atomic_write_json(metrics_path, result)
+    print(f"method {args.method} (group labels: {method.group_label_use}) on {result['heldout_size']} "
+          "held-out rows")
+    _print_summary(result)
+    print("wrote " + " and ".join(str(w) for w in wrote))
     return 0
 
 
