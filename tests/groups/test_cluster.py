@@ -42,14 +42,14 @@ def test_recovers_blobs_and_sizes():
     np.testing.assert_allclose(r.scores, 1 - sizes / class_size)
 
 
-@pytest.mark.parametrize("pca", [None, 2])
-def test_matches_sklearn_directly(pca):
+@pytest.mark.parametrize("pca,sample", [(None, None), (2, None), (None, 40)])
+def test_matches_sklearn_directly(pca, sample):
     """Per class: standardize, optional PCA, KMeans per k, silhouette; the same numbers."""
     rng = np.random.default_rng(5)
     x = rng.normal(size=(150, 6))
     x[:50] += 3
     y = rng.integers(0, 2, 150)
-    cfg = ClusterConfig(k_values=(2, 3, 4), pca_components=pca, silhouette_sample=None, n_init=3)
+    cfg = ClusterConfig(k_values=(2, 3, 4), pca_components=pca, silhouette_sample=sample, n_init=3)
     r = cluster_groups(x, y, seed=11, config=cfg)
     xs = (x - x.mean(0)) / x.std(0)
     seeds = class_seeds(11, 2)
@@ -60,7 +60,7 @@ def test_matches_sklearn_directly(pca):
         fits = {}
         for k in (2, 3, 4):
             fits[k] = KMeans(n_clusters=k, n_init=3, random_state=int(seeds[c])).fit_predict(xc)
-            sil[k] = silhouette_score(xc, fits[k])
+            sil[k] = silhouette_score(xc, fits[k], sample_size=sample, random_state=int(seeds[c]))
         assert r.info["silhouette"][c] == pytest.approx(sil, rel=1e-9)
         best = max(sil, key=sil.get)
         assert r.info["k"][c] == best

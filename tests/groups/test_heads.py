@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from gradtune.groups._heads import ce_logit_grad, epoch_batches, gce_logit_grad, train_heads
+from gradtune.groups._heads import (
+    ce_logit_grad,
+    epoch_batches,
+    gce_logit_grad,
+    stack_logits,
+    train_heads,
+)
 
 
 def test_ce_logit_grad_matches_autograd():
@@ -70,3 +76,12 @@ def test_epoch_batches_are_reshuffled_passes():
     for k in range(4):
         assert sorted(flat[5 * k:5 * k + 5].tolist()) == members.tolist()
     assert set(flat[20:].tolist()) <= set(members.tolist()) and len(set(flat[20:].tolist())) == 4
+
+
+def test_stack_logits_per_head():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(11, 5, generator=g, dtype=torch.float64)
+    w = torch.randn(2, 3, 5, generator=g, dtype=torch.float64)
+    b = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    expect = torch.stack([x @ w[t].T + b[t] for t in range(2)])
+    torch.testing.assert_close(stack_logits(x, w, b), expect)

@@ -9,6 +9,7 @@ minority wrong instead of memorizing it. Pseudo-group = class x (probe wrong).
 
 Defaults: q = 0.7 (as in LfF), features standardized with the pool's statistics,
 Adam lr 1e-3, batch 128, 1,000 steps from a zero head, batches by reshuffled passes.
+Like the XRM twins, the probe trains on the CPU (:mod:`gradtune.groups._heads`).
 
 Shapes: N pool rows, M rows to label, d features, C classes.
 """
@@ -114,7 +115,7 @@ class GCEProbe:
     @torch.no_grad()
     def predict_proba(self, features: Any) -> torch.Tensor:
         """Class probabilities, shape (M, C)."""
-        x = check_features(features, "features")
+        x = check_features(features, "features").detach().cpu()
         if x.shape[1] != self.weight.shape[1]:
             raise GradTuneInputError(
                 f"features has {x.shape[1]} columns but the probe was fitted on {self.weight.shape[1]}")
@@ -128,7 +129,7 @@ class GCEProbe:
         """
         p = self.predict_proba(features)
         c = self.weight.shape[0]
-        y = check_labels(labels, c, n=p.shape[0])
+        y = check_labels(labels, c, n=p.shape[0]).cpu()
         wrong = (p.argmax(dim=1) != y).numpy()
         y_np = y.numpy()
         groups, n_groups = class_by_flag(y_np, wrong, c)

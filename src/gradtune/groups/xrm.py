@@ -12,21 +12,23 @@ prediction contradicts are those the shortcut gets wrong: the minority.
 
 Pseudo-group = class x (prediction != label). Which prediction counts is ``rule``:
 
-* ``"average"`` (default): the mean of the two twins' softmax probabilities. This is
-  the reading that gave near-perfect pseudo-groups on the frozen encoder's features of
-  a pool carrying the training bias (the project's research notes, section 9).
+* ``"average"`` (default): the mean of the two twins' softmax probabilities, the
+  reading this module's defaults were first measured with (on frozen encoder features
+  of a pool carrying the training bias; ``benchmarks/group_inference.py`` reruns it).
 * ``"held-out"``: for pool rows, the twin that did not train on the row (the reading
   closest to XRM's held-out mistakes); only for the pool, since new rows have none.
 * ``"either"``: minority when either twin is wrong (the XRM reference code's
   "cross-mistake").
 
-Defaults follow the research notes: features standardized with the pool's mean and
+Defaults: features standardized with the pool's mean and
 standard deviation, Adam with lr 1e-3, batch 128, 2,000 steps, flips after steps
 200, 250, ... (never after the last step, so the final labels are trained on), flip
 probability = the held-out twin's max softmax probability. Both twins start from zero,
 train as one (2, C, d) parameter stack (:mod:`gradtune.groups._heads`), and all the
 randomness (the halves, the batches, the flip draws) is drawn up front from one seed
-(:func:`draw_xrm_schedule`), so a run can be replayed exactly.
+(:func:`draw_xrm_schedule`), so a run can be replayed exactly. Training runs on the
+CPU in the features' dtype (float32 or float64; others become float32), and features
+on another device are copied to it.
 
 Shapes: N pool rows, M new rows, d features, C classes, S steps, B batch, F flip events.
 """
@@ -190,7 +192,7 @@ class XRMTwins:
         return int(self.weight.shape[1])
 
     def _x(self, features: Any, name: str) -> torch.Tensor:
-        x = check_features(features, name)
+        x = check_features(features, name).detach().cpu()
         if x.shape[1] != self.weight.shape[2]:
             raise GradTuneInputError(
                 f"{name} has {x.shape[1]} columns but the twins were fitted on {self.weight.shape[2]}")
@@ -243,7 +245,7 @@ class XRMTwins:
                 held_out: torch.Tensor | None) -> InferredGroups:
         p = self.twin_probabilities(features)              # (2, M, C)
         m = p.shape[1]
-        y = check_labels(labels, self.n_classes, n=m)
+        y = check_labels(labels, self.n_classes, n=m).cpu()
         rows = torch.arange(m)
         if rule == "average":
             q = p.mean(dim=0)
