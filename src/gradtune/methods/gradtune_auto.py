@@ -10,9 +10,11 @@ keeps the ERM head when no repair is better. No step reads a group label, an
 attribute or a test row.
 
 1. **Group inference** (:func:`~gradtune.methods.inferred.bundle_pseudo_groups`): XRM
-   twins fitted on the ``heldout`` rows, on the bundle's ``encoder_features`` when
-   present (else ``features``); the ``selection`` rows get pseudo-groups from the same
-   twins. Pseudo-group = class x (the twins contradict the label).
+   twins fitted on the ``train`` rows (the ``heldout`` rows when the bundle has no
+   training rows), on the bundle's ``encoder_features`` when present (else
+   ``features``); both validation halves get pseudo-groups from the fitted twins.
+   Pseudo-group = class x (the twins contradict the label). Only features and class
+   labels of training rows are read.
 2. **Candidate heads**, all trained on ``heldout`` rows only:
 
    * the ERM head itself;
@@ -117,9 +119,10 @@ class GradTuneAutoMethod(Method):
     features : {"auto", "encoder", "features"}, default="auto"
         Features the group inference runs on (``"auto"``: ``encoder_features`` if the
         bundle has them).
-    pool : {"auto", "heldout", "train+heldout"}, default="auto"
-        Rows the XRM twins are fitted on (``"auto"``: add the ``train`` rows when the
-        bundle has them; see :func:`~gradtune.methods.inferred.bundle_pseudo_groups`).
+    pool : {"auto", "train", "heldout", "train+heldout"}, default="auto"
+        Rows the XRM twins are fitted on (``"auto"``: the ``train`` rows when the
+        bundle has them, else ``heldout``; see
+        :func:`~gradtune.methods.inferred.bundle_pseudo_groups`).
     xrm_steps : int, default=2000
         Training steps of the XRM twins.
     families : tuple of {"retrain", "finetune"}, default=both
