@@ -27,6 +27,9 @@ __all__ = [
     "check_choice",
     "check_positive_int",
     "check_nonneg_float",
+    "check_id_bounds",
+    "check_device",
+    "MAX_IDS",
     "make_generator",
     "make_numpy_rng",
 ]
@@ -109,10 +112,13 @@ def as_label_tensor(y: Any, name: str = "labels") -> torch.Tensor:
         raise GradTuneInputError(f"{name} must be 1-dimensional (N,), got shape {tuple(t.shape)}")
     if t.is_floating_point():
         if not all_finite(t):
-            raise GradTuneInputError(f"{name} contains NaN or infinite values")
+            raise GradTuneInputError(f"{name} contains NaN or infinite values; labels must be integer class ids")
         if t.numel() and not bool((t == t.round()).all()):
-            raise GradTuneInputError(f"{name} must hold integer class ids, got non-integer values")
-    return t if t.dtype == torch.int64 else t.to(torch.int64)
+            bad = t[t != t.round()][:3].tolist()
+            raise GradTuneInputError(f"{name} must hold integer class ids, got non-integer values such as {bad}")
+    t = t if t.dtype == torch.int64 else t.to(torch.int64)
+    check_id_bounds(t, name)
+    return t
 
 
 def check_labels(y: Any, n_classes: int | None = None, name: str = "labels",
@@ -169,22 +175,67 @@ def check_choice(value: Any, name: str, options: Sequence[str]) -> str:
     return value
 
 
-def check_positive_int(value: Any, name: str, *, allow_zero: bool = False) -> int:
+def check_positive_int(value: Any, name: str, *, allow_zero: bool = False, upper: int | None = None) -> int:
+    """``value`` as an int, refusing bools, floats, negatives, zero (unless ``allow_zero``)
+    and values above ``upper``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise GradTuneInputError(f"{name} must be an integer, got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         raise GradTuneInputError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    if upper is not None and value > upper:
+        raise GradTuneInputError(f"{name} must be <= {upper}, got {value}")
     return int(value)
 
 
-def check_nonneg_float(value: Any, name: str, *, positive: bool = False) -> float:
+def check_nonneg_float(value: Any, name: str, *, positive: bool = False, upper: float | None = None) -> float:
+    """``value`` as a finite float >= 0 (> 0 if ``positive``; < ``upper`` if given)."""
+    if isinstance(value, (str, bytes, bool)):
+        raise GradTuneInputError(f"{name} must be a number, got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError):
         raise GradTuneInputError(f"{name} must be a number, got {value!r}") from None
     if not np.isfinite(v) or v < 0 or (positive and v == 0):
         raise GradTuneInputError(f"{name} must be {'> 0' if positive else '>= 0'} and finite, got {value!r}")
+    if upper is not None and v >= upper:
+        raise GradTuneInputError(f"{name} must be < {upper:g}, got {value!r}")
     return v
+
+
+MAX_IDS = 100_000
+"""Most classes or groups an id array may imply: a larger id is a mistake, refused
+before anything of that size is allocated."""
+
+
+def check_id_bounds(t: torch.Tensor | np.ndarray, name: str, limit: int = MAX_IDS) -> None:
+    """Refuse ids (class or group ids, int array of shape (N,)) at or above ``limit``, which
+    would allocate per-id tables of that size."""
+    if len(t) == 0:
+        return
+    hi = int(t.max())
+    if hi >= limit:
+        raise GradTuneInputError(
+            f"{name} go up to {hi}, which implies {hi + 1} distinct ids; at most {limit} are supported "
+            f"(map the ids to 0..K-1 first)")
+
+
+def check_device(device: Any, name: str = "device") -> torch.device:
+    """``device`` as a ``torch.device`` that exists on this machine (checked before anything is loaded)."""
+    try:
+        dev = device if isinstance(device, torch.device) else torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise GradTuneInputError(f"{name} {device!r} is not a device name; use 'cpu', 'cuda', 'cuda:0' or 'mps'") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise GradTuneInputError(f"{name} {device!r} asks for CUDA, but no CUDA device is available; use 'cpu'")
+        if dev.index is not None and dev.index >= n:
+            raise GradTuneInputError(f"{name} {device!r}: only {n} CUDA device(s) are available")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise GradTuneInputError(f"{name} {device!r} asks for MPS, which is not available here; use 'cpu'")
+    elif dev.type == "meta":
+        raise GradTuneInputError(f"{name} is the meta device, which holds no data; load real weights first")
+    return dev
 
 
 def make_generator(seed: int | torch.Generator | None, device: str | torch.device = "cpu") -> torch.Generator:

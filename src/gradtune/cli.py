@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from gradtune._validation import GradTuneInputError
+from gradtune._errors import run_boundary
 
 # Modules under gradtune.commands, in the order shown by --help.
 COMMANDS: tuple[str, ...] = ("demo", "tune", "train", "embed", "experiment", "report")
@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
         "on its highest-gradient-norm held-out samples (GradTune).",
     )
     parser.add_argument("--version", action="version", version=f"gradtune {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of an error (accepted anywhere on the command line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"gradtune.commands.{name}").register(sub)
@@ -32,19 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    for stream in (sys.stdout, sys.stderr):  # a non-UTF-8 file name is printed, never refused
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    try:
-        return int(args.func(args) or 0)
-    except (GradTuneInputError, ValueError, FileNotFoundError) as err:
-        print(f"gradtune {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"gradtune {args.command}: interrupted; completed results are kept on disk", file=sys.stderr)
-        return 130
+    return run_boundary(lambda: args.func(args), args.command, debug=debug)
 
 
 if __name__ == "__main__":  # pragma: no cover

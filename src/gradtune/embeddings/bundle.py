@@ -36,8 +36,10 @@ rows are split in half by a seed at load time (:meth:`EmbeddingBundle.resolve_he
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import stat
 import tempfile
 import zipfile
 from dataclasses import dataclass, field, replace
@@ -46,8 +48,9 @@ from pathlib import Path
 import numpy as np
 
 from gradtune._io import atomic_save_npz
-from gradtune._validation import GradTuneInputError
+from gradtune._validation import MAX_IDS, GradTuneInputError, check_id_bounds
 from gradtune.data.base import split_heldout
+from gradtune.embeddings.cache import hash_array
 
 FORMAT_VERSION = 1
 SPLIT_NAMES = ("train", "val", "heldout", "selection", "test")
@@ -55,6 +58,16 @@ _REQUIRED = ("features", "labels", "split")
 _OPTIONAL = ("logits", "early_logits", "encoder_features", "head_weight", "head_bias", "groups", "attributes",
              "n_classes", "class_names", "group_names")
 _KNOWN = ("format_version", "meta_json") + _REQUIRED + _OPTIONAL
+_HASH_KEY = "content_sha256"
+
+
+def _content_hash(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over every array of a bundle file (name, dtype, shape, bytes), in name order."""
+    h = hashlib.sha256()
+    for key in sorted(arrays):
+        h.update(key.encode())
+        h.update(hash_array(arrays[key]).encode())
+    return h.hexdigest()
 
 
 class BundleError(GradTuneInputError):
@@ -157,6 +170,7 @@ class EmbeddingBundle:
             if key in ("class_names", "group_names"):
                 value = np.asarray([str(v) for v in value])
             arrays[key] = np.asarray(value)
+        arrays[_HASH_KEY] = np.asarray(_content_hash(arrays))
         if path.suffix == ".npz":
             atomic_save_npz(path, **arrays)
         else:
@@ -172,6 +186,13 @@ class EmbeddingBundle:
         return path
 
 
+def _load_npy(path: Path) -> np.ndarray:
+    """One ``.npy`` array; anything but a regular file (a FIFO, a device) is refused, never waited on."""
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise BundleError(f"{str(path)!r} is not a regular file")
+    return np.load(path, allow_pickle=False)
+
+
 def load_bundle(path: str | os.PathLike) -> EmbeddingBundle:
     """Read and validate a bundle from ``.npz`` or a directory of ``.npy`` files.
 
@@ -184,19 +205,21 @@ def load_bundle(path: str | os.PathLike) -> EmbeddingBundle:
     path = Path(path)
     if not path.exists():
         raise BundleError(f"embedding bundle {str(path)!r} does not exist")
+    if not path.is_dir() and not stat.S_ISREG(path.stat().st_mode):
+        raise BundleError(f"embedding bundle {str(path)!r} is not a regular file (a FIFO or device?)")
     arrays: dict[str, np.ndarray] = {}
     meta: dict = {}
     try:
         if path.is_dir():
             for f in sorted(path.glob("*.npy")):
-                if f.stem in _KNOWN:
-                    arrays[f.stem] = np.load(f, allow_pickle=False)
+                if f.stem in _KNOWN or f.stem == _HASH_KEY:
+                    arrays[f.stem] = _load_npy(f)
             if (path / "meta.json").exists():  # written by older versions
                 meta = json.loads((path / "meta.json").read_text())
         else:
             with np.load(path, allow_pickle=False) as z:
                 for key in z.files:
-                    if key in _KNOWN:
+                    if key in _KNOWN or key == _HASH_KEY:
                         arrays[key] = z[key]
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as err:
         raise BundleError(
@@ -205,6 +228,10 @@ def load_bundle(path: str | os.PathLike) -> EmbeddingBundle:
     if "format_version" not in arrays:
         raise BundleError(f"{str(path)!r} is not a gradtune bundle: it has no 'format_version' array "
                           f"(found: {sorted(arrays)}); write one with EmbeddingBundle.save")
+    stored_hash = arrays.pop(_HASH_KEY, None)
+    if stored_hash is not None and (stored_hash.shape != () or str(stored_hash) != _content_hash(arrays)):
+        raise BundleError(f"{str(path)!r} does not match its content hash: an array was changed after the bundle "
+                          "was written (or the file is damaged); rebuild it, or re-save it with EmbeddingBundle.save")
     version = arrays.pop("format_version")
     if "meta_json" in arrays:
         try:
@@ -213,7 +240,7 @@ def load_bundle(path: str | os.PathLike) -> EmbeddingBundle:
             raise BundleError("meta_json is not valid JSON") from None
         if not isinstance(meta, dict):
             raise BundleError("meta_json must hold a JSON object")
-    if version.shape != () or int(version) != FORMAT_VERSION:
+    if version.shape != () or version.dtype.kind not in "iu" or int(version) != FORMAT_VERSION:
         raise BundleError(f"{str(path)!r} has bundle format version {version!r}; this gradtune reads version {FORMAT_VERSION}")
     missing = [k for k in _REQUIRED if k not in arrays]
     if missing:
@@ -254,6 +281,7 @@ def _validate(b: EmbeddingBundle) -> None:
     labels = labels.astype(np.int64)
     if labels.min() < 0:
         raise BundleError(f"labels must be >= 0, found {labels.min()}")
+    check_id_bounds(labels, "labels")
     b.labels = labels
 
     split = np.asarray(b.split)
@@ -310,6 +338,8 @@ def _validate(b: EmbeddingBundle) -> None:
         c = int(labels.max()) + 1
     if c < 2:
         raise BundleError(f"a classifier needs at least 2 classes, the bundle has {c}")
+    if c > MAX_IDS:
+        raise BundleError(f"the bundle declares {c} classes; at most {MAX_IDS} are supported")
     if labels.max() >= c:
         raise BundleError(f"labels must be < {c} (the number of classes), found {labels.max()}")
     if np.unique(labels).size < 2:
@@ -327,6 +357,7 @@ def _validate(b: EmbeddingBundle) -> None:
             raise BundleError(f"{name} must have shape ({n},), got {g.shape}")
         if g.min() < 0:
             raise BundleError(f"{name} must be >= 0, found {g.min()}")
+        check_id_bounds(g, name)
         setattr(b, name, g.astype(np.int64))
     if b.group_names is not None:
         if b.groups is None:

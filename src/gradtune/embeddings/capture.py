@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradtune._validation import GradTuneInputError
+from gradtune._validation import GradTuneInputError, as_label_tensor, check_device
 
 __all__ = ["find_last_linear", "capture_features", "split_batch"]
 
@@ -75,7 +75,9 @@ def capture_features(model: nn.Module, loader: Any, layer: nn.Linear | None = No
     if device is None:
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
-    device = torch.device(device)
+    device = check_device(device)
+    if any(q.is_meta for q in model.parameters()):
+        raise GradTuneInputError("the model's parameters are on the meta device (no data); load its weights first")
     feats: list[torch.Tensor] = []
     outs: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
@@ -106,7 +108,7 @@ def capture_features(model: nn.Module, loader: Any, layer: nn.Linear | None = No
         model.train(was_training)
     if not feats:
         raise GradTuneInputError("the held-out loader yielded no batches")
-    f, z, y = torch.cat(feats), torch.cat(outs), torch.cat(labels).long()
+    f, z, y = torch.cat(feats), torch.cat(outs), as_label_tensor(torch.cat(labels), "the loader's labels")
     if y.shape[0] != f.shape[0]:
         raise GradTuneInputError(f"the loader gave {y.shape[0]} labels for {f.shape[0]} samples")
     return f, z, y

@@ -18,9 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from gradtune._errors import DivergenceError
 from gradtune._threads import torch_threads
 from gradtune._validation import (
     GradTuneInputError,
+    all_finite,
     check_choice,
     check_features,
     check_labels,
@@ -35,6 +37,8 @@ __all__ = ["FinetuneConfig", "FinetuneResult", "finetune_linear", "epoch_batches
            "class_balance_weights", "lr_at", "sgd_step_"]
 
 OPTIMIZERS = ("sgd", "adamw")
+MAX_EPOCHS = 10_000_000
+"""More epochs than any last-layer fit needs; the bound keeps step counts in integer range."""
 SCHEDULES = ("cosine", "linear", "constant")
 SAMPLERS = ("class_balanced", "uniform", "weighted")
 
@@ -99,7 +103,7 @@ class FinetuneConfig:
     dual: str = "auto"
 
     def __post_init__(self) -> None:
-        check_positive_int(self.epochs, "epochs", allow_zero=True)
+        check_positive_int(self.epochs, "epochs", allow_zero=True, upper=MAX_EPOCHS)
         if self.batch_size is not None:
             check_positive_int(self.batch_size, "batch_size")
         check_choice(self.optimizer, "optimizer", OPTIMIZERS)
@@ -110,6 +114,10 @@ class FinetuneConfig:
         check_nonneg_float(self.momentum, "momentum")
         check_nonneg_float(self.weight_decay, "weight_decay")
         check_nonneg_float(self.l2_to_init, "l2_to_init")
+        check_nonneg_float(self.eps, "eps", positive=True)
+        if isinstance(self.betas, (str, bytes)) or not hasattr(self.betas, "__len__") or len(self.betas) != 2:
+            raise GradTuneInputError(f"betas must be a pair (beta1, beta2), got {self.betas!r}")
+        self.betas = tuple(check_nonneg_float(b, "betas", upper=1.0) for b in self.betas)
         self.snapshot_epochs = tuple(int(e) for e in self.snapshot_epochs)
         for e in self.snapshot_epochs:
             if not 1 <= e <= self.epochs:
@@ -373,10 +381,17 @@ def finetune_linear(
             else:
                 order = epoch_order(y, cfg.sampler, gen, sw if cfg.sampler == "weighted" else class_w)
             train_losses.append(run_epoch(order) / steps_per_epoch)
+            if not math.isfinite(train_losses[-1]):
+                raise DivergenceError(
+                    f"fine-tuning diverged at epoch {epoch} of {cfg.epochs}: the training loss is "
+                    f"{train_losses[-1]}; lower the learning rate (lr={cfg.lr:g})")
             if epoch in snap:
                 t = current()
                 snapshots[epoch] = (t[:, :d].clone(), t[:, d].clone())
         theta = current()
         final_loss = _mean_loss(theta, ha, y)
+        if not (all_finite(theta) and math.isfinite(final_loss)):
+            raise DivergenceError(f"fine-tuning diverged: the head after {cfg.epochs} epochs holds non-finite "
+                                  f"values (loss {final_loss}); lower the learning rate (lr={cfg.lr:g})")
     return FinetuneResult(theta[:, :d].contiguous(), theta[:, d].contiguous(),
                           np.asarray(train_losses), initial_loss, final_loss, snapshots)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from gradtune._validation import GradTuneInputError
+from gradtune._validation import GradTuneInputError, check_id_bounds
 
 __all__ = [
     "GroupReport",
@@ -44,7 +44,9 @@ def _int1d(x: Any, name: str) -> np.ndarray:
         raise GradTuneInputError(f"{name} must hold integer ids, got dtype {a.dtype}")
     if a.size and a.min() < 0:
         raise GradTuneInputError(f"{name} must be >= 0, found {a.min()}")
-    return a.astype(np.int64)
+    a = a.astype(np.int64)
+    check_id_bounds(a, name)
+    return a
 
 
 def predictions(logits_or_preds: Any) -> np.ndarray:
@@ -53,6 +55,10 @@ def predictions(logits_or_preds: Any) -> np.ndarray:
         logits_or_preds = logits_or_preds.detach().cpu().numpy()
     a = np.asarray(logits_or_preds)
     if a.ndim == 2:
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            rows = int((~np.isfinite(a)).any(axis=1).sum())
+            raise GradTuneInputError(f"logits contain NaN or infinite values in {rows} row(s); the model that "
+                                     "produced them diverged or is broken")
         return a.argmax(axis=1).astype(np.int64)
     return _int1d(a, "predictions")
 

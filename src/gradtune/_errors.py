@@ -1,0 +1,166 @@
+"""The error boundary of the command line, and the errors that cross it.
+
+Every failure a user can cause or meet ends as one line on stderr and an exit code:
+
+* ``2``: bad input (:class:`~gradtune._validation.GradTuneInputError`, any
+  ``ValueError``, a missing file, an output folder that cannot be written);
+* ``1``: a run that failed (:class:`RunFailedError`: a diverged fine-tune, a full
+  disk) or an internal error;
+* ``130``: interrupted.
+
+An internal error (an exception nobody anticipated) prints its traceback only with
+``--debug``; without it, one line names it and asks for a bug report.
+
+File-system errors are translated where outputs are written (:func:`writing`), so
+the message names the path and what to do, chosen by ``errno``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from gradtune._validation import GradTuneInputError
+
+__all__ = ["RunFailedError", "DivergenceError", "OutputError", "StoreCorruptError", "writing",
+           "translate_os_error", "ensure_output_dir", "run_boundary", "one_line", "BUG_REPORT"]
+
+BUG_REPORT = "this is a bug in gradtune; please report it with the command line and the output of --debug"
+
+
+class RunFailedError(RuntimeError):
+    """A run that could not produce a valid result (exit code 1)."""
+
+
+class DivergenceError(RunFailedError):
+    """Training produced a non-finite loss or head."""
+
+
+class OutputError(GradTuneInputError):
+    """An output path that cannot be written for a reason the user can fix (exit code 2)."""
+
+
+class OutputFailedError(RunFailedError):
+    """Writing an output failed for a reason of the machine: a full disk, an I/O error (exit code 1)."""
+
+
+class StoreCorruptError(GradTuneInputError):
+    """A results store that is not a readable gradtune store (exit code 2)."""
+
+
+# errno -> (what it means, what to do); the machine's faults fail the run, the others are bad input.
+_ERRNO_HINTS: dict[int, tuple[str, str, bool]] = {
+    errno.ENOSPC: ("the disk is full", "free space or write elsewhere", True),
+    errno.EDQUOT: ("the disk quota is exceeded", "free space or write elsewhere", True),
+    errno.EIO: ("an I/O error occurred", "check the disk and retry", True),
+    errno.EROFS: ("the file system is read-only", "choose a writable location", False),
+    errno.EACCES: ("permission denied", "choose a location you may write, or fix its permissions", False),
+    errno.EPERM: ("operation not permitted", "choose a location you may write, or fix its permissions", False),
+    errno.ENOTDIR: ("a part of the path is a file, not a folder", "choose a folder path", False),
+    errno.EEXIST: ("a file is in the way", "remove it or choose another path", False),
+    errno.EISDIR: ("the path is a folder", "give a file path", False),
+    errno.ENAMETOOLONG: ("the name is too long", "choose a shorter path", False),
+    errno.ELOOP: ("too many symbolic links", "resolve the links", False),
+    errno.ENOENT: ("no such file or folder", "check the path", False),
+}
+
+
+def translate_os_error(err: OSError, what: str, path: str | os.PathLike | None = None) -> Exception:
+    """The error to raise for ``err`` met while writing ``what`` at ``path``: an
+    :class:`OutputFailedError` for a fault of the machine, else an :class:`OutputError`."""
+    where = path if path is not None else err.filename
+    meaning, todo, machine = _ERRNO_HINTS.get(err.errno or -1, (err.strerror or str(err), "check the path", True))
+    msg = f"cannot write {what} {os.fsdecode(where) if where is not None else ''}: {meaning}; {todo}"
+    return (OutputFailedError if machine else OutputError)(" ".join(msg.split()))
+
+
+@contextmanager
+def writing(what: str, path: str | os.PathLike | None = None) -> Iterator[None]:
+    """Translate any ``OSError`` raised inside into a one-line error naming ``what`` and ``path``."""
+    try:
+        yield
+    except OSError as err:
+        raise translate_os_error(err, what, path) from err
+
+
+def ensure_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Create ``path`` if needed and check that a file can be written in it, before any work
+    is done (so a finished computation is never lost to an unwritable output folder)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise OutputError(f"{flag} {os.fsdecode(p)} is a file, not a folder; give a folder path")
+    with writing(f"the output folder ({flag})", p):
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".gradtune-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    return p
+
+
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line (a KeyError's quotes removed)."""
+    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    text = " ".join(str(text).split())
+    return text or type(err).__name__
+
+
+def _describe_sqlite(err: sqlite3.Error) -> str:
+    text = one_line(err)
+    if isinstance(err, sqlite3.OperationalError) and "readonly" in text:
+        return (f"the results store is read-only ({text}); make it writable, or pass --out/--store with "
+                "a new location")
+    if isinstance(err, sqlite3.OperationalError) and "disk" in text and "full" in text:
+        return f"the disk holding the results store is full ({text}); free space and rerun"
+    return (f"the results store cannot be used ({text}); restore it from a copy, or start a new one with "
+            "--out/--store NEW")
+
+
+def run_boundary(func: Callable[[], Any], command: str, *, debug: bool = False) -> int:
+    """Call ``func()`` and turn every exception into one line on stderr and an exit code.
+
+    Parameters
+    ----------
+    func : callable () -> int or None
+        The command.
+    command : str
+        Its name, the prefix of the message.
+    debug : bool, default=False
+        Print the traceback of every error (not only of internal ones) after the line.
+
+    Returns
+    -------
+    int
+        The command's code, 2 for bad input, 1 for a failed run or an internal error,
+        130 when interrupted.
+    """
+    prefix = f"gradtune {command}: error:"
+    try:
+        return int(func() or 0)
+    except KeyboardInterrupt:
+        print(f"gradtune {command}: interrupted; completed results are kept on disk", file=sys.stderr)
+        return 130
+    except RunFailedError as err:
+        code, msg = 1, f"{prefix} {one_line(err)}"
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as err:
+        code, msg = 2, f"{prefix} {one_line(err)}"
+    except sqlite3.Error as err:
+        code, msg = 2, f"{prefix} {_describe_sqlite(err)}"
+    except OSError as err:
+        meaning, todo, machine = _ERRNO_HINTS.get(err.errno or -1, (err.strerror or str(err), "check the path", True))
+        where = f"{os.fsdecode(err.filename)}: " if err.filename is not None else ""
+        code, msg = (1 if machine else 2), f"{prefix} {where}{meaning}; {todo}"
+    except MemoryError:
+        code, msg = 1, f"{prefix} out of memory; use smaller inputs or a machine with more memory"
+    except Exception as err:  # noqa: BLE001 - the boundary: nothing escapes as a raw traceback
+        code, msg = 1, f"{prefix} internal error {type(err).__name__}: {one_line(err)}; {BUG_REPORT}"
+    print(msg, file=sys.stderr)
+    if debug:
+        traceback.print_exc(file=sys.stderr)
+    return code
