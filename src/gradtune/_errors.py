@@ -22,6 +22,7 @@ import os
 import sqlite3
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -141,8 +142,14 @@ def run_boundary(func: Callable[[], Any], command: str, *, debug: bool = False) 
         130 when interrupted.
     """
     prefix = f"gradtune {command}: error:"
+
+    def show(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+        print(f"gradtune {command}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
     try:
-        return int(func() or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            return int(func() or 0)
     except KeyboardInterrupt:
         print(f"gradtune {command}: interrupted; completed results are kept on disk", file=sys.stderr)
         return 130

@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_save_npz", "file_digest",
-           "jsonable"]
+           "jsonable", "save_run_outputs", "load_run_manifest"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
@@ -79,3 +79,47 @@ def jsonable(o: Any) -> Any:
     if isinstance(o, (set, frozenset, tuple)):
         return list(o)
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+MANIFEST_KEY = "output_files"
+"""Key of a manifest (a result JSON) that lists the sha256 of each file written with it."""
+
+
+def save_run_outputs(folder: str | os.PathLike, manifest_name: str, manifest: dict[str, Any],
+                     arrays: dict[str, dict[str, np.ndarray]]) -> list[Path]:
+    """Write a run's outputs as one unit: each ``.npz`` of ``arrays`` (file name -> arrays)
+    atomically, then the manifest JSON last, holding the sha256 of every other file.
+
+    A crash between the writes leaves the previous manifest, whose hashes no longer
+    match, so :func:`load_run_manifest` treats the run as unfinished.
+
+    Returns
+    -------
+    list of Path
+        The files written, the manifest last.
+    """
+    folder = Path(folder)
+    written, hashes = [], {}
+    for name, content in arrays.items():
+        written.append(atomic_save_npz(folder / name, **content))
+        hashes[name] = file_digest(folder / name)
+    written.append(atomic_write_json(folder / manifest_name, {**manifest, MANIFEST_KEY: hashes}))
+    return written
+
+
+def load_run_manifest(folder: str | os.PathLike, manifest_name: str) -> dict[str, Any] | None:
+    """The manifest written by :func:`save_run_outputs`, or None when it is missing or not
+    JSON, or when a file it lists is missing, not a regular file, or has another sha256."""
+    folder = Path(folder)
+    try:
+        manifest = json.loads((folder / manifest_name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    files = manifest.get(MANIFEST_KEY) if isinstance(manifest, dict) else None
+    if not isinstance(files, dict):
+        return None
+    for name, digest in files.items():
+        f = folder / str(name)
+        if not f.is_file() or file_digest(f) != digest:
+            return None
+    return manifest

@@ -9,6 +9,7 @@ valid input.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ __all__ = [
     "check_nonneg_float",
     "check_id_bounds",
     "check_device",
+    "check_training_rows",
     "MAX_IDS",
     "make_generator",
     "make_numpy_rng",
@@ -158,6 +160,25 @@ def check_scores(scores: Any, name: str = "scores") -> np.ndarray:
     if arr.size and arr.min() < 0:
         raise GradTuneInputError(f"{name} must be non-negative (they are norms), found {arr.min():g}")
     return arr
+
+
+MIN_TRAINING_ROWS = 10
+"""Fewer rows than this make a fine-tune that mostly memorizes them: warned about."""
+
+
+def check_training_rows(labels: Any, name: str = "the fine-tuning rows") -> None:
+    """Refuse a training set (labels of shape (N,)) that is empty or holds one class (a head
+    trained on it only learns to predict that class); warn when it has few rows."""
+    y = np.asarray(labels)
+    if y.size == 0:
+        raise GradTuneInputError(f"{name} are empty; give a bundle with held-out (or validation) rows")
+    classes = np.unique(y)
+    if classes.size < 2:
+        raise GradTuneInputError(f"{name} hold a single class ({classes[0]}); fine-tuning on them would only "
+                                 "learn to predict it. Give held-out rows of at least 2 classes")
+    if y.size < MIN_TRAINING_ROWS:
+        warnings.warn(f"{name} are only {y.size}; the fine-tuned head will mostly memorize them",
+                      RuntimeWarning, stacklevel=2)
 
 
 def check_same_length(**arrays: Any) -> int:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gradtune._io import atomic_save_npz, atomic_write_json, file_digest
-from gradtune._validation import GradTuneInputError
+from gradtune._errors import DivergenceError, ensure_output_dir, writing
+from gradtune._io import file_digest, load_run_manifest, save_run_outputs
+from gradtune._validation import GradTuneInputError, check_training_rows
 from gradtune.embeddings.bundle import EmbeddingBundle, load_bundle
 from gradtune.estimator import GradTune
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
@@ -64,11 +65,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _config(args: argparse.Namespace) -> FinetuneConfig:
     adam = args.optimizer == "adamw"
+    try:
+        return _finetune_config(args, adam)
+    except GradTuneInputError as err:  # name the flag: "lr must be > 0" -> "--lr: lr must be > 0"
+        raise GradTuneInputError(f"--{str(err).split()[0].replace('_', '-')}: {err}") from None
+
+
+def _finetune_config(args: argparse.Namespace, adam: bool) -> FinetuneConfig:
     return FinetuneConfig(
         epochs=args.epochs,
-        batch_size=args.batch_size or (16 if adam else 32),
+        batch_size=(16 if adam else 32) if args.batch_size is None else args.batch_size,
         optimizer=args.optimizer,
-        lr=args.lr or (1e-5 if adam else 3e-3),
+        lr=(1e-5 if adam else 3e-3) if args.lr is None else args.lr,
         schedule=args.schedule or ("linear" if adam else "cosine"),
         weight_decay=args.weight_decay,
         sampler=args.sampler,
@@ -117,13 +125,11 @@ def run(args: argparse.Namespace) -> int:
               "seed": args.seed, "split_seed": args.split_seed, "finetune": cfg.to_dict(),
               "fit_erm_head": args.fit_erm_head}
     bundle = load_bundle(path)
+    ensure_output_dir(out)
     digest = file_digest(path)
     metrics_path = out / "metrics.json"
     if metrics_path.exists() and not args.force:
-        try:
-            done = json.loads(metrics_path.read_text())
-        except json.JSONDecodeError:
-            done = {}
+        done = load_run_manifest(out, metrics_path.name) or {}
         if done.get("bundle_sha256") == digest and done.get("params") == json.loads(json.dumps(params)):
             print(f"{metrics_path} already holds this run (same bundle and parameters); use --force to recompute")
             _print_summary(done)
@@ -131,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
     bundle = bundle.resolve_heldout(args.split_seed)
     head, head_source = _head(bundle, args.fit_erm_head, args.seed)
     held = bundle.view("heldout")
+    check_training_rows(held.labels, "the held-out rows")
     tuner = GradTune(args.size, args.top_k, finetune=cfg, include_bias=not args.no_bias_in_norm,
                      seed=args.seed)
     tuner.fit_embeddings(held.features, held.labels, weight=head.weight, bias=head.bias)
@@ -156,8 +163,8 @@ def run(args: argparse.Namespace) -> int:
                            train_group_counts=train_counts, n_classes=bundle.n_classes).to_dict()
             for name, h in (("before", head), ("after", tuned))
         }
-    atomic_save_npz(out / "head.npz", weight=tuned.weight, bias=tuned.bias)
-    atomic_write_json(metrics_path, result)
+    with writing("the results of tune", out):
+        save_run_outputs(out, metrics_path.name, result, {"head.npz": _head_arrays(tuned)})
     print(f"held-out rows: {len(held)}; fine-tuning set: M'={rep.size}, k={rep.top_k}; "
           f"loss on it {rep.extra['initial_loss']:.4f} -> {rep.extra['final_loss']:.4f}")
     _print_summary(result)
@@ -189,13 +196,11 @@ def _run_method(args: argparse.Namespace, path: Path, out: Path, method_params: 
     params = {"method": args.method, "method_params": method.params(), "seed": args.seed,
               "split_seed": args.split_seed, "fit_erm_head": args.fit_erm_head}
     bundle = load_bundle(path)
+    ensure_output_dir(out)
     digest = file_digest(path)
     metrics_path = out / "metrics.json"
     if metrics_path.exists() and not args.force:
-        try:
-            done = json.loads(metrics_path.read_text())
-        except json.JSONDecodeError:
-            done = {}
+        done = load_run_manifest(out, metrics_path.name) or {}
         if done.get("bundle_sha256") == digest and done.get("params") == json.loads(json.dumps(params, default=str)):
             print(f"{metrics_path} already holds this run (same bundle and parameters); use --force to recompute")
             _print_summary(done)
@@ -205,6 +210,7 @@ def _run_method(args: argparse.Namespace, path: Path, out: Path, method_params: 
     if bundle.head_weight is None:
         bundle = replace(bundle, head_weight=head.weight, head_bias=head.bias)
     res = method.fit(bundle, seed=args.seed)
+    heads = {"head.npz": _head_arrays(res.model)} if isinstance(res.model, LinearHead) else {}
     result = {
         "bundle": str(path), "bundle_sha256": digest, "params": json.loads(json.dumps(params, default=str)),
         "head_source": head_source, "method": args.method, "group_labels": method.group_label_use,
@@ -213,16 +219,22 @@ def _run_method(args: argparse.Namespace, path: Path, out: Path, method_params: 
         "group_names": bundle.group_names, "class_names": bundle.class_names,
         "evaluation": _evaluate_heads(bundle, {"before": head, "after": res.model}),
     }
-    wrote = [metrics_path]
-    if isinstance(res.model, LinearHead):
-        atomic_save_npz(out / "head.npz", weight=res.model.weight, bias=res.model.bias)
-        wrote.insert(0, out / "head.npz")
-    atomic_write_json(metrics_path, result)
+    with writing("the results of tune", out):
+        wrote = save_run_outputs(out, metrics_path.name, result, heads)
     print(f"method {args.method} (group labels: {method.group_label_use}) on {result['heldout_size']} "
           "held-out rows")
     _print_summary(result)
     print("wrote " + " and ".join(str(w) for w in wrote))
     return 0
+
+
+def _head_arrays(head: LinearHead) -> dict[str, np.ndarray]:
+    """The arrays of ``head.npz``; a head with non-finite values fails the run."""
+    arrays = {"weight": np.asarray(head.weight), "bias": np.asarray(head.bias)}
+    if not all(np.isfinite(a).all() for a in arrays.values()):
+        raise DivergenceError("the fine-tuned head holds NaN or infinite values (training diverged); lower the "
+                              "learning rate")
+    return arrays
 
 
 def _print_summary(result: dict) -> None:

@@ -7,10 +7,12 @@ one ``.npz`` file ``<cache_dir>/<name>.npz`` holding
 * ``features``: the (N, d) float32 array;
 * ``key``: the hex SHA-256 of the entry's key description (:func:`cache_key`): the
   inputs' content or the data files' identity, the encoder's name and version, and the
-  preprocessing parameters.
+  preprocessing parameters;
+* ``sha256``: the hex SHA-256 of the features themselves (:func:`hash_array`).
 
 Reading checks the stored key against the expected one: a file written for other
-inputs or settings (stale), or one that cannot be read (truncated, corrupt), is a
+inputs or settings (stale), one that cannot be read (truncated, corrupt), one whose
+features no longer match their hash, or one with another row count than asked, is a
 miss, and :meth:`FeatureCache.get_or_compute` recomputes and overwrites it. Writes go
 to a temporary file in the same folder, then ``os.replace`` it into place, so a reader
 never sees a partial file and an interrupted write leaves the old entry intact.
@@ -110,8 +112,10 @@ class FeatureCache:
             raise ValueError(f"cache entry name {name!r} must be letters, digits, '.', '_' or '-'")
         return self.cache_dir / f"{name}.npz"
 
-    def load(self, name: str, key: str) -> np.ndarray | None:
-        """The cached (N, d) float32 features, or None if absent, stale or unreadable."""
+    def load(self, name: str, key: str, *, rows: int | None = None) -> np.ndarray | None:
+        """The cached (N, d) float32 features, or None if absent, stale, unreadable, of another
+        row count than ``rows``, or not matching their stored content hash (each with a warning
+        but the plain miss)."""
         path = self.path(name)
         if not path.is_file():
             return None
@@ -121,12 +125,21 @@ class FeatureCache:
                 if stored != key:
                     return None
                 feats = z["features"]
+                digest = str(z["sha256"]) if "sha256" in z.files else None
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
             warnings.warn(f"feature cache {path} is unreadable ({type(err).__name__}: {err}); "
                           "it will be rebuilt", RuntimeWarning, stacklevel=2)
             return None
         if feats.ndim != 2 or feats.dtype.kind != "f" or not np.isfinite(feats).all():
             warnings.warn(f"feature cache {path} holds malformed features {feats.shape} {feats.dtype}; "
+                          "it will be rebuilt", RuntimeWarning, stacklevel=2)
+            return None
+        if rows is not None and feats.shape[0] != rows:
+            warnings.warn(f"feature cache {path} holds {feats.shape[0]} rows for {rows} inputs; it will be rebuilt",
+                          RuntimeWarning, stacklevel=2)
+            return None
+        if digest != hash_array(feats):
+            warnings.warn(f"feature cache {path} does not match its content hash (changed or damaged); "
                           "it will be rebuilt", RuntimeWarning, stacklevel=2)
             return None
         return feats.astype(np.float32, copy=False)
@@ -137,10 +150,12 @@ class FeatureCache:
         feats = np.asarray(features, dtype=np.float32)
         if feats.ndim != 2:
             raise ValueError(f"features must have shape (N, d), got {feats.shape}")
-        return atomic_save_npz(path, features=feats, key=np.asarray(key))
+        return atomic_save_npz(path, features=feats, key=np.asarray(key), sha256=np.asarray(hash_array(feats)))
 
-    def get_or_compute(self, name: str, key: str, compute: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
-        """Cached features for ``(name, key)``, computing and storing them on a miss.
+    def get_or_compute(self, name: str, key: str, compute: Callable[[], np.ndarray], *,
+                       rows: int | None = None) -> tuple[np.ndarray, bool]:
+        """Cached features for ``(name, key)``, computing and storing them on a miss (an entry
+        with another row count than ``rows`` is a miss).
 
         Returns
         -------
@@ -148,7 +163,7 @@ class FeatureCache:
         hit : bool
             True if the features came from disk.
         """
-        feats = self.load(name, key)
+        feats = self.load(name, key, rows=rows)
         if feats is not None:
             return feats, True
         feats = np.asarray(compute(), dtype=np.float32)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -72,8 +73,9 @@ def cached_bundle(name: str, seed: int, cache_dir: Path | None, build: Callable[
     if path.exists() and not force:
         try:
             return load_bundle(path)
-        except BundleError:
-            pass  # corrupt: rebuild below
+        except BundleError as err:
+            warnings.warn(f"cached bundle {path} is unusable ({err}); it will be rebuilt", RuntimeWarning,
+                          stacklevel=2)
     bundle = build(name, seed, cache_dir=cache_dir, progress=progress)
     bundle.save(path)
     return bundle
