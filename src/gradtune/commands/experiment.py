@@ -82,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         for c in configs:
             specs = c.run_specs()
+            for spec in specs:  # build every method, so a bad hyperparameter fails here, not at run time
+                spec.build()
             print(f"{c.name}: {len(specs)} runs = {len(c.benchmarks)} benchmarks x {len(c.seeds)} seeds x "
                   f"{len(c.variants)} settings; report: {', '.join(c.report.tables)}"
                   + (f"; absent: {', '.join(c.absent)}" if c.absent else ""))

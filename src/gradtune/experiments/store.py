@@ -45,6 +45,7 @@ from typing import Any
 
 from gradtune._io import jsonable
 from gradtune._validation import GradTuneInputError
+from gradtune.experiments.store_integrity import check_store, connect_readonly
 
 __all__ = ["ResultStore", "make_run_id", "code_version", "STATUSES", "SCHEMA_VERSION", "find_store"]
 
@@ -140,8 +141,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-
-
 def _dumps(obj: Any) -> str | None:
     return None if obj is None else json.dumps(obj, sort_keys=True, default=jsonable, allow_nan=True)
 
@@ -223,10 +222,11 @@ class ResultStore:
         self.path = Path(path)
         self.timeout = float(timeout)
         self.readonly = bool(readonly)
-        if readonly:
-            if not self.path.is_file():
-                raise FileNotFoundError(f"results store {self.path} does not exist")
-        else:
+        if readonly and not self.path.exists():
+            raise FileNotFoundError(f"results store {self.path} does not exist")
+        if self.path.exists():
+            check_store(self.path, readonly=readonly, schema_version=SCHEMA_VERSION, timeout=self.timeout)
+        if not readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._connect() as conn:
                 conn.execute("PRAGMA journal_mode=WAL")
@@ -241,9 +241,8 @@ class ResultStore:
     # ------------------------------------------------------------- connection
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        if self.readonly and not os.access(self.path, os.W_OK):
-            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=self.timeout,
-                                   isolation_level=None)
+        if self.readonly and not (os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)):
+            conn = connect_readonly(self.path, self.timeout)
         else:  # a writable file is opened read-write even for reading, so closing tidies up the WAL files
             conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
         try:
