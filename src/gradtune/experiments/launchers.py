@@ -19,6 +19,7 @@ which never raises: a failing run comes back as a record with ``status='failed'`
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -57,9 +58,13 @@ class Launcher(ABC):
         return self.name
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int | None = None) -> None:
     import torch
 
+    from gradtune._process import die_with_parent
+
+    if parent is not None:  # a pool worker: a killed grid leaves no orphans
+        die_with_parent(parent)
     torch.set_num_threads(1)
 
 
@@ -101,7 +106,7 @@ class LocalLauncher(Launcher):
             return
         ctx = mp.get_context(self.start_method)
         with ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)), mp_context=ctx,
-                                 initializer=_worker_init) as pool:
+                                 initializer=_worker_init, initargs=(os.getpid(),)) as pool:
             pending = {pool.submit(execute_task, t) for t in tasks}
             try:
                 while pending:

@@ -49,7 +49,6 @@ __all__ = ["RunSpec", "BundleSource", "RunTask", "ExecutionSummary", "run_record
 
 # ------------------------------------------------------------------- bundles
 
-
 def _hash_arrays(arrays: Iterable[np.ndarray | None]) -> str:
     h = hashlib.sha256()
     for arr in arrays:
@@ -145,7 +144,6 @@ class RunTask:
 
 
 # -------------------------------------------------------------------- a run
-
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
@@ -245,7 +243,6 @@ def erm_diagnostics(bundle: EmbeddingBundle) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- execution
 
-
 @dataclass
 class ExecutionSummary:
     """What :func:`execute` did: records (in plan order, done or failed), counts and seconds."""
@@ -327,6 +324,7 @@ def execute(jobs: Sequence[tuple[str, RunSpec, BundleSource]], store: ResultStor
     ExecutionSummary
         ``records`` holds one record per job (same order), labelled with the job's label.
     """
+    from gradtune.experiments.claims import run_claimed
     from gradtune.experiments.launchers import LocalLauncher
 
     t0 = time.perf_counter()
@@ -349,16 +347,22 @@ def execute(jobs: Sequence[tuple[str, RunSpec, BundleSource]], store: ResultStor
     all_tasks: list[RunTask] = []
 
     def handle(record: dict, reused: bool, run_jobs: list[_Job]) -> None:
+        summary.reused += reused
         if not reused:
             store.save_record(record)
-            if record.get("status") == "failed":
-                summary.failed += 1
-            else:
-                summary.new += 1
+            summary.failed += record.get("status") == "failed"
+            summary.new += record.get("status") != "failed"
         results[record["run_id"]] = record
         if on_record:
             for job in run_jobs[:1]:
                 on_record({**record, "label": job.spec.display}, reused)
+
+    def dispatch(tasks: list[RunTask], worker: str) -> None:
+        store.mark_running([_running_row(t, force) for t in tasks], worker=worker)
+        launcher.run(tasks, lambda r: handle(r, False, by_id_all[r["run_id"]]))
+
+    def stored_elsewhere(record: dict) -> None:  # computed by another process on this store
+        handle(record, True, by_id_all[record["run_id"]])
 
     by_id_all: dict[str, list[_Job]] = {}
     for group in groups.values():
@@ -374,14 +378,11 @@ def execute(jobs: Sequence[tuple[str, RunSpec, BundleSource]], store: ResultStor
         pending = []
         for t in tasks:
             if t.run_id in stored:
-                summary.reused += 1
                 handle(stored[t.run_id], True, by_id[t.run_id])
             else:
                 pending.append(t)
         if sequential:
-            for t in pending:
-                store.mark_running([_running_row(t, force)], worker=str(os.getpid()))
-            launcher.run(pending, lambda r: handle(r, False, by_id_all[r["run_id"]]))
+            run_claimed(store, pending, lambda ts: dispatch(ts, str(os.getpid())), stored_elsewhere, force=force)
         else:
             all_tasks += pending
         for name, planned in links.items():  # link as we go: an interrupted run still shows its plan
@@ -390,8 +391,7 @@ def execute(jobs: Sequence[tuple[str, RunSpec, BundleSource]], store: ResultStor
     if not sequential and all_tasks:
         _check_picklable(all_tasks)
         _BUNDLE_CACHE.clear()  # workers load their own copies
-        store.mark_running([_running_row(t, force) for t in all_tasks], worker=launcher.describe())
-        launcher.run(all_tasks, lambda r: handle(r, False, by_id_all[r["run_id"]]))
+        run_claimed(store, all_tasks, lambda ts: dispatch(ts, launcher.describe()), stored_elsewhere, force=force)
     for j in jobs:
         rec = results.get(job_run[id(j)])
         if rec is not None:
