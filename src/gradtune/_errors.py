@@ -31,7 +31,7 @@ from typing import Any
 from gradtune._validation import GradTuneInputError
 
 __all__ = ["RunFailedError", "DivergenceError", "OutputError", "StoreCorruptError", "writing",
-           "translate_os_error", "ensure_output_dir", "run_boundary", "one_line", "BUG_REPORT"]
+           "translate_os_error", "ensure_output_dir", "run_boundary", "one_line", "BUG_REPORT", "device_arg"]
 
 BUG_REPORT = "this is a bug in gradtune; please report it with the command line and the output of --debug"
 
@@ -171,3 +171,17 @@ def run_boundary(func: Callable[[], Any], command: str, *, debug: bool = False) 
     if debug:
         traceback.print_exc(file=sys.stderr)
     return code
+
+
+def device_arg(text: str) -> str:
+    """An argparse ``type`` for ``--device``: the name, checked to exist on this machine
+    before anything is loaded."""
+    import argparse
+
+    from gradtune._validation import check_device
+
+    try:
+        check_device(text, "--device")
+    except GradTuneInputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text

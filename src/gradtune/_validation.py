@@ -31,6 +31,8 @@ __all__ = [
     "check_id_bounds",
     "check_device",
     "check_training_rows",
+    "load_state_checked",
+    "parse_int",
     "MAX_IDS",
     "make_generator",
     "make_numpy_rng",
@@ -259,6 +261,17 @@ def check_device(device: Any, name: str = "device") -> torch.device:
     return dev
 
 
+def load_state_checked(module: torch.nn.Module, state: Any, source: str) -> None:
+    """``module.load_state_dict(state)``, with a mismatch (another architecture, other sizes)
+    raised as one input error naming ``source`` instead of torch's multi-line RuntimeError."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, TypeError, KeyError, AttributeError) as err:
+        first = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err).strip())
+        raise GradTuneInputError(f"{source} does not fit this model (a checkpoint of another architecture or "
+                                 f"size?): {first[:300]}") from None
+
+
 def make_generator(seed: int | torch.Generator | None, device: str | torch.device = "cpu") -> torch.Generator:
     """A torch.Generator from a seed; an existing generator is passed through.
 
@@ -270,6 +283,7 @@ def make_generator(seed: int | torch.Generator | None, device: str | torch.devic
         raise GradTuneInputError(
             f"seed must be an int or a torch.Generator (gradtune never uses global random state), got {seed!r}"
         )
+    _check_seed_range(seed, -(2**63))
     g = torch.Generator(device=device)
     g.manual_seed(int(seed))
     return g
@@ -283,4 +297,22 @@ def make_numpy_rng(seed: int | np.random.Generator | None) -> np.random.Generato
         raise GradTuneInputError(
             f"seed must be an int or a numpy.random.Generator (gradtune never uses global random state), got {seed!r}"
         )
+    _check_seed_range(seed, 0)
     return np.random.default_rng(int(seed))
+
+
+def _check_seed_range(seed: int, lo: int) -> None:
+    if not lo <= int(seed) < 2**64:
+        raise GradTuneInputError(f"seed must be an integer in {lo}..2**64-1, got {seed}")
+
+
+def parse_int(value: Any, name: str) -> int:
+    """An integer from an int or an integer string, the error naming ``name``."""
+    if isinstance(value, bool):
+        raise GradTuneInputError(f"{name} must be an integer, got {value!r}")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise GradTuneInputError(f"{name} must be an integer, got {value!r}") from None

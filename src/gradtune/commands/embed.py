@@ -17,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from gradtune._errors import device_arg
 from gradtune._validation import GradTuneInputError
 
 
@@ -31,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--splits", default="train,val,test", help="comma-separated official splits to embed")
     p.add_argument("--batch-size", type=int, default=256, help="per-process batch size")
     p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument("--device", default=None, help="e.g. cpu, cuda:0")
+    p.add_argument("--device", default=None, type=device_arg, help="e.g. cpu, cuda:0")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--encoder-checkpoint", default=None, metavar="CKPT",
                    help="a second gradtune checkpoint (e.g. the pretrained backbone before "

@@ -38,7 +38,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gradtune._validation import GradTuneInputError
+from gradtune._errors import device_arg
+from gradtune._validation import GradTuneInputError, parse_int
 
 try:
     import tomllib
@@ -101,7 +102,7 @@ def build_model(model_cfg: dict[str, Any], num_classes: int, *, needs_tokenizer:
         if isinstance(weights, str) and weights.lower() in ("none", ""):
             weights = None
         layers = tuple(cfg.pop("layers", RESNET50_LAYERS)) if arch == "resnet" else RESNET50_LAYERS
-        width = int(cfg.pop("width", 64)) if arch == "resnet" else 64
+        width = parse_int(cfg.pop("width", 64), "model.width") if arch == "resnet" else 64
         _no_extra(cfg, arch)
         return build_resnet(layers, num_classes, width=width, weights=weights)
     if arch == "bert":
@@ -130,7 +131,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of initialization, sampling and augmentation")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     p.add_argument("--epochs", type=int, default=None, help="override [erm] epochs")
-    p.add_argument("--device", default=None, help="e.g. cpu, cuda:0 (default: cuda:LOCAL_RANK if available)")
+    p.add_argument("--device", default=None, type=device_arg, help="e.g. cpu, cuda:0 (default: cuda:LOCAL_RANK if available)")
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default [erm] num_workers or 0)")
     p.add_argument("--keep-epochs", default=None,
                    help="comma-separated epochs whose checkpoints to keep too (e.g. JTT's T)")
@@ -194,15 +195,16 @@ def run(args: argparse.Namespace) -> int:
     if args.device is not None:
         common["device"] = args.device
     if args.keep_epochs:
-        common["keep_epochs"] = tuple(int(e) for e in str(args.keep_epochs).split(",") if e.strip())
+        common["keep_epochs"] = tuple(parse_int(e, "--keep-epochs") for e in str(args.keep_epochs).split(",")
+                                     if e.strip())
     if args.no_progress:
         common["progress"] = False
     erm = dict(cfg.get("erm", {}))
     settings: dict[str, Any] = {}
     if method == "jtt":
         table = _table(cfg, "jtt", _JTT_KEYS)
-        T = int(_required(args.jtt_epoch, table, "epoch", "jtt", "--jtt-epoch"))
-        lam = int(_required(args.jtt_lambda, table, "lambda", "jtt", "--jtt-lambda"))
+        T = parse_int(_required(args.jtt_epoch, table, "epoch", "jtt", "--jtt-epoch"), "jtt.epoch (--jtt-epoch)")
+        lam = parse_int(_required(args.jtt_lambda, table, "lambda", "jtt", "--jtt-lambda"), "jtt.lambda (--jtt-lambda)")
         config = TrainConfig.from_dict(_stage(erm, table.get("stage1", {}), "jtt.stage1", common=common))
         stage2 = TrainConfig.from_dict(_stage({**erm, "sampler": "uniform"}, table.get("stage2", {}),
                                               "jtt.stage2", common=common))

@@ -51,7 +51,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from gradtune._io import atomic_write
-from gradtune._validation import GradTuneInputError
+from gradtune._validation import GradTuneInputError, load_state_checked
 from gradtune.data.base import GroupedDataset
 from gradtune.models import distributed as gdist
 from gradtune.models.classifier import model_from_spec, model_spec, unwrap_model
@@ -206,8 +206,8 @@ class TrainConfig:
         choice("precision", PRECISIONS)
         for name in ("batch_size", "epochs"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise GradTuneInputError(f"TrainConfig.{name} must be an integer >= 1, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v < 2**31:
+                raise GradTuneInputError(f"TrainConfig.{name} must be an integer in 1..2**31-1, got {v!r}")
         for name in ("warmup_steps", "num_workers", "seed"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
@@ -517,8 +517,11 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> n
             f"checkpoint {str(path)!r} has no model spec; rebuild the architecture yourself and call "
             "model.load_state_dict(load_checkpoint(path)['model'])"
         )
-    model = model_from_spec(ckpt["spec"])
-    model.load_state_dict(ckpt["model"])
+    try:
+        model = model_from_spec(ckpt["spec"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise GradTuneInputError(f"checkpoint {str(path)!r} has an unusable model spec: {err}") from None
+    load_state_checked(model, ckpt["model"], f"checkpoint {str(path)!r}")
     return model.to(device).eval()
 
 
@@ -628,7 +631,7 @@ def train(model: nn.Module, data: GroupedDataset, config: TrainConfig, *,
 
     inner = unwrap_model(model).to(device)
     if ckpt is not None:
-        inner.load_state_dict(ckpt["model"])
+        load_state_checked(inner, ckpt["model"], f"checkpoint {str(last_path)!r} (--resume)")
     start_epoch = int(ckpt["epoch"]) if ckpt is not None else 0
     history: list[dict[str, float]] = list(ckpt.get("history", [])) if ckpt is not None else []
     if start_epoch >= config.epochs:
