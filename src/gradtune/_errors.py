@@ -153,24 +153,31 @@ def run_boundary(func: Callable[[], Any], command: str, *, debug: bool = False) 
     except KeyboardInterrupt:
         print(f"gradtune {command}: interrupted; completed results are kept on disk", file=sys.stderr)
         return 130
-    except RunFailedError as err:
-        code, msg = 1, f"{prefix} {one_line(err)}"
-    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as err:
-        code, msg = 2, f"{prefix} {one_line(err)}"
-    except sqlite3.Error as err:
-        code, msg = 2, f"{prefix} {_describe_sqlite(err)}"
-    except OSError as err:
-        meaning, todo, machine = _ERRNO_HINTS.get(err.errno or -1, (err.strerror or str(err), "check the path", True))
-        where = f"{os.fsdecode(err.filename)}: " if err.filename is not None else ""
-        code, msg = (1 if machine else 2), f"{prefix} {where}{meaning}; {todo}"
-    except MemoryError:
-        code, msg = 1, f"{prefix} out of memory; use smaller inputs or a machine with more memory"
     except Exception as err:  # noqa: BLE001 - the boundary: nothing escapes as a raw traceback
-        code, msg = 1, f"{prefix} internal error {type(err).__name__}: {one_line(err)}; {BUG_REPORT}"
-    print(msg, file=sys.stderr)
-    if debug:
-        traceback.print_exc(file=sys.stderr)
-    return code
+        code, msg = _classify(err)
+        print(f"{prefix} {msg}", file=sys.stderr)
+        if debug:
+            traceback.print_exception(type(err), err, err.__traceback__, file=sys.stderr)
+        return code
+
+
+def _classify(err: Exception) -> tuple[int, str]:
+    """Exit code and one-line message of an exception that reached the boundary."""
+    if isinstance(err, RunFailedError):
+        return 1, one_line(err)
+    if isinstance(err, ValueError):
+        return 2, one_line(err)
+    if isinstance(err, sqlite3.Error):
+        return 2, _describe_sqlite(err)
+    if isinstance(err, OSError):
+        if err.errno is None:  # raised by gradtune with its own message
+            return 2, one_line(err)
+        meaning, todo, machine = _ERRNO_HINTS.get(err.errno, (err.strerror or str(err), "check the path", True))
+        where = f"{os.fsdecode(err.filename)}: " if err.filename is not None else ""
+        return (1 if machine else 2), f"{where}{meaning}; {todo}"
+    if isinstance(err, MemoryError):
+        return 1, "out of memory; use smaller inputs or a machine with more memory"
+    return 1, f"internal error {type(err).__name__}: {one_line(err)}; {BUG_REPORT}"
 
 
 def device_arg(text: str) -> str:

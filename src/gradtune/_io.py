@@ -100,10 +100,15 @@ def save_run_outputs(folder: str | os.PathLike, manifest_name: str, manifest: di
     """
     folder = Path(folder)
     written, hashes = [], {}
-    for name, content in arrays.items():
-        written.append(atomic_save_npz(folder / name, **content))
-        hashes[name] = file_digest(folder / name)
-    written.append(atomic_write_json(folder / manifest_name, {**manifest, MANIFEST_KEY: hashes}))
+    try:
+        for name, content in arrays.items():
+            written.append(atomic_save_npz(folder / name, **content))
+            hashes[name] = file_digest(folder / name)
+        written.append(atomic_write_json(folder / manifest_name, {**manifest, MANIFEST_KEY: hashes}))
+    except BaseException:
+        for f in written:  # no manifest lists them: drop them rather than leave a half-written run
+            f.unlink(missing_ok=True)
+        raise
     return written
 
 

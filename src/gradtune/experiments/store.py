@@ -202,6 +202,8 @@ def find_store(path: str | os.PathLike) -> Path:
             if cand.is_file():
                 return cand
         raise FileNotFoundError(f"no {STORE_NAME} in {p} (nor in {p / 'runs'}); run `gradtune run CONFIG --out {p}` first")
+    if p.exists():
+        check_store(p, readonly=True, schema_version=SCHEMA_VERSION)  # not a regular file: raises, naming it
     raise FileNotFoundError(f"results store {p} does not exist")
 
 
