@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from gradtune import cli
-from gradtune.embeddings.bundle import EmbeddingBundle, load_bundle
+from gradtune.embeddings.bundle import EmbeddingBundle
 
 from .experiments._toy import config_text, toy_bundle
 
