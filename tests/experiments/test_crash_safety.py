@@ -1,0 +1,196 @@
+"""Crash safety of the results store: SIGKILLed grids, concurrent grids, failed writes.
+
+A grid is killed with SIGKILL at random points (drawn from a seeded generator) several
+times and then rerun; the final store must hold exactly the rows of an uninterrupted
+run, none lost, duplicated, half-written or still ``running``. Grids run in forked
+processes (the test process has imported everything already, so a child starts at once).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gradtune.experiments.config import load_config
+from gradtune.experiments.runner import run_experiments
+from gradtune.experiments.store import ResultStore
+
+from ._toy import config_text, write_bundles
+
+KEYS = ("status", "params", "test_metrics", "selection_metrics", "group_labels", "bundle_fingerprint", "diagnostics")
+FORK = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+pytestmark = pytest.mark.skipif(FORK is None, reason="needs the fork start method (POSIX)")
+
+
+@pytest.fixture(scope="module")
+def config_path(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("crash")
+    bundles = write_bundles(root / "bundles")
+    path = root / "grid.toml"
+    path.write_text(config_text(bundles, seeds=(0, 1, 2), methods=("erm", "random", "gradtune"), epochs=40))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(config_path, tmp_path_factory) -> dict[str, dict]:
+    out = tmp_path_factory.mktemp("reference")
+    summary = run_experiments([load_config(config_path)], out, workers=1, progress=False)
+    assert summary.failed == 0 and summary.new == 18
+    return _rows(out / "results.sqlite")
+
+
+def _rows(path: Path) -> dict[str, dict]:
+    store = ResultStore(path, readonly=True)
+    return {r["run_id"]: {k: r[k] for k in KEYS} for r in store.records(status=None)}
+
+
+def _grid(config_path: Path, out: Path, workers: int) -> None:
+    summary = run_experiments([load_config(config_path)], out, workers=workers, start_method="fork",
+                              progress=False)
+    os._exit(0 if summary.failed == 0 else 3)
+
+
+def _start(config_path: Path, out: Path, workers: int = 1):
+    proc = FORK.Process(target=_grid, args=(config_path, out, workers))
+    proc.start()
+    return proc
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def _check_integrity(path: Path) -> None:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        n, distinct = conn.execute("SELECT COUNT(*), COUNT(DISTINCT run_id) FROM runs").fetchone()
+        assert n == distinct
+    finally:
+        conn.close()
+
+
+def _done(path: Path) -> int:
+    if not path.exists():
+        return 0
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM runs WHERE status='done'").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:  # the tables do not exist yet
+        return 0
+
+
+def test_sigkilled_grid_resumes_to_the_uninterrupted_result(config_path, reference, tmp_path):
+    rng = np.random.default_rng(15)
+    out, store = tmp_path / "killed", tmp_path / "killed" / "results.sqlite"
+    kills = 0
+    for extra in rng.uniform(0.0, 0.3, size=5):
+        start = _done(store)
+        proc = _start(config_path, out)
+        while proc.is_alive() and _done(store) == start:  # let at least one more run finish ...
+            time.sleep(0.02)
+        time.sleep(float(extra))  # ... then kill at a random point of the next one or its write
+        if proc.is_alive():
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.join(10)
+        _check_integrity(store)
+        rows = _rows(store)
+        assert 0 < sum(r["status"] == "done" for r in rows.values())
+        for rid, row in rows.items():  # what is done is already final
+            if row["status"] == "done":
+                assert row == reference[rid]
+    assert kills == 5 and _done(store) < len(reference)
+    summary = run_experiments([load_config(config_path)], out, workers=1, progress=False)
+    assert summary.failed == 0 and summary.new + summary.reused == 18
+    _check_integrity(store)
+    assert _rows(store) == reference
+
+
+def test_sigkilled_pool_leaves_no_orphans_and_resumes(config_path, reference, tmp_path):
+    out = tmp_path / "pool"
+    proc = _start(config_path, out, workers=2)
+    deadline = time.monotonic() + 20
+    workers: list[int] = []
+    while time.monotonic() < deadline and len(workers) < 2:
+        time.sleep(0.1)
+        workers = _children(proc.pid)
+    assert len(workers) >= 2, "the pool did not start"
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join(10)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.1)
+    orphans = [w for w in workers if _alive(w)]
+    for w in orphans:  # never leave them behind, even when the check fails
+        os.kill(w, signal.SIGKILL)
+    assert not orphans, "pool workers outlived their killed parent"
+    run_experiments([load_config(config_path)], out, workers=1, progress=False)
+    _check_integrity(out / "results.sqlite")
+    assert _rows(out / "results.sqlite") == reference
+
+
+def test_two_concurrent_grids_compute_each_run_once(config_path, reference, tmp_path):
+    out = tmp_path / "shared"
+    procs = [_start(config_path, out), _start(config_path, out)]
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    _check_integrity(out / "results.sqlite")
+    assert _rows(out / "results.sqlite") == reference
+    log = ResultStore(out / "results.sqlite", readonly=True).run_log()
+    assert len(log) == 2
+    assert sum(e["new"] for e in log) == 18  # none computed twice
+    assert all(e["new"] + e["reused"] == 18 for e in log)
+
+
+def test_a_write_that_fails_midway_leaves_the_store_as_it_was(config_path, reference, tmp_path):
+    out = tmp_path / "store"
+    run_experiments([load_config(config_path)], out, workers=1, progress=False)
+    store = ResultStore(out / "results.sqlite")
+
+    def dump() -> list[str]:
+        conn = sqlite3.connect(out / "results.sqlite")
+        try:
+            return list(conn.iterdump())
+        finally:
+            conn.close()
+
+    before = dump()
+    planned = [{"run_id": "a", "benchmark": "b", "seed": 0, "method": "m", "label": "l"},
+               {"run_id": "b"}]  # the second is malformed: the write fails after the first rows
+    with pytest.raises(KeyError):
+        store.register_experiment("toy", {"name": "toy"}, planned)
+    record = next(iter(store.records()))
+    with pytest.raises(ValueError):
+        store.save_record({**record, "seed": "not a number"})
+    assert dump() == before
+    assert _rows(out / "results.sqlite") == reference
