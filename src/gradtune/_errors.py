@@ -168,7 +168,8 @@ def _classify(err: Exception) -> tuple[int, str]:
     if isinstance(err, ValueError):
         return 2, one_line(err)
     if isinstance(err, sqlite3.Error):
-        return 2, _describe_sqlite(err)
+        machine = isinstance(err, sqlite3.OperationalError) and ("full" in str(err) or "disk I/O" in str(err))
+        return (1 if machine else 2), _describe_sqlite(err)
     if isinstance(err, OSError):
         if err.errno is None:  # raised by gradtune with its own message
             return 2, one_line(err)
