@@ -7,6 +7,7 @@ The stable public API:
 * :func:`select_finetune_set` — top-k plus norm-proportional draw
 * :func:`finetune_linear`, :class:`FinetuneConfig` — fine-tune a linear head
 * :class:`GradTune` — the whole method on embeddings or on a PyTorch model
+* :class:`GradTuneClassifier` — GradTune as a scikit-learn classifier on embeddings
 * :func:`repair` — any registered method (default ``gradtune-auto``, the recommended
   label-free pipeline) on a PyTorch model, with an optional frozen encoder
 * :func:`evaluate` and friends — worst-group and other accuracies
@@ -48,6 +49,7 @@ __all__ = [
     "worst_group_accuracy",
     "worst_class_accuracy",
     "repair",
+    "GradTuneClassifier",
     "__version__",
 ]
 
@@ -58,4 +60,8 @@ def __getattr__(name: str):
         from gradtune.model_repair import repair
 
         return repair
+    if name == "GradTuneClassifier":
+        from gradtune.sklearn_api import GradTuneClassifier
+
+        return GradTuneClassifier
     raise AttributeError(f"module 'gradtune' has no attribute {name!r}")
