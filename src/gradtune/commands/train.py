@@ -38,7 +38,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gradtune._validation import GradTuneInputError
+from gradtune._errors import GradTuneInputError
 
 try:
     import tomllib
