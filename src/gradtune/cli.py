@@ -13,6 +13,7 @@ import importlib
 import sys
 
 from gradtune._errors import GradTuneInputError
+from gradtune._optional import MissingDependencyError
 
 # Modules under gradtune.commands, in the order shown by --help.
 COMMANDS: tuple[str, ...] = ("demo", "tune", "train", "embed", "experiment", "report")
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (GradTuneInputError, ValueError, FileNotFoundError) as err:
+    except (GradTuneInputError, ValueError, FileNotFoundError, MissingDependencyError) as err:
         print(f"gradtune {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
