@@ -1,8 +1,10 @@
 """The error boundary of the command line, and the errors that cross it.
 
+A module with no heavy imports: the CLI loads it before any command runs.
+
 Every failure a user can cause or meet ends as one line on stderr and an exit code:
 
-* ``2``: bad input (:class:`~gradtune._validation.GradTuneInputError`, any
+* ``2``: bad input (:class:`GradTuneInputError`, a missing optional dependency, any
   ``ValueError``, a missing file, an output folder that cannot be written);
 * ``1``: a run that failed (:class:`RunFailedError`: a diverged fine-tune, a full
   disk) or an internal error;
@@ -18,6 +20,7 @@ the message names the path and what to do, chosen by ``errno``.
 from __future__ import annotations
 
 import errno
+import operator
 import os
 import sqlite3
 import sys
@@ -28,12 +31,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from gradtune._validation import GradTuneInputError
+from gradtune._optional import MissingDependencyError
 
-__all__ = ["RunFailedError", "DivergenceError", "OutputError", "StoreCorruptError", "writing",
-           "translate_os_error", "ensure_output_dir", "run_boundary", "one_line", "BUG_REPORT", "device_arg"]
+__all__ = ["GradTuneInputError", "RunFailedError", "DivergenceError", "OutputError", "StoreCorruptError", "writing",
+           "translate_os_error", "ensure_output_dir", "run_boundary", "one_line", "BUG_REPORT", "parse_int"]
 
 BUG_REPORT = "this is a bug in gradtune; please report it with the command line and the output of --debug"
+
+
+class GradTuneInputError(ValueError):
+    """Raised when user input is malformed; the message says what and how to fix it."""
 
 
 class RunFailedError(RuntimeError):
@@ -165,7 +172,7 @@ def _classify(err: Exception) -> tuple[int, str]:
     """Exit code and one-line message of an exception that reached the boundary."""
     if isinstance(err, RunFailedError):
         return 1, one_line(err)
-    if isinstance(err, ValueError):
+    if isinstance(err, (ValueError, MissingDependencyError)):
         return 2, one_line(err)
     if isinstance(err, sqlite3.Error):
         machine = isinstance(err, sqlite3.OperationalError) and ("full" in str(err) or "disk I/O" in str(err))
@@ -181,15 +188,13 @@ def _classify(err: Exception) -> tuple[int, str]:
     return 1, f"internal error {type(err).__name__}: {one_line(err)}; {BUG_REPORT}"
 
 
-def device_arg(text: str) -> str:
-    """An argparse ``type`` for ``--device``: the name, checked to exist on this machine
-    before anything is loaded."""
-    import argparse
-
-    from gradtune._validation import check_device
-
+def parse_int(value: Any, name: str) -> int:
+    """An integer from an int or an integer string, the error naming ``name``."""
+    if isinstance(value, bool):
+        raise GradTuneInputError(f"{name} must be an integer, got {value!r}")
+    if hasattr(value, "__index__"):
+        return operator.index(value)
     try:
-        check_device(text, "--device")
-    except GradTuneInputError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    return text
+        return int(str(value).strip())
+    except ValueError:
+        raise GradTuneInputError(f"{name} must be an integer, got {value!r}") from None

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from gradtune._errors import GradTuneInputError, parse_int
+
 __all__ = [
     "GradTuneInputError",
     "all_finite",
@@ -37,10 +39,6 @@ __all__ = [
     "make_generator",
     "make_numpy_rng",
 ]
-
-
-class GradTuneInputError(ValueError):
-    """Raised when user input is malformed; the message says what and how to fix it."""
 
 
 def _describe(x: Any) -> str:
@@ -304,15 +302,3 @@ def make_numpy_rng(seed: int | np.random.Generator | None) -> np.random.Generato
 def _check_seed_range(seed: int, lo: int) -> None:
     if not lo <= int(seed) < 2**64:
         raise GradTuneInputError(f"seed must be an integer in {lo}..2**64-1, got {seed}")
-
-
-def parse_int(value: Any, name: str) -> int:
-    """An integer from an int or an integer string, the error naming ``name``."""
-    if isinstance(value, bool):
-        raise GradTuneInputError(f"{name} must be an integer, got {value!r}")
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    try:
-        return int(str(value).strip())
-    except ValueError:
-        raise GradTuneInputError(f"{name} must be an integer, got {value!r}") from None

@@ -2,6 +2,8 @@
 
 Each command lives in its own module under :mod:`gradtune.commands` and exposes
 ``register(subparsers)``, which adds its parser and sets ``func(args) -> int``.
+Command modules import torch, NumPy and the rest inside ``func``, so that building
+the parser (``--help``, ``--version``) stays fast.
 """
 
 from __future__ import annotations

@@ -175,3 +175,23 @@ def test_merge_small_groups_by_hand() -> None:
 def test_bad_parameters_are_named(biased: EmbeddingBundle, bad: dict) -> None:
     with pytest.raises(GradTuneInputError):
         get_method("gradtune-auto", **{**FAST, **bad}).fit(biased, seed=0)
+
+
+def test_guard_without_encoder_features_and_when_the_inference_repeats_the_head(biased: EmbeddingBundle) -> None:
+    no_enc = replace(biased, encoder_features=None)
+    res = get_method("gradtune-auto", **FAST).fit(no_enc, seed=0)
+    assert res.diagnostics["guard_kept_erm"] and "no encoder_features" in res.diagnostics["guard_reason"]
+    np.testing.assert_array_equal(res.model.weight, biased.head_weight)
+    # encoder features that are the ERM head's own logits: the twins learn the head, their
+    # "minority" is the head's own errors, and the head is kept
+    head_view = replace(biased, encoder_features=biased.logits.copy())
+    res = get_method("gradtune-auto", **FAST).fit(head_view, seed=0)
+    assert res.diagnostics["guard_kept_erm"] and "own mistakes" in res.diagnostics["guard_reason"]
+    np.testing.assert_array_equal(res.model.weight, biased.head_weight)
+    # the check's statistic, recomputed: ERM accuracy on the inferred minority of both halves
+    pg = bundle_pseudo_groups(head_view, seed=int(np.random.SeedSequence(0).spawn(4)[0].generate_state(1)[0] % 2**31),
+                              config=XRMConfig(n_steps=FAST["xrm_steps"]))
+    held, sel = head_view.view("heldout"), head_view.view("selection")
+    ok = np.concatenate([held.logits.argmax(1) == held.labels, sel.logits.argmax(1) == sel.labels])
+    minority = np.concatenate([pg.held, pg.sel]) % 2 == 1
+    assert f"{ok[minority].mean():.0%}" in res.diagnostics["guard_reason"]

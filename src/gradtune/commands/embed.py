@@ -17,8 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from gradtune._errors import device_arg
-from gradtune._validation import GradTuneInputError
+from gradtune._cli_types import device_arg
+from gradtune._errors import GradTuneInputError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -38,8 +38,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gradtune._errors import device_arg
-from gradtune._validation import GradTuneInputError, parse_int
+from gradtune._cli_types import device_arg
+from gradtune._errors import GradTuneInputError, parse_int
 
 try:
     import tomllib

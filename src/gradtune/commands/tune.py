@@ -6,18 +6,18 @@ import argparse
 import ast
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gradtune._errors import DivergenceError, ensure_output_dir, writing
+from gradtune._errors import DivergenceError, GradTuneInputError, ensure_output_dir, writing
 from gradtune._io import file_digest, load_run_manifest, save_run_outputs
-from gradtune._validation import GradTuneInputError, check_training_rows
-from gradtune.embeddings.bundle import EmbeddingBundle, load_bundle
-from gradtune.estimator import GradTune
-from gradtune.finetune.linear import FinetuneConfig, finetune_linear
-from gradtune.methods.base import LinearHead, erm_head
-from gradtune.metrics.accuracy import evaluate
 from gradtune.report.text import group_table
+
+if TYPE_CHECKING:  # imported where used: building the parser must not load torch
+    from gradtune.embeddings.bundle import EmbeddingBundle
+    from gradtune.finetune.linear import FinetuneConfig
+    from gradtune.methods.base import LinearHead
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "spurious_example.npz"
 
@@ -64,6 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _config(args: argparse.Namespace) -> FinetuneConfig:
+
     adam = args.optimizer == "adamw"
     try:
         return _finetune_config(args, adam)
@@ -72,6 +73,8 @@ def _config(args: argparse.Namespace) -> FinetuneConfig:
 
 
 def _finetune_config(args: argparse.Namespace, adam: bool) -> FinetuneConfig:
+    from gradtune.finetune.linear import FinetuneConfig
+
     return FinetuneConfig(
         epochs=args.epochs,
         batch_size=(16 if adam else 32) if args.batch_size is None else args.batch_size,
@@ -85,6 +88,9 @@ def _finetune_config(args: argparse.Namespace, adam: bool) -> FinetuneConfig:
 
 
 def _head(bundle: EmbeddingBundle, fit: bool, seed: int) -> tuple[LinearHead, str]:
+    from gradtune.finetune.linear import FinetuneConfig, finetune_linear
+    from gradtune.methods.base import LinearHead, erm_head
+
     if bundle.head_weight is not None:
         return erm_head(bundle), "bundle"
     if not fit:
@@ -112,6 +118,12 @@ def parse_params(items: list[str]) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gradtune._validation import check_training_rows
+    from gradtune.embeddings.bundle import load_bundle
+    from gradtune.estimator import GradTune
+    from gradtune.methods.base import LinearHead
+    from gradtune.metrics.accuracy import evaluate
+
     path = EXAMPLE if args.embeddings == "example" else Path(args.embeddings)
     out = Path(args.out)
     cfg = _config(args)
@@ -128,12 +140,8 @@ def run(args: argparse.Namespace) -> int:
     ensure_output_dir(out)
     digest = file_digest(path)
     metrics_path = out / "metrics.json"
-    if metrics_path.exists() and not args.force:
-        done = load_run_manifest(out, metrics_path.name) or {}
-        if done.get("bundle_sha256") == digest and done.get("params") == json.loads(json.dumps(params)):
-            print(f"{metrics_path} already holds this run (same bundle and parameters); use --force to recompute")
-            _print_summary(done)
-            return 0
+    if not args.force and _already_done(metrics_path, digest, params):
+        return 0
     bundle = bundle.resolve_heldout(args.split_seed)
     head, head_source = _head(bundle, args.fit_erm_head, args.seed)
     held = bundle.view("heldout")
@@ -173,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate_heads(bundle: EmbeddingBundle, heads: dict[str, object]) -> dict:
+    from gradtune.metrics.accuracy import evaluate
+
     train_counts = None
     if bundle.groups is not None and bundle.has_split("train"):
         train_counts = np.bincount(bundle.view("train").groups, minlength=bundle.n_groups)
@@ -190,6 +200,8 @@ def _run_method(args: argparse.Namespace, path: Path, out: Path, method_params: 
     """``tune --method NAME``: any registered method on the bundle, same outputs."""
     from dataclasses import replace
 
+    from gradtune.embeddings.bundle import load_bundle
+    from gradtune.methods.base import LinearHead
     from gradtune.methods.selection import build_method
 
     method = build_method(args.method, method_params)
@@ -199,12 +211,8 @@ def _run_method(args: argparse.Namespace, path: Path, out: Path, method_params: 
     ensure_output_dir(out)
     digest = file_digest(path)
     metrics_path = out / "metrics.json"
-    if metrics_path.exists() and not args.force:
-        done = load_run_manifest(out, metrics_path.name) or {}
-        if done.get("bundle_sha256") == digest and done.get("params") == json.loads(json.dumps(params, default=str)):
-            print(f"{metrics_path} already holds this run (same bundle and parameters); use --force to recompute")
-            _print_summary(done)
-            return 0
+    if not args.force and _already_done(metrics_path, digest, params):
+        return 0
     bundle = bundle.resolve_heldout(args.split_seed)
     head, head_source = _head(bundle, args.fit_erm_head, args.seed)
     if bundle.head_weight is None:
@@ -226,6 +234,19 @@ def _run_method(args: argparse.Namespace, path: Path, out: Path, method_params: 
     _print_summary(result)
     print("wrote " + " and ".join(str(w) for w in wrote))
     return 0
+
+
+def _already_done(metrics_path: Path, digest: str, params: dict) -> bool:
+    """True (and the stored summary printed) if ``metrics_path`` holds this bundle and params,
+    and every file its manifest lists still has the recorded hash."""
+    done = load_run_manifest(metrics_path.parent, metrics_path.name) if metrics_path.exists() else None
+    if done is None:
+        return False
+    if done.get("bundle_sha256") != digest or done.get("params") != json.loads(json.dumps(params, default=str)):
+        return False
+    print(f"{metrics_path} already holds this run (same bundle and parameters); use --force to recompute")
+    _print_summary(done)
+    return True
 
 
 def _head_arrays(head: LinearHead) -> dict[str, np.ndarray]:
