@@ -9,7 +9,8 @@ import torch
 from gradtune import FinetuneConfig, GradTuneInputError, finetune_linear
 from gradtune.finetune import _fused_steps, _steps
 from gradtune.finetune import linear as linear_module
-from gradtune.finetune.linear import class_balance_weights, epoch_order, lr_at
+from gradtune.finetune.linear import lr_at
+from gradtune.objectives.sampling import class_balance_weights, epoch_order
 
 
 @pytest.fixture(params=["torch", "fused"])

@@ -12,9 +12,8 @@ from hypothesis import strategies as st
 from scipy.stats import chisquare
 
 from gradtune.embeddings.bundle import BundleError, EmbeddingBundle
-from gradtune.finetune.linear import epoch_order
 from gradtune.methods import RWG, RWY, SUBG, SUBY
-from gradtune.methods.balancing import balanced_subsample, inverse_frequency_weights
+from gradtune.objectives.sampling import balanced_subsample, epoch_order, inverse_frequency_weights
 
 
 @settings(max_examples=40, deadline=None)

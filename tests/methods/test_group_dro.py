@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from gradtune.embeddings.bundle import BundleError, EmbeddingBundle
-from gradtune.methods import GroupDROLoss, GroupDROMethod, group_dro_update
-from gradtune.methods.group_dro import _train_head, group_mean_losses
+from gradtune.methods import GroupDROMethod
+from gradtune.methods.group_dro import _train_head
+from gradtune.objectives.group_dro import GroupDROLoss, group_dro_update, group_mean_losses
 
 
 def test_update_hand_numbers():

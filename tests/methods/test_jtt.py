@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gradtune.finetune.linear import FinetuneConfig
-from gradtune.methods import JTTMethod, jtt_error_set, jtt_upsampled_indices
+from gradtune.methods import JTTMethod
+from gradtune.objectives.jtt import jtt_error_set, jtt_upsampled_indices
 
 
 def test_error_set_direct_count():

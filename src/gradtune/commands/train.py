@@ -15,7 +15,7 @@ The run settings come from a TOML file (``--config``; default the packaged
 (``arch`` = ``resnet50`` with ``weights``, or ``bert`` with ``name``, ``pooling``,
 ``max_length``), ``[preprocess]`` (image options of
 :class:`~gradtune.models.resnet.ImagePreprocess`) and ``[erm]``
-(:class:`~gradtune.models.trainer.TrainConfig` fields). The baselines read
+(:class:`~gradtune.training.config.TrainConfig` fields). The baselines read
 
 * ``[jtt]``: ``epoch`` (T), ``lambda``, and ``[jtt.stage1]`` / ``[jtt.stage2]``:
   overrides of ``[erm]`` for the identification ERM (its ``epochs`` is the schedule
@@ -27,7 +27,7 @@ The run settings come from a TOML file (``--config``; default the packaged
 ``--jtt-epoch``, ``--jtt-lambda``, ``--dro-eta``, ``--dro-adj`` override those;
 ``--epochs`` and the other flags apply to every stage. Checkpoints go to
 ``OUT/checkpoints/last.pt`` (ERM, Group DRO) or ``OUT/{init.pt, stage1/, error_set.json,
-stage2/}`` (JTT, see :mod:`gradtune.models.robust`) after every epoch; ``--resume``
+stage2/}`` (JTT, see :mod:`gradtune.training.robust`) after every epoch; ``--resume``
 continues an interrupted run; ``OUT/train.json`` summarizes a finished one.
 """
 
@@ -90,7 +90,7 @@ def build_model(model_cfg: dict[str, Any], num_classes: int, *, needs_tokenizer:
     ``"none"``; ``arch = "resnet"`` adds ``layers`` (4 block counts) and ``width`` for smaller
     variants (random init unless ``weights`` is given). ``arch = "bert"``: ``name`` (local hub name or directory), ``pooling``,
     ``max_length``. Random initializations draw from torch's global RNG; wrap the call in
-    :func:`gradtune.models.trainer.seeded_scope`.
+    :func:`gradtune.training.trainer.seeded_scope`.
     """
     cfg = dict(model_cfg)
     arch = str(cfg.pop("arch", "")).lower()
@@ -179,8 +179,11 @@ def _stage(base: dict[str, Any], overrides: Any, name: str, *, common: dict[str,
 def run(args: argparse.Namespace) -> int:
     from gradtune._io import atomic_write_json
     from gradtune.models import distributed as gdist
-    from gradtune.models.resnet import ImagePreprocess, ResNet
-    from gradtune.models.trainer import TrainConfig, make_preprocess, seeded_scope, train
+    from gradtune.models.preprocess import make_preprocess
+    from gradtune.models.resnet import ResNet
+    from gradtune.models.transforms import ImagePreprocess
+    from gradtune.training.config import TrainConfig
+    from gradtune.training.trainer import seeded_scope, train
 
     cfg = load_run_config(args.config, args.dataset)
     method = getattr(args, "method", "erm")
@@ -248,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
                 "class_names": list(data.class_names), "group_names": list(data.group_names)}
         summary: dict[str, Any] = {"dataset": args.dataset, "method": method, "seed": config.seed, **settings}
         if method == "jtt":
-            from gradtune.models.robust import train_jtt
+            from gradtune.training.robust import train_jtt
 
             spare = [model]  # built above under the same seed: the factory's first model
 
@@ -266,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
                             "stage1_config": config.to_dict()})
             config = stage2
         elif method == "group-dro":
-            from gradtune.models.robust import train_group_dro
+            from gradtune.training.robust import train_group_dro
 
             dro_res = train_group_dro(model, data, config, eta=settings["dro_eta"], adj=settings["dro_adj"],
                                       preprocess=preprocess, resume=args.resume, meta=meta)

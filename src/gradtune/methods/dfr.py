@@ -32,7 +32,7 @@ build its training subsets.
 
 Randomness protocol (so that a seed reproduces a run; the tests rely on it):
 ``a, b, c = np.random.SeedSequence(seed).spawn(3)``; the tuning subsample is
-:func:`~gradtune.methods.balancing.balanced_subsample` with ``default_rng(a)``; the 20
+:func:`~gradtune.objectives.sampling.balanced_subsample` with ``default_rng(a)``; the 20
 final subsamples are successive calls with one ``default_rng(b)``; liblinear's
 ``random_state`` is ``int(c.generate_state(1)[0])`` for every fit.
 """
@@ -51,8 +51,9 @@ from sklearn.preprocessing import StandardScaler
 
 from gradtune._validation import GradTuneInputError, check_choice, check_positive_int
 from gradtune.embeddings.bundle import EmbeddingBundle
-from gradtune.methods.balancing import balanced_subsample, require_groups
+from gradtune.methods.balancing import require_groups
 from gradtune.methods.base import LinearHead, Method, MethodResult, register_method
+from gradtune.objectives.sampling import balanced_subsample
 
 __all__ = ["DFRMethod", "dfr_retrain", "fit_l1_logreg", "fold_scaler", "DFR_C_GRID"]
 

@@ -73,8 +73,8 @@ from gradtune._validation import (
 )
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.finetune.linear import sgd_step_
-from gradtune.methods.balancing import balanced_subsample
 from gradtune.methods.base import Method, MethodResult, erm_head, register_method
+from gradtune.objectives.sampling import balanced_subsample
 from gradtune.selection.label_free import LabelFreeScorer
 
 __all__ = ["DPEMethod", "DPEModel", "normalize_features", "ips_weights", "ips_penalty",
@@ -189,7 +189,7 @@ def dpe_loss_and_grad(u: torch.Tensor, y: torch.Tensor, prototypes: torch.Tensor
 def class_balanced_subsets(keys: Any, n_members: int, seed: int | np.random.Generator) -> np.ndarray:
     """One balanced subsample per member, (M, S) row indices into ``keys`` (N,).
 
-    Member m's row is the m-th call of :func:`~gradtune.methods.balancing.balanced_subsample`
+    Member m's row is the m-th call of :func:`~gradtune.objectives.sampling.balanced_subsample`
     with one generator, so every key keeps ``S / K`` rows (K distinct keys).
     """
     rng = make_numpy_rng(seed)

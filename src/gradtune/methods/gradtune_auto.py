@@ -54,10 +54,10 @@ from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.estimator import resolve_set_size
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
 from gradtune.groups.xrm import XRMConfig
-from gradtune.methods.balancing import balanced_subsample
 from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, register_method
 from gradtune.methods.dfr import DFR_C_GRID, fit_l1_logreg, fold_scaler
 from gradtune.methods.inferred import FEATURE_SOURCES, bundle_pseudo_groups, merge_small_groups
+from gradtune.objectives.sampling import balanced_subsample
 from gradtune.scores.grad_norms import grad_norms
 from gradtune.selection.label_free import group_accuracy_summary
 from gradtune.selection.select import select_finetune_set

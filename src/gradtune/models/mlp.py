@@ -40,7 +40,7 @@ from gradtune._validation import (
     check_positive_int,
     make_generator,
 )
-from gradtune.finetune.linear import epoch_order
+from gradtune.objectives.sampling import epoch_order
 
 __all__ = ["MLPConfig", "ERMResult", "train_erm_mlp", "mlp_forward"]
 

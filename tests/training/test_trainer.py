@@ -16,23 +16,14 @@ from torch import nn
 from gradtune._validation import GradTuneInputError
 from gradtune.commands.train import CONFIG_DIR, load_run_config
 from gradtune.data.base import GroupedDataset
+from gradtune.models.checkpoint import load_checkpoint, load_model
 from gradtune.models.classifier import Classifier, build_mlp_classifier
-from gradtune.models.distributed import (
-    ShardedSampler,
-    class_balanced_weights,
-    group_balanced_weights,
-)
-from gradtune.models.resnet import ImagePreprocess, build_resnet
-from gradtune.models.trainer import (
-    TABLE3_PRESETS,
-    EpochEnd,
-    TrainConfig,
-    load_checkpoint,
-    load_model,
-    lr_factor,
-    seeded_scope,
-    train,
-)
+from gradtune.models.distributed import ShardedSampler
+from gradtune.models.resnet import build_resnet
+from gradtune.models.transforms import ImagePreprocess
+from gradtune.objectives.sampling import class_balanced_weights, group_balanced_weights
+from gradtune.training.config import TABLE3_PRESETS, EpochEnd, TrainConfig
+from gradtune.training.trainer import lr_factor, seeded_scope, train
 
 torch.set_num_threads(1)
 
@@ -268,7 +259,7 @@ def test_pluggable_loss_and_sample_weights(tmp_path):
 
 
 def test_group_dro_loss_plugs_in_and_resumes(tmp_path):
-    from gradtune.methods.group_dro import GroupDROLoss
+    from gradtune.objectives.group_dro import GroupDROLoss
 
     data = tabular(n=64)
     counts = np.bincount(data.groups, minlength=4)
