@@ -15,8 +15,8 @@ import pytest
 from gradtune.cli import main
 from gradtune.experiments.config import load_config
 from gradtune.experiments.runner import run_experiments
-from gradtune.experiments.store import ResultStore
 from gradtune.report.paper_report import write_paper_report
+from gradtune.results.store import ResultStore
 
 from ._toy import config_text, write_bundles
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gradtune.experiments.demo import DEFAULT_BENCHMARKS, DEFAULT_METHODS, DemoConfig, run_demo
+from gradtune.workflows.demo import DEFAULT_BENCHMARKS, DEFAULT_METHODS, DemoConfig, run_demo
 
 
 def register(sub: argparse._SubParsersAction) -> None:

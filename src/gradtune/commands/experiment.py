@@ -63,7 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from gradtune._validation import GradTuneInputError
     from gradtune.experiments.config import packaged_configs
-    from gradtune.experiments.runner import run_experiments, store_path_for
+    from gradtune.experiments.runner import run_experiments
+    from gradtune.results.records import store_path_for
 
     if args.list:
         for name, path in packaged_configs().items():

@@ -8,7 +8,7 @@ Flow of :func:`execute`:
 1. group the runs by (benchmark, seed, bundle source); per group, load the bundle once
    (offline benchmarks are built and cached on first use), compute its fingerprint,
    describe it in the store and store the ERM head's held-out gradient norms (Fig. 2/4);
-2. give each run its id (:func:`gradtune.experiments.store.make_run_id`) and link it to
+2. give each run its id (:func:`gradtune.results.store.make_run_id`) and link it to
    its experiment(s); runs already ``done`` are skipped unless ``force``;
 3. hand the rest to a launcher (:mod:`gradtune.experiments.launchers`): in-process, a
    pool of worker processes, or submitit jobs. Each finished run is written in one
@@ -18,14 +18,13 @@ Flow of :func:`execute`:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import socket
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -34,103 +33,25 @@ import numpy as np
 
 from gradtune._threads import torch_threads
 from gradtune._validation import GradTuneInputError
-from gradtune.embeddings.bundle import BundleError, EmbeddingBundle, load_bundle
+from gradtune.embeddings.bundle import BundleError, EmbeddingBundle
+from gradtune.experiments.bundles import (
+    BundleSource,
+    bundle_fingerprint,
+    clear_cache,
+    embedding_hash,
+    load_cached,
+)
 from gradtune.experiments.inference_quality import inference_quality_record
+from gradtune.experiments.launchers import Launcher, LocalLauncher, make_launcher
 from gradtune.experiments.spec import RunSpec
-from gradtune.experiments.store import STORE_NAME, ResultStore, code_version, make_run_id
 from gradtune.methods.base import erm_head
 from gradtune.metrics.accuracy import evaluate
+from gradtune.results.records import store_path_for
+from gradtune.results.store import ResultStore, code_version, make_run_id
 from gradtune.scores.grad_norms import grad_norms
 
-__all__ = ["RunSpec", "BundleSource", "RunTask", "ExecutionSummary", "run_record", "run_grid", "execute",
-           "run_experiments", "execute_task", "failure_record", "bundle_fingerprint", "embedding_hash",
-           "erm_diagnostics", "load_records", "store_path_for"]
-
-
-# ------------------------------------------------------------------- bundles
-
-
-def _hash_arrays(arrays: Iterable[np.ndarray | None]) -> str:
-    h = hashlib.sha256()
-    for arr in arrays:
-        if arr is None:
-            h.update(b"<none>")
-            continue
-        a = np.ascontiguousarray(arr)
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()[:16]
-
-
-def bundle_fingerprint(bundle: EmbeddingBundle) -> str:
-    """A short content hash of everything a method can see (arrays, splits, head, groups)."""
-    return _hash_arrays([bundle.features, bundle.labels, bundle.split.astype(str), bundle.logits,
-                         bundle.early_logits, bundle.head_weight, bundle.head_bias, bundle.groups,
-                         bundle.attributes])
-
-
-def embedding_hash(bundle: EmbeddingBundle) -> str:
-    """A short content hash of the embedded data alone (features, labels, groups)."""
-    return _hash_arrays([bundle.features, bundle.labels, bundle.groups])
-
-
-@dataclass(frozen=True)
-class BundleSource:
-    """A picklable recipe for the bundle of one (benchmark, seed).
-
-    kind : {'offline', 'file', 'callable'}
-        'offline': :func:`gradtune.experiments.offline.build_bundle`, cached in ``cache_dir``;
-        'file': ``path`` (``{seed}`` replaced), validation rows split by the seed if needed;
-        'callable': ``build(benchmark, seed)`` (picklable only if ``build`` is a module-level function).
-    """
-
-    benchmark: str
-    seed: int
-    kind: str
-    path: str | None = None
-    cache_dir: str | None = None
-    build: Callable[[str, int], EmbeddingBundle] | None = field(default=None, compare=True)
-    progress: bool = field(default=False, compare=False)
-
-    def describe(self) -> str:
-        if self.kind == "file":
-            return f"file:{self.path}"
-        if self.kind == "offline":
-            return f"offline:{self.benchmark} (cache {self.cache_dir or 'default'})"
-        return f"callable:{getattr(self.build, '__qualname__', self.build)}"
-
-    def load(self) -> EmbeddingBundle:
-        if self.kind == "file":
-            path = Path(str(self.path).replace("{seed}", str(self.seed)))
-            if not path.exists():
-                raise FileNotFoundError(f"bundle {path} (benchmark {self.benchmark!r}, seed {self.seed}) does not exist")
-            return load_bundle(path).resolve_heldout(self.seed)
-        if self.kind == "offline":
-            from gradtune.experiments.demo import cached_bundle
-            from gradtune.experiments.offline import build_bundle
-
-            cache = None if self.cache_dir is None else Path(self.cache_dir)
-            return cached_bundle(self.benchmark, self.seed, cache, build_bundle, progress=self.progress)
-        if self.kind == "callable" and self.build is not None:
-            return self.build(self.benchmark, self.seed)
-        raise GradTuneInputError(f"unknown bundle source kind {self.kind!r}")
-
-
-# One bundle kept per process (workers receive many runs of the same bundle in a row).
-_BUNDLE_CACHE: dict[BundleSource, tuple[EmbeddingBundle, str, float]] = {}
-
-
-def _load_cached(source: BundleSource) -> tuple[EmbeddingBundle, str, float]:
-    hit = _BUNDLE_CACHE.get(source)
-    if hit is not None:
-        return hit[0], hit[1], 0.0
-    _BUNDLE_CACHE.clear()
-    t = time.perf_counter()
-    bundle = source.load()
-    fp = bundle_fingerprint(bundle)
-    entry = (bundle, fp, time.perf_counter() - t)
-    _BUNDLE_CACHE[source] = entry
-    return entry
+__all__ = ["RunSpec", "RunTask", "ExecutionSummary", "run_record", "run_grid", "execute", "run_experiments",
+           "execute_task", "failure_record", "erm_diagnostics"]
 
 
 @dataclass(frozen=True)
@@ -216,7 +137,7 @@ def execute_task(task: RunTask) -> dict[str, Any]:
     """
     started = _now()
     try:
-        bundle, fp, load_s = _load_cached(task.source)
+        bundle, fp, load_s = load_cached(task.source)
         if fp != task.fingerprint:
             raise BundleError(f"the bundle of {task.source.describe()} changed since the run was planned "
                               f"(fingerprint {fp} != {task.fingerprint}); rerun to plan again")
@@ -272,7 +193,7 @@ class _Job:
 def _plan_group(jobs: list[_Job], store: ResultStore, *, force: bool) -> tuple[list[RunTask], dict[str, list[_Job]]]:
     """Load the group's bundle, describe it, store its norms, and give each job its task."""
     source = jobs[0].source
-    bundle, fp, _ = _load_cached(source)
+    bundle, fp, _ = load_cached(source)
     data_hash = embedding_hash(bundle)
     sizes = {s: int(np.sum(bundle.split == s)) for s in sorted(set(bundle.split.tolist()))}
     store.put_bundle(fp, benchmark=source.benchmark, seed=source.seed, source=source.describe(), data_hash=data_hash,
@@ -303,7 +224,7 @@ def _check_picklable(tasks: Sequence[RunTask]) -> None:
 
 
 def execute(jobs: Sequence[tuple[str, RunSpec, BundleSource]], store: ResultStore | str | Path, *,
-            experiments: dict[str, dict[str, Any]] | None = None, launcher: Any = None, force: bool = False,
+            experiments: dict[str, dict[str, Any]] | None = None, launcher: Launcher | None = None, force: bool = False,
             on_record: Callable[[dict, bool], None] | None = None, command: str | None = None) -> ExecutionSummary:
     """Plan and run ``(experiment, spec, source)`` jobs, skipping runs already done.
 
@@ -327,8 +248,6 @@ def execute(jobs: Sequence[tuple[str, RunSpec, BundleSource]], store: ResultStor
     ExecutionSummary
         ``records`` holds one record per job (same order), labelled with the job's label.
     """
-    from gradtune.experiments.launchers import LocalLauncher
-
     t0 = time.perf_counter()
     store = store if isinstance(store, ResultStore) else ResultStore(store_path_for(store))
     launcher = launcher or LocalLauncher(1)
@@ -381,7 +300,7 @@ def execute(jobs: Sequence[tuple[str, RunSpec, BundleSource]], store: ResultStor
         if sequential:
             for t in pending:
                 store.mark_running([_running_row(t, force)], worker=str(os.getpid()))
-            launcher.run(pending, lambda r: handle(r, False, by_id_all[r["run_id"]]))
+            launcher.run(pending, execute_task, lambda r: handle(r, False, by_id_all[r["run_id"]]), failure_record)
         else:
             all_tasks += pending
         for name, planned in links.items():  # link as we go: an interrupted run still shows its plan
@@ -389,9 +308,9 @@ def execute(jobs: Sequence[tuple[str, RunSpec, BundleSource]], store: ResultStor
                                              "n_planned": sum(1 for j in jobs if j.experiment == name)}, planned)
     if not sequential and all_tasks:
         _check_picklable(all_tasks)
-        _BUNDLE_CACHE.clear()  # workers load their own copies
+        clear_cache()  # workers load their own copies
         store.mark_running([_running_row(t, force) for t in all_tasks], worker=launcher.describe())
-        launcher.run(all_tasks, lambda r: handle(r, False, by_id_all[r["run_id"]]))
+        launcher.run(all_tasks, execute_task, lambda r: handle(r, False, by_id_all[r["run_id"]]), failure_record)
     for j in jobs:
         rec = results.get(job_run[id(j)])
         if rec is not None:
@@ -408,12 +327,6 @@ def _running_row(t: RunTask, force: bool) -> dict[str, Any]:
     return {"run_id": t.run_id, "benchmark": t.spec.benchmark, "seed": t.spec.seed, "method": t.spec.method,
             "label": t.spec.display, "params": dict(t.spec.params), "bundle_fingerprint": t.fingerprint,
             "force": force}
-
-
-def store_path_for(root: str | Path) -> Path:
-    """``root`` itself if it names a ``.sqlite``/``.db`` file, else ``root/results.sqlite``."""
-    root = Path(root)
-    return root if root.suffix in (".sqlite", ".db", ".sqlite3") else root / STORE_NAME
 
 
 def run_experiments(configs: Sequence[Any], store: ResultStore | str | Path, *, workers: int | None = None,
@@ -433,7 +346,6 @@ def run_experiments(configs: Sequence[Any], store: ResultStore | str | Path, *, 
     bundle files must exist); the stored experiments name the ones left out.
     """
     from gradtune.experiments.config import select_benchmarks
-    from gradtune.experiments.launchers import make_launcher
 
     if benchmarks is not None:
         configs, _ = select_benchmarks(configs, benchmarks)
@@ -480,8 +392,6 @@ def run_grid(specs: Iterable[RunSpec], get_bundle: Callable[[str, int], Embeddin
     once per (benchmark, seed) while planning. ``on_record(record, reused)`` is called
     after each run. The runs form the experiment ``experiment`` in the store.
     """
-    from gradtune.experiments.launchers import LocalLauncher
-
     specs = list(specs)
     jobs = [(experiment, s, BundleSource(s.benchmark, s.seed, "callable", build=get_bundle)) for s in specs]
     cfg = {"name": experiment, "benchmarks": list(dict.fromkeys(s.benchmark for s in specs)),
@@ -491,10 +401,3 @@ def run_grid(specs: Iterable[RunSpec], get_bundle: Callable[[str, int], Embeddin
     summary = execute(jobs, store_path_for(root), experiments={experiment: cfg}, launcher=LocalLauncher(workers),
                       force=force, on_record=on_record)
     return summary.records
-
-
-def load_records(root: str | Path, *, status: str = "done") -> list[dict]:
-    """Every stored run under ``root`` (a store file or a folder holding ``results.sqlite``)."""
-    from gradtune.experiments.store import find_store
-
-    return ResultStore(find_store(root), readonly=True).records(status=status)

@@ -33,7 +33,6 @@ from gradtune.report.tables import (
     SAMPLER_ROWS,
     PaperTable,
     comparison_notes,
-    flatten_params,
     group_table,
     markdown_table,
     norm_table,
@@ -43,6 +42,7 @@ from gradtune.report.tables import (
     table1,
     topk_table,
 )
+from gradtune.results.records import flatten_params
 
 __all__ = ["write_paper_report", "ReportResult", "ITEM_ORDER", "SUGGESTED_CONFIG"]
 
@@ -194,7 +194,7 @@ def write_paper_report(store: str | Path, out_dir: str | Path, *, partial: bool 
     title : str, optional
         Default: the first stored experiment's ``report.title``, else "gradtune results".
     """
-    from gradtune.experiments.store import ResultStore, find_store
+    from gradtune.results.store import ResultStore, find_store
 
     store_path = find_store(store)
     st = ResultStore(store_path, readonly=True)

@@ -1,7 +1,7 @@
 """Paper-style tables from stored run records (never from live objects).
 
 A record is a run as the results store returns it
-(:meth:`gradtune.experiments.store.ResultStore.records`; the same dict
+(:meth:`gradtune.results.store.ResultStore.records`; the same dict
 :func:`gradtune.experiments.runner.run_record` makes). Seeds are aggregated as
 mean ± population standard deviation (ddof=0), in percent.
 """
@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gradtune.results.records import flatten_params
+
 __all__ = ["records_frame", "summary_table", "format_pm", "markdown_table", "comparison_notes",
-           "per_group_table", "PaperTable", "runs_frame", "aggregate", "cell", "flatten_params", "table1",
+           "per_group_table", "PaperTable", "runs_frame", "aggregate", "cell", "table1",
            "sweep_table", "sweep_groups", "topk_table", "size_table", "group_table", "norm_table",
            "worst_group_summary", "SAMPLER_ROWS", "RESET_ROWS"]
 
@@ -169,17 +171,6 @@ class PaperTable:
     numbers: pd.DataFrame
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"finetune": {"epochs": 5}}`` -> ``{"finetune.epochs": 5}``; lists become tuples."""
-    out: dict[str, Any] = {}
-    for k, v in (params or {}).items():
-        if isinstance(v, dict):
-            out.update(flatten_params(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
-    return out
 
 
 def runs_frame(records: Sequence[dict]) -> pd.DataFrame:

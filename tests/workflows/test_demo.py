@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 
 from gradtune.embeddings.bundle import EmbeddingBundle
-from gradtune.experiments.demo import DemoConfig, run_demo
-from gradtune.experiments.store import ResultStore
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
+from gradtune.results.store import ResultStore
+from gradtune.workflows.demo import DemoConfig, run_demo
 
 CALLS = []
 
