@@ -25,8 +25,9 @@ from gradtune._validation import (
     check_labels,
     check_positive_int,
 )
-from gradtune.embeddings.capture import capture_features, find_last_linear
+from gradtune.embeddings.capture import capture_features
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
+from gradtune.models.classifier import find_last_linear
 from gradtune.scores.grad_norms import grad_norms
 from gradtune.selection.select import select_finetune_set
 

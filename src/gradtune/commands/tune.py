@@ -183,7 +183,7 @@ def _run_method(args: argparse.Namespace, path: Path, out: Path, method_params: 
     """``tune --method NAME``: any registered method on the bundle, same outputs."""
     from dataclasses import replace
 
-    from gradtune.methods.selection import build_method
+    from gradtune.methods.tuning import build_method
 
     method = build_method(args.method, method_params)
     params = {"method": args.method, "method_params": method.params(), "seed": args.seed,

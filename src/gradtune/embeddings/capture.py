@@ -12,32 +12,9 @@ import torch
 from torch import nn
 
 from gradtune._validation import GradTuneInputError
+from gradtune.models.classifier import find_last_linear
 
-__all__ = ["find_last_linear", "capture_features", "split_batch"]
-
-
-def find_last_linear(model: nn.Module, layer: nn.Linear | str | None = None) -> nn.Linear:
-    """The model's final classification layer.
-
-    ``layer`` may be the module itself, its dotted name, or None: then a ``head``
-    attribute that is an ``nn.Linear`` wins, else the last ``nn.Linear`` in
-    ``model.modules()`` order (for the usual backbone + ``fc`` models, the output
-    layer); DDP/DataParallel wrappers are looked through.
-    """
-    if isinstance(layer, nn.Linear):
-        return layer
-    if isinstance(layer, str):
-        modules = dict(model.named_modules())
-        if layer not in modules:
-            raise GradTuneInputError(f"model has no submodule named {layer!r}")
-        if not isinstance(modules[layer], nn.Linear):
-            raise GradTuneInputError(f"submodule {layer!r} is a {type(modules[layer]).__name__}, not nn.Linear")
-        return modules[layer]
-    if layer is not None:
-        raise GradTuneInputError(f"layer must be an nn.Linear, a module name or None, got {type(layer).__name__}")
-    from gradtune.models.classifier import find_last_linear as auto_find
-
-    return auto_find(model)
+__all__ = ["capture_features", "split_batch"]
 
 
 def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:

@@ -77,7 +77,7 @@ class LocalLauncher(Launcher):
     ----------
     workers : int, default=1
         Worker processes. Each sets ``torch.set_num_threads(1)``; tiny training
-        steps run fastest and most steadily on one thread (measured on a 2-core machine).
+        steps run fastest and most steadily on one thread (see benchmarks/).
     start_method : {'spawn', 'forkserver', 'fork'}, default='spawn'
         How workers start. 'spawn' (fresh interpreters, each importing torch once) is the
         safe default; 'fork' starts instantly and is safe here because workers never run

@@ -25,8 +25,8 @@ from gradtune.methods.group_dro import GroupDROMethod
 from gradtune.methods.inferred import DFRInferredMethod
 from gradtune.methods.jtt import JTTMethod
 from gradtune.methods.random_ft import RandomFinetuneMethod
-from gradtune.methods.selection import select_hyperparameters
 from gradtune.methods.self_ft import LossTopKMethod, ResidualTopKMethod, SELFMethod
+from gradtune.methods.tuning import select_hyperparameters
 from gradtune.methods.ula import ULAMethod, ULAModel
 
 __all__ = [

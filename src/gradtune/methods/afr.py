@@ -18,7 +18,7 @@ labels are read.
 
 Defaults: ``gamma=10``, ``lam=0.1``, inside the authors' Waterbirds grids
 (``gamma in linspace(4, 20, 33)``, ``lam in {0, .1, .2, .3}``); the full grid is
-``AFRMethod.search_space`` for :mod:`gradtune.methods.selection`.
+``AFRMethod.search_space`` for :mod:`gradtune.methods.tuning`.
 
 The gradient is the closed form of the objective (``(P - Y)^T diag(w) [H, 1]`` plus
 ``2 lam (theta - theta0)``); the tests check it against autograd.

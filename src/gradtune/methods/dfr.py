@@ -53,6 +53,7 @@ from gradtune._validation import GradTuneInputError, check_choice, check_positiv
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.methods.balancing import require_groups
 from gradtune.methods.base import LinearHead, Method, MethodResult, register_method
+from gradtune.metrics.accuracy import worst_group_accuracy
 from gradtune.objectives.sampling import balanced_subsample
 
 __all__ = ["DFRMethod", "dfr_retrain", "fit_l1_logreg", "fold_scaler", "DFR_C_GRID"]
@@ -116,12 +117,6 @@ def fold_scaler(coef: np.ndarray, intercept: np.ndarray, mean: np.ndarray, scale
         w = np.stack([-w[0] / 2, w[0] / 2])
         b = np.array([-b[0] / 2, b[0] / 2])
     return LinearHead(w, b)
-
-
-def _worst_group_accuracy(pred: np.ndarray, y: np.ndarray, g: np.ndarray) -> float:
-    values, inv = np.unique(g, return_inverse=True)
-    correct = np.bincount(inv, weights=(pred == y).astype(np.float64), minlength=values.size)
-    return float((correct / np.bincount(inv, minlength=values.size)).min())
 
 
 def _scores(coef: np.ndarray, intercept: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -204,7 +199,7 @@ def dfr_retrain(cfg: DFRMethod, bundle: EmbeddingBundle, g_held: np.ndarray, g_s
     c_scores: dict[str, float] = {}
     for c in c_grid:
         coef, icpt = fit_l1_logreg(x_tr, held.labels[sub], c, n_classes, **fit_kw)
-        c_scores[repr(c)] = _worst_group_accuracy(_scores(coef, icpt, x_ev), sel.labels, g_sel)
+        c_scores[repr(c)] = worst_group_accuracy(_scores(coef, icpt, x_ev), sel.labels, g_sel)
     best_c = c_grid[int(np.argmax(list(c_scores.values())))]
 
     # 2. final: average of num_retrains fits on balanced subsamples of all validation rows

@@ -29,7 +29,7 @@ What is implemented here (``"ula"``), on the frozen features of the bundle:
 
 Departures from uLA: no self-supervised backbone (the ERM features are used), the bias
 probe is trained on held-out rows and stopped after a fixed epoch count, and the pseudo-group
-selection criterion is not part of ``fit`` (see :mod:`gradtune.methods.selection`). No
+selection criterion is not part of ``fit`` (see :mod:`gradtune.methods.tuning`). No
 group labels are read.
 """
 

@@ -96,18 +96,30 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
-def find_last_linear(model: nn.Module) -> nn.Linear:
-    """The final ``nn.Linear`` of a model.
+def find_last_linear(model: nn.Module, layer: nn.Linear | str | None = None) -> nn.Linear:
+    """The final ``nn.Linear`` of a model, or the one ``layer`` names.
 
-    A classifier's ``head`` attribute wins; otherwise the last ``nn.Linear`` in
-    registration order (``model.modules()``). Wrappers (DDP, DataParallel, compile) are
-    looked through.
+    ``layer`` may be the module itself, its dotted name in ``model.named_modules()``, or
+    None: then a classifier's ``head`` attribute wins, otherwise the last ``nn.Linear``
+    in registration order (``model.modules()``). Wrappers (DDP, DataParallel, compile)
+    are looked through.
 
     Raises
     ------
     GradTuneInputError
-        If the model has no ``nn.Linear``.
+        If the model has no ``nn.Linear``, or ``layer`` names no ``nn.Linear``.
     """
+    if isinstance(layer, nn.Linear):
+        return layer
+    if isinstance(layer, str):
+        modules = dict(model.named_modules())
+        if layer not in modules:
+            raise GradTuneInputError(f"model has no submodule named {layer!r}")
+        if not isinstance(modules[layer], nn.Linear):
+            raise GradTuneInputError(f"submodule {layer!r} is a {type(modules[layer]).__name__}, not nn.Linear")
+        return modules[layer]
+    if layer is not None:
+        raise GradTuneInputError(f"layer must be an nn.Linear, a module name or None, got {type(layer).__name__}")
     model = unwrap_model(model)
     head = getattr(model, "head", None)
     if isinstance(head, nn.Linear):

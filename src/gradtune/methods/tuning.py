@@ -1,4 +1,4 @@
-"""Hyperparameter selection for every registered method, on the ``selection`` rows.
+"""Hyperparameter tuning for every registered method, on the ``selection`` rows.
 
 Two policies, chosen by ``mode``:
 
@@ -8,7 +8,7 @@ Two policies, chosen by ``mode``:
 * ``'label_free'``: each grid point is scored by **worst-class accuracy** on the
   ``selection`` rows (labels only, no groups are read). It needs no annotation of the
   spurious attribute and tracks worst-group accuracy where a shortcut hurts one class
-  more than the other (an independent reference run: it caught the Adult collapse); it cannot see a
+  more than the other (as fine-tuning that collapses one class does); it cannot see a
   failure confined within a class.
 
 Grids are data: each method class declares ``search_space: ClassVar[dict[str, list]]``
@@ -35,6 +35,7 @@ from gradtune._validation import GradTuneInputError, check_choice, check_positiv
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.methods.base import METHODS, Method, _import_builtin_methods
 from gradtune.methods.random_ft import FINETUNE_SPACE
+from gradtune.metrics.accuracy import worst_class_accuracy, worst_group_accuracy
 
 __all__ = ["select_hyperparameters", "search_space", "expand_grid", "build_method", "SelectionTable",
            "EXTRA_SEARCH_SPACES", "SELECTION_MODES"]
@@ -126,13 +127,6 @@ def build_method(method_name: str, params: dict[str, Any] | None = None) -> Meth
     return cls(**top)
 
 
-def _class_accuracies(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
-    counts = np.bincount(y)
-    correct = np.bincount(y, weights=(pred == y).astype(np.float64), minlength=counts.size)
-    present = counts > 0
-    return correct[present] / counts[present]
-
-
 def _score(model: Any, bundle: EmbeddingBundle, mode: str) -> dict[str, float]:
     sel = bundle.view("selection")
     logits = np.asarray(model.logits(sel.features))
@@ -140,11 +134,9 @@ def _score(model: Any, bundle: EmbeddingBundle, mode: str) -> dict[str, float]:
         return {"score": float("-inf"), "accuracy": float("nan"), "worst_class_accuracy": float("nan")}
     pred = logits.argmax(axis=1)
     out = {"accuracy": float((pred == sel.labels).mean()),
-           "worst_class_accuracy": float(_class_accuracies(pred, sel.labels).min())}
+           "worst_class_accuracy": worst_class_accuracy(pred, sel.labels)}
     if mode == "group":
-        _, inv = np.unique(sel.groups, return_inverse=True)
-        correct = np.bincount(inv, weights=(pred == sel.labels).astype(np.float64))
-        out["worst_group_accuracy"] = float((correct / np.bincount(inv)).min())
+        out["worst_group_accuracy"] = worst_group_accuracy(pred, sel.labels, sel.groups)
         out["score"] = out["worst_group_accuracy"]
     else:
         out["score"] = out["worst_class_accuracy"]
