@@ -22,48 +22,29 @@ from gradtune._validation import (
     make_generator,
 )
 from gradtune.embeddings.bundle import EmbeddingBundle
-from gradtune.finetune.linear import sgd_step_
+from gradtune.finetune.head_loop import GroupDROObjective, augment, train_head, weighted_sampler
 from gradtune.methods.balancing import require_groups, torch_threads
 from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, register_method
-from gradtune.objectives.group_dro import dro_step, group_adjustment, group_mean_losses
+from gradtune.objectives.group_dro import group_adjustment
 
 __all__ = ["GroupDROMethod"]
 
 
-@torch.no_grad()
 def _train_head(h: torch.Tensor, y: torch.Tensor, g: torch.Tensor, theta: torch.Tensor, n_groups: int,
                 group_counts: torch.Tensor, *, epochs: int, batch_size: int, lr: float, momentum: float,
                 weight_decay: float, eta: float, adj: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Minibatch SGD on ``q . loss_g`` for a linear head ``theta`` (C, d+1), in place.
 
     Every epoch draws N rows with replacement with probability ``1 / n_g``
-    (``torch.multinomial`` with ``gen``) and splits them into batches. A step follows
-    ``torch.optim.SGD`` (coupled weight decay, momentum, dampening 0). Returns
-    ``(theta, q)``.
+    (``torch.multinomial`` with ``gen``) and splits them into batches; the steps are
+    :func:`gradtune.finetune.head_loop.train_head`'s. Returns ``(theta, q)``.
     """
-    n = h.shape[0]
-    c = theta.shape[0]
-    ha = torch.cat([h, torch.ones(n, 1, dtype=h.dtype)], dim=1)
-    onehot = torch.nn.functional.one_hot(y, c).to(h.dtype)
-    sample_w = 1.0 / group_counts[g].to(torch.float64)
-    bonus = group_adjustment(adj, group_counts.to(h.dtype))
-    q = torch.full((n_groups,), 1.0 / n_groups, dtype=h.dtype)
-    buf = torch.zeros_like(theta)
-    step = 0
-    for _ in range(epochs):
-        order = torch.multinomial(sample_w, n, replacement=True, generator=gen)
-        for idx in order.split(batch_size):
-            hb, yb, gb = ha[idx], onehot[idx], g[idx]
-            logp = torch.log_softmax(hb @ theta.T, dim=1)
-            per = -(logp * yb).sum(1)
-            losses, cnt = group_mean_losses(per, gb, n_groups)
-            q = dro_step(q, losses, bonus, eta)
-            coef = (q / cnt.clamp_min(1.0))[gb]  # d(q . loss_g) / d CE_i
-            grad = ((logp.exp() - yb) * coef[:, None]).T @ hb
-            grad.add_(theta, alpha=weight_decay)
-            buf = sgd_step_(theta, grad, buf, step == 0, lr=lr, momentum=momentum)
-            step += 1
-    return theta, q
+    objective = GroupDROObjective(augment(h), y, theta.shape[0], g, n_groups,
+                                  group_adjustment(adj, group_counts.to(h.dtype)), eta)
+    sampler = weighted_sampler(1.0 / group_counts[g].to(torch.float64), gen)
+    train_head(theta, objective, sampler, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+               weight_decay=weight_decay)
+    return theta, objective.q
 
 
 @register_method

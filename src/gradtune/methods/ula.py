@@ -50,11 +50,12 @@ from gradtune._validation import (
     make_generator,
 )
 from gradtune.embeddings.bundle import EmbeddingBundle
-from gradtune.finetune.linear import FinetuneConfig, finetune_linear, sgd_step_
+from gradtune.finetune.head_loop import LogitAdjusted, augment, permutation_sampler, train_head
+from gradtune.finetune.linear import FinetuneConfig, finetune_linear
 from gradtune.methods.balancing import torch_threads
 from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, register_method
 
-__all__ = ["ULAMethod", "ULAModel", "conditional_from_joint", "adjustment_offsets", "ema_update"]
+__all__ = ["ULAMethod", "ULAModel", "conditional_from_joint", "adjustment_offsets"]
 
 ULA_MODES = ("loss", "post_hoc")
 _PROB_FLOOR = 1e-8
@@ -76,11 +77,6 @@ def adjustment_offsets(cond: Any, bias_pred: Any, tau: float) -> np.ndarray:
     """
     c = np.clip(np.asarray(cond, dtype=np.float64), _PROB_FLOOR, None)
     return tau * np.log(c)[np.asarray(bias_pred, dtype=np.int64)]
-
-
-def ema_update(state: torch.Tensor, batch_joint: torch.Tensor, beta: float) -> torch.Tensor:
-    """``beta * state + (1 - beta) * batch_joint`` (the uncorrected EMA; see module doc)."""
-    return state * beta + batch_joint * (1.0 - beta)
 
 
 @dataclass
@@ -109,32 +105,12 @@ def _train_adjusted(h: torch.Tensor, y: torch.Tensor, bias_pred: torch.Tensor, t
                     n_bias: int, *, epochs: int, batch_size: int, lr: float, momentum: float,
                     weight_decay: float, tau: float, beta: float,
                     gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """SGD on ``CE(theta [h, 1] + tau log p(y | b), y)`` with the EMA joint; returns
+    """SGD on ``CE(theta [h, 1] + tau log p(y | b), y)`` with the moving joint; returns
     ``(theta, corrected_joint)``. Uniform shuffling each epoch; torch.optim.SGD update."""
-    n = h.shape[0]
-    c = theta.shape[0]
-    ha = torch.cat([h, torch.ones(n, 1, dtype=h.dtype)], dim=1)
-    onehot = torch.nn.functional.one_hot(y, c).to(h.dtype)
-    state = torch.zeros(n_bias, c, dtype=torch.float64)
-    buf = torch.zeros_like(theta)
-    step = 0
-    for _ in range(epochs):
-        for idx in torch.randperm(n, generator=gen).split(batch_size):
-            yb, bb = y[idx], bias_pred[idx]
-            batch = torch.zeros(n_bias * c, dtype=torch.float64).index_add_(
-                0, bb * c + yb, torch.ones(idx.numel(), dtype=torch.float64)).view(n_bias, c) / idx.numel()
-            state = ema_update(state, batch, beta)
-            joint = state / (1.0 - beta ** (step + 1))
-            cond = joint / joint.sum(1, keepdim=True).clamp_min(1e-300)
-            offsets = (tau * cond.clamp_min(_PROB_FLOOR).log()).to(h.dtype)[bb]  # (B, C)
-            hb = ha[idx]
-            p = torch.softmax(hb @ theta.T + offsets, dim=1)
-            grad = ((p - onehot[idx]).T @ hb) / idx.numel()
-            grad.add_(theta, alpha=weight_decay)
-            buf = sgd_step_(theta, grad, buf, step == 0, lr=lr, momentum=momentum)
-            step += 1
-    joint = state / (1.0 - beta ** step) if step else state
-    return theta, joint
+    objective = LogitAdjusted(augment(h), y, theta.shape[0], bias_pred, n_bias, tau, beta)
+    train_head(theta, objective, permutation_sampler(h.shape[0], gen), epochs=epochs, batch_size=batch_size,
+               lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return theta, objective.joint()
 
 
 @register_method
