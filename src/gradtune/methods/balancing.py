@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from gradtune._seeding import GRADTUNE_STREAMS, seed_streams
 from gradtune._threads import torch_threads
 from gradtune._validation import check_positive_int
 from gradtune.embeddings.bundle import BundleError, EmbeddingBundle, SplitView
@@ -87,11 +88,11 @@ class _Balancing(Method):
         head = erm_head(bundle)
         held = bundle.view("heldout")
         keys = held.labels if self.balance_on == "class" else require_groups(held, self.name, "heldout")
-        ss = np.random.SeedSequence(seed).spawn(2)
-        ft_seed = int(ss[1].generate_state(1)[0])
+        streams = seed_streams(seed, *GRADTUNE_STREAMS)
+        ft_seed = streams.integer("finetune")
         diag: dict[str, Any] = {"balance_on": self.balance_on, "scheme": self.scheme}
         if self.scheme == "subsample":
-            idx = balanced_subsample(keys, np.random.default_rng(ss[0]))
+            idx = balanced_subsample(keys, streams.rng("subset"))
             res = finetune_linear(held.features[idx], held.labels[idx], head.weight, head.bias,
                                   self.finetune, seed=ft_seed)
             diag["selected_rows"] = held.index[idx].tolist()

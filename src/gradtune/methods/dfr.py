@@ -31,10 +31,10 @@ validation set, and this class follows that table: ``uses_group_labels_train=Fal
 build its training subsets.
 
 Randomness protocol (so that a seed reproduces a run; the tests rely on it):
-``a, b, c = np.random.SeedSequence(seed).spawn(3)``; the tuning subsample is
-:func:`~gradtune.objectives.sampling.balanced_subsample` with ``default_rng(a)``; the 20
-final subsamples are successive calls with one ``default_rng(b)``; liblinear's
-``random_state`` is ``int(c.generate_state(1)[0])`` for every fit.
+the seed is split into the streams :data:`DFR_STREAMS` (:func:`gradtune._seeding.seed_streams`);
+the tuning subsample is :func:`~gradtune.objectives.sampling.balanced_subsample` with the
+first stream's generator; the 20 final subsamples are successive calls with the second's;
+liblinear's ``random_state`` is the third stream's integer for every fit.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from gradtune._seeding import seed_streams
 from gradtune._validation import GradTuneInputError, check_choice, check_positive_int
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.methods.balancing import require_groups
@@ -60,6 +61,8 @@ __all__ = ["DFRMethod", "dfr_retrain", "fit_l1_logreg", "fold_scaler", "DFR_C_GR
 
 DFR_C_GRID: tuple[float, ...] = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
 SCALER_FITS = ("train", "validation")
+#: DFR's split of the seed: the tuning subsample, the final subsample, the solver's random_state.
+DFR_STREAMS = ("tune_subsample", "final_subsample", "solver")
 
 
 def _l1_kwargs() -> dict[str, Any]:
@@ -186,9 +189,9 @@ def dfr_retrain(cfg: DFRMethod, bundle: EmbeddingBundle, g_held: np.ndarray, g_s
     n_classes = int(bundle.n_classes)
     held = bundle.view("heldout")
     sel = bundle.view("selection")
-    ss = np.random.SeedSequence(seed).spawn(3)
-    rng_tune, rng_final = np.random.default_rng(ss[0]), np.random.default_rng(ss[1])
-    lib_seed = int(ss[2].generate_state(1)[0])
+    streams = seed_streams(seed, *DFR_STREAMS)
+    rng_tune, rng_final = streams.rng("tune_subsample"), streams.rng("final_subsample")
+    lib_seed = streams.integer("solver")
     fit_kw = dict(random_state=lib_seed, max_iter=cfg.max_iter, tol=cfg.tol)
 
     # 1. tune C: train on the balanced held-out half, score WGA on the selection half

@@ -61,6 +61,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from gradtune._seeding import seed_streams
 from gradtune._threads import torch_threads
 from gradtune._validation import (
     GradTuneInputError,
@@ -68,7 +69,6 @@ from gradtune._validation import (
     check_features,
     check_nonneg_float,
     check_positive_int,
-    make_generator,
     make_numpy_rng,
 )
 from gradtune.embeddings.bundle import EmbeddingBundle
@@ -386,9 +386,9 @@ class DPEMethod(Method):
         keys = held.labels
         if self.balance == "pseudo_group":
             keys = 2 * held.labels + (head.predict(held.features) != held.labels)
-        ss = np.random.SeedSequence(seed).spawn(2)
-        subsets = class_balanced_subsets(keys, n_members, np.random.default_rng(ss[0]))
-        gen = make_generator(int(ss[1].generate_state(1)[0]))
+        streams = seed_streams(seed, "subsets", "heads")
+        subsets = class_balanced_subsets(keys, n_members, streams.rng("subsets"))
+        gen = streams.generator("heads")
         u = normalize_features(held.features, center=self.center)
         batch = min(check_positive_int(self.batch_size, "batch_size"), subsets.shape[1])
         lam = ips_weights(hp["cov_reg"], hp["alpha"], n_members)

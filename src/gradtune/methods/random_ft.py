@@ -5,7 +5,7 @@ replacement; the ERM head is then fine-tuned on it exactly as GradTune fine-tune
 (the same :class:`~gradtune.finetune.linear.FinetuneConfig` defaults: 500 epochs, SGD
 lr 3e-3 cosine, batch 32, wd 1e-4, class-balanced sampler, no reset). Only the
 selection differs from GradTune, so the two can be compared seed for seed: the seed is
-split the way GradTune splits it (``SeedSequence(seed).spawn(2)``: the first stream
+split the way GradTune splits it (:data:`gradtune._seeding.GRADTUNE_STREAMS`: the first stream
 draws the set, the second drives the sampler). No group labels are read.
 """
 
@@ -14,8 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-import numpy as np
-
+from gradtune._seeding import GRADTUNE_STREAMS, seed_streams
 from gradtune._validation import check_positive_int
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
@@ -56,10 +55,10 @@ class RandomFinetuneMethod(Method):
         head = erm_head(bundle)
         held = bundle.view("heldout")
         size = min(check_positive_int(self.size, "size"), len(held))
-        ss = np.random.SeedSequence(seed).spawn(2)
-        idx = random_subset(len(held), size, seed=np.random.default_rng(ss[0]))
+        streams = seed_streams(seed, *GRADTUNE_STREAMS)
+        idx = random_subset(len(held), size, seed=streams.rng("subset"))
         res = finetune_linear(held.features[idx], held.labels[idx], head.weight, head.bias,
-                              self.finetune, seed=int(ss[1].generate_state(1)[0]))
+                              self.finetune, seed=streams.integer("finetune"))
         diag = {"selected_rows": held.index[idx].tolist(), "size": size,
                 "initial_loss": res.initial_loss, "final_loss": res.final_loss}
         return MethodResult(LinearHead(res.weight, res.bias), diag)

@@ -42,12 +42,12 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from gradtune._seeding import seed_streams
 from gradtune._validation import (
     GradTuneInputError,
     check_choice,
     check_nonneg_float,
     check_positive_int,
-    make_generator,
 )
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.finetune.head_loop import LogitAdjusted, augment, permutation_sampler, train_head
@@ -165,11 +165,11 @@ class ULAMethod(Method):
         head = erm_head(bundle)
         held = bundle.view("heldout")
         c, d = head.weight.shape
-        ss = np.random.SeedSequence(seed).spawn(2)
+        streams = seed_streams(seed, "bias_probe", "head")
         probe_cfg = FinetuneConfig(epochs=check_positive_int(self.bias_epochs, "bias_epochs"), lr=self.bias_lr,
                                    schedule="constant", sampler="uniform", reset=True)
         probe = finetune_linear(held.features, held.labels, head.weight, head.bias, probe_cfg,
-                                seed=int(ss[0].generate_state(1)[0]))
+                                seed=streams.integer("bias_probe"))
         bias_head = LinearHead(probe.weight, probe.bias)
         bias_pred = bias_head.predict(held.features)
         diag: dict[str, Any] = {"mode": self.mode,
@@ -179,7 +179,7 @@ class ULAMethod(Method):
             cond = conditional_from_joint(joint / len(held))
             diag["p_y_given_bias"] = cond.tolist()
             return MethodResult(ULAModel(head, bias_head, cond, tau), diag)
-        gen = make_generator(int(ss[1].generate_state(1)[0]))
+        gen = streams.generator("head")
         if self.reset:
             bound = 1.0 / math.sqrt(d)
             theta = (torch.rand(c, d + 1, generator=gen) * 2 - 1) * bound
