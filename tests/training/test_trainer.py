@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from gradtune._validation import GradTuneInputError
-from gradtune.commands.train import CONFIG_DIR, load_run_config
 from gradtune.data.base import GroupedDataset
 from gradtune.models.checkpoint import load_checkpoint, load_model
 from gradtune.models.classifier import Classifier, build_mlp_classifier
@@ -24,6 +23,7 @@ from gradtune.models.transforms import ImagePreprocess
 from gradtune.objectives.sampling import class_balanced_weights, group_balanced_weights
 from gradtune.training.config import TABLE3_PRESETS, EpochEnd, TrainConfig
 from gradtune.training.trainer import lr_factor, seeded_scope, train
+from gradtune.workflows.train import CONFIG_DIR, load_run_config
 
 torch.set_num_threads(1)
 
