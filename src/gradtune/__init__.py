@@ -7,6 +7,8 @@ The stable public API:
 * :func:`select_finetune_set` — top-k plus norm-proportional draw
 * :func:`finetune_linear`, :class:`FinetuneConfig` — fine-tune a linear head
 * :class:`GradTune` — the whole method on embeddings or on a PyTorch model
+* :func:`repair` — any registered method (default ``gradtune-auto``, the recommended
+  label-free pipeline) on a PyTorch model, with an optional frozen encoder
 * :func:`evaluate` and friends — worst-group and other accuracies
 * :class:`EmbeddingBundle`, :func:`load_bundle` — the cached-embedding format
 """
@@ -45,5 +47,15 @@ __all__ = [
     "groups_from_attributes",
     "worst_group_accuracy",
     "worst_class_accuracy",
+    "repair",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    # imported on first use: the method registry is heavier than the core API
+    if name == "repair":
+        from gradtune.model_repair import repair
+
+        return repair
+    raise AttributeError(f"module 'gradtune' has no attribute {name!r}")

@@ -145,3 +145,35 @@ def test_embed_command(tmp_path, monkeypatch):
     assert _run(embed_cmd, argv) == 0 and out.stat().st_mtime_ns == before  # kept, not rewritten
     with pytest.raises(GradTuneInputError, match="--splits"):
         _run(embed_cmd, argv[:-3] + ["--splits", "dev", "--overwrite"])
+
+
+def test_encoder_features_come_from_the_second_network(tmp_path, monkeypatch):
+    from gradtune.commands import embed as embed_cmd
+
+    data = tabular()
+    model = mlp()
+    with seeded_scope(5):
+        backbone = build_mlp_classifier(5, 3, hidden=(12,))
+    rows = np.array([4, 9, 1, 30])
+    bundle = extract_embeddings(model, data, rows, batch_size=3, encoder=backbone)
+    x = torch.from_numpy(data.inputs[rows])
+    with torch.no_grad():
+        np.testing.assert_allclose(bundle.encoder_features, backbone.features(x).numpy(), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(bundle.features, model.features(x).numpy(), rtol=1e-6, atol=1e-6)
+    assert extract_embeddings(model, data, rows).encoder_features is None
+
+    reg = types.ModuleType("gradtune.data.registry")
+    reg.load_dataset = lambda name, root: data  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "gradtune.data.registry", reg)
+    for net, folder in ((model, "ck"), (backbone, "enc")):
+        train(net, data, TrainConfig(epochs=1, batch_size=8, progress=False, checkpoint_dir=str(tmp_path / folder)),
+              meta={"dataset": "toy", "root": str(tmp_path)})
+    out = tmp_path / "emb.npz"
+    argv = ["embed", "--checkpoint", str(tmp_path / "ck" / "last.pt"), "--out", str(out),
+            "--encoder-checkpoint", str(tmp_path / "enc" / "last.pt"), "--batch-size", "4", "--no-progress"]
+    assert _run(embed_cmd, argv) == 0
+    got = load_bundle(out)
+    with torch.no_grad():
+        expect = backbone.features(torch.from_numpy(data.inputs)).numpy()
+    np.testing.assert_allclose(got.encoder_features, expect, rtol=1e-5, atol=1e-6)
+    assert got.meta["encoder_checkpoint"].endswith("last.pt")

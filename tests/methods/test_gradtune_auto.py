@@ -118,15 +118,23 @@ def test_retrain_candidate_is_the_average_of_balanced_l1_fits() -> None:
 
 def test_pseudo_groups_use_encoder_features_and_the_train_rows(biased: EmbeddingBundle) -> None:
     cfg = XRMConfig(n_steps=200)
-    pg = bundle_pseudo_groups(biased, seed=2, config=cfg)
-    assert pg.info["features"] == "encoder_features" and pg.info["pool"] == "train+heldout"
     train, held, sel = biased.view("train"), biased.view("heldout"), biased.view("selection")
-    twins = fit_xrm(np.concatenate([train.encoder_features, held.encoder_features]),
-                    np.concatenate([train.labels, held.labels]), seed=2, config=cfg, n_classes=2)
-    pool = twins.pool_groups(np.concatenate([train.encoder_features, held.encoder_features]),
-                             np.concatenate([train.labels, held.labels]))
-    np.testing.assert_array_equal(pg.held, pool.groups[len(train):])
+    # default: twins fitted on the training rows' encoder features, both halves assigned
+    pg = bundle_pseudo_groups(biased, seed=2, config=cfg)
+    assert pg.info["features"] == "encoder_features" and pg.info["pool"] == "train"
+    twins = fit_xrm(train.encoder_features, train.labels, seed=2, config=cfg, n_classes=2)
+    np.testing.assert_array_equal(pg.held, twins.assign(held.encoder_features, held.labels).groups)
     np.testing.assert_array_equal(pg.sel, twins.assign(sel.encoder_features, sel.labels).groups)
+    # train + held-out pool: the held-out rows' groups are the pool's tail
+    both = bundle_pseudo_groups(biased, seed=2, config=cfg, pool="train+heldout")
+    x_pool = np.concatenate([train.encoder_features, held.encoder_features])
+    y_pool = np.concatenate([train.labels, held.labels])
+    twins = fit_xrm(x_pool, y_pool, seed=2, config=cfg, n_classes=2)
+    np.testing.assert_array_equal(both.held, twins.pool_groups(x_pool, y_pool).groups[len(train):])
+    np.testing.assert_array_equal(both.sel, twins.assign(sel.encoder_features, sel.labels).groups)
+    # without train rows "auto" falls back to the held-out pool
+    no_train = replace(biased, split=np.where(biased.split == "train", "val", biased.split))
+    assert bundle_pseudo_groups(no_train, seed=2, config=cfg).info["pool"] == "heldout"
     only = bundle_pseudo_groups(biased, seed=2, config=cfg, pool="heldout", features="features")
     assert only.info == {**only.info, "features": "features", "pool": "heldout"}
     with pytest.raises(BundleError, match="encoder_features"):
@@ -167,3 +175,23 @@ def test_merge_small_groups_by_hand() -> None:
 def test_bad_parameters_are_named(biased: EmbeddingBundle, bad: dict) -> None:
     with pytest.raises(GradTuneInputError):
         get_method("gradtune-auto", **{**FAST, **bad}).fit(biased, seed=0)
+
+
+def test_guard_without_encoder_features_and_when_the_inference_repeats_the_head(biased: EmbeddingBundle) -> None:
+    no_enc = replace(biased, encoder_features=None)
+    res = get_method("gradtune-auto", **FAST).fit(no_enc, seed=0)
+    assert res.diagnostics["guard_kept_erm"] and "no encoder_features" in res.diagnostics["guard_reason"]
+    np.testing.assert_array_equal(res.model.weight, biased.head_weight)
+    # encoder features that are the ERM head's own logits: the twins learn the head, their
+    # "minority" is the head's own errors, and the head is kept
+    head_view = replace(biased, encoder_features=biased.logits.copy())
+    res = get_method("gradtune-auto", **FAST).fit(head_view, seed=0)
+    assert res.diagnostics["guard_kept_erm"] and "own mistakes" in res.diagnostics["guard_reason"]
+    np.testing.assert_array_equal(res.model.weight, biased.head_weight)
+    # the check's statistic, recomputed: ERM accuracy on the inferred minority of both halves
+    pg = bundle_pseudo_groups(head_view, seed=int(np.random.SeedSequence(0).spawn(4)[0].generate_state(1)[0] % 2**31),
+                              config=XRMConfig(n_steps=FAST["xrm_steps"]))
+    held, sel = head_view.view("heldout"), head_view.view("selection")
+    ok = np.concatenate([held.logits.argmax(1) == held.labels, sel.logits.argmax(1) == sel.labels])
+    minority = np.concatenate([pg.held, pg.sel]) % 2 == 1
+    assert f"{ok[minority].mean():.0%}" in res.diagnostics["guard_reason"]

@@ -76,3 +76,20 @@ def test_mini_demo_end_to_end(tmp_path):
     CALLS.clear()
     res2 = run_demo(cfg, build=toy_build)
     assert CALLS == [] and res2["counts"] == {"new": 0, "reused": 20}
+
+
+def test_text_benchmarks_get_the_papers_text_optimizer():
+    from dataclasses import asdict
+
+    from gradtune.finetune.linear import FinetuneConfig
+    from gradtune.methods.tuning import build_method
+    from gradtune.workflows.demo import DemoConfig, _specs, family_params
+
+    text = family_params("gradtune", "reviews")
+    assert text == {"finetune.optimizer": "adamw", "finetune.lr": 1e-5, "finetune.schedule": "linear",
+                    "finetune.batch_size": 16}
+    assert asdict(build_method("gradtune", text).finetune) == asdict(FinetuneConfig.for_text())
+    assert family_params("gradtune", "fmnist-biased") == {} and family_params("gradtune", "adult") == {}
+    assert family_params("dfr", "reviews") == {}          # no fine-tuning loop: nothing to set
+    specs = _specs(DemoConfig(benchmarks=("reviews", "fmnist-spurious"), seeds=(0,), methods=("gradtune",)))
+    assert dict(specs[0].params) == text and specs[1].params == ()

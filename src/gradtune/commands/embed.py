@@ -33,6 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device", default=None, help="e.g. cpu, cuda:0")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument("--encoder-checkpoint", default=None, metavar="CKPT",
+                   help="a second gradtune checkpoint (e.g. the pretrained backbone before "
+                        "fine-tuning): the inputs of its last linear layer are stored as the "
+                        "bundle's encoder_features, which gradtune-auto's group inference reads")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -78,14 +82,19 @@ def run(args: argparse.Namespace) -> int:
             preprocess = ImagePreprocess(**prep)
         else:
             preprocess = make_preprocess(model, data)
+        encoder = None
+        if args.encoder_checkpoint:
+            encoder = load_model(args.encoder_checkpoint, device="cpu")
         rows = np.flatnonzero(np.isin(data.split, [SPLIT_CODES[s] for s in splits]))
         if rows.size == 0:
             raise GradTuneInputError(f"{name}: no rows in splits {splits}")
         path = save_embeddings(model, data, out, rows, preprocess=preprocess, batch_size=args.batch_size,
                                num_workers=args.num_workers, device=args.device, precision=args.precision,
-                               progress=not args.no_progress,
+                               progress=not args.no_progress, encoder=encoder,
                                meta={"checkpoint": str(Path(args.checkpoint).resolve()),
-                                     "epoch": int(ckpt.get("epoch", 0))})
+                                     "epoch": int(ckpt.get("epoch", 0)),
+                                     "encoder_checkpoint": (str(Path(args.encoder_checkpoint).resolve())
+                                                            if args.encoder_checkpoint else None)})
         if info.is_main:
             print(f"wrote {rows.size} embeddings of {name} to {path}", file=sys.stderr)
     finally:

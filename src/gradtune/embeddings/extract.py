@@ -160,7 +160,8 @@ def encode(model: nn.Module, data: GroupedDataset, indices: np.ndarray | None = 
 def extract_embeddings(model: nn.Module, data: GroupedDataset, indices: np.ndarray | None = None, *,
                        preprocess: Preprocess | None = None, batch_size: int = 256, num_workers: int = 0,
                        device: str | torch.device | None = None, precision: str = "fp32",
-                       progress: bool = False, meta: dict[str, Any] | None = None) -> EmbeddingBundle | None:
+                       progress: bool = False, meta: dict[str, Any] | None = None,
+                       encoder: nn.Module | None = None) -> EmbeddingBundle | None:
     """An :class:`EmbeddingBundle` of ``data``'s rows: features, logits, the head, labels, splits, groups.
 
     Parameters
@@ -169,6 +170,11 @@ def extract_embeddings(model: nn.Module, data: GroupedDataset, indices: np.ndarr
         See :func:`encode`.
     meta : dict, optional
         Stored in the bundle's ``meta`` (written for directory bundles).
+    encoder : nn.Module, optional
+        A second network, typically the pretrained backbone the model was fine-tuned
+        from (with any final ``nn.Linear``): the inputs of its final linear layer on the
+        same rows, with the same preprocessing, become the bundle's
+        ``encoder_features`` (N, e), which label-free group inference reads.
 
     Returns
     -------
@@ -181,6 +187,11 @@ def extract_embeddings(model: nn.Module, data: GroupedDataset, indices: np.ndarr
                  num_workers=num_workers, device=device, precision=precision, progress=progress)
     if enc is None:
         return None
+    encoder_features = None
+    if encoder is not None:
+        enc2 = encode(encoder, data, enc.indices, preprocess=preprocess, batch_size=batch_size,
+                      num_workers=num_workers, device=device, precision=precision, progress=progress)
+        encoder_features = None if enc2 is None else enc2.features
     head = find_last_linear(model)
     rows = enc.indices
     codes = data.split[rows]
@@ -194,6 +205,7 @@ def extract_embeddings(model: nn.Module, data: GroupedDataset, indices: np.ndarr
         labels=data.labels[rows],
         split=split,
         logits=enc.logits,
+        encoder_features=encoder_features,
         head_weight=head.weight.detach().float().cpu().numpy(),
         head_bias=(head.bias.detach().float().cpu().numpy() if head.bias is not None
                    else np.zeros(n_classes, dtype=np.float32)),

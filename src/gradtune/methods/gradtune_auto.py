@@ -10,9 +10,11 @@ keeps the ERM head when no repair is better. No step reads a group label, an
 attribute or a test row.
 
 1. **Group inference** (:func:`~gradtune.methods.inferred.bundle_pseudo_groups`): XRM
-   twins fitted on the ``heldout`` rows, on the bundle's ``encoder_features`` when
-   present (else ``features``); the ``selection`` rows get pseudo-groups from the same
-   twins. Pseudo-group = class x (the twins contradict the label).
+   twins fitted on the ``train`` rows (the ``heldout`` rows when the bundle has no
+   training rows), on the bundle's ``encoder_features`` when present (else
+   ``features``); both validation halves get pseudo-groups from the fitted twins.
+   Pseudo-group = class x (the twins contradict the label). Only features and class
+   labels of training rows are read.
 2. **Candidate heads**, all trained on ``heldout`` rows only:
 
    * the ERM head itself;
@@ -24,11 +26,18 @@ attribute or a test row.
      sampler, one candidate per epoch count of ``epochs_grid`` (snapshots of one run).
 
 3. **Label-free selection**: each candidate's worst pseudo-group accuracy on the
-   ``selection`` rows (pseudo-groups with at least ``min_group_size`` rows count).
-   The **guard**: the ERM head is kept unless a candidate beats its value by more
-   than ``margin``, and a candidate whose class-balanced selection accuracy falls
-   more than ``max_balanced_drop`` below ERM's is never chosen (a repair that trades
-   the whole task for a few rows, as on label noise, is refused).
+   ``selection`` rows (pseudo-groups with at least ``min_group_size`` rows count). With
+   ``crossfit`` (default) every candidate setting is also fitted on the selection half
+   and scored on the held-out half, and the two scores are averaged, which halves the
+   noise of one small split. The **guard**: the ERM head is kept unless a candidate
+   beats its value by more than ``margin`` plus ``margin_z`` binomial standard errors,
+   and a candidate whose class-balanced accuracy falls more than ``max_balanced_drop``
+   below ERM's is never chosen.
+   Two checks come first. Without ``encoder_features`` (and ``features="auto"``) the
+   ERM head is kept: the head's own features cannot reveal the shortcut it learned.
+   If the ERM head gets fewer than ``min_erm_minority_accuracy`` of the inferred
+   minority right, the inference has only repeated the head's mistakes, and the
+   head is kept too. The reason is in ``diagnostics["guard_reason"]``.
 4. **Refit** (``refit=True``): a chosen ``"retrain"`` candidate is refitted with its C
    on both validation halves, as DFR does. A chosen fine-tune is kept as is.
 
@@ -38,7 +47,7 @@ The paper's ``"gradtune"`` is unchanged and stays the paper's method.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -101,6 +110,13 @@ def balanced_accuracy(head: LinearHead, features: np.ndarray, labels: np.ndarray
     return float((hits[present] / counts[present]).mean())
 
 
+def _keep_erm(head: LinearHead, reason: str, info: dict[str, Any] | None = None) -> MethodResult:
+    """The ERM head, unchanged, with the reason in the diagnostics."""
+    return MethodResult(head, {"chosen_family": "erm", "chosen_setting": 0.0, "guard_kept_erm": True,
+                               "guard_reason": reason, "pseudo_groups": info, "candidates": [],
+                               "selected_rows": []})
+
+
 def _smallest_counted(groups: np.ndarray, n_groups: int, min_group_size: int) -> int:
     """Rows of the smallest pseudo-group the criterion counts."""
     counts = np.bincount(groups, minlength=n_groups)
@@ -118,9 +134,10 @@ class GradTuneAutoMethod(Method):
     features : {"auto", "encoder", "features"}, default="auto"
         Features the group inference runs on (``"auto"``: ``encoder_features`` if the
         bundle has them).
-    pool : {"auto", "heldout", "train+heldout"}, default="auto"
-        Rows the XRM twins are fitted on (``"auto"``: add the ``train`` rows when the
-        bundle has them; see :func:`~gradtune.methods.inferred.bundle_pseudo_groups`).
+    pool : {"auto", "train", "heldout", "train+heldout"}, default="auto"
+        Rows the XRM twins are fitted on (``"auto"``: the ``train`` rows when the
+        bundle has them, else ``heldout``; see
+        :func:`~gradtune.methods.inferred.bundle_pseudo_groups`).
     xrm_steps : int, default=2000
         Training steps of the XRM twins.
     families : tuple of {"retrain", "finetune"}, default=both
@@ -152,6 +169,11 @@ class GradTuneAutoMethod(Method):
         ... plus ``margin_z`` standard errors of the difference of the two accuracies
         (binomial, on the smallest pseudo-group counted): a repair must win by more
         than the selection half's noise.
+    min_erm_minority_accuracy : float, default=0.2
+        If the ERM head classifies fewer than this share of the inferred minority rows
+        correctly, the inferred minority is taken for the ERM head's own mistakes (the
+        inference saw the same information as the head) and the ERM head is kept: a
+        criterion built on those pseudo-groups would reward any change to the head.
     max_balanced_drop : float, default=0.2
         Largest allowed drop of class-balanced selection accuracy below ERM's.
     """
@@ -179,6 +201,7 @@ class GradTuneAutoMethod(Method):
     margin: float = 0.0
     margin_z: float = 1.0
     max_balanced_drop: float = 0.2
+    min_erm_minority_accuracy: float = 0.2
 
     def _check(self) -> list[int]:
         check_choice(self.features, "features", FEATURE_SOURCES)
@@ -262,13 +285,27 @@ class GradTuneAutoMethod(Method):
     def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
         seed = check_positive_int(seed, "seed", allow_zero=True)
         epochs = self._check()
+        check_nonneg_float(self.min_erm_minority_accuracy, "min_erm_minority_accuracy")
         head = erm_head(bundle)
         n_classes = int(bundle.n_classes)
         held, sel = bundle.view("heldout"), bundle.view("selection")
+        if self.features == "auto" and bundle.encoder_features is None:
+            return _keep_erm(head, "the bundle has no encoder_features: the ERM model's own features do "
+                                   "not reveal the shortcut it learned, so no repair is attempted (store a "
+                                   "frozen encoder's features, or pass features='features' to infer from the "
+                                   "head's inputs anyway)")
         streams = seed_streams(seed, "xrm", "retrain", "solver", "finetune")
         xrm_seed = streams.integer("xrm", modulo=2**31)
         pg = bundle_pseudo_groups(bundle, seed=xrm_seed, features=self.features, pool=self.pool,
                                   config=XRMConfig(n_steps=int(self.xrm_steps)))
+        minority_ok = np.concatenate([head.predict(held.features) == held.labels,
+                                      head.predict(sel.features) == sel.labels])[
+            np.concatenate([pg.held, pg.sel]) % 2 == 1]
+        erm_minority_acc = float(minority_ok.mean()) if minority_ok.size else float("nan")
+        if not erm_minority_acc >= float(self.min_erm_minority_accuracy):
+            return _keep_erm(head, f"the ERM head classifies {erm_minority_acc:.0%} of the inferred minority "
+                                   "correctly: the inference repeats the head's own mistakes, so its "
+                                   "pseudo-groups cannot judge a repair", pg.info)
         g_held, g_sel = merge_small_groups(pg.held, held.labels, pg.sel, sel.labels, n_classes)
         n_groups = pg.n_groups
         cands, idx = self._candidates(held.features, held.labels, g_held, epochs, head, n_classes, streams)
@@ -308,6 +345,8 @@ class GradTuneAutoMethod(Method):
             "erm_value": float(values[0]),
             "refitted": refitted,
             "guard_kept_erm": best == 0,
+            "guard_reason": "no candidate beat the ERM head by more than the noise" if best == 0 else None,
+            "erm_minority_accuracy": erm_minority_acc,
             "candidates": [{"family": c.family, "setting": c.setting, "value": float(v),
                             "balanced_accuracy": float(b), "allowed": bool(a)}
                            for c, v, b, a in zip(cands, values, balanced, allowed, strict=True)],

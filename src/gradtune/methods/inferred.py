@@ -1,8 +1,8 @@
 """Pseudo-groups of a bundle's validation halves, and DFR run on them ("dfr-xrm").
 
-:func:`bundle_pseudo_groups` runs a label-free group inference of :mod:`gradtune.groups`
-on the ``heldout`` rows (the pool it is fitted on) and assigns pseudo-groups to the
-``selection`` rows with the same fitted model. It reads features, class labels and,
+:func:`bundle_pseudo_groups` fits XRM's twins (:mod:`gradtune.groups.xrm`) on a pool of
+rows (by default the ``train`` rows when the bundle has them, else the ``heldout``
+rows) and gives both validation halves pseudo-groups from the fitted twins. It reads features, class labels and,
 for some inferences, the ERM head or ``early_logits``; never ``groups``,
 ``attributes`` or ``test`` rows.
 
@@ -29,7 +29,7 @@ import numpy as np
 from gradtune._validation import check_choice, check_positive_int
 from gradtune.embeddings.bundle import BundleError, EmbeddingBundle, SplitView
 from gradtune.groups.base import InferredGroups
-from gradtune.groups.xrm import XRMConfig, fit_xrm
+from gradtune.groups.xrm import XRMConfig, XRMTwins, fit_xrm
 from gradtune.methods.base import Method, MethodResult, register_method
 from gradtune.methods.dfr import DFR_C_GRID, DFRMethod, dfr_retrain
 
@@ -37,7 +37,7 @@ __all__ = ["PseudoGroups", "bundle_pseudo_groups", "inference_features", "DFRInf
            "FEATURE_SOURCES", "merge_small_groups"]
 
 FEATURE_SOURCES = ("auto", "encoder", "features")
-POOLS = ("auto", "heldout", "train+heldout")
+POOLS = ("auto", "heldout", "train+heldout", "train")
 
 
 @dataclass
@@ -86,12 +86,15 @@ def bundle_pseudo_groups(bundle: EmbeddingBundle, *, seed: int, features: str = 
     rule : {"average", "either"}, default="average"
         Which twin prediction defines a mistake (:mod:`gradtune.groups.xrm`); the same
         rule labels both halves.
-    pool : {"auto", "heldout", "train+heldout"}, default="auto"
-        Rows the twins are fitted on. ``"train+heldout"`` adds the ``train`` rows (their
-        features and class labels only), as XRM itself runs on training data: where the
-        held-out set is group-balanced its rows alone carry no shortcut to discover,
-        while the training rows do. ``"auto"``: ``"train+heldout"`` when the bundle has
-        train rows, else ``"heldout"``.
+    pool : {"auto", "train", "heldout", "train+heldout"}, default="auto"
+        Rows the twins are fitted on (their features and class labels only).
+        ``"train"``: the training rows, as XRM itself runs on training data; both
+        validation halves are then assigned by the averaged twins. The training rows
+        carry the shortcut the ERM model learned, whatever the held-out set's make-up:
+        where the held-out set is group-balanced its rows alone hold no shortcut to
+        discover. ``"heldout"``: the held-out rows (the selection rows are assigned).
+        ``"train+heldout"``: both. ``"auto"``: ``"train"`` when the bundle has train
+        rows, else ``"heldout"``.
 
     Returns
     -------
@@ -104,7 +107,14 @@ def bundle_pseudo_groups(bundle: EmbeddingBundle, *, seed: int, features: str = 
     x_held, used = inference_features(bundle, held, features)
     x_sel, _ = inference_features(bundle, sel, features)
     if pool == "auto":
-        pool = "train+heldout" if bundle.has_split("train") else "heldout"
+        pool = "train" if bundle.has_split("train") else "heldout"
+    if pool == "train":
+        train = bundle.view("train")
+        x_tr, _ = inference_features(bundle, train, features)
+        twins = fit_xrm(x_tr, train.labels, seed=seed, config=config, n_classes=bundle.n_classes)
+        g_held = twins.assign(x_held, held.labels, rule=rule)
+        g_sel = twins.assign(x_sel, sel.labels, rule=rule)
+        return _pseudo(g_held, g_sel, twins, used, rule, pool)
     if pool == "train+heldout":
         train = bundle.view("train")
         x_tr, _ = inference_features(bundle, train, features)
@@ -117,6 +127,11 @@ def bundle_pseudo_groups(bundle: EmbeddingBundle, *, seed: int, features: str = 
     n_held = len(held)
     g_held = _tail(g_pool, n_held)
     g_sel = twins.assign(x_sel, sel.labels, rule=rule)
+    return _pseudo(g_held, g_sel, twins, used, rule, pool)
+
+
+def _pseudo(g_held: InferredGroups, g_sel: InferredGroups, twins: XRMTwins, used: str, rule: str,
+            pool: str) -> PseudoGroups:
     info = {
         "inference": "xrm",
         "features": used,
@@ -151,7 +166,7 @@ class DFRInferredMethod(Method):
     ----------
     features : {"auto", "encoder", "features"}, default="auto"
     rule : {"average", "either"}, default="average"
-    pool : {"auto", "heldout", "train+heldout"}, default="auto"
+    pool : {"auto", "train", "heldout", "train+heldout"}, default="auto"
         See :func:`bundle_pseudo_groups`.
     c_grid, num_retrains, scaler_fit, max_iter, tol
         As in :class:`~gradtune.methods.dfr.DFRMethod`.

@@ -23,7 +23,7 @@ from gradtune.report.tables import records_frame, summary_table
 
 __all__ = ["DemoConfig", "DEFAULT_METHODS", "run_demo"]
 
-DEFAULT_METHODS = ("erm", "random", "loss-topk", "gradtune", "gradtune-auto", "dfr")
+DEFAULT_METHODS = ("erm", "random", "loss-topk", "gradtune", "dfr-xrm", "gradtune-auto", "dfr")
 DEFAULT_BENCHMARKS = ("fmnist-spurious", "fmnist-biased", "reviews", "adult")
 
 
@@ -112,15 +112,18 @@ def run_demo(cfg: DemoConfig, build: Callable[..., EmbeddingBundle] | None = Non
         f"methods: {', '.join(methods)}.",
         "Protocol: a frozen pretrained encoder (none for Adult) feeds a small MLP trained by class-balanced ERM "
         "on the train split. The validation split is halved by the seed: the held-out half is what every "
-        "last-layer method trains on; the selection half is only used by DFR (to pick C with group labels). "
-        "Test data is never used for any choice.",
+        "last-layer method trains on; the selection half is used to choose settings (by DFR with group "
+        "labels, by gradtune-auto and dfr-xrm without). Test data is never used for any choice.",
         "GradTune runs with the paper's defaults (M'=500, k=400, 500 epochs, SGD lr 3e-3 cosine, batch 32, "
         "wd 1e-4, class-balanced sampler, fine-tuning from the ERM head). When the held-out half is smaller "
         "than 500, the whole held-out half is used with k = 80% of it (the paper's ratio). Random fine-tuning "
         "and loss-top-k use the same set size and fine-tuning.",
-        "gradtune-auto (beyond the paper, see docs/gradtune-auto.md) fine-tunes the same set with an L2 pull "
-        "toward the ERM head and picks the number of epochs by worst-class accuracy on the selection half "
-        "(no group labels).",
+        "gradtune-auto (beyond the paper, the recommended label-free pipeline; see docs/label-free.md) infers "
+        "pseudo-groups with XRM twins on the frozen encoder's features of the training rows, builds "
+        "candidate heads (group-balanced retraining, GradTune fine-tuning with a pseudo-group-balanced "
+        "sampler), picks one by worst pseudo-group accuracy cross-fitted on the two validation halves, and "
+        "keeps the ERM head unless a candidate wins by more than the noise. dfr-xrm is DFR run on the same "
+        "kind of pseudo-groups. Neither reads a group label.",
         "DFR uses group labels on the validation data (marked in the table); all other methods use none.",
         "fmnist-spurious: the background colour is injected by gradtune (95% agreement with the class in "
         "train, 50% in validation/test); it is a constructed shortcut on real images. fmnist-biased: the "

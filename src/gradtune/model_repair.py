@@ -1,0 +1,173 @@
+"""Any registered last-layer method on a PyTorch model: ``gradtune.repair``.
+
+:class:`gradtune.GradTune` is the paper's method. :func:`repair` runs any method of the
+registry (by default ``"gradtune-auto"``, the recommended label-free pipeline) on a
+model and held-out loader: it captures the inputs of the model's last linear layer
+(and, when given, a frozen encoder's features of the same batches), builds an
+:class:`~gradtune.embeddings.bundle.EmbeddingBundle` in memory (the held-out rows are
+halved by ``split_seed`` into the ``heldout`` rows a method trains on and the
+``selection`` rows it chooses on), fits the method and writes the new head into the
+layer in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from gradtune._validation import GradTuneInputError, check_positive_int
+from gradtune.data.base import split_heldout
+from gradtune.embeddings.bundle import EmbeddingBundle
+from gradtune.embeddings.capture import _to, split_batch
+from gradtune.methods.base import LinearHead, MethodResult
+from gradtune.methods.tuning import build_method
+from gradtune.models.classifier import find_last_linear
+
+__all__ = ["repair", "capture_with_encoder"]
+
+
+@torch.no_grad()
+def capture_with_encoder(model: nn.Module, loader: Any, layer: nn.Linear, *,
+                         encoder: nn.Module | Callable[[Any], Any] | None = None,
+                         device: str | torch.device | None = None,
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """One eval-mode pass over ``loader``.
+
+    Returns
+    -------
+    features : (N, d) float32, the inputs of ``layer``
+    labels : (N,) int64
+    encoder_features : (N, e) float32, ``encoder(inputs)`` flattened per row, or None
+    """
+    if device is None:
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+    device = torch.device(device)
+    feats: list[torch.Tensor] = []
+    enc: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+
+    def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
+        feats.append(inp[0].detach().reshape(inp[0].shape[0], -1).float().cpu())
+
+    modes = [(m, m.training) for m in (model, encoder) if isinstance(m, nn.Module)]
+    handle = layer.register_forward_hook(hook)
+    for m, _ in modes:
+        m.eval()
+    try:
+        for batch in loader:
+            x, y = split_batch(batch)
+            y = torch.as_tensor(y)
+            if y.is_floating_point() and not torch.equal(y, y.round()):
+                raise GradTuneInputError("labels must be integer class ids; the loader gave fractional values")
+            xd = _to(x, device)
+            before = len(feats)
+            model(**xd) if isinstance(xd, dict) else model(xd)
+            if len(feats) != before + 1:
+                raise GradTuneInputError(
+                    f"the chosen layer ran {len(feats) - before} times in one forward pass; expected "
+                    "once. Pass the final classification layer explicitly with layer=")
+            if encoder is not None:
+                e = encoder(**xd) if isinstance(xd, dict) else encoder(xd)
+                e = getattr(e, "last_hidden_state", e)
+                e = torch.as_tensor(e).detach().float().cpu()
+                enc.append(e.reshape(e.shape[0], -1))
+            labels.append(y.reshape(-1).cpu().long())
+    finally:
+        handle.remove()
+        for m, mode in modes:
+            m.train(mode)
+    if not feats:
+        raise GradTuneInputError("the loader yielded no batches")
+    f, y = torch.cat(feats).numpy(), torch.cat(labels).numpy()
+    if y.shape[0] != f.shape[0]:
+        raise GradTuneInputError(f"the loader gave {y.shape[0]} labels for {f.shape[0]} samples")
+    e_np = None
+    if encoder is not None:
+        e_np = torch.cat(enc).numpy()
+        if e_np.shape[0] != f.shape[0]:
+            raise GradTuneInputError(f"the encoder gave {e_np.shape[0]} rows for {f.shape[0]} samples")
+    return f, y, e_np
+
+
+def repair(model: nn.Module, heldout_loader: Any, *, method: str = "gradtune-auto",
+           params: dict[str, Any] | None = None,
+           encoder: nn.Module | Callable[[Any], Any] | None = None, train_loader: Any = None,
+           layer: nn.Linear | str | None = None, device: str | torch.device | None = None,
+           seed: int = 0, split_seed: int = 0) -> MethodResult:
+    """Repair ``model``'s last linear layer in place with a registered method.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A trained classifier whose output comes from a final ``nn.Linear``.
+    heldout_loader : iterable of batches
+        ``(inputs, labels, ...)`` or dicts with a ``labels`` key; no group labels.
+        Halved by ``split_seed`` into the rows the method trains on and the rows it
+        chooses its settings on.
+    method : str, default="gradtune-auto"
+        A name of :func:`gradtune.methods.list_methods`.
+    params : dict, optional
+        Hyperparameters of the method (dotted keys set sub-fields, e.g.
+        ``{"finetune.epochs": 20}``).
+    encoder : nn.Module or callable, optional
+        Maps a batch's inputs to a general-purpose frozen encoder's features, (B, e)
+        (e.g. the pretrained backbone the model was fine-tuned from, without a head).
+        Group inference reads them (``encoder_features``).
+    train_loader : iterable of batches, optional
+        Training rows (features and class labels only); ``gradtune-auto`` fits its
+        group inference on them when given.
+    layer : nn.Linear or str, optional
+        The layer to repair; default: the model's last ``nn.Linear``.
+    device : optional
+        Where to run the forward passes; default: the model's device.
+    seed, split_seed : int, default=0
+        The method's seed and the seed of the held-out / selection halving.
+
+    Returns
+    -------
+    MethodResult
+        The fitted model (a LinearHead, already written into ``layer``) and the
+        method's diagnostics. A method whose model is not linear (e.g. ``dpe``)
+        leaves the layer unchanged and returns its model.
+    """
+    seed = check_positive_int(seed, "seed", allow_zero=True)
+    lin = find_last_linear(model, layer)
+    parts = [("heldout", heldout_loader)] + ([("train", train_loader)] if train_loader is not None else [])
+    feats, labels, encs, split = [], [], [], []
+    for name, loader in parts:
+        f, y, e = capture_with_encoder(model, loader, lin, encoder=encoder, device=device)
+        feats.append(f)
+        labels.append(y)
+        encs.append(e)
+        split.append(np.full(len(y), "train" if name == "train" else "val", dtype="<U9"))
+    n_held = len(labels[0])
+    if n_held < 4:
+        raise GradTuneInputError(f"the held-out loader gave {n_held} samples; at least 4 are needed "
+                                 "(half to train on, half to choose settings on)")
+    split_arr = np.concatenate(split)
+    held, sel = split_heldout(np.arange(n_held), split_seed)
+    split_arr[held] = "heldout"
+    split_arr[sel] = "selection"
+    w = lin.weight.detach().float().cpu().numpy()
+    b = (lin.bias.detach().float().cpu().numpy() if lin.bias is not None
+         else np.zeros(w.shape[0], dtype=np.float32))
+    bundle = EmbeddingBundle(
+        features=np.concatenate(feats), labels=np.concatenate(labels), split=split_arr,
+        encoder_features=None if encoder is None else np.concatenate(encs),
+        head_weight=w, head_bias=b, n_classes=int(w.shape[0]))
+    result = build_method(method, params or {}).fit(bundle, seed=seed)
+    if isinstance(result.model, LinearHead):
+        if lin.bias is None and np.any(result.model.bias != 0):
+            raise GradTuneInputError(
+                f"method {method!r} fitted a bias but the layer has none; the layer is unchanged "
+                "(use a layer with a bias, or a method that keeps it at zero)")
+        with torch.no_grad():
+            lin.weight.copy_(torch.as_tensor(result.model.weight).to(lin.weight))
+            if lin.bias is not None:
+                lin.bias.copy_(torch.as_tensor(result.model.bias).to(lin.bias))
+    return result
