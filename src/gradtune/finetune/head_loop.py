@@ -10,7 +10,7 @@ which rows each epoch visits is a sampler's, and the step size follows a schedul
   group weights, uLA's moving joint) on the way;
 * a sampler is a callable returning one epoch's row order, shape (N,) (a permutation,
   draws with replacement, or ``arange`` for full-batch steps), split into batches;
-* the schedule is one of :data:`gradtune.finetune.linear.SCHEDULES` over all steps.
+* the schedule is one of :data:`gradtune.objectives.choices.SCHEDULES` over all steps.
 
 The objectives:
 

@@ -30,13 +30,12 @@ from gradtune._validation import (
 )
 from gradtune.finetune import _steps
 from gradtune.finetune._steps import SCHEDULE_CODE, batch_loss_weights, scheduled_lr
+from gradtune.objectives.choices import FINETUNE_SAMPLERS, OPTIMIZERS, SCHEDULES
 from gradtune.objectives.sampling import class_balance_weights, epoch_order
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune_linear", "epoch_batches", "lr_at", "sgd_step_"]
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "linear", "constant")
-SAMPLERS = ("class_balanced", "uniform", "weighted")
+SAMPLERS = FINETUNE_SAMPLERS
 
 
 @dataclass

@@ -15,27 +15,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gradtune._config_files import read_toml, run_config_path
 from gradtune._validation import GradTuneInputError
+from gradtune.objectives.choices import OPTIMIZERS, SCHEDULES, TRAIN_SAMPLERS
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "SAMPLERS", "PRECISIONS", "TABLE3_PRESETS", "RUN_FIELDS", "LossFn",
+__all__ = ["OPTIMIZERS", "SCHEDULES", "SAMPLERS", "PRECISIONS", "TABLE3_DATASETS", "table3_preset", "RUN_FIELDS", "LossFn",
            "cross_entropy_loss", "TrainConfig", "EpochEnd", "TrainResult"]
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "linear", "constant")
-SAMPLERS = ("class_balanced", "group_balanced", "uniform")
+SAMPLERS = TRAIN_SAMPLERS
 PRECISIONS = ("fp32", "bf16")
 
-TABLE3_PRESETS: dict[str, dict[str, Any]] = {
-    "waterbirds": {"optimizer": "sgd", "lr": 3e-3, "schedule": "cosine", "batch_size": 32,
-                   "weight_decay": 1e-4, "epochs": 100},
-    "celeba": {"optimizer": "sgd", "lr": 3e-3, "schedule": "cosine", "batch_size": 100,
-               "weight_decay": 1e-4, "epochs": 20},
-    "civilcomments": {"optimizer": "adamw", "lr": 1e-5, "schedule": "linear", "batch_size": 16,
-                      "weight_decay": 1e-4, "epochs": 10},
-    "multinli": {"optimizer": "adamw", "lr": 1e-5, "schedule": "linear", "batch_size": 16,
-                 "weight_decay": 1e-4, "epochs": 10},
-}
-"""ERM hyperparameters of the paper's Table 3 (class-balanced sampling, SGD momentum 0.9)."""
+#: Datasets whose packaged run config holds the paper's Table 3 ERM settings in ``[erm]``.
+TABLE3_DATASETS = ("waterbirds", "celeba", "multinli", "civilcomments")
+
+
+def table3_preset(dataset: str) -> dict[str, Any]:
+    """The ``[erm]`` table of ``dataset``'s packaged run config: the paper's Table 3 ERM settings."""
+    key = dataset.lower()
+    if key not in TABLE3_DATASETS:
+        raise GradTuneInputError(f"no Table 3 preset for {dataset!r}; known: {sorted(TABLE3_DATASETS)}")
+    return dict(read_toml(run_config_path(key))["erm"])
 
 # Fields that define a run: a checkpoint made with other values cannot be resumed.
 RUN_FIELDS = ("optimizer", "lr", "schedule", "warmup_steps", "batch_size", "weight_decay",
@@ -162,10 +161,7 @@ class TrainConfig:
     @classmethod
     def preset(cls, dataset: str, **overrides: Any) -> TrainConfig:
         """The paper's Table 3 ERM settings for ``dataset`` (class-balanced), with overrides."""
-        key = dataset.lower()
-        if key not in TABLE3_PRESETS:
-            raise GradTuneInputError(f"no Table 3 preset for {dataset!r}; known: {sorted(TABLE3_PRESETS)}")
-        return cls(**{**TABLE3_PRESETS[key], **overrides})
+        return cls(**{**table3_preset(dataset), **overrides})
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:

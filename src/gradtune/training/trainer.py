@@ -2,7 +2,7 @@
 
 :func:`train` trains every parameter of a classifier on the training split of a
 :class:`~gradtune.data.base.GroupedDataset` with the settings of a :class:`TrainConfig`
-(the paper's Table 3 values are in :data:`TABLE3_PRESETS`). By default the sampler is
+(the paper's Table 3 values: :meth:`TrainConfig.preset`, read from the packaged configs). By default the sampler is
 class-balanced (the paper's "ERM" row): each draw picks a class uniformly, then a sample
 of that class.
 

@@ -27,17 +27,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gradtune._config_files import CONFIG_DIR, read_toml, run_config_path
 from gradtune._validation import GradTuneInputError, check_choice
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10: the same parser as a package
-    import tomli as tomllib
-
 __all__ = ["CONFIG_DIR", "MODEL_ARCHS", "METHODS", "load_run_config", "build_model", "train_network"]
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-"""Packaged per-dataset TOML files with the paper's hyperparameters."""
 
 MODEL_ARCHS = ("resnet50", "resnet", "bert")
 METHODS = ("erm", "jtt", "group-dro")
@@ -58,20 +51,8 @@ def load_run_config(path: str | Path | None = None, dataset: str | None = None) 
     if path is None:
         if dataset is None:
             raise GradTuneInputError("give a config file or a dataset name")
-        path = CONFIG_DIR / f"{dataset.lower()}.toml"
-        if not path.is_file():
-            known = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
-            raise FileNotFoundError(
-                f"no packaged config for dataset {dataset!r} (known: {known}); pass --config FILE"
-            )
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as err:
-        raise GradTuneInputError(f"config file {str(path)!r} is not valid TOML: {err}") from None
+        path = run_config_path(dataset)
+    return read_toml(path)
 
 
 def build_model(model_cfg: dict[str, Any], num_classes: int, *, needs_tokenizer: bool = True) -> Any:
