@@ -18,7 +18,7 @@ from gradtune.experiments.runner import run_experiments
 from gradtune.report.paper_report import write_paper_report
 from gradtune.results.store import ResultStore
 
-from ._toy import config_text, write_bundles
+from tests.experiments._toy import config_text, write_bundles
 
 EXTRA = {
     "t1": ("", ("table1", "fig2", "fig4", "table7")),
