@@ -30,7 +30,7 @@ from gradtune.experiments.offline import build_bundle
 from gradtune.experiments.runner import RunSpec, run_grid
 from gradtune.experiments.spec import RunSpec as _Spec  # noqa: F401  (same class)
 from gradtune.methods import get_method
-from gradtune.report.tables import records_frame
+from gradtune.report.summary import records_frame
 from gradtune.workflows.demo import family_params
 
 BENCHMARKS = ("fmnist-biased", "fmnist-spurious", "adult", "reviews", "fmnist-stripes")

@@ -42,7 +42,7 @@ from gradtune.methods.gradtune_select import (
     GradTuneSelectMethod,
 )
 from gradtune.metrics.accuracy import evaluate
-from gradtune.report.tables import comparison_notes, markdown_table, records_frame, summary_table
+from gradtune.report.summary import comparison_notes, markdown_table, records_frame, summary_table
 from gradtune.selection.label_free import list_criteria
 
 METHODS = ("erm", "loss-topk", "gradtune", "gradtune-es", "gradtune-l2", "gradtune-selectk", "gradtune-select", "dfr")

@@ -17,7 +17,6 @@ from gradtune.experiments.config import load_config
 from gradtune.experiments.runner import run_experiments
 from gradtune.report.paper_report import write_paper_report
 from gradtune.results.store import ResultStore
-
 from tests.experiments._toy import config_text, write_bundles
 
 EXTRA = {

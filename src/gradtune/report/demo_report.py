@@ -16,7 +16,7 @@ import numpy as np
 
 from gradtune._io import atomic_write_text
 from gradtune.report.figures import plot_group_accuracy, plot_norm_distributions
-from gradtune.report.tables import (
+from gradtune.report.summary import (
     comparison_notes,
     markdown_table,
     per_group_table,

@@ -28,13 +28,11 @@ import pandas as pd
 
 from gradtune._io import atomic_write_text
 from gradtune.report.figures import fig_norm_distributions, fig_norm_means, fig_sweep
-from gradtune.report.tables import (
+from gradtune.report.paper_tables import (
     RESET_ROWS,
     SAMPLER_ROWS,
     PaperTable,
-    comparison_notes,
     group_table,
-    markdown_table,
     norm_table,
     runs_frame,
     size_table,
@@ -42,6 +40,7 @@ from gradtune.report.tables import (
     table1,
     topk_table,
 )
+from gradtune.report.summary import comparison_notes, markdown_table
 from gradtune.results.records import flatten_params
 
 __all__ = ["write_paper_report", "ReportResult", "ITEM_ORDER", "SUGGESTED_CONFIG"]
@@ -451,7 +450,7 @@ def _comparisons(sub: pd.DataFrame, plan: Sequence[dict], method: str, baselines
 
 
 def _baseline_numbers(base: pd.DataFrame, benchmarks: Sequence[str]) -> pd.DataFrame | None:
-    from gradtune.report.tables import aggregate
+    from gradtune.report.paper_tables import aggregate
 
     if base.empty:
         return None

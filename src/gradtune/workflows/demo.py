@@ -19,7 +19,7 @@ from gradtune.experiments.runner import RunSpec, run_grid
 from gradtune.finetune.linear import FinetuneConfig
 from gradtune.methods.base import METHODS, list_methods
 from gradtune.report.demo_report import write_report
-from gradtune.report.tables import records_frame, summary_table
+from gradtune.report.summary import records_frame, summary_table
 
 __all__ = ["DemoConfig", "DEFAULT_METHODS", "run_demo"]
 
