@@ -150,7 +150,7 @@ def test_afr_matches_autograd(clip):
     theta0 = p["theta"]
     lam = 0.3
     obj = AFRObjective(ha, p["y"], C, w, theta0, lam)
-    ours = train_head(theta0.clone(), obj, full_batch_sampler(N), epochs=12, batch_size=N, lr=0.5, momentum=0.3,
+    ours = train_head(theta0.clone(), obj, full_batch_sampler(), epochs=12, batch_size=N, lr=0.5, momentum=0.3,
                       grad_clip=clip)
 
     def loss_of(theta, idx):
@@ -180,5 +180,5 @@ def test_samplers_draw_from_the_callers_generator():
 def test_decaying_schedule_needs_its_length():
     p = _problem(5)
     with pytest.raises(GradTuneInputError, match="steps_per_epoch"):
-        train_head(p["theta"].clone(), CrossEntropy(augment(p["h"]), p["y"], C), full_batch_sampler(N), epochs=1,
+        train_head(p["theta"].clone(), CrossEntropy(augment(p["h"]), p["y"], C), full_batch_sampler(), epochs=1,
                    batch_size=N, lr=0.1, schedule="cosine")

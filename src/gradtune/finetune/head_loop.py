@@ -8,8 +8,9 @@ which rows each epoch visits is a sampler's, and the step size follows a schedul
 * an objective (:class:`HeadObjective`) returns the gradient of its batch loss at
   ``theta`` for a batch of row indices, updating any online state it keeps (Group DRO's
   group weights, uLA's moving joint) on the way;
-* a sampler is a callable returning one epoch's row order, shape (N,) (a permutation,
-  draws with replacement, or ``arange`` for full-batch steps), split into batches;
+* a sampler is a callable returning one epoch's row order, shape (N,) (a permutation or
+  draws with replacement), split into batches, or :data:`ALL_ROWS` for one full-batch
+  step (the rows are then read in place, not gathered);
 * the schedule is one of :data:`gradtune.objectives.choices.SCHEDULES` over all steps.
 
 The objectives:
@@ -38,16 +39,22 @@ from gradtune.finetune.linear import lr_at, sgd_step_
 from gradtune.objectives.group_dro import dro_step, group_mean_losses
 
 __all__ = ["HeadObjective", "train_head", "CrossEntropy", "GroupDROObjective", "LogitAdjusted", "AFRObjective",
-           "ema_update", "augment", "full_batch_sampler", "permutation_sampler", "weighted_sampler"]
+           "ema_update", "augment", "ALL_ROWS", "full_batch_sampler", "permutation_sampler", "weighted_sampler"]
 
 _PROB_FLOOR = 1e-8
+
+
+#: A sampler's "order" for a full-batch step: every row, in place.
+ALL_ROWS = slice(None)
+
+Rows = torch.Tensor | slice
 
 
 class HeadObjective(Protocol):
     """Gradient of a batch loss of a linear head."""
 
-    def gradient(self, theta: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """d loss / d theta (C, d+1) on rows ``idx`` (B,), weight decay excluded."""
+    def gradient(self, theta: torch.Tensor, idx: Rows) -> torch.Tensor:
+        """d loss / d theta (C, d+1) on rows ``idx`` ((B,) indices or :data:`ALL_ROWS`), weight decay excluded."""
         ...
 
 
@@ -57,7 +64,7 @@ def augment(h: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def train_head(theta: torch.Tensor, objective: HeadObjective, sampler: Callable[[], torch.Tensor], *,
+def train_head(theta: torch.Tensor, objective: HeadObjective, sampler: Callable[[], Rows], *,
                epochs: int, batch_size: int, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
                schedule: str = "constant", grad_clip: float | None = None,
                steps_per_epoch: int | None = None) -> torch.Tensor:
@@ -68,8 +75,9 @@ def train_head(theta: torch.Tensor, objective: HeadObjective, sampler: Callable[
     theta : Tensor of shape (C, d+1)
         Starting head ``[W, b]``; trained in place and returned.
     objective : HeadObjective
-    sampler : callable () -> Tensor of shape (N,)
-        One epoch's row order (called once per epoch, drawing from the caller's generator).
+    sampler : callable () -> Tensor of shape (N,) or ALL_ROWS
+        One epoch's row order (called once per epoch, drawing from the caller's generator);
+        :data:`ALL_ROWS` makes the epoch one full-batch step.
     epochs, batch_size : int
         Every epoch's order is split into ``ceil(N / batch_size)`` batches.
     lr, momentum, weight_decay : float
@@ -89,7 +97,8 @@ def train_head(theta: torch.Tensor, objective: HeadObjective, sampler: Callable[
     buf = torch.zeros_like(theta)
     step = 0
     for _ in range(epochs):
-        for idx in sampler().split(batch_size):
+        order = sampler()
+        for idx in ((order,) if isinstance(order, slice) else order.split(batch_size)):
             grad = objective.gradient(theta, idx)
             if weight_decay:
                 grad.add_(theta, alpha=weight_decay)
@@ -113,11 +122,11 @@ class CrossEntropy:
         self.ha, self.onehot = ha, torch.nn.functional.one_hot(y, n_classes).to(ha.dtype)
         self.weights = weights
 
-    def gradient(self, theta: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def gradient(self, theta: torch.Tensor, idx: Rows) -> torch.Tensor:
         hb = self.ha[idx]
         resid = torch.softmax(hb @ theta.T, dim=1) - self.onehot[idx]
         if self.weights is None:
-            return (resid.T @ hb) / idx.numel()
+            return (resid.T @ hb) / hb.shape[0]
         wb = self.weights[idx]
         return ((resid * wb[:, None]).T @ hb) / wb.sum()
 
@@ -135,7 +144,7 @@ class GroupDROObjective:
         self.groups, self.n_groups, self.bonus, self.eta = groups, n_groups, bonus, eta
         self.q = torch.full((n_groups,), 1.0 / n_groups, dtype=ha.dtype)
 
-    def gradient(self, theta: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def gradient(self, theta: torch.Tensor, idx: Rows) -> torch.Tensor:
         hb, yb, gb = self.ha[idx], self.onehot[idx], self.groups[idx]
         logp = torch.log_softmax(hb @ theta.T, dim=1)
         per = -(logp * yb).sum(1)
@@ -167,11 +176,12 @@ class LogitAdjusted:
         self.state = torch.zeros(n_bias, n_classes, dtype=torch.float64)
         self.steps = 0
 
-    def gradient(self, theta: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def gradient(self, theta: torch.Tensor, idx: Rows) -> torch.Tensor:
         c = self.c
         yb, bb = self.y[idx], self.bias_pred[idx]
+        b = yb.shape[0]
         batch = torch.zeros(self.state.numel(), dtype=torch.float64).index_add_(
-            0, bb * c + yb, torch.ones(idx.numel(), dtype=torch.float64)).view(-1, c) / idx.numel()
+            0, bb * c + yb, torch.ones(b, dtype=torch.float64)).view(-1, c) / b
         self.state = ema_update(self.state, batch, self.beta)
         joint = self.state / (1.0 - self.beta ** (self.steps + 1))
         cond = joint / joint.sum(1, keepdim=True).clamp_min(1e-300)
@@ -179,7 +189,7 @@ class LogitAdjusted:
         hb = self.ha[idx]
         p = torch.softmax(hb @ theta.T + offsets, dim=1)
         self.steps += 1
-        return ((p - self.onehot[idx]).T @ hb) / idx.numel()
+        return ((p - self.onehot[idx]).T @ hb) / b
 
     def joint(self) -> torch.Tensor:
         """The bias-corrected moving joint ``p(b, y)`` (n_bias, C) after the steps taken."""
@@ -200,7 +210,7 @@ class AFRObjective:
         self.weights, self.theta0, self.lam = weights, theta0, lam
         self.values: list[float] = []
 
-    def gradient(self, theta: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def gradient(self, theta: torch.Tensor, idx: Rows) -> torch.Tensor:
         hb, yb, wb = self.ha[idx], self.onehot[idx], self.weights[idx]
         logp = torch.log_softmax(hb @ theta.T, dim=1)
         diff = theta - self.theta0
@@ -208,10 +218,9 @@ class AFRObjective:
         return ((logp.exp() - yb) * wb[:, None]).T @ hb + (2.0 * self.lam) * diff
 
 
-def full_batch_sampler(n: int) -> Callable[[], torch.Tensor]:
-    """A sampler visiting rows ``0..n-1`` in order (with ``batch_size = n``: full-batch steps)."""
-    order = torch.arange(n)
-    return lambda: order
+def full_batch_sampler() -> Callable[[], Rows]:
+    """A sampler whose every epoch is one full-batch step over all rows."""
+    return lambda: ALL_ROWS
 
 
 def permutation_sampler(n: int, generator: torch.Generator) -> Callable[[], torch.Tensor]:

@@ -124,7 +124,7 @@ def afr_train(features: Any, labels: Any, weight0: Any, bias0: Any, sample_weigh
     ha = augment(h)  # (N, d+1)
     theta0 = torch.cat([w0, b0[:, None]], dim=1)  # (C, d+1)
     objective = AFRObjective(ha, y, c, sw, theta0, lam)
-    theta = train_head(theta0.clone(), objective, full_batch_sampler(n), epochs=epochs, batch_size=n, lr=lr,
+    theta = train_head(theta0.clone(), objective, full_batch_sampler(), epochs=epochs, batch_size=n, lr=lr,
                        momentum=momentum, grad_clip=grad_clip)
     return theta[:, :d].contiguous(), theta[:, d].contiguous(), np.asarray(objective.values, dtype=np.float64)
 
