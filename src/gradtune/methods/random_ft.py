@@ -18,17 +18,17 @@ from gradtune._seeding import GRADTUNE_STREAMS, seed_streams
 from gradtune._validation import check_positive_int
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
-from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, register_method
+from gradtune.methods.base import (
+    FINETUNE_SPACE,
+    LinearHead,
+    Method,
+    MethodResult,
+    erm_head,
+    register_method,
+)
 from gradtune.selection.select import random_subset
 
-__all__ = ["RandomFinetuneMethod", "FINETUNE_SPACE"]
-
-#: Grid shared by the methods that fine-tune with GradTune's loop; tuning the number of
-#: epochs lets label-free selection stop before fine-tuning collapses worst-group accuracy.
-FINETUNE_SPACE: dict[str, list] = {
-    "finetune.epochs": [10, 100, 500],
-    "finetune.lr": [1e-3, 3e-3, 1e-2],
-}
+__all__ = ["RandomFinetuneMethod"]
 
 
 @register_method

@@ -42,9 +42,15 @@ from gradtune._seeding import GRADTUNE_STREAMS, seed_streams
 from gradtune._validation import check_choice, check_positive_int
 from gradtune.embeddings.bundle import BundleError, EmbeddingBundle
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
-from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, register_method
+from gradtune.methods.base import (
+    FINETUNE_SPACE,
+    LinearHead,
+    Method,
+    MethodResult,
+    erm_head,
+    register_method,
+)
 from gradtune.methods.gradtune import GradTuneMethod
-from gradtune.methods.random_ft import FINETUNE_SPACE
 from gradtune.scores.output_scores import cross_entropy_scores, disagreement_scores
 from gradtune.selection.select import random_subset, top_k_indices
 

@@ -12,8 +12,7 @@ Two policies, chosen by ``mode``:
   failure confined within a class.
 
 Grids are data: each method class declares ``search_space: ClassVar[dict[str, list]]``
-(``{}`` when the method tunes itself, like DFR); GradTune and ERM, whose classes live
-elsewhere, get theirs from :data:`EXTRA_SEARCH_SPACES`. A key ``"finetune.lr"`` sets a
+next to its defaults (``{}`` when the method tunes itself, like DFR, or has nothing to tune, like ERM). A key ``"finetune.lr"`` sets a
 field of the method's :class:`~gradtune.finetune.linear.FinetuneConfig`. Every grid point
 is fitted with the same ``seed``, so differences come from the hyperparameters alone.
 Ties go to the earliest grid point (the grid is the product of the lists in order, the
@@ -34,20 +33,12 @@ import numpy as np
 from gradtune._validation import GradTuneInputError, check_choice, check_positive_int
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.methods.base import METHODS, Method, _import_builtin_methods
-from gradtune.methods.random_ft import FINETUNE_SPACE
 from gradtune.metrics.accuracy import worst_class_accuracy, worst_group_accuracy
 
 __all__ = ["select_hyperparameters", "search_space", "expand_grid", "build_method", "SelectionTable",
-           "EXTRA_SEARCH_SPACES", "SELECTION_MODES"]
+           "SELECTION_MODES"]
 
 SELECTION_MODES = ("group", "label_free")
-
-#: Grids of methods whose classes do not declare ``search_space``.
-EXTRA_SEARCH_SPACES: dict[str, dict[str, list]] = {
-    "gradtune": dict(FINETUNE_SPACE),
-    "erm": {},
-}
-
 
 @dataclass
 class SelectionTable:
@@ -85,9 +76,7 @@ def _method_class(name: str) -> type[Method]:
 def search_space(method_name: str) -> dict[str, list]:
     """The default grid of a registered method (``{}``: nothing to tune)."""
     cls = _method_class(method_name)
-    if method_name in EXTRA_SEARCH_SPACES:
-        return dict(EXTRA_SEARCH_SPACES[method_name])
-    return dict(getattr(cls, "search_space", {}) or {})
+    return dict(cls.search_space)
 
 
 def expand_grid(space: dict[str, list]) -> list[dict[str, Any]]:
