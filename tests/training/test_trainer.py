@@ -20,7 +20,7 @@ from gradtune.models.classifier import Classifier, build_mlp_classifier
 from gradtune.models.distributed import ShardedSampler
 from gradtune.models.resnet import build_resnet
 from gradtune.models.transforms import ImagePreprocess
-from gradtune.objectives.sampling import class_balanced_weights, group_balanced_weights
+from gradtune.objectives.sampling import inverse_frequency_weights
 from gradtune.training.config import TABLE3_DATASETS, EpochEnd, TrainConfig
 from gradtune.training.trainer import lr_factor, seeded_scope, train
 from gradtune.workflows.train import CONFIG_DIR, load_run_config
@@ -121,7 +121,7 @@ def test_lr_schedules():
 # ----------------------------------------------------------------------------- sampling
 def test_class_balanced_sampler_is_balanced():
     labels = np.array([0] * 900 + [1] * 100)
-    sampler = ShardedSampler(1000, class_balanced_weights(labels), 20000, seed=3)
+    sampler = ShardedSampler(1000, inverse_frequency_weights(labels), 20000, seed=3)
     draws = labels[sampler.global_indices(0)]
     # Binomial(20000, 1/2): sd 0.0035; 5 sd tolerance.
     assert abs(draws.mean() - 0.5) < 0.018
@@ -132,7 +132,7 @@ def test_class_balanced_sampler_is_balanced():
 
 def test_group_balanced_sampler_is_balanced():
     groups = np.repeat([0, 1, 2, 3], [700, 200, 80, 20])
-    sampler = ShardedSampler(1000, group_balanced_weights(groups), 40000, seed=0)
+    sampler = ShardedSampler(1000, inverse_frequency_weights(groups), 40000, seed=0)
     freq = np.bincount(groups[sampler.global_indices(5)], minlength=4) / 40000
     np.testing.assert_allclose(freq, 0.25, atol=0.012)
 

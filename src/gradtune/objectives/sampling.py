@@ -2,9 +2,9 @@
 
 * :func:`epoch_order` draws one epoch's sample order (a permutation, or N draws with
   replacement in proportion to weights) from a ``torch.Generator``;
-* :func:`class_balance_weights` (torch) and :func:`inverse_frequency_weights` (numpy)
-  give every row ``1 / count`` of its class or group, so that each class or group is
-  equally likely per draw;
+* :func:`class_balance_weights` (torch, for labels) and :func:`inverse_frequency_weights`
+  (numpy, for any class or group ids) give every row ``1 / count`` of its key, so that
+  each class or group is equally likely per draw;
 * :func:`balanced_subsample` keeps equally many rows of every class or group.
 
 Last-layer fine-tuning, the methods and full-network training all draw through these.
@@ -19,8 +19,7 @@ import torch
 
 from gradtune._validation import GradTuneInputError, make_numpy_rng
 
-__all__ = ["epoch_order", "class_balance_weights", "inverse_frequency_weights", "balanced_subsample",
-           "class_balanced_weights", "group_balanced_weights"]
+__all__ = ["epoch_order", "class_balance_weights", "inverse_frequency_weights", "balanced_subsample"]
 
 
 def epoch_order(labels: torch.Tensor, sampler: str, generator: torch.Generator,
@@ -81,15 +80,3 @@ def inverse_frequency_weights(keys: Any) -> np.ndarray:
         raise GradTuneInputError(f"keys must be a non-empty (N,) array, got shape {k.shape}")
     _, inv, counts = np.unique(k, return_inverse=True, return_counts=True)
     return 1.0 / counts[inv].astype(np.float64)
-
-
-def class_balanced_weights(labels: np.ndarray) -> np.ndarray:
-    """Per-sample weights 1 / n_class(y_i), shape (N,): every class equally likely per draw."""
-    labels = np.asarray(labels, dtype=np.int64)
-    counts = np.bincount(labels)
-    return 1.0 / counts[labels]
-
-
-def group_balanced_weights(groups: np.ndarray) -> np.ndarray:
-    """Per-sample weights 1 / n_group(g_i), shape (N,): every present group equally likely."""
-    return class_balanced_weights(groups)

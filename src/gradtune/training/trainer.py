@@ -55,7 +55,7 @@ from gradtune.models import distributed as gdist
 from gradtune.models.checkpoint import LAST_CHECKPOINT, load_checkpoint, save_checkpoint
 from gradtune.models.classifier import unwrap_model
 from gradtune.models.preprocess import Preprocess, SampleDataset, make_preprocess
-from gradtune.objectives.sampling import class_balanced_weights, group_balanced_weights
+from gradtune.objectives.sampling import inverse_frequency_weights
 from gradtune.training.config import (
     RUN_FIELDS,
     SAMPLERS,
@@ -72,9 +72,9 @@ __all__ = ["make_sampler_weights", "lr_factor", "seeded_scope", "check_resumable
 def make_sampler_weights(sampler: str, labels: np.ndarray, groups: np.ndarray) -> np.ndarray | None:
     """Per-sample draw weights (n,) for a named sampler; None for 'uniform' (a shuffled pass)."""
     if sampler == "class_balanced":
-        return class_balanced_weights(labels)
+        return inverse_frequency_weights(labels)
     if sampler == "group_balanced":
-        return group_balanced_weights(groups)
+        return inverse_frequency_weights(groups)
     if sampler == "uniform":
         return None
     raise GradTuneInputError(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}")
