@@ -260,8 +260,9 @@ def test_input_errors(data):
 
 def test_schedule_codes_cover_the_named_schedules():
     from gradtune.objectives.choices import FINETUNE_SAMPLERS, SAMPLERS, SCHEDULES, TRAIN_SAMPLERS
+    from gradtune.objectives.schedules import SCHEDULE_CODE
 
-    assert set(_steps.SCHEDULE_CODE) == set(SCHEDULES)
+    assert set(SCHEDULE_CODE) == set(SCHEDULES)
     assert set(FINETUNE_SAMPLERS) | set(TRAIN_SAMPLERS) == set(SAMPLERS)
     hand = {"cosine": 0.5 * 0.5 * (1 + math.cos(math.pi * 0.3)), "linear": 0.5 * 0.7, "constant": 0.5}
     for name in SCHEDULES:

@@ -21,8 +21,9 @@ from gradtune.models.distributed import ShardedSampler
 from gradtune.models.resnet import build_resnet
 from gradtune.models.transforms import ImagePreprocess
 from gradtune.objectives.sampling import inverse_frequency_weights
+from gradtune.objectives.schedules import lr_factor
 from gradtune.training.config import TABLE3_DATASETS, EpochEnd, TrainConfig
-from gradtune.training.trainer import lr_factor, seeded_scope, train
+from gradtune.training.trainer import seeded_scope, train
 from gradtune.workflows.train import CONFIG_DIR, load_run_config
 
 torch.set_num_threads(1)
@@ -385,3 +386,13 @@ def test_train_command_rejects_bad_model_config(tmp_path, monkeypatch):
                                 "--out", str(tmp_path / "o")])
     with pytest.raises(FileNotFoundError, match="known"):
         load_run_config(dataset="imagenet")
+
+
+def test_lr_factor_is_the_fine_tuning_schedule_with_base_one():
+    from gradtune.objectives.schedules import SCHEDULE_CODE, scheduled_lr
+
+    for total in (1, 7, 100):
+        for name, code in SCHEDULE_CODE.items():
+            for step in range(total + 1):
+                assert lr_factor(step, total, name) == pytest.approx(scheduled_lr(step, total, 1.0, code),
+                                                                     rel=1e-14, abs=1e-15)

@@ -29,9 +29,10 @@ from gradtune._validation import (
     make_generator,
 )
 from gradtune.finetune import _steps
-from gradtune.finetune._steps import SCHEDULE_CODE, batch_loss_weights, scheduled_lr
+from gradtune.finetune._steps import batch_loss_weights
 from gradtune.objectives.choices import FINETUNE_SAMPLERS, OPTIMIZERS, SCHEDULES
 from gradtune.objectives.sampling import class_balance_weights, epoch_order
+from gradtune.objectives.schedules import SCHEDULE_CODE, scheduled_lr
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune_linear", "epoch_batches", "lr_at", "sgd_step_"]
 

@@ -56,6 +56,7 @@ from gradtune.models.checkpoint import LAST_CHECKPOINT, load_checkpoint, save_ch
 from gradtune.models.classifier import unwrap_model
 from gradtune.models.preprocess import Preprocess, SampleDataset, make_preprocess
 from gradtune.objectives.sampling import inverse_frequency_weights
+from gradtune.objectives.schedules import lr_factor
 from gradtune.training.config import (
     RUN_FIELDS,
     SAMPLERS,
@@ -66,7 +67,7 @@ from gradtune.training.config import (
     cross_entropy_loss,
 )
 
-__all__ = ["make_sampler_weights", "lr_factor", "seeded_scope", "check_resumable", "train"]
+__all__ = ["make_sampler_weights", "seeded_scope", "check_resumable", "train"]
 
 
 def make_sampler_weights(sampler: str, labels: np.ndarray, groups: np.ndarray) -> np.ndarray | None:
@@ -78,23 +79,6 @@ def make_sampler_weights(sampler: str, labels: np.ndarray, groups: np.ndarray) -
     if sampler == "uniform":
         return None
     raise GradTuneInputError(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}")
-
-
-def lr_factor(step: int, total_steps: int, schedule: str, warmup_steps: int = 0) -> float:
-    """Multiplier of the initial learning rate at optimizer step ``step`` (0-based).
-
-    Linear warm-up over ``warmup_steps``, then cosine (0.5 (1 + cos(pi t))), linear
-    (1 - t) or constant, where t runs from 0 to 1 over the remaining steps.
-    """
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    t = min(1.0, max(0.0, (step - warmup_steps) / span))
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * t))
-    if schedule == "linear":
-        return 1.0 - t
-    return 1.0
 
 
 class _Schedule:
