@@ -4,7 +4,7 @@ Two policies, chosen by ``mode``:
 
 * ``'group'``: the peers' protocol. Each grid point is scored by **worst-group
   accuracy** on the ``selection`` rows, which reads their group labels; the run is then
-  a run that uses group labels in validation (``SelectionTable.uses_group_labels_val``).
+  a run that uses group labels in validation (``TuningTable.uses_group_labels_val``).
 * ``'label_free'``: each grid point is scored by **worst-class accuracy** on the
   ``selection`` rows (labels only, no groups are read). It needs no annotation of the
   spurious attribute and tracks worst-group accuracy where a shortcut hurts one class
@@ -35,13 +35,13 @@ from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.methods.base import METHODS, Method, _import_builtin_methods
 from gradtune.metrics.accuracy import worst_class_accuracy, worst_group_accuracy
 
-__all__ = ["select_hyperparameters", "search_space", "expand_grid", "build_method", "SelectionTable",
-           "SELECTION_MODES"]
+__all__ = ["select_hyperparameters", "search_space", "expand_grid", "build_method", "TuningTable",
+           "TUNING_MODES"]
 
-SELECTION_MODES = ("group", "label_free")
+TUNING_MODES = ("group", "label_free")
 
 @dataclass
-class SelectionTable:
+class TuningTable:
     """The scores of every grid point.
 
     rows : list of dicts ``{"params", "score", "accuracy", "worst_class_accuracy",
@@ -134,7 +134,7 @@ def _score(model: Any, bundle: EmbeddingBundle, mode: str) -> dict[str, float]:
 
 def select_hyperparameters(method_name: str, bundle: EmbeddingBundle, *, seed: int, mode: str = "group",
                            grid: dict[str, list] | None = None,
-                           base_params: dict[str, Any] | None = None) -> tuple[dict[str, Any], SelectionTable]:
+                           base_params: dict[str, Any] | None = None) -> tuple[dict[str, Any], TuningTable]:
     """Fit ``method_name`` at every grid point and keep the best on the ``selection`` rows.
 
     Parameters
@@ -158,9 +158,9 @@ def select_hyperparameters(method_name: str, bundle: EmbeddingBundle, *, seed: i
     best_params : dict
         The chosen grid point (merged with ``base_params``); instantiate with
         :func:`build_method`.
-    table : SelectionTable
+    table : TuningTable
     """
-    check_choice(mode, "mode", SELECTION_MODES)
+    check_choice(mode, "mode", TUNING_MODES)
     seed = check_positive_int(seed, "seed", allow_zero=True)
     cls = _method_class(method_name)
     sel = bundle.view("selection")
@@ -170,7 +170,7 @@ def select_hyperparameters(method_name: str, bundle: EmbeddingBundle, *, seed: i
     points = expand_grid(search_space(method_name) if grid is None else grid)
     uses_val = mode == "group" or cls.uses_group_labels_val or cls.uses_group_labels_train
     use = "train+val" if cls.uses_group_labels_train else ("val" if uses_val else "none")
-    table = SelectionTable(method_name, mode, "worst_group_accuracy" if mode == "group" else "worst_class_accuracy",
+    table = TuningTable(method_name, mode, "worst_group_accuracy" if mode == "group" else "worst_class_accuracy",
                            uses_val, use)
     for point in points:
         params = {**(base_params or {}), **point}
