@@ -119,15 +119,8 @@ def run(args: argparse.Namespace) -> int:
     bundle = load_bundle(path)
     digest = file_digest(path)
     metrics_path = out / "metrics.json"
-    if metrics_path.exists() and not args.force:
-        try:
-            done = json.loads(metrics_path.read_text())
-        except json.JSONDecodeError:
-            done = {}
-        if done.get("bundle_sha256") == digest and done.get("params") == json.loads(json.dumps(params)):
-            print(f"{metrics_path} already holds this run (same bundle and parameters); use --force to recompute")
-            _print_summary(done)
-            return 0
+    if not args.force and _already_done(metrics_path, digest, params):
+        return 0
     bundle = bundle.resolve_heldout(args.split_seed)
     head, head_source = _head(bundle, args.fit_erm_head, args.seed)
     held = bundle.view("heldout")
@@ -191,15 +184,8 @@ def _run_method(args: argparse.Namespace, path: Path, out: Path, method_params: 
     bundle = load_bundle(path)
     digest = file_digest(path)
     metrics_path = out / "metrics.json"
-    if metrics_path.exists() and not args.force:
-        try:
-            done = json.loads(metrics_path.read_text())
-        except json.JSONDecodeError:
-            done = {}
-        if done.get("bundle_sha256") == digest and done.get("params") == json.loads(json.dumps(params, default=str)):
-            print(f"{metrics_path} already holds this run (same bundle and parameters); use --force to recompute")
-            _print_summary(done)
-            return 0
+    if not args.force and _already_done(metrics_path, digest, params):
+        return 0
     bundle = bundle.resolve_heldout(args.split_seed)
     head, head_source = _head(bundle, args.fit_erm_head, args.seed)
     if bundle.head_weight is None:
@@ -223,6 +209,21 @@ def _run_method(args: argparse.Namespace, path: Path, out: Path, method_params: 
     _print_summary(result)
     print("wrote " + " and ".join(str(w) for w in wrote))
     return 0
+
+
+def _already_done(metrics_path: Path, digest: str, params: dict) -> bool:
+    """True (and the stored summary printed) if ``metrics_path`` holds this bundle and params."""
+    if not metrics_path.exists():
+        return False
+    try:
+        done = json.loads(metrics_path.read_text())
+    except json.JSONDecodeError:
+        return False
+    if done.get("bundle_sha256") != digest or done.get("params") != json.loads(json.dumps(params, default=str)):
+        return False
+    print(f"{metrics_path} already holds this run (same bundle and parameters); use --force to recompute")
+    _print_summary(done)
+    return True
 
 
 def _print_summary(result: dict) -> None:

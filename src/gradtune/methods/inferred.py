@@ -30,8 +30,8 @@ from gradtune._validation import check_choice, check_positive_int
 from gradtune.embeddings.bundle import BundleError, EmbeddingBundle, SplitView
 from gradtune.groups.base import InferredGroups
 from gradtune.groups.xrm import XRMConfig, XRMTwins, fit_xrm
-from gradtune.methods.base import Method, MethodResult, register_method
-from gradtune.methods.dfr import DFR_C_GRID, DFRMethod, dfr_retrain
+from gradtune.methods.base import MethodResult, register_method
+from gradtune.methods.dfr import DFRMethod, dfr_retrain
 
 __all__ = ["PseudoGroups", "bundle_pseudo_groups", "inference_features", "DFRInferredMethod",
            "FEATURE_SOURCES", "merge_small_groups"]
@@ -153,7 +153,7 @@ def _tail(groups: InferredGroups, n: int) -> InferredGroups:
 
 @register_method
 @dataclass
-class DFRInferredMethod(Method):
+class DFRInferredMethod(DFRMethod):
     """DFR on XRM-inferred pseudo-groups: no group label anywhere.
 
     The validation halves get pseudo-groups from :func:`bundle_pseudo_groups`; DFR's
@@ -180,20 +180,13 @@ class DFRInferredMethod(Method):
     features: str = "auto"
     rule: str = "average"
     pool: str = "auto"
-    c_grid: tuple[float, ...] = DFR_C_GRID
-    num_retrains: int = 20
-    scaler_fit: str = "train"
-    max_iter: int = 100
-    tol: float = 1e-4
 
     def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
         pg = bundle_pseudo_groups(bundle, seed=seed, features=self.features, rule=self.rule,
                                   pool=self.pool)
         held, sel = bundle.view("heldout"), bundle.view("selection")
         g_held, g_sel = merge_small_groups(pg.held, held.labels, pg.sel, sel.labels, int(bundle.n_classes))
-        dfr = DFRMethod(c_grid=self.c_grid, num_retrains=self.num_retrains, scaler_fit=self.scaler_fit,
-                        max_iter=self.max_iter, tol=self.tol)
-        res = dfr_retrain(dfr, bundle, g_held, g_sel, seed=seed)
+        res = dfr_retrain(self, bundle, g_held, g_sel, seed=seed)
         res.diagnostics["pseudo_groups"] = pg.info
         res.diagnostics["inferred_minority_rows"] = np.concatenate(
             [held.index[pg.held % 2 == 1], sel.index[pg.sel % 2 == 1]]).tolist()
