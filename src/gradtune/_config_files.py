@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gradtune._validation import GradTuneInputError
+from gradtune._errors import GradTuneInputError
 
 try:
     import tomllib

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from gradtune._errors import GradTuneInputError
+
 __all__ = [
     "GradTuneInputError",
     "all_finite",
@@ -30,10 +32,6 @@ __all__ = [
     "make_generator",
     "make_numpy_rng",
 ]
-
-
-class GradTuneInputError(ValueError):
-    """Raised when user input is malformed; the message says what and how to fix it."""
 
 
 def _describe(x: Any) -> str:

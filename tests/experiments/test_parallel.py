@@ -74,7 +74,7 @@ def test_launcher_errors(monkeypatch, tmp_path):
     with pytest.raises(GradTuneInputError, match="start_method must be one of"):
         LocalLauncher(2, start_method="thread")
     monkeypatch.setattr(launchers, "submitit_available", lambda: False)
-    with pytest.raises(GradTuneInputError, match=r"needs the submitit package \(pip install submitit\)"):
+    with pytest.raises(GradTuneInputError, match=r"needs the submitit package \(pip install 'gradtune\[cluster\]'\)"):
         SubmititLauncher(tmp_path)
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gradtune.workflows.demo import DEFAULT_BENCHMARKS, DEFAULT_METHODS, DemoConfig, run_demo
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -17,10 +15,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "GradTune / gradtune-auto / DFR over seeds, print a paper-style table and write a report folder. "
         "Finished runs are cached: a second run only reads them.",
     )
-    p.add_argument("--benchmarks", nargs="+", default=list(DEFAULT_BENCHMARKS), metavar="NAME")
+    p.add_argument("--benchmarks", nargs="+", default=None, metavar="NAME",
+                   help="offline benchmarks (default: all four)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="SEED")
-    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",
-                   help="registry names, or 'all' for every registered last-layer method")
+    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help="registry names, or 'all' for every registered last-layer method "
+                   "(default: the demo's standard comparison)")
     p.add_argument("--out", type=Path, default=Path("gradtune-demo-report"), help="report folder")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="feature/bundle cache (default ~/.cache/gradtune or $GRADTUNE_CACHE_DIR)")
@@ -32,6 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from gradtune._validation import GradTuneInputError
     from gradtune.experiments.offline import OFFLINE_BENCHMARKS
+    from gradtune.workflows.demo import DEFAULT_BENCHMARKS, DEFAULT_METHODS, DemoConfig, run_demo
+
+    args.benchmarks = list(DEFAULT_BENCHMARKS) if args.benchmarks is None else args.benchmarks
+    args.methods = list(DEFAULT_METHODS) if args.methods is None else args.methods
 
     unknown = [b for b in args.benchmarks if b not in OFFLINE_BENCHMARKS]
     if unknown:

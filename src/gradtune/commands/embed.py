@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from gradtune._validation import GradTuneInputError
+from gradtune._errors import GradTuneInputError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -6,17 +6,18 @@ import argparse
 import ast
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gradtune._errors import GradTuneInputError
 from gradtune._io import atomic_save_npz, atomic_write_json, file_digest
-from gradtune._validation import GradTuneInputError
-from gradtune.embeddings.bundle import EmbeddingBundle, load_bundle
-from gradtune.estimator import GradTune
-from gradtune.finetune.linear import FinetuneConfig, finetune_linear
-from gradtune.methods.base import LinearHead, erm_head
-from gradtune.metrics.accuracy import evaluate
 from gradtune.report.text import group_table
+
+if TYPE_CHECKING:  # imported where used: building the parser must not load torch
+    from gradtune.embeddings.bundle import EmbeddingBundle
+    from gradtune.finetune.linear import FinetuneConfig
+    from gradtune.methods.base import LinearHead
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "spurious_example.npz"
 
@@ -63,6 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _config(args: argparse.Namespace) -> FinetuneConfig:
+    from gradtune.finetune.linear import FinetuneConfig
+
     adam = args.optimizer == "adamw"
     return FinetuneConfig(
         epochs=args.epochs,
@@ -77,6 +80,9 @@ def _config(args: argparse.Namespace) -> FinetuneConfig:
 
 
 def _head(bundle: EmbeddingBundle, fit: bool, seed: int) -> tuple[LinearHead, str]:
+    from gradtune.finetune.linear import FinetuneConfig, finetune_linear
+    from gradtune.methods.base import LinearHead, erm_head
+
     if bundle.head_weight is not None:
         return erm_head(bundle), "bundle"
     if not fit:
@@ -104,6 +110,11 @@ def parse_params(items: list[str]) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gradtune.embeddings.bundle import load_bundle
+    from gradtune.estimator import GradTune
+    from gradtune.methods.base import LinearHead
+    from gradtune.metrics.accuracy import evaluate
+
     path = EXAMPLE if args.embeddings == "example" else Path(args.embeddings)
     out = Path(args.out)
     cfg = _config(args)
@@ -159,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate_heads(bundle: EmbeddingBundle, heads: dict[str, object]) -> dict:
+    from gradtune.metrics.accuracy import evaluate
+
     train_counts = None
     if bundle.groups is not None and bundle.has_split("train"):
         train_counts = np.bincount(bundle.view("train").groups, minlength=bundle.n_groups)
@@ -176,6 +189,8 @@ def _run_method(args: argparse.Namespace, path: Path, out: Path, method_params: 
     """``tune --method NAME``: any registered method on the bundle, same outputs."""
     from dataclasses import replace
 
+    from gradtune.embeddings.bundle import load_bundle
+    from gradtune.methods.base import LinearHead
     from gradtune.methods.tuning import build_method
 
     method = build_method(args.method, method_params)

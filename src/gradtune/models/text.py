@@ -269,8 +269,14 @@ class TextPreprocess:
 
 
 # ----------------------------------------------------------------------------- builders
+def _transformers() -> Any:
+    from gradtune._optional import require
+
+    return require("transformers", extra="text", purpose="text models")
+
+
 def _load_tokenizer(name_or_path: str, *, allow_download: bool) -> Any:
-    from transformers import AutoTokenizer
+    AutoTokenizer = _transformers().AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(name_or_path, local_files_only=not allow_download)
@@ -311,7 +317,7 @@ def build_text_classifier(name_or_path: str, num_classes: int, *, pooling: str =
     PretrainedModelError
         If the model or tokenizer is not available locally; the message says how to get it.
     """
-    from transformers import AutoModel
+    AutoModel = _transformers().AutoModel
 
     try:
         encoder = AutoModel.from_pretrained(name_or_path, local_files_only=not allow_download)
@@ -334,7 +340,7 @@ def text_classifier_from_config(config: Any, num_classes: int, *, tokenizer: Any
                                 dropout: float | None = None,
                                 max_length: int = MAX_LENGTH) -> TextClassifier:
     """A randomly initialized encoder from a transformers config (e.g. a tiny ``BertConfig``)."""
-    from transformers import AutoModel
+    AutoModel = _transformers().AutoModel
 
     encoder = AutoModel.from_config(config)
     return TextClassifier(encoder, num_classes, pooling=pooling, dropout=dropout, tokenizer=tokenizer,
@@ -346,7 +352,7 @@ def text_classifier_from_spec(spec: dict[str, Any]) -> TextClassifier:
 
     The tokenizer is not loaded here; it is loaded from local files on first use.
     """
-    from transformers import AutoConfig
+    AutoConfig = _transformers().AutoConfig
 
     cfg = dict(spec["config"])
     model_type = cfg.pop("model_type")

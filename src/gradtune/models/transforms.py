@@ -32,7 +32,7 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
     Raises
     ------
     ImportError
-        If Pillow is not installed (``pip install pillow``).
+        If Pillow is not installed (``pip install 'gradtune[vision]'``).
     FileNotFoundError
         If the file does not exist.
     """
@@ -40,7 +40,7 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
         from PIL import Image
     except ImportError:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "decoding image files needs Pillow: pip install pillow "
+            "decoding image files needs Pillow: pip install 'gradtune[vision]' "
             "(or pass images as uint8/float tensors of shape (3, H, W))"
         ) from None
     path = Path(path)

@@ -25,8 +25,9 @@ __all__ = ["plot_norm_distributions", "plot_group_accuracy", "fig_norm_distribut
 
 
 def _plt():
-    import matplotlib
+    from gradtune._optional import require
 
+    matplotlib = require("matplotlib", extra="report", purpose="the report's figures")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -118,7 +118,8 @@ def run_demo(cfg: DemoConfig, build: Callable[..., EmbeddingBundle] | None = Non
         "wd 1e-4, class-balanced sampler, fine-tuning from the ERM head). When the held-out half is smaller "
         "than 500, the whole held-out half is used with k = 80% of it (the paper's ratio). Random fine-tuning "
         "and loss-top-k use the same set size and fine-tuning.",
-        "gradtune-auto (beyond the paper, the recommended label-free pipeline; see docs/label-free.md) infers "
+        "gradtune-auto (beyond the paper, the recommended label-free pipeline; see label-free.md in gradtune's "
+        "docs: docs/ in the source, share/doc/gradtune/ in an installed environment) infers "
         "pseudo-groups with XRM twins on the frozen encoder's features of the training rows, builds "
         "candidate heads (group-balanced retraining, GradTune fine-tuning with a pseudo-group-balanced "
         "sampler), picks one by worst pseudo-group accuracy cross-fitted on the two validation halves, and "

