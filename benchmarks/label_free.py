@@ -25,12 +25,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gradtune.experiments.demo import cached_bundle, family_params
+from gradtune.experiments.bundles import cached_bundle
 from gradtune.experiments.offline import build_bundle
 from gradtune.experiments.runner import RunSpec, run_grid
 from gradtune.experiments.spec import RunSpec as _Spec  # noqa: F401  (same class)
 from gradtune.methods import get_method
-from gradtune.report.tables import records_frame
+from gradtune.report.summary import records_frame
+from gradtune.workflows.demo import family_params
 
 BENCHMARKS = ("fmnist-biased", "fmnist-spurious", "adult", "reviews", "fmnist-stripes")
 METHODS = ("erm", "random", "gradtune", "self", "dpe", "dfr-xrm", "gradtune-auto", "dfr", "group-dro")

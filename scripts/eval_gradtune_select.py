@@ -33,8 +33,8 @@ import pandas as pd
 
 from gradtune._io import atomic_write_json
 from gradtune.embeddings.bundle import EmbeddingBundle
-from gradtune.experiments.demo import cached_bundle
-from gradtune.experiments.runner import RunSpec, bundle_fingerprint, run_grid
+from gradtune.experiments.bundles import bundle_fingerprint, cached_bundle
+from gradtune.experiments.runner import RunSpec, run_grid
 from gradtune.methods.gradtune_select import (
     DEFAULT_CRITERION,
     DEFAULT_L2,
@@ -42,7 +42,7 @@ from gradtune.methods.gradtune_select import (
     GradTuneSelectMethod,
 )
 from gradtune.metrics.accuracy import evaluate
-from gradtune.report.tables import comparison_notes, markdown_table, records_frame, summary_table
+from gradtune.report.summary import comparison_notes, markdown_table, records_frame, summary_table
 from gradtune.selection.label_free import list_criteria
 
 METHODS = ("erm", "loss-topk", "gradtune", "gradtune-es", "gradtune-l2", "gradtune-selectk", "gradtune-select", "dfr")

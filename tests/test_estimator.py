@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 from gradtune import FinetuneConfig, GradTune, GradTuneInputError, grad_norms, select_finetune_set
-from gradtune.embeddings import capture_features, find_last_linear
+from gradtune.embeddings import capture_features
 from gradtune.estimator import resolve_set_size
+from gradtune.models.classifier import find_last_linear
 
 
 class Net(nn.Module):

@@ -254,8 +254,9 @@ def _pickle_ckpt(tmp: Path) -> Path:
 
 
 def _other_arch_ckpt(tmp: Path) -> Path:
+    from gradtune.models.checkpoint import save_checkpoint
+
     from gradtune.models.classifier import build_mlp_classifier
-    from gradtune.models.trainer import save_checkpoint
 
     model = build_mlp_classifier(4, 2, hidden=(8,))
     path = tmp / "other.pt"
@@ -443,7 +444,7 @@ def test_table_covers_every_command():
 # ------------------------------------------------------------- named behaviours
 
 def test_diverged_grid_run_is_stored_failed_with_its_epoch(tmp_path, capsys):
-    from gradtune.experiments.store import ResultStore
+    from gradtune.results.store import ResultStore
 
     code, _, err = run_cli(["run", _config(tmp_path, '"finetune.lr" = 1e9'), "--out", tmp_path / "o", "--quiet"],
                            capsys)
@@ -576,7 +577,7 @@ def test_api_faults(tmp_path):
         GradTune(4, 2, seed=0).fit(build_mlp_classifier(3, 2, hidden=(4,)).to("meta"), good)
     with pytest.raises(GradTuneInputError, match="no batches"):
         GradTune(4, 2, seed=0).fit(model, [])
-    from gradtune.models.trainer import load_model
+    from gradtune.models.checkpoint import load_model
 
     with pytest.raises(GradTuneInputError, match="does not fit this model"):
         load_model(_other_arch_ckpt(tmp_path))

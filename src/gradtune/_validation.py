@@ -50,8 +50,8 @@ def _describe(x: Any) -> str:
 def all_finite(t: torch.Tensor) -> bool:
     """Whether a floating tensor holds no NaN or infinity.
 
-    One sum instead of ``isfinite(t).all()`` (measured 20x faster at 600 x 2048 on
-    2 cores, and no (N, d) bool temporary): a sum is finite only if every term is,
+    One sum instead of ``isfinite(t).all()`` (one pass, and no (N, d) bool temporary):
+    a sum is finite only if every term is,
     or it overflowed, and only then are the values checked one by one.
     """
     if t.numel() == 0 or math.isfinite(float(t.sum())):

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gradtune._seeding import GRADTUNE_STREAMS, seed_streams
 from gradtune._validation import (
     GradTuneInputError,
     check_choice,
@@ -169,11 +170,11 @@ class GradTune:
         if h.shape[0] == 0:
             raise GradTuneInputError("the held-out set is empty")
         size, top_k = resolve_set_size(h.shape[0], self.size, self.top_k, self.size_rule)
-        ss = np.random.SeedSequence(self.seed).spawn(2)
+        streams = seed_streams(self.seed, *GRADTUNE_STREAMS)
         norms = self.scores(h, y, w, b)
         idx = select_finetune_set(norms.cpu().numpy(), size, top_k,
-                                  seed=np.random.default_rng(ss[0]), replace=self.replace)
-        ft_seed = int(ss[1].generate_state(1)[0])
+                                  seed=streams.rng("subset"), replace=self.replace)
+        ft_seed = streams.integer("finetune")
         idx_t = torch.as_tensor(idx, device=h.device)
         res = finetune_linear(h[idx_t], y[idx_t], w, b, self.finetune, seed=ft_seed)
         self.weight_, self.bias_ = res.weight, res.bias

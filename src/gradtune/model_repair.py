@@ -30,7 +30,7 @@ from gradtune.embeddings.capture import (
     split_batch,
 )
 from gradtune.methods.base import LinearHead, MethodResult
-from gradtune.methods.selection import build_method
+from gradtune.methods.tuning import build_method
 
 __all__ = ["repair", "capture_with_encoder"]
 

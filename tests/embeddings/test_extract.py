@@ -16,8 +16,10 @@ from gradtune.data.base import GroupedDataset
 from gradtune.embeddings.bundle import load_bundle
 from gradtune.embeddings.extract import encode, extract_embeddings, save_embeddings
 from gradtune.models.classifier import Classifier, build_mlp_classifier, find_last_linear
-from gradtune.models.resnet import ImagePreprocess, build_resnet
-from gradtune.models.trainer import TrainConfig, seeded_scope, train
+from gradtune.models.resnet import build_resnet
+from gradtune.models.transforms import ImagePreprocess
+from gradtune.training.config import TrainConfig
+from gradtune.training.trainer import seeded_scope, train
 
 torch.set_num_threads(1)
 

@@ -13,7 +13,7 @@ from gradtune.embeddings.bundle import load_bundle
 from gradtune.experiments.config import ConfigError, load_config, select_benchmarks
 from gradtune.experiments.config_benchmarks import resolve_path
 from gradtune.experiments.runner import run_experiments
-from gradtune.experiments.store import ResultStore
+from gradtune.results.store import ResultStore
 
 from ._toy import config_text, write_bundles
 

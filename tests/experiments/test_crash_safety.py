@@ -20,7 +20,7 @@ import pytest
 
 from gradtune.experiments.config import load_config
 from gradtune.experiments.runner import run_experiments
-from gradtune.experiments.store import ResultStore
+from gradtune.results.store import ResultStore
 
 from ._toy import config_text, write_bundles
 

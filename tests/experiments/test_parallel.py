@@ -6,10 +6,11 @@ import pytest
 
 from gradtune._validation import GradTuneInputError
 from gradtune.experiments import launchers
+from gradtune.experiments.bundles import BundleSource
 from gradtune.experiments.config import load_config
 from gradtune.experiments.launchers import LocalLauncher, SubmititLauncher, make_launcher
-from gradtune.experiments.runner import BundleSource, RunSpec, execute, run_experiments
-from gradtune.experiments.store import ResultStore
+from gradtune.experiments.runner import RunSpec, execute, run_experiments
+from gradtune.results.store import ResultStore
 
 from ._toy import config_text, toy_bundle, write_bundles
 

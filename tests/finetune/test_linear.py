@@ -9,7 +9,8 @@ import torch
 from gradtune import FinetuneConfig, GradTuneInputError, finetune_linear
 from gradtune.finetune import _fused_steps, _steps
 from gradtune.finetune import linear as linear_module
-from gradtune.finetune.linear import class_balance_weights, epoch_order, lr_at
+from gradtune.finetune.linear import lr_at
+from gradtune.objectives.sampling import class_balance_weights, epoch_order
 
 
 @pytest.fixture(params=["torch", "fused"])
@@ -255,3 +256,14 @@ def test_input_errors(data):
         finetune_linear(h, y, w0, b0, seed=None)
     with pytest.raises(GradTuneInputError, match="NaN"):
         finetune_linear(h * np.nan, y, w0, b0, seed=0)
+
+
+def test_schedule_codes_cover_the_named_schedules():
+    from gradtune.objectives.choices import FINETUNE_SAMPLERS, SAMPLERS, SCHEDULES, TRAIN_SAMPLERS
+    from gradtune.objectives.schedules import SCHEDULE_CODE
+
+    assert set(SCHEDULE_CODE) == set(SCHEDULES)
+    assert set(FINETUNE_SAMPLERS) | set(TRAIN_SAMPLERS) == set(SAMPLERS)
+    hand = {"cosine": 0.5 * 0.5 * (1 + math.cos(math.pi * 0.3)), "linear": 0.5 * 0.7, "constant": 0.5}
+    for name in SCHEDULES:
+        assert lr_at(3, 10, 0.5, name) == pytest.approx(hand[name], rel=1e-12)

@@ -13,11 +13,11 @@ from gradtune._validation import GradTuneInputError
 from gradtune.embeddings.bundle import BundleError, EmbeddingBundle
 from gradtune.groups.xrm import XRMConfig, fit_xrm
 from gradtune.methods import get_method, list_methods
-from gradtune.methods.balancing import balanced_subsample
 from gradtune.methods.dfr import DFRMethod, fit_l1_logreg
 from gradtune.methods.gradtune_auto import GradTuneAutoMethod, worst_group_value
 from gradtune.methods.inferred import bundle_pseudo_groups, merge_small_groups
 from gradtune.metrics import evaluate
+from gradtune.objectives.sampling import balanced_subsample
 from tests.methods._synthetic import make_spurious_bundle
 from tests.methods.conftest import garbage_test_rows
 

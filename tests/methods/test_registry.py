@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gradtune.methods import METHODS, list_methods
-from gradtune.methods.selection import build_method
+from gradtune.methods.tuning import build_method
 from tests.methods.conftest import FAST_PARAMS
 
 EXPECTED_GROUP_USE = {

@@ -8,14 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from gradtune.finetune.head_loop import ema_update
 from gradtune.methods import ULAMethod, ULAModel
 from gradtune.methods.base import LinearHead
-from gradtune.methods.ula import (
-    _train_adjusted,
-    adjustment_offsets,
-    conditional_from_joint,
-    ema_update,
-)
+from gradtune.methods.ula import _train_adjusted, adjustment_offsets, conditional_from_joint
 
 
 def test_conditional_and_offsets_by_hand():

@@ -20,7 +20,8 @@ from gradtune._validation import GradTuneInputError
 from gradtune.data.base import GroupedDataset
 from gradtune.models import distributed as gdist
 from gradtune.models.classifier import build_mlp_classifier
-from gradtune.models.trainer import TrainConfig, seeded_scope, train
+from gradtune.training.config import TrainConfig
+from gradtune.training.trainer import seeded_scope, train
 
 N, D, BATCH, EPOCHS = 64, 6, 8, 2
 

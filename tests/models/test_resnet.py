@@ -10,20 +10,23 @@ from gradtune._validation import GradTuneInputError
 from gradtune.data.base import GroupedDataset
 from gradtune.models.classifier import find_last_linear, model_from_spec
 from gradtune.models.resnet import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ImagePreprocess,
     PretrainedWeightsError,
     ResNet,
     _resolve_weights,
     build_resnet,
     build_resnet50,
+)
+from gradtune.models.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImagePreprocess,
     center_crop,
     load_image,
     random_resized_crop,
     resize,
 )
-from gradtune.models.trainer import TrainConfig, seeded_scope, train
+from gradtune.training.config import TrainConfig
+from gradtune.training.trainer import seeded_scope, train
 
 torch.set_num_threads(1)
 

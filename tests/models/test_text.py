@@ -18,7 +18,8 @@ from gradtune.models.text import (
     text_classifier_from_config,
     tokenize,
 )
-from gradtune.models.trainer import TrainConfig, seeded_scope, train
+from gradtune.training.config import TrainConfig
+from gradtune.training.trainer import seeded_scope, train
 
 transformers = pytest.importorskip("transformers")
 torch.set_num_threads(1)

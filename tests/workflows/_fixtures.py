@@ -117,7 +117,7 @@ def write_tiny_bert(folder: Path) -> Path:
     """Save a 2-layer, 32-wide BERT (initialized under seed 0) and a tokenizer over :data:`VOCAB`."""
     import transformers
 
-    from gradtune.models.trainer import seeded_scope
+    from gradtune.training.trainer import seeded_scope
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")

@@ -22,7 +22,7 @@ import pytest
 from gradtune.cli import main
 from gradtune.embeddings.bundle import load_bundle
 from gradtune.experiments.config import load_config
-from gradtune.experiments.store import ResultStore
+from gradtune.results.store import ResultStore
 
 from ._fixtures import (
     TINY_BERT_CONFIG,

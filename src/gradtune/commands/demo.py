@@ -31,8 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gradtune._validation import GradTuneInputError
-    from gradtune.experiments.demo import DEFAULT_BENCHMARKS, DEFAULT_METHODS, DemoConfig, run_demo
     from gradtune.experiments.offline import OFFLINE_BENCHMARKS
+    from gradtune.workflows.demo import DEFAULT_BENCHMARKS, DEFAULT_METHODS, DemoConfig, run_demo
 
     args.benchmarks = list(DEFAULT_BENCHMARKS) if args.benchmarks is None else args.benchmarks
     args.methods = list(DEFAULT_METHODS) if args.methods is None else args.methods

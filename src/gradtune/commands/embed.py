@@ -49,8 +49,10 @@ def run(args: argparse.Namespace) -> int:
     from gradtune.data.base import SPLIT_CODES
     from gradtune.embeddings.extract import save_embeddings
     from gradtune.models import distributed as gdist
-    from gradtune.models.resnet import ImagePreprocess, ResNet
-    from gradtune.models.trainer import load_checkpoint, load_model, make_preprocess
+    from gradtune.models.checkpoint import load_checkpoint, load_model
+    from gradtune.models.preprocess import make_preprocess
+    from gradtune.models.resnet import ResNet
+    from gradtune.models.transforms import ImagePreprocess
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:

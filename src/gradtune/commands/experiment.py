@@ -24,10 +24,6 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # pragma: no cover
-    from gradtune.experiments.config import ExperimentConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -63,7 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from gradtune._validation import GradTuneInputError
     from gradtune.experiments.config import packaged_configs
-    from gradtune.experiments.runner import run_experiments, store_path_for
+    from gradtune.results.records import store_path_for
+    from gradtune.workflows.experiment import benchmark_names, load_selected, run_configs
 
     if args.list:
         for name, path in packaged_configs().items():
@@ -77,8 +74,7 @@ def run(args: argparse.Namespace) -> int:
         raise GradTuneInputError(f"give at least one CONFIG (a .toml file or a packaged name; see --list){hint}")
     if args.workers is not None and args.workers < 1:
         raise GradTuneInputError(f"--workers must be >= 1, got {args.workers}")
-    configs = load_selected(args)
-    n_runs = sum(len(c.run_specs()) for c in configs)
+    configs = load_selected(args.configs, benchmarks=args.benchmarks, bundles=args.bundles)
     if args.dry_run:
         for c in configs:
             specs = c.run_specs()
@@ -90,23 +86,9 @@ def run(args: argparse.Namespace) -> int:
             for v in c.variants:
                 print(f"    {v.label}: {v.params}")
         return 0
-    logger = None
-    if args.mlflow:
-        from gradtune.experiments.tracking import MlflowLogger
-
-        logger = MlflowLogger(experiment="gradtune:" + "+".join(c.name for c in configs))
-    store_path = store_path_for(args.out)
-    launcher_kind = args.launcher or configs[0].launcher.kind
-    if args.cluster:
-        configs[0].launcher.submitit["cluster"] = args.cluster
-    print(f"{n_runs} planned runs from {', '.join(c.name for c in configs)} -> {store_path}", file=sys.stderr)
-
-    def on_record(record: dict, reused: bool) -> None:
-        if not args.quiet:
-            print_progress(record, reused)
-        if logger is not None and not reused:
-            logger.log(record)
-
+    n_runs = sum(len(c.run_specs()) for c in configs)
+    print(f"{n_runs} planned runs from {', '.join(c.name for c in configs)} -> {store_path_for(args.out)}",
+          file=sys.stderr)
     parts = ["gradtune", "run", *args.configs, "--out", str(args.out)]
     if args.benchmarks:
         parts += ["--benchmarks", *benchmark_names(args.benchmarks)]
@@ -115,49 +97,24 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             parts += [flag, str(value)]
     parts += [f for f, on in (("--force", args.force), ("--mlflow", args.mlflow)) if on]
-    command = " ".join(shlex.quote(p) for p in parts)
-    summary = run_experiments(configs, store_path, workers=args.workers, launcher=launcher_kind, force=args.force,
-                              cache_dir=args.cache_dir, progress=not args.quiet, on_record=on_record,
-                              command=command)
+    outcome = run_configs(configs, args.out, workers=args.workers, launcher=args.launcher, cluster=args.cluster,
+                          force=args.force, cache_dir=args.cache_dir, mlflow=args.mlflow, progress=not args.quiet,
+                          on_record=None if args.quiet else print_progress,
+                          command=" ".join(shlex.quote(p) for p in parts), report=args.report)
+    summary = outcome.summary
     print(f"{summary.new} runs computed, {summary.reused} already stored, {summary.failed} failed; "
-          f"{summary.seconds:.0f} s; store: {store_path}")
+          f"{summary.seconds:.0f} s; store: {outcome.store}")
     if summary.failed:
         for r in summary.records:
             if r.get("status") == "failed":
                 last = (r.get("error") or "").strip().splitlines()[-1:] or [""]
                 print(f"  FAILED {r['benchmark']} seed {r['seed']} {r['label']}: {last[0]}", file=sys.stderr)
-    if args.report:
-        from gradtune.report.paper_report import write_paper_report
-
-        res = write_paper_report(store_path, args.out / "report", partial=False)
+    if outcome.report is not None:
+        res = outcome.report
         print(f"report: {res.paths['markdown']} ({', '.join(res.shown) or 'no complete items'})")
     else:
         print(f"write the tables and figures with: gradtune report {args.out} --out {args.out / 'report'}")
     return 1 if summary.failed else 0
-
-
-def benchmark_names(values: list[str]) -> list[str]:
-    """``--benchmarks`` values, space- or comma-separated, in order, each once."""
-    return list(dict.fromkeys(n.strip() for v in values for n in v.split(",") if n.strip()))
-
-
-def load_selected(args: argparse.Namespace) -> list[ExperimentConfig]:
-    """The configs of ``args.configs``, cut to ``--benchmarks``, with their bundle files checked.
-
-    Configs that have none of the asked benchmarks are left out (said on stderr).
-    """
-    from gradtune.experiments.config import load_config, select_benchmarks
-
-    variables = None if args.bundles is None else {"GRADTUNE_BUNDLES": str(args.bundles)}
-    configs = [load_config(c, check_paths=False, variables=variables) for c in args.configs]
-    if args.benchmarks is not None:
-        configs, skipped = select_benchmarks(configs, benchmark_names(args.benchmarks))
-        for c in skipped:
-            print(f"{c.name}: left out (none of --benchmarks is among its benchmarks "
-                  f"{', '.join(b.name for b in c.benchmarks)})", file=sys.stderr)
-    for c in configs:
-        c.check_paths()
-    return configs
 
 
 def print_progress(record: dict, reused: bool) -> None:

@@ -202,7 +202,7 @@ def _run_method(args: argparse.Namespace, path: Path, out: Path, method_params: 
 
     from gradtune.embeddings.bundle import load_bundle
     from gradtune.methods.base import LinearHead
-    from gradtune.methods.selection import build_method
+    from gradtune.methods.tuning import build_method
 
     method = build_method(args.method, method_params)
     params = {"method": args.method, "method_params": method.params(), "seed": args.seed,

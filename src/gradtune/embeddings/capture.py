@@ -3,7 +3,8 @@
 One pass in eval mode over a loader gives the features ``h`` (N, d) that the output
 ``nn.Linear`` sees, its logits (N, C), and the labels (N,).
 
-The output layer is found by tracing, not by registration order: one forward pass
+The output layer is found by tracing, not by registration order
+(:func:`gradtune.models.classifier.find_last_linear` is the registration-order guess): one forward pass
 records the output of every ``nn.Linear``, and the layer whose output *is* the logits
 the model returns (a tensor, ``ModelOutput.logits``, a ``{"logits": ...}`` mapping or
 the first tensor of a tuple) is the one GradTune fine-tunes. When no layer, or more
@@ -26,52 +27,13 @@ import torch
 from torch import nn
 
 from gradtune._validation import GradTuneInputError, as_label_tensor, check_device
+from gradtune.models.classifier import find_last_linear, named_linear, unwrap_model
 
 __all__ = ["find_last_linear", "find_output_layer", "resolve_output_layer", "capture_features",
            "split_batch", "call_model", "logits_of"]
 
 LABEL_KEYS = ("labels", "label", "y")
 _NON_INPUT_KEYS = (*LABEL_KEYS, "groups", "group")
-
-
-def _named_linear(model: nn.Module, layer: nn.Linear | str) -> nn.Linear:
-    """``layer`` itself, or the submodule of ``model`` it names (checked to be an ``nn.Linear``)."""
-    if isinstance(layer, nn.Linear):
-        return layer
-    if isinstance(layer, str):
-        from gradtune.models.classifier import unwrap_model
-
-        modules = dict(unwrap_model(model).named_modules())
-        modules.update(model.named_modules())
-        if layer not in modules:
-            raise GradTuneInputError(f"model has no submodule named {layer!r}; the nn.Linear layers are: "
-                                     f"{', '.join(map(repr, _linear_names(model))) or 'none'}")
-        if not isinstance(modules[layer], nn.Linear):
-            raise GradTuneInputError(f"submodule {layer!r} is a {type(modules[layer]).__name__}, not nn.Linear")
-        return modules[layer]
-    raise GradTuneInputError(f"layer must be an nn.Linear, a module name or None, got {type(layer).__name__}")
-
-
-def _linear_names(model: nn.Module) -> list[str]:
-    from gradtune.models.classifier import unwrap_model
-
-    return [name for name, m in unwrap_model(model).named_modules() if isinstance(m, nn.Linear)]
-
-
-def find_last_linear(model: nn.Module, layer: nn.Linear | str | None = None) -> nn.Linear:
-    """The model's classification layer chosen without running the model.
-
-    ``layer`` may be the module itself, its dotted name, or None: then a ``head``
-    attribute that is an ``nn.Linear`` wins, else the last ``nn.Linear`` in
-    ``model.modules()`` order; DDP/DataParallel wrappers are looked through. This is a
-    registration-order guess; :func:`find_output_layer` checks it against a forward pass
-    and is what GradTune and :func:`gradtune.repair` use.
-    """
-    if layer is not None:
-        return _named_linear(model, layer)
-    from gradtune.models.classifier import find_last_linear as auto_find
-
-    return auto_find(model)
 
 
 def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
@@ -183,8 +145,6 @@ def find_output_layer(model: nn.Module, inputs: Any, *, device: str | torch.devi
         than one) produces its logits; the message names the candidate layers and
         says to pass ``layer=``.
     """
-    from gradtune.models.classifier import unwrap_model
-
     inner = unwrap_model(model)
     linears = [(name, m) for name, m in inner.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
@@ -253,7 +213,7 @@ def resolve_output_layer(model: nn.Module, loader: Iterable[Any], layer: nn.Line
     iterator.
     """
     if layer is not None:
-        return _named_linear(model, layer), loader
+        return named_linear(model, layer), loader
     first, loader = _peek(loader)
     inputs, _ = split_batch(first)
     return find_output_layer(model, inputs, device=device), loader

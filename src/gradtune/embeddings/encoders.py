@@ -78,9 +78,8 @@ def default_num_threads() -> int:
 
     ``cores - round(busy cores)``, at least 1 and at most ``cores``, where busy cores are
     measured over a quarter second just before encoding (falling back to the 1-minute
-    load average). Measured on a 2-core machine: when another process keeps a core
-    busy, two threads encode 3-5x SLOWER than one (the threads wait on each other), so
-    a busy machine gets one thread; an idle one gets all its cores. (The load average
+    load average). When another process keeps a core busy, extra threads encode slower
+    than one (the threads wait on each other), so a busy machine gets one thread; an idle one gets all its cores. (The load average
     alone lags: it still counts this process's own previous work.)
     """
     try:
@@ -225,7 +224,7 @@ def _load_effnet(size: int) -> torch.nn.Module:
     state = torch.load(weights, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     model.eval()
-    return model.to(memory_format=torch.channels_last)  # ~1.4x faster convolutions on CPU
+    return model.to(memory_format=torch.channels_last)  # faster convolutions on CPU
 
 
 def image_encoder_info(size: int = 64) -> dict[str, Any]:

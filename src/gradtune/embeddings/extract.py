@@ -28,7 +28,7 @@ from gradtune.data.base import SPLIT_CODES, GroupedDataset
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.models import distributed as gdist
 from gradtune.models.classifier import find_last_linear, unwrap_model
-from gradtune.models.trainer import Preprocess, SampleDataset, make_preprocess
+from gradtune.models.preprocess import Preprocess, SampleDataset, make_preprocess
 
 __all__ = ["Encoded", "encode", "extract_embeddings", "save_embeddings"]
 
@@ -81,7 +81,7 @@ def encode(model: nn.Module, data: GroupedDataset, indices: np.ndarray | None = 
     indices : np.ndarray of shape (N,), optional
         Rows to encode, in output order; default all rows.
     preprocess : Preprocess, optional
-        Default :func:`gradtune.models.trainer.make_preprocess` (eval transforms).
+        Default :func:`gradtune.models.preprocess.make_preprocess` (eval transforms).
     batch_size : int, default=256
         Per-process batch size.
     num_workers : int, default=0

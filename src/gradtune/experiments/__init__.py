@@ -1,5 +1,6 @@
-"""Experiments: the offline benchmarks, the demo, and the runner that stores results.
+"""Experiments: configs, bundle sources (the offline benchmarks among them), launchers and the
+runner that writes every run to the results store.
 
 Submodules are imported on demand (the offline benchmarks pull in encoders and data
-packages that only the demo needs).
+packages that only they need).
 """

@@ -221,7 +221,7 @@ def parse_variants(data: dict[str, Any], methods: list[str]) -> list[Variant]:
 
 
 def validate_variant(v: Variant, where: str) -> None:
-    from gradtune.methods.selection import build_method
+    from gradtune.methods.tuning import build_method
 
     try:
         method = build_method(v.method, v.params)

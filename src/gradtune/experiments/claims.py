@@ -5,7 +5,7 @@ Before a process computes pending runs it claims them in the store's ``claims`` 
 so two processes never both hold a claim. A claim is taken over when its holder is
 gone: a process of this host that no longer exists. (Claims of other hosts are
 trusted; the store is not shared across machines, see
-:mod:`gradtune.experiments.store`.) A run that another live process holds, or that
+:mod:`gradtune.results.store`.) A run that another live process holds, or that
 became ``done`` meanwhile, is waited for and then read from the store.
 
 The table is created on first use; stores without it read as "nothing claimed".
@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from gradtune.experiments.store import ResultStore
+from gradtune.results.store import ResultStore
 
 __all__ = ["claim_runs", "release_runs", "run_claimed"]
 

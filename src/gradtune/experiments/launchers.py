@@ -1,8 +1,9 @@
 """Launchers: where independent runs execute.
 
-A launcher takes the pending runs (picklable :class:`~gradtune.experiments.runner.RunTask`
-objects) and calls ``on_result(record)`` in the calling process for each finished run, so
-only the calling process writes to the results store.
+A launcher takes the pending tasks and the function that runs one task (the runner passes
+its picklable tasks and :func:`gradtune.experiments.runner.execute_task`), and calls
+``on_result(record)`` in the calling process for each finished task, so only the calling
+process writes to the results store.
 
 * :class:`LocalLauncher` — in this process (``workers=1``), or a pool of ``workers``
   processes (``concurrent.futures.ProcessPoolExecutor``, spawn start method, one torch
@@ -12,8 +13,8 @@ only the calling process writes to the results store.
   is installed. Jobs return their records to the submitting process, which writes them
   (SQLite is not safe on network file systems).
 
-Every launcher runs the same function, :func:`gradtune.experiments.runner.execute_task`,
-which never raises: a failing run comes back as a record with ``status='failed'``.
+The task function never raises: a failing run comes back as a record with
+``status='failed'``; a job that dies on a cluster is recorded through ``failure(task, message)``.
 """
 
 from __future__ import annotations
@@ -51,8 +52,14 @@ class Launcher(ABC):
     remote: bool = True
 
     @abstractmethod
-    def run(self, tasks: Sequence[Any], on_result: Callable[[dict], None]) -> None:
-        """Execute ``tasks``; call ``on_result(record)`` once per task, in this process."""
+    def run(self, tasks: Sequence[Any], task_fn: Callable[[Any], dict], on_result: Callable[[dict], None],
+            failure: Callable[[Any, str], dict] | None = None) -> None:
+        """Execute ``task_fn(task)`` for every task; call ``on_result(record)`` once per task, in this process.
+
+        ``task_fn`` must never raise (it returns a failure record instead) and, for
+        launchers that run tasks in other processes, be a module-level function.
+        ``failure(task, message)`` makes the record of a task whose worker died.
+        """
 
     def describe(self) -> str:
         return self.name
@@ -75,7 +82,7 @@ class LocalLauncher(Launcher):
     ----------
     workers : int, default=1
         Worker processes. Each sets ``torch.set_num_threads(1)``; tiny training
-        steps run fastest and most steadily on one thread (measured on a 2-core machine).
+        steps run fastest and most steadily on one thread (see benchmarks/).
     start_method : {'spawn', 'forkserver', 'fork'}, default='spawn'
         How workers start. 'spawn' (fresh interpreters, each importing torch once) is the
         safe default; 'fork' starts instantly and is safe here because workers never run
@@ -97,17 +104,16 @@ class LocalLauncher(Launcher):
     def describe(self) -> str:
         return "in-process" if self.workers == 1 else f"{self.workers} local worker processes"
 
-    def run(self, tasks: Sequence[Any], on_result: Callable[[dict], None]) -> None:
-        from gradtune.experiments.runner import execute_task
-
+    def run(self, tasks: Sequence[Any], task_fn: Callable[[Any], dict], on_result: Callable[[dict], None],
+            failure: Callable[[Any, str], dict] | None = None) -> None:
         if self.workers == 1 or len(tasks) <= 1:
             for t in tasks:
-                on_result(execute_task(t))
+                on_result(task_fn(t))
             return
         ctx = mp.get_context(self.start_method)
         with ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)), mp_context=ctx,
                                  initializer=_worker_init, initargs=(os.getpid(),)) as pool:
-            pending = {pool.submit(execute_task, t) for t in tasks}
+            pending = {pool.submit(task_fn, t) for t in tasks}
             try:
                 while pending:
                     finished, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -120,12 +126,10 @@ class LocalLauncher(Launcher):
                 raise
 
 
-def _execute_batch(tasks: Sequence[Any]) -> list[dict]:
+def _execute_batch(task_fn: Callable[[Any], dict], tasks: Sequence[Any]) -> list[dict]:
     """A submitit job: run several tasks in one job, one torch thread."""
-    from gradtune.experiments.runner import execute_task
-
     _worker_init()
-    return [execute_task(t) for t in tasks]
+    return [task_fn(t) for t in tasks]
 
 
 class SubmititLauncher(Launcher):
@@ -165,11 +169,12 @@ class SubmititLauncher(Launcher):
     def describe(self) -> str:
         return f"submitit ({self.cluster or 'auto'}; {self.folder})"
 
-    def run(self, tasks: Sequence[Any], on_result: Callable[[dict], None]) -> None:
+    def run(self, tasks: Sequence[Any], task_fn: Callable[[Any], dict], on_result: Callable[[dict], None],
+            failure: Callable[[Any, str], dict] | None = None) -> None:
         import submitit
 
-        from gradtune.experiments.runner import failure_record
-
+        if failure is None:
+            raise GradTuneInputError("the submitit launcher needs a failure(task, message) function for dead jobs")
         if not tasks:
             return
         executor = submitit.AutoExecutor(folder=self.folder, cluster=self.cluster)
@@ -178,14 +183,14 @@ class SubmititLauncher(Launcher):
             params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
         executor.update_parameters(**params)
         batches = [list(tasks[i:i + self.tasks_per_job]) for i in range(0, len(tasks), self.tasks_per_job)]
-        jobs = executor.map_array(_execute_batch, batches)
+        jobs = executor.map_array(_execute_batch, [task_fn] * len(batches), batches)
         pending = list(zip(jobs, batches, strict=True))
 
         def collect(job: Any, batch: list) -> None:
             try:
                 records = job.result()
             except Exception as err:  # the job itself died (time limit, node failure, ...)
-                records = [failure_record(t, f"submitit job {job.job_id} failed: {err}") for t in batch]
+                records = [failure(t, f"submitit job {job.job_id} failed: {err}") for t in batch]
             for r in records:
                 on_result(r)
 

@@ -8,7 +8,7 @@ Flow of :func:`execute`:
 1. group the runs by (benchmark, seed, bundle source); per group, load the bundle once
    (offline benchmarks are built and cached on first use), compute its fingerprint,
    describe it in the store and store the ERM head's held-out gradient norms (Fig. 2/4);
-2. give each run its id (:func:`gradtune.experiments.store.make_run_id`) and link it to
+2. give each run its id (:func:`gradtune.results.store.make_run_id`) and link it to
    its experiment(s); runs already ``done`` are skipped unless ``force``;
 3. hand the rest to a launcher (:mod:`gradtune.experiments.launchers`): in-process, a
    pool of worker processes, or submitit jobs. Each finished run is written in one
@@ -18,14 +18,13 @@ Flow of :func:`execute`:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import socket
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -34,102 +33,26 @@ import numpy as np
 
 from gradtune._threads import torch_threads
 from gradtune._validation import GradTuneInputError
-from gradtune.embeddings.bundle import BundleError, EmbeddingBundle, load_bundle
+from gradtune.embeddings.bundle import BundleError, EmbeddingBundle
+from gradtune.experiments.bundles import (
+    BundleSource,
+    bundle_fingerprint,
+    clear_cache,
+    embedding_hash,
+    load_cached,
+)
+from gradtune.experiments.claims import run_claimed
 from gradtune.experiments.inference_quality import inference_quality_record
+from gradtune.experiments.launchers import Launcher, LocalLauncher, make_launcher
 from gradtune.experiments.spec import RunSpec
-from gradtune.experiments.store import STORE_NAME, ResultStore, code_version, make_run_id
 from gradtune.methods.base import erm_head
 from gradtune.metrics.accuracy import evaluate
+from gradtune.results.records import store_path_for
+from gradtune.results.store import ResultStore, code_version, make_run_id
 from gradtune.scores.grad_norms import grad_norms
 
-__all__ = ["RunSpec", "BundleSource", "RunTask", "ExecutionSummary", "run_record", "run_grid", "execute",
-           "run_experiments", "execute_task", "failure_record", "bundle_fingerprint", "embedding_hash",
-           "erm_diagnostics", "load_records", "store_path_for"]
-
-
-# ------------------------------------------------------------------- bundles
-
-def _hash_arrays(arrays: Iterable[np.ndarray | None]) -> str:
-    h = hashlib.sha256()
-    for arr in arrays:
-        if arr is None:
-            h.update(b"<none>")
-            continue
-        a = np.ascontiguousarray(arr)
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()[:16]
-
-
-def bundle_fingerprint(bundle: EmbeddingBundle) -> str:
-    """A short content hash of everything a method can see (arrays, splits, head, groups)."""
-    return _hash_arrays([bundle.features, bundle.labels, bundle.split.astype(str), bundle.logits,
-                         bundle.early_logits, bundle.head_weight, bundle.head_bias, bundle.groups,
-                         bundle.attributes])
-
-
-def embedding_hash(bundle: EmbeddingBundle) -> str:
-    """A short content hash of the embedded data alone (features, labels, groups)."""
-    return _hash_arrays([bundle.features, bundle.labels, bundle.groups])
-
-
-@dataclass(frozen=True)
-class BundleSource:
-    """A picklable recipe for the bundle of one (benchmark, seed).
-
-    kind : {'offline', 'file', 'callable'}
-        'offline': :func:`gradtune.experiments.offline.build_bundle`, cached in ``cache_dir``;
-        'file': ``path`` (``{seed}`` replaced), validation rows split by the seed if needed;
-        'callable': ``build(benchmark, seed)`` (picklable only if ``build`` is a module-level function).
-    """
-
-    benchmark: str
-    seed: int
-    kind: str
-    path: str | None = None
-    cache_dir: str | None = None
-    build: Callable[[str, int], EmbeddingBundle] | None = field(default=None, compare=True)
-    progress: bool = field(default=False, compare=False)
-
-    def describe(self) -> str:
-        if self.kind == "file":
-            return f"file:{self.path}"
-        if self.kind == "offline":
-            return f"offline:{self.benchmark} (cache {self.cache_dir or 'default'})"
-        return f"callable:{getattr(self.build, '__qualname__', self.build)}"
-
-    def load(self) -> EmbeddingBundle:
-        if self.kind == "file":
-            path = Path(str(self.path).replace("{seed}", str(self.seed)))
-            if not path.exists():
-                raise FileNotFoundError(f"bundle {path} (benchmark {self.benchmark!r}, seed {self.seed}) does not exist")
-            return load_bundle(path).resolve_heldout(self.seed)
-        if self.kind == "offline":
-            from gradtune.experiments.demo import cached_bundle
-            from gradtune.experiments.offline import build_bundle
-
-            cache = None if self.cache_dir is None else Path(self.cache_dir)
-            return cached_bundle(self.benchmark, self.seed, cache, build_bundle, progress=self.progress)
-        if self.kind == "callable" and self.build is not None:
-            return self.build(self.benchmark, self.seed)
-        raise GradTuneInputError(f"unknown bundle source kind {self.kind!r}")
-
-
-# One bundle kept per process (workers receive many runs of the same bundle in a row).
-_BUNDLE_CACHE: dict[BundleSource, tuple[EmbeddingBundle, str, float]] = {}
-
-
-def _load_cached(source: BundleSource) -> tuple[EmbeddingBundle, str, float]:
-    hit = _BUNDLE_CACHE.get(source)
-    if hit is not None:
-        return hit[0], hit[1], 0.0
-    _BUNDLE_CACHE.clear()
-    t = time.perf_counter()
-    bundle = source.load()
-    fp = bundle_fingerprint(bundle)
-    entry = (bundle, fp, time.perf_counter() - t)
-    _BUNDLE_CACHE[source] = entry
-    return entry
+__all__ = ["RunSpec", "RunTask", "ExecutionSummary", "run_record", "run_grid", "execute", "run_experiments",
+           "execute_task", "failure_record", "erm_diagnostics"]
 
 
 @dataclass(frozen=True)
@@ -144,6 +67,7 @@ class RunTask:
 
 
 # -------------------------------------------------------------------- a run
+
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
@@ -214,7 +138,7 @@ def execute_task(task: RunTask) -> dict[str, Any]:
     """
     started = _now()
     try:
-        bundle, fp, load_s = _load_cached(task.source)
+        bundle, fp, load_s = load_cached(task.source)
         if fp != task.fingerprint:
             raise BundleError(f"the bundle of {task.source.describe()} changed since the run was planned "
                               f"(fingerprint {fp} != {task.fingerprint}); rerun to plan again")
@@ -243,6 +167,7 @@ def erm_diagnostics(bundle: EmbeddingBundle) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- execution
 
+
 @dataclass
 class ExecutionSummary:
     """What :func:`execute` did: records (in plan order, done or failed), counts and seconds."""
@@ -269,7 +194,7 @@ class _Job:
 def _plan_group(jobs: list[_Job], store: ResultStore, *, force: bool) -> tuple[list[RunTask], dict[str, list[_Job]]]:
     """Load the group's bundle, describe it, store its norms, and give each job its task."""
     source = jobs[0].source
-    bundle, fp, _ = _load_cached(source)
+    bundle, fp, _ = load_cached(source)
     data_hash = embedding_hash(bundle)
     sizes = {s: int(np.sum(bundle.split == s)) for s in sorted(set(bundle.split.tolist()))}
     store.put_bundle(fp, benchmark=source.benchmark, seed=source.seed, source=source.describe(), data_hash=data_hash,
@@ -300,7 +225,7 @@ def _check_picklable(tasks: Sequence[RunTask]) -> None:
 
 
 def execute(jobs: Sequence[tuple[str, RunSpec, BundleSource]], store: ResultStore | str | Path, *,
-            experiments: dict[str, dict[str, Any]] | None = None, launcher: Any = None, force: bool = False,
+            experiments: dict[str, dict[str, Any]] | None = None, launcher: Launcher | None = None, force: bool = False,
             on_record: Callable[[dict, bool], None] | None = None, command: str | None = None) -> ExecutionSummary:
     """Plan and run ``(experiment, spec, source)`` jobs, skipping runs already done.
 
@@ -324,9 +249,6 @@ def execute(jobs: Sequence[tuple[str, RunSpec, BundleSource]], store: ResultStor
     ExecutionSummary
         ``records`` holds one record per job (same order), labelled with the job's label.
     """
-    from gradtune.experiments.claims import run_claimed
-    from gradtune.experiments.launchers import LocalLauncher
-
     t0 = time.perf_counter()
     store = store if isinstance(store, ResultStore) else ResultStore(store_path_for(store))
     launcher = launcher or LocalLauncher(1)
@@ -347,11 +269,12 @@ def execute(jobs: Sequence[tuple[str, RunSpec, BundleSource]], store: ResultStor
     all_tasks: list[RunTask] = []
 
     def handle(record: dict, reused: bool, run_jobs: list[_Job]) -> None:
-        summary.reused += reused
         if not reused:
             store.save_record(record)
-            summary.failed += record.get("status") == "failed"
-            summary.new += record.get("status") != "failed"
+            if record.get("status") == "failed":
+                summary.failed += 1
+            else:
+                summary.new += 1
         results[record["run_id"]] = record
         if on_record:
             for job in run_jobs[:1]:
@@ -359,9 +282,10 @@ def execute(jobs: Sequence[tuple[str, RunSpec, BundleSource]], store: ResultStor
 
     def dispatch(tasks: list[RunTask], worker: str) -> None:
         store.mark_running([_running_row(t, force) for t in tasks], worker=worker)
-        launcher.run(tasks, lambda r: handle(r, False, by_id_all[r["run_id"]]))
+        launcher.run(tasks, execute_task, lambda r: handle(r, False, by_id_all[r["run_id"]]), failure_record)
 
     def stored_elsewhere(record: dict) -> None:  # computed by another process on this store
+        summary.reused += 1
         handle(record, True, by_id_all[record["run_id"]])
 
     by_id_all: dict[str, list[_Job]] = {}
@@ -378,6 +302,7 @@ def execute(jobs: Sequence[tuple[str, RunSpec, BundleSource]], store: ResultStor
         pending = []
         for t in tasks:
             if t.run_id in stored:
+                summary.reused += 1
                 handle(stored[t.run_id], True, by_id[t.run_id])
             else:
                 pending.append(t)
@@ -390,7 +315,7 @@ def execute(jobs: Sequence[tuple[str, RunSpec, BundleSource]], store: ResultStor
                                              "n_planned": sum(1 for j in jobs if j.experiment == name)}, planned)
     if not sequential and all_tasks:
         _check_picklable(all_tasks)
-        _BUNDLE_CACHE.clear()  # workers load their own copies
+        clear_cache()  # workers load their own copies
         run_claimed(store, all_tasks, lambda ts: dispatch(ts, launcher.describe()), stored_elsewhere, force=force)
     for j in jobs:
         rec = results.get(job_run[id(j)])
@@ -410,12 +335,6 @@ def _running_row(t: RunTask, force: bool) -> dict[str, Any]:
             "force": force}
 
 
-def store_path_for(root: str | Path) -> Path:
-    """``root`` itself if it names a ``.sqlite``/``.db`` file, else ``root/results.sqlite``."""
-    root = Path(root)
-    return root if root.suffix in (".sqlite", ".db", ".sqlite3") else root / STORE_NAME
-
-
 def run_experiments(configs: Sequence[Any], store: ResultStore | str | Path, *, workers: int | None = None,
                     launcher: str | None = None, launcher_folder: str | Path | None = None, force: bool = False,
                     cache_dir: str | Path | None = None, progress: bool = True,
@@ -433,7 +352,6 @@ def run_experiments(configs: Sequence[Any], store: ResultStore | str | Path, *, 
     bundle files must exist); the stored experiments name the ones left out.
     """
     from gradtune.experiments.config import select_benchmarks
-    from gradtune.experiments.launchers import make_launcher
 
     if benchmarks is not None:
         configs, _ = select_benchmarks(configs, benchmarks)
@@ -480,8 +398,6 @@ def run_grid(specs: Iterable[RunSpec], get_bundle: Callable[[str, int], Embeddin
     once per (benchmark, seed) while planning. ``on_record(record, reused)`` is called
     after each run. The runs form the experiment ``experiment`` in the store.
     """
-    from gradtune.experiments.launchers import LocalLauncher
-
     specs = list(specs)
     jobs = [(experiment, s, BundleSource(s.benchmark, s.seed, "callable", build=get_bundle)) for s in specs]
     cfg = {"name": experiment, "benchmarks": list(dict.fromkeys(s.benchmark for s in specs)),
@@ -491,10 +407,3 @@ def run_grid(specs: Iterable[RunSpec], get_bundle: Callable[[str, int], Embeddin
     summary = execute(jobs, store_path_for(root), experiments={experiment: cfg}, launcher=LocalLauncher(workers),
                       force=force, on_record=on_record)
     return summary.records
-
-
-def load_records(root: str | Path, *, status: str = "done") -> list[dict]:
-    """Every stored run under ``root`` (a store file or a folder holding ``results.sqlite``)."""
-    from gradtune.experiments.store import find_store
-
-    return ResultStore(find_store(root), readonly=True).records(status=status)

@@ -34,6 +34,6 @@ class RunSpec:
         return self.label or self.method
 
     def build(self) -> Method:
-        from gradtune.methods.selection import build_method
+        from gradtune.methods.tuning import build_method
 
         return build_method(self.method, dict(self.params))

@@ -41,7 +41,7 @@ class MlflowLogger:
 
     def log(self, record: dict[str, Any]) -> None:
         """Log one finished run (failed runs are logged with a 'failed' tag and no metrics)."""
-        from gradtune.report.tables import flatten_params
+        from gradtune.results.records import flatten_params
 
         mlflow = self._mlflow
         name = f"{record['label']} | {record['benchmark']} | seed {record['seed']}"

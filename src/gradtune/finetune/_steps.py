@@ -10,23 +10,11 @@ Shapes: N samples, d features, C classes.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-__all__ = ["SCHEDULE_CODE", "batch_loss_weights", "epoch_steps", "epoch_steps_dual", "scheduled_lr"]
+from gradtune.objectives.schedules import scheduled_lr
 
-SCHEDULE_CODE = {"constant": 0, "cosine": 1, "linear": 2}
-
-
-def scheduled_lr(step: int, total: int, base_lr: float, schedule: int) -> float:
-    """:func:`lr_at` with the schedule as an integer code."""
-    if schedule == 1:
-        return base_lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
-    if schedule == 2:
-        return base_lr * (1.0 - step / total)
-    return base_lr
-
+__all__ = ["batch_loss_weights", "epoch_steps", "epoch_steps_dual"]
 
 def batch_loss_weights(n: int, bs: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """(N,) weight of each epoch position in the epoch loss: 1 / (size of its batch)."""

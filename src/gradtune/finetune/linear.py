@@ -31,16 +31,16 @@ from gradtune._validation import (
     make_generator,
 )
 from gradtune.finetune import _steps
-from gradtune.finetune._steps import SCHEDULE_CODE, batch_loss_weights, scheduled_lr
+from gradtune.finetune._steps import batch_loss_weights
+from gradtune.objectives.choices import FINETUNE_SAMPLERS, OPTIMIZERS, SCHEDULES
+from gradtune.objectives.sampling import class_balance_weights, epoch_order
+from gradtune.objectives.schedules import SCHEDULE_CODE, scheduled_lr
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "finetune_linear", "epoch_batches", "epoch_order",
-           "class_balance_weights", "lr_at", "sgd_step_"]
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune_linear", "epoch_batches", "lr_at", "sgd_step_"]
 
-OPTIMIZERS = ("sgd", "adamw")
+SAMPLERS = FINETUNE_SAMPLERS
 MAX_EPOCHS = 10_000_000
 """More epochs than any last-layer fit needs; the bound keeps step counts in integer range."""
-SCHEDULES = ("cosine", "linear", "constant")
-SAMPLERS = ("class_balanced", "uniform", "weighted")
 
 
 @dataclass
@@ -181,28 +181,6 @@ def sgd_step_(theta: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor, first:
         grad = buf
     theta.add_(grad, alpha=-lr)
     return buf
-
-
-def epoch_order(labels: torch.Tensor, sampler: str, generator: torch.Generator,
-                weights: torch.Tensor | None = None) -> torch.Tensor:
-    """One epoch's sample order, shape (N,).
-
-    'uniform' is a permutation; 'class_balanced' and 'weighted' draw N indices with
-    replacement with probability proportional to ``weights`` (for class balance,
-    ``1 / n_class`` of each sample's class, see :func:`class_balance_weights`).
-    """
-    n = labels.shape[0]
-    if sampler == "uniform":
-        return torch.randperm(n, generator=generator, device=generator.device)
-    if weights is None:
-        weights = class_balance_weights(labels)
-    return torch.multinomial(weights, n, replacement=True, generator=generator)
-
-
-def class_balance_weights(labels: torch.Tensor) -> torch.Tensor:
-    """Per-sample sampling weight ``1 / count(class)``, shape (N,), float64."""
-    counts = torch.bincount(labels)
-    return 1.0 / counts[labels].to(torch.float64)
 
 
 def epoch_batches(labels: torch.Tensor, batch_size: int, sampler: str, generator: torch.Generator,

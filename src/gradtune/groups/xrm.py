@@ -13,8 +13,8 @@ prediction contradicts are those the shortcut gets wrong: the minority.
 Pseudo-group = class x (prediction != label). Which prediction counts is ``rule``:
 
 * ``"average"`` (default): the mean of the two twins' softmax probabilities, the
-  reading this module's defaults were first measured with (on frozen encoder features
-  of a pool carrying the training bias; ``benchmarks/group_inference.py`` reruns it).
+  reading this module's defaults are tuned for (on frozen encoder features of a pool
+  carrying the training bias; ``benchmarks/group_inference.py`` compares the rules).
 * ``"held-out"``: for pool rows, the twin that did not train on the row (the reading
   closest to XRM's held-out mistakes); only for the pool, since new rows have none.
 * ``"either"``: minority when either twin is wrong (the XRM reference code's

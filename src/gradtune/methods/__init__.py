@@ -21,12 +21,12 @@ from gradtune.methods.dpe import DPEMethod  # noqa: F401  (registers dpe)
 from gradtune.methods.gradtune import ERMMethod, GradTuneMethod
 from gradtune.methods.gradtune_auto import GradTuneAutoMethod
 from gradtune.methods.gradtune_select import GradTuneSelectMethod  # noqa: F401  (registers gradtune-select & variants)
-from gradtune.methods.group_dro import GroupDROLoss, GroupDROMethod, group_dro_update
+from gradtune.methods.group_dro import GroupDROMethod
 from gradtune.methods.inferred import DFRInferredMethod
-from gradtune.methods.jtt import JTTMethod, jtt_error_set, jtt_upsampled_indices
+from gradtune.methods.jtt import JTTMethod
 from gradtune.methods.random_ft import RandomFinetuneMethod
-from gradtune.methods.selection import select_hyperparameters
 from gradtune.methods.self_ft import LossTopKMethod, ResidualTopKMethod, SELFMethod
+from gradtune.methods.tuning import select_hyperparameters
 from gradtune.methods.ula import ULAMethod, ULAModel
 
 __all__ = [
@@ -44,12 +44,8 @@ __all__ = [
     "DFRMethod",
     "DFRInferredMethod",
     "GradTuneAutoMethod",
-    "GroupDROLoss",
     "GroupDROMethod",
-    "group_dro_update",
     "JTTMethod",
-    "jtt_error_set",
-    "jtt_upsampled_indices",
     "LossTopKMethod",
     "RandomFinetuneMethod",
     "ResidualTopKMethod",

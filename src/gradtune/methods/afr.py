@@ -18,7 +18,7 @@ labels are read.
 
 Defaults: ``gamma=10``, ``lam=0.1``, inside the authors' Waterbirds grids
 (``gamma in linspace(4, 20, 33)``, ``lam in {0, .1, .2, .3}``); the full grid is
-``AFRMethod.search_space`` for :mod:`gradtune.methods.selection`.
+``AFRMethod.search_space`` for :mod:`gradtune.methods.tuning`.
 
 The gradient is the closed form of the objective (``(P - Y)^T diag(w) [H, 1]`` plus
 ``2 lam (theta - theta0)``); the tests check it against autograd.
@@ -40,7 +40,7 @@ from gradtune._validation import (
     check_positive_int,
 )
 from gradtune.embeddings.bundle import EmbeddingBundle
-from gradtune.finetune.linear import sgd_step_
+from gradtune.finetune.head_loop import AFRObjective, augment, full_batch_sampler, train_head
 from gradtune.methods.balancing import torch_threads
 from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, register_method
 
@@ -121,25 +121,12 @@ def afr_train(features: Any, labels: Any, weight0: Any, bias0: Any, sample_weigh
     lam = check_nonneg_float(lam, "lam")
     lr = check_nonneg_float(lr, "lr", positive=True)
     epochs = check_positive_int(epochs, "epochs", allow_zero=True)
-    ha = torch.cat([h, torch.ones(n, 1)], dim=1)  # (N, d+1)
+    ha = augment(h)  # (N, d+1)
     theta0 = torch.cat([w0, b0[:, None]], dim=1)  # (C, d+1)
-    theta = theta0.clone()
-    onehot = torch.nn.functional.one_hot(y, c).to(torch.float32)  # (N, C)
-    buf = torch.zeros_like(theta)
-    objective = np.empty(epochs)
-    for epoch in range(epochs):
-        z = ha @ theta.T
-        logp = torch.log_softmax(z, dim=1)
-        diff = theta - theta0
-        objective[epoch] = float(-(sw * (logp * onehot).sum(1)).sum() + lam * (diff * diff).sum())
-        grad = ((logp.exp() - onehot) * sw[:, None]).T @ ha + (2.0 * lam) * diff
-        if grad_clip is not None:
-            norm = float(torch.linalg.vector_norm(grad))
-            coef = grad_clip / (norm + 1e-6)
-            if coef < 1.0:
-                grad.mul_(coef)
-        buf = sgd_step_(theta, grad, buf, epoch == 0, lr=lr, momentum=momentum)
-    return theta[:, :d].contiguous(), theta[:, d].contiguous(), objective
+    objective = AFRObjective(ha, y, c, sw, theta0, lam)
+    theta = train_head(theta0.clone(), objective, full_batch_sampler(), epochs=epochs, batch_size=n, lr=lr,
+                       momentum=momentum, grad_clip=grad_clip)
+    return theta[:, :d].contiguous(), theta[:, d].contiguous(), np.asarray(objective.values, dtype=np.float64)
 
 
 @register_method

@@ -15,9 +15,8 @@ pretrained backbone, so the head is re-initialized by default (``finetune.reset=
 set ``reset=False`` to continue from the ERM head instead. The *G variants read group
 labels of the held-out rows and declare ``uses_group_labels_train=True``.
 
-The helpers :func:`balanced_subsample`, :func:`inverse_frequency_weights`,
-:func:`require_groups` and :func:`torch_threads` are shared with DFR (group-balanced
-subsets) and the other baselines.
+The subsample and the weights come from :mod:`gradtune.objectives.sampling`;
+:func:`require_groups` is shared with DFR and the other baselines that read group labels.
 """
 
 from __future__ import annotations
@@ -27,15 +26,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from gradtune._seeding import GRADTUNE_STREAMS, seed_streams
 from gradtune._threads import torch_threads
-from gradtune._validation import GradTuneInputError, check_positive_int, make_numpy_rng
+from gradtune._validation import check_positive_int
 from gradtune.embeddings.bundle import BundleError, EmbeddingBundle, SplitView
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
 from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, register_method
+from gradtune.objectives.sampling import balanced_subsample, inverse_frequency_weights
 
 __all__ = [
-    "balanced_subsample",
-    "inverse_frequency_weights",
     "require_groups",
     "torch_threads",
     "SUBY",
@@ -43,44 +42,6 @@ __all__ = [
     "RWY",
     "RWG",
 ]
-
-
-def balanced_subsample(keys: Any, seed: int | np.random.Generator) -> np.ndarray:
-    """Indices of a subsample with equally many rows of every distinct key.
-
-    For each distinct value of ``keys`` in increasing order, ``rng.permutation`` of
-    that key's row indices is drawn and its first ``m`` entries kept, where ``m`` is
-    the smallest key count; the pieces are concatenated in key order. (DFR's and
-    Idrissi et al.'s "subsample to the smallest group"; this exact sequence of
-    generator calls is the documented protocol, so a seed reproduces a subsample.)
-
-    Parameters
-    ----------
-    keys : array-like of shape (N,)
-        Class or group id of each row.
-    seed : int or numpy.random.Generator
-
-    Returns
-    -------
-    np.ndarray of shape (m * K,), int64, K = number of distinct keys
-    """
-    k = np.asarray(keys)
-    if k.ndim != 1 or k.size == 0:
-        raise GradTuneInputError(f"keys must be a non-empty (N,) array, got shape {k.shape}")
-    rng = make_numpy_rng(seed)
-    values, counts = np.unique(k, return_counts=True)
-    m = int(counts.min())
-    pieces = [rng.permutation(np.flatnonzero(k == v))[:m] for v in values]
-    return np.concatenate(pieces).astype(np.int64)
-
-
-def inverse_frequency_weights(keys: Any) -> np.ndarray:
-    """Per-row weight ``1 / count(key)``, shape (N,), float64 (each key sums to 1)."""
-    k = np.asarray(keys)
-    if k.ndim != 1 or k.size == 0:
-        raise GradTuneInputError(f"keys must be a non-empty (N,) array, got shape {k.shape}")
-    _, inv, counts = np.unique(k, return_inverse=True, return_counts=True)
-    return 1.0 / counts[inv].astype(np.float64)
 
 
 def require_groups(view: SplitView, method: str, split: str) -> np.ndarray:
@@ -127,11 +88,11 @@ class _Balancing(Method):
         head = erm_head(bundle)
         held = bundle.view("heldout")
         keys = held.labels if self.balance_on == "class" else require_groups(held, self.name, "heldout")
-        ss = np.random.SeedSequence(seed).spawn(2)
-        ft_seed = int(ss[1].generate_state(1)[0])
+        streams = seed_streams(seed, *GRADTUNE_STREAMS)
+        ft_seed = streams.integer("finetune")
         diag: dict[str, Any] = {"balance_on": self.balance_on, "scheme": self.scheme}
         if self.scheme == "subsample":
-            idx = balanced_subsample(keys, np.random.default_rng(ss[0]))
+            idx = balanced_subsample(keys, streams.rng("subset"))
             res = finetune_linear(held.features[idx], held.labels[idx], head.weight, head.bias,
                                   self.finetune, seed=ft_seed)
             diag["selected_rows"] = held.index[idx].tolist()

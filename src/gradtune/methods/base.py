@@ -64,13 +64,28 @@ class MethodResult:
     diagnostics: dict[str, Any] = field(default_factory=dict)
 
 
+#: Grid shared by the methods that fine-tune with GradTune's loop; tuning the number of
+#: epochs lets label-free selection stop before fine-tuning collapses worst-group accuracy.
+FINETUNE_SPACE: dict[str, list] = {
+    "finetune.epochs": [10, 100, 500],
+    "finetune.lr": [1e-3, 3e-3, 1e-2],
+}
+
+
 class Method(ABC):
-    """Base class of a last-layer method. Subclasses are dataclasses of hyperparameters."""
+    """Base class of a last-layer method. Subclasses are dataclasses of hyperparameters.
+
+    A subclass declares its hyperparameters' defaults as dataclass fields and, next to
+    them, ``search_space`` (``{parameter: [values]}``, dotted keys for fields of a
+    dataclass-valued parameter; ``{}`` when there is nothing to tune or the method tunes
+    itself) for :mod:`gradtune.methods.tuning`.
+    """
 
     name: ClassVar[str] = ""
     uses_group_labels_train: ClassVar[bool] = False
     uses_group_labels_val: ClassVar[bool] = False
     description: ClassVar[str] = ""
+    search_space: ClassVar[dict[str, list]] = {}
 
     @abstractmethod
     def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:

@@ -31,10 +31,10 @@ validation set, and this class follows that table: ``uses_group_labels_train=Fal
 build its training subsets.
 
 Randomness protocol (so that a seed reproduces a run; the tests rely on it):
-``a, b, c = np.random.SeedSequence(seed).spawn(3)``; the tuning subsample is
-:func:`~gradtune.methods.balancing.balanced_subsample` with ``default_rng(a)``; the 20
-final subsamples are successive calls with one ``default_rng(b)``; liblinear's
-``random_state`` is ``int(c.generate_state(1)[0])`` for every fit.
+the seed is split into the streams :data:`DFR_STREAMS` (:func:`gradtune._seeding.seed_streams`);
+the tuning subsample is :func:`~gradtune.objectives.sampling.balanced_subsample` with the
+first stream's generator; the 20 final subsamples are successive calls with the second's;
+liblinear's ``random_state`` is the third stream's integer for every fit.
 """
 
 from __future__ import annotations
@@ -49,15 +49,20 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from gradtune._seeding import seed_streams
 from gradtune._validation import GradTuneInputError, check_choice, check_positive_int
 from gradtune.embeddings.bundle import EmbeddingBundle
-from gradtune.methods.balancing import balanced_subsample, require_groups
+from gradtune.methods.balancing import require_groups
 from gradtune.methods.base import LinearHead, Method, MethodResult, register_method
+from gradtune.metrics.accuracy import worst_group_accuracy
+from gradtune.objectives.sampling import balanced_subsample
 
 __all__ = ["DFRMethod", "dfr_retrain", "fit_l1_logreg", "fold_scaler", "DFR_C_GRID"]
 
 DFR_C_GRID: tuple[float, ...] = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
 SCALER_FITS = ("train", "validation")
+#: DFR's split of the seed: the tuning subsample, the final subsample, the solver's random_state.
+DFR_STREAMS = ("tune_subsample", "final_subsample", "solver")
 
 
 def _l1_kwargs() -> dict[str, Any]:
@@ -115,12 +120,6 @@ def fold_scaler(coef: np.ndarray, intercept: np.ndarray, mean: np.ndarray, scale
         w = np.stack([-w[0] / 2, w[0] / 2])
         b = np.array([-b[0] / 2, b[0] / 2])
     return LinearHead(w, b)
-
-
-def _worst_group_accuracy(pred: np.ndarray, y: np.ndarray, g: np.ndarray) -> float:
-    values, inv = np.unique(g, return_inverse=True)
-    correct = np.bincount(inv, weights=(pred == y).astype(np.float64), minlength=values.size)
-    return float((correct / np.bincount(inv, minlength=values.size)).min())
 
 
 def _scores(coef: np.ndarray, intercept: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -190,9 +189,9 @@ def dfr_retrain(cfg: DFRMethod, bundle: EmbeddingBundle, g_held: np.ndarray, g_s
     n_classes = int(bundle.n_classes)
     held = bundle.view("heldout")
     sel = bundle.view("selection")
-    ss = np.random.SeedSequence(seed).spawn(3)
-    rng_tune, rng_final = np.random.default_rng(ss[0]), np.random.default_rng(ss[1])
-    lib_seed = int(ss[2].generate_state(1)[0])
+    streams = seed_streams(seed, *DFR_STREAMS)
+    rng_tune, rng_final = streams.rng("tune_subsample"), streams.rng("final_subsample")
+    lib_seed = streams.integer("solver")
     fit_kw = dict(random_state=lib_seed, max_iter=cfg.max_iter, tol=cfg.tol)
 
     # 1. tune C: train on the balanced held-out half, score WGA on the selection half
@@ -203,7 +202,7 @@ def dfr_retrain(cfg: DFRMethod, bundle: EmbeddingBundle, g_held: np.ndarray, g_s
     c_scores: dict[str, float] = {}
     for c in c_grid:
         coef, icpt = fit_l1_logreg(x_tr, held.labels[sub], c, n_classes, **fit_kw)
-        c_scores[repr(c)] = _worst_group_accuracy(_scores(coef, icpt, x_ev), sel.labels, g_sel)
+        c_scores[repr(c)] = worst_group_accuracy(_scores(coef, icpt, x_ev), sel.labels, g_sel)
     best_c = c_grid[int(np.argmax(list(c_scores.values())))]
 
     # 2. final: average of num_retrains fits on balanced subsamples of all validation rows

@@ -61,6 +61,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from gradtune._seeding import seed_streams
 from gradtune._threads import torch_threads
 from gradtune._validation import (
     GradTuneInputError,
@@ -68,13 +69,12 @@ from gradtune._validation import (
     check_features,
     check_nonneg_float,
     check_positive_int,
-    make_generator,
     make_numpy_rng,
 )
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.finetune.linear import sgd_step_
-from gradtune.methods.balancing import balanced_subsample
 from gradtune.methods.base import Method, MethodResult, erm_head, register_method
+from gradtune.objectives.sampling import balanced_subsample
 from gradtune.selection.label_free import LabelFreeScorer
 
 __all__ = ["DPEMethod", "DPEModel", "normalize_features", "ips_weights", "ips_penalty",
@@ -189,7 +189,7 @@ def dpe_loss_and_grad(u: torch.Tensor, y: torch.Tensor, prototypes: torch.Tensor
 def class_balanced_subsets(keys: Any, n_members: int, seed: int | np.random.Generator) -> np.ndarray:
     """One balanced subsample per member, (M, S) row indices into ``keys`` (N,).
 
-    Member m's row is the m-th call of :func:`~gradtune.methods.balancing.balanced_subsample`
+    Member m's row is the m-th call of :func:`~gradtune.objectives.sampling.balanced_subsample`
     with one generator, so every key keeps ``S / K`` rows (K distinct keys).
     """
     rng = make_numpy_rng(seed)
@@ -386,9 +386,9 @@ class DPEMethod(Method):
         keys = held.labels
         if self.balance == "pseudo_group":
             keys = 2 * held.labels + (head.predict(held.features) != held.labels)
-        ss = np.random.SeedSequence(seed).spawn(2)
-        subsets = class_balanced_subsets(keys, n_members, np.random.default_rng(ss[0]))
-        gen = make_generator(int(ss[1].generate_state(1)[0]))
+        streams = seed_streams(seed, "subsets", "heads")
+        subsets = class_balanced_subsets(keys, n_members, streams.rng("subsets"))
+        gen = streams.generator("heads")
         u = normalize_features(held.features, center=self.center)
         batch = min(check_positive_int(self.batch_size, "batch_size"), subsets.shape[1])
         lam = ips_weights(hp["cov_reg"], hp["alpha"], n_members)

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.estimator import GradTune
 from gradtune.finetune.linear import FinetuneConfig
-from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, register_method
+from gradtune.methods.base import (
+    FINETUNE_SPACE,
+    LinearHead,
+    Method,
+    MethodResult,
+    erm_head,
+    register_method,
+)
 
 __all__ = ["GradTuneMethod", "ERMMethod"]
 
@@ -20,6 +28,7 @@ class GradTuneMethod(Method):
 
     name = "gradtune"
     description = "GradTune (paper defaults): top-k + proportional gradient-norm set, fine-tune last layer"
+    search_space: ClassVar[dict[str, list]] = FINETUNE_SPACE
 
     size: int = 500
     top_k: int = 400

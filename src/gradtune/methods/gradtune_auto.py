@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from sklearn.preprocessing import StandardScaler
 
+from gradtune._seeding import SeedStreams, seed_streams
 from gradtune._validation import (
     GradTuneInputError,
     check_choice,
@@ -63,10 +64,10 @@ from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.estimator import resolve_set_size
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
 from gradtune.groups.xrm import XRMConfig
-from gradtune.methods.balancing import balanced_subsample
 from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, register_method
 from gradtune.methods.dfr import DFR_C_GRID, fit_l1_logreg, fold_scaler
 from gradtune.methods.inferred import FEATURE_SOURCES, bundle_pseudo_groups, merge_small_groups
+from gradtune.objectives.sampling import balanced_subsample
 from gradtune.scores.grad_norms import grad_norms
 from gradtune.selection.label_free import group_accuracy_summary
 from gradtune.selection.select import select_finetune_set
@@ -255,21 +256,21 @@ class GradTuneAutoMethod(Method):
         return [AutoCandidate("finetune", float(e), LinearHead(*res.snapshots[e])) for e in epochs], idx
 
     def _candidates(self, x: np.ndarray, y: np.ndarray, g: np.ndarray, epochs: list[int],
-                    head: LinearHead, n_classes: int, ss: list[np.random.SeedSequence],
+                    head: LinearHead, n_classes: int, streams: SeedStreams,
                     ) -> tuple[list[AutoCandidate], np.ndarray]:
         """ERM, then the ``"retrain"`` heads (c_grid order), then the fine-tune snapshots,
         all fitted on (x (n, d), y (n,), pseudo-groups g (n,)); and the fine-tuning set."""
         cands = [AutoCandidate("erm", 0.0, head)]
-        rng_retrain = np.random.default_rng(ss[1])
-        lib_seed = int(ss[2].generate_state(1)[0])
+        rng_retrain = streams.rng("retrain")
+        lib_seed = streams.integer("solver")
         if "retrain" in self.families:
             for c in self.c_grid:
                 cands.append(AutoCandidate("retrain", float(c), self._retrain(
                     x, y, g, c, n_classes, rng_retrain, lib_seed)))
         idx = np.empty(0, dtype=np.int64)
         if "finetune" in self.families:
-            ft, idx = self._finetune(x, y, g, epochs, head, np.random.default_rng(ss[3]),
-                                     int(ss[3].generate_state(2)[1]))
+            ft, idx = self._finetune(x, y, g, epochs, head, streams.rng("finetune"),
+                                     streams.integer("finetune", index=1))
             cands += ft
         return cands, idx
 
@@ -293,8 +294,8 @@ class GradTuneAutoMethod(Method):
                                    "not reveal the shortcut it learned, so no repair is attempted (store a "
                                    "frozen encoder's features, or pass features='features' to infer from the "
                                    "head's inputs anyway)")
-        ss = np.random.SeedSequence(seed).spawn(4)
-        xrm_seed = int(ss[0].generate_state(1)[0] % (2**31))
+        streams = seed_streams(seed, "xrm", "retrain", "solver", "finetune")
+        xrm_seed = streams.integer("xrm", modulo=2**31)
         pg = bundle_pseudo_groups(bundle, seed=xrm_seed, features=self.features, pool=self.pool,
                                   config=XRMConfig(n_steps=int(self.xrm_steps)))
         minority_ok = np.concatenate([head.predict(held.features) == held.labels,
@@ -307,12 +308,12 @@ class GradTuneAutoMethod(Method):
                                    "pseudo-groups cannot judge a repair", pg.info)
         g_held, g_sel = merge_small_groups(pg.held, held.labels, pg.sel, sel.labels, n_classes)
         n_groups = pg.n_groups
-        cands, idx = self._candidates(held.features, held.labels, g_held, epochs, head, n_classes, ss)
+        cands, idx = self._candidates(held.features, held.labels, g_held, epochs, head, n_classes, streams)
         values, balanced = self._scores(cands, sel.features, sel.labels, g_sel, n_groups, n_classes)
         n_small = _smallest_counted(g_sel, n_groups, int(self.min_group_size))
         if self.crossfit:
             # the same candidates fitted on the selection half, scored on the held-out half
-            swapped, _ = self._candidates(sel.features, sel.labels, g_sel, epochs, head, n_classes, ss)
+            swapped, _ = self._candidates(sel.features, sel.labels, g_sel, epochs, head, n_classes, streams)
             v2, b2 = self._scores(swapped, held.features, held.labels, g_held, n_groups, n_classes)
             values, balanced = (values + v2) / 2, (balanced + b2) / 2
             n_small += _smallest_counted(g_held, n_groups, int(self.min_group_size))
@@ -332,7 +333,7 @@ class GradTuneAutoMethod(Method):
             y_all = np.concatenate([held.labels, sel.labels])
             g_all = np.concatenate([g_held, g_sel])
             model = self._retrain(x_all, y_all, g_all, chosen.setting, n_classes,
-                                  np.random.default_rng(ss[1]), int(ss[2].generate_state(1)[0]))
+                                  streams.rng("retrain"), streams.integer("solver"))
             refitted = True
         diag = {
             "pseudo_groups": pg.info,

@@ -28,8 +28,8 @@ Intermediate variants for the comparison (same code, other defaults):
 * ``"gradtune-l2"``: the paper's set and 500 epochs with the L2 guard (guard only);
 * ``"gradtune-selectk"``: automatic k / M', the paper's 500 epochs (automatic k only).
 
-The seed is split as GradTune splits it (``SeedSequence(seed).spawn``: stream 0 draws the
-norm-proportional part, stream 1 drives the sampler, stream 2 draws replay rows), so with
+The seed is split as GradTune splits it (:data:`gradtune._seeding.GRADTUNE_STREAMS`: stream 0
+draws the norm-proportional part, stream 1 drives the sampler; a third stream draws replay rows), so with
 ``set_size='fixed'``, ``l2_to_init=0`` and the same lr, the 500-epoch candidate is exactly
 ``"gradtune"``'s head.
 """
@@ -42,6 +42,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from gradtune._seeding import GRADTUNE_STREAMS, seed_streams
 from gradtune._validation import (
     GradTuneInputError,
     check_choice,
@@ -183,14 +184,14 @@ class GradTuneSelectMethod(Method):
         else:
             size, top_k = resolve_set_size(len(held), check_positive_int(self.size, "size"),
                                            check_positive_int(self.top_k, "top_k", allow_zero=True))
-        ss = np.random.SeedSequence(seed).spawn(3)
-        idx = select_finetune_set(norms, size, top_k, seed=np.random.default_rng(ss[0]), replace=self.replace)
-        ft_seed = int(ss[1].generate_state(1)[0])
+        streams = seed_streams(seed, *GRADTUNE_STREAMS, "replay")
+        idx = select_finetune_set(norms, size, top_k, seed=streams.rng("subset"), replace=self.replace)
+        ft_seed = streams.integer("finetune")
         replay_idx = np.empty(0, dtype=np.int64)
         if self.replay > 0:
             rest = np.setdiff1d(np.arange(len(held)), idx)
             m = min(rest.size, int(round(self.replay * size)))
-            replay_idx = np.random.default_rng(ss[2]).choice(rest, size=m, replace=False).astype(np.int64)
+            replay_idx = streams.rng("replay").choice(rest, size=m, replace=False).astype(np.int64)
         rows = torch.as_tensor(np.concatenate([idx, replay_idx]))
         out: list[Candidate] = []
         if epochs[0] == 0:

@@ -13,65 +13,27 @@ upsampled index list of the held-out rows. JTT's second model starts from the
 pretrained initialization, not from the first model, so the head is re-initialized by
 default (``finetune.reset=True``); no group labels are read.
 
-:func:`jtt_error_set` and :func:`jtt_upsampled_indices` are pure functions that the
-full-network JTT reuses.
+The error set and the upsampled list come from :mod:`gradtune.objectives.jtt`, which
+full-network JTT uses too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
-
-import numpy as np
+from typing import ClassVar
 
 from gradtune._validation import (
-    GradTuneInputError,
-    check_features,
-    check_labels,
     check_positive_int,
 )
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
 from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, register_method
+from gradtune.objectives.jtt import jtt_error_set, jtt_upsampled_indices
 
-__all__ = ["JTTMethod", "jtt_error_set", "jtt_upsampled_indices", "JTT_UPWEIGHT"]
+__all__ = ["JTTMethod", "JTT_UPWEIGHT"]
 
 #: The authors' lambda per benchmark.
 JTT_UPWEIGHT = {"waterbirds": 100, "celeba": 50, "multinli": 4, "civilcomments": 6}
-
-
-def jtt_error_set(logits: Any, labels: Any) -> np.ndarray:
-    """Rows whose argmax prediction differs from the label, shape (E,), int64, increasing.
-
-    Parameters
-    ----------
-    logits : array-like of shape (N, C)   the identification model's outputs
-    labels : array-like of shape (N,)
-    """
-    z = check_features(logits, "logits")
-    y = check_labels(labels, z.shape[1], n=z.shape[0])
-    return np.flatnonzero((z.argmax(dim=1) != y).numpy()).astype(np.int64)
-
-
-def jtt_upsampled_indices(n: int, error_idx: Any, lam: int) -> np.ndarray:
-    """The upsampled training list: ``range(n)`` then ``lam - 1`` more copies of the errors.
-
-    Parameters
-    ----------
-    n : int                      number of training rows
-    error_idx : array-like (E,)  error-set rows, in ``0..n-1``
-    lam : int >= 1               total times each error row appears
-
-    Returns
-    -------
-    np.ndarray of shape (n + (lam - 1) * E,), int64 (as ``ConcatDataset``'s order)
-    """
-    n = check_positive_int(n, "n", allow_zero=True)
-    lam = check_positive_int(lam, "lam")
-    e = np.asarray(error_idx, dtype=np.int64).reshape(-1)
-    if e.size and (e.min() < 0 or e.max() >= n):
-        raise GradTuneInputError(f"error_idx must lie in 0..{n - 1}")
-    return np.concatenate([np.arange(n, dtype=np.int64), np.tile(e, lam - 1)])
 
 
 def _default_config() -> FinetuneConfig:

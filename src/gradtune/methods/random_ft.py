@@ -5,7 +5,7 @@ replacement; the ERM head is then fine-tuned on it exactly as GradTune fine-tune
 (the same :class:`~gradtune.finetune.linear.FinetuneConfig` defaults: 500 epochs, SGD
 lr 3e-3 cosine, batch 32, wd 1e-4, class-balanced sampler, no reset). Only the
 selection differs from GradTune, so the two can be compared seed for seed: the seed is
-split the way GradTune splits it (``SeedSequence(seed).spawn(2)``: the first stream
+split the way GradTune splits it (:data:`gradtune._seeding.GRADTUNE_STREAMS`: the first stream
 draws the set, the second drives the sampler). No group labels are read.
 """
 
@@ -14,22 +14,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-import numpy as np
-
+from gradtune._seeding import GRADTUNE_STREAMS, seed_streams
 from gradtune._validation import check_positive_int
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
-from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, register_method
+from gradtune.methods.base import (
+    FINETUNE_SPACE,
+    LinearHead,
+    Method,
+    MethodResult,
+    erm_head,
+    register_method,
+)
 from gradtune.selection.select import random_subset
 
-__all__ = ["RandomFinetuneMethod", "FINETUNE_SPACE"]
-
-#: Grid shared by the methods that fine-tune with GradTune's loop (label-free selection
-#: of the number of epochs is what catches the collapse seen on Adult in an independent reference run).
-FINETUNE_SPACE: dict[str, list] = {
-    "finetune.epochs": [10, 100, 500],
-    "finetune.lr": [1e-3, 3e-3, 1e-2],
-}
+__all__ = ["RandomFinetuneMethod"]
 
 
 @register_method
@@ -56,10 +55,10 @@ class RandomFinetuneMethod(Method):
         head = erm_head(bundle)
         held = bundle.view("heldout")
         size = min(check_positive_int(self.size, "size"), len(held))
-        ss = np.random.SeedSequence(seed).spawn(2)
-        idx = random_subset(len(held), size, seed=np.random.default_rng(ss[0]))
+        streams = seed_streams(seed, *GRADTUNE_STREAMS)
+        idx = random_subset(len(held), size, seed=streams.rng("subset"))
         res = finetune_linear(held.features[idx], held.labels[idx], head.weight, head.bias,
-                              self.finetune, seed=int(ss[1].generate_state(1)[0]))
+                              self.finetune, seed=streams.integer("finetune"))
         diag = {"selected_rows": held.index[idx].tolist(), "size": size,
                 "initial_loss": res.initial_loss, "final_loss": res.final_loss}
         return MethodResult(LinearHead(res.weight, res.bias), diag)

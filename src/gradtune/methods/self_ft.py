@@ -38,12 +38,19 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from gradtune._seeding import GRADTUNE_STREAMS, seed_streams
 from gradtune._validation import check_choice, check_positive_int
 from gradtune.embeddings.bundle import BundleError, EmbeddingBundle
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
-from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, register_method
+from gradtune.methods.base import (
+    FINETUNE_SPACE,
+    LinearHead,
+    Method,
+    MethodResult,
+    erm_head,
+    register_method,
+)
 from gradtune.methods.gradtune import GradTuneMethod
-from gradtune.methods.random_ft import FINETUNE_SPACE
 from gradtune.scores.output_scores import cross_entropy_scores, disagreement_scores
 from gradtune.selection.select import random_subset, top_k_indices
 
@@ -141,14 +148,14 @@ class SELFMethod(Method):
         held = bundle.view("heldout")
         k = min(check_positive_int(self.k, "k"), len(held))
         scores = self_scores(self.score, head.logits(held.features), held.early_logits, held.labels)
-        ss = np.random.SeedSequence(seed).spawn(2)
+        streams = seed_streams(seed, *GRADTUNE_STREAMS)
         if scores is None:
-            idx = random_subset(len(held), k, seed=np.random.default_rng(ss[0]))
+            idx = random_subset(len(held), k, seed=streams.rng("subset"))
         else:
             idx = top_k_indices(scores, k)
         res = steps_finetune(held.features[idx], held.labels[idx], head.weight, head.bias, steps=steps,
                              batch_size=bs, optimizer=self.optimizer, lr=self.lr, momentum=self.momentum,
-                             weight_decay=self.weight_decay, seed=int(ss[1].generate_state(1)[0]))
+                             weight_decay=self.weight_decay, seed=streams.integer("finetune"))
         diag = {"selected_rows": held.index[idx].tolist(), "k": k, "score": self.score,
                 "classes_in_set": np.bincount(held.labels[idx], minlength=bundle.n_classes).tolist(),
                 "initial_loss": res.initial_loss, "final_loss": res.final_loss}

@@ -29,7 +29,7 @@ What is implemented here (``"ula"``), on the frozen features of the bundle:
 
 Departures from uLA: no self-supervised backbone (the ERM features are used), the bias
 probe is trained on held-out rows and stopped after a fixed epoch count, and the pseudo-group
-selection criterion is not part of ``fit`` (see :mod:`gradtune.methods.selection`). No
+selection criterion is not part of ``fit`` (see :mod:`gradtune.methods.tuning`). No
 group labels are read.
 """
 
@@ -42,19 +42,20 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from gradtune._seeding import seed_streams
 from gradtune._validation import (
     GradTuneInputError,
     check_choice,
     check_nonneg_float,
     check_positive_int,
-    make_generator,
 )
 from gradtune.embeddings.bundle import EmbeddingBundle
-from gradtune.finetune.linear import FinetuneConfig, finetune_linear, sgd_step_
+from gradtune.finetune.head_loop import LogitAdjusted, augment, permutation_sampler, train_head
+from gradtune.finetune.linear import FinetuneConfig, finetune_linear
 from gradtune.methods.balancing import torch_threads
 from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, register_method
 
-__all__ = ["ULAMethod", "ULAModel", "conditional_from_joint", "adjustment_offsets", "ema_update"]
+__all__ = ["ULAMethod", "ULAModel", "conditional_from_joint", "adjustment_offsets"]
 
 ULA_MODES = ("loss", "post_hoc")
 _PROB_FLOOR = 1e-8
@@ -76,11 +77,6 @@ def adjustment_offsets(cond: Any, bias_pred: Any, tau: float) -> np.ndarray:
     """
     c = np.clip(np.asarray(cond, dtype=np.float64), _PROB_FLOOR, None)
     return tau * np.log(c)[np.asarray(bias_pred, dtype=np.int64)]
-
-
-def ema_update(state: torch.Tensor, batch_joint: torch.Tensor, beta: float) -> torch.Tensor:
-    """``beta * state + (1 - beta) * batch_joint`` (the uncorrected EMA; see module doc)."""
-    return state * beta + batch_joint * (1.0 - beta)
 
 
 @dataclass
@@ -109,32 +105,12 @@ def _train_adjusted(h: torch.Tensor, y: torch.Tensor, bias_pred: torch.Tensor, t
                     n_bias: int, *, epochs: int, batch_size: int, lr: float, momentum: float,
                     weight_decay: float, tau: float, beta: float,
                     gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """SGD on ``CE(theta [h, 1] + tau log p(y | b), y)`` with the EMA joint; returns
+    """SGD on ``CE(theta [h, 1] + tau log p(y | b), y)`` with the moving joint; returns
     ``(theta, corrected_joint)``. Uniform shuffling each epoch; torch.optim.SGD update."""
-    n = h.shape[0]
-    c = theta.shape[0]
-    ha = torch.cat([h, torch.ones(n, 1, dtype=h.dtype)], dim=1)
-    onehot = torch.nn.functional.one_hot(y, c).to(h.dtype)
-    state = torch.zeros(n_bias, c, dtype=torch.float64)
-    buf = torch.zeros_like(theta)
-    step = 0
-    for _ in range(epochs):
-        for idx in torch.randperm(n, generator=gen).split(batch_size):
-            yb, bb = y[idx], bias_pred[idx]
-            batch = torch.zeros(n_bias * c, dtype=torch.float64).index_add_(
-                0, bb * c + yb, torch.ones(idx.numel(), dtype=torch.float64)).view(n_bias, c) / idx.numel()
-            state = ema_update(state, batch, beta)
-            joint = state / (1.0 - beta ** (step + 1))
-            cond = joint / joint.sum(1, keepdim=True).clamp_min(1e-300)
-            offsets = (tau * cond.clamp_min(_PROB_FLOOR).log()).to(h.dtype)[bb]  # (B, C)
-            hb = ha[idx]
-            p = torch.softmax(hb @ theta.T + offsets, dim=1)
-            grad = ((p - onehot[idx]).T @ hb) / idx.numel()
-            grad.add_(theta, alpha=weight_decay)
-            buf = sgd_step_(theta, grad, buf, step == 0, lr=lr, momentum=momentum)
-            step += 1
-    joint = state / (1.0 - beta ** step) if step else state
-    return theta, joint
+    objective = LogitAdjusted(augment(h), y, theta.shape[0], bias_pred, n_bias, tau, beta)
+    train_head(theta, objective, permutation_sampler(h.shape[0], gen), epochs=epochs, batch_size=batch_size,
+               lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return theta, objective.joint()
 
 
 @register_method
@@ -189,11 +165,11 @@ class ULAMethod(Method):
         head = erm_head(bundle)
         held = bundle.view("heldout")
         c, d = head.weight.shape
-        ss = np.random.SeedSequence(seed).spawn(2)
+        streams = seed_streams(seed, "bias_probe", "head")
         probe_cfg = FinetuneConfig(epochs=check_positive_int(self.bias_epochs, "bias_epochs"), lr=self.bias_lr,
                                    schedule="constant", sampler="uniform", reset=True)
         probe = finetune_linear(held.features, held.labels, head.weight, head.bias, probe_cfg,
-                                seed=int(ss[0].generate_state(1)[0]))
+                                seed=streams.integer("bias_probe"))
         bias_head = LinearHead(probe.weight, probe.bias)
         bias_pred = bias_head.predict(held.features)
         diag: dict[str, Any] = {"mode": self.mode,
@@ -203,7 +179,7 @@ class ULAMethod(Method):
             cond = conditional_from_joint(joint / len(held))
             diag["p_y_given_bias"] = cond.tolist()
             return MethodResult(ULAModel(head, bias_head, cond, tau), diag)
-        gen = make_generator(int(ss[1].generate_state(1)[0]))
+        gen = streams.generator("head")
         if self.reset:
             bound = 1.0 / math.sqrt(d)
             theta = (torch.rand(c, d + 1, generator=gen) * 2 - 1) * bound

@@ -26,7 +26,7 @@ from torch import nn
 
 from gradtune._validation import GradTuneInputError
 
-__all__ = ["Classifier", "MLP", "build_mlp_classifier", "find_last_linear", "unwrap_model",
+__all__ = ["Classifier", "MLP", "build_mlp_classifier", "find_last_linear", "named_linear", "linear_names", "unwrap_model",
            "model_from_spec", "model_spec"]
 
 
@@ -96,18 +96,47 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
-def find_last_linear(model: nn.Module) -> nn.Linear:
-    """The final ``nn.Linear`` of a model.
+def named_linear(model: nn.Module, layer: nn.Linear | str) -> nn.Linear:
+    """``layer`` itself, or the submodule of ``model`` it names (checked to be an ``nn.Linear``).
 
-    A classifier's ``head`` attribute wins; otherwise the last ``nn.Linear`` in
+    Names are looked up in the model and, through wrappers (DDP, DataParallel, compile), in
+    the wrapped model.
+    """
+    if isinstance(layer, nn.Linear):
+        return layer
+    if isinstance(layer, str):
+        modules = dict(unwrap_model(model).named_modules())
+        modules.update(model.named_modules())
+        if layer not in modules:
+            raise GradTuneInputError(f"model has no submodule named {layer!r}; the nn.Linear layers are: "
+                                     f"{', '.join(map(repr, linear_names(model))) or 'none'}")
+        if not isinstance(modules[layer], nn.Linear):
+            raise GradTuneInputError(f"submodule {layer!r} is a {type(modules[layer]).__name__}, not nn.Linear")
+        return modules[layer]
+    raise GradTuneInputError(f"layer must be an nn.Linear, a module name or None, got {type(layer).__name__}")
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    """Dotted names of the model's ``nn.Linear`` layers, in registration order."""
+    return [name for name, m in unwrap_model(model).named_modules() if isinstance(m, nn.Linear)]
+
+
+def find_last_linear(model: nn.Module, layer: nn.Linear | str | None = None) -> nn.Linear:
+    """The model's classification layer chosen without running the model.
+
+    ``layer`` may be the module itself or its dotted name (:func:`named_linear`); with None,
+    a classifier's ``head`` attribute wins, otherwise the last ``nn.Linear`` in
     registration order (``model.modules()``). Wrappers (DDP, DataParallel, compile) are
-    looked through.
+    looked through. This is a registration-order guess;
+    :func:`gradtune.embeddings.capture.find_output_layer` checks it against a forward pass.
 
     Raises
     ------
     GradTuneInputError
-        If the model has no ``nn.Linear``.
+        If the model has no ``nn.Linear``, or ``layer`` names no ``nn.Linear``.
     """
+    if layer is not None:
+        return named_linear(model, layer)
     model = unwrap_model(model)
     head = getattr(model, "head", None)
     if isinstance(head, nn.Linear):

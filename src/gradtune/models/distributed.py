@@ -44,8 +44,6 @@ __all__ = [
     "broadcast_object",
     "gather_rows",
     "shard_positions",
-    "class_balanced_weights",
-    "group_balanced_weights",
     "mix_seed",
 ]
 
@@ -212,18 +210,6 @@ def mix_seed(*parts: int) -> int:
         h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & mask
         h ^= h >> 31
     return h & ((1 << 63) - 1)
-
-
-def class_balanced_weights(labels: np.ndarray) -> np.ndarray:
-    """Per-sample weights 1 / n_class(y_i), shape (N,): every class equally likely per draw."""
-    labels = np.asarray(labels, dtype=np.int64)
-    counts = np.bincount(labels)
-    return 1.0 / counts[labels]
-
-
-def group_balanced_weights(groups: np.ndarray) -> np.ndarray:
-    """Per-sample weights 1 / n_group(g_i), shape (N,): every present group equally likely."""
-    return class_balanced_weights(groups)
 
 
 def shard_positions(n: int, rank: int, world_size: int) -> np.ndarray:

@@ -40,7 +40,7 @@ from gradtune._validation import (
     check_positive_int,
     make_generator,
 )
-from gradtune.finetune.linear import epoch_order
+from gradtune.objectives.sampling import epoch_order
 
 __all__ = ["MLPConfig", "ERMResult", "train_erm_mlp", "mlp_forward"]
 
@@ -143,7 +143,7 @@ def _init_linear(fan_in: int, fan_out: int, gen: torch.Generator) -> tuple[torch
 
 
 def _adamw(params: list[torch.Tensor], lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW, fused where torch supports it on CPU (torch >= 2.4; ~2x faster for small MLPs)."""
+    """AdamW, fused where torch supports it on CPU (torch >= 2.4; faster for small MLPs)."""
     try:
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, TypeError, ValueError):  # pragma: no cover - older torch

@@ -16,7 +16,7 @@ import numpy as np
 
 from gradtune._io import atomic_write_text
 from gradtune.report.figures import plot_group_accuracy, plot_norm_distributions
-from gradtune.report.tables import (
+from gradtune.report.summary import (
     comparison_notes,
     markdown_table,
     per_group_table,
@@ -29,8 +29,8 @@ __all__ = ["write_report"]
 
 def _norm_entries(run_root: Path, benchmark: str, fingerprints: set[str]) -> list[dict]:
     """The ERM held-out norms of the bundles behind ``fingerprints``, from the results store."""
-    from gradtune.experiments.runner import store_path_for
-    from gradtune.experiments.store import ResultStore
+    from gradtune.results.records import store_path_for
+    from gradtune.results.store import ResultStore
 
     path = store_path_for(run_root)
     if not path.exists():

@@ -28,14 +28,11 @@ import pandas as pd
 
 from gradtune._io import atomic_write_text
 from gradtune.report.figures import fig_norm_distributions, fig_norm_means, fig_sweep
-from gradtune.report.tables import (
+from gradtune.report.paper_tables import (
     RESET_ROWS,
     SAMPLER_ROWS,
     PaperTable,
-    comparison_notes,
-    flatten_params,
     group_table,
-    markdown_table,
     norm_table,
     runs_frame,
     size_table,
@@ -43,6 +40,8 @@ from gradtune.report.tables import (
     table1,
     topk_table,
 )
+from gradtune.report.summary import comparison_notes, markdown_table
+from gradtune.results.records import flatten_params
 
 __all__ = ["write_paper_report", "ReportResult", "ITEM_ORDER", "SUGGESTED_CONFIG"]
 
@@ -194,7 +193,7 @@ def write_paper_report(store: str | Path, out_dir: str | Path, *, partial: bool 
     title : str, optional
         Default: the first stored experiment's ``report.title``, else "gradtune results".
     """
-    from gradtune.experiments.store import ResultStore, find_store
+    from gradtune.results.store import ResultStore, find_store
 
     store_path = find_store(store)
     st = ResultStore(store_path, readonly=True)
@@ -451,7 +450,7 @@ def _comparisons(sub: pd.DataFrame, plan: Sequence[dict], method: str, baselines
 
 
 def _baseline_numbers(base: pd.DataFrame, benchmarks: Sequence[str]) -> pd.DataFrame | None:
-    from gradtune.report.tables import aggregate
+    from gradtune.report.paper_tables import aggregate
 
     if base.empty:
         return None

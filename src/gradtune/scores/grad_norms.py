@@ -114,9 +114,9 @@ def _norms_chunk(h: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None,
                  include_bias: bool) -> torch.Tensor:
     """One chunk: logits (if needed) in the fast class-major layout, then row norms."""
     if logits is None:
-        z_t = weight @ h.T  # (C, n): this layout is ~2x faster than h @ W.T for few classes
+        z_t = weight @ h.T  # (C, n): class-major, the faster layout for few classes
         if bias is not None:
-            z_t += bias[:, None]  # (addmm with a broadcast bias measured 1.7x slower)
+            z_t += bias[:, None]  # (in place: addmm with a broadcast bias is slower)
     else:
         z_t = logits.T
     hn = torch.linalg.vector_norm(h, dim=1)

@@ -8,7 +8,7 @@ import pytest
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.finetune.linear import FinetuneConfig
 from gradtune.methods import list_methods
-from gradtune.methods.selection import (
+from gradtune.methods.tuning import (
     build_method,
     expand_grid,
     search_space,

@@ -45,7 +45,7 @@ from typing import Any
 
 from gradtune._io import jsonable
 from gradtune._validation import GradTuneInputError
-from gradtune.experiments.store_integrity import check_store, connect_readonly
+from gradtune.results.store_integrity import check_store, connect_readonly
 
 __all__ = ["ResultStore", "make_run_id", "code_version", "STATUSES", "SCHEMA_VERSION", "find_store"]
 

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 
 from gradtune.embeddings.bundle import EmbeddingBundle
-from gradtune.experiments.demo import DemoConfig, run_demo
-from gradtune.experiments.store import ResultStore
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
+from gradtune.results.store import ResultStore
+from gradtune.workflows.demo import DemoConfig, run_demo
 
 CALLS = []
 
@@ -81,9 +81,9 @@ def test_mini_demo_end_to_end(tmp_path):
 def test_text_benchmarks_get_the_papers_text_optimizer():
     from dataclasses import asdict
 
-    from gradtune.experiments.demo import DemoConfig, _specs, family_params
     from gradtune.finetune.linear import FinetuneConfig
-    from gradtune.methods.selection import build_method
+    from gradtune.methods.tuning import build_method
+    from gradtune.workflows.demo import DemoConfig, _specs, family_params
 
     text = family_params("gradtune", "reviews")
     assert text == {"finetune.optimizer": "adamw", "finetune.lr": 1e-5, "finetune.schedule": "linear",

@@ -15,10 +15,9 @@ import pytest
 from gradtune.cli import main
 from gradtune.experiments.config import load_config
 from gradtune.experiments.runner import run_experiments
-from gradtune.experiments.store import ResultStore
 from gradtune.report.paper_report import write_paper_report
-
-from ._toy import config_text, write_bundles
+from gradtune.results.store import ResultStore
+from tests.experiments._toy import config_text, write_bundles
 
 EXTRA = {
     "t1": ("", ("table1", "fig2", "fig4", "table7")),

@@ -1,6 +1,6 @@
 """Full-network robust baselines of the paper's Table 1 on the ERM trainer: JTT and Group DRO.
 
-Both run through :func:`gradtune.models.trainer.train`, so they share its optimizers,
+Both run through :func:`gradtune.training.trainer.train`, so they share its optimizers,
 schedules, seeded sampling, atomic checkpoints, exact resume and torchrun support. The
 third full-network row, class-balanced ERM, is the trainer's default and needs nothing here.
 
@@ -9,10 +9,10 @@ JTT (Liu et al., 2021) -- :func:`train_jtt`
     reuses an ERM run's epoch-``T`` checkpoint). Its *error set* is the training rows it
     misclassifies, computed in one eval-mode pass (no dropout, BatchNorm running
     statistics, evaluation transforms) with :func:`gradtune.embeddings.extract.encode`
-    and :func:`gradtune.methods.jtt.jtt_error_set`. Stage 2 trains a fresh model *from
+    and :func:`gradtune.objectives.jtt.jtt_error_set`. Stage 2 trains a fresh model *from
     the same (pretrained) initialization* on the training rows listed with repeats --
     every row once, every error row ``lambda`` times in total
-    (:func:`gradtune.methods.jtt.jtt_upsampled_indices`, the order of the authors'
+    (:func:`gradtune.objectives.jtt.jtt_upsampled_indices`, the order of the authors'
     ``ConcatDataset([train] + [errors] * (lambda - 1))``) -- shuffled uniformly by
     default. JTT reads **no group labels**: the trainer hands group ids to the loss, but
     the cross-entropy ignores them, and the samplers used (uniform / class-balanced) and
@@ -20,7 +20,7 @@ JTT (Liu et al., 2021) -- :func:`train_jtt`
     error set's group composition, for reporting only).
 
 Group DRO (Sagawa et al., 2020) -- :func:`train_group_dro`
-    The trainer with :class:`gradtune.methods.group_dro.GroupDROLoss` (per minibatch:
+    The trainer with :class:`gradtune.objectives.group_dro.GroupDROLoss` (per minibatch:
     ``q <- q * exp(eta * (loss_g + C / sqrt(n_g)))``, normalized, loss ``q . loss_g``)
     and group-balanced sampling (``1 / n_g`` with replacement). Group DRO **uses the
     training rows' group labels** (in the loss and in the sampler). Its regularization
@@ -56,21 +56,14 @@ from torch import nn
 from gradtune._io import atomic_write_json
 from gradtune._validation import GradTuneInputError, check_nonneg_float, check_positive_int
 from gradtune.data.base import GroupedDataset
-from gradtune.methods.group_dro import GroupDROLoss, group_dro_update
-from gradtune.methods.jtt import jtt_error_set, jtt_upsampled_indices
+from gradtune.embeddings.extract import encode
 from gradtune.models import distributed as gdist
-from gradtune.models.trainer import (
-    LAST_CHECKPOINT,
-    EpochEnd,
-    Preprocess,
-    TrainConfig,
-    TrainResult,
-    _check_resumable,
-    load_checkpoint,
-    save_checkpoint,
-    seeded_scope,
-    train,
-)
+from gradtune.models.checkpoint import LAST_CHECKPOINT, load_checkpoint, save_checkpoint
+from gradtune.models.preprocess import Preprocess
+from gradtune.objectives.group_dro import GroupDROLoss, group_dro_update
+from gradtune.objectives.jtt import jtt_error_set, jtt_upsampled_indices
+from gradtune.training.config import EpochEnd, TrainConfig, TrainResult
+from gradtune.training.trainer import check_resumable, seeded_scope, train
 
 __all__ = [
     "ERROR_SET_FORMAT",
@@ -150,7 +143,7 @@ def train_jtt(model_factory: Callable[[], nn.Module], data: GroupedDataset, conf
     ----------
     model_factory : callable
         ``model_factory() -> nn.Module``: the (pretrained) initialization. It is called
-        inside :func:`~gradtune.models.trainer.seeded_scope` (``seed``) for each model
+        inside :func:`~gradtune.training.trainer.seeded_scope` (``seed``) for each model
         built; the first model's weights are saved to ``out_dir/init.pt`` and loaded
         into every later one, so stage 2 starts exactly where stage 1 started even if
         the factory draws random weights (a new head) differently on each call.
@@ -171,7 +164,7 @@ def train_jtt(model_factory: Callable[[], nn.Module], data: GroupedDataset, conf
         Seed of the initialization and of both stages' sampling and augmentation.
     preprocess : Preprocess, optional
         Input pipeline (training transforms in training, evaluation transforms for the
-        error set); default :func:`~gradtune.models.trainer.make_preprocess`.
+        error set); default :func:`~gradtune.models.preprocess.make_preprocess`.
     stage2_config : TrainConfig, optional
         Stage 2 settings; default ``config`` with ``sampler='uniform'`` (shuffled passes
         over the upsampled list, as the authors' ConcatDataset). A class-balanced sampler
@@ -249,7 +242,7 @@ def train_jtt(model_factory: Callable[[], nn.Module], data: GroupedDataset, conf
     if error_path.exists():
         errors = _read_error_set(error_path, T=T, source=source, n=rows.size, digest=digest)
         if erm_checkpoint is None and last1.exists():
-            _check_resumable(load_checkpoint(last1), cfg1, last1)  # same stage-1 settings
+            check_resumable(load_checkpoint(last1), cfg1, last1)  # same stage-1 settings
     else:
         model1 = init_model()
         if erm_checkpoint is not None:
@@ -308,7 +301,7 @@ def _run_stage1(model: nn.Module, data: GroupedDataset, cfg1: TrainConfig, T: in
             "use another output folder")
     if done == T:
         ckpt = load_checkpoint(last1)
-        _check_resumable(ckpt, cfg1, last1)
+        check_resumable(ckpt, cfg1, last1)
         model.load_state_dict(ckpt["model"])
         return
     stop = [_stop_after(T)] if T < cfg1.epochs else []
@@ -321,8 +314,6 @@ def _run_stage1(model: nn.Module, data: GroupedDataset, cfg1: TrainConfig, T: in
 
 def _encode(model: nn.Module, data: GroupedDataset, rows: np.ndarray, *, preprocess: Preprocess | None,
             config: TrainConfig, batch_size: int) -> Any:
-    from gradtune.embeddings.extract import encode  # imports the trainer: keep it local
-
     return encode(model, data, rows, preprocess=preprocess, batch_size=batch_size,
                   num_workers=config.num_workers, device=config.device, precision=config.precision)
 
@@ -437,7 +428,7 @@ def train_group_dro(model: nn.Module, data: GroupedDataset, config: TrainConfig,
         Replace ``config.sampler`` by ``'group_balanced'`` (draws with probability
         ``1 / n_g``, with replacement), as the authors' ``--reweight_groups``.
     callbacks, resume, meta
-        As :func:`gradtune.models.trainer.train`. ``q`` is checkpointed with the model
+        As :func:`gradtune.training.trainer.train`. ``q`` is checkpointed with the model
         and restored on resume.
 
     Returns

@@ -17,9 +17,8 @@ import pytest
 from gradtune.cli import main
 from gradtune.experiments.config import load_config
 from gradtune.experiments.runner import run_experiments
-from gradtune.experiments.store import ResultStore, make_run_id
-
-from ._toy import config_text, write_bundles
+from gradtune.results.store import ResultStore, make_run_id
+from tests.experiments._toy import config_text, write_bundles
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -15,19 +15,15 @@ import torch
 from torch import nn
 
 from gradtune._validation import GradTuneInputError
-from gradtune.commands.train import load_run_config
 from gradtune.data.base import GroupedDataset
-from gradtune.methods.group_dro import GroupDROLoss
+from gradtune.models.checkpoint import load_checkpoint
 from gradtune.models.classifier import build_mlp_classifier
-from gradtune.models.robust import _RankSyncedGroupDROLoss, train_group_dro, train_jtt
-from gradtune.models.trainer import (
-    EpochEnd,
-    TensorPreprocess,
-    TrainConfig,
-    load_checkpoint,
-    seeded_scope,
-    train,
-)
+from gradtune.models.preprocess import TensorPreprocess
+from gradtune.objectives.group_dro import GroupDROLoss
+from gradtune.training.config import EpochEnd, TrainConfig
+from gradtune.training.robust import _RankSyncedGroupDROLoss, train_group_dro, train_jtt
+from gradtune.training.trainer import seeded_scope, train
+from gradtune.workflows.train import load_run_config
 
 torch.set_num_threads(1)
 N_TRAIN, N_VAL = 200, 20

@@ -1,9 +1,9 @@
-"""Paper-style tables from stored run records (never from live objects).
+"""The paper's tables (Table 1, 4-7; Figures 2-5) from a frame of stored runs.
 
-A record is a run as the results store returns it
-(:meth:`gradtune.experiments.store.ResultStore.records`; the same dict
-:func:`gradtune.experiments.runner.run_record` makes). Seeds are aggregated as
-mean ± population standard deviation (ddof=0), in percent.
+Everything here works on a "runs frame": one row per stored run, built from store
+records by :func:`runs_frame`, with the flattened hyperparameters as ``p:<key>``
+columns. Numbers are aggregated over seeds as mean and population standard deviation
+(ddof=0), in percent, by :func:`aggregate`, the only place that does it.
 """
 
 from __future__ import annotations
@@ -17,135 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["records_frame", "summary_table", "format_pm", "markdown_table", "comparison_notes",
-           "per_group_table", "PaperTable", "runs_frame", "aggregate", "cell", "flatten_params", "table1",
-           "sweep_table", "sweep_groups", "topk_table", "size_table", "group_table", "norm_table",
-           "worst_group_summary", "SAMPLER_ROWS", "RESET_ROWS"]
+from gradtune.report.summary import GROUP_LABEL_MARKS
+from gradtune.results.records import flatten_params
 
-GROUP_LABEL_MARKS = {"none": ("✗", "✗"), "val": ("✗", "✓"), "train+val": ("✓", "✓")}
-
-
-def records_frame(records: Sequence[dict], split: str = "test") -> pd.DataFrame:
-    """One row per run with the headline metrics of ``split`` (fractions)."""
-    rows = []
-    for r in records:
-        ev = r["evaluation"].get(split)
-        if ev is None:
-            continue
-        rows.append({
-            "benchmark": r["benchmark"], "method": r["label"], "seed": r["seed"],
-            "group_labels": r["group_labels"], "accuracy": ev["accuracy"],
-            "worst_group_accuracy": ev["worst_group_accuracy"],
-            "mean_group_accuracy": ev["mean_group_accuracy"],
-            "weighted_accuracy": ev["weighted_accuracy"],
-            "worst_class_accuracy": ev["worst_class_accuracy"],
-            "worst_group": ev["worst_group"], "fit_seconds": r.get("fit_seconds"),
-        })
-    return pd.DataFrame(rows)
-
-
-def format_pm(values: Sequence[float]) -> str:
-    """'mean ± std' in percent, one decimal; '-' if empty."""
-    v = np.asarray([x for x in values if x is not None and not np.isnan(x)], dtype=float)
-    if v.size == 0:
-        return "-"
-    if v.size == 1:
-        return f"{100 * v[0]:.1f}"
-    return f"{100 * v.mean():.1f} ± {100 * v.std():.1f}"
-
-
-def summary_table(frame: pd.DataFrame, methods: Sequence[str] | None = None,
-                  benchmarks: Sequence[str] | None = None,
-                  metrics: Sequence[tuple[str, str]] = (("Avg", "accuracy"), ("WGA", "worst_group_accuracy")),
-                  ) -> pd.DataFrame:
-    """Methods x (benchmark, metric) table of 'mean ± std' strings, with group-label columns."""
-    if frame.empty:
-        return pd.DataFrame()
-    methods = list(methods or dict.fromkeys(frame["method"]))
-    benchmarks = list(benchmarks or dict.fromkeys(frame["benchmark"]))
-    out = []
-    for m in methods:
-        sub = frame[frame["method"] == m]
-        if sub.empty:
-            continue
-        use = sub["group_labels"].iloc[0]
-        tr, va = GROUP_LABEL_MARKS.get(use, ("?", "?"))
-        row = {"Method": m, "Group labels (train)": tr, "Group labels (val)": va}
-        for b in benchmarks:
-            cell = sub[sub["benchmark"] == b]
-            for short, col in metrics:
-                row[f"{b} {short}"] = format_pm(cell[col].tolist()) if not cell.empty else "-"
-            row[f"{b} seeds"] = len(cell)
-        out.append(row)
-    return pd.DataFrame(out)
-
-
-def markdown_table(df: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table (no extra dependency)."""
-    if df.empty:
-        return "_no results_"
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, r in df.iterrows():
-        lines.append("| " + " | ".join(str(r[c]) for c in cols) + " |")
-    return "\n".join(lines)
-
-
-def comparison_notes(frame: pd.DataFrame, method: str = "gradtune", baseline: str = "erm") -> list[str]:
-    """One honest sentence per benchmark: does ``method`` beat ``baseline`` on mean WGA?"""
-    notes = []
-    for b in dict.fromkeys(frame["benchmark"]):
-        f = frame[frame["benchmark"] == b]
-        a = f[f["method"] == method]
-        e = f[f["method"] == baseline]
-        if a.empty or e.empty:
-            continue
-        dw = 100 * (a["worst_group_accuracy"].mean() - e["worst_group_accuracy"].mean())
-        da = 100 * (a["accuracy"].mean() - e["accuracy"].mean())
-        sd = 100 * np.sqrt((a["worst_group_accuracy"].var(ddof=0) + e["worst_group_accuracy"].var(ddof=0)) / 2)
-        if dw > max(1.0, sd):
-            verdict = f"improves worst-group accuracy over {baseline} by {dw:.1f} points"
-        elif dw < -max(1.0, sd):
-            verdict = f"LOWERS worst-group accuracy versus {baseline} by {-dw:.1f} points"
-        else:
-            verdict = f"does not clearly change worst-group accuracy versus {baseline} ({dw:+.1f} points, seed std {sd:.1f})"
-        notes.append(f"{b}: {method} {verdict}; average accuracy {da:+.1f} points.")
-    return notes
-
-
-def per_group_table(records: Sequence[dict], benchmark: str, methods: Sequence[str]) -> pd.DataFrame:
-    """Per-group test accuracy (mean ± std over seeds) for ``methods`` on one benchmark (paper Table 7)."""
-    acc: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    names: list[str] | None = None
-    counts: list[int] | None = None
-    for r in records:
-        if r["benchmark"] != benchmark or r["label"] not in methods or "test" not in r["evaluation"]:
-            continue
-        ev = r["evaluation"]["test"]
-        names = names or r.get("group_names")
-        counts = counts or ev["group_count"]
-        for g, a in enumerate(ev["group_accuracy"]):
-            if a is not None:
-                acc[r["label"]][g].append(a)
-    if not acc:
-        return pd.DataFrame()
-    n_groups = max(max(d) for d in acc.values()) + 1
-    rows = []
-    for g in range(n_groups):
-        row = {"Group": names[g] if names and g < len(names) else f"group {g}",
-               "Test n": counts[g] if counts else ""}
-        for m in methods:
-            row[m] = format_pm(acc[m][g]) if m in acc else "-"
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-# ===================================================================== paper tables
-#
-# Everything below works on a "runs frame": one row per stored run, built from store
-# records by :func:`runs_frame`, with the flattened hyperparameters as ``p:<key>``
-# columns. Numbers are aggregated over seeds as mean and population standard deviation
-# (ddof=0), in percent, by :func:`aggregate` — the only place that does it.
+__all__ = ["PaperTable", "runs_frame", "aggregate", "cell", "table1", "sweep_table", "sweep_groups", "topk_table", "size_table", "group_table", "norm_table", "worst_group_summary", "SAMPLER_ROWS", "RESET_ROWS", "PARAM_PREFIX"]
 
 PARAM_PREFIX = "p:"
 
@@ -169,17 +44,6 @@ class PaperTable:
     numbers: pd.DataFrame
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"finetune": {"epochs": 5}}`` -> ``{"finetune.epochs": 5}``; lists become tuples."""
-    out: dict[str, Any] = {}
-    for k, v in (params or {}).items():
-        if isinstance(v, dict):
-            out.update(flatten_params(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
-    return out
 
 
 def runs_frame(records: Sequence[dict]) -> pd.DataFrame:

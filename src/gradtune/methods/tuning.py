@@ -1,19 +1,18 @@
-"""Hyperparameter selection for every registered method, on the ``selection`` rows.
+"""Hyperparameter tuning for every registered method, on the ``selection`` rows.
 
 Two policies, chosen by ``mode``:
 
 * ``'group'``: the peers' protocol. Each grid point is scored by **worst-group
   accuracy** on the ``selection`` rows, which reads their group labels; the run is then
-  a run that uses group labels in validation (``SelectionTable.uses_group_labels_val``).
+  a run that uses group labels in validation (``TuningTable.uses_group_labels_val``).
 * ``'label_free'``: each grid point is scored by **worst-class accuracy** on the
   ``selection`` rows (labels only, no groups are read). It needs no annotation of the
   spurious attribute and tracks worst-group accuracy where a shortcut hurts one class
-  more than the other (an independent reference run: it caught the Adult collapse); it cannot see a
+  more than the other (as fine-tuning that collapses one class does); it cannot see a
   failure confined within a class.
 
 Grids are data: each method class declares ``search_space: ClassVar[dict[str, list]]``
-(``{}`` when the method tunes itself, like DFR); GradTune and ERM, whose classes live
-elsewhere, get theirs from :data:`EXTRA_SEARCH_SPACES`. A key ``"finetune.lr"`` sets a
+next to its defaults (``{}`` when the method tunes itself, like DFR, or has nothing to tune, like ERM). A key ``"finetune.lr"`` sets a
 field of the method's :class:`~gradtune.finetune.linear.FinetuneConfig`. Every grid point
 is fitted with the same ``seed``, so differences come from the hyperparameters alone.
 Ties go to the earliest grid point (the grid is the product of the lists in order, the
@@ -34,22 +33,15 @@ import numpy as np
 from gradtune._validation import GradTuneInputError, check_choice, check_positive_int
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.methods.base import METHODS, Method, _import_builtin_methods
-from gradtune.methods.random_ft import FINETUNE_SPACE
+from gradtune.metrics.accuracy import worst_class_accuracy, worst_group_accuracy
 
-__all__ = ["select_hyperparameters", "search_space", "expand_grid", "build_method", "SelectionTable",
-           "EXTRA_SEARCH_SPACES", "SELECTION_MODES"]
+__all__ = ["select_hyperparameters", "search_space", "expand_grid", "build_method", "TuningTable",
+           "TUNING_MODES"]
 
-SELECTION_MODES = ("group", "label_free")
-
-#: Grids of methods whose classes do not declare ``search_space``.
-EXTRA_SEARCH_SPACES: dict[str, dict[str, list]] = {
-    "gradtune": dict(FINETUNE_SPACE),
-    "erm": {},
-}
-
+TUNING_MODES = ("group", "label_free")
 
 @dataclass
-class SelectionTable:
+class TuningTable:
     """The scores of every grid point.
 
     rows : list of dicts ``{"params", "score", "accuracy", "worst_class_accuracy",
@@ -84,9 +76,7 @@ def _method_class(name: str) -> type[Method]:
 def search_space(method_name: str) -> dict[str, list]:
     """The default grid of a registered method (``{}``: nothing to tune)."""
     cls = _method_class(method_name)
-    if method_name in EXTRA_SEARCH_SPACES:
-        return dict(EXTRA_SEARCH_SPACES[method_name])
-    return dict(getattr(cls, "search_space", {}) or {})
+    return dict(cls.search_space)
 
 
 def expand_grid(space: dict[str, list]) -> list[dict[str, Any]]:
@@ -126,13 +116,6 @@ def build_method(method_name: str, params: dict[str, Any] | None = None) -> Meth
     return cls(**top)
 
 
-def _class_accuracies(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
-    counts = np.bincount(y)
-    correct = np.bincount(y, weights=(pred == y).astype(np.float64), minlength=counts.size)
-    present = counts > 0
-    return correct[present] / counts[present]
-
-
 def _score(model: Any, bundle: EmbeddingBundle, mode: str) -> dict[str, float]:
     sel = bundle.view("selection")
     logits = np.asarray(model.logits(sel.features))
@@ -140,11 +123,9 @@ def _score(model: Any, bundle: EmbeddingBundle, mode: str) -> dict[str, float]:
         return {"score": float("-inf"), "accuracy": float("nan"), "worst_class_accuracy": float("nan")}
     pred = logits.argmax(axis=1)
     out = {"accuracy": float((pred == sel.labels).mean()),
-           "worst_class_accuracy": float(_class_accuracies(pred, sel.labels).min())}
+           "worst_class_accuracy": worst_class_accuracy(pred, sel.labels)}
     if mode == "group":
-        _, inv = np.unique(sel.groups, return_inverse=True)
-        correct = np.bincount(inv, weights=(pred == sel.labels).astype(np.float64))
-        out["worst_group_accuracy"] = float((correct / np.bincount(inv)).min())
+        out["worst_group_accuracy"] = worst_group_accuracy(pred, sel.labels, sel.groups)
         out["score"] = out["worst_group_accuracy"]
     else:
         out["score"] = out["worst_class_accuracy"]
@@ -153,7 +134,7 @@ def _score(model: Any, bundle: EmbeddingBundle, mode: str) -> dict[str, float]:
 
 def select_hyperparameters(method_name: str, bundle: EmbeddingBundle, *, seed: int, mode: str = "group",
                            grid: dict[str, list] | None = None,
-                           base_params: dict[str, Any] | None = None) -> tuple[dict[str, Any], SelectionTable]:
+                           base_params: dict[str, Any] | None = None) -> tuple[dict[str, Any], TuningTable]:
     """Fit ``method_name`` at every grid point and keep the best on the ``selection`` rows.
 
     Parameters
@@ -177,9 +158,9 @@ def select_hyperparameters(method_name: str, bundle: EmbeddingBundle, *, seed: i
     best_params : dict
         The chosen grid point (merged with ``base_params``); instantiate with
         :func:`build_method`.
-    table : SelectionTable
+    table : TuningTable
     """
-    check_choice(mode, "mode", SELECTION_MODES)
+    check_choice(mode, "mode", TUNING_MODES)
     seed = check_positive_int(seed, "seed", allow_zero=True)
     cls = _method_class(method_name)
     sel = bundle.view("selection")
@@ -189,7 +170,7 @@ def select_hyperparameters(method_name: str, bundle: EmbeddingBundle, *, seed: i
     points = expand_grid(search_space(method_name) if grid is None else grid)
     uses_val = mode == "group" or cls.uses_group_labels_val or cls.uses_group_labels_train
     use = "train+val" if cls.uses_group_labels_train else ("val" if uses_val else "none")
-    table = SelectionTable(method_name, mode, "worst_group_accuracy" if mode == "group" else "worst_class_accuracy",
+    table = TuningTable(method_name, mode, "worst_group_accuracy" if mode == "group" else "worst_class_accuracy",
                            uses_val, use)
     for point in points:
         params = {**(base_params or {}), **point}

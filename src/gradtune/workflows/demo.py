@@ -7,22 +7,21 @@ Bundles (encoder features + seeded ERM model) are cached on disk, and every
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from gradtune.embeddings.bundle import BundleError, EmbeddingBundle, load_bundle
+from gradtune.embeddings.bundle import EmbeddingBundle
+from gradtune.experiments.bundles import cached_bundle
 from gradtune.experiments.runner import RunSpec, run_grid
 from gradtune.finetune.linear import FinetuneConfig
 from gradtune.methods.base import METHODS, list_methods
 from gradtune.report.demo_report import write_report
-from gradtune.report.tables import records_frame, summary_table
+from gradtune.report.summary import records_frame, summary_table
 
-__all__ = ["DemoConfig", "DEFAULT_METHODS", "run_demo", "cached_bundle"]
+__all__ = ["DemoConfig", "DEFAULT_METHODS", "run_demo"]
 
 DEFAULT_METHODS = ("erm", "random", "loss-topk", "gradtune", "dfr-xrm", "gradtune-auto", "dfr")
 DEFAULT_BENCHMARKS = ("fmnist-spurious", "fmnist-biased", "reviews", "adult")
@@ -47,38 +46,6 @@ class DemoConfig:
     force: bool = False
     progress: bool = True
     method_params: dict[str, dict] = field(default_factory=dict)
-
-
-def _default_cache_dir() -> Path:
-    from gradtune.embeddings.cache import default_cache_dir
-
-    return Path(default_cache_dir())
-
-
-def cached_bundle(name: str, seed: int, cache_dir: Path | None, build: Callable[..., EmbeddingBundle],
-                  *, force: bool = False, progress: bool = True) -> EmbeddingBundle:
-    """Load the bundle of (benchmark, seed) from the cache, or build and store it.
-
-    The file name carries a hash of the benchmark's definition and the gradtune
-    version, so a changed setup builds a new bundle; an unreadable file is rebuilt.
-    """
-    from gradtune import __version__
-    from gradtune.experiments.offline import OFFLINE_BENCHMARKS
-
-    spec = OFFLINE_BENCHMARKS.get(name, name)
-    key = hashlib.sha256(f"{__version__}|{spec!r}|{getattr(build, '__qualname__', build)}|{seed}".encode()
-                         ).hexdigest()[:12]
-    root = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
-    path = root / "bundles" / f"{name}-seed{seed}-{key}.npz"
-    if path.exists() and not force:
-        try:
-            return load_bundle(path)
-        except BundleError as err:
-            warnings.warn(f"cached bundle {path} is unusable ({err}); it will be rebuilt", RuntimeWarning,
-                          stacklevel=2)
-    bundle = build(name, seed, cache_dir=cache_dir, progress=progress)
-    bundle.save(path)
-    return bundle
 
 
 def family_params(method: str, benchmark: str) -> dict[str, object]:

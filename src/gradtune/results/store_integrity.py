@@ -1,6 +1,6 @@
 """Checks a results store passes before it is used.
 
-:func:`check_store` runs when a :class:`~gradtune.experiments.store.ResultStore` opens
+:func:`check_store` runs when a :class:`~gradtune.results.store.ResultStore` opens
 an existing file: it must be a regular file, start with the SQLite header, pass
 ``PRAGMA quick_check``, and (once it holds gradtune's tables) carry a schema version
 this code reads. A failure raises :class:`~gradtune._errors.StoreCorruptError` naming
