@@ -359,7 +359,7 @@ def finetune_linear(
             else:
                 order = epoch_order(y, cfg.sampler, gen, sw if cfg.sampler == "weighted" else class_w)
             train_losses.append(run_epoch(order) / steps_per_epoch)
-            if not math.isfinite(train_losses[-1]):
+            if math.isnan(train_losses[-1]):  # +inf alone is a saturated but finite head
                 raise DivergenceError(
                     f"fine-tuning diverged at epoch {epoch} of {cfg.epochs}: the training loss is "
                     f"{train_losses[-1]}; lower the learning rate (lr={cfg.lr:g})")
@@ -368,7 +368,7 @@ def finetune_linear(
                 snapshots[epoch] = (t[:, :d].clone(), t[:, d].clone())
         theta = current()
         final_loss = _mean_loss(theta, ha, y)
-        if not (all_finite(theta) and math.isfinite(final_loss)):
+        if not all_finite(theta) or math.isnan(final_loss):
             raise DivergenceError(f"fine-tuning diverged: the head after {cfg.epochs} epochs holds non-finite "
                                   f"values (loss {final_loss}); lower the learning rate (lr={cfg.lr:g})")
     return FinetuneResult(theta[:, :d].contiguous(), theta[:, d].contiguous(),
