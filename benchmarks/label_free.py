@@ -28,7 +28,6 @@ import pandas as pd
 from gradtune.experiments.bundles import cached_bundle
 from gradtune.experiments.offline import build_bundle
 from gradtune.experiments.runner import RunSpec, run_grid
-from gradtune.experiments.spec import RunSpec as _Spec  # noqa: F401  (same class)
 from gradtune.methods import get_method
 from gradtune.report.summary import records_frame
 from gradtune.workflows.demo import family_params
