@@ -16,6 +16,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,7 @@ def _deadline(seconds: int):
 def _can_mount() -> bool:
     if not sys.platform.startswith("linux") or os.geteuid() != 0:
         return False
-    probe = Path(os.environ.get("TMPDIR", "/tmp")) / f"gradtune-mount-probe-{os.getpid()}"
+    probe = Path(tempfile.gettempdir()) / f"gradtune-mount-probe-{os.getpid()}"
     probe.mkdir(exist_ok=True)
     try:
         ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(probe)],
