@@ -1,23 +1,17 @@
-"""``gradtune tune``: run GradTune on an embedding bundle (bring your own embeddings)."""
+"""``gradtune tune``: parse the arguments and call :func:`gradtune.workflows.tune.tune_bundle`."""
 
 from __future__ import annotations
 
 import argparse
 import ast
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from gradtune._errors import DivergenceError, GradTuneInputError, ensure_output_dir, writing
-from gradtune._io import file_digest, load_run_manifest, save_run_outputs
+from gradtune._errors import GradTuneInputError
 from gradtune.report.text import group_table
 
 if TYPE_CHECKING:  # imported where used: building the parser must not load torch
-    from gradtune.embeddings.bundle import EmbeddingBundle
     from gradtune.finetune.linear import FinetuneConfig
-    from gradtune.methods.base import LinearHead
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "spurious_example.npz"
 
@@ -87,22 +81,6 @@ def _finetune_config(args: argparse.Namespace, adam: bool) -> FinetuneConfig:
     )
 
 
-def _head(bundle: EmbeddingBundle, fit: bool, seed: int) -> tuple[LinearHead, str]:
-    from gradtune.finetune.linear import FinetuneConfig, finetune_linear
-    from gradtune.methods.base import LinearHead, erm_head
-
-    if bundle.head_weight is not None:
-        return erm_head(bundle), "bundle"
-    if not fit:
-        return erm_head(bundle), "bundle"  # raises a BundleError explaining --fit-erm-head
-    train = bundle.view("train")
-    c = bundle.n_classes
-    res = finetune_linear(train.features, train.labels, np.zeros((c, train.features.shape[1]), np.float32),
-                          np.zeros(c, np.float32), FinetuneConfig(epochs=100, batch_size=128, lr=0.01,
-                                                                  reset=True), seed=seed)
-    return LinearHead(res.weight, res.bias), "fitted on train rows (class-balanced, 100 epochs)"
-
-
 def parse_params(items: list[str]) -> dict[str, object]:
     """``["a=1", "b.c='x'"]`` -> ``{"a": 1, "b.c": "x"}``; values are Python literals (else strings)."""
     out: dict[str, object] = {}
@@ -118,144 +96,23 @@ def parse_params(items: list[str]) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gradtune._validation import check_training_rows
-    from gradtune.embeddings.bundle import load_bundle
-    from gradtune.estimator import GradTune
-    from gradtune.methods.base import LinearHead
-    from gradtune.metrics.accuracy import evaluate
+    from gradtune.workflows.tune import tune_bundle
 
     path = EXAMPLE if args.embeddings == "example" else Path(args.embeddings)
-    out = Path(args.out)
     cfg = _config(args)
-    method_params = parse_params(args.param)
-    if args.method != "gradtune":
-        return _run_method(args, path, out, method_params)
-    if method_params:
-        raise GradTuneInputError("--param sets hyperparameters of --method; for the paper's gradtune use "
-                                 "its flags (--size, --top-k, --epochs, ...)")
-    params = {"size": args.size, "top_k": args.top_k, "include_bias": not args.no_bias_in_norm,
-              "seed": args.seed, "split_seed": args.split_seed, "finetune": cfg.to_dict(),
-              "fit_erm_head": args.fit_erm_head}
-    bundle = load_bundle(path)
-    ensure_output_dir(out)
-    digest = file_digest(path)
-    metrics_path = out / "metrics.json"
-    if not args.force and _already_done(metrics_path, digest, params):
+    outcome = tune_bundle(path, args.out, method=args.method, method_params=parse_params(args.param),
+                          finetune=cfg, size=args.size, top_k=args.top_k,
+                          include_bias=not args.no_bias_in_norm, seed=args.seed,
+                          split_seed=args.split_seed, fit_erm_head=args.fit_erm_head, force=args.force)
+    metrics_path = Path(args.out) / "metrics.json"
+    if outcome.reused:
+        print(f"{metrics_path} already holds this run (same bundle and parameters); use --force to recompute")
+        _print_summary(outcome.result)
         return 0
-    bundle = bundle.resolve_heldout(args.split_seed)
-    head, head_source = _head(bundle, args.fit_erm_head, args.seed)
-    held = bundle.view("heldout")
-    check_training_rows(held.labels, "the held-out rows")
-    tuner = GradTune(args.size, args.top_k, finetune=cfg, include_bias=not args.no_bias_in_norm,
-                     seed=args.seed)
-    tuner.fit_embeddings(held.features, held.labels, weight=head.weight, bias=head.bias)
-    tuned = LinearHead(tuner.weight_, tuner.bias_)
-    rep = tuner.report_
-    result = {
-        "bundle": str(path), "bundle_sha256": digest, "params": params, "head_source": head_source,
-        "heldout_size": len(held), "size_used": rep.size, "top_k_used": rep.top_k,
-        "selected_rows": held.index[rep.selected].tolist(),
-        "finetune_loss": {"initial": rep.extra["initial_loss"], "final": rep.extra["final_loss"]},
-        "group_names": bundle.group_names, "class_names": bundle.class_names,
-        "evaluation": {},
-    }
-    train_counts = None
-    if bundle.groups is not None and bundle.has_split("train"):
-        train_counts = np.bincount(bundle.view("train").groups, minlength=bundle.n_groups)
-    for split in ("selection", "test"):
-        if not bundle.has_split(split):
-            continue
-        v = bundle.view(split)
-        result["evaluation"][split] = {
-            name: evaluate(h.logits(v.features), v.labels, v.groups, n_groups=bundle.n_groups,
-                           train_group_counts=train_counts, n_classes=bundle.n_classes).to_dict()
-            for name, h in (("before", head), ("after", tuned))
-        }
-    with writing("the results of tune", out):
-        save_run_outputs(out, metrics_path.name, result, {"head.npz": _head_arrays(tuned)})
-    print(f"held-out rows: {len(held)}; fine-tuning set: M'={rep.size}, k={rep.top_k}; "
-          f"loss on it {rep.extra['initial_loss']:.4f} -> {rep.extra['final_loss']:.4f}")
-    _print_summary(result)
-    print(f"wrote {out / 'head.npz'} and {metrics_path}")
+    print(outcome.summary)
+    _print_summary(outcome.result)
+    print("wrote " + " and ".join(str(w) for w in outcome.wrote))
     return 0
-
-
-def _evaluate_heads(bundle: EmbeddingBundle, heads: dict[str, object]) -> dict:
-    from gradtune.metrics.accuracy import evaluate
-
-    train_counts = None
-    if bundle.groups is not None and bundle.has_split("train"):
-        train_counts = np.bincount(bundle.view("train").groups, minlength=bundle.n_groups)
-    ev = {}
-    for split in ("selection", "test"):
-        if bundle.has_split(split):
-            v = bundle.view(split)
-            ev[split] = {name: evaluate(h.logits(v.features), v.labels, v.groups, n_groups=bundle.n_groups,
-                                        train_group_counts=train_counts, n_classes=bundle.n_classes).to_dict()
-                         for name, h in heads.items()}
-    return ev
-
-
-def _run_method(args: argparse.Namespace, path: Path, out: Path, method_params: dict) -> int:
-    """``tune --method NAME``: any registered method on the bundle, same outputs."""
-    from dataclasses import replace
-
-    from gradtune.embeddings.bundle import load_bundle
-    from gradtune.methods.base import LinearHead
-    from gradtune.methods.tuning import build_method
-
-    method = build_method(args.method, method_params)
-    params = {"method": args.method, "method_params": method.params(), "seed": args.seed,
-              "split_seed": args.split_seed, "fit_erm_head": args.fit_erm_head}
-    bundle = load_bundle(path)
-    ensure_output_dir(out)
-    digest = file_digest(path)
-    metrics_path = out / "metrics.json"
-    if not args.force and _already_done(metrics_path, digest, params):
-        return 0
-    bundle = bundle.resolve_heldout(args.split_seed)
-    head, head_source = _head(bundle, args.fit_erm_head, args.seed)
-    if bundle.head_weight is None:
-        bundle = replace(bundle, head_weight=head.weight, head_bias=head.bias)
-    res = method.fit(bundle, seed=args.seed)
-    heads = {"head.npz": _head_arrays(res.model)} if isinstance(res.model, LinearHead) else {}
-    result = {
-        "bundle": str(path), "bundle_sha256": digest, "params": json.loads(json.dumps(params, default=str)),
-        "head_source": head_source, "method": args.method, "group_labels": method.group_label_use,
-        "heldout_size": int((bundle.split == "heldout").sum()),
-        "diagnostics": {k: v for k, v in res.diagnostics.items() if not isinstance(v, list) or len(v) <= 64},
-        "group_names": bundle.group_names, "class_names": bundle.class_names,
-        "evaluation": _evaluate_heads(bundle, {"before": head, "after": res.model}),
-    }
-    with writing("the results of tune", out):
-        wrote = save_run_outputs(out, metrics_path.name, result, heads)
-    print(f"method {args.method} (group labels: {method.group_label_use}) on {result['heldout_size']} "
-          "held-out rows")
-    _print_summary(result)
-    print("wrote " + " and ".join(str(w) for w in wrote))
-    return 0
-
-
-def _already_done(metrics_path: Path, digest: str, params: dict) -> bool:
-    """True (and the stored summary printed) if ``metrics_path`` holds this bundle and params,
-    and every file its manifest lists still has the recorded hash."""
-    done = load_run_manifest(metrics_path.parent, metrics_path.name) if metrics_path.exists() else None
-    if done is None:
-        return False
-    if done.get("bundle_sha256") != digest or done.get("params") != json.loads(json.dumps(params, default=str)):
-        return False
-    print(f"{metrics_path} already holds this run (same bundle and parameters); use --force to recompute")
-    _print_summary(done)
-    return True
-
-
-def _head_arrays(head: LinearHead) -> dict[str, np.ndarray]:
-    """The arrays of ``head.npz``; a head with non-finite values fails the run."""
-    arrays = {"weight": np.asarray(head.weight), "bias": np.asarray(head.bias)}
-    if not all(np.isfinite(a).all() for a in arrays.values()):
-        raise DivergenceError("the fine-tuned head holds NaN or infinite values (training diverged); lower the "
-                              "learning rate")
-    return arrays
 
 
 def _print_summary(result: dict) -> None:

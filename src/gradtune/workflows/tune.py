@@ -1,0 +1,167 @@
+"""A last-layer method on one embedding bundle, as ``gradtune tune`` runs it.
+
+:func:`tune_bundle` loads a bundle, halves its validation rows if needed, takes (or
+fits) the ERM head, runs the paper's GradTune or any registered method on the held-out
+rows, evaluates the head before and after on the selection and test rows, and writes
+``head.npz`` and ``metrics.json`` as one unit (a manifest with the head's hash, written
+last). A rerun with the same bundle and parameters reuses the stored result.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gradtune._errors import DivergenceError, GradTuneInputError, ensure_output_dir, writing
+from gradtune._io import file_digest, load_run_manifest, save_run_outputs
+from gradtune._validation import check_training_rows
+from gradtune.embeddings.bundle import EmbeddingBundle, load_bundle
+from gradtune.estimator import GradTune
+from gradtune.finetune.linear import FinetuneConfig, finetune_linear
+from gradtune.methods.base import LinearHead, erm_head
+from gradtune.methods.tuning import build_method
+from gradtune.metrics.accuracy import evaluate
+
+__all__ = ["TuneOutcome", "tune_bundle", "erm_head_or_fit", "evaluate_heads"]
+
+METRICS = "metrics.json"
+
+
+@dataclass
+class TuneOutcome:
+    """What :func:`tune_bundle` did.
+
+    result : the ``metrics.json`` content; reused : True if an earlier identical run was
+    found and nothing was computed; wrote : files written; summary : one line on the run.
+    """
+
+    result: dict[str, Any]
+    reused: bool
+    wrote: list[Path] = field(default_factory=list)
+    summary: str = ""
+
+
+def erm_head_or_fit(bundle: EmbeddingBundle, fit: bool, seed: int) -> tuple[LinearHead, str]:
+    """The bundle's ERM head, or (``fit``) a class-balanced linear head fitted on its train rows."""
+    if bundle.head_weight is not None or not fit:
+        return erm_head(bundle), "bundle"  # erm_head raises a BundleError naming --fit-erm-head
+    train = bundle.view("train")
+    c = bundle.n_classes
+    res = finetune_linear(train.features, train.labels, np.zeros((c, train.features.shape[1]), np.float32),
+                          np.zeros(c, np.float32), FinetuneConfig(epochs=100, batch_size=128, lr=0.01,
+                                                                  reset=True), seed=seed)
+    return LinearHead(res.weight, res.bias), "fitted on train rows (class-balanced, 100 epochs)"
+
+
+def evaluate_heads(bundle: EmbeddingBundle, heads: dict[str, Any]) -> dict[str, dict]:
+    """``{split: {name: GroupReport dict}}`` of each head on the selection and test rows."""
+    train_counts = None
+    if bundle.groups is not None and bundle.has_split("train"):
+        train_counts = np.bincount(bundle.view("train").groups, minlength=bundle.n_groups)
+    ev = {}
+    for split in ("selection", "test"):
+        if bundle.has_split(split):
+            v = bundle.view(split)
+            ev[split] = {name: evaluate(h.logits(v.features), v.labels, v.groups, n_groups=bundle.n_groups,
+                                        train_group_counts=train_counts, n_classes=bundle.n_classes).to_dict()
+                         for name, h in heads.items()}
+    return ev
+
+
+def _stored(out: Path, digest: str, params: dict) -> dict | None:
+    """The stored result if ``out`` holds this bundle and params with every file intact."""
+    done = load_run_manifest(out, METRICS) if (out / METRICS).exists() else None
+    if done is None:
+        return None
+    if done.get("bundle_sha256") != digest or done.get("params") != json.loads(json.dumps(params, default=str)):
+        return None
+    return done
+
+
+def _head_arrays(head: LinearHead) -> dict[str, np.ndarray]:
+    """The arrays of ``head.npz``; a head with non-finite values fails the run."""
+    arrays = {"weight": np.asarray(head.weight), "bias": np.asarray(head.bias)}
+    if not all(np.isfinite(a).all() for a in arrays.values()):
+        raise DivergenceError("the fine-tuned head holds NaN or infinite values (training diverged); lower the "
+                              "learning rate")
+    return arrays
+
+
+def tune_bundle(path: str | Path, out: str | Path, *, method: str = "gradtune",
+                method_params: dict[str, Any] | None = None, finetune: FinetuneConfig | None = None,
+                size: int = 500, top_k: int = 400, include_bias: bool = True, seed: int = 0,
+                split_seed: int = 0, fit_erm_head: bool = False, force: bool = False) -> TuneOutcome:
+    """Run ``method`` on the bundle at ``path`` and write its results to ``out``.
+
+    Parameters
+    ----------
+    path : path
+        The bundle (``.npz`` or a folder of ``.npy`` files).
+    out : path
+        Output folder: ``head.npz`` (when the method's model is linear) and ``metrics.json``.
+    method : str, default="gradtune"
+        ``"gradtune"``: the paper's method with ``size``, ``top_k``, ``include_bias`` and
+        ``finetune``; any other registered name runs with ``method_params``.
+    seed, split_seed : int
+        The method's seed; the seed halving ``val`` rows when the bundle has no ``heldout`` rows.
+    fit_erm_head : bool
+        Fit a class-balanced linear head on the train rows when the bundle has none.
+    force : bool
+        Recompute even if ``out`` holds this run.
+    """
+    path, out = Path(path), Path(out)
+    method_params = dict(method_params or {})
+    if method == "gradtune":
+        if method_params:
+            raise GradTuneInputError("--param sets hyperparameters of --method; for the paper's gradtune use "
+                                     "its flags (--size, --top-k, --epochs, ...)")
+        cfg = finetune or FinetuneConfig()
+        params: dict[str, Any] = {"size": size, "top_k": top_k, "include_bias": include_bias, "seed": seed,
+                                  "split_seed": split_seed, "finetune": cfg.to_dict(),
+                                  "fit_erm_head": fit_erm_head}
+        runner = None
+    else:
+        runner = build_method(method, method_params)
+        params = {"method": method, "method_params": runner.params(), "seed": seed,
+                  "split_seed": split_seed, "fit_erm_head": fit_erm_head}
+    bundle = load_bundle(path)
+    ensure_output_dir(out)
+    digest = file_digest(path)
+    if not force:
+        done = _stored(out, digest, params)
+        if done is not None:
+            return TuneOutcome(done, reused=True)
+    bundle = bundle.resolve_heldout(split_seed)
+    head, head_source = erm_head_or_fit(bundle, fit_erm_head, seed)
+    held = bundle.view("heldout")
+    base = {"bundle": str(path), "bundle_sha256": digest, "params": json.loads(json.dumps(params, default=str)),
+            "head_source": head_source, "group_names": bundle.group_names, "class_names": bundle.class_names}
+    if runner is None:
+        check_training_rows(held.labels, "the held-out rows")
+        tuner = GradTune(size, top_k, finetune=cfg, include_bias=include_bias, seed=seed)
+        tuner.fit_embeddings(held.features, held.labels, weight=head.weight, bias=head.bias)
+        model = LinearHead(tuner.weight_, tuner.bias_)
+        rep = tuner.report_
+        result = {**base, "heldout_size": len(held), "size_used": rep.size, "top_k_used": rep.top_k,
+                  "selected_rows": held.index[rep.selected].tolist(),
+                  "finetune_loss": {"initial": rep.extra["initial_loss"], "final": rep.extra["final_loss"]}}
+        summary = (f"held-out rows: {len(held)}; fine-tuning set: M'={rep.size}, k={rep.top_k}; "
+                   f"loss on it {rep.extra['initial_loss']:.4f} -> {rep.extra['final_loss']:.4f}")
+    else:
+        if bundle.head_weight is None:
+            bundle = replace(bundle, head_weight=head.weight, head_bias=head.bias)
+        res = runner.fit(bundle, seed=seed)
+        model = res.model
+        result = {**base, "method": method, "group_labels": runner.group_label_use, "heldout_size": len(held),
+                  "diagnostics": {k: v for k, v in res.diagnostics.items()
+                                  if not isinstance(v, list) or len(v) <= 64}}
+        summary = f"method {method} (group labels: {runner.group_label_use}) on {len(held)} held-out rows"
+    result["evaluation"] = evaluate_heads(bundle, {"before": head, "after": model})
+    heads = {"head.npz": _head_arrays(model)} if isinstance(model, LinearHead) else {}
+    with writing("the results of tune", out):
+        wrote = save_run_outputs(out, METRICS, result, heads)
+    return TuneOutcome(result, reused=False, wrote=list(wrote), summary=summary)
