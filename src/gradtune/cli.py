@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
+from gradtune._cli_flags import deprecated_uses
 from gradtune._errors import run_boundary
 
 # Modules under gradtune.commands, in the order shown by --help.
@@ -47,7 +49,62 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    configure_logging(args.command, quiet=getattr(args, "quiet", False))
+    for message in deprecated_uses(args):
+        logging.getLogger("gradtune").warning(message)
     return run_boundary(lambda: args.func(args), args.command, debug=debug)
+
+
+class _CommandFormatter(logging.Formatter):
+    """INFO lines as they are; warnings and errors prefixed with the command and the level."""
+
+    def __init__(self, command: str) -> None:
+        super().__init__()
+        self.command = command
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            return f"gradtune {self.command}: {record.levelname.lower()}: {text}"
+        return text
+
+
+def configure_logging(command: str, *, quiet: bool = False) -> logging.Handler:
+    """Send the library's ``gradtune`` logger to stderr: INFO and above, WARNING with ``quiet``.
+
+    The handler writes to the ``sys.stderr`` of the moment of each message (so a
+    redirected or captured stderr receives it). Calling it again replaces the handler it
+    installed before.
+
+    Returns
+    -------
+    logging.Handler
+        The installed handler.
+    """
+    logger = logging.getLogger("gradtune")
+    for old in [h for h in logger.handlers if getattr(h, "_gradtune_cli", False)]:
+        logger.removeHandler(old)
+    handler = _StderrHandler()
+    handler._gradtune_cli = True  # type: ignore[attr-defined]
+    handler.setFormatter(_CommandFormatter(command))
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    return handler
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler bound to whatever ``sys.stderr`` is when a record is emitted."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201 - the StreamHandler attribute
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

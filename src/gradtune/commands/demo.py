@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gradtune._cli_flags import add_force, add_no_progress, add_quiet, progress_enabled
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -24,8 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("gradtune-demo-report"), help="report folder")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="feature/bundle cache (default ~/.cache/gradtune or $GRADTUNE_CACHE_DIR)")
-    p.add_argument("--force", action="store_true", help="recompute bundles and runs")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_force(p, "recompute bundles and runs")
+    add_no_progress(p, "no per-run progress lines")
+    add_quiet(p)
     p.set_defaults(func=run)
 
 
@@ -41,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise GradTuneInputError(f"unknown benchmark(s) {unknown}; available: {sorted(OFFLINE_BENCHMARKS)}")
     cfg = DemoConfig(benchmarks=args.benchmarks, seeds=args.seeds, methods=args.methods, out=args.out,
-                     cache_dir=args.cache_dir, force=args.force, progress=not args.quiet)
+                     cache_dir=args.cache_dir, force=args.force, progress=progress_enabled(args))
     res = run_demo(cfg)
     table = res["table"]
     print()

@@ -8,7 +8,7 @@ Example::
 The dataset defaults to the one recorded in the checkpoint (``--dataset``/``--root``
 override it). The bundle holds features (N, d), logits (N, C), the head's weight and
 bias, labels, groups, attributes and the official split of every row; it is written
-atomically, and an existing bundle is kept unless ``--overwrite`` is given.
+atomically, and an existing bundle is kept unless ``--force`` is given.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from gradtune._cli_flags import add_force, add_no_progress, add_quiet, progress_enabled
 from gradtune._cli_types import device_arg
 from gradtune._errors import GradTuneInputError
 
@@ -38,8 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="a second gradtune checkpoint (e.g. the pretrained backbone before "
                         "fine-tuning): the inputs of its last linear layer are stored as the "
                         "bundle's encoder_features, which gradtune-auto's group inference reads")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
-    p.add_argument("--no-progress", action="store_true")
+    add_force(p, "replace an existing bundle", old=("--overwrite",))
+    add_no_progress(p)
+    add_quiet(p)
     p.set_defaults(func=run)
 
 
@@ -55,8 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from gradtune.models.transforms import ImagePreprocess
 
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        print(f"{out} exists; keeping it (pass --overwrite to replace it)", file=sys.stderr)
+    if out.exists() and not args.force:
+        print(f"{out} exists; keeping it (pass --force to replace it)", file=sys.stderr)
         return 0
     splits = [s.strip() for s in str(args.splits).split(",") if s.strip()]
     bad = [s for s in splits if s not in SPLIT_CODES]
@@ -91,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             raise GradTuneInputError(f"{name}: no rows in splits {splits}")
         path = save_embeddings(model, data, out, rows, preprocess=preprocess, batch_size=args.batch_size,
                                num_workers=args.num_workers, device=args.device, precision=args.precision,
-                               progress=not args.no_progress, encoder=encoder,
+                               progress=progress_enabled(args), encoder=encoder,
                                meta={"checkpoint": str(Path(args.checkpoint).resolve()),
                                      "epoch": int(ckpt.get("epoch", 0)),
                                      "encoder_checkpoint": (str(Path(args.encoder_checkpoint).resolve())

@@ -25,6 +25,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from gradtune._cli_flags import add_force, add_no_progress, add_quiet, progress_enabled
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run experiment configs (grids over datasets, methods, seeds) into a results store",
@@ -45,14 +47,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="local processes, or submitit jobs (SLURM); default: the config's launcher.kind")
     p.add_argument("--cluster", choices=("slurm", "local", "debug"), default=None,
                    help="submitit executor (default: submitit's choice, SLURM when available)")
-    p.add_argument("--force", action="store_true", help="recompute runs that are already stored")
+    add_force(p, "recompute runs that are already stored")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="offline benchmarks' feature/bundle cache (default: the config's, else ~/.cache/gradtune)")
     p.add_argument("--mlflow", action="store_true", help="also log each new run to MLflow (needs mlflow)")
     p.add_argument("--report", action="store_true", help="write the report into OUT/report afterwards")
     p.add_argument("--dry-run", action="store_true", help="validate the configs and print the runs; run nothing")
     p.add_argument("--list", action="store_true", help="list the packaged configs and exit")
-    p.add_argument("--quiet", action="store_true", help="no per-run progress lines")
+    add_no_progress(p, "no per-run progress lines")
+    add_quiet(p)
     p.set_defaults(func=run)
 
 
@@ -98,8 +101,8 @@ def run(args: argparse.Namespace) -> int:
             parts += [flag, str(value)]
     parts += [f for f, on in (("--force", args.force), ("--mlflow", args.mlflow)) if on]
     outcome = run_configs(configs, args.out, workers=args.workers, launcher=args.launcher, cluster=args.cluster,
-                          force=args.force, cache_dir=args.cache_dir, mlflow=args.mlflow, progress=not args.quiet,
-                          on_record=None if args.quiet else print_progress,
+                          force=args.force, cache_dir=args.cache_dir, mlflow=args.mlflow, progress=progress_enabled(args),
+                          on_record=print_progress if progress_enabled(args) else None,
                           command=" ".join(shlex.quote(p) for p in parts), report=args.report)
     summary = outcome.summary
     print(f"{summary.new} runs computed, {summary.reused} already stored, {summary.failed} failed; "

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gradtune._cli_flags import add_quiet
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="write the paper's tables and figures from a results store",
@@ -25,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--partial", action="store_true",
                    help="also show items whose runs are not all done (marked INCOMPLETE)")
     p.add_argument("--title", default=None, help="report title (default: the first experiment's report.title)")
+    add_quiet(p)
     p.set_defaults(func=run)
 
 

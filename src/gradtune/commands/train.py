@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 
+from gradtune._cli_flags import add_no_progress, add_quiet, progress_enabled
 from gradtune._cli_types import device_arg
 from gradtune._errors import parse_int
 from gradtune.workflows.train import METHODS, train_network
@@ -55,7 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default [erm] num_workers or 0)")
     p.add_argument("--keep-epochs", default=None,
                    help="comma-separated epochs whose checkpoints to keep too (e.g. JTT's T)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_no_progress(p)
+    add_quiet(p)
     p.add_argument("--method", choices=METHODS, default="erm",
                    help="erm: class-balanced ERM; jtt: Just Train Twice (no group labels); "
                         "group-dro: Group DRO (uses training group labels). Default erm")
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         if args.keep_epochs else ()
     train_network(args.dataset, args.root, args.out, method=args.method, config_file=args.config, seed=args.seed,
                   resume=args.resume, epochs=args.epochs, device=args.device, num_workers=args.num_workers,
-                  keep_epochs=keep, progress=not args.no_progress, jtt_epoch=args.jtt_epoch,
+                  keep_epochs=keep, progress=progress_enabled(args), jtt_epoch=args.jtt_epoch,
                   jtt_lambda=args.jtt_lambda, jtt_erm_checkpoint=args.jtt_erm_checkpoint, dro_eta=args.dro_eta,
                   dro_adj=args.dro_adj)
     return 0

@@ -7,6 +7,7 @@ import ast
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gradtune._cli_flags import add_force, add_quiet
 from gradtune._errors import GradTuneInputError
 from gradtune.report.text import group_table
 
@@ -45,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the selection draw and the sampler")
     p.add_argument("--split-seed", type=int, default=0,
                    help="seed that halves 'val' rows into held-out/selection when the bundle has no 'heldout' rows")
-    p.add_argument("--force", action="store_true", help="recompute even if --out holds a finished run")
+    add_force(p, "recompute even if --out holds a finished run")
+    add_quiet(p)
     p.add_argument("--method", default="gradtune", metavar="NAME",
                    help="a registered method (default gradtune, the paper's; gradtune-auto is the "
                         "recommended label-free pipeline and uses the bundle's encoder_features); "

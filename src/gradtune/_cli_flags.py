@@ -1,0 +1,76 @@
+"""The flags that several commands share, spelled once.
+
+Light at import (no torch, NumPy or pandas): the parser is built for ``--help``.
+
+* ``--force``: recompute or replace what an earlier run left (old spelling
+  ``--overwrite``, kept hidden for one release);
+* ``--no-progress``: no progress bars or per-run progress lines;
+* ``--quiet``: only warnings and errors on stderr (implies ``--no-progress``);
+* ``--json``: one JSON object with the results on stdout, everything else on stderr.
+
+An old spelling still works, and the command line warns that it is deprecated.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["add_force", "add_no_progress", "add_quiet", "add_json", "deprecated_uses", "progress_enabled"]
+
+_DEPRECATED = "_deprecated_flags"
+
+
+class _DeprecatedAlias(argparse.Action):
+    """A hidden old spelling of a ``store_true`` flag: sets the new flag's dest and records its use."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, *, new: str, **kwargs: Any) -> None:
+        kwargs.setdefault("help", argparse.SUPPRESS)
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, True)
+        used = list(getattr(namespace, _DEPRECATED, []))
+        used.append((option_string or self.option_strings[0], self.new))
+        setattr(namespace, _DEPRECATED, used)
+
+
+def _aliases(p: argparse.ArgumentParser, dest: str, new: str, old: Sequence[str]) -> None:
+    for spelling in old:
+        p.add_argument(spelling, dest=dest, action=_DeprecatedAlias, new=new)
+
+
+def add_force(p: argparse.ArgumentParser, help: str, *, old: Sequence[str] = ()) -> None:
+    """``--force`` (dest ``force``) with hidden old spellings ``old``."""
+    p.add_argument("--force", action="store_true", help=help)
+    _aliases(p, "force", "--force", old)
+
+
+def add_no_progress(p: argparse.ArgumentParser, help: str = "no progress bars or progress lines") -> None:
+    """``--no-progress`` (dest ``no_progress``)."""
+    p.add_argument("--no-progress", action="store_true", help=help)
+
+
+def add_quiet(p: argparse.ArgumentParser) -> None:
+    """``--quiet`` (dest ``quiet``): log only warnings and errors (and no progress)."""
+    p.add_argument("--quiet", action="store_true",
+                   help="only warnings and errors on stderr (implies --no-progress where a command has one)")
+
+
+def add_json(p: argparse.ArgumentParser) -> None:
+    """``--json`` (dest ``json``)."""
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object with the results on stdout; every other message goes to stderr")
+
+
+def progress_enabled(args: argparse.Namespace) -> bool:
+    """False when ``--no-progress`` or ``--quiet`` was given."""
+    return not (getattr(args, "no_progress", False) or getattr(args, "quiet", False))
+
+
+def deprecated_uses(args: argparse.Namespace) -> list[str]:
+    """One message per old spelling used on the command line."""
+    return [f"{old} is deprecated and will be removed; use {new}" for old, new in getattr(args, _DEPRECATED, [])]
