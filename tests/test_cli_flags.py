@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 import pytest
 
@@ -78,3 +79,37 @@ def test_embed_keeps_an_existing_bundle_only_without_force(tmp_path, capsys, fla
     assert "keeping it (pass --force to replace it)" in capsys.readouterr().err
     assert cli.main(["embed", "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(out), flag]) == 2
     assert out.read_bytes() == b"x"
+
+
+def test_plain_help_strips_rst_markup() -> None:
+    from gradtune._cli_flags import plain_help
+
+    assert plain_help(":func:`~gradtune.workflows.tune.tune_bundle` runs") == "tune_bundle runs"
+    assert plain_help("see :mod:`gradtune.training.robust`.") == "see gradtune.training.robust."
+    assert plain_help(":doc:`the guide <label-free>`") == "the guide"
+    assert plain_help("``--force`` and `gradtune run`") == "--force and gradtune run"
+    assert plain_help("Example::\n\n    a::b") == "Example:\n\n    a::b"
+    assert plain_help(None) is None
+
+
+@pytest.mark.parametrize("argv", [[], ["demo"], ["tune"], ["train"], ["embed"], ["run"], ["report"]])
+def test_help_has_no_rst_markup(argv, capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        cli.main([*argv, "--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert "`" not in out and not re.search(r":(func|class|mod|meth|data|attr|doc|ref):", out), out
+    assert not re.search(r"\S::\s*$", out, flags=re.MULTILINE)
+
+
+def test_help_lists_the_benchmarks_and_methods(capsys) -> None:
+    from gradtune._names import METHOD_NAMES, OFFLINE_BENCHMARK_NAMES
+
+    def help_of(command: str) -> str:
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        return " ".join(capsys.readouterr().out.split()).replace("- ", "-")  # undo argparse's wrapping
+
+    demo, tune = help_of("demo"), help_of("tune")
+    assert all(name in demo for name in OFFLINE_BENCHMARK_NAMES)
+    assert all(name in demo and name in tune for name in METHOD_NAMES)

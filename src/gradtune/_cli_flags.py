@@ -14,10 +14,12 @@ An old spelling still works, and the command line warns that it is deprecated.
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["add_force", "add_no_progress", "add_quiet", "add_json", "deprecated_uses", "progress_enabled"]
+__all__ = ["add_force", "add_no_progress", "add_quiet", "add_json", "deprecated_uses", "progress_enabled",
+           "plain_help", "plain_parser"]
 
 _DEPRECATED = "_deprecated_flags"
 
@@ -74,3 +76,44 @@ def progress_enabled(args: argparse.Namespace) -> bool:
 def deprecated_uses(args: argparse.Namespace) -> list[str]:
     """One message per old spelling used on the command line."""
     return [f"{old} is deprecated and will be removed; use {new}" for old, new in getattr(args, _DEPRECATED, [])]
+
+
+_ROLE = re.compile(r":[\w:.-]+:`([^`]*)`")
+_LITERAL = re.compile(r"``([^`]*)``")
+_TICK = re.compile(r"`([^`]*)`")
+
+
+def _role_text(content: str) -> str:
+    title, sep, _ = content.partition("<")
+    if sep:
+        return title.strip()
+    return content[1:].rsplit(".", 1)[-1] if content.startswith("~") else content
+
+
+def plain_help(text: str | None) -> str | None:
+    """``text`` without reStructuredText markup, for ``--help``.
+
+    ``:func:`~a.b.c``` becomes ``c``, ``:mod:`a.b``` becomes ``a.b``, a role with an
+    explicit title (``:doc:`title <target>```) keeps the title, ````x```` and ```x``` become ``x``, and a
+    paragraph-ending ``::`` (a literal block follows) becomes ``:``.
+    """
+    if not text:
+        return text
+    text = _ROLE.sub(lambda m: _role_text(m.group(1)), text)
+    text = _LITERAL.sub(lambda m: m.group(1), text)
+    text = _TICK.sub(lambda m: m.group(1), text)
+    return re.sub(r"(\S)::(\s*)$", r"\1:\2", text, flags=re.MULTILINE)
+
+
+def plain_parser(parser: argparse.ArgumentParser) -> None:
+    """Strip reStructuredText markup from the description and every help string of ``parser``
+    and of its subcommands (see :func:`plain_help`)."""
+    parser.description = plain_help(parser.description)
+    for action in parser._actions:
+        if isinstance(action.help, str) and action.help is not argparse.SUPPRESS:
+            action.help = plain_help(action.help)
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                choice.help = plain_help(choice.help)
+            for sub in dict.fromkeys(action.choices.values()):
+                plain_parser(sub)

@@ -13,7 +13,7 @@ import importlib
 import logging
 import sys
 
-from gradtune._cli_flags import deprecated_uses
+from gradtune._cli_flags import deprecated_uses, plain_parser
 from gradtune._errors import run_boundary
 
 # Modules under gradtune.commands, in the order shown by --help.
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"gradtune.commands.{name}").register(sub)
+    plain_parser(parser)  # descriptions are docstrings: --help shows them without reST markup
     return parser
 
 

@@ -6,6 +6,13 @@ import argparse
 from pathlib import Path
 
 from gradtune._cli_flags import add_force, add_no_progress, add_quiet, progress_enabled
+from gradtune._names import (
+    DEMO_BENCHMARKS,
+    DEMO_METHODS,
+    METHOD_NAMES,
+    OFFLINE_BENCHMARK_NAMES,
+    name_list,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,11 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Finished runs are cached: a second run only reads them.",
     )
     p.add_argument("--benchmarks", nargs="+", default=None, metavar="NAME",
-                   help="offline benchmarks (default: all four)")
+                   help=f"offline benchmarks, some of: {name_list(OFFLINE_BENCHMARK_NAMES)} "
+                   f"(default: {name_list(DEMO_BENCHMARKS)})")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="SEED")
     p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                   help="registry names, or 'all' for every registered last-layer method "
-                   "(default: the demo's standard comparison)")
+                   help=f"registered last-layer methods, some of: {name_list(METHOD_NAMES)}; or 'all' for every "
+                   f"registered one (default: {name_list(DEMO_METHODS)})")
     p.add_argument("--out", type=Path, default=Path("gradtune-demo-report"), help="report folder")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="feature/bundle cache (default ~/.cache/gradtune or $GRADTUNE_CACHE_DIR)")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from gradtune._cli_flags import add_force, add_quiet
 from gradtune._errors import GradTuneInputError
+from gradtune._names import METHOD_NAMES, name_list
 from gradtune.report.text import group_table
 
 if TYPE_CHECKING:  # imported where used: building the parser must not load torch
@@ -52,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a registered method (default gradtune, the paper's; gradtune-auto is the "
                         "recommended label-free pipeline and uses the bundle's encoder_features); "
                         "with a method other than gradtune the --size/--top-k/... flags are ignored "
-                        "and --param sets its hyperparameters")
+                        "and --param sets its hyperparameters. Registered: " + name_list(METHOD_NAMES))
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a hyperparameter of --method (repeatable; VALUE is read as a Python "
                         "literal, e.g. --param xrm_steps=500 --param finetune.epochs=20)")
