@@ -14,12 +14,17 @@ An old spelling still works, and the command line warns that it is deprecated.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import math
+import os
 import re
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = ["add_force", "add_no_progress", "add_quiet", "add_json", "deprecated_uses", "progress_enabled",
-           "plain_help", "plain_parser"]
+           "plain_help", "plain_parser", "jsonable", "run_json_aware"]
 
 _DEPRECATED = "_deprecated_flags"
 
@@ -117,3 +122,33 @@ def plain_parser(parser: argparse.ArgumentParser) -> None:
                 choice.help = plain_help(choice.help)
             for sub in dict.fromkeys(action.choices.values()):
                 plain_parser(sub)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON data: paths and other objects as strings, NumPy scalars and arrays
+    as numbers and lists, non-finite floats as ``None`` (strict JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if hasattr(value, "tolist"):  # NumPy scalars and arrays, torch tensors
+        return jsonable(value.tolist())
+    if isinstance(value, os.PathLike):
+        return os.fsdecode(value)
+    return str(value)
+
+
+def run_json_aware(args: argparse.Namespace, body: Callable[[], tuple[int, dict[str, Any]]]) -> int:
+    """Run a command's ``body() -> (exit code, results)``; with ``--json``, every message it
+    prints goes to stderr and stdout receives only the results, as one JSON object."""
+    if not getattr(args, "json", False):
+        return body()[0]
+    with contextlib.redirect_stdout(sys.stderr):
+        code, results = body()
+    sys.stdout.write(json.dumps(jsonable(results), allow_nan=False) + "\n")
+    sys.stdout.flush()
+    return code

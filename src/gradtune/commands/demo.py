@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gradtune._cli_flags import add_force, add_no_progress, add_quiet, progress_enabled
+from gradtune._cli_flags import (
+    add_force,
+    add_json,
+    add_no_progress,
+    add_quiet,
+    progress_enabled,
+    run_json_aware,
+)
 from gradtune._names import (
     DEMO_BENCHMARKS,
     DEMO_METHODS,
@@ -37,10 +44,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_force(p, "recompute bundles and runs")
     add_no_progress(p, "no per-run progress lines")
     add_quiet(p)
+    add_json(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    return run_json_aware(args, lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> tuple[int, dict]:
+    """Run the demo and print its table; the exit code and the --json results."""
     from gradtune._validation import GradTuneInputError
     from gradtune.experiments.offline import OFFLINE_BENCHMARKS
     from gradtune.workflows.demo import DEFAULT_BENCHMARKS, DEFAULT_METHODS, DemoConfig, run_demo
@@ -62,4 +75,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"{res['counts']['new']} runs computed, {res['counts']['reused']} reused from {args.out / 'runs'}; "
           f"{res['seconds']:.0f} s")
     print(f"report: {res['paths']['markdown']}  {res['paths']['html']}  {res['paths']['csv']}")
-    return 0
+    return 0, {"table": table.to_dict(orient="records"), "counts": res["counts"], "seconds": res["seconds"],
+               "runs": args.out / "runs", "paths": res["paths"]}

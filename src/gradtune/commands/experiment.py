@@ -25,7 +25,14 @@ import shlex
 import sys
 from pathlib import Path
 
-from gradtune._cli_flags import add_force, add_no_progress, add_quiet, progress_enabled
+from gradtune._cli_flags import (
+    add_force,
+    add_json,
+    add_no_progress,
+    add_quiet,
+    progress_enabled,
+    run_json_aware,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,10 +63,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--list", action="store_true", help="list the packaged configs and exit")
     add_no_progress(p, "no per-run progress lines")
     add_quiet(p)
+    add_json(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    return run_json_aware(args, lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> tuple[int, dict]:
+    """Run (or list, or dry-run) the configs; the exit code and the --json results."""
     from gradtune._validation import GradTuneInputError
     from gradtune.experiments.config import packaged_configs
     from gradtune.results.records import store_path_for
@@ -70,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             first = next((line.strip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")),
                          "")
             print(f"{name:28s} {first}")
-        return 0
+        return 0, {"configs": {name: path for name, path in packaged_configs().items()}}
     if not args.configs:
         hint = (f"; --benchmarks takes every name after it ({' '.join(args.benchmarks)}), so put the configs first"
                 if args.benchmarks else "")
@@ -88,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
                   + (f"; absent: {', '.join(c.absent)}" if c.absent else ""))
             for v in c.variants:
                 print(f"    {v.label}: {v.params}")
-        return 0
+        return 0, {"dry_run": True, "runs": {c.name: len(c.run_specs()) for c in configs}}
     n_runs = sum(len(c.run_specs()) for c in configs)
     print(f"{n_runs} planned runs from {', '.join(c.name for c in configs)} -> {store_path_for(args.out)}",
           file=sys.stderr)
@@ -112,12 +125,17 @@ def run(args: argparse.Namespace) -> int:
             if r.get("status") == "failed":
                 last = (r.get("error") or "").strip().splitlines()[-1:] or [""]
                 print(f"  FAILED {r['benchmark']} seed {r['seed']} {r['label']}: {last[0]}", file=sys.stderr)
+    results = {"new": summary.new, "reused": summary.reused, "failed": summary.failed,
+               "seconds": summary.seconds, "store": outcome.store, "report": None,
+               "failed_runs": [{"benchmark": r["benchmark"], "seed": r["seed"], "label": r["label"]}
+                               for r in summary.records if r.get("status") == "failed"]}
     if outcome.report is not None:
         res = outcome.report
+        results["report"] = {"paths": res.paths, "shown": res.shown}
         print(f"report: {res.paths['markdown']} ({', '.join(res.shown) or 'no complete items'})")
     else:
         print(f"write the tables and figures with: gradtune report {args.out} --out {args.out / 'report'}")
-    return 1 if summary.failed else 0
+    return (1 if summary.failed else 0), results
 
 
 def print_progress(record: dict, reused: bool) -> None:

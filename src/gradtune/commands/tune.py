@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gradtune._cli_flags import add_force, add_quiet
+from gradtune._cli_flags import add_force, add_json, add_quiet, run_json_aware
 from gradtune._errors import GradTuneInputError
 from gradtune._names import METHOD_NAMES, name_list
 from gradtune.report.text import group_table
@@ -49,6 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seed that halves 'val' rows into held-out/selection when the bundle has no 'heldout' rows")
     add_force(p, "recompute even if --out holds a finished run")
     add_quiet(p)
+    add_json(p)
     p.add_argument("--method", default="gradtune", metavar="NAME",
                    help="a registered method (default gradtune, the paper's; gradtune-auto is the "
                         "recommended label-free pipeline and uses the bundle's encoder_features); "
@@ -99,6 +101,11 @@ def parse_params(items: list[str]) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
+    return run_json_aware(args, lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> tuple[int, dict]:
+    """Tune, print the tables; the exit code and the --json results (metrics.json's content and the paths)."""
     from gradtune.workflows.tune import tune_bundle
 
     path = EXAMPLE if args.embeddings == "example" else Path(args.embeddings)
@@ -108,14 +115,18 @@ def run(args: argparse.Namespace) -> int:
                           include_bias=not args.no_bias_in_norm, seed=args.seed,
                           split_seed=args.split_seed, fit_erm_head=args.fit_erm_head, force=args.force)
     metrics_path = Path(args.out) / "metrics.json"
+    head_path = Path(args.out) / "head.npz"
+    results = {"metrics": json.loads(metrics_path.read_text()), "reused": outcome.reused,  # as written
+               "paths": {"out": Path(args.out), "metrics": metrics_path,
+                         "head": head_path if head_path.exists() else None}}
     if outcome.reused:
         print(f"{metrics_path} already holds this run (same bundle and parameters); use --force to recompute")
         _print_summary(outcome.result)
-        return 0
+        return 0, results
     print(outcome.summary)
     _print_summary(outcome.result)
     print("wrote " + " and ".join(str(w) for w in outcome.wrote))
-    return 0
+    return 0, results
 
 
 def _print_summary(result: dict) -> None:
