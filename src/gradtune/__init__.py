@@ -15,16 +15,25 @@ The stable public API:
 
 Each name is imported on first use, so that ``import gradtune`` (and the command
 line's ``--help``) does not load torch or scikit-learn.
+
+Progress and notices go to the ``gradtune`` logger (and its children), which has only
+a ``NullHandler`` until the application configures logging, e.g.
+``logging.basicConfig(level=logging.INFO)``; the command line logs them to stderr.
 """
 
 from __future__ import annotations
 
+import logging
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from gradtune._errors import GradTuneInputError
 
 __version__ = "0.1.0"
+
+# The library reports progress and notices on the "gradtune" logger; it stays silent until
+# the application (or the command line) configures logging.
+logging.getLogger("gradtune").addHandler(logging.NullHandler())
 
 # public name -> the module that defines it
 _LAZY: dict[str, str] = {

@@ -35,9 +35,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -66,6 +66,8 @@ from gradtune.training.config import (
     TrainResult,
     cross_entropy_loss,
 )
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["make_sampler_weights", "seeded_scope", "check_resumable", "train"]
 
@@ -324,12 +326,7 @@ def _progress(loader: DataLoader, show: bool, desc: str) -> Any:
 
 
 def _log(message: str) -> None:
-    try:
-        from tqdm.auto import tqdm
-
-        tqdm.write(message, file=sys.stderr)
-    except ImportError:  # pragma: no cover
-        print(message, file=sys.stderr)
+    logger.info("%s", message)
 
 
 def _write_json(path: Path, obj: Any) -> None:

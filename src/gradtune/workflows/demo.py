@@ -7,7 +7,7 @@ Bundles (encoder features + seeded ERM model) are cached on disk, and every
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -22,6 +22,8 @@ from gradtune.report.demo_report import write_report
 from gradtune.report.summary import records_frame, summary_table
 
 __all__ = ["DemoConfig", "DEFAULT_METHODS", "run_demo"]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_METHODS = ("erm", "random", "loss-topk", "gradtune", "dfr-xrm", "gradtune-auto", "dfr")
 DEFAULT_BENCHMARKS = ("fmnist-spurious", "fmnist-biased", "reviews", "adult")
@@ -102,9 +104,9 @@ def run_demo(cfg: DemoConfig, build: Callable[..., EmbeddingBundle] | None = Non
             ev = rec["evaluation"].get("test", {})
             wga = ev.get("worst_group_accuracy")
             state = "cached" if reused else f"{rec['fit_seconds']:.1f}s"
-            print(f"  {rec['benchmark']:>16s} seed {rec['seed']} {rec['label']:>10s}: "
-                  f"avg {100 * ev.get('accuracy', float('nan')):5.1f}  "
-                  f"wga {100 * wga if wga is not None else float('nan'):5.1f}  ({state})", file=sys.stderr)
+            logger.info("  %16s seed %s %10s: avg %5.1f  wga %5.1f  (%s)", rec["benchmark"], rec["seed"],
+                        rec["label"], 100 * ev.get("accuracy", float("nan")),
+                        100 * wga if wga is not None else float("nan"), state)
 
     records = list(run_grid(specs, get_bundle, run_root, force=cfg.force, on_record=on_record))
     preamble = [

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +17,8 @@ from typing import Any
 from gradtune.experiments.config import ExperimentConfig, load_config, select_benchmarks
 from gradtune.experiments.runner import ExecutionSummary, run_experiments
 from gradtune.results.records import store_path_for
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["benchmark_names", "load_selected", "run_configs", "RunOutcome"]
 
@@ -31,16 +33,16 @@ def load_selected(configs: Sequence[str | Path], *, benchmarks: Sequence[str] | 
     """The configs (files or packaged names), cut to ``benchmarks``, with their bundle files checked.
 
     ``bundles`` is the value of ``${GRADTUNE_BUNDLES}`` in bundle paths (default: the
-    environment variable). Configs that have none of ``benchmarks`` are left out (said on
-    stderr).
+    environment variable). Configs that have none of ``benchmarks`` are left out (a warning
+    on the ``gradtune`` logger).
     """
     variables = None if bundles is None else {"GRADTUNE_BUNDLES": str(bundles)}
     loaded = [load_config(c, check_paths=False, variables=variables) for c in configs]
     if benchmarks is not None:
         loaded, skipped = select_benchmarks(loaded, benchmark_names(benchmarks))
         for c in skipped:
-            print(f"{c.name}: left out (none of the asked benchmarks is among its benchmarks "
-                  f"{', '.join(b.name for b in c.benchmarks)})", file=sys.stderr)
+            logger.warning("%s: left out (none of the asked benchmarks is among its benchmarks %s)", c.name,
+                           ", ".join(b.name for b in c.benchmarks))
     for c in loaded:
         c.check_paths()
     return loaded

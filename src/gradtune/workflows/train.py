@@ -22,13 +22,15 @@ error_set.json, stage2/}`` (JTT, see :mod:`gradtune.training.robust`) after ever
 
 from __future__ import annotations
 
-import sys
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from gradtune._config_files import CONFIG_DIR, read_toml, run_config_path
 from gradtune._errors import GradTuneInputError, parse_int
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["CONFIG_DIR", "MODEL_ARCHS", "METHODS", "load_run_config", "build_model", "train_network"]
 
@@ -239,8 +241,8 @@ def train_network(dataset: str, root: str | Path, out_dir: str | Path, *, method
                             "config": config.to_dict()})
             atomic_write_json(out / "train.json", summary)
             last = result.history[-1] if result.history else {}
-            print(f"trained {dataset} ({method}) for {config.epochs} epochs "
-                  f"(loss {last.get('loss', float('nan')):.4f}); checkpoint: {result.checkpoint}", file=sys.stderr)
+            logger.info("trained %s (%s) for %d epochs (loss %.4f); checkpoint: %s", dataset, method, config.epochs,
+                        last.get("loss", float("nan")), result.checkpoint)
         gdist.barrier()
     finally:
         gdist.cleanup()
