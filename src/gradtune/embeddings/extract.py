@@ -90,7 +90,7 @@ def encode(model: nn.Module, data: GroupedDataset, indices: np.ndarray | None = 
     precision : {'fp32', 'bf16'}, default='fp32'
         ``'bf16'`` uses CUDA autocast; features and logits are returned as float32.
     progress : bool, default=False
-        A tqdm bar on rank 0.
+        Progress on rank 0: a tqdm bar on a terminal, else a log line every 10 s or 10%.
 
     Returns
     -------
@@ -129,9 +129,9 @@ def encode(model: nn.Module, data: GroupedDataset, indices: np.ndarray | None = 
     try:
         it: Any = loader
         if progress and info.is_main:
-            from tqdm.auto import tqdm
+            from gradtune._progress import progress
 
-            it = tqdm(loader, desc="embedding", leave=False, dynamic_ncols=True)
+            it = progress(loader, desc="embedding", unit="batch")
         for x, _, _, _ in it:
             x = x.to(dev, non_blocking=True) if isinstance(x, torch.Tensor) else x
             recorder.inputs = recorder.outputs = None

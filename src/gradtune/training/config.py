@@ -99,7 +99,8 @@ class TrainConfig:
     device : str, optional
         Default ``cuda:LOCAL_RANK`` if CUDA is available, else CPU.
     progress : bool, default=True
-        A tqdm bar per epoch on rank 0.
+        A tqdm bar per epoch on rank 0 (off a terminal, a log line every 10 s), and a
+        log line per epoch.
     """
 
     optimizer: str = "sgd"

@@ -318,11 +318,10 @@ def train(model: nn.Module, data: GroupedDataset, config: TrainConfig, *,
 def _progress(loader: DataLoader, show: bool, desc: str) -> Any:
     if not show:
         return loader
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return loader
-    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+    from gradtune._progress import progress
+
+    # off a terminal: a line every 10 s within a long epoch; the epoch's own line follows it
+    return progress(loader, desc=desc, unit="batch", step=None, final=False)
 
 
 def _log(message: str) -> None:
