@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import subprocess
@@ -60,10 +61,12 @@ def test_cli_handler_levels(tmp_path, capsys) -> None:
         assert cli.main(["run", str(a), str(b), "--benchmarks", "toy-a", "--out", str(tmp_path / "o1")]) == 0
         err = capsys.readouterr().err
         assert "gradtune run: warning: cfg-b: left out" in err
-        assert logging.getLogger("gradtune").level == logging.INFO
-        assert cli.main(["run", str(a), "--out", str(tmp_path / "o2"), "--quiet"]) == 0
-        assert logging.getLogger("gradtune").level == logging.WARNING
+        # main() takes its handler away again
+        assert not [h for h in logging.getLogger("gradtune").handlers if getattr(h, "_gradtune_cli", False)]
+        assert logging.getLogger("gradtune").level == logging.NOTSET
         # INFO is dropped with --quiet, warnings are kept
+        cli.configure_logging("run", quiet=True)
+        assert logging.getLogger("gradtune").level == logging.WARNING
         logging.getLogger("gradtune.x").info("an info line")
         logging.getLogger("gradtune.x").warning("a warning line")
         err = capsys.readouterr().err
@@ -77,3 +80,19 @@ def test_cli_handler_levels(tmp_path, capsys) -> None:
         for h in [h for h in logging.getLogger("gradtune").handlers if getattr(h, "_gradtune_cli", False)]:
             logging.getLogger("gradtune").removeHandler(h)
         logging.getLogger("gradtune").setLevel(logging.NOTSET)
+
+
+def test_quiet_run_drops_info_lines(tmp_path, capsys, monkeypatch) -> None:
+    def noisy(args) -> int:  # a command that logs like the library does
+        logging.getLogger("gradtune.workflows.demo").info("an info line")
+        logging.getLogger("gradtune.workflows.demo").warning("a warning line")
+        return 0
+
+    parser = cli.build_parser()
+    sub = next(x for x in parser._actions if isinstance(x, argparse._SubParsersAction))
+    sub.choices["run"].set_defaults(func=noisy)
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    for extra, shown in (([], True), (["--quiet"], False)):
+        assert cli.main(["run", "some.toml", *extra]) == 0
+        err = capsys.readouterr().err
+        assert ("an info line" in err) is shown and "gradtune run: warning: a warning line" in err

@@ -50,10 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    configure_logging(args.command, quiet=getattr(args, "quiet", False))
-    for message in deprecated_uses(args):
-        logging.getLogger("gradtune").warning(message)
-    return run_boundary(lambda: args.func(args), args.command, debug=debug)
+    logger = logging.getLogger("gradtune")
+    level = logger.level
+    handler = configure_logging(args.command, quiet=getattr(args, "quiet", False))
+    try:
+        for message in deprecated_uses(args):
+            logger.warning(message)
+        return run_boundary(lambda: args.func(args), args.command, debug=debug)
+    finally:  # a caller of main() (a script, a test) gets its logging back as it was
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 class _CommandFormatter(logging.Formatter):
