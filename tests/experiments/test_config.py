@@ -152,3 +152,24 @@ def test_dry_run_and_list(capsys, tmp_path, bundles):
     assert main(["run", "--list"]) == 0
     assert "offline-ablation-k" in capsys.readouterr().out
     assert not Path(tmp_path / "gradtune-results").exists()
+
+
+def test_family_defaults_apply_under_the_configs_own_params(tmp_path):
+    from gradtune.methods.tuning import family_defaults
+
+    data = {"experiment": {"seeds": [0], "methods": ["gradtune", "dfr"], "benchmarks": [
+        {"offline": "reviews"},                                   # family from the offline benchmark
+        {"name": "multinli", "bundle": str(tmp_path / "m-seed{seed}.npz")},   # from the dataset name
+        {"name": "mine", "bundle": str(tmp_path / "x-seed{seed}.npz"), "family": "text",
+         "params": {"gradtune": {"finetune": {"lr": 3e-5}}}},   # explicit family, config overrides
+        {"offline": "adult"},
+    ]}}
+    cfg = parse_config(data, check_paths=False)
+    assert [b.family for b in cfg.benchmarks] == ["text", "text", "text", "tabular"]
+    specs = {(s.benchmark, s.method): dict(s.params) for s in cfg.run_specs()}
+    text = family_defaults("gradtune", "text")
+    assert specs[("reviews", "gradtune")] == text == specs[("multinli", "gradtune")]
+    assert specs[("mine", "gradtune")] == {**text, "finetune.lr": 3e-5}
+    assert specs[("adult", "gradtune")] == {} and specs[("reviews", "dfr")] == {}
+    bad = {"experiment": {**data["experiment"], "benchmarks": [{"offline": "adult", "family": "audio"}]}}
+    assert "family" in _error(bad, check_paths=False)

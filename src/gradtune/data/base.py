@@ -13,6 +13,11 @@ from typing import Any
 
 import numpy as np
 
+DATA_FAMILIES = ("vision", "text", "tabular")
+"""Data families; each method may declare defaults per family (``Method.family_defaults``)."""
+DATASET_FAMILIES: dict[str, str] = {"waterbirds": "vision", "celeba": "vision", "multinli": "text",
+                                    "civilcomments": "text"}
+"""The family of each paper dataset (MultiNLI and CivilComments get the text defaults)."""
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 """Integer codes of the official splits (the Waterbirds/CelebA convention)."""
 

@@ -171,12 +171,17 @@ class ExperimentConfig:
     absent: tuple[str, ...] = ()
 
     def run_specs(self) -> list[RunSpec]:
-        """Every run: benchmark (outer) x seed x variant (inner), with merged parameters."""
+        """Every run: benchmark (outer) x seed x variant (inner), with merged parameters: the
+        method's defaults for the benchmark's data family, then the benchmark's params,
+        then the variant's."""
+        from gradtune.methods.tuning import family_defaults
+
         specs = []
         for b in self.benchmarks:
             for s in self.seeds:
                 for v in self.variants:
-                    merged = {**b.params.get(v.method, {}), **v.params}
+                    merged = {**family_defaults(v.method, b.family), **b.params.get(v.method, {}),
+                              **v.params}
                     specs.append(RunSpec(b.name, s, v.method, tuple(sorted(merged.items())), v.label))
         return specs
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gradtune.data.base import DATA_FAMILIES, DATASET_FAMILIES
 from gradtune.experiments._config_fields import (
     NAME_RE,
     ConfigError,
@@ -123,6 +124,9 @@ class BenchmarkSpec:
     kind : {'offline', 'bundle'}
     path : str or None, bundle path template (``{seed}`` allowed), absolute once resolved
     params : dict method -> {dotted key: value}, per-benchmark method settings
+    family : str or None, the data family ('vision' / 'text' / 'tabular') whose method
+        defaults apply (``Method.family_defaults``); from the ``family`` key, else the
+        offline benchmark's, else the paper dataset's of the same name
     location : ResolvedPath or None, how ``path`` was resolved (bundles only)
     index : int, position in ``experiment.benchmarks`` (for error messages)
     """
@@ -133,6 +137,7 @@ class BenchmarkSpec:
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     location: ResolvedPath | None = field(default=None, compare=False)
     index: int = field(default=0, compare=False)
+    family: str | None = None
 
     def bundle_path(self, seed: int) -> Path:
         """The bundle file of ``seed``."""
@@ -141,7 +146,8 @@ class BenchmarkSpec:
         return Path(self.path.replace("{seed}", str(int(seed))))
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "kind": self.kind, "path": self.path, "params": self.params}
+        out: dict[str, Any] = {"name": self.name, "kind": self.kind, "path": self.path, "params": self.params,
+                               "family": self.family}
         if self.location is not None:
             out["written"] = self.location.written
         return out
@@ -179,8 +185,12 @@ def parse_benchmarks(value: Any, *, methods: list[str], config_dir: Path | None,
         w = f"{where}[{i}]"
         params: dict[str, dict[str, Any]] = {}
         name = None
+        family = None
         if isinstance(item, dict):
-            check_keys(w, item, ("name", "bundle", "offline", "params"))
+            check_keys(w, item, ("name", "bundle", "offline", "params", "family"))
+            family = item.get("family")
+            if family is not None and family not in DATA_FAMILIES:
+                raise ConfigError(f"{w}.family: must be one of {list(DATA_FAMILIES)}, got {family!r}")
             if ("bundle" in item) == ("offline" in item):
                 raise ConfigError(f"{w}: give exactly one of 'bundle' (a bundle path) or 'offline' (a benchmark name)")
             name = item.get("name")
@@ -204,12 +214,15 @@ def parse_benchmarks(value: Any, *, methods: list[str], config_dir: Path | None,
             if not raw:
                 raise ConfigError(f"{w}: 'bundle:' needs a path, e.g. 'bundle:bundles/waterbirds-seed{{seed}}.npz'")
             loc = resolve_path(raw, config_dir=config_dir, variables=variables)
-            out.append(BenchmarkSpec(name or _default_name(raw), "bundle", loc.path, params, loc, i))
+            bname = name or _default_name(raw)
+            out.append(BenchmarkSpec(bname, "bundle", loc.path, params, loc, i,
+                                     family or DATASET_FAMILIES.get(bname)))
         else:
             if spec_str not in OFFLINE_BENCHMARKS:
                 raise ConfigError(f"{w}: unknown benchmark {spec_str!r}; offline benchmarks: "
                                   f"{sorted(OFFLINE_BENCHMARKS)}, or 'bundle:PATH' for an embedding bundle")
-            out.append(BenchmarkSpec(name or spec_str, "offline", None, params, None, i))
+            out.append(BenchmarkSpec(name or spec_str, "offline", None, params, None, i,
+                                     family or OFFLINE_BENCHMARKS[spec_str].family))
     names = [b.name for b in out]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

@@ -13,7 +13,7 @@ their authors' defaults.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -98,6 +98,29 @@ class Method(ABC):
             v = getattr(self, f.name)
             out[f.name] = v.to_dict() if hasattr(v, "to_dict") else v
         return out
+
+    @classmethod
+    def family_defaults(cls, family: str | None) -> dict[str, Any]:
+        """Dotted hyperparameter defaults of this method for a data family.
+
+        ``family`` is ``"vision"``, ``"text"``, ``"tabular"`` or None (unknown). The class
+        defaults are the vision setting; for ``"text"`` a method whose ``finetune`` field
+        holds a :class:`~gradtune.finetune.linear.FinetuneConfig` gets the paper's text
+        optimizer (:meth:`FinetuneConfig.for_text`: AdamW, lr 1e-5, linear, batch 16) as
+        ``finetune.*`` keys. Configs and user parameters override these. Subclasses with
+        their own family settings override this method.
+        """
+        from gradtune.finetune.linear import FinetuneConfig
+
+        if family != "text":
+            return {}
+        default = next((f.default_factory() for f in fields(cls)  # type: ignore[arg-type]
+                        if f.name == "finetune" and callable(f.default_factory)), None)
+        if not isinstance(default, FinetuneConfig):
+            return {}
+        vision, text = asdict(FinetuneConfig()), asdict(FinetuneConfig.for_text())
+        own = asdict(default)          # the method's own defaults (epochs, sampler, ...) stay
+        return {f"finetune.{k}": v for k, v in text.items() if vision[k] != v and own[k] != v}
 
     @property
     def group_label_use(self) -> str:

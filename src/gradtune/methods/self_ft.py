@@ -33,7 +33,7 @@ None of these read group labels in ``fit``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -139,6 +139,15 @@ class SELFMethod(Method):
         base: dict[str, Any] = dict(steps=500, optimizer="adamw", batch_size=16, lr=1e-5)
         base.update(overrides)
         return cls(**base)
+
+    @classmethod
+    def family_defaults(cls, family: str | None) -> dict[str, Any]:
+        """Text: the authors' text setting (:meth:`for_text`) as overrides; else none."""
+        if family != "text":
+            return {}
+        base, text = cls(), cls.for_text()
+        return {f.name: getattr(text, f.name) for f in fields(cls)
+                if getattr(text, f.name) != getattr(base, f.name)}
 
     def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
         seed = check_positive_int(seed, "seed", allow_zero=True)

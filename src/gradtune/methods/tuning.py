@@ -35,8 +35,8 @@ from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.methods.base import METHODS, Method, _import_builtin_methods
 from gradtune.metrics.accuracy import worst_class_accuracy, worst_group_accuracy
 
-__all__ = ["select_hyperparameters", "search_space", "expand_grid", "build_method", "TuningTable",
-           "TUNING_MODES"]
+__all__ = ["select_hyperparameters", "search_space", "family_defaults", "expand_grid", "build_method",
+           "TuningTable", "TUNING_MODES"]
 
 TUNING_MODES = ("group", "label_free")
 
@@ -71,6 +71,12 @@ def _method_class(name: str) -> type[Method]:
     if name not in METHODS:
         raise GradTuneInputError(f"unknown method {name!r}; available: {sorted(METHODS)}")
     return METHODS[name]
+
+
+def family_defaults(method_name: str, family: str | None) -> dict[str, Any]:
+    """The dotted defaults of a registered method for a data family (see
+    :meth:`Method.family_defaults`); ``{}`` for vision, tabular or an unknown family."""
+    return _method_class(method_name).family_defaults(family)
 
 
 def search_space(method_name: str) -> dict[str, list]:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.experiments.bundles import cached_bundle
 from gradtune.experiments.runner import RunSpec, run_grid
-from gradtune.finetune.linear import FinetuneConfig
-from gradtune.methods.base import METHODS, list_methods
+from gradtune.methods.base import list_methods
 from gradtune.report.demo_report import write_report
 from gradtune.report.summary import records_frame, summary_table
 
@@ -51,25 +50,13 @@ class DemoConfig:
 
 
 def family_params(method: str, benchmark: str) -> dict[str, object]:
-    """Fine-tuning overrides of ``method`` for the data family of offline ``benchmark``.
-
-    Text benchmarks get the paper's text optimizer (:meth:`FinetuneConfig.for_text`) as
-    dotted ``finetune.*`` overrides for every method whose hyperparameters hold a
-    ``finetune`` :class:`FinetuneConfig`; vision and tabular benchmarks keep the
-    defaults (the paper's vision setting).
-    """
+    """The defaults of ``method`` for the data family of offline ``benchmark``
+    (:meth:`Method.family_defaults`: the paper's text optimizer on text benchmarks)."""
     from gradtune.experiments.offline import OFFLINE_BENCHMARKS
+    from gradtune.methods.tuning import family_defaults
 
     bench = OFFLINE_BENCHMARKS.get(benchmark)
-    if bench is None or bench.family != "text":
-        return {}
-    cls = METHODS.get(method)
-    if cls is None or not any(f.name == "finetune" for f in fields(cls)):
-        return {}
-    if not isinstance(getattr(cls(), "finetune", None), FinetuneConfig):
-        return {}
-    base, text = asdict(FinetuneConfig()), asdict(FinetuneConfig.for_text())
-    return {f"finetune.{k}": v for k, v in text.items() if base[k] != v}
+    return family_defaults(method, None if bench is None else bench.family)
 
 
 def _specs(cfg: DemoConfig) -> list[RunSpec]:
