@@ -22,78 +22,11 @@ from torch import nn
 from gradtune._validation import GradTuneInputError, check_positive_int
 from gradtune.data.base import split_heldout
 from gradtune.embeddings.bundle import EmbeddingBundle
-from gradtune.embeddings.capture import (
-    _device_of,
-    _to,
-    call_model,
-    resolve_output_layer,
-    split_batch,
-)
+from gradtune.embeddings.capture import capture_batches, resolve_output_layer
 from gradtune.methods.base import LinearHead, MethodResult
 from gradtune.methods.tuning import build_method
 
-__all__ = ["repair", "capture_with_encoder"]
-
-
-@torch.no_grad()
-def capture_with_encoder(model: nn.Module, loader: Any, layer: nn.Linear, *,
-                         encoder: nn.Module | Callable[[Any], Any] | None = None,
-                         device: str | torch.device | None = None,
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """One eval-mode pass over ``loader``.
-
-    Returns
-    -------
-    features : (N, d) float32, the inputs of ``layer``
-    labels : (N,) int64
-    encoder_features : (N, e) float32, ``encoder(inputs)`` flattened per row, or None
-    """
-    device = _device_of(model, device)
-    feats: list[torch.Tensor] = []
-    enc: list[torch.Tensor] = []
-    labels: list[torch.Tensor] = []
-
-    def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
-        feats.append(inp[0].detach().reshape(inp[0].shape[0], -1).float().cpu())
-
-    modes = [(m, m.training) for m in (model, encoder) if isinstance(m, nn.Module)]
-    handle = layer.register_forward_hook(hook)
-    for m, _ in modes:
-        m.eval()
-    try:
-        for batch in loader:
-            x, y = split_batch(batch)
-            y = torch.as_tensor(y)
-            if y.is_floating_point() and not torch.equal(y, y.round()):
-                raise GradTuneInputError("labels must be integer class ids; the loader gave fractional values")
-            xd = _to(x, device)
-            before = len(feats)
-            call_model(model, xd)
-            if len(feats) != before + 1:
-                raise GradTuneInputError(
-                    f"the chosen layer ran {len(feats) - before} times in one forward pass; expected "
-                    "once. Pass the final classification layer explicitly with layer=")
-            if encoder is not None:
-                e = call_model(encoder, xd)
-                e = getattr(e, "last_hidden_state", e)
-                e = torch.as_tensor(e).detach().float().cpu()
-                enc.append(e.reshape(e.shape[0], -1))
-            labels.append(y.reshape(-1).cpu().long())
-    finally:
-        handle.remove()
-        for m, mode in modes:
-            m.train(mode)
-    if not feats:
-        raise GradTuneInputError("the loader yielded no batches")
-    f, y = torch.cat(feats).numpy(), torch.cat(labels).numpy()
-    if y.shape[0] != f.shape[0]:
-        raise GradTuneInputError(f"the loader gave {y.shape[0]} labels for {f.shape[0]} samples")
-    e_np = None
-    if encoder is not None:
-        e_np = torch.cat(enc).numpy()
-        if e_np.shape[0] != f.shape[0]:
-            raise GradTuneInputError(f"the encoder gave {e_np.shape[0]} rows for {f.shape[0]} samples")
-    return f, y, e_np
+__all__ = ["repair"]
 
 
 def repair(model: nn.Module, heldout_loader: Any, *, method: str = "gradtune-auto",
@@ -146,7 +79,8 @@ def repair(model: nn.Module, heldout_loader: Any, *, method: str = "gradtune-aut
     parts = [("heldout", heldout_loader)] + ([("train", train_loader)] if train_loader is not None else [])
     feats, labels, encs, split = [], [], [], []
     for name, loader in parts:
-        f, y, e = capture_with_encoder(model, loader, lin, encoder=encoder, device=device)
+        f, _, y, e = capture_batches(model, loader, lin, encoder=encoder, device=device)
+        f, y, e = f.numpy(), y.numpy(), None if e is None else e.numpy()
         feats.append(f)
         labels.append(y)
         encs.append(e)

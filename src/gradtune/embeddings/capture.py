@@ -30,7 +30,7 @@ from gradtune._validation import GradTuneInputError, as_label_tensor, check_devi
 from gradtune.models.classifier import find_last_linear, named_linear, unwrap_model
 
 __all__ = ["find_last_linear", "find_output_layer", "resolve_output_layer", "capture_features",
-           "split_batch", "call_model", "logits_of"]
+           "split_batch", "call_model", "logits_of", "capture_batches"]
 
 LABEL_KEYS = ("labels", "label", "y")
 _NON_INPUT_KEYS = (*LABEL_KEYS, "groups", "group")
@@ -229,35 +229,62 @@ def capture_features(model: nn.Module, loader: Any, layer: nn.Linear | str | Non
     train/eval mode is restored afterwards.
     """
     lin, loader = resolve_output_layer(model, loader, layer, device=device)
+    f, z, y, _ = capture_batches(model, loader, lin, device=device)
+    return f, z, y
+
+
+@torch.no_grad()
+def capture_batches(model: nn.Module, loader: Any, layer: nn.Linear, *, device: str | torch.device | None = None,
+                    encoder: Any = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One eval-mode pass of ``model`` (and ``encoder``) over ``loader``, hooking ``layer``.
+
+    Returns
+    -------
+    features : (N, d) float32, the inputs of ``layer``; logits : (N, C), its outputs;
+    labels : (N,) int64; encoder_features : (N, e) float32, ``encoder(inputs)``
+    (a module or callable; ``last_hidden_state`` of a model output is taken) flattened
+    per row, or None without an encoder. All on the CPU; train/eval modes are restored.
+    """
     device = _device_of(model, device)
     feats: list[torch.Tensor] = []
     outs: list[torch.Tensor] = []
+    enc: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
 
     def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         feats.append(inp[0].detach().reshape(inp[0].shape[0], -1).float().cpu())
         outs.append(out.detach().reshape(out.shape[0], -1).float().cpu())
 
-    was_training = model.training
-    handle = lin.register_forward_hook(hook)
-    model.eval()
+    modes = [(m, m.training) for m in (model, encoder) if isinstance(m, nn.Module)]
+    handle = layer.register_forward_hook(hook)
+    for m, _ in modes:
+        m.eval()
     try:
         for batch in loader:
             x, y = split_batch(batch)
+            xd = _to(x, device)
             before = len(feats)
-            call_model(model, _to(x, device))
+            call_model(model, xd)
             if len(feats) != before + 1:
                 raise GradTuneInputError(
                     f"the chosen layer ran {len(feats) - before} times in one forward pass; expected once. "
                     "Pass the final classification layer explicitly with layer="
                 )
-            labels.append(y.reshape(-1).cpu())
+            if encoder is not None:
+                e = call_model(encoder, xd)
+                e = torch.as_tensor(getattr(e, "last_hidden_state", e)).detach().float().cpu()
+                enc.append(e.reshape(e.shape[0], -1))
+            labels.append(torch.as_tensor(y).reshape(-1).cpu())
     finally:
         handle.remove()
-        model.train(was_training)
+        for m, mode in modes:
+            m.train(mode)
     if not feats:
-        raise GradTuneInputError("the held-out loader yielded no batches")
+        raise GradTuneInputError("the loader yielded no batches")
     f, z, y = torch.cat(feats), torch.cat(outs), as_label_tensor(torch.cat(labels), "the loader's labels")
     if y.shape[0] != f.shape[0]:
         raise GradTuneInputError(f"the loader gave {y.shape[0]} labels for {f.shape[0]} samples")
-    return f, z, y
+    e_all = torch.cat(enc) if encoder is not None else None
+    if e_all is not None and e_all.shape[0] != f.shape[0]:
+        raise GradTuneInputError(f"the encoder gave {e_all.shape[0]} rows for {f.shape[0]} samples")
+    return f, z, y, e_all
