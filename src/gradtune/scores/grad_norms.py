@@ -99,14 +99,15 @@ def _residual_t(z_t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """
     z = z_t.to(_wide(z_t.dtype, z_t.device))
     if z.shape[0] == 2:  # ||p - e_y|| = sqrt(2) * sigmoid(z_other - z_y), accurate at both ends
-        t = z.sum(dim=0).sub_(z.gather(0, y[None, :]).squeeze(0), alpha=2.0)  # z_other - z_y
+        t = torch.add(z[0], z[1]).sub_(z.gather(0, y[None, :]).squeeze(0), alpha=2.0)  # z_other - z_y
         return t.sigmoid_().mul_(math.sqrt(2.0))
     e = (z - z.amax(dim=0)).exp_()  # (C, N), the largest entry of each column is 1
-    e_other = e.scatter(0, y[None, :], 0.0)
-    s_other = e_other.sum(dim=0)
-    q = e_other.div_(s_other.clamp_min(torch.finfo(z.dtype).tiny))  # p_j / (1 - p_y); 0 when s_other is 0
-    scale = s_other / (s_other + e.gather(0, y[None, :]).squeeze(0))  # 1 - p_y
-    return q.mul_(q).sum(dim=0).add_(1.0).sqrt_().mul_(scale)
+    e_all = e.sum(dim=0)
+    e.scatter_(0, y[None, :], 0.0)  # the other classes
+    s_other = e.sum(dim=0)
+    # ||(p_j / (1 - p_y))_{j != y}||: scaled before squaring; 0 where s_other underflowed to 0
+    q = torch.linalg.vector_norm(e.div_(s_other.clamp_min(torch.finfo(z.dtype).tiny)), dim=0)
+    return torch.hypot(q, q.new_ones(())).mul_(s_other.div_(e_all))  # (1 - p_y) * sqrt(1 + q^2)
 
 
 def _norms_chunk(h: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None,
