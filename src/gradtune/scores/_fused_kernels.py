@@ -27,7 +27,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from gradtune.scores._simd import EXP_MIN_ARG, exp_nonpos, prefetch
+from gradtune.scores._simd import EXP_MIN_ARG, exp_nonpos, prefer_wide_vectors, prefetch
 
 ROWS_PER_BLOCK = 64
 _SEGMENT = 2048  # row elements accumulated in the input dtype before adding into float64
@@ -301,6 +301,7 @@ def _finish_block(zb, sqb, y, extra, out, start, stop, work, zrow, erow):
 @njit(fastmath=_FM, nogil=True, error_model="numpy")
 def _stream_head(h, hf, w, bias, zero, zb, sqb, zrow, start, stop, prefetch_rows, step):
     """Rows start..stop-1: zb[:, i - start] = w @ h[i] + bias and sqb[i - start] = ||h[i]||^2."""
+    prefer_wide_vectors()
     n, d = h.shape
     c = w.shape[0]
     for i in range(start, stop):
@@ -314,6 +315,7 @@ def _stream_head(h, hf, w, bias, zero, zb, sqb, zrow, start, stop, prefetch_rows
 @njit(fastmath=_FM, nogil=True, error_model="numpy")
 def _stream_logits(h, hf, logits, zero, zb, sqb, start, stop, prefetch_rows, step):
     """Rows start..stop-1: zb[:, i - start] = logits[i] (in float64), sqb[i - start] = ||h[i]||^2."""
+    prefer_wide_vectors()
     n, d = h.shape
     c = logits.shape[1]
     for i in range(start, stop):
@@ -327,6 +329,7 @@ def _stream_logits(h, hf, logits, zero, zb, sqb, start, stop, prefetch_rows, ste
 @njit(fastmath=_FM, nogil=True, error_model="numpy")
 def _blocks(h, w, bias, logits, y, extra, zero, out, prefetch_rows, b0, b1):
     """Blocks b0..b1-1 of :func:`kernel`. Returns (bad labels, non-finite norms)."""
+    prefer_wide_vectors()
     n, d = h.shape
     have_logits = logits.shape[1] > 0
     c = logits.shape[1] if have_logits else w.shape[0]

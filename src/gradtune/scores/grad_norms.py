@@ -97,7 +97,7 @@ def _residual_t(z_t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     representable. ``s`` is the ratio of ``sum exp(z_j - max z)`` over the other
     classes to that over all classes: no cancellation when ``p_y`` is near 1.
     """
-    z = z_t.to(_wide(z_t.dtype, z_t.device))
+    z = z_t.to(_wide(z_t.dtype, z_t.device), memory_format=torch.contiguous_format)  # class-major, even from logits.T
     if z.shape[0] == 2:  # ||p - e_y|| = sqrt(2) * sigmoid(z_other - z_y), accurate at both ends
         t = torch.add(z[0], z[1]).sub_(z.gather(0, y[None, :]).squeeze(0), alpha=2.0)  # z_other - z_y
         return t.sigmoid_().mul_(math.sqrt(2.0))
@@ -105,9 +105,10 @@ def _residual_t(z_t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     e_all = e.sum(dim=0)
     e.scatter_(0, y[None, :], 0.0)  # the other classes
     s_other = e.sum(dim=0)
-    # ||(p_j / (1 - p_y))_{j != y}||: scaled before squaring; 0 where s_other underflowed to 0
-    q = torch.linalg.vector_norm(e.div_(s_other.clamp_min(torch.finfo(z.dtype).tiny)), dim=0)
-    return torch.hypot(q, q.new_ones(())).mul_(s_other.div_(e_all))  # (1 - p_y) * sqrt(1 + q^2)
+    # q_j = p_j / (1 - p_y) for j != y, scaled before squaring; 0 where s_other underflowed to 0.
+    # (The sum of squares by hand: vector_norm over dim 0 of a (C, N) tensor was 100x slower.)
+    q = e.div_(s_other.clamp_min(torch.finfo(z.dtype).tiny))
+    return q.mul_(q).sum(dim=0).add_(1.0).sqrt_().mul_(s_other.div_(e_all))  # (1 - p_y) * sqrt(1 + |q|^2)
 
 
 def _norms_chunk(h: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None,
