@@ -11,19 +11,23 @@ without another pass.
 
 Numerics
 --------
-* Each row is cut into segments of 512 elements. Within a segment the dot products
-  and the sum of squares accumulate in the input dtype, in 16-32 SIMD partial sums
-  (``fastmath={"reassoc", "contract"}``: FMA, reordered sums); the segment sums are
-  added in float64. So each fp32 rounding error is relative to a sum of ~16
-  products: the logits are as accurate as an fp32 GEMM's (~1e-6 relative to
-  ``sum |w_k h_k|``) whatever d, and float64 input stays float64 throughout.
-  (Accumulating in float64 throughout would halve the SIMD lanes.)
-* The residual ``||p - e_y||`` is computed in float64 from the float64 logits, scaled
-  by its largest component ``1 - p_y`` before anything is squared, so it neither
-  cancels when ``p_y`` is near 1 nor underflows before the norm does. ``exp`` is a
-  polynomial evaluation accurate to ~1 ulp (:mod:`gradtune.scores._simd`); rows
-  whose residual is below ~1e-307, or with a -inf logit, are redone with
-  ``math.exp``. The norm is rounded to the input dtype once, when stored.
+* Each row is cut into segments of 2048 elements (one segment for the paper's
+  768- and 2048-wide features). Within a segment the dot products and the sum of
+  squares accumulate in the input dtype, in 32-64 SIMD partial sums
+  (``fastmath={"reassoc", "contract"}``: FMA, reordered sums), so each partial sum
+  adds at most 32-64 products; the segment sums are added in float64. The logits are
+  thus at least as accurate as an fp32 GEMM's, whose micro-kernels accumulate all d
+  products of an output in one lane, whatever d; float64 input stays float64
+  throughout. (Accumulating in float64 throughout would halve the SIMD lanes.)
+* The residual ``||p - e_y||`` is computed in float64 from the float64 logits, for a
+  block of 64 rows at a time (see :mod:`gradtune.scores._fused_kernels`): for two
+  classes ``sqrt(2) * sigmoid(z_other - z_y)``, else
+  ``sqrt(E_other^2 + sum_{j != y} e_j^2) / E_all`` with ``e_j = exp(z_j - max z)``, so
+  ``1 - p_y`` never cancels. ``exp`` is a polynomial evaluation accurate to ~1 ulp
+  (:mod:`gradtune.scores._simd`). A block holding a row whose residual could leave
+  the normal range of those squares (logit gaps beyond ~345, or a -inf logit) is
+  redone with ``math.exp`` and the form scaled by ``1 - p_y`` before squaring. The
+  norm is rounded to the input dtype once, when stored.
 * Only ``reassoc`` and ``contract`` are enabled: no ``nnan``/``ninf``/``afn``, so IEEE
   NaN/inf semantics hold and a non-finite feature, weight or bias gives a non-finite
   norm, which the kernel counts.

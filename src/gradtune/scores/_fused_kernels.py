@@ -30,7 +30,7 @@ from numba import njit, prange
 from gradtune.scores._simd import EXP_MIN_ARG, exp_nonpos, prefer_wide_vectors, prefetch
 
 ROWS_PER_BLOCK = 64
-_SEGMENT = 2048  # row elements accumulated in the input dtype before adding into float64
+_SEGMENT = 2048  # row elements accumulated in the input dtype before adding into float64 (see _fused)
 _SQRT2 = math.sqrt(2.0)
 _TINY_OTHER = 1e-150  # below this E_other the block form's squares could leave the normal range
 _FM = {"reassoc", "contract"}  # SIMD partial sums and FMA; no nnan/ninf/afn: IEEE semantics kept
@@ -38,8 +38,8 @@ _FM = {"reassoc", "contract"}  # SIMD partial sums and FMA; no nnan/ninf/afn: IE
 
 # Partial dot products over one segment r (m,) of a row and the same columns of up to
 # 4 weight rows a, b, ... (m,), plus sum(r * r), accumulated in the input dtype (that
-# of the scalar ``zero``). With reassoc, LLVM keeps 32 SIMD partial sums per sum
-# (8 lanes x 4), so each adds ~16 products of a 512-long segment.
+# of the scalar ``zero``). With reassoc, LLVM keeps 32-64 SIMD partial sums per sum
+# (8 or 16 lanes x 4), so each adds at most 64 products of a segment.
 @njit(fastmath=_FM, inline="always", nogil=True, error_model="numpy")
 def _seg4(r, a, b, c, e, zero):
     s = t0 = t1 = t2 = t3 = zero

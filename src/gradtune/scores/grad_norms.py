@@ -8,12 +8,16 @@ the gradient of one sample's loss w.r.t. ``W`` is the outer product
 
 so no per-sample gradient is ever materialized: the cost is one read of ``h``.
 
-Numerics. ``||p - e_y||`` is computed in float64 (both backends) as
-``s * sqrt(1 + sum_{j != y} (p_j / s)^2)`` with ``s = 1 - p_y``, its largest
-component, taken as a ratio of sums of ``exp(z_j - max z)`` (for two classes,
-``sqrt(2) * sigmoid(z_other - z_y)``). Nothing cancels when ``p_y`` is near 1 and no
-component is squared before it is scaled, so the norm is exact (to a few float64
-ulps, before the final rounding) wherever it is a normal number of the output dtype.
+Numerics. ``||p - e_y||`` is computed in float64 (both backends) from
+``e_j = exp(z_j - max z)``, with ``s = 1 - p_y`` (its largest component) taken as
+``E_other / E_all``, the ratio of the sums of ``e_j`` over the other classes and over
+all, never as ``1 - p_y`` by subtraction. The torch backend then scales before it
+squares, ``s * sqrt(1 + sum_{j != y} (p_j / s)^2)``; the fused kernels use
+``sqrt(E_other^2 + sum_{j != y} e_j^2) / E_all``, whose squares stay normal while
+``E_other >= 1e-150``, and take the scaled form for the rare rows below that. For two
+classes both use ``sqrt(2) * sigmoid(z_other - z_y)``. Nothing cancels when ``p_y`` is
+near 1 and nothing underflows early, so the norm is exact (to a few float64 ulps,
+before the final rounding) wherever it is a normal number of the output dtype.
 The output has the dtype of the features: in float32, norms below the smallest
 normal float32 (1.2e-38, logit gaps beyond ~85) are rounded to float32 subnormals,
 with fewer significant digits, and those below 7e-46 (gaps beyond ~103) to 0.
