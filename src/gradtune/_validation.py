@@ -134,7 +134,7 @@ def check_labels(y: Any, n_classes: int | None = None, name: str = "labels",
     if n is not None and t.shape[0] != n:
         raise GradTuneInputError(f"{name} has {t.shape[0]} entries but {n} were expected (one per sample)")
     if check_range and t.numel():
-        lo, hi = (int(v) for v in torch.aminmax(t))
+        lo, hi = torch.stack(torch.aminmax(t)).tolist()  # one synchronization for both
         if lo < 0:
             raise GradTuneInputError(f"{name} must be >= 0, found {lo}")
         if n_classes is not None and hi >= n_classes:

@@ -384,8 +384,6 @@ def grad_norms(
         if non_finite:
             _check_finite_result(out, h, z)
         return out
-    if w is not None:
-        _check_head_finite(w, b)
     y = check_labels(labels, n_classes, n=n)
     if y.device != h.device:
         y = y.to(h.device)
@@ -396,7 +394,16 @@ def grad_norms(
         for start in range(0, n, chunk_rows):
             sl = slice(start, min(start + chunk_rows, n))
             out[sl] = _norms_chunk(h[sl], y[sl], None if z is None else z[sl], w, b, include_bias)
-    _check_finite_result(out, h, z)
+    # One synchronizing check for the head and the norms: a NaN/inf in weight or bias (an
+    # infinite bias can leave every norm finite) or a non-finite norm makes this sum
+    # non-finite; so can a finite sum that overflows, and only then are they checked apart.
+    total = out.sum()
+    if w is not None:
+        total = total + w.sum() * 0.0 + (0.0 if b is None else b.sum() * 0.0)
+    if not math.isfinite(float(total)):
+        if w is not None:
+            _check_head_finite(w, b)  # raises, naming weight or bias
+        _check_finite_result(out, h, z)
     return out
 
 
