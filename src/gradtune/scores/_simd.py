@@ -9,7 +9,9 @@ asks for a cache line ahead of use; streaming rows of a few KB out of a large ar
 the hardware prefetcher alone left the dot products waiting on memory.
 
 Importing this module imports numba; :mod:`gradtune.scores._fused` does so only when
-numba is installed.
+numba is installed. numba keys the kernels' disk cache on the file that defines them
+(:mod:`gradtune.scores._fused_kernels`), not on this one: after editing this file,
+touch that one (or delete its ``__pycache__/*.nb*``), or the old machine code is loaded.
 """
 
 from __future__ import annotations
