@@ -249,16 +249,16 @@ def run(h: np.ndarray, w: np.ndarray | None, b: np.ndarray | None, logits: np.nd
             counts = _k.kernel_serial(h, w, b, logits, labels, 1.0 if include_bias else 0.0, zero, out, ahead, 1)
         else:
             wanted = torch.get_num_threads()
-            ident = threading.get_ident()
-            last = _threads_set.get(ident)
+            last = getattr(_threads_set, "last", None)
             if last is None or last[0] != wanted:
                 last = (wanted, max(1, min(wanted, numba.config.NUMBA_NUM_THREADS)))
                 numba.set_num_threads(last[1])
-                _threads_set[ident] = last
+                _threads_set.last = last
             counts = _k.kernel(h, w, b, logits, labels, 1.0 if include_bias else 0.0, zero, out, ahead, last[1])
     return out, counts[0], counts[1], counts[2]
 
 
-# numba.set_num_threads is per calling thread and not free: per thread, the torch thread
-# count last seen and the count numba was given for it.
-_threads_set: dict[int, tuple[int, int]] = {}
+# numba.set_num_threads is per calling thread and not free: per thread (a thread-local,
+# so nothing outlives the thread), the torch thread count last seen and the count numba
+# was given for it.
+_threads_set = threading.local()
