@@ -361,3 +361,12 @@ def test_logits_entry_point_one_kernel_call(kernel, spy, monkeypatch, dtype):
     bad_z[7, 1] = float("nan")
     with pytest.raises(GradTuneInputError, match=r"logits contain NaN or infinite values in 1 row\(s\), e.g. rows \[7\]"):
         grad_norms(h, bad_z, y, backend="fused")
+
+
+@pytest.mark.parametrize("entry", ["logits", "head"])
+def test_fast_path_refuses_scalar_labels_cleanly(kernel, entry):
+    """A 0-d label tensor leaves the fast path for the general validation (no IndexError)."""
+    h = torch.randn(1, 4)
+    kwargs = dict(logits=torch.randn(1, 2)) if entry == "logits" else dict(weight=torch.randn(2, 4))
+    with pytest.raises(GradTuneInputError, match="labels must be 1-dimensional"):
+        grad_norms(h, labels=torch.tensor(0), backend="fused", **kwargs)

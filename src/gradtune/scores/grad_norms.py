@@ -110,7 +110,7 @@ def _residual_t(z_t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     e.scatter_(0, y[None, :], 0.0)  # the other classes
     s_other = e.sum(dim=0)
     # q_j = p_j / (1 - p_y) for j != y, scaled before squaring; 0 where s_other underflowed to 0.
-    # (The sum of squares by hand: vector_norm over dim 0 of a (C, N) tensor was 100x slower.)
+    # (The sum of squares by hand: on the CPU, vector_norm over dim 0 of a (C, N) tensor is far slower.)
     q = e.div_(s_other.clamp_min(torch.finfo(z.dtype).tiny))
     return q.mul_(q).sum(dim=0).add_(1.0).sqrt_().mul_(s_other.div_(e_all))  # (1 - p_y) * sqrt(1 + |q|^2)
 
@@ -158,17 +158,17 @@ def _fused_fast_path(features: Any, logits: Any, labels: Any, weight: Any, bias:
     For C-contiguous CPU tensors (features float32/float64; logits, or weight and bias,
     of the same dtype; int64 labels) with valid shapes, the checks run on numpy views,
     far cheaper than torch attribute reads or no-op conversions. This path is kept to
-    a few attribute reads on purpose: at the paper's smallest held-out set (600 x 2048)
-    the kernel takes ~60 us, and after it has streamed the features every Python
-    object the glue touches is a cache miss. The kernels count labels out of range,
+    a few attribute reads on purpose: at the paper's smallest held-out set the kernel
+    itself is brief, and after it has streamed the features every Python object the
+    glue touches is a cache miss. The kernels count labels out of range,
     NaN/inf in the head and non-finite norms; any such count, and any input in another
     form, returns None, and the general path then validates (and names the problem)
     from scratch.
     """
     h = _view(features)
     y = _view(labels)
-    if h is None or y is None or h.ndim != 2 or h.dtype not in _FAST_DTYPES or y.dtype != _INT64 \
-            or y.shape[0] != h.shape[0] or y.ndim != 1 or not (h.flags.c_contiguous and y.flags.c_contiguous):
+    if h is None or y is None or h.ndim != 2 or y.ndim != 1 or h.dtype not in _FAST_DTYPES or y.dtype != _INT64 \
+            or y.shape[0] != h.shape[0] or not (h.flags.c_contiguous and y.flags.c_contiguous):
         return None
     if logits is not None:
         z = _view(logits)
