@@ -11,9 +11,10 @@ takes a contiguous run of blocks and allocates its scratch once. Per block:
    (C, R) float64 scratch.
 2. *Residual* (compute): ``||softmax(z) - e_y||`` for the whole block, as loops over
    rows with the classes outside, so that they run on SIMD lanes; ``exp`` is
-   :func:`gradtune.scores._simd.exp_nonpos`. Rows with a logit gap beyond ~708 (the
-   residual is below 1e-307) or a -inf logit are redone with the scalar
-   :func:`_residual`, which uses ``math.exp``.
+   :func:`gradtune.scores._simd.exp_nonpos`. A block holding a row with a logit gap
+   beyond ~708, with ``E_other`` below ``_TINY_OTHER`` (gaps beyond ~345, with C >= 3)
+   or with a -inf logit is redone with the scalar :func:`_residual`, which uses
+   ``math.exp`` and the form scaled before squaring.
 3. ``out[i] = residual * sqrt(||h_i||^2 + extra)``, counting labels outside ``0..C-1``
    and non-finite norms on the way.
 
