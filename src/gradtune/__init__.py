@@ -47,7 +47,7 @@ _LAZY: dict[str, str] = {
     "FinetuneResult": "gradtune.finetune.linear",
     "finetune_linear": "gradtune.finetune.linear",
     "grad_norms": "gradtune.scores.grad_norms",
-    "grad_norms_streaming": "gradtune.scores.grad_norms",
+    "grad_norms_streaming": "gradtune.scores.streaming",
     "select_finetune_set": "gradtune.selection.select",
     "evaluate": "gradtune.metrics.accuracy",
     "group_accuracies": "gradtune.metrics.accuracy",
@@ -92,7 +92,8 @@ if TYPE_CHECKING:  # static analysers see the eager imports
         worst_group_accuracy,
     )
     from gradtune.model_repair import repair
-    from gradtune.scores.grad_norms import grad_norms, grad_norms_streaming
+    from gradtune.scores.grad_norms import grad_norms
+    from gradtune.scores.streaming import grad_norms_streaming
     from gradtune.selection.select import select_finetune_set
     from gradtune.sklearn_api import GradTuneClassifier
 
