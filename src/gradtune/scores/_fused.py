@@ -59,7 +59,7 @@ import threading
 import numpy as np
 import torch
 
-__all__ = ["available", "fused_logit_norms", "fused_logit_norms_np", "fused_norms", "fused_norms_np"]
+__all__ = ["available", "fused_logit_norms", "fused_logit_norms_np", "fused_norms", "fused_norms_np", "run"]
 
 # Features larger than this are streamed with software prefetch, PREFETCH_BYTES ahead.
 PREFETCH_MIN_BYTES = 16 << 20

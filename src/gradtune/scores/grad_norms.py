@@ -184,8 +184,8 @@ def _fused_fast_path(features: Any, logits: Any, labels: Any, weight: Any, bias:
                 or (b is not None and (b.dtype != h.dtype or b.shape != w.shape[:1] or not b.flags.c_contiguous))
                 or (backend == "auto" and not _auto_picks_fused(h.size, w.shape[0]))):
             return None
-    fused = _fused_cache[0] if _fused_cache else _fused_module()
-    if fused is None or not fused.available():
+    fused = _fused_module()
+    if fused is None:
         return None
     out, bad_labels, non_finite, bad_head = fused.run(h, w, b, z, y, include_bias)
     return None if bad_labels or non_finite or bad_head else torch.from_numpy(out)
