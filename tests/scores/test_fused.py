@@ -279,6 +279,23 @@ def test_fused_names_non_finite_head(kernel, c, what, value):
             grad_norms(h, labels=y, weight=w, bias=b, backend=backend)
 
 
+@pytest.mark.parametrize("c", [2, 3])
+def test_fused_head_rows_whose_difference_overflows(kernel, c, spy):
+    """The kernel works with W[j] - W[0]; rows of opposite sign near the float32 limit
+    make that difference overflow though the head is finite: the torch path then gives
+    the norms (equal to an fp64 reference), and no error is raised."""
+    h, _, _, y = make(40, 6, c, seed=12)
+    h[:, 0] *= 1e-38  # logits of order 1 from the 3e38 weights
+    w = torch.zeros(c, 6)
+    w[0, 0], w[1, 0] = 3e38, -3e38
+    b = torch.linspace(-1.0, 1.0, c)
+    got = grad_norms(h, labels=y, weight=w, bias=b, backend="fused")
+    assert len(spy) >= 1  # the kernel was tried first
+    z64 = h.double() @ w.double().T + b.double()
+    ref = reference_from_logits(h.double(), z64, y, include_bias=True)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=0)
+
+
 @pytest.mark.parametrize("dtype, rtol", [(torch.float32, 1e-5), (torch.float64, 1e-13)])
 def test_fused_two_classes_at_extreme_confidence(kernel, dtype, rtol):
     """C = 2: sqrt(2) / (1 + exp(z_y - z_other)) stays relative-accurate for p_y near 0 and near 1."""

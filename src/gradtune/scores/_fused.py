@@ -19,6 +19,10 @@ Numerics
   thus at least as accurate as an fp32 GEMM's, whose micro-kernels accumulate all d
   products of an output in one lane, whatever d; float64 input stays float64
   throughout. (Accumulating in float64 throughout would halve the SIMD lanes.)
+  With the head given, the logits are taken relative to class 0 (softmax does not
+  change): ``z_j - z_0 = (b_j - b_0) + (W_j - W_0) @ h``, with ``W_j - W_0`` rounded
+  once to the input dtype, as IEEE subtraction does. That is one dot product fewer per
+  row, and no cancellation between two large logits.
 * The residual ``||p - e_y||`` is computed in float64 from the float64 logits, for a
   block of 64 rows at a time (see :mod:`gradtune.scores._fused_kernels`): for two
   classes ``sqrt(2) * sigmoid(z_other - z_y)``, else
@@ -34,7 +38,8 @@ Numerics
 
 Memory: rows are prefetched a few KB ahead when the features are larger than
 ``PREFETCH_MIN_BYTES`` (smaller ones sit in the caches already; there the extra
-instructions only cost).
+instructions only cost), except on AMD CPUs, where it was measured to slow the
+stream down (see :mod:`gradtune.scores._simd`).
 
 Compilation
 -----------
@@ -70,6 +75,7 @@ try:  # numba is optional: ``pip install 'gradtune[fast]'``
     import numba
 
     from gradtune.scores import _fused_kernels as _k
+    from gradtune.scores._simd import SOFTWARE_PREFETCH_PAYS
 except Exception:  # not installed, or a broken install (e.g. a numba/numpy version mismatch)
     numba = None
 
@@ -230,18 +236,23 @@ def run(h: np.ndarray, w: np.ndarray | None, b: np.ndarray | None, logits: np.nd
     be None) are ignored when ``logits`` is given).
 
     Runs under the lock, on torch's thread count (serially in an unsafe forked child).
-    Returns (norms (N,), bad labels, non-finite norms, 1 if the head holds a NaN/inf).
+    Returns (norms (N,), bad labels, non-finite norms, 1 if the head holds a NaN/inf or
+    two weight rows so large that their difference overflows).
     """
     dt = h.dtype
     if logits is None:
         logits = _NO_LOGITS[dt]
         if b is None:
             b = np.zeros(w.shape[0], dtype=dt)
+        # The kernel takes the logits relative to class 0 (one dot product fewer per row).
+        # IEEE subtraction is correctly rounded, so each W[j] - W[0] is the nearest value.
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow: the kernel flags the head
+            w = np.subtract(w[1:], w[:1])
     else:
         w, b = _NO_HEAD[dt]
     n = h.shape[0]
     row_bytes = h.shape[1] * dt.itemsize
-    ahead = -(-PREFETCH_BYTES // row_bytes) if n * row_bytes > PREFETCH_MIN_BYTES else 0
+    ahead = -(-PREFETCH_BYTES // row_bytes) if SOFTWARE_PREFETCH_PAYS and n * row_bytes > PREFETCH_MIN_BYTES else 0
     out = np.empty(n, dtype=dt)  # n = 0 still runs the kernel, for its head check
     zero = _ZERO[dt]
     with _lock:

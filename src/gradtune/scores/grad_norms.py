@@ -117,9 +117,12 @@ def _norms_chunk(h: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None,
                  include_bias: bool) -> torch.Tensor:
     """One chunk: logits (if needed) in the fast class-major layout, then row norms."""
     if logits is None:
-        z_t = weight @ h.T  # (C, n): class-major, the faster layout for few classes
+        # (n, C); the residual makes it class-major. On a Zen CPU ``weight @ h.T`` (the
+        # class-major product directly) was 1.8-2.9x slower than this.
+        z = h @ weight.T
         if bias is not None:
-            z_t += bias[:, None]  # (in place: addmm with a broadcast bias is slower)
+            z += bias  # (in place: addmm was slower)
+        z_t = z.T
     else:
         z_t = logits.T
     hn = torch.linalg.vector_norm(h, dim=1)
@@ -376,11 +379,14 @@ def grad_norms(
                                                                                 include_bias)
         if bad_head:
             _check_head_finite(w, b)  # raises, naming weight or bias
-        if bad_labels:
-            check_labels(y, n_classes)  # raises, naming the offending value
-        if non_finite:
-            _check_finite_result(out, h, z)
-        return out
+            # A finite head whose rows differ by more than the dtype holds (the kernel
+            # works with W[j] - W[0]): the torch path below takes the logits as they are.
+        else:
+            if bad_labels:
+                check_labels(y, n_classes)  # raises, naming the offending value
+            if non_finite:
+                _check_finite_result(out, h, z)
+            return out
     y = check_labels(labels, n_classes, n=n)
     if y.device != h.device:
         y = y.to(h.device)

@@ -107,10 +107,13 @@ def grad_norms_streaming(
         if pos + m > n:
             raise GradTuneInputError(f"features have more rows than the {n} labels given")
         y = y_all[pos:pos + m].to(device)
+        res = None
         if _use_fused(backend, h, n_classes, False):
             h = h.contiguous()
-            res = _fused_module().fused_norms(h, w, b, y, include_bias)[0]  # labels checked above
-        else:
+            res, _, _, bad_head = _fused_module().fused_norms(h, w, b, y, include_bias)  # labels checked above
+            if bad_head:  # the head is finite (checked above), but W[j] - W[0] overflowed
+                res = None
+        if res is None:
             res = _norms_chunk(h, y, None, w, b, include_bias)
         _check_finite_result(res, h, None, offset=pos)
         out[pos:pos + m] = res.cpu().numpy()
