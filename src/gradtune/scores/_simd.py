@@ -102,17 +102,20 @@ _THROTTLING_AVX512 = ("skylake-avx512", "cascadelake", "cooperlake", "knl", "knm
 _AMD_CPU_PREFIXES = ("znver", "bdver", "btver", "amdfam", "barcelona", "athlon", "opteron", "k8")
 
 
-def _host_cpu() -> str:
+def _host_cpu() -> tuple[str, bool]:
+    """LLVM's name for this CPU, and whether it has AVX-512 (("", False) if unknown)."""
     try:
         from llvmlite import binding
 
-        return str(binding.get_host_cpu_name())
+        return str(binding.get_host_cpu_name()), bool(binding.get_host_cpu_features().get("avx512f", False))
     except Exception:
-        return ""
+        return "", False
 
 
-HOST_CPU = _host_cpu()
-WIDE_VECTORS = bool(HOST_CPU) and HOST_CPU not in _THROTTLING_AVX512
+HOST_CPU, _HAS_AVX512 = _host_cpu()
+# Only with AVX-512: on an AVX2-only Zen CPU the attribute made LLVM split 512-bit vectors
+# into pairs, and the one-thread stream ran 1.5-1.9x slower.
+WIDE_VECTORS = _HAS_AVX512 and HOST_CPU not in _THROTTLING_AVX512
 SOFTWARE_PREFETCH_PAYS = not HOST_CPU.startswith(_AMD_CPU_PREFIXES)
 
 
@@ -122,8 +125,8 @@ def prefer_wide_vectors(typingctx):
     AVX-512 (the ``prefer-vector-width`` function attribute, as clang's
     ``-mprefer-vector-width=512``). LLVM's tuning for several AVX-512 CPUs keeps loops
     256 bits wide; the dot products of the fused kernels then issue twice the
-    instructions. No effect on CPUs without AVX-512, on those listed in
-    ``_THROTTLING_AVX512``, or where the attribute cannot be set."""
+    instructions. Not set on CPUs without AVX-512 (where it slowed the kernels down), on
+    those listed in ``_THROTTLING_AVX512``, or where the attribute cannot be set."""
 
     def codegen(context, builder, signature, args):
         if WIDE_VECTORS:
