@@ -5,8 +5,9 @@ the softmax residual of a two-class row cost a quarter of reading a 768-float ro
 from cache. :func:`exp_nonpos` is ``exp`` for arguments <= 0 written with
 arithmetic only (Cody-Waite range reduction, a degree-13 polynomial and an exponent
 built from bits), so a loop over rows of it runs on SIMD lanes. :func:`prefetch`
-asks for a cache line ahead of use; streaming rows of a few KB out of a large array,
-the hardware prefetcher alone left the dot products waiting on memory.
+asks for a cache line ahead of use; streaming rows of a few KB out of a large array
+on Intel CPUs, the hardware prefetcher alone left the dot products waiting on memory
+(on AMD it keeps up, and software prefetch only costs: ``SOFTWARE_PREFETCH_PAYS``).
 
 Importing this module imports numba; :mod:`gradtune.scores._fused` does so only when
 numba is installed. numba keys the kernels' disk cache on the file that defines them
