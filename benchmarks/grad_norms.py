@@ -10,7 +10,9 @@ it prints the median time of:
 (torch, fused and read once are timed in bursts taken round-robin, so load from other processes
 hits them alike; see timeit_interleaved)
 and the ratios the project targets: >= 10x faster than torch.func, fused <= 1.3x and torch <= 2x
-the read-once time (the default backend="auto" is "fused" at these sizes when numba is installed).
+the read-once time. Each ratio to the read is the median over rounds of the ratio within one round,
+to a read burst taken right after the function's burst, so that memory bandwidth drifting between
+rounds on a shared machine cancels; the printed times are medians over rounds (the default backend="auto" is "fused" at these sizes when numba is installed).
 Then it streams 1M x 2048 from a memory-mapped .npy file (each backend) and reports the extra memory.
 
     python benchmarks/grad_norms.py [--skip-1m] [--repeat 9] [--tmpdir DIR]
@@ -51,14 +53,17 @@ def timeit(fn, repeat):
     return statistics.median(times)
 
 
-def timeit_interleaved(fns, repeat, burst_seconds=0.05):
-    """Median time of each of ``fns`` (name -> callable), timed in bursts taken round-robin.
+def timeit_interleaved(fns, repeat, burst_seconds=0.05, per_round=False, settle_seconds=0.02):
+    """Median time of each of ``fns`` (name -> callable), timed in bursts taken round-robin
+    (with ``per_round``: the list of per-burst times, one per round, instead).
 
     Round-robin so that load from other processes on a shared machine hits every function
     alike; bursts (back-to-back calls for ~burst_seconds, median per call) because torch
     and numba each keep their own OpenMP thread pool, whose idle threads spin for a while
     after each parallel call: alternating the two call by call would make each wait for
     the other's spinning threads, which a program calling one of them repeatedly does not.
+    For the same reason each burst starts ``settle_seconds`` after the previous one ends,
+    by when the other pool's threads have stopped spinning and sleep.
     """
     for fn in fns.values():
         fn()
@@ -70,13 +75,30 @@ def timeit_interleaved(fns, repeat, burst_seconds=0.05):
     times = {name: [] for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
+            time.sleep(settle_seconds)
             burst = []
             for _ in range(calls[name]):
                 t = time.perf_counter()
                 fn()
                 burst.append(time.perf_counter() - t)
             times[name].append(statistics.median(burst))
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times if per_round else {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def timeit_paired(fns, base, repeat):
+    """Per function of ``fns``: (median time, median over rounds of its time over that of a
+    burst of ``base`` timed right after it in the same round), from :func:`timeit_interleaved`;
+    and the median time of ``base`` over all its bursts."""
+    order = {}
+    for name, fn in fns.items():
+        order[(name, "fn")] = fn
+        order[(name, "base")] = base
+    rounds = timeit_interleaved(order, repeat, per_round=True)
+    paired = {}
+    for name in fns:
+        fn_t, base_t = rounds[(name, "fn")], rounds[(name, "base")]
+        paired[name] = (statistics.median(fn_t), statistics.median(t / b for t, b in zip(fn_t, base_t, strict=True)))
+    return paired, statistics.median(t for name in fns for t in rounds[(name, "base")])
 
 
 def func_norms(h, y, w, b, chunk=65536):
@@ -118,7 +140,10 @@ def bench_gradtune(n: int, d: int, c: int, rep: int) -> dict:
     for be in BACKENDS:
         fns[("head", be)] = lambda be=be: grad_norms(h, labels=y, weight=w, bias=b, backend=be)
         fns[("logits", be)] = lambda be=be: grad_norms(h, z, y, backend=be)
-    t = timeit_interleaved({**fns, "read": lambda: h.sum()}, rep)
+    paired, t_read = timeit_paired(fns, lambda: h.sum(), rep)
+    t = {name: v[0] for name, v in paired.items()}
+    t["ratio"] = {name: v[1] for name, v in paired.items()}
+    t["read"] = t_read
     t["auto"] = "fused" if _gn._use_fused("auto", h, c, False) else "torch"
     return t
 
@@ -142,7 +167,7 @@ def main() -> None:
     ap.add_argument("--tmpdir", default=None)
     args = ap.parse_args()
     sizes = [s for s in SIZES if not (args.skip_1m and s[0] >= 1_000_000)]
-    reps = {n: args.repeat if n < 1_000_000 else max(1, args.repeat // 2) for n, *_ in sizes}
+    reps = {n: args.repeat for n, *_ in sizes}
     # Importing torch.func was measured to slow every later torch call in the process (at
     # 600 x 2048: read once 125 -> 180-230 us, the torch backend 600 -> 720-820 us), so
     # gradtune and the read are timed first, for all sizes, and torch.func after.
@@ -157,16 +182,16 @@ def main() -> None:
             tb = {be: t[(entry, be)] for be in BACKENDS}
             cols = "".join(f"{tb[be] * 1e3:8.2f}ms" if be in tb else f"{'n/a':>10s}" for be in ["torch", "fused"])
             speed = "".join(f"{t_func / tb[be]:10.1f}x" if be in tb else f"{'n/a':>11s}" for be in ["torch", "fused"])
-            ratios = "".join(f"{tb[be] / t['read']:10.2f}x" if be in tb else f"{'n/a':>11s}"
+            ratios = "".join(f"{t['ratio'][(entry, be)]:10.2f}x" if be in tb else f"{'n/a':>11s}"
                              for be in ["torch", "fused"])
             print(f"{name:>24s}{entry:>8s}{cols}{t_func * 1e3:10.2f}ms{t['read'] * 1e3:9.2f}ms"
                   f"{speed}{ratios}{'' if ok else ' MISMATCH'}")
     print("targets: fused/read <= 1.3x, torch/read <= 2x, func/(torch or fused) >= 10x; "
           f"backend='auto' at these sizes: {', '.join(sorted({gt[name]['auto'] for *_, name in sizes}))}")
     limits = {"fused": 1.3, "torch": 2.0}
-    missed = [f"{name} {entry} {be} {gt[name][(entry, be)] / gt[name]['read']:.2f}x"
+    missed = [f"{name} {entry} {be} {gt[name]['ratio'][(entry, be)]:.2f}x"
               for *_, name in sizes for entry in ("logits", "head") for be in BACKENDS
-              if gt[name][(entry, be)] / gt[name]["read"] > limits[be]]
+              if gt[name]["ratio"][(entry, be)] > limits[be]]
     missed += [f"{name} {entry} {be} func/{be} {fn[name][0] / gt[name][(entry, be)]:.1f}x"
                for *_, name in sizes for entry in ("logits", "head") for be in BACKENDS
                if fn[name][0] / gt[name][(entry, be)] < 10]

@@ -10,6 +10,7 @@ from gradtune import grad_norms
 
 numba = pytest.importorskip("numba", reason="the fused kernels need numba: pip install 'gradtune[fast]'")
 from gradtune.scores import _fused  # noqa: E402
+from gradtune.scores import _fused_kernels as _kernels  # noqa: E402
 from gradtune.scores._simd import EXP_MIN_ARG, exp_nonpos  # noqa: E402
 
 
@@ -60,10 +61,34 @@ def test_prefetching_kernel_gives_the_same_norms(monkeypatch, c, entry):
 
     plain = norms()
     monkeypatch.setattr(_fused, "PREFETCH_MIN_BYTES", 0)
-    monkeypatch.setattr(_fused, "SOFTWARE_PREFETCH_PAYS", True)  # off on AMD CPUs
+    # Off on AMD CPUs, where the kernels are compiled without the prefetch (the knob then
+    # changes nothing; test_prefetch_row_is_only_a_hint covers the prefetch itself there).
+    monkeypatch.setattr(_fused, "SOFTWARE_PREFETCH_PAYS", True)
     for ahead in (1, 3000, 10**9):  # 1 row ahead, 10 rows ahead, past the end
         monkeypatch.setattr(_fused, "PREFETCH_BYTES", ahead)
         assert torch.equal(norms(), plain)
+
+
+@numba.njit(error_model="numpy")
+def _sum_with_prefetch(h, ahead):
+    n, d = h.shape
+    hf = h.reshape(-1)
+    total = 0.0
+    for i in range(n):
+        _kernels._prefetch_row(hf, i + ahead, d, 16)  # past the end for the last rows
+        for k in range(d):
+            total += h[i, k]
+    return total
+
+
+def test_prefetch_row_is_only_a_hint():
+    """The kernels' row prefetch, compiled on every CPU: it never faults, even for rows past
+    the end of the array, and changes nothing that is read."""
+    h = np.random.default_rng(0).standard_normal((50, 70))
+    plain = _sum_with_prefetch(h, 0)
+    assert plain == pytest.approx(float(h.sum()), rel=1e-12)
+    for ahead in (1, 7, 10**6):
+        assert _sum_with_prefetch(h, ahead) == plain
 
 
 def test_minus_inf_logit_rules_a_class_out():

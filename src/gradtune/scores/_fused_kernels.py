@@ -7,8 +7,8 @@ takes a contiguous run of blocks and allocates its scratch once. Per block:
    ``_SEGMENT``-long piece of the row is swept once per 4 classes while it sits in L1,
    giving the row's logits relative to class 0 (C - 1 dot products, with the weight
    rows ``W[j] - W[0]``) and ``||h||^2`` together; with the logits given, only
-   ``||h||^2``. A row ``prefetch_rows`` ahead is prefetched, so the next rows are on
-   their way while this one is multiplied. The block's logits go into a class-major
+   ``||h||^2``. Where software prefetch pays (``_PREFETCH``), a row ``prefetch_rows``
+   ahead is prefetched, so the next rows are on their way while this one is multiplied. The block's logits go into a class-major
    (C, R) float64 scratch.
 2. *Residual* (compute): ``||softmax(z) - e_y||`` for the whole block, as loops over
    rows with the classes outside, so that they run on SIMD lanes; ``exp`` is
@@ -29,13 +29,24 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from gradtune.scores._simd import EXP_MIN_ARG, exp_nonpos, prefer_wide_vectors, prefetch
+from gradtune.scores._simd import (
+    EXP_MIN_ARG,
+    SOFTWARE_PREFETCH_PAYS,
+    exp_nonpos,
+    prefer_wide_vectors,
+    prefetch,
+)
 
 ROWS_PER_BLOCK = 64
 _SEGMENT = 2048  # row elements accumulated in the input dtype before adding into float64 (see _fused)
 _SQRT2 = math.sqrt(2.0)
 _TINY_OTHER = 1e-150  # below this E_other the block form's squares could leave the normal range
 _FM = {"reassoc", "contract"}  # SIMD partial sums and FMA; no nnan/ninf/afn: IEEE semantics kept
+# Whether the stream loops contain the prefetch at all. numba reads this global at compile
+# time, so where software prefetch does not pay (AMD CPUs) the loops are compiled without
+# it: kept in behind a branch never taken, it still slowed the loops there, more so when
+# the kernels were loaded from numba's disk cache (see the notes in _fused).
+_PREFETCH = SOFTWARE_PREFETCH_PAYS
 
 
 # Partial dot products over one segment r (m,) of a row and the same columns of up to
@@ -314,7 +325,7 @@ def _stream_head(h, hf, w, bias, zero, zb, sqb, zrow, start, stop, prefetch_rows
     n, d = h.shape
     c = bias.shape[0]
     for i in range(start, stop):
-        if prefetch_rows > 0 and i + prefetch_rows < n:
+        if _PREFETCH and prefetch_rows > 0 and i + prefetch_rows < n:
             _prefetch_row(hf, i + prefetch_rows, d, step)
         sqb[i - start] = _row_logits(h[i], w, bias, zrow, zero)
         for j in range(c):
@@ -328,7 +339,7 @@ def _stream_logits(h, hf, logits, zero, zb, sqb, start, stop, prefetch_rows, ste
     n, d = h.shape
     c = logits.shape[1]
     for i in range(start, stop):
-        if prefetch_rows > 0 and i + prefetch_rows < n:
+        if _PREFETCH and prefetch_rows > 0 and i + prefetch_rows < n:
             _prefetch_row(hf, i + prefetch_rows, d, step)
         sqb[i - start] = _row_sq(h[i], zero)
         for j in range(c):
