@@ -40,9 +40,8 @@ Memory: rows are prefetched a few KB ahead when the features are larger than
 ``PREFETCH_MIN_BYTES`` (smaller ones sit in the caches already; there the extra
 instructions only cost), except on AMD CPUs, where it was measured to slow the
 stream down (see :mod:`gradtune.scores._simd`). There the kernels are compiled without
-the prefetch: on a Zen 4 CPU, the loops that held it behind a branch never taken
-streamed MultiNLI-sized features at 1.2-1.6x a read when freshly compiled and 1.5-2x
-when loaded from numba's disk cache, against 1.1-1.3x either way without it.
+the prefetch: loops that held it behind a branch never taken were slower, and slower
+still when numba loaded them from its disk cache (the README gives the figures).
 
 Compilation
 -----------

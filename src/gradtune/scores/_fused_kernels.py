@@ -8,8 +8,8 @@ takes a contiguous run of blocks and allocates its scratch once. Per block:
    giving the row's logits relative to class 0 (C - 1 dot products, with the weight
    rows ``W[j] - W[0]``) and ``||h||^2`` together; with the logits given, only
    ``||h||^2``. Where software prefetch pays (``_PREFETCH``), a row ``prefetch_rows``
-   ahead is prefetched, so the next rows are on their way while this one is multiplied. The block's logits go into a class-major
-   (C, R) float64 scratch.
+   ahead is prefetched, so the next rows are on their way while this one is
+   multiplied. The block's logits go into a class-major (C, R) float64 scratch.
 2. *Residual* (compute): ``||softmax(z) - e_y||`` for the whole block, as loops over
    rows with the classes outside, so that they run on SIMD lanes; ``exp`` is
    :func:`gradtune.scores._simd.exp_nonpos`. A block holding a row with a logit gap
