@@ -242,14 +242,10 @@ def run(h: np.ndarray, w: np.ndarray | None, b: np.ndarray | None, logits: np.nd
     two weight rows so large that their difference overflows).
     """
     dt = h.dtype
-    if logits is None:
+    if logits is None:  # the kernel takes the logits relative to class 0 (W[j] - W[0])
         logits = _NO_LOGITS[dt]
         if b is None:
             b = np.zeros(w.shape[0], dtype=dt)
-        # The kernel takes the logits relative to class 0 (one dot product fewer per row).
-        # IEEE subtraction is correctly rounded, so each W[j] - W[0] is the nearest value.
-        with np.errstate(over="ignore", invalid="ignore"):  # overflow: the kernel flags the head
-            w = np.subtract(w[1:], w[:1])
     else:
         w, b = _NO_HEAD[dt]
     n = h.shape[0]

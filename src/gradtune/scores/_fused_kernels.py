@@ -376,6 +376,20 @@ def _blocks(h, w, bias, logits, y, extra, zero, out, prefetch_rows, b0, b1):
 
 
 @njit(fastmath=_FM, inline="always", nogil=True, error_model="numpy")
+def _relative_rows(weight, head_given):
+    """(C - 1, d): the rows ``weight[j] - weight[0]`` for j = 1..C-1 of weight (C, d), each
+    an IEEE subtraction in weight's dtype (correctly rounded; inf where it overflows, which
+    :func:`_head_bad` then flags). (0, d) when ``head_given`` is False."""
+    c, d = weight.shape
+    m = c - 1 if head_given else 0
+    w = np.empty((m, d), dtype=weight.dtype)
+    for j in range(m):
+        for k in range(d):
+            w[j, k] = weight[j + 1, k] - weight[0, k]
+    return w
+
+
+@njit(fastmath=_FM, inline="always", nogil=True, error_model="numpy")
 def _head_bad(w, bias):
     """1 if w or bias holds a NaN/inf, else 0.
 
@@ -392,19 +406,21 @@ def _head_bad(w, bias):
 
 
 @njit(parallel=True, fastmath=_FM, cache=True, nogil=True, error_model="numpy")
-def kernel(h, w, bias, logits, y, extra, zero, out, prefetch_rows, parts):
+def kernel(h, weight, bias, logits, y, extra, zero, out, prefetch_rows, parts):
     """out[i] = ||softmax(z_i) - onehot(y[i])|| * sqrt(||h[i]||^2 + extra), in parallel.
 
     h (N, d) C-contiguous; out (N,) of its dtype (that of the scalar ``zero``); y (N,)
-    int64. Either the logits z (N, C) are given (``logits``; then w, bias are ignored)
-    or ``logits`` has no columns and the head is given as ``w`` (C - 1, d), the rows
-    ``W[j] - W[0]`` of the weight W (C, d), and ``bias`` (C,), all of h's dtype; the
-    logits are then taken relative to class 0 (see :func:`_row_logits`).
+    int64. Either the logits z (N, C) are given (``logits``; then weight, bias are
+    ignored) or ``logits`` has no columns and the head is given as ``weight`` (C, d)
+    and ``bias`` (C,), all of h's dtype; the logits are then taken relative to class 0
+    (see :func:`_relative_rows` and :func:`_row_logits`).
     ``parts`` runs of blocks go to the threads. Returns (labels outside 0..C-1,
-    non-finite norms, 1 if w or bias holds a NaN/inf else 0).
+    non-finite norms, 1 if the weight or bias holds a NaN/inf, or two weight rows
+    differ by more than the dtype holds, else 0).
     """
     n = h.shape[0]
     nblocks = (n + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK
+    w = _relative_rows(weight, logits.shape[1] == 0)
     bad_head = _head_bad(w, bias) if logits.shape[1] == 0 else 0
     parts = max(1, min(parts, nblocks))
     bad_labels = 0
@@ -418,10 +434,11 @@ def kernel(h, w, bias, logits, y, extra, zero, out, prefetch_rows, parts):
 
 
 @njit(fastmath=_FM, cache=True, nogil=True, error_model="numpy")
-def kernel_serial(h, w, bias, logits, y, extra, zero, out, prefetch_rows, parts):
+def kernel_serial(h, weight, bias, logits, y, extra, zero, out, prefetch_rows, parts):
     """:func:`kernel` on one thread (for forked children; ``parts`` is ignored)."""
     n = h.shape[0]
     nblocks = (n + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK
+    w = _relative_rows(weight, logits.shape[1] == 0)
     bad_head = _head_bad(w, bias) if logits.shape[1] == 0 else 0
     bl, nf = _blocks(h, w, bias, logits, y, extra, zero, out, prefetch_rows, 0, nblocks)
     return bl, nf, bad_head
