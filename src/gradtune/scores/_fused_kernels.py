@@ -375,7 +375,7 @@ def _blocks(h, w, bias, logits, y, extra, zero, out, prefetch_rows, b0, b1):
     return bad_labels, non_finite
 
 
-@njit(fastmath=_FM, inline="always", nogil=True, error_model="numpy")
+@njit(fastmath=_FM, nogil=True, error_model="numpy")
 def _relative_rows(weight, head_given):
     """(C - 1, d): the rows ``weight[j] - weight[0]`` for j = 1..C-1 of weight (C, d), each
     an IEEE subtraction in weight's dtype (correctly rounded; inf where it overflows, which
