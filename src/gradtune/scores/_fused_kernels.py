@@ -324,6 +324,20 @@ def _stream_head(h, hf, w, bias, zero, zb, sqb, zrow, start, stop, prefetch_rows
     prefer_wide_vectors()
     n, d = h.shape
     c = bias.shape[0]
+    if c == 2 and d <= _SEGMENT:
+        # Two classes and one segment (the paper's heads): one dot product per row, without
+        # _row_logits' loops over segments and weight rows (a third of the row's time at
+        # d = 768 when the features come from L2).
+        db = np.float64(bias[1]) - np.float64(bias[0])
+        w1 = w[0]
+        for i in range(start, stop):
+            if _PREFETCH and prefetch_rows > 0 and i + prefetch_rows < n:
+                _prefetch_row(hf, i + prefetch_rows, d, step)
+            s, t = _seg1(h[i], w1, zero)
+            sqb[i - start] = s
+            zb[0, i - start] = 0.0
+            zb[1, i - start] = db + t
+        return
     for i in range(start, stop):
         if _PREFETCH and prefetch_rows > 0 and i + prefetch_rows < n:
             _prefetch_row(hf, i + prefetch_rows, d, step)
