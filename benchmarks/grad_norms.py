@@ -10,9 +10,10 @@ it prints the median time of:
 (torch, fused and read once are timed in bursts taken round-robin, so load from other processes
 hits them alike; see timeit_interleaved)
 and the ratios the project targets: >= 10x faster than torch.func, fused <= 1.3x and torch <= 2x
-the read-once time. Each ratio to the read is the median over rounds of the ratio within one round,
-to a read burst taken right after the function's burst, so that memory bandwidth drifting between
-rounds on a shared machine cancels; the printed times are medians over rounds (the default backend="auto" is "fused" at these sizes when numba is installed).
+the read-once time (the default backend="auto" is "fused" at these sizes when numba is installed).
+Each ratio to the read is the median over rounds of the ratio within one round, to a read burst
+taken right after the function's burst, so that memory bandwidth drifting between rounds on a
+shared machine cancels; the printed times are medians over rounds.
 Then it streams 1M x 2048 from a memory-mapped .npy file (each backend) and reports the extra memory.
 
     python benchmarks/grad_norms.py [--skip-1m] [--repeat 9] [--tmpdir DIR]

@@ -326,8 +326,8 @@ def _stream_head(h, hf, w, bias, zero, zb, sqb, zrow, start, stop, prefetch_rows
     c = bias.shape[0]
     if c == 2 and d <= _SEGMENT:
         # Two classes and one segment (the paper's heads): one dot product per row, without
-        # _row_logits' loops over segments and weight rows (a third of the row's time at
-        # d = 768 when the features come from L2).
+        # _row_logits' loops over segments and weight rows, whose bookkeeping per row is a
+        # large share of a short row's time.
         db = np.float64(bias[1]) - np.float64(bias[0])
         w1 = w[0]
         for i in range(start, stop):
