@@ -1,5 +1,7 @@
 """grad_norms against autograd per-sample gradients (fp64 reference), one sample at a time."""
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,8 @@ from hypothesis import strategies as st
 
 from gradtune import GradTuneInputError, grad_norms, grad_norms_streaming
 from gradtune.scores import residual_norms
+
+gn_module = importlib.import_module("gradtune.scores.grad_norms")
 
 
 def reference_norms(h, y, w, b, include_bias):
@@ -77,6 +81,25 @@ def test_binary_closed_form_is_loss_like():
     y = torch.tensor([0, 1, 1])
     py = torch.softmax(z, 1)[torch.arange(3), y]
     torch.testing.assert_close(residual_norms(z, y), np.sqrt(2) * (1 - py))
+
+
+@pytest.mark.parametrize("c", [2, 3, 5])  # one relative weight row (a matrix-vector product), 2, and 4
+@pytest.mark.parametrize("block_rows", [1, 5, 53, 80])
+def test_torch_head_in_cache_blocks_matches_autograd(monkeypatch, c, block_rows):
+    """The torch backend takes the head's rows in cache-sized blocks (here shrunk to a few
+    rows, the last block ragged): every block size gives the autograd norms."""
+    monkeypatch.setattr(gn_module, "_CACHE_BLOCK_BYTES", block_rows * 7 * 4)
+    monkeypatch.setattr(gn_module, "_BLOCKED_MIN_BYTES", 0)
+    g = torch.Generator().manual_seed(c * 100 + block_rows)
+    h = torch.randn(53, 7, generator=g)
+    w = torch.randn(c, 7, generator=g)
+    b = torch.randn(c, generator=g)
+    y = torch.randint(0, c, (53,), generator=g)
+    for bias in (b, None):
+        for include_bias in (True, False):
+            got = grad_norms(h, labels=y, weight=w, bias=bias, include_bias=include_bias, backend="torch")
+            ref = reference_norms(h, y, w, torch.zeros(c) if bias is None else bias, include_bias)
+            torch.testing.assert_close(got.double(), ref, rtol=5e-5, atol=1e-12)
 
 
 def test_chunking_does_not_change_result():

@@ -14,6 +14,7 @@ import torch
 
 from gradtune._validation import (
     GradTuneInputError,
+    all_finite,
     as_float_tensor,
     check_choice,
     check_labels,
@@ -26,6 +27,7 @@ from gradtune.scores.grad_norms import (
     _check_head,
     _fused_module,
     _norms_chunk,
+    _relative_weight,
     _use_fused,
 )
 
@@ -85,7 +87,7 @@ def grad_norms_streaming(
     y_all = check_labels(labels)
     n = y_all.shape[0]
     device = torch.device(device)
-    w = b = None
+    w = b = wr = None
     out = np.empty(n, dtype=np.float64 if dtype == torch.float64 else np.float32)
     pos = 0
     for chunk in _iter_chunks(chunks, chunk_rows):
@@ -114,7 +116,10 @@ def grad_norms_streaming(
             if bad_head:  # the head is finite (checked above), but W[j] - W[0] overflowed
                 res = None
         if res is None:
-            res = _norms_chunk(h, y, None, w, b, include_bias)
+            if wr is None:
+                wr = _relative_weight(w)
+                relative = all_finite(wr)  # else two finite rows differ by more than the dtype holds
+            res = _norms_chunk(h, y, None, wr if relative else w, b, include_bias, relative)
         _check_finite_result(res, h, None, offset=pos)
         out[pos:pos + m] = res.cpu().numpy()
         pos += m
