@@ -75,6 +75,28 @@ def test_fused_matches_torch_and_autograd(kernel, n, d, c, use_bias, include_bia
                                atol=1e-12)
 
 
+@pytest.mark.parametrize("n", [1, 63, 65, 130, 333])
+@pytest.mark.parametrize("c", [2, 3])
+def test_kernel_thread_split_covers_every_row_once(kernel, n, c):
+    """The kernel splits the rows into runs for the threads (not at block boundaries):
+    for 1-5 runs every row gets the one-thread norm and each bad label is counted once."""
+    from gradtune.scores import _fused_kernels
+
+    h, w, b, y = make(n, 9, c, seed=n + c)
+    y[::7] = c  # labels out of range, counted by the kernel
+    hn, wn, bn, yn = h.numpy(), w.numpy(), b.numpy(), y.numpy()
+    no_logits = np.empty((n, 0), dtype=np.float32)
+    ref = np.full(n, np.nan, dtype=np.float32)
+    counts_ref = _fused_kernels.kernel_serial(hn, wn, bn, no_logits, yn, 1.0, np.float32(0), ref, 0, 1)
+    assert counts_ref[0] == len(range(0, n, 7))
+    for parts in range(1, 6):
+        out = np.full(n, np.nan, dtype=np.float32)
+        counts = _fused_kernels.kernel(hn, wn, bn, no_logits, yn, 1.0, np.float32(0), out, 0, parts)
+        assert tuple(counts) == tuple(counts_ref)
+        ok = yn < c
+        np.testing.assert_allclose(out[ok], ref[ok], rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("n, d, c", [(300, 2048, 2), (257, 768, 3), (50, 1100, 5), (130, 67, 7), (65, 2048, 16), (40, 4100, 3),
                                      (40, 33, 17)])

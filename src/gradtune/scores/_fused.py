@@ -1,7 +1,8 @@
 """Optional single-pass CPU kernels for :func:`gradtune.grad_norms` (needs ``numba``).
 
-With the head given, the torch path reads the features twice (``W @ h.T``, then
-``||h||``) and then runs about ten small tensor operations for the residual. The
+With the head given, the torch path reads the features twice (a BLAS product for the
+logits, then ``||h||``; on the CPU the second read is from cache, a block of rows at a
+time) and then runs about ten small tensor operations for the residual. The
 kernels (:mod:`gradtune.scores._fused_kernels`) read each row of ``h`` once: with the
 head given they compute its C logits and ``||h||^2`` together while a segment of the
 row sits in L1, with the logits given only ``||h||^2``; then the softmax residual and

@@ -1,7 +1,7 @@
 """The numba kernels behind :mod:`gradtune.scores._fused` (imported only when numba is).
 
-Layout of a kernel call: the rows are cut into blocks of ``ROWS_PER_BLOCK``; each thread
-takes a contiguous run of blocks and allocates its scratch once. Per block:
+Layout of a kernel call: each thread takes a contiguous run of rows (as equal as rows
+allow), cuts it into blocks of ``ROWS_PER_BLOCK`` and allocates its scratch once. Per block:
 
 1. *Stream* (memory-bound): each row of ``h`` is read once. With the head given, a
    ``_SEGMENT``-long piece of the row is swept once per 4 classes while it sits in L1,
@@ -361,8 +361,9 @@ def _stream_logits(h, hf, logits, zero, zb, sqb, start, stop, prefetch_rows, ste
 
 
 @njit(fastmath=_FM, nogil=True, error_model="numpy")
-def _blocks(h, w, bias, logits, y, extra, zero, out, prefetch_rows, b0, b1):
-    """Blocks b0..b1-1 of :func:`kernel`. Returns (bad labels, non-finite norms)."""
+def _blocks(h, w, bias, logits, y, extra, zero, out, prefetch_rows, r0, r1):
+    """Rows r0..r1-1 of :func:`kernel`, in blocks of ``ROWS_PER_BLOCK`` from r0 (the last
+    one shorter). Returns (bad labels, non-finite norms)."""
     prefer_wide_vectors()
     n, d = h.shape
     have_logits = logits.shape[1] > 0
@@ -376,9 +377,8 @@ def _blocks(h, w, bias, logits, y, extra, zero, out, prefetch_rows, b0, b1):
     erow = np.empty(c, dtype=np.float64)
     bad_labels = 0
     non_finite = 0
-    for blk in range(b0, b1):
-        start = blk * ROWS_PER_BLOCK
-        stop = min(n, start + ROWS_PER_BLOCK)
+    for start in range(r0, r1, ROWS_PER_BLOCK):
+        stop = min(r1, start + ROWS_PER_BLOCK)
         if have_logits:
             _stream_logits(h, hf, logits, zero, zb, sqb, start, stop, prefetch_rows, step)
         else:
@@ -428,7 +428,8 @@ def kernel(h, weight, bias, logits, y, extra, zero, out, prefetch_rows, parts):
     ignored) or ``logits`` has no columns and the head is given as ``weight`` (C, d)
     and ``bias`` (C,), all of h's dtype; the logits are then taken relative to class 0
     (see :func:`_relative_rows` and :func:`_row_logits`).
-    ``parts`` runs of blocks go to the threads. Returns (labels outside 0..C-1,
+    ``parts`` runs of rows, equal to a row (so a short input is not split a whole block
+    unevenly), go to the threads. Returns (labels outside 0..C-1,
     non-finite norms, 1 if the weight or bias holds a NaN/inf, or two weight rows
     differ by more than the dtype holds, else 0).
     """
@@ -441,7 +442,7 @@ def kernel(h, weight, bias, logits, y, extra, zero, out, prefetch_rows, parts):
     non_finite = 0
     for p in prange(parts):
         bl, nf = _blocks(h, w, bias, logits, y, extra, zero, out, prefetch_rows,
-                         p * nblocks // parts, (p + 1) * nblocks // parts)
+                         p * n // parts, (p + 1) * n // parts)
         bad_labels += bl
         non_finite += nf
     return bad_labels, non_finite, bad_head
@@ -451,8 +452,7 @@ def kernel(h, weight, bias, logits, y, extra, zero, out, prefetch_rows, parts):
 def kernel_serial(h, weight, bias, logits, y, extra, zero, out, prefetch_rows, parts):
     """:func:`kernel` on one thread (for forked children; ``parts`` is ignored)."""
     n = h.shape[0]
-    nblocks = (n + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK
     w = _relative_rows(weight, logits.shape[1] == 0)
     bad_head = _head_bad(w, bias) if logits.shape[1] == 0 else 0
-    bl, nf = _blocks(h, w, bias, logits, y, extra, zero, out, prefetch_rows, 0, nblocks)
+    bl, nf = _blocks(h, w, bias, logits, y, extra, zero, out, prefetch_rows, 0, n)
     return bl, nf, bad_head

@@ -23,8 +23,10 @@ normal float32 (1.2e-38, logit gaps beyond ~85) are rounded to float32 subnormal
 with fewer significant digits, and those below 7e-46 (gaps beyond ~103) to 0.
 Pass float64 features to keep them (exact down to 2.2e-308).
 
-Backends. ``backend="torch"`` computes ``W @ h.T`` (BLAS) and ``||h||`` with torch
-(two passes over ``h`` with the head given, one with the logits given; any device).
+Backends. ``backend="torch"`` computes the logits relative to class 0,
+``(W[j] - W[0]) @ h`` (BLAS), and ``||h||`` with torch (two passes over ``h`` with the
+head given, the second from cache on the CPU, a block of rows at a time; one pass with
+the logits given; any device).
 ``backend="fused"`` runs numba kernels (:mod:`gradtune.scores._fused`,
 ``pip install 'gradtune[fast]'``) that read each row once on the CPU: with the head
 given they compute its logits and ``||h||^2`` together, with the logits given its
