@@ -1,7 +1,5 @@
 """grad_norms against autograd per-sample gradients (fp64 reference), one sample at a time."""
 
-import importlib
-
 import numpy as np
 import pytest
 import torch
@@ -9,9 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gradtune import GradTuneInputError, grad_norms, grad_norms_streaming
-from gradtune.scores import residual_norms
-
-gn_module = importlib.import_module("gradtune.scores.grad_norms")
+from gradtune.scores import _torch_backend, residual_norms
 
 
 def reference_norms(h, y, w, b, include_bias):
@@ -88,8 +84,8 @@ def test_binary_closed_form_is_loss_like():
 def test_torch_head_in_cache_blocks_matches_autograd(monkeypatch, c, block_rows):
     """The torch backend takes the head's rows in cache-sized blocks (here shrunk to a few
     rows, the last block ragged): every block size gives the autograd norms."""
-    monkeypatch.setattr(gn_module, "_CACHE_BLOCK_BYTES", block_rows * 7 * 4)
-    monkeypatch.setattr(gn_module, "_BLOCKED_MIN_BYTES", 0)
+    monkeypatch.setattr(_torch_backend, "_CACHE_BLOCK_BYTES", block_rows * 7 * 4)
+    monkeypatch.setattr(_torch_backend, "_BLOCKED_MIN_BYTES", 0)
     g = torch.Generator().manual_seed(c * 100 + block_rows)
     h = torch.randn(53, 7, generator=g)
     w = torch.randn(c, 7, generator=g)

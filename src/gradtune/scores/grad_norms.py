@@ -57,6 +57,7 @@ from gradtune._validation import (
     check_labels,
     check_positive_int,
 )
+from gradtune.scores._torch_backend import _relative_weight, _residual_t, _torch_norms
 
 __all__ = ["grad_norms", "residual_norms"]
 
@@ -69,12 +70,6 @@ FUSED_MAX_CLASSES = 10
 # streaming): once loaded they are faster at every size, so the bound only keeps small
 # calls from paying the first-call cost; it admits Waterbirds' held-out set (600 x 2048).
 FUSED_MIN_ELEMENTS = 1 << 20
-# The torch backend, head given, on the CPU: rows per block of this many bytes of features
-# (see _relative_logits_and_norms; 1 MiB was best of 0.5-4 MiB on a 2 MiB-L2 CPU), for
-# features of more than _BLOCKED_MIN_BYTES (below, the calls per block cost more than the
-# cache saves: 600 x 2048 took 3.3-3.5x a read in one block, 3.5-5.1x in 0.5-2 MiB blocks).
-_CACHE_BLOCK_BYTES = 1 << 20
-_BLOCKED_MIN_BYTES = 16 << 20
 
 
 def residual_norms(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -90,129 +85,6 @@ def residual_norms(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     Tensor of shape (N,), dtype of ``logits`` (computed in float64, see :func:`grad_norms`).
     """
     return _residual_t(logits.T, labels).to(logits.dtype)
-
-
-def _wide(dtype: torch.dtype, device: torch.device) -> torch.dtype:
-    """The dtype the residual is computed in: float64, except on devices without it."""
-    return dtype if device.type == "mps" else torch.float64
-
-
-def _residual_t(z_t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """:func:`residual_norms` on class-major logits ``z_t`` (C, N) (the layout ``W @ h.T`` gives).
-
-    Returns float64 (N,). With ``s = 1 - p_y``, the largest component of ``p - e_y`` in
-    magnitude, the norm is ``s * sqrt(1 + sum_{j != y} (p_j / s)^2)``: each component
-    is divided by ``s`` before it is squared, so no square underflows where the norm is
-    representable. ``s`` is the ratio of ``sum exp(z_j - max z)`` over the other
-    classes to that over all classes: no cancellation when ``p_y`` is near 1.
-    """
-    z = z_t.to(_wide(z_t.dtype, z_t.device), memory_format=torch.contiguous_format)  # class-major, even from logits.T
-    if z.shape[0] == 2:  # ||p - e_y|| = sqrt(2) * sigmoid(z_other - z_y), accurate at both ends
-        t = torch.add(z[0], z[1]).sub_(z.gather(0, y[None, :]).squeeze(0), alpha=2.0)  # z_other - z_y
-        return t.sigmoid_().mul_(math.sqrt(2.0))
-    return _residual_wide(z, y)
-
-
-def _residual_wide(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The C >= 3 form of :func:`_residual_t` on contiguous wide logits z (C, N)."""
-    e = (z - z.amax(dim=0)).exp_()  # (C, N), the largest entry of each column is 1
-    e_all = e.sum(dim=0)
-    e.scatter_(0, y[None, :], 0.0)  # the other classes
-    s_other = e.sum(dim=0)
-    # q_j = p_j / (1 - p_y) for j != y, scaled before squaring; 0 where s_other underflowed to 0.
-    # (The sum of squares by hand: on the CPU, vector_norm over dim 0 of a (C, N) tensor is far slower.)
-    q = e.div_(s_other.clamp_min(torch.finfo(z.dtype).tiny))
-    return q.mul_(q).sum(dim=0).add_(1.0).sqrt_().mul_(s_other.div_(e_all))  # (1 - p_y) * sqrt(1 + |q|^2)
-
-
-def _relative_residual(r: torch.Tensor, y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """:func:`_residual_t` from logits relative to class 0: ``r`` (C - 1, N) holds
-    ``(W[j] - W[0]) @ h`` for j = 1..C-1, without the bias, which is added here in float64.
-
-    Softmax is unchanged by the shift, so the result is that of the full logits.
-    """
-    wide = _wide(r.dtype, r.device)
-    rb = r.to(wide)
-    if bias is not None:
-        b = bias.to(wide)
-        rb += (b[1:] - b[0])[:, None]
-    if rb.shape[0] == 1:  # two classes: z_other - z_y is r for y = 0 and -r for y = 1
-        return rb[0].mul_(y.to(wide).mul_(-2.0).add_(1.0)).sigmoid_().mul_(math.sqrt(2.0))
-    return _residual_wide(torch.cat([rb.new_zeros(1, rb.shape[1]), rb]), y)
-
-
-def _relative_logits(h: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
-    """out (C - 1, n) = ``w @ h_i`` for the relative weight rows w (C - 1, d) and h (n, d).
-
-    The BLAS call is the one measured fastest for the row count: for one row (two
-    classes) a matrix-vector product, which streams ``h`` at the speed of a read; for
-    2-3 rows the class-major product (on an Intel CPU 1.0x a read, where ``h @ w.T``
-    took 1.7x); beyond, ``h @ w.T`` (there the class-major product took 3.5x a read).
-    """
-    if w.shape[0] == 1:
-        torch.mv(h, w[0], out=out[0])
-    elif w.shape[0] <= 3:
-        torch.mm(w, h.T, out=out)
-    else:
-        out.copy_((h @ w.T).T)
-
-
-def _relative_logits_and_norms(h: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(:func:`_relative_logits` (C - 1, n), ``||h_i||`` (n,)) of h (n, d).
-
-    On the CPU, features of more than ``_BLOCKED_MIN_BYTES`` go in blocks of rows of
-    about ``_CACHE_BLOCK_BYTES``: BLAS reads each block from memory and the row norms
-    read it again from cache. On CelebA-sized
-    features that took the two passes from 2.0-2.3x a read to 1.5-1.8x.
-    """
-    n, d = h.shape
-    k = w.shape[0]
-    row_bytes = d * h.element_size()
-    rows = n
-    if h.device.type == "cpu" and n * row_bytes > _BLOCKED_MIN_BYTES:
-        rows = max(1, min(n, _CACHE_BLOCK_BYTES // max(1, row_bytes)))
-    n_blocks = -(-n // rows) if n else 0
-    blocks = torch.empty(n_blocks, k, rows, dtype=h.dtype, device=h.device)  # contiguous outputs per block
-    hn = torch.empty(n, dtype=h.dtype, device=h.device)
-    for i in range(n_blocks):
-        hb = h[i * rows:(i + 1) * rows]
-        _relative_logits(hb, w, blocks[i, :, :hb.shape[0]])
-        torch.linalg.vector_norm(hb, dim=1, out=hn[i * rows:(i + 1) * rows])
-    return blocks.permute(1, 0, 2).reshape(k, n_blocks * rows)[:, :n], hn
-
-
-def _relative_weight(weight: torch.Tensor) -> torch.Tensor:
-    """(C - 1, d): ``W[j] - W[0]`` for j = 1..C-1 of weight (C, d).
-
-    Logits relative to class 0 give the same softmax with one dot product fewer per
-    row. Where two finite rows differ by more than the dtype holds, this holds inf:
-    check it with :func:`gradtune._validation.all_finite` and pass ``relative=False``.
-    """
-    return weight[1:] - weight[0]
-
-
-def _norms_chunk(h: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None,
-                 weight: torch.Tensor | None, bias: torch.Tensor | None,
-                 include_bias: bool, relative: bool = True) -> torch.Tensor:
-    """One chunk: the residual from the logits, times the row norms.
-
-    With the head given, ``weight`` holds the :func:`_relative_weight` rows (C - 1, d),
-    or with ``relative=False`` the weight (C, d) itself (for a finite head whose rows
-    differ by more than the dtype holds).
-    """
-    if logits is None and relative:
-        r, hn = _relative_logits_and_norms(h, weight)
-        res = _relative_residual(r, y, bias)
-    else:
-        if logits is None:
-            logits = h @ weight.T
-            if bias is not None:
-                logits += bias
-        res = _residual_t(logits.T, y)
-        hn = torch.linalg.vector_norm(h, dim=1)
-    if include_bias:
-        hn = torch.hypot(hn, torch.ones((), dtype=hn.dtype, device=hn.device))  # sqrt(||h||^2 + 1)
-    return res.mul_(hn).to(h.dtype)  # the product in float64: rounded once
 
 
 def _auto_picks_fused(n_elements: int, n_classes: int) -> bool:
@@ -489,19 +361,6 @@ def grad_norms(
             if not all_finite(wr):  # two finite rows differ by more than the dtype holds
                 out = _torch_norms(h, y, z, w, b, include_bias, chunk_rows, relative=False)
         _check_finite_result(out, h, z)
-    return out
-
-
-def _torch_norms(h: torch.Tensor, y: torch.Tensor, z: torch.Tensor | None, w: torch.Tensor | None,
-                 b: torch.Tensor | None, include_bias: bool, chunk_rows: int, relative: bool = True) -> torch.Tensor:
-    """The torch backend on checked inputs, ``chunk_rows`` rows at a time: (N,) norms."""
-    n = h.shape[0]
-    if n <= chunk_rows:
-        return _norms_chunk(h, y, z, w, b, include_bias, relative)
-    out = torch.empty(n, dtype=h.dtype, device=h.device)
-    for start in range(0, n, chunk_rows):
-        sl = slice(start, min(start + chunk_rows, n))
-        out[sl] = _norms_chunk(h[sl], y[sl], None if z is None else z[sl], w, b, include_bias, relative)
     return out
 
 

@@ -20,14 +20,13 @@ from gradtune._validation import (
     check_labels,
     check_positive_int,
 )
+from gradtune.scores._torch_backend import _norms_chunk, _relative_weight
 from gradtune.scores.grad_norms import (
     BACKENDS,
     DEFAULT_CHUNK_ROWS,
     _check_finite_result,
     _check_head,
     _fused_module,
-    _norms_chunk,
-    _relative_weight,
     _use_fused,
 )
 

@@ -1,0 +1,160 @@
+"""The torch backend of :func:`gradtune.grad_norms`: residuals and row norms with torch ops.
+
+Any device. With the head given, the logits are taken relative to class 0
+(``(W[j] - W[0]) @ h``, one dot product fewer per row) by the BLAS call measured fastest
+for the row count, and on the CPU the rows go in cache-sized blocks so that the row
+norms reread them from cache. The residual is computed in float64 as described in
+:mod:`gradtune.scores.grad_norms`.
+
+Shapes: N (or n, per chunk) samples, d features, C classes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__: list[str] = []
+
+# Head given, on the CPU: features of more than _BLOCKED_MIN_BYTES go in blocks of rows of
+# about _CACHE_BLOCK_BYTES, small enough that each thread's share stays in its L2 cache
+# between the two passes (see _relative_logits_and_norms). Smaller features go in one
+# block: there the two torch calls per block would cost more than the cache saves.
+_CACHE_BLOCK_BYTES = 1 << 20
+_BLOCKED_MIN_BYTES = 16 << 20
+
+
+def _wide(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype the residual is computed in: float64, except on devices without it."""
+    return dtype if device.type == "mps" else torch.float64
+
+
+def _residual_t(z_t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """:func:`residual_norms` on class-major logits ``z_t`` (C, N) (the layout ``W @ h.T`` gives).
+
+    Returns float64 (N,). With ``s = 1 - p_y``, the largest component of ``p - e_y`` in
+    magnitude, the norm is ``s * sqrt(1 + sum_{j != y} (p_j / s)^2)``: each component
+    is divided by ``s`` before it is squared, so no square underflows where the norm is
+    representable. ``s`` is the ratio of ``sum exp(z_j - max z)`` over the other
+    classes to that over all classes: no cancellation when ``p_y`` is near 1.
+    """
+    z = z_t.to(_wide(z_t.dtype, z_t.device), memory_format=torch.contiguous_format)  # class-major, even from logits.T
+    if z.shape[0] == 2:  # ||p - e_y|| = sqrt(2) * sigmoid(z_other - z_y), accurate at both ends
+        t = torch.add(z[0], z[1]).sub_(z.gather(0, y[None, :]).squeeze(0), alpha=2.0)  # z_other - z_y
+        return t.sigmoid_().mul_(math.sqrt(2.0))
+    return _residual_wide(z, y)
+
+
+def _residual_wide(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The C >= 3 form of :func:`_residual_t` on contiguous wide logits z (C, N)."""
+    e = (z - z.amax(dim=0)).exp_()  # (C, N), the largest entry of each column is 1
+    e_all = e.sum(dim=0)
+    e.scatter_(0, y[None, :], 0.0)  # the other classes
+    s_other = e.sum(dim=0)
+    # q_j = p_j / (1 - p_y) for j != y, scaled before squaring; 0 where s_other underflowed to 0.
+    # (The sum of squares by hand: on the CPU, vector_norm over dim 0 of a (C, N) tensor is far slower.)
+    q = e.div_(s_other.clamp_min(torch.finfo(z.dtype).tiny))
+    return q.mul_(q).sum(dim=0).add_(1.0).sqrt_().mul_(s_other.div_(e_all))  # (1 - p_y) * sqrt(1 + |q|^2)
+
+
+def _relative_residual(r: torch.Tensor, y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """:func:`_residual_t` from logits relative to class 0: ``r`` (C - 1, N) holds
+    ``(W[j] - W[0]) @ h`` for j = 1..C-1, without the bias, which is added here in float64.
+
+    Softmax is unchanged by the shift, so the result is that of the full logits.
+    """
+    wide = _wide(r.dtype, r.device)
+    rb = r.to(wide)
+    if bias is not None:
+        b = bias.to(wide)
+        rb += (b[1:] - b[0])[:, None]
+    if rb.shape[0] == 1:  # two classes: z_other - z_y is r for y = 0 and -r for y = 1
+        return rb[0].mul_(y.to(wide).mul_(-2.0).add_(1.0)).sigmoid_().mul_(math.sqrt(2.0))
+    return _residual_wide(torch.cat([rb.new_zeros(1, rb.shape[1]), rb]), y)
+
+
+def _relative_logits(h: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
+    """out (C - 1, n) = ``w @ h_i`` for the relative weight rows w (C - 1, d) and h (n, d).
+
+    The BLAS call is the one measured fastest for the row count: for one row (two
+    classes) a matrix-vector product, which streams ``h`` at the speed of a read; for
+    2-3 rows the class-major product ``w @ h.T``, for which BLAS also streams ``h``
+    once; beyond, ``h @ w.T``, which BLAS then handles better than the class-major form.
+    """
+    if w.shape[0] == 1:
+        torch.mv(h, w[0], out=out[0])
+    elif w.shape[0] <= 3:
+        torch.mm(w, h.T, out=out)
+    else:
+        out.copy_((h @ w.T).T)
+
+
+def _relative_logits_and_norms(h: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(:func:`_relative_logits` (C - 1, n), ``||h_i||`` (n,)) of h (n, d).
+
+    On the CPU, features of more than ``_BLOCKED_MIN_BYTES`` go in blocks of rows of
+    about ``_CACHE_BLOCK_BYTES``: BLAS reads each block from memory and the row norms
+    read it again from cache.
+    """
+    n, d = h.shape
+    k = w.shape[0]
+    row_bytes = d * h.element_size()
+    rows = n
+    if h.device.type == "cpu" and n * row_bytes > _BLOCKED_MIN_BYTES:
+        rows = max(1, min(n, _CACHE_BLOCK_BYTES // max(1, row_bytes)))
+    n_blocks = -(-n // rows) if n else 0
+    blocks = torch.empty(n_blocks, k, rows, dtype=h.dtype, device=h.device)  # contiguous outputs per block
+    hn = torch.empty(n, dtype=h.dtype, device=h.device)
+    for i in range(n_blocks):
+        hb = h[i * rows:(i + 1) * rows]
+        _relative_logits(hb, w, blocks[i, :, :hb.shape[0]])
+        torch.linalg.vector_norm(hb, dim=1, out=hn[i * rows:(i + 1) * rows])
+    return blocks.permute(1, 0, 2).reshape(k, n_blocks * rows)[:, :n], hn
+
+
+def _relative_weight(weight: torch.Tensor) -> torch.Tensor:
+    """(C - 1, d): ``W[j] - W[0]`` for j = 1..C-1 of weight (C, d).
+
+    Logits relative to class 0 give the same softmax with one dot product fewer per
+    row. Where two finite rows differ by more than the dtype holds, this holds inf:
+    check it with :func:`gradtune._validation.all_finite` and pass ``relative=False``.
+    """
+    return weight[1:] - weight[0]
+
+
+def _norms_chunk(h: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None,
+                 weight: torch.Tensor | None, bias: torch.Tensor | None,
+                 include_bias: bool, relative: bool = True) -> torch.Tensor:
+    """One chunk: the residual from the logits, times the row norms.
+
+    With the head given, ``weight`` holds the :func:`_relative_weight` rows (C - 1, d),
+    or with ``relative=False`` the weight (C, d) itself (for a finite head whose rows
+    differ by more than the dtype holds).
+    """
+    if logits is None and relative:
+        r, hn = _relative_logits_and_norms(h, weight)
+        res = _relative_residual(r, y, bias)
+    else:
+        if logits is None:
+            logits = h @ weight.T
+            if bias is not None:
+                logits += bias
+        res = _residual_t(logits.T, y)
+        hn = torch.linalg.vector_norm(h, dim=1)
+    if include_bias:
+        hn = torch.hypot(hn, torch.ones((), dtype=hn.dtype, device=hn.device))  # sqrt(||h||^2 + 1)
+    return res.mul_(hn).to(h.dtype)  # the product in float64: rounded once
+
+
+def _torch_norms(h: torch.Tensor, y: torch.Tensor, z: torch.Tensor | None, w: torch.Tensor | None,
+                 b: torch.Tensor | None, include_bias: bool, chunk_rows: int, relative: bool = True) -> torch.Tensor:
+    """The torch backend on checked inputs, ``chunk_rows`` rows at a time: (N,) norms."""
+    n = h.shape[0]
+    if n <= chunk_rows:
+        return _norms_chunk(h, y, z, w, b, include_bias, relative)
+    out = torch.empty(n, dtype=h.dtype, device=h.device)
+    for start in range(0, n, chunk_rows):
+        sl = slice(start, min(start + chunk_rows, n))
+        out[sl] = _norms_chunk(h[sl], y[sl], None if z is None else z[sl], w, b, include_bias, relative)
+    return out
