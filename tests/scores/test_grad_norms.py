@@ -125,6 +125,26 @@ def test_streaming_memmap_matches_in_memory(tmp_path):
     np.testing.assert_allclose(grad_norms_streaming(chunks, y, weight=w, bias=b), ref, rtol=1e-6)
 
 
+@pytest.mark.parametrize("c", [2, 3])
+def test_torch_head_rows_whose_difference_overflows(c):
+    """The torch backend works with W[j] - W[0] too: for rows of opposite sign near the
+    float32 limit that difference overflows though the head is finite, and both entry
+    points that take a head (in memory and streamed) fall back to the logits themselves."""
+    g = torch.Generator().manual_seed(12)
+    h = torch.randn(40, 6, generator=g)
+    h[:, 0] *= 1e-38  # logits of order 1 from the 3e38 weights
+    w = torch.zeros(c, 6)
+    w[0, 0], w[1, 0] = 3e38, -3e38
+    b = torch.linspace(-1.0, 1.0, c)
+    y = torch.randint(0, c, (40,), generator=g)
+    z64 = h.double() @ w.double().T + b.double()
+    ref = reference_from_logits(h.double(), z64, y, include_bias=True)
+    got = grad_norms(h, labels=y, weight=w, bias=b, backend="torch")
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=0)
+    streamed = grad_norms_streaming(h.numpy(), y, weight=w, bias=b, chunk_rows=15, backend="torch")
+    np.testing.assert_allclose(streamed, ref.numpy(), rtol=1e-5, atol=0)
+
+
 def test_streaming_row_count_mismatch():
     h = np.zeros((10, 3), np.float32)
     with pytest.raises(GradTuneInputError, match="10 rows but 12 labels"):
