@@ -428,8 +428,8 @@ def kernel(h, weight, bias, logits, y, extra, zero, out, prefetch_rows, parts):
     ignored) or ``logits`` has no columns and the head is given as ``weight`` (C, d)
     and ``bias`` (C,), all of h's dtype; the logits are then taken relative to class 0
     (see :func:`_relative_rows` and :func:`_row_logits`).
-    ``parts`` runs of rows, equal to a row (so a short input is not split a whole block
-    unevenly), go to the threads. Returns (labels outside 0..C-1,
+    ``parts`` runs of rows, equal to within one row, go to the threads (equal runs of
+    blocks would split a short input unevenly). Returns (labels outside 0..C-1,
     non-finite norms, 1 if the weight or bias holds a NaN/inf, or two weight rows
     differ by more than the dtype holds, else 0).
     """

@@ -102,7 +102,7 @@ def _relative_logits_and_norms(h: torch.Tensor, w: torch.Tensor) -> tuple[torch.
     row_bytes = d * h.element_size()
     rows = n
     if h.device.type == "cpu" and n * row_bytes > _BLOCKED_MIN_BYTES:
-        rows = max(1, min(n, _CACHE_BLOCK_BYTES // max(1, row_bytes)))
+        rows = max(1, min(n, _CACHE_BLOCK_BYTES // row_bytes))  # row_bytes > 0 here
     n_blocks = -(-n // rows) if n else 0
     blocks = torch.empty(n_blocks, k, rows, dtype=h.dtype, device=h.device)  # contiguous outputs per block
     hn = torch.empty(n, dtype=h.dtype, device=h.device)
