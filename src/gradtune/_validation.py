@@ -96,8 +96,9 @@ def check_features(x: Any, name: str = "features", *, ndim: int = 2,
     return t
 
 
-def as_label_tensor(y: Any, name: str = "labels") -> torch.Tensor:
-    """Convert to an int64 tensor of shape (N,), rejecting non-integer values."""
+def as_label_tensor(y: Any, name: str = "labels", *, check_bounds: bool = True) -> torch.Tensor:
+    """Convert to an int64 tensor of shape (N,), rejecting non-integer values (and, unless
+    ``check_bounds`` is False, ids at or above :data:`MAX_IDS`)."""
     if isinstance(y, torch.Tensor):
         t = y
     else:
@@ -119,7 +120,8 @@ def as_label_tensor(y: Any, name: str = "labels") -> torch.Tensor:
             bad = t[t != t.round()][:3].tolist()
             raise GradTuneInputError(f"{name} must hold integer class ids, got non-integer values such as {bad}")
     t = t if t.dtype == torch.int64 else t.to(torch.int64)
-    check_id_bounds(t, name)
+    if check_bounds:
+        check_id_bounds(t, name)
     return t
 
 
@@ -130,11 +132,13 @@ def check_labels(y: Any, n_classes: int | None = None, name: str = "labels",
     ``check_range=False`` skips the range (a caller that checks it as it goes must
     then call this again with the range to raise the error).
     """
-    t = as_label_tensor(y, name)
+    t = as_label_tensor(y, name, check_bounds=not check_range)  # the range check below covers it
     if n is not None and t.shape[0] != n:
         raise GradTuneInputError(f"{name} has {t.shape[0]} entries but {n} were expected (one per sample)")
     if check_range and t.numel():
-        lo, hi = torch.stack(torch.aminmax(t)).tolist()  # one synchronization for both
+        lo, hi = torch.aminmax(t)
+        lo, hi = int(lo), int(hi)
+        _refuse_large_id(hi, name)
         if lo < 0:
             raise GradTuneInputError(f"{name} must be >= 0, found {lo}")
         if n_classes is not None and hi >= n_classes:
@@ -231,9 +235,11 @@ before anything of that size is allocated."""
 def check_id_bounds(t: torch.Tensor | np.ndarray, name: str, limit: int = MAX_IDS) -> None:
     """Refuse ids (class or group ids, int array of shape (N,)) at or above ``limit``, which
     would allocate per-id tables of that size."""
-    if len(t) == 0:
-        return
-    hi = int(t.max())
+    if len(t) != 0:
+        _refuse_large_id(int(t.max()), name, limit)
+
+
+def _refuse_large_id(hi: int, name: str, limit: int = MAX_IDS) -> None:
     if hi >= limit:
         raise GradTuneInputError(
             f"{name} go up to {hi}, which implies {hi + 1} distinct ids; at most {limit} are supported "

@@ -352,10 +352,10 @@ def grad_norms(
     # infinite bias can leave every norm finite), in W[j] - W[0] (a NaN/inf in W shows
     # there) or in a norm makes this sum non-finite; so can a finite sum that overflows,
     # and only then are they checked apart.
-    total = out.sum()
+    total = float(out.sum())  # each float() is one small reduction, fewer calls than a sum of sums
     if w is not None:
-        total = total + wr.sum() * 0.0 + (0.0 if b is None else b.sum() * 0.0)
-    if not math.isfinite(float(total)):
+        total += float(wr.sum()) * 0.0 + (0.0 if b is None else float(b.sum()) * 0.0)
+    if not math.isfinite(total):
         if w is not None:
             _check_head_finite(w, b)  # raises, naming weight or bias
             if not all_finite(wr):  # two finite rows differ by more than the dtype holds
