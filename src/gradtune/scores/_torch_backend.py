@@ -129,13 +129,21 @@ def _relative_logits_and_norms(h: torch.Tensor, w: torch.Tensor) -> tuple[torch.
     if h.device.type != "cpu" or n * row_bytes <= _BLOCKED_MIN_BYTES:  # one block
         return _relative_logits(h, w), torch.linalg.vector_norm(h, dim=1)
     rows = max(1, min(n, _CACHE_BLOCK_BYTES // row_bytes))  # row_bytes > 0 here
+    hn = torch.empty(n, dtype=h.dtype, device=h.device)
+    # The per-block views come from split/unbind, one call each, rather than from a
+    # slice per block and array: the per-call overhead is a visible share at these sizes.
+    if k == 1:  # matrix-vector products straight into the (n,) output
+        r = torch.empty(1, n, dtype=h.dtype, device=h.device)
+        w0 = w[0]
+        for hb, rb, nb in zip(h.split(rows), r[0].split(rows), hn.split(rows)):
+            torch.mv(hb, w0, out=rb)
+            torch.linalg.vector_norm(hb, dim=1, out=nb)
+        return r, hn
     n_blocks = -(-n // rows)
     blocks = torch.empty(n_blocks, k, rows, dtype=h.dtype, device=h.device)  # contiguous outputs per block
-    hn = torch.empty(n, dtype=h.dtype, device=h.device)
-    for i in range(n_blocks):
-        hb = h[i * rows:(i + 1) * rows]
-        _relative_logits(hb, w, blocks[i, :, :hb.shape[0]])
-        torch.linalg.vector_norm(hb, dim=1, out=hn[i * rows:(i + 1) * rows])
+    for hb, ob, nb in zip(h.split(rows), blocks.unbind(0), hn.split(rows)):
+        _relative_logits(hb, w, ob if hb.shape[0] == rows else ob[:, :hb.shape[0]])
+        torch.linalg.vector_norm(hb, dim=1, out=nb)
     return blocks.permute(1, 0, 2).reshape(k, n_blocks * rows)[:, :n], hn
 
 
