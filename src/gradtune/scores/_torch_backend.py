@@ -135,13 +135,13 @@ def _relative_logits_and_norms(h: torch.Tensor, w: torch.Tensor) -> tuple[torch.
     if k == 1:  # matrix-vector products straight into the (n,) output
         r = torch.empty(1, n, dtype=h.dtype, device=h.device)
         w0 = w[0]
-        for hb, rb, nb in zip(h.split(rows), r[0].split(rows), hn.split(rows)):
+        for hb, rb, nb in zip(h.split(rows), r[0].split(rows), hn.split(rows), strict=True):
             torch.mv(hb, w0, out=rb)
             torch.linalg.vector_norm(hb, dim=1, out=nb)
         return r, hn
     n_blocks = -(-n // rows)
     blocks = torch.empty(n_blocks, k, rows, dtype=h.dtype, device=h.device)  # contiguous outputs per block
-    for hb, ob, nb in zip(h.split(rows), blocks.unbind(0), hn.split(rows)):
+    for hb, ob, nb in zip(h.split(rows), blocks.unbind(0), hn.split(rows), strict=True):
         _relative_logits(hb, w, ob if hb.shape[0] == rows else ob[:, :hb.shape[0]])
         torch.linalg.vector_norm(hb, dim=1, out=nb)
     return blocks.permute(1, 0, 2).reshape(k, n_blocks * rows)[:, :n], hn
