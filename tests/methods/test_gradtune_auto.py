@@ -22,6 +22,7 @@ from tests.methods._synthetic import make_spurious_bundle
 from tests.methods.conftest import garbage_test_rows
 
 FAST = {"xrm_steps": 300, "epochs_grid": (1, 5, 20), "c_grid": (1.0, 0.1), "num_retrains": 2}
+BOTH = {**FAST, "families": ("retrain", "finetune")}
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +53,11 @@ def test_never_reads_group_labels_or_test_rows(biased: EmbeddingBundle) -> None:
 
 
 def test_same_seed_same_head_other_seed_other_draws(biased: EmbeddingBundle) -> None:
-    a = get_method("gradtune-auto", **FAST).fit(biased, seed=4)
-    b = get_method("gradtune-auto", **FAST).fit(biased, seed=4)
+    a = get_method("gradtune-auto", **BOTH).fit(biased, seed=4)
+    b = get_method("gradtune-auto", **BOTH).fit(biased, seed=4)
     np.testing.assert_array_equal(a.model.weight, b.model.weight)
     assert a.diagnostics == b.diagnostics
-    c = get_method("gradtune-auto", **FAST).fit(biased, seed=5)
+    c = get_method("gradtune-auto", **BOTH).fit(biased, seed=5)
     assert c.diagnostics["selected_rows"] != a.diagnostics["selected_rows"]
 
 
@@ -74,17 +75,30 @@ def test_repairs_the_worst_group_in_the_biased_regime(biased: EmbeddingBundle) -
 
 
 def test_choice_is_the_best_allowed_candidate_and_the_guard_keeps_erm(biased: EmbeddingBundle) -> None:
-    d = get_method("gradtune-auto", **FAST).fit(biased, seed=0).diagnostics
+    m = get_method("gradtune-auto", **BOTH)
+    d = m.fit(biased, seed=0).diagnostics
     cands = d["candidates"]
     assert [c["family"] for c in cands] == ["erm", "retrain", "retrain", "finetune", "finetune", "finetune"]
+    assert get_method("gradtune-auto", **FAST).fit(biased, seed=0).diagnostics["candidates"][-1]["family"] \
+        == "retrain"                                         # the default families: retraining only
+    # the guard recomputed from the reported values: beat ERM by the noise, keep most of the
+    # class-balanced accuracy, classify at least half of every audit cell
+    erm_v, erm_b = cands[0]["value"], cands[0]["balanced_accuracy"]
+    for c in cands[1:]:
+        assert c["needed"] >= erm_v
+        assert c["allowed"] == (c["value"] > c["needed"] and c["value"] >= m.min_repaired_accuracy
+                                and c["balanced_accuracy"] >= erm_b - m.max_balanced_drop), c
     allowed = [c["value"] for c in cands if c["allowed"]]
     assert d["chosen_value"] == max(allowed)
-    assert all(c["value"] > d["erm_value"] for c in cands[1:] if c["allowed"])
     # a margin no candidate can pass keeps the ERM head exactly
     kept = get_method("gradtune-auto", margin=1.0, **FAST).fit(biased, seed=0)
     assert kept.diagnostics["guard_kept_erm"] and kept.diagnostics["chosen_family"] == "erm"
+    assert "by more than the noise" in kept.diagnostics["guard_reason"]
     np.testing.assert_array_equal(kept.model.weight, biased.head_weight)
     np.testing.assert_array_equal(kept.model.bias, biased.head_bias)
+    # so does a floor no candidate reaches, and the reason names it
+    floor = get_method("gradtune-auto", min_repaired_accuracy=1.0, **FAST).fit(biased, seed=0)
+    assert floor.diagnostics["guard_kept_erm"] and "min_repaired_accuracy" in floor.diagnostics["guard_reason"]
 
 
 def test_worst_group_value_by_hand() -> None:
@@ -171,7 +185,9 @@ def test_merge_small_groups_by_hand() -> None:
 
 
 @pytest.mark.parametrize("bad", [{"families": ("magic",)}, {"features": "pixels"}, {"margin": -1},
-                                 {"epochs_grid": ()}, {"c_grid": (0.0,)}, {"xrm_steps": 0}])
+                                 {"epochs_grid": (), "families": ("finetune",)}, {"c_grid": (0.0,)}, {"xrm_steps": 0},
+                                 {"inferences": ()}, {"inferences": ("twins",)},
+                                 {"min_repaired_accuracy": 1.5}, {"margin_z": -1}])
 def test_bad_parameters_are_named(biased: EmbeddingBundle, bad: dict) -> None:
     with pytest.raises(GradTuneInputError):
         get_method("gradtune-auto", **{**FAST, **bad}).fit(biased, seed=0)
@@ -183,10 +199,10 @@ def test_guard_without_encoder_features_and_when_the_inference_repeats_the_head(
     assert res.diagnostics["guard_kept_erm"] and "no encoder_features" in res.diagnostics["guard_reason"]
     np.testing.assert_array_equal(res.model.weight, biased.head_weight)
     # encoder features that are the ERM head's own logits: the twins learn the head, their
-    # "minority" is the head's own errors, and the head is kept
+    # "minority" is the head's own errors; the optional pre-check keeps the head
     head_view = replace(biased, encoder_features=biased.logits.copy())
-    res = get_method("gradtune-auto", **FAST).fit(head_view, seed=0)
-    assert res.diagnostics["guard_kept_erm"] and "own mistakes" in res.diagnostics["guard_reason"]
+    res = get_method("gradtune-auto", min_erm_minority_accuracy=0.2, **FAST).fit(head_view, seed=0)
+    assert res.diagnostics["guard_kept_erm"] and "min_erm_minority_accuracy" in res.diagnostics["guard_reason"]
     np.testing.assert_array_equal(res.model.weight, biased.head_weight)
     # the check's statistic, recomputed: ERM accuracy on the inferred minority of both halves
     pg = bundle_pseudo_groups(head_view, seed=int(np.random.SeedSequence(0).spawn(4)[0].generate_state(1)[0] % 2**31),

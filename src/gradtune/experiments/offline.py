@@ -59,7 +59,8 @@ from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.embeddings.cache import FeatureCache, cache_key, file_identity, hash_array, hash_texts
 from gradtune.models.mlp import MLPConfig, train_erm_mlp
 
-__all__ = ["OfflineBenchmark", "OFFLINE_BENCHMARKS", "encode_benchmark", "build_bundle"]
+__all__ = ["OfflineBenchmark", "OFFLINE_BENCHMARKS", "encode_benchmark", "build_bundle",
+           "build_benchmark_bundle"]
 
 
 @dataclass(frozen=True)
@@ -252,7 +253,13 @@ def build_bundle(name: str, seed: int, *, cache_dir: str | Path | None = None,
     EncoderNotAvailableError
         If its encoder package is missing.
     """
-    bench = _get(name)
+    return build_benchmark_bundle(_get(name), seed, cache_dir=cache_dir, progress=progress)
+
+
+def build_benchmark_bundle(bench: OfflineBenchmark, seed: int, *, cache_dir: str | Path | None = None,
+                           progress: bool = True) -> EmbeddingBundle:
+    """:func:`build_bundle` for a benchmark given as an :class:`OfflineBenchmark` (one that
+    need not be registered, e.g. a member of the stress suite)."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ValueError(f"seed must be an int, got {seed!r}")
     seed = int(seed)

@@ -4,48 +4,57 @@ GradTune's selection assumes the held-out set's high-gradient-norm rows are the
 minority. Where the held-out set is group-balanced this holds; where it carries the
 training bias (a few percent minority, as CelebA's, MultiNLI's and CivilComments'
 validation sets do), the top-k set is only partly minority and fine-tuning on it can
-lower worst-group accuracy. ``gradtune-auto`` therefore adds a label-free group
-inference and lets a label-free criterion choose among repairs, with a guard that
-keeps the ERM head when no repair is better. No step reads a group label, an
-attribute or a test row.
+lower worst-group accuracy. ``gradtune-auto`` therefore infers groups without labels,
+fits repairs on them, and keeps the ERM head unless a repair is better on evidence
+that the inference itself cannot rig. No step reads a group label, an attribute or a
+test row.
 
 1. **Group inference** (:func:`~gradtune.methods.inferred.bundle_pseudo_groups`): XRM
    twins fitted on the ``train`` rows (the ``heldout`` rows when the bundle has no
-   training rows), on the bundle's ``encoder_features`` when present (else
-   ``features``); both validation halves get pseudo-groups from the fitted twins.
-   Pseudo-group = class x (the twins contradict the label). Only features and class
-   labels of training rows are read.
-2. **Candidate heads**, all trained on ``heldout`` rows only:
+   training rows), on the bundle's ``encoder_features`` when present; both validation
+   halves get pseudo-groups class x (the twins contradict the label). ``inferences``
+   may add ``"erm_error"`` (class x the ERM head is wrong on the row).
+2. **Candidate heads**, fitted on one validation half:
 
    * the ERM head itself;
    * ``"retrain"``: DFR's procedure on the pseudo-groups: for each C of ``c_grid``,
      the average of ``num_retrains`` L1 logistic regressions on pseudo-group-balanced
      subsamples (:func:`~gradtune.methods.dfr.fit_l1_logreg`);
-   * ``"finetune"``: GradTune's set (top-k + norm-proportional draw, the paper's
-     M' = 500, k = 400) fine-tuned from the ERM head with a pseudo-group-balanced
-     sampler, one candidate per epoch count of ``epochs_grid`` (snapshots of one run).
+   * ``"finetune"`` (not a default family): GradTune's set (top-k + norm-proportional
+     draw) fine-tuned from the ERM head with a pseudo-group-balanced sampler, one
+     candidate per epoch count of ``epochs_grid``.
 
-3. **Label-free selection**: each candidate's worst pseudo-group accuracy on the
-   ``selection`` rows (pseudo-groups with at least ``min_group_size`` rows count). With
-   ``crossfit`` (default) every candidate setting is also fitted on the selection half
-   and scored on the held-out half, and the two scores are averaged, which halves the
-   noise of one small split. The **guard**: the ERM head is kept unless a candidate
-   beats its value by more than ``margin`` plus ``margin_z`` binomial standard errors,
-   and a candidate whose class-balanced accuracy falls more than ``max_balanced_drop``
-   below ERM's is never chosen.
-   Two checks come first. Without ``encoder_features`` (and ``features="auto"``) the
-   ERM head is kept: the head's own features cannot reveal the shortcut it learned.
-   If the ERM head gets fewer than ``min_erm_minority_accuracy`` of the inferred
-   minority right, the inference has only repeated the head's mistakes, and the
-   head is kept too. The reason is in ``diagnostics["guard_reason"]``.
-4. **Refit** (``refit=True``): a chosen ``"retrain"`` candidate is refitted with its C
+3. **Judging on audit cells** (:mod:`gradtune.selection.audit`). Scoring a repair on
+   the pseudo-groups it was fitted to rewards any change to the ERM head when those
+   pseudo-groups are only the head's own mistakes, and they often are. The judge
+   instead uses cells learned on the *other* half: a per-class logistic regression
+   learns where the ERM head errs on half A, and splits half B's rows into that region
+   and the rest. Candidates fitted on A are scored on B's cells, and (``crossfit``)
+   the roles are swapped and the two scores averaged. A candidate's value is its
+   worst audit-cell accuracy.
+4. **The guard.** The ERM head is kept unless a candidate
+   (a) beats its value by more than ``margin`` plus ``margin_z`` binomial standard
+   errors, (b) loses at most ``max_balanced_drop`` of class-balanced accuracy, and
+   (c) classifies at least ``min_repaired_accuracy`` of every audit cell correctly.
+   (c) is what keeps the ERM head when nothing is repairable: where the ERM head's
+   mistakes are class overlap or label noise, a candidate "gains" on them only by
+   guessing, and stays below half of the cell; a real shortcut minority can be
+   classified by a head that reads the core features. Among allowed candidates the
+   one with the highest value wins. Without ``encoder_features`` (and
+   ``features="auto"``) the ERM head is kept as well: the head's own features cannot
+   reveal the shortcut it learned. The reason is in ``diagnostics["guard_reason"]``
+   and logged at WARNING.
+5. **Refit** (``refit=True``): a chosen ``"retrain"`` candidate is refitted with its C
    on both validation halves, as DFR does. A chosen fine-tune is kept as is.
 
-The paper's ``"gradtune"`` is unchanged and stays the paper's method.
+The defaults were chosen on the development half of the stress suite
+(:mod:`gradtune.experiments.stress`); docs/label-free-design.md records what was tried
+and docs/label-free.md reports the other half. The paper's ``"gradtune"`` is unchanged.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -60,21 +69,30 @@ from gradtune._validation import (
     check_nonneg_float,
     check_positive_int,
 )
-from gradtune.embeddings.bundle import EmbeddingBundle
+from gradtune.embeddings.bundle import EmbeddingBundle, SplitView
 from gradtune.estimator import resolve_set_size
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
 from gradtune.groups.xrm import XRMConfig
 from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, register_method
 from gradtune.methods.dfr import DFR_C_GRID, fit_l1_logreg, fold_scaler
-from gradtune.methods.inferred import FEATURE_SOURCES, bundle_pseudo_groups, merge_small_groups
+from gradtune.methods.inferred import (
+    FEATURE_SOURCES,
+    bundle_pseudo_groups,
+    inference_features,
+    merge_small_groups,
+)
 from gradtune.objectives.sampling import balanced_subsample
 from gradtune.scores.grad_norms import grad_norms
+from gradtune.selection.audit import region_cells, worst_cell_accuracy
 from gradtune.selection.label_free import group_accuracy_summary
 from gradtune.selection.select import select_finetune_set
 
 __all__ = ["GradTuneAutoMethod", "AutoCandidate", "FAMILIES", "AUTO_EPOCHS"]
 
+_log = logging.getLogger(__name__)
+
 FAMILIES = ("retrain", "finetune")
+INFERENCES = ("xrm", "erm_error")
 AUTO_EPOCHS: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500)
 
 
@@ -117,30 +135,25 @@ def _keep_erm(head: LinearHead, reason: str, info: dict[str, Any] | None = None)
                                "selected_rows": []})
 
 
-def _smallest_counted(groups: np.ndarray, n_groups: int, min_group_size: int) -> int:
-    """Rows of the smallest pseudo-group the criterion counts."""
-    counts = np.bincount(groups, minlength=n_groups)
-    keep = counts >= min_group_size
-    return int(counts[keep].min() if keep.any() else counts[counts > 0].min())
-
-
 @register_method
 @dataclass
 class GradTuneAutoMethod(Method):
-    """Label-free group inference + retraining / fine-tuning + label-free selection + guard.
+    """Label-free group inference + retraining + a guard judged on audit cells.
 
     Parameters
     ----------
     features : {"auto", "encoder", "features"}, default="auto"
-        Features the group inference runs on (``"auto"``: ``encoder_features`` if the
-        bundle has them).
+        Features the group inference and the audit cells read (``"auto"``:
+        ``encoder_features`` if the bundle has them, else the ERM head is kept).
     pool : {"auto", "train", "heldout", "train+heldout"}, default="auto"
         Rows the XRM twins are fitted on (``"auto"``: the ``train`` rows when the
         bundle has them, else ``heldout``; see
         :func:`~gradtune.methods.inferred.bundle_pseudo_groups`).
     xrm_steps : int, default=2000
         Training steps of the XRM twins.
-    families : tuple of {"retrain", "finetune"}, default=both
+    inferences : tuple of {"xrm", "erm_error"}, default=("xrm",)
+        Pseudo-groups the candidates are fitted on, each giving its own candidates.
+    families : tuple of {"retrain", "finetune"}, default=("retrain",)
         Candidate families besides the ERM head.
     c_grid : tuple of float, default=DFR's grid
         Inverse L1 strengths of the ``"retrain"`` candidates.
@@ -149,46 +162,47 @@ class GradTuneAutoMethod(Method):
     refit : bool, default=True
         Refit a chosen ``"retrain"`` candidate on both validation halves.
     crossfit : bool, default=True
-        Also fit every candidate setting on the selection half and score it on the
-        held-out half; the criterion is the mean of the two scores (half the noise of
-        one split). The returned head is always the one fitted on the held-out half
-        (or the refit).
-    size, top_k : int, default=500, 400
-        GradTune's set for the ``"finetune"`` candidates (scaled as GradTune does when
-        the held-out set is smaller).
+        Also fit every candidate on the selection half and score it on the held-out
+        half's audit cells; the value is the mean of the two scores. The returned head
+        is the one fitted on the held-out half (or the refit).
+    size, top_k : int
+        GradTune's set for the ``"finetune"`` candidates (the paper's M' and k, scaled
+        as GradTune does when the held-out set is smaller).
     epochs_grid : tuple of int, default=(1, 2, 5, ..., 500)
         Snapshots of the fine-tuning run (the schedule spans ``max(epochs_grid)``).
     finetune : FinetuneConfig
         The fine-tuning loop (the paper's vision setting); ``sampler`` and ``epochs``
         are set by the method.
     min_group_size : int, default=10
-        Smallest pseudo-group the criterion counts.
+        Smallest audit cell the value counts.
     margin : float, default=0.0
-        A candidate must beat ERM's criterion value by more than this ...
+        A candidate must beat ERM's value by more than this ...
     margin_z : float, default=1.0
         ... plus ``margin_z`` standard errors of the difference of the two accuracies
-        (binomial, on the smallest pseudo-group counted): a repair must win by more
-        than the selection half's noise.
-    min_erm_minority_accuracy : float, default=0.2
-        If the ERM head classifies fewer than this share of the inferred minority rows
-        correctly, the inferred minority is taken for the ERM head's own mistakes (the
-        inference saw the same information as the head) and the ERM head is kept: a
-        criterion built on those pseudo-groups would reward any change to the head.
+        (binomial, on the smaller of the two worst cells, both halves counted).
     max_balanced_drop : float, default=0.2
-        Largest allowed drop of class-balanced selection accuracy below ERM's.
+        Largest allowed drop of class-balanced accuracy below ERM's (scored halves).
+    min_repaired_accuracy : float, default=0.5
+        Least accuracy a candidate must reach on every audit cell (its value) to be
+        chosen: below it a "repair" is guessing on the rows the ERM head gets wrong.
+    min_erm_minority_accuracy : float, default=0.0
+        Optional pre-check: keep the ERM head when it classifies fewer than this share
+        of the first inference's minority rows correctly (0 turns it off; the audit
+        cells make it unnecessary, and it refused real repairs on the stress suite).
     """
 
     name = "gradtune-auto"
     description = ("label-free pipeline: XRM pseudo-groups (frozen-encoder features when present), "
-                   "group-balanced retraining / GradTune fine-tuning, chosen by worst pseudo-group "
-                   "accuracy on the selection half, guarded by the ERM head")
+                   "group-balanced retraining, a guard judged on cross-fitted audit cells of the ERM "
+                   "head's mistakes")
     uses_group_labels_train: ClassVar[bool] = False
     uses_group_labels_val: ClassVar[bool] = False
 
     features: str = "auto"
     pool: str = "auto"
     xrm_steps: int = 2000
-    families: tuple[str, ...] = FAMILIES
+    inferences: tuple[str, ...] = ("xrm",)
+    families: tuple[str, ...] = ("retrain",)
     c_grid: tuple[float, ...] = DFR_C_GRID
     num_retrains: int = 5
     refit: bool = True
@@ -201,18 +215,28 @@ class GradTuneAutoMethod(Method):
     margin: float = 0.0
     margin_z: float = 1.0
     max_balanced_drop: float = 0.2
-    min_erm_minority_accuracy: float = 0.2
+    min_repaired_accuracy: float = 0.5
+    min_erm_minority_accuracy: float = 0.0
 
     def _check(self) -> list[int]:
         check_choice(self.features, "features", FEATURE_SOURCES)
         fams = tuple(self.families)
         for f in fams:
             check_choice(f, "families entry", FAMILIES)
+        if not tuple(self.inferences):
+            raise GradTuneInputError("inferences must name at least one of " + ", ".join(INFERENCES))
+        for name in self.inferences:
+            check_choice(name, "inferences entry", INFERENCES)
         check_positive_int(self.xrm_steps, "xrm_steps")
         check_positive_int(self.num_retrains, "num_retrains")
         check_positive_int(self.min_group_size, "min_group_size")
         check_nonneg_float(self.margin, "margin")
+        check_nonneg_float(self.margin_z, "margin_z")
         check_nonneg_float(self.max_balanced_drop, "max_balanced_drop")
+        for key in ("min_repaired_accuracy", "min_erm_minority_accuracy"):
+            value = check_nonneg_float(getattr(self, key), key)
+            if value > 1:
+                raise GradTuneInputError(f"{key} must be in [0, 1], got {value}")
         if "retrain" in fams and (not self.c_grid or min(float(c) for c in self.c_grid) <= 0):
             raise GradTuneInputError(f"c_grid must hold positive numbers, got {self.c_grid!r}")
         epochs = sorted({check_positive_int(e, "epochs_grid entry") for e in self.epochs_grid})
@@ -274,18 +298,62 @@ class GradTuneAutoMethod(Method):
             cands += ft
         return cands, idx
 
-    def _scores(self, cands: list[AutoCandidate], x: np.ndarray, y: np.ndarray, g: np.ndarray,
-                n_groups: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-        values = np.array([worst_group_value(c.head, x, y, g, n_groups, int(self.min_group_size))
-                           for c in cands])
-        balanced = np.array([balanced_accuracy(c.head, x, y, n_classes) for c in cands])
-        return values, balanced
-
     # ------------------------------------------------------------------- fit
+    def _side(self, inferences: dict[str, tuple[np.ndarray, np.ndarray]], x_fit: np.ndarray,
+              y_fit: np.ndarray, x_score: np.ndarray, y_score: np.ndarray, audit: np.ndarray,
+              epochs: list[int], head: LinearHead, n_classes: int, streams: SeedStreams,
+              ) -> tuple[list[tuple[str, AutoCandidate]], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Candidates of every inference fitted on (x_fit (n, d), y_fit (n,)) and scored on
+        the audit cells (m,) of (x_score (m, d), y_score (m,)).
+
+        Returns (inference, candidate) pairs (ERM first), their worst-cell accuracy (K,),
+        that cell's size (K,), class-balanced accuracy (K,), and the fine-tuning set of
+        the first inference (positions in x_fit; empty without ``"finetune"``)."""
+        pairs: list[tuple[str, AutoCandidate]] = [("erm", AutoCandidate("erm", 0.0, head))]
+        idx_first = np.empty(0, dtype=np.int64)
+        for name, (g_fit, _) in inferences.items():
+            cands, idx = self._candidates(x_fit, y_fit, g_fit, epochs, head, n_classes, streams)
+            pairs += [(name, c) for c in cands[1:]]
+            if idx_first.size == 0:
+                idx_first = idx
+        values = np.full(len(pairs), -np.inf)
+        sizes = np.ones(len(pairs), dtype=np.int64)
+        balanced = np.full(len(pairs), -np.inf)
+        for i, (_, c) in enumerate(pairs):
+            logits = c.head.logits(x_score)
+            if not np.isfinite(logits).all():
+                continue
+            ok = logits.argmax(axis=1) == y_score
+            values[i], sizes[i] = worst_cell_accuracy(ok, audit, 2 * n_classes, int(self.min_group_size))
+            balanced[i] = balanced_accuracy(c.head, x_score, y_score, n_classes)
+        return pairs, values, sizes, balanced, idx_first
+
+    def _pseudo_groups(self, bundle: EmbeddingBundle, held: SplitView, sel: SplitView, head: LinearHead,
+                       streams: SeedStreams) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
+        """{inference: (held-out ids (n,), selection ids (m,))}, ids ``2 * label + minority``
+        (small minorities merged), and the XRM diagnostics."""
+        n_classes = int(bundle.n_classes)
+        flags: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        info: dict[str, Any] = {}
+        if "xrm" in self.inferences:
+            pg = bundle_pseudo_groups(bundle, seed=streams.integer("xrm", modulo=2**31),
+                                      features=self.features, pool=self.pool,
+                                      config=XRMConfig(n_steps=int(self.xrm_steps)))
+            flags["xrm"] = (pg.held % 2 == 1, pg.sel % 2 == 1)
+            info = dict(pg.info)
+        if "erm_error" in self.inferences:
+            flags["erm_error"] = (head.predict(held.features) != held.labels,
+                                  head.predict(sel.features) != sel.labels)
+        out = {}
+        for name in self.inferences:
+            f_held, f_sel = flags[name]
+            out[name] = merge_small_groups(2 * held.labels + f_held, held.labels,
+                                           2 * sel.labels + f_sel, sel.labels, n_classes)
+        return out, info
+
     def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
         seed = check_positive_int(seed, "seed", allow_zero=True)
         epochs = self._check()
-        check_nonneg_float(self.min_erm_minority_accuracy, "min_erm_minority_accuracy")
         head = erm_head(bundle)
         n_classes = int(bundle.n_classes)
         held, sel = bundle.view("heldout"), bundle.view("selection")
@@ -295,64 +363,92 @@ class GradTuneAutoMethod(Method):
                                    "frozen encoder's features, or pass features='features' to infer from the "
                                    "head's inputs anyway)")
         streams = seed_streams(seed, "xrm", "retrain", "solver", "finetune")
-        xrm_seed = streams.integer("xrm", modulo=2**31)
-        pg = bundle_pseudo_groups(bundle, seed=xrm_seed, features=self.features, pool=self.pool,
-                                  config=XRMConfig(n_steps=int(self.xrm_steps)))
-        minority_ok = np.concatenate([head.predict(held.features) == held.labels,
-                                      head.predict(sel.features) == sel.labels])[
-            np.concatenate([pg.held, pg.sel]) % 2 == 1]
-        erm_minority_acc = float(minority_ok.mean()) if minority_ok.size else float("nan")
-        if not erm_minority_acc >= float(self.min_erm_minority_accuracy):
-            return _keep_erm(head, f"the ERM head classifies {erm_minority_acc:.0%} of the inferred minority "
-                                   "correctly: the inference repeats the head's own mistakes, so its "
-                                   "pseudo-groups cannot judge a repair", pg.info)
-        g_held, g_sel = merge_small_groups(pg.held, held.labels, pg.sel, sel.labels, n_classes)
-        n_groups = pg.n_groups
-        cands, idx = self._candidates(held.features, held.labels, g_held, epochs, head, n_classes, streams)
-        values, balanced = self._scores(cands, sel.features, sel.labels, g_sel, n_groups, n_classes)
-        n_small = _smallest_counted(g_sel, n_groups, int(self.min_group_size))
+        inferences, info = self._pseudo_groups(bundle, held, sel, head, streams)
+        first = next(iter(inferences))
+        minority = np.concatenate([inferences[first][0], inferences[first][1]]) % 2 == 1
+        right = np.concatenate([head.predict(held.features) == held.labels,
+                                head.predict(sel.features) == sel.labels])
+        erm_minority_acc = float(right[minority].mean()) if minority.any() else None
+        if float(self.min_erm_minority_accuracy) > 0 and (
+                erm_minority_acc is None or erm_minority_acc < float(self.min_erm_minority_accuracy)):
+            found = ("no inferred minority row" if erm_minority_acc is None else
+                     f"the ERM head classifies {erm_minority_acc:.0%} of the inferred minority correctly")
+            return _keep_erm(head, f"{found}: below min_erm_minority_accuracy="
+                                   f"{float(self.min_erm_minority_accuracy):g}", info)
+        # audit cells: where the ERM head errs, learned on one half and applied to the other
+        xi_held, _ = inference_features(bundle, held, self.features)
+        xi_sel, _ = inference_features(bundle, sel, self.features)
+        audit_sel = region_cells(xi_held, held.labels, ~right[:len(held)], xi_sel, sel.labels, n_classes)
+        audit_held = region_cells(xi_sel, sel.labels, ~right[len(held):], xi_held, held.labels, n_classes)
+        pairs, values, n_small, balanced, idx = self._side(
+            inferences, held.features, held.labels, sel.features, sel.labels, audit_sel, epochs, head,
+            n_classes, streams)
         if self.crossfit:
-            # the same candidates fitted on the selection half, scored on the held-out half
-            swapped, _ = self._candidates(sel.features, sel.labels, g_sel, epochs, head, n_classes, streams)
-            v2, b2 = self._scores(swapped, held.features, held.labels, g_held, n_groups, n_classes)
-            values, balanced = (values + v2) / 2, (balanced + b2) / 2
-            n_small += _smallest_counted(g_held, n_groups, int(self.min_group_size))
-        selected_rows = held.index[idx].tolist()
-        se = np.sqrt((values * (1 - values) + values[0] * (1 - values[0])).clip(0) / n_small)
-        allowed = balanced >= balanced[0] - float(self.max_balanced_drop)
-        allowed &= values > values[0] + float(self.margin) + float(self.margin_z) * se
+            swapped = {k: (g_sel, g_held) for k, (g_held, g_sel) in inferences.items()}
+            _, v2, n2, b2, _ = self._side(swapped, sel.features, sel.labels, held.features, held.labels,
+                                          audit_held, epochs, head, n_classes, streams)
+            values, balanced, n_small = (values + v2) / 2, (balanced + b2) / 2, n_small + n2
+        n_pair = np.minimum(n_small, n_small[0]).clip(min=1)
+        se = np.sqrt((values * (1 - values) + values[0] * (1 - values[0])).clip(0) / n_pair)
+        needed = values[0] + float(self.margin) + float(self.margin_z) * se
+        allowed = values > needed
+        allowed &= balanced >= balanced[0] - float(self.max_balanced_drop)
+        allowed &= values >= float(self.min_repaired_accuracy)
         allowed[0] = True
-        best = int(np.argmax(np.where(allowed, values, -np.inf)))
-        if not allowed[1:].any():
-            best = 0
-        chosen = cands[best]
+        best = int(np.argmax(np.where(allowed, values, -np.inf))) if allowed[1:].any() else 0
+        chosen_inf, chosen = pairs[best]
         model = chosen.head
         refitted = False
         if chosen.family == "retrain" and self.refit:
-            x_all = np.concatenate([held.features, sel.features])
-            y_all = np.concatenate([held.labels, sel.labels])
-            g_all = np.concatenate([g_held, g_sel])
-            model = self._retrain(x_all, y_all, g_all, chosen.setting, n_classes,
-                                  streams.rng("retrain"), streams.integer("solver"))
+            g_held, g_sel = inferences[chosen_inf]
+            model = self._retrain(np.concatenate([held.features, sel.features]),
+                                  np.concatenate([held.labels, sel.labels]), np.concatenate([g_held, g_sel]),
+                                  chosen.setting, n_classes, streams.rng("retrain"), streams.integer("solver"))
             refitted = True
+        reason = None if best else _guard_reason(values, balanced, se, self)
         diag = {
-            "pseudo_groups": pg.info,
-            "pseudo_group_counts": {"heldout": np.bincount(g_held, minlength=n_groups).tolist(),
-                                    "selection": np.bincount(g_sel, minlength=n_groups).tolist()},
+            "pseudo_groups": info,
+            "inferences": list(inferences),
+            "pseudo_group_counts": {k: {"heldout": np.bincount(g[0], minlength=2 * n_classes).tolist(),
+                                        "selection": np.bincount(g[1], minlength=2 * n_classes).tolist()}
+                                    for k, g in inferences.items()},
+            "audit_counts": {"heldout": np.bincount(audit_held, minlength=2 * n_classes).tolist(),
+                             "selection": np.bincount(audit_sel, minlength=2 * n_classes).tolist()},
+            "erm_minority_accuracy": erm_minority_acc,
+            "chosen_inference": chosen_inf,
             "chosen_family": chosen.family,
             "chosen_setting": chosen.setting,
             "chosen_value": float(values[best]),
             "erm_value": float(values[0]),
             "refitted": refitted,
             "guard_kept_erm": best == 0,
-            "guard_reason": "no candidate beat the ERM head by more than the noise" if best == 0 else None,
-            "erm_minority_accuracy": erm_minority_acc,
-            "candidates": [{"family": c.family, "setting": c.setting, "value": float(v),
-                            "balanced_accuracy": float(b), "allowed": bool(a)}
-                           for c, v, b, a in zip(cands, values, balanced, allowed, strict=True)],
-            "selected_rows": selected_rows,
-            # bundle rows the inference calls minority (diagnostic: purity / recall in reports)
-            "inferred_minority_rows": np.concatenate([held.index[pg.held % 2 == 1],
-                                                      sel.index[pg.sel % 2 == 1]]).tolist(),
+            "guard_reason": reason,
+            "candidates": [{"inference": k, "family": c.family, "setting": c.setting, "value": float(v),
+                            "needed": float(t), "balanced_accuracy": float(b), "allowed": bool(a)}
+                           for (k, c), v, t, b, a in zip(pairs, values, needed, balanced, allowed, strict=True)],
+            "selected_rows": held.index[idx].tolist(),
+            # bundle rows the first inference calls minority (diagnostic: purity / recall in reports)
+            "inferred_minority_rows": np.concatenate([held.index[inferences[first][0] % 2 == 1],
+                                                      sel.index[inferences[first][1] % 2 == 1]]).tolist(),
         }
+        if best == 0:
+            _log.warning("gradtune-auto kept the ERM head: %s", reason)
         return MethodResult(model, diag)
+
+
+def _guard_reason(values: np.ndarray, balanced: np.ndarray, se: np.ndarray, m: GradTuneAutoMethod) -> str:
+    """Why no candidate passed the guard, from the best-valued candidate's numbers."""
+    if len(values) < 2:
+        return "there was no candidate besides the ERM head"
+    j = 1 + int(np.argmax(values[1:]))
+    need = values[0] + float(m.margin) + float(m.margin_z) * se[j]
+    if values[j] <= need:
+        return (f"no candidate beat the ERM head on the audit cells by more than the noise (best "
+                f"{values[j]:.1%} against the ERM head's {values[0]:.1%}, {need:.1%} needed)")
+    if values[j] < float(m.min_repaired_accuracy):
+        return (f"the best candidate classifies only {values[j]:.1%} of its worst audit cell correctly "
+                f"(min_repaired_accuracy={float(m.min_repaired_accuracy):g}): the ERM head's mistakes look "
+                "like class overlap or label noise rather than a repairable shortcut")
+    return (f"the candidates that beat the ERM head lose more than max_balanced_drop="
+            f"{float(m.max_balanced_drop):g} of class-balanced accuracy (best candidate: "
+            f"{balanced[j]:.1%} against {balanced[0]:.1%})")

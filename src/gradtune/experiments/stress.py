@@ -1,0 +1,235 @@
+"""The stress suite: generated and offline shortcut problems, split once into a
+development half and a report half.
+
+Label-free repair is easy to tune to a handful of tables and hard to make transfer.
+This suite is where ``gradtune-auto``'s defaults are developed (the ``"dev"`` half)
+and where they are reported (the ``"report"`` half), never the other way round.
+
+Members come in *families* (one kind of problem, e.g. "a mark tied to one class of
+three", "label noise"). **The split rule, fixed before any tuning:** within each
+family, members alternate development / report in the order they are listed
+(first dev, second report, third dev, ...). Every family has at least two members,
+so every kind of problem appears on both sides.
+
+Kinds of member:
+
+* ``"synthetic"``: a :class:`~gradtune.data.synthetic.ShortcutSpec` (linear-Gaussian
+  rows). ERM is a class-balanced logistic regression on the rows (``erm="linear"``;
+  the bundle's ``features`` and ``encoder_features`` are then the rows themselves) or
+  the offline benchmarks' ERM MLP (``erm="mlp"``). The seed changes the rows, the
+  held-out / selection split and the ERM fit.
+* ``"offline"``: an :class:`~gradtune.experiments.offline.OfflineBenchmark` (Fashion-MNIST
+  with injected shortcuts, Adult, reviews); the seed changes the split and the ERM MLP.
+
+Test rows are group-balanced in every synthetic member; group labels are only read to
+evaluate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from gradtune.data.base import SPLIT_CODES, split_heldout
+from gradtune.data.offline.fmnist import FmnistSpurious, fmnist_files
+from gradtune.data.synthetic import ShortcutSpec, make_shortcut_data
+from gradtune.embeddings.bundle import EmbeddingBundle
+from gradtune.experiments.offline import (
+    _FMNIST_ENCODER,
+    _FMNIST_MLP,
+    OFFLINE_BENCHMARKS,
+    OfflineBenchmark,
+    build_benchmark_bundle,
+)
+from gradtune.models.mlp import MLPConfig, train_erm_mlp
+
+__all__ = ["StressMember", "STRESS_SUITE", "suite_members", "build_member_bundle", "ROLES"]
+
+ROLES = ("dev", "report")
+
+
+@dataclass(frozen=True)
+class StressMember:
+    """One problem of the suite.
+
+    name : str; family : str; role : "dev" or "report" (from the split rule);
+    spec : ShortcutSpec (synthetic) or OfflineBenchmark (offline); erm : "linear" or "mlp"
+    (synthetic only); control : True where there is no shortcut (the method must keep ERM).
+    """
+
+    name: str
+    family: str
+    spec: ShortcutSpec | OfflineBenchmark
+    role: str = ""
+    erm: str = "linear"
+    control: bool = False
+
+    @property
+    def kind(self) -> str:
+        return "synthetic" if isinstance(self.spec, ShortcutSpec) else "offline"
+
+    @property
+    def data_family(self) -> str:
+        """``"vision"``, ``"text"`` or ``"tabular"`` (picks fine-tuning defaults)."""
+        return "tabular" if self.kind == "synthetic" else self.spec.family
+
+
+def _syn(family: str, name: str, erm: str = "linear", control: bool = False, **kw: Any) -> StressMember:
+    return StressMember(name, family, ShortcutSpec(name=name, **kw), erm=erm, control=control)
+
+
+def _fm(family: str, name: str, **kw: Any) -> StressMember:
+    load = FmnistSpurious(name=name, **kw)
+    bench = OfflineBenchmark(name=name, description=f"Fashion-MNIST stress member {load!r}", load=load,
+                             files=fmnist_files, encoder="efficientnet-lite0",
+                             encoder_params=dict(_FMNIST_ENCODER), mlp=_FMNIST_MLP)
+    return StressMember(name, family, bench)
+
+
+# Listed family by family; the role follows from the position inside the family.
+_MEMBERS: tuple[StressMember, ...] = (
+    # a weak core signal and a strong shortcut, in several dimensions
+    _syn("weak-core", "lin-weak-core-64", dim=64, core_strength=1.0, shortcut_strength=3.0),
+    _syn("weak-core", "lin-weak-core-512", dim=512, core_strength=1.0, shortcut_strength=3.0),
+    _syn("weak-core", "lin-weak-core-128", dim=128, core_strength=1.2, shortcut_strength=2.5),
+    # a clear core signal, a shortcut of varying strength
+    _syn("strong-core", "lin-strong-core-s2", dim=64, core_strength=2.5, shortcut_strength=2.0),
+    _syn("strong-core", "lin-strong-core-s4", dim=64, core_strength=2.5, shortcut_strength=4.0),
+    # minority fraction from 0.5% to 20%
+    _syn("minority", "lin-minority-2pct", dim=64, core_strength=1.5, train_agreement=0.98),
+    _syn("minority", "lin-minority-10pct", dim=64, core_strength=1.5, train_agreement=0.90),
+    _syn("minority", "lin-minority-0.5pct", dim=64, core_strength=1.5, train_agreement=0.995,
+         n_train=8000, n_val=4000),
+    _syn("minority", "lin-minority-20pct", dim=64, core_strength=1.5, train_agreement=0.80),
+    # held-out bias: group-balanced validation vs less biased than training
+    _syn("heldout-bias", "lin-val-balanced", dim=64, core_strength=1.5, val_balanced=True),
+    _syn("heldout-bias", "lin-val-half-bias", dim=64, core_strength=1.5, val_agreement=0.75),
+    # C classes with a class-tied shortcut
+    _syn("multiclass", "lin-3class", n_classes=3, dim=64, core_strength=1.5),
+    _syn("multiclass", "lin-5class", n_classes=5, dim=64, core_strength=1.8),
+    _syn("multiclass", "lin-10class", n_classes=10, dim=128, core_strength=3.0, n_train=8000,
+         n_val=4000, n_test=6000),
+    _syn("multiclass", "lin-4class", n_classes=4, dim=64, core_strength=1.5),
+    # a mark tied mostly to one class (MultiNLI-like)
+    _syn("tied-one", "lin-mark-3class", n_classes=3, tie="one", tied_class=2, dim=64, core_strength=1.5,
+         train_agreement=0.9),
+    _syn("tied-one", "lin-mark-2class", n_classes=2, tie="one", tied_class=0, dim=64, core_strength=1.5,
+         train_agreement=0.9),
+    _syn("tied-one", "lin-mark-4class", n_classes=4, tie="one", tied_class=1, dim=64, core_strength=1.8,
+         train_agreement=0.85),
+    # label noise on training and validation labels
+    _syn("noise", "lin-noise-10", dim=64, core_strength=1.5, label_noise=0.10),
+    _syn("noise", "lin-noise-20", dim=64, core_strength=1.5, label_noise=0.20),
+    # two shortcut attributes at once
+    _syn("multi-attribute", "lin-two-attrs", n_attributes=2, dim=64, core_strength=1.5,
+         shortcut_strength=2.0),
+    _syn("multi-attribute", "lin-two-attrs-3class", n_attributes=2, n_classes=3, dim=96, core_strength=1.8,
+         shortcut_strength=2.0),
+    # an ERM MLP instead of a linear ERM (the head's features are not the rows)
+    _syn("mlp-erm", "mlp-weak-core", erm="mlp", dim=64, core_strength=1.0, shortcut_strength=3.0),
+    _syn("mlp-erm", "mlp-3class", erm="mlp", n_classes=3, dim=64, core_strength=1.5),
+    # nothing to repair: the method must keep the ERM head
+    _syn("control", "control-2class", control=True, dim=64, core_strength=1.5, shortcut_strength=0.0),
+    _syn("control", "control-3class", control=True, n_classes=3, dim=64, core_strength=1.5,
+         shortcut_strength=0.0),
+    _syn("control", "control-noisy", control=True, dim=64, core_strength=1.0, shortcut_strength=0.0,
+         label_noise=0.15),
+    _syn("control", "control-weak", control=True, dim=128, core_strength=0.8, shortcut_strength=0.0),
+    # images: other class pairs, shortcut kinds and weaker biases than the packaged benchmarks
+    _fm("fmnist", "fm-sandal-sneaker-bg85", classes=(5, 7), train_agreement=0.85, val_agreement=0.85,
+        n_val=4000),
+    _fm("fmnist", "fm-pullover-coat-stripes90", classes=(2, 4), shortcut="stripes", train_agreement=0.9,
+        val_agreement=0.9, n_val=4000),
+    _fm("fmnist", "fm-tshirt-dress-bg90", classes=(0, 3), train_agreement=0.9, val_agreement=0.9,
+        n_val=4000),
+    _fm("fmnist", "fm-trouser-bag-stripes80", classes=(1, 8), shortcut="stripes", train_agreement=0.8,
+        val_agreement=0.8, n_val=4000),
+    # the project's tabular and text benchmarks
+    StressMember("adult", "tabular-text", OFFLINE_BENCHMARKS["adult"]),
+    StressMember("reviews", "tabular-text", OFFLINE_BENCHMARKS["reviews"]),
+)
+
+
+def _assign_roles(members: tuple[StressMember, ...]) -> tuple[StressMember, ...]:
+    seen: dict[str, int] = {}
+    out = []
+    for m in members:
+        k = seen.get(m.family, 0)
+        seen[m.family] = k + 1
+        out.append(replace(m, role=ROLES[k % 2]))
+    return tuple(out)
+
+
+STRESS_SUITE: dict[str, StressMember] = {m.name: m for m in _assign_roles(_MEMBERS)}
+"""Every member by name, with its role."""
+
+
+def suite_members(role: str | None = None, *, kinds: tuple[str, ...] = ("synthetic", "offline"),
+                  ) -> list[StressMember]:
+    """Members of one half (``"dev"``, ``"report"``) or of both (``None``), of the given kinds."""
+    if role is not None and role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES} or None, got {role!r}")
+    return [m for m in STRESS_SUITE.values()
+            if (role is None or m.role == role) and m.kind in kinds]
+
+
+def _linear_erm(x: np.ndarray, y: np.ndarray, train: np.ndarray, n_classes: int, c: float
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Class-balanced L2 logistic regression on the training rows: (C, d) weight, (C,) bias."""
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(C=c, class_weight="balanced", max_iter=2000)
+    clf.fit(x[train], y[train])
+    w, b = clf.coef_, clf.intercept_
+    if n_classes == 2:  # sklearn's binary model is one row: logits (-z/2, z/2) give the same softmax
+        w = np.stack([-w[0] / 2, w[0] / 2])
+        b = np.array([-b[0] / 2, b[0] / 2])
+    return w.astype(np.float32), b.astype(np.float32)
+
+
+def _synthetic_bundle(member: StressMember, seed: int) -> EmbeddingBundle:
+    spec = replace(member.spec, build_seed=int(seed))
+    data = make_shortcut_data(spec)
+    x = np.asarray(data.inputs, dtype=np.float32)
+    split = np.empty(len(data), dtype="<U9")
+    split[data.split == SPLIT_CODES["train"]] = "train"
+    split[data.split == SPLIT_CODES["test"]] = "test"
+    held, sel = split_heldout(np.flatnonzero(data.split == SPLIT_CODES["val"]), seed)
+    split[held] = "heldout"
+    split[sel] = "selection"
+    train = np.flatnonzero(split == "train")
+    c = spec.n_classes
+    if member.erm == "linear":
+        w, b = _linear_erm(x, data.labels, train, c, 1.0)
+        w_early, b_early = _linear_erm(x, data.labels, train, c, 1e-3)  # a heavily regularized "early" model
+        feats, head_w, head_b = x, w, b
+        early = x @ w_early.T + b_early
+    else:
+        erm = train_erm_mlp(x, data.labels, train, seed=seed, n_classes=c,
+                            config=MLPConfig(hidden=(64,), epochs=20), early_epoch=1)
+        feats, head_w, head_b, early = erm.penultimate, erm.head_weight, erm.head_bias, erm.early_logits
+    logits = feats @ head_w.T + head_b
+    meta = {"dataset": member.name, "seed": int(seed), "family": "tabular", "stress_family": member.family,
+            "spec": spec.to_dict(), "erm": member.erm,
+            "train_group_counts": np.bincount(data.groups[train], minlength=spec.n_groups).tolist()}
+    return EmbeddingBundle(
+        features=feats, labels=data.labels, split=split, logits=logits, early_logits=early,
+        encoder_features=x, head_weight=head_w, head_bias=head_b, groups=data.groups,
+        attributes=data.attributes, n_classes=c, class_names=list(data.class_names),
+        group_names=list(data.group_names), meta=meta)
+
+
+def build_member_bundle(member: StressMember | str, seed: int, *, cache_dir: Any = None,
+                        progress: bool = False) -> EmbeddingBundle:
+    """The ERM bundle of one member for one seed (splits ``train`` / ``heldout`` /
+    ``selection`` / ``test``; ``encoder_features`` always present)."""
+    if isinstance(member, str):
+        try:
+            member = STRESS_SUITE[member]
+        except KeyError:
+            raise ValueError(f"unknown stress member {member!r}; choose one of {sorted(STRESS_SUITE)}") from None
+    if isinstance(member.spec, ShortcutSpec):
+        return _synthetic_bundle(member, seed)
+    return build_benchmark_bundle(member.spec, seed, cache_dir=cache_dir, progress=progress)

@@ -1,0 +1,97 @@
+"""Audit cells: pseudo-groups for *judging* a repair that do not read the judged rows'
+ERM mistakes.
+
+A label-free guard that scores the ERM head and a repair on pseudo-groups made from
+the ERM head's own mistakes on the scored rows is rigged: the ERM head is wrong on
+every row of its "minority" by construction, so any change looks like a gain. The
+audit cells avoid that by cross-fitting. On one validation half, a per-class
+logistic regression learns where in feature space the ERM head errs (the flag it is
+fitted to is "the ERM head is wrong on this row"); on the *other* half the rows of
+each class are split into the share ``q`` it predicts most likely to be wrong
+(``q`` = the class's error rate on the fitting half) and the rest. The cells are then
+regions of feature space fixed before the scored rows' labels are looked at, so every
+head's accuracy on them is an unbiased estimate of its accuracy on that region.
+
+Cell ids are ``2 * label + in_region`` (2C cells); a class whose fitting half has fewer
+than ``min_rows`` flagged (or unflagged) rows gets no region (all its rows in cell
+``2 * label``).
+
+Shapes: N fitting rows, M scored rows, d features, C classes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["region_cells", "cell_accuracies", "worst_cell_accuracy"]
+
+
+def region_cells(x_fit: np.ndarray, y_fit: np.ndarray, flag_fit: np.ndarray, x_apply: np.ndarray,
+                 y_apply: np.ndarray, n_classes: int, *, c: float = 1.0, min_rows: int = 5,
+                 seed: int = 0) -> np.ndarray:
+    """Cells of the ``apply`` rows from a region model of ``flag_fit`` fitted on the ``fit`` rows.
+
+    Parameters
+    ----------
+    x_fit : (N, d) features; y_fit : (N,) labels; flag_fit : (N,) bool (e.g. ERM head wrong)
+    x_apply : (M, d) features; y_apply : (M,) labels
+    n_classes : int
+    c : float, default=1.0
+        Inverse L2 strength of the per-class logistic regressions (standardized features).
+    min_rows : int, default=5
+    seed : int
+        ``random_state`` of the solver (deterministic for lbfgs; kept for completeness).
+
+    Returns
+    -------
+    (M,) int64 cell ids ``2 * y + in_region``.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    x_fit = np.asarray(x_fit, dtype=np.float64)
+    x_apply = np.asarray(x_apply, dtype=np.float64)
+    mean = x_fit.mean(axis=0)
+    scale = x_fit.std(axis=0)
+    scale[scale == 0] = 1.0
+    xf = (x_fit - mean) / scale
+    xa = (x_apply - mean) / scale
+    flag_fit = np.asarray(flag_fit, dtype=bool)
+    out = 2 * np.asarray(y_apply, dtype=np.int64)
+    for k in range(int(n_classes)):
+        fit_rows = y_fit == k
+        apply_rows = np.flatnonzero(y_apply == k)
+        n_flag = int(flag_fit[fit_rows].sum())
+        if n_flag < min_rows or int(fit_rows.sum()) - n_flag < min_rows or apply_rows.size == 0:
+            continue
+        clf = LogisticRegression(C=float(c), max_iter=500, random_state=seed)
+        clf.fit(xf[fit_rows], flag_fit[fit_rows])
+        score = clf.decision_function(xa[apply_rows])
+        q = n_flag / int(fit_rows.sum())
+        n_in = int(round(q * apply_rows.size))
+        if n_in == 0:
+            continue
+        top = np.argsort(-score, kind="stable")[:n_in]
+        out[apply_rows[top]] += 1
+    return out
+
+
+def cell_accuracies(correct: np.ndarray, cells: np.ndarray, n_cells: int, min_rows: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(accuracy (K,), counts (K,)) per cell; cells with fewer than ``min_rows`` rows get NaN."""
+    counts = np.bincount(cells, minlength=n_cells)
+    hits = np.bincount(cells, weights=np.asarray(correct, dtype=np.float64), minlength=n_cells)
+    acc = np.full(n_cells, np.nan)
+    keep = counts >= max(int(min_rows), 1)
+    acc[keep] = hits[keep] / counts[keep]
+    return acc, counts
+
+
+def worst_cell_accuracy(correct: np.ndarray, cells: np.ndarray, n_cells: int, min_rows: int
+                        ) -> tuple[float, int]:
+    """Lowest accuracy over the cells with at least ``min_rows`` rows, and that cell's size
+    (all rows as one cell when none qualifies)."""
+    acc, counts = cell_accuracies(correct, cells, n_cells, min_rows)
+    if np.isnan(acc).all():
+        return float(np.mean(correct)), int(len(correct))
+    j = int(np.nanargmin(acc))
+    return float(acc[j]), int(counts[j])

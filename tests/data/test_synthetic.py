@@ -1,0 +1,76 @@
+"""Generated shortcut problems: group counts, agreement rates, balanced test rows, label
+noise and determinism, each counted by hand from the generated arrays."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from gradtune.data.base import SPLIT_CODES
+from gradtune.data.synthetic import ShortcutSpec, make_shortcut_data
+
+
+def _split(data, name):
+    return data.split == SPLIT_CODES[name]
+
+
+def test_class_tie_agreement_groups_and_balanced_test() -> None:
+    spec = ShortcutSpec("t", n_classes=3, dim=16, train_agreement=0.9, n_train=6000, n_val=3000,
+                        n_test=900, build_seed=1)
+    data = make_shortcut_data(spec)
+    assert data.inputs.shape == (9900, 16) and data.inputs.dtype == np.float32
+    tr, te = _split(data, "train"), _split(data, "test")
+    agree = (data.attributes[tr] == data.labels[tr]).mean()
+    assert abs(agree - 0.9) < 0.02
+    np.testing.assert_array_equal(data.groups, data.labels * 3 + data.attributes)
+    # test rows: every (class, attribute) cell equally often
+    np.testing.assert_array_equal(np.bincount(data.groups[te], minlength=9), np.full(9, 100))
+    assert len(data.group_names) == spec.n_groups == 9
+
+
+def test_one_class_mark_and_balanced_validation() -> None:
+    spec = ShortcutSpec("m", n_classes=3, tie="one", tied_class=2, dim=16, train_agreement=0.85,
+                        n_train=9000, val_balanced=True, n_val=600, n_test=600, build_seed=2)
+    data = make_shortcut_data(spec)
+    tr, va = _split(data, "train"), _split(data, "val")
+    mark = data.attributes[tr] == 1
+    y = data.labels[tr]
+    assert abs(mark[y == 2].mean() - 0.85) < 0.03
+    assert abs(mark[y != 2].mean() - 0.15) < 0.03
+    np.testing.assert_array_equal(np.bincount(data.groups[va], minlength=6), np.full(6, 100))
+
+
+def test_label_noise_only_outside_test_and_two_attributes() -> None:
+    spec = ShortcutSpec("n", dim=16, label_noise=0.2, n_attributes=2, n_train=5000, n_val=1000,
+                        n_test=800, build_seed=3)
+    data = make_shortcut_data(spec)
+    true_y = data.extra["true_labels"]
+    tr, te = _split(data, "train"), _split(data, "test")
+    assert abs((data.labels[tr] != true_y[tr]).mean() - 0.2) < 0.02
+    np.testing.assert_array_equal(data.labels[te], true_y[te])
+    assert spec.n_attribute_values == 4 and spec.n_groups == 8
+    assert set(np.unique(data.groups[te]).tolist()) == set(range(8))
+
+
+def test_features_carry_core_and_shortcut_and_are_deterministic() -> None:
+    spec = ShortcutSpec("d", dim=8, core_strength=3.0, shortcut_strength=0.0, n_train=2000, n_val=10,
+                        n_test=10, build_seed=4)
+    a, b = make_shortcut_data(spec), make_shortcut_data(spec)
+    np.testing.assert_array_equal(a.inputs, b.inputs)
+    other = make_shortcut_data(replace(spec, build_seed=5))
+    assert not np.array_equal(a.inputs, other.inputs)
+    # class means are core_strength apart along their directions: the mean difference has norm
+    # sqrt(2) * core_strength (orthonormal directions); noise is unit variance per dimension
+    x, y = a.inputs[_split(a, "train")], a.labels[_split(a, "train")]
+    gap = np.linalg.norm(x[y == 1].mean(0) - x[y == 0].mean(0))
+    assert abs(gap - np.sqrt(2) * 3.0) < 0.2
+    assert abs(x[y == 0].std(0).mean() - 1.0) < 0.1
+
+
+@pytest.mark.parametrize("bad", [{"tie": "two"}, {"n_classes": 1}, {"train_agreement": 1.5},
+                                 {"label_noise": -0.1}, {"dim": 2}, {"tie": "one", "n_attributes": 2}])
+def test_bad_specs_are_named(bad: dict) -> None:
+    with pytest.raises(ValueError, match="bad"):
+        ShortcutSpec("bad", **bad)

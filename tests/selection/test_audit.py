@@ -1,0 +1,53 @@
+"""Audit cells against an independent recomputation with scikit-learn, and cell accuracies
+counted by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from gradtune.selection.audit import cell_accuracies, region_cells, worst_cell_accuracy
+
+
+def test_region_cells_match_a_per_class_logistic_regression() -> None:
+    rng = np.random.default_rng(0)
+    x_fit = rng.normal(size=(400, 5))
+    y_fit = rng.integers(0, 2, 400)
+    flag = x_fit[:, 1] + 0.3 * rng.normal(size=400) > 1.0      # errors live where x1 is large
+    x_app = rng.normal(size=(300, 5))
+    y_app = rng.integers(0, 2, 300)
+    got = region_cells(x_fit, y_fit, flag, x_app, y_app, 2)
+    scaler = StandardScaler().fit(x_fit)
+    want = 2 * y_app
+    for k in (0, 1):
+        clf = LogisticRegression(C=1.0, max_iter=500).fit(scaler.transform(x_fit[y_fit == k]), flag[y_fit == k])
+        rows = np.flatnonzero(y_app == k)
+        n_in = int(round(flag[y_fit == k].mean() * rows.size))
+        score = clf.decision_function(scaler.transform(x_app[rows]))
+        want[rows[np.argsort(-score, kind="stable")[:n_in]]] += 1
+    np.testing.assert_array_equal(got, want)
+    # the region is where x1 is large
+    assert x_app[got % 2 == 1, 1].mean() > x_app[got % 2 == 0, 1].mean() + 1.0
+
+
+def test_a_class_with_too_few_flagged_rows_gets_no_region() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(100, 3))
+    y = np.repeat([0, 1], 50)
+    flag = np.zeros(100, dtype=bool)
+    flag[:3] = True                       # 3 flagged rows in class 0, none in class 1
+    cells = region_cells(x, y, flag, x, y, 2, min_rows=5)
+    np.testing.assert_array_equal(cells, 2 * y)
+
+
+def test_cell_accuracies_by_hand() -> None:
+    correct = np.array([1, 1, 0, 1, 0, 0, 1], dtype=bool)
+    cells = np.array([0, 0, 1, 1, 2, 3, 3])
+    acc, counts = cell_accuracies(correct, cells, 4, min_rows=2)
+    np.testing.assert_array_equal(counts, [2, 2, 1, 2])
+    np.testing.assert_allclose(acc, [1.0, 0.5, np.nan, 0.5])
+    assert worst_cell_accuracy(correct, cells, 4, 2) == (0.5, 2)
+    assert worst_cell_accuracy(correct, cells, 4, 1) == (0.0, 1)
+    # no cell large enough: all rows as one cell
+    assert worst_cell_accuracy(correct, cells, 4, 5) == (4 / 7, 7)
