@@ -72,7 +72,8 @@ def _l1_kwargs() -> dict[str, Any]:
 
 
 def fit_l1_logreg(x: np.ndarray, y: np.ndarray, c: float, n_classes: int, *,
-                  random_state: int, max_iter: int = 100, tol: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
+                  random_state: int, max_iter: int = 100, tol: float = 1e-4,
+                  sample_weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """L1 logistic regression with liblinear, one-vs-rest for more than 2 classes.
 
     Parameters
@@ -82,6 +83,7 @@ def fit_l1_logreg(x: np.ndarray, y: np.ndarray, c: float, n_classes: int, *,
     c : float                        inverse regularization strength
     n_classes : int
     random_state : int               liblinear's seed
+    sample_weight : np.ndarray of shape (n,), optional   per-row loss weights
 
     Returns
     -------
@@ -101,7 +103,7 @@ def fit_l1_logreg(x: np.ndarray, y: np.ndarray, c: float, n_classes: int, *,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         for t in targets:
-            lr = LogisticRegression(**kwargs).fit(x, t)
+            lr = LogisticRegression(**kwargs).fit(x, t, sample_weight=sample_weight)
             coefs.append(lr.coef_[0])
             intercepts.append(lr.intercept_[0])
     return np.asarray(coefs, dtype=np.float64), np.asarray(intercepts, dtype=np.float64)

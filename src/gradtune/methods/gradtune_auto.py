@@ -91,7 +91,7 @@ __all__ = ["GradTuneAutoMethod", "AutoCandidate", "FAMILIES", "AUTO_EPOCHS"]
 
 _log = logging.getLogger(__name__)
 
-FAMILIES = ("retrain", "finetune")
+FAMILIES = ("retrain", "reweight", "finetune")
 INFERENCES = ("xrm", "erm_error")
 AUTO_EPOCHS: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500)
 
@@ -151,6 +151,8 @@ class GradTuneAutoMethod(Method):
         :func:`~gradtune.methods.inferred.bundle_pseudo_groups`).
     xrm_steps : int, default=2000
         Training steps of the XRM twins.
+    rule : {"average", "either"}, default="average"
+        Which twin prediction makes a row minority (:mod:`gradtune.groups.xrm`).
     inferences : tuple of {"xrm", "erm_error"}, default=("xrm",)
         Pseudo-groups the candidates are fitted on, each giving its own candidates.
     families : tuple of {"retrain", "finetune"}, default=("retrain",)
@@ -201,6 +203,7 @@ class GradTuneAutoMethod(Method):
     features: str = "auto"
     pool: str = "auto"
     xrm_steps: int = 2000
+    rule: str = "average"
     inferences: tuple[str, ...] = ("xrm",)
     families: tuple[str, ...] = ("retrain",)
     c_grid: tuple[float, ...] = DFR_C_GRID
@@ -228,6 +231,7 @@ class GradTuneAutoMethod(Method):
         for name in self.inferences:
             check_choice(name, "inferences entry", INFERENCES)
         check_positive_int(self.xrm_steps, "xrm_steps")
+        check_choice(self.rule, "rule", ("average", "either"))
         check_positive_int(self.num_retrains, "num_retrains")
         check_positive_int(self.min_group_size, "min_group_size")
         check_nonneg_float(self.margin, "margin")
@@ -258,6 +262,17 @@ class GradTuneAutoMethod(Method):
             icpts.append(icpt)
         return fold_scaler(np.mean(coefs, axis=0), np.mean(icpts, axis=0), scaler.mean_,
                            scaler.scale_, n_classes)
+
+    def _reweight(self, x: np.ndarray, y: np.ndarray, g: np.ndarray, c: float, n_classes: int,
+                  lib_seed: int) -> LinearHead:
+        """One L1 fit on every row of (x (n, d), y (n,)), each pseudo-group weighted to the
+        same total."""
+        scaler = StandardScaler().fit(x)
+        counts = np.bincount(g)
+        w = (len(g) / (np.count_nonzero(counts) * counts[g])).astype(np.float64)
+        coef, icpt = fit_l1_logreg(scaler.transform(x), y, float(c), n_classes, random_state=lib_seed,
+                                   sample_weight=w)
+        return fold_scaler(coef, icpt, scaler.mean_, scaler.scale_, n_classes)
 
     def _finetune(self, x: np.ndarray, y_np: np.ndarray, g: np.ndarray, epochs: list[int],
                   head: LinearHead, rng: np.random.Generator, ft_seed: int) -> tuple[list[AutoCandidate], np.ndarray]:
@@ -291,6 +306,10 @@ class GradTuneAutoMethod(Method):
             for c in self.c_grid:
                 cands.append(AutoCandidate("retrain", float(c), self._retrain(
                     x, y, g, c, n_classes, rng_retrain, lib_seed)))
+        if "reweight" in self.families:
+            for c in self.c_grid:
+                cands.append(AutoCandidate("reweight", float(c), self._reweight(x, y, g, c, n_classes,
+                                                                                 lib_seed)))
         idx = np.empty(0, dtype=np.int64)
         if "finetune" in self.families:
             ft, idx = self._finetune(x, y, g, epochs, head, streams.rng("finetune"),
@@ -337,7 +356,7 @@ class GradTuneAutoMethod(Method):
         info: dict[str, Any] = {}
         if "xrm" in self.inferences:
             pg = bundle_pseudo_groups(bundle, seed=streams.integer("xrm", modulo=2**31),
-                                      features=self.features, pool=self.pool,
+                                      features=self.features, pool=self.pool, rule=self.rule,
                                       config=XRMConfig(n_steps=int(self.xrm_steps)))
             flags["xrm"] = (pg.held % 2 == 1, pg.sel % 2 == 1)
             info = dict(pg.info)
@@ -399,11 +418,16 @@ class GradTuneAutoMethod(Method):
         chosen_inf, chosen = pairs[best]
         model = chosen.head
         refitted = False
-        if chosen.family == "retrain" and self.refit:
+        if chosen.family in ("retrain", "reweight") and self.refit:
             g_held, g_sel = inferences[chosen_inf]
-            model = self._retrain(np.concatenate([held.features, sel.features]),
-                                  np.concatenate([held.labels, sel.labels]), np.concatenate([g_held, g_sel]),
-                                  chosen.setting, n_classes, streams.rng("retrain"), streams.integer("solver"))
+            x_all = np.concatenate([held.features, sel.features])
+            y_all = np.concatenate([held.labels, sel.labels])
+            g_all = np.concatenate([g_held, g_sel])
+            if chosen.family == "retrain":
+                model = self._retrain(x_all, y_all, g_all, chosen.setting, n_classes, streams.rng("retrain"),
+                                      streams.integer("solver"))
+            else:
+                model = self._reweight(x_all, y_all, g_all, chosen.setting, n_classes, streams.integer("solver"))
             refitted = True
         reason = None if best else _guard_reason(values, balanced, se, self)
         diag = {
