@@ -65,7 +65,10 @@ def as_float_tensor(x: Any, name: str, *, device: torch.device | str | None = No
         t = x
     else:
         try:
-            t = torch.as_tensor(np.asarray(x))
+            with warnings.catch_warnings():
+                # read-only arrays (bundle views, memory maps) are shared, never written, here
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                t = torch.as_tensor(np.asarray(x))
         except (TypeError, ValueError) as err:
             raise GradTuneInputError(
                 f"{name} must be a numeric array, got {_describe(x)}: {err}"

@@ -211,3 +211,12 @@ def test_guard_without_encoder_features_and_when_the_inference_repeats_the_head(
     ok = np.concatenate([held.logits.argmax(1) == held.labels, sel.logits.argmax(1) == sel.labels])
     minority = np.concatenate([pg.held, pg.sel]) % 2 == 1
     assert f"{ok[minority].mean():.0%}" in res.diagnostics["guard_reason"]
+
+
+def test_keeping_the_erm_head_is_logged_with_its_reason(biased: EmbeddingBundle, caplog) -> None:
+    with caplog.at_level("WARNING", logger="gradtune"):
+        res = get_method("gradtune-auto", margin=1.0, **FAST).fit(biased, seed=0)
+    assert res.diagnostics["guard_kept_erm"]
+    msgs = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(res.diagnostics["guard_reason"] in m for m in msgs), msgs
+    assert not any("nan" in m for m in msgs)

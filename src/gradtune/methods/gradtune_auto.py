@@ -129,7 +129,8 @@ def balanced_accuracy(head: LinearHead, features: np.ndarray, labels: np.ndarray
 
 
 def _keep_erm(head: LinearHead, reason: str, info: dict[str, Any] | None = None) -> MethodResult:
-    """The ERM head, unchanged, with the reason in the diagnostics."""
+    """The ERM head, unchanged, with the reason in the diagnostics (and logged at WARNING)."""
+    _log.warning("gradtune-auto kept the ERM head: %s", reason)
     return MethodResult(head, {"chosen_family": "erm", "chosen_setting": 0.0, "guard_kept_erm": True,
                                "guard_reason": reason, "pseudo_groups": info, "candidates": [],
                                "selected_rows": []})
