@@ -1,7 +1,7 @@
 """Label-free repair in both held-out regimes: every method's test Avg / WGA over seeds.
 
     python benchmarks/label_free.py [--seeds 0 1 2 3 4] [--out build/label-free]
-                                    [--doc docs/label-free.md]
+                                    [--doc docs/label-free-offline.md]
 
 Runs the offline benchmarks (``fmnist-biased``: the held-out set carries the training
 bias, like CelebA / MultiNLI / CivilComments; ``fmnist-spurious``: it is
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--benchmarks", nargs="+", default=list(BENCHMARKS))
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     ap.add_argument("--out", type=Path, default=Path("build/label-free"))
-    ap.add_argument("--doc", type=Path, default=Path("docs/label-free.md"))
+    ap.add_argument("--doc", type=Path, default=Path("docs/label-free-offline.md"))
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
 

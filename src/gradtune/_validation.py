@@ -59,16 +59,21 @@ def all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t).all())
 
 
+def shared_tensor(arr: np.ndarray) -> torch.Tensor:
+    """``torch.as_tensor(arr)`` sharing memory, without torch's warning for read-only
+    arrays (bundle views and memory maps are read here, never written)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.as_tensor(arr)
+
+
 def as_float_tensor(x: Any, name: str, *, device: torch.device | str | None = None) -> torch.Tensor:
     """Convert array-like to a floating tensor without copying when possible."""
     if isinstance(x, torch.Tensor):
         t = x
     else:
         try:
-            with warnings.catch_warnings():
-                # read-only arrays (bundle views, memory maps) are shared, never written, here
-                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-                t = torch.as_tensor(np.asarray(x))
+            t = shared_tensor(np.asarray(x))
         except (TypeError, ValueError) as err:
             raise GradTuneInputError(
                 f"{name} must be a numeric array, got {_describe(x)}: {err}"
@@ -113,7 +118,7 @@ def as_label_tensor(y: Any, name: str = "labels", *, check_bounds: bool = True) 
             raise GradTuneInputError(
                 f"{name} must hold integer class ids, got dtype {arr.dtype}; map names to 0..C-1 first"
             )
-        t = torch.as_tensor(arr)
+        t = shared_tensor(arr)
     if t.ndim != 1:
         raise GradTuneInputError(f"{name} must be 1-dimensional (N,), got shape {tuple(t.shape)}")
     if t.is_floating_point():

@@ -118,3 +118,17 @@ def test_fold_scaler_equals_scaled_linear_map():
     z = head.logits(x)
     np.testing.assert_allclose(z[:, 1] - z[:, 0], ((x - mean) / scale) @ coef[0] + icpt[0], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(z.sum(1), 0, atol=1e-5)
+
+
+def test_scaler_fitted_in_chunks_matches_one_fit() -> None:
+    from gradtune.methods.dfr import fit_scaler_in_chunks
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(1000, 7)) * [1, 2, 3, 4, 5, 6, 0] + 10).astype(np.float32)
+    ref = StandardScaler().fit(x)
+    got = fit_scaler_in_chunks(x, chunk_rows=64)              # 16 blocks, the last one ragged
+    np.testing.assert_allclose(got.mean_, ref.mean_, rtol=1e-6)
+    np.testing.assert_allclose(got.scale_, ref.scale_, rtol=1e-5)
+    assert got.scale_[-1] == 1.0                               # a constant column keeps scale 1
+    small = fit_scaler_in_chunks(x)                            # under the block size: one fit, same numbers
+    np.testing.assert_array_equal(small.mean_, ref.mean_)

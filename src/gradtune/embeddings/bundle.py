@@ -140,15 +140,16 @@ class EmbeddingBundle:
         # a split stored as one run of rows is a view, not a copy (paper-size training splits)
         rows: slice | np.ndarray = slice(int(idx[0]), int(idx[-1]) + 1) if idx[-1] - idx[0] + 1 == idx.size else idx
 
-        def take(a: np.ndarray | None) -> np.ndarray | None:
-            if a is None:
-                return None
+        def rows_of(a: np.ndarray) -> np.ndarray:
             out = a[rows]
             if isinstance(rows, slice):  # a view: writing to it would change the bundle
                 out.flags.writeable = False
             return out
 
-        return SplitView(self.features[idx], self.labels[idx], take(self.logits), take(self.groups),
+        def take(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else rows_of(a)
+
+        return SplitView(rows_of(self.features), rows_of(self.labels), take(self.logits), take(self.groups),
                          take(self.attributes), idx, take(self.early_logits),
                          take(self.encoder_features))
 

@@ -295,7 +295,7 @@ def fit_xrm(features: Any, labels: Any, *, seed: int | torch.Generator,
         x = x.to(torch.float32)
     schedule = draw_xrm_schedule(x.shape[0], config, seed, dtype=x.dtype)
     mean, scale = standardizer(x, config.standardize)
-    xs = (x - mean) / scale
+    xs = (x - mean).div_(scale)  # one pool-sized temporary, not two
     weight, bias, final = _train_twins(xs, y.cpu(), c, schedule, config)
     return XRMTwins(weight, bias, mean, scale, schedule.assignment, final,
                     int((final != y.cpu()).sum()), config)

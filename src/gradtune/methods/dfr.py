@@ -57,7 +57,7 @@ from gradtune.methods.base import LinearHead, Method, MethodResult, register_met
 from gradtune.metrics.accuracy import worst_group_accuracy
 from gradtune.objectives.sampling import balanced_subsample
 
-__all__ = ["DFRMethod", "dfr_retrain", "fit_l1_logreg", "fold_scaler", "DFR_C_GRID"]
+__all__ = ["DFRMethod", "dfr_retrain", "fit_l1_logreg", "fold_scaler", "fit_scaler_in_chunks", "DFR_C_GRID"]
 
 DFR_C_GRID: tuple[float, ...] = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
 SCALER_FITS = ("train", "validation")
@@ -107,6 +107,18 @@ def fit_l1_logreg(x: np.ndarray, y: np.ndarray, c: float, n_classes: int, *,
             coefs.append(lr.coef_[0])
             intercepts.append(lr.intercept_[0])
     return np.asarray(coefs, dtype=np.float64), np.asarray(intercepts, dtype=np.float64)
+
+
+def fit_scaler_in_chunks(x: np.ndarray, chunk_rows: int = 65_536) -> StandardScaler:
+    """``StandardScaler().fit(x)`` for (n, d) ``x``; beyond ``chunk_rows`` rows it is fitted
+    one block at a time (``partial_fit``), so a paper-size training split is never copied
+    whole into float64."""
+    scaler = StandardScaler()
+    if x.shape[0] <= chunk_rows:
+        return scaler.fit(x)
+    for start in range(0, x.shape[0], chunk_rows):
+        scaler.partial_fit(x[start:start + chunk_rows])
+    return scaler
 
 
 def fold_scaler(coef: np.ndarray, intercept: np.ndarray, mean: np.ndarray, scale: np.ndarray,
@@ -215,7 +227,7 @@ def dfr_retrain(cfg: DFRMethod, bundle: EmbeddingBundle, g_held: np.ndarray, g_s
     if fit_on == "train" and not bundle.has_split("train"):
         fit_on = "validation"
     scaler_rows = bundle.view("train").features if fit_on == "train" else x_val
-    final_scaler = StandardScaler().fit(scaler_rows)
+    final_scaler = fit_scaler_in_chunks(scaler_rows)
     coefs, icpts = [], []
     for _ in range(n_retrains):
         sub_v = balanced_subsample(g_val, rng_final)
