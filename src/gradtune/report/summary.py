@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from gradtune.report.document import markdown_table
+
 __all__ = ["GROUP_LABEL_MARKS", "records_frame", "summary_table", "format_pm", "markdown_table", "comparison_notes",
            "per_group_table"]
 
@@ -76,17 +78,6 @@ def summary_table(frame: pd.DataFrame, methods: Sequence[str] | None = None,
             row[f"{b} seeds"] = len(cell)
         out.append(row)
     return pd.DataFrame(out)
-
-
-def markdown_table(df: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table (no extra dependency)."""
-    if df.empty:
-        return "_no results_"
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, r in df.iterrows():
-        lines.append("| " + " | ".join(str(r[c]) for c in cols) + " |")
-    return "\n".join(lines)
 
 
 def comparison_notes(frame: pd.DataFrame, method: str = "gradtune", baseline: str = "erm") -> list[str]:
