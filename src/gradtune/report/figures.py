@@ -107,7 +107,7 @@ def plot_group_accuracy(acc: dict[str, list[list[float | None]]], group_names: S
     return path
 
 
-def bulk_range(norms: np.ndarray, low: float = 0.05, high: float = 0.995) -> tuple[float, float]:
+def bulk_range(norms: np.ndarray, low: float = 0.01, high: float = 0.995) -> tuple[float, float]:
     """The axis range of a norm histogram: the ``low`` and ``high`` quantiles of the positive
     norms (at least a decade wide); the upper tail, where the minority's large norms sit,
     is kept almost whole. Norms of near-certain correct predictions

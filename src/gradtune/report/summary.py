@@ -20,7 +20,7 @@ import pandas as pd
 from gradtune.report.document import markdown_table
 
 __all__ = ["GROUP_LABEL_MARKS", "records_frame", "summary_table", "format_pm", "markdown_table", "comparison_notes",
-           "per_group_table"]
+           "per_group_table", "compact_table"]
 
 GROUP_LABEL_MARKS = {"none": ("✗", "✗"), "val": ("✗", "✓"), "train+val": ("✓", "✓")}
 
@@ -78,6 +78,46 @@ def summary_table(frame: pd.DataFrame, methods: Sequence[str] | None = None,
             row[f"{b} seeds"] = len(cell)
         out.append(row)
     return pd.DataFrame(out)
+
+
+GROUP_LABEL_WORDS = {"none": "none", "val": "validation", "train+val": "train+val"}
+
+
+def compact_table(frame: pd.DataFrame, methods: Sequence[str] | None = None,
+                  benchmarks: Sequence[str] | None = None) -> tuple[pd.DataFrame, str]:
+    """The terminal's table: one row per method, one column per benchmark holding
+    'Avg / WGA ± std' (means over seeds in percent; the std, ddof=0, is WGA's), and the
+    header line naming the seeds once. A cell over fewer seeds than the rest says how many.
+
+    Returns
+    -------
+    table : DataFrame with 'Method', 'Group labels' and one column per benchmark
+    header : str
+    """
+    if frame.empty:
+        return pd.DataFrame(), "no results"
+    methods = list(methods or dict.fromkeys(frame["method"]))
+    benchmarks = list(benchmarks or dict.fromkeys(frame["benchmark"]))
+    seeds = sorted(set(frame["seed"]))
+    out = []
+    for m in methods:
+        sub = frame[frame["method"] == m]
+        if sub.empty:
+            continue
+        use = sub["group_labels"].iloc[0]
+        row = {"Method": m, "Group labels": GROUP_LABEL_WORDS.get(use, use)}
+        for b in benchmarks:
+            cell = sub[sub["benchmark"] == b]
+            if cell.empty:
+                row[b] = "-"
+                continue
+            avg, wga = 100 * cell["accuracy"].to_numpy(float), 100 * cell["worst_group_accuracy"].to_numpy(float)
+            text = f"{avg.mean():.1f} / {wga.mean():.1f}" + (f" ± {wga.std():.1f}" if len(cell) > 1 else "")
+            row[b] = text + (f" (n={len(cell)})" if cell["seed"].nunique() < len(seeds) else "")
+        out.append(row)
+    header = (f"Test accuracy (%), Avg / WGA ± std of WGA over {len(seeds)} seed{'s' * (len(seeds) != 1)} "
+              f"({', '.join(map(str, seeds))}); Avg = plain accuracy, WGA = worst-group accuracy")
+    return pd.DataFrame(out), header
 
 
 def comparison_notes(frame: pd.DataFrame, method: str = "gradtune", baseline: str = "erm") -> list[str]:

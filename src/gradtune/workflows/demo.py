@@ -18,7 +18,8 @@ from gradtune.experiments.bundles import cached_bundle
 from gradtune.experiments.runner import RunSpec, run_grid
 from gradtune.methods.base import list_methods
 from gradtune.report.demo_report import write_report
-from gradtune.report.summary import records_frame, summary_table
+from gradtune.report.figures import require_figures
+from gradtune.report.summary import compact_table, records_frame, summary_table
 
 __all__ = ["DemoConfig", "DEFAULT_METHODS", "run_demo"]
 
@@ -71,7 +72,9 @@ def _specs(cfg: DemoConfig) -> list[RunSpec]:
 
 
 def run_demo(cfg: DemoConfig, build: Callable[..., EmbeddingBundle] | None = None) -> dict:
-    """Run the grid (resuming), write the report, return {'table': DataFrame, 'paths': ..., 'seconds': ...}."""
+    """Run the grid (resuming), write the report; returns {'table': the report's DataFrame,
+    'compact' and 'compact_header': the terminal's table, 'paths', 'seconds', 'counts', 'records'}."""
+    require_figures()  # the report's figures need matplotlib: say so before any run is computed
     if build is None:
         from gradtune.experiments.offline import build_bundle as build
     t0 = time.perf_counter()
@@ -124,6 +127,8 @@ def run_demo(cfg: DemoConfig, build: Callable[..., EmbeddingBundle] | None = Non
     ]
     paths = write_report(records, run_root, out, methods=methods, benchmarks=list(cfg.benchmarks),
                          title="gradtune offline demo: GradTune vs baselines on real data", preamble=preamble)
-    table = summary_table(records_frame(records), methods, list(cfg.benchmarks))
-    return {"table": table, "records": records, "paths": paths, "seconds": time.perf_counter() - t0,
+    frame = records_frame(records)
+    table = summary_table(frame, methods, list(cfg.benchmarks))
+    compact, header = compact_table(frame, methods, list(cfg.benchmarks))
+    return {"table": table, "compact": compact, "compact_header": header, "records": records, "paths": paths, "seconds": time.perf_counter() - t0,
             "counts": counts}
