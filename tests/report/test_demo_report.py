@@ -13,6 +13,7 @@ import pytest
 from gradtune.finetune.linear import FinetuneConfig
 from gradtune.report.figures import (
     bulk_range,
+    fig_norm_distributions,
     outside_note,
     plot_group_accuracy,
     plot_norm_distributions,
@@ -98,22 +99,30 @@ def _overlaps(a, b) -> bool:
     return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
 
 
-def test_legends_sit_outside_the_data(tmp_path, monkeypatch):
+def test_legends_sit_outside_the_data_and_the_text(tmp_path, monkeypatch):
     figs = _captured_figures(monkeypatch)
     acc = {m: [[0.9, 0.8, 0.7, 0.95]] * 3 for m in ("erm", "gradtune", "gradtune-auto")}
     plot_group_accuracy(acc, ["a", "b", "c", "d"], "t", tmp_path / "acc.png")
     rng = np.random.default_rng(0)
-    per_seed = [{"norms": rng.exponential(size=200).tolist(), "groups": rng.integers(0, 4, 200).tolist()}]
-    plot_norm_distributions(per_seed, ["a", "b", "c", "d"], "t", tmp_path / "norms.png")
+    per_seed = [{"benchmark": b, "seed": s, "norms": (10 ** rng.uniform(-20, 1, 200)).tolist(),
+                 "groups": rng.integers(0, 4, 200).tolist(), "group_names": ["a,x", "a,y", "b,x", "b,y"]}
+                for b in ("one", "two", "three") for s in range(2)]
+    plot_norm_distributions(per_seed[:2], ["a", "b", "c", "d"], "t", tmp_path / "norms.png")
+    fig_norm_distributions(per_seed, tmp_path / "fig2.png")
     checked = 0
     for fig in figs:
         renderer = fig.canvas.get_renderer()
+        texts = [t for ax in fig.axes for t in (ax.title, ax.xaxis.label, ax.yaxis.label) if t.get_text()]
+        texts += [t for ax in fig.axes for t in ax.get_xticklabels() + ax.get_yticklabels() if t.get_text()]
         for ax in fig.axes:
             leg = ax.get_legend()
-            if leg is not None:
-                assert not _overlaps(leg.get_window_extent(renderer), ax.get_window_extent(renderer))
-                checked += 1
-    assert checked == 2
+            if leg is None:
+                continue
+            box = leg.get_window_extent(renderer)
+            assert not any(_overlaps(box, other.get_window_extent(renderer)) for other in fig.axes)
+            assert not any(_overlaps(box, t.get_window_extent(renderer)) for t in texts)
+            checked += 1
+    assert checked == 5
 
 
 def test_no_partial_outputs_without_matplotlib(tmp_path, monkeypatch):

@@ -74,7 +74,7 @@ def plot_norm_distributions(per_seed: Sequence[dict], group_names: Sequence[str]
     ax2.set_xticks(range(n_groups), names, rotation=30, ha="right", fontsize=8)
     ax2.set_ylabel("mean norm (± std over seeds)")
     ax2.set_title("group means")
-    fig.tight_layout()
+    _finish(fig)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -99,7 +99,7 @@ def plot_group_accuracy(acc: dict[str, list[list[float | None]]], group_names: S
     ax.set_ylim(0, 100)
     ax.set_title(f"{title}: per-group test accuracy (mean ± std over seeds)")
     _legend_outside(ax)
-    fig.tight_layout()
+    _finish(fig)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -126,20 +126,41 @@ def bulk_range(norms: np.ndarray, low: float = 0.01, high: float = 0.995) -> tup
     return lo, hi
 
 
-def outside_note(norms: np.ndarray, lo: float, hi: float) -> str:
-    """'k below LO and m above HI not drawn (of N)': what a histogram on [lo, hi] leaves out."""
+def outside_note(norms: np.ndarray, lo: float, hi: float, *, short: bool = False) -> str:
+    """What a histogram on [lo, hi] leaves out: how many norms fall below ``lo`` (zeros
+    among them) and above ``hi``, of how many; ``short`` for a panel title."""
     norms = np.asarray(norms, dtype=float)
     below, above = int((norms < lo).sum()), int((norms > hi).sum())
+    if short:
+        return f"not drawn: {below} < {lo:.0e}, {above} > {hi:.0e} (of {norms.size})"
     return (f"not drawn: {below} norms below {lo:.1e} (incl. {int((norms == 0).sum())} zeros) and "
             f"{above} above {hi:.1e}, of {norms.size}")
 
 
 def _legend_outside(ax: Any, *, below: bool = False, ncol: int = 1) -> None:
-    """A legend outside the data area: right of the axes, or under its x label."""
+    """A legend outside the data area: right of the axes, or under its x label (placed there
+    by :func:`_finish` once the label's size is known)."""
     if below:
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=ncol, frameon=False)
+        leg = ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol, frameon=False)
+        leg._gradtune_below = True
     else:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
+def _finish(fig: Any) -> None:
+    """Lay the figure out with every 'below' legend just under its axes' x label."""
+    for _ in range(3):  # the label moves with the layout: lay out and place until it settles
+        fig.tight_layout()
+        fig.canvas.draw()  # the labels take their laid-out places at draw time
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            leg = ax.get_legend()
+            if leg is None or not getattr(leg, "_gradtune_below", False):
+                continue
+            boxes = [ax.xaxis.label.get_window_extent(renderer)]
+            boxes += [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()]
+            bottom = min(b.y0 for b in boxes) - 4
+            leg.set_bbox_to_anchor((0.5, ax.transAxes.inverted().transform((0, bottom))[1]), transform=ax.transAxes)
 
 
 # ===================================================================== paper figures
@@ -158,7 +179,7 @@ def _panels(n: int, width: float = 4.6, height: float = 3.6):
 def _save(plt, fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    _finish(fig)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
@@ -180,7 +201,7 @@ def fig_norm_distributions(entries: Sequence[dict], path: str | Path) -> Path:
     ``entries``: dicts with benchmark, seed, norms (N,), groups (N,), group_names.
     """
     by_b = _by_benchmark(entries)
-    plt, fig, axes = _panels(len(by_b))
+    plt, fig, axes = _panels(len(by_b), height=4.6)  # room for the legend under each panel
     for ax, (b, es) in zip(axes, by_b.items(), strict=True):
         names = next((e["group_names"] for e in es if e.get("group_names")), None)
         n_groups = max(max(e["groups"]) for e in es) + 1
@@ -205,10 +226,10 @@ def fig_norm_distributions(entries: Sequence[dict], path: str | Path) -> Path:
             ax.fill_between(centers, np.maximum(d.mean(0) - d.std(0), 0), d.mean(0) + d.std(0), alpha=0.15,
                             color=line.get_color())
         ax.set_xscale("log")
-        ax.set_title(f"{b} ({len(es)} seeds)", fontsize=11)
-        ax.set_xlabel("last-layer gradient norm, ERM head (log scale)\n" + outside_note(pooled, lo, hi))
-        ax.set_ylabel("density of log10 norm (mean ± std)")
-        _legend_outside(ax, below=True)
+        ax.set_title(f"{b} ({len(es)} seeds)\n{outside_note(pooled, lo, hi, short=True)}", fontsize=10)
+        ax.set_xlabel("last-layer gradient norm, ERM head (log scale)")
+        ax.set_ylabel("density of log10 norm")
+        _legend_outside(ax, below=True, ncol=2)
     fig.suptitle("Held-out gradient-norm distribution per group (the axis shows the bulk of the norms; "
                  "the rest are counted under each panel)", fontsize=11)
     return _save(plt, fig, path)
