@@ -85,7 +85,7 @@ def test_groups_sizes_accuracy_and_rows_match_their_definitions():
 def test_gallery_shows_thumbnails_and_the_same_sections_in_markdown_and_html(tmp_path):
     b, images = toy_bundle()
     ins = inspect_groups(b, seed=0, n_rows=4)
-    paths = write_gallery(ins, b, tmp_path, inputs=row_inputs(b, images))
+    paths = write_gallery(ins, tmp_path, inputs=row_inputs(b, images))
     md, html = paths["markdown"].read_text(), paths["html"].read_text()
     md_heads = re.findall(r"^## (.+)$", md, flags=re.M)
     html_heads = [h.replace("&#x27;", "'") for h in re.findall(r"<h2>(.+?)</h2>", html)]
@@ -117,12 +117,12 @@ def test_text_and_tabular_rows(tmp_path):
     b, _ = toy_bundle()
     texts = [f"review {i} " + ("great " if y else "bad ") * 60 for i, y in enumerate(b.labels)]
     ins = inspect_groups(b, seed=0, n_rows=3)
-    html = write_gallery(ins, b, tmp_path / "t", inputs=row_inputs(b, texts))["html"].read_text()
+    html = write_gallery(ins, tmp_path / "t", inputs=row_inputs(b, texts))["html"].read_text()
     snippets = re.findall(r"<div class='snippet'>(.*?)</div>", html)
     assert len(snippets) == 12 and all(len(s) <= 220 and s.endswith("…") for s in snippets)
     # tabular: the columns farthest from the class mean, in class standard deviations
     tab = row_inputs(b, b.features.astype(np.float64), columns=[f"c{j}" for j in range(6)])
-    md = write_gallery(ins, b, tmp_path / "x", inputs=tab)["markdown"].read_text()
+    md = write_gallery(ins, tmp_path / "x", inputs=tab)["markdown"].read_text()
     r = int(ins.minorities[0].typical[0])
     line = next(ln for ln in md.splitlines() if ln.startswith(f"- row {r} ·"))
     cls = ins.rows[b.labels[ins.rows] == b.labels[r]]
@@ -146,7 +146,7 @@ def test_sources_array_and_bad_inputs(tmp_path):
     inputs = row_inputs(b, bundle_path=path)
     assert inputs.kind == "image-file" and inputs.data[3] == tmp_path / "img" / "3.png"
     ins = inspect_groups(b, seed=0, n_rows=2)
-    html = write_gallery(ins, b, tmp_path / "out", inputs=inputs)["html"].read_text()
+    html = write_gallery(ins, tmp_path / "out", inputs=inputs)["html"].read_text()
     assert html.count("<img src='data:image/png;base64,") == 8
     with pytest.raises(BundleError, match="inputs has 3 rows but the bundle has"):
         row_inputs(b, ["a", "b", "c"])
@@ -177,7 +177,7 @@ def test_fmnist_biased_gallery_shows_true_minorities(tmp_path, seed):
 
     b = build_bundle("fmnist-biased", seed, progress=False)
     ins = inspect_groups(b, seed=seed, n_rows=8)
-    paths = write_gallery(ins, b, tmp_path)
+    paths = write_gallery(ins, tmp_path)
     true_minority = [b.group_names.index("sneaker,blue"), b.group_names.index("ankle-boot,red")]
     assert len(ins.minorities) == 2
     for g in ins.minorities:
@@ -190,3 +190,39 @@ def test_fmnist_biased_gallery_shows_true_minorities(tmp_path, seed):
     corner = inputs.data[ins.minorities[0].typical][:, 0, 0].astype(int)
     assert np.all(corner[:, 2] > corner[:, 0])  # the sneaker minority is on blue
     assert paths["html"].stat().st_size > 10_000
+
+
+def test_model_and_loader_keep_the_images_of_their_rows(tmp_path):
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    b, images = toy_bundle()
+    val = np.flatnonzero(np.isin(b.split, ["heldout", "selection"]))
+    x = torch.tensor(images[val], dtype=torch.float32).permute(0, 3, 1, 2) / 255
+    x = (x - 0.5) / 0.25  # a normalisation the thumbnails must undo
+    y = torch.tensor(b.labels[val])
+    gen = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(192, 6), nn.ReLU(), nn.Linear(6, 2))
+    for p in model.parameters():
+        nn.init.normal_(p, generator=gen)
+    loader = DataLoader(TensorDataset(x, y), batch_size=64)
+    ins = inspect_groups(model, loader, seed=0, n_rows=3)
+    built = ins.bundle
+    with torch.no_grad():
+        np.testing.assert_allclose(built.features, model[:3](x).numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(built.logits if built.logits is not None else
+                                   built.features @ built.head_weight.T + built.head_bias, model(x).numpy(),
+                                   rtol=1e-4, atol=1e-4)
+    # the kept images are the loader's, in row order, scaled back to 0..255 per image
+    xi = x.permute(0, 2, 3, 1).numpy()
+    lo, hi = xi.min(axis=(1, 2, 3), keepdims=True), xi.max(axis=(1, 2, 3), keepdims=True)
+    np.testing.assert_array_equal(ins.images, np.round(255 * (xi - lo) / (hi - lo)).astype(np.uint8))
+    corner = ins.images[:, 0, 0].astype(int)  # the background colour survives the stretch
+    np.testing.assert_array_equal(corner[:, 0] > corner[:, 2], b.attributes[val] == 0)
+    html = write_gallery(ins, tmp_path)["html"].read_text()
+    assert "the loader&#x27;s image batches" in html
+    assert html.count("<img src='data:image/png;base64,") == sum(g.typical.size + g.confident.size
+                                                                 for g in ins.minorities)
+    with pytest.raises(BundleError, match="needs an EmbeddingBundle, or a model with a heldout_loader"):
+        inspect_groups(model)

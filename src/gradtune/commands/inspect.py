@@ -78,7 +78,7 @@ def _run(args: argparse.Namespace) -> tuple[int, dict]:
     bundle, path = _load(args)
     inputs = row_inputs(bundle, bundle_path=path)  # a bad 'sources' array fails before the inference
     ins = inspect_groups(bundle, seed=args.seed, n_rows=args.rows, features=args.features)
-    paths = write_gallery(ins, bundle, args.out, inputs=inputs)
+    paths = write_gallery(ins, args.out, inputs=inputs)
     for g in ins.groups:
         acc = "-" if g.erm_accuracy is None else f"{100 * g.erm_accuracy:.1f}%"
         purity = "" if g.purity is None else f"; diagnostic: {100 * g.purity:.0f}% of shown rows in a true minority"

@@ -194,14 +194,20 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
-def write_gallery(ins: GroupInspection, bundle: EmbeddingBundle, out_dir: str | Path, *,
-                  inputs: RowInputs | None = None, title: str | None = None) -> dict[str, Path]:
+def write_gallery(ins: GroupInspection, out_dir: str | Path, *, inputs: RowInputs | None = None,
+                  title: str | None = None) -> dict[str, Path]:
     """Write ``inspect.md``, ``inspect.html``, ``inspect.json`` and ``gallery/*.png`` into
-    ``out_dir``; returns their paths. ``inputs`` default: :func:`row_inputs` of the bundle."""
+    ``out_dir``; returns their paths. ``inputs`` default: the images kept from a model's
+    loader, else :func:`row_inputs` of the inspected bundle."""
     from gradtune.report.figures import require_figures
 
     require_figures()
     out_dir = Path(out_dir)
+    bundle = ins.bundle
+    if bundle is None:
+        raise BundleError("this inspection has no bundle to show rows of; make it with inspect_groups")
+    if inputs is None and ins.images is not None:
+        inputs = RowInputs("image", ins.images, "the loader's image batches")
     inputs = inputs or row_inputs(bundle)
     dataset = bundle.meta.get("dataset") or "bundle"
     doc = Document(title or f"What the model learned: inferred groups of {dataset}")

@@ -77,6 +77,8 @@ class GroupInspection:
     pseudo : (n,) their pseudo-group ids; scores : (n,) their minority scores
     erm_accuracy : float, the ERM head's accuracy on all inspected rows
     info : how the groups were inferred (features, pool, seed, counts)
+    bundle : the bundle inspected (built from the model and loaders when those were given)
+    images : (N, H, W[, 3]) uint8 images of the bundle's rows kept from the loader's batches, or None
     """
 
     groups: list[InspectedGroup]
@@ -86,6 +88,8 @@ class GroupInspection:
     erm_accuracy: float | None
     class_names: list[str]
     info: dict[str, Any]
+    bundle: EmbeddingBundle | None = None
+    images: np.ndarray | None = None
 
     @property
     def minorities(self) -> list[InspectedGroup]:
@@ -126,15 +130,21 @@ def true_minority_groups(bundle: EmbeddingBundle) -> np.ndarray | None:
     return np.asarray(sorted(out), dtype=np.int64)
 
 
-def inspect_groups(bundle: EmbeddingBundle, *, seed: int = 0, n_rows: int = 8,
-                   features: str = "auto") -> GroupInspection:
+def inspect_groups(bundle: Any, heldout_loader: Any = None, *, seed: int = 0, n_rows: int = 8,
+                   features: str = "auto", encoder: Any = None, train_loader: Any = None, layer: Any = None,
+                   device: Any = None, split_seed: int = 0) -> GroupInspection:
     """Infer groups without labels and pick the rows that show what each minority is.
 
     Parameters
     ----------
-    bundle : EmbeddingBundle
-        With validation rows (``heldout``/``selection``, or ``val``, halved by ``seed``)
-        and, for the pool the twins are fitted on, ``train`` rows when it has them.
+    bundle : EmbeddingBundle, or a PyTorch model with ``heldout_loader``
+        A bundle with validation rows (``heldout``/``selection``, or ``val``, halved by
+        ``seed``) and, for the pool the twins are fitted on, ``train`` rows when it has
+        them. A model (a classifier whose logits come from an ``nn.Linear``) is read as
+        :func:`gradtune.repair` reads it: ``heldout_loader``, ``encoder``,
+        ``train_loader``, ``layer``, ``device`` and ``split_seed`` mean the same there
+        (see :func:`gradtune.report.model_rows.model_bundle`); image batches are kept
+        for the gallery's thumbnails.
     seed : int, default=0
         Seeds the inference (and the halving of ``val`` rows when needed).
     n_rows : int, default=8
@@ -151,6 +161,16 @@ def inspect_groups(bundle: EmbeddingBundle, *, seed: int = 0, n_rows: int = 8,
 
     seed = check_positive_int(seed, "seed", allow_zero=True)
     n_rows = check_positive_int(n_rows, "n_rows")
+    images = None
+    if heldout_loader is not None:
+        from gradtune.report.model_rows import model_bundle
+
+        bundle, images = model_bundle(bundle, heldout_loader, encoder=encoder, train_loader=train_loader,
+                                      layer=layer, device=device, split_seed=check_positive_int(
+                                          split_seed, "split_seed", allow_zero=True))
+    elif not isinstance(bundle, EmbeddingBundle):
+        raise BundleError(f"inspect_groups needs an EmbeddingBundle, or a model with a heldout_loader; got "
+                          f"{type(bundle).__name__} without a loader")
     bundle = bundle.resolve_heldout(seed)
     for s in SPLITS:
         if not bundle.has_split(s):
@@ -193,4 +213,4 @@ def inspect_groups(bundle: EmbeddingBundle, *, seed: int = 0, n_rows: int = 8,
     info = {**pg.info, "seed": seed, "splits": list(SPLITS), "n_rows_per_list": n_rows,
             "true_minority_groups": None if minority_ids is None else [true_names[g] for g in minority_ids]}
     return GroupInspection(groups, rows, pseudo, scores, None if correct is None else float(correct.mean()),
-                           list(names), info)
+                           list(names), info, bundle, images)
