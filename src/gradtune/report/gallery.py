@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -186,6 +186,10 @@ def _strip(items: Sequence[GalleryItem]) -> bytes | None:
     return buf.getvalue()
 
 
+def _writer(data: bytes) -> Callable[[BinaryIO], int]:
+    return lambda fh: fh.write(data)
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
@@ -236,7 +240,7 @@ def write_gallery(ins: GroupInspection, out_dir: str | Path, *, inputs: RowInput
             strip_path = None
             if strip is not None:
                 strip_path = out_dir / "gallery" / f"{_slug(g.name)}-{kind}.png"
-                paths[strip_path.stem] = atomic_write(strip_path, lambda fh, b=strip: fh.write(b))
+                paths[strip_path.stem] = atomic_write(strip_path, _writer(strip))
             doc.p(f"Most {kind} rows ({len(rows)}):")
             doc.gallery(items, strip=strip_path, thumb_px=THUMB_PX)
         if g.purity is not None:

@@ -66,12 +66,16 @@ def model_bundle(model: Any, heldout_loader: Iterable[Any], *, encoder: Callable
     lin, heldout_loader = resolve_output_layer(model, heldout_loader, layer, device=device)
     recorder = _ImageRecorder(heldout_loader)
     parts = [("heldout", recorder)] + ([("train", train_loader)] if train_loader is not None else [])
-    feats, labels, encs, split = [], [], [], []
+    feats: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    encs: list[np.ndarray] = []
+    split: list[np.ndarray] = []
     for name, loader in parts:
         f, _, y, e = capture_batches(model, loader, lin, encoder=encoder, device=device)
         feats.append(f.numpy())
         labels.append(y.numpy())
-        encs.append(None if e is None else e.numpy())
+        if e is not None:
+            encs.append(e.numpy())
         split.append(np.full(len(y), "train" if name == "train" else "val", dtype="<U9"))
     n_held = len(labels[0])
     if n_held < 4:

@@ -249,7 +249,7 @@ def write_paper_report(store: str | Path, out_dir: str | Path, *, partial: bool 
         rep = exps[0]["config"].get("report", {})
         method, baseline = rep.get("method", "gradtune"), rep.get("baseline", "erm")
         planned_ids = [p["run_id"] for p in plan]
-        labels = {}
+        labels: dict[str, str] = {}
         for p in plan:
             labels.setdefault(p["run_id"], p["label"])
         sub = frame[frame["run_id"].isin(planned_ids)].copy() if not frame.empty else frame
@@ -277,10 +277,10 @@ def write_paper_report(store: str | Path, out_dir: str | Path, *, partial: bool 
                 result.shown.append(item)
                 result.paths[item] = path
             else:
-                tab = norm_table(entries)
+                means = norm_table(entries)
                 path = fig_norm_means(entries, fig_dir / "fig4-gradnorm-group-means.png")
-                if tab is not None:
-                    emit(tab, bool(lacking))
+                if means is not None:
+                    emit(means, bool(lacking))
                 doc.fig(path, "Figure 4: mean held-out gradient norm of each group under the ERM head, "
                         "mean ± std over seeds.")
                 result.paths[item] = path
@@ -381,7 +381,7 @@ def write_paper_report(store: str | Path, out_dir: str | Path, *, partial: bool 
 
 def _comparisons(sub: pd.DataFrame, plan: Sequence[dict], method: str, baselines: Sequence[str]) -> list[str]:
     """One sentence per benchmark and baseline: does the method's first setting beat it on mean WGA?"""
-    first = {}
+    first: dict[str, str] = {}
     for p in plan:
         first.setdefault(p["method"], p["label"])
     if method not in first or sub.empty:

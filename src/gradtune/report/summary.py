@@ -70,7 +70,7 @@ def summary_table(frame: pd.DataFrame, methods: Sequence[str] | None = None,
             continue
         use = sub["group_labels"].iloc[0]
         tr, va = GROUP_LABEL_MARKS.get(use, ("?", "?"))
-        row = {"Method": m, "Group labels (train)": tr, "Group labels (val)": va}
+        row: dict[str, str | int] = {"Method": m, "Group labels (train)": tr, "Group labels (val)": va}
         for b in benchmarks:
             cell = sub[sub["benchmark"] == b]
             for short, col in metrics:

@@ -76,7 +76,10 @@ def run_demo(cfg: DemoConfig, build: Callable[..., EmbeddingBundle] | None = Non
     'compact' and 'compact_header': the terminal's table, 'paths', 'seconds', 'counts', 'records'}."""
     require_figures()  # the report's figures need matplotlib: say so before any run is computed
     if build is None:
-        from gradtune.experiments.offline import build_bundle as build
+        from gradtune.experiments.offline import build_bundle
+
+        build = build_bundle
+    make: Callable[..., EmbeddingBundle] = build
     t0 = time.perf_counter()
     out = Path(cfg.out)
     run_root = out / "runs"
@@ -84,7 +87,7 @@ def run_demo(cfg: DemoConfig, build: Callable[..., EmbeddingBundle] | None = Non
     methods = list(dict.fromkeys(s.display for s in specs))
 
     def get_bundle(name: str, seed: int) -> EmbeddingBundle:
-        return cached_bundle(name, seed, cfg.cache_dir, build, force=cfg.force, progress=cfg.progress)
+        return cached_bundle(name, seed, cfg.cache_dir, make, force=cfg.force, progress=cfg.progress)
 
     counts = {"new": 0, "reused": 0}
 
