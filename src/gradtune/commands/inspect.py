@@ -11,10 +11,10 @@ inspect.json: each inferred group's size and ERM accuracy, and the most typical 
 most confident rows of each inferred minority, as thumbnails (images), snippets (texts)
 or the columns that differ most from the class mean (tabular rows).
 
-BUNDLE is a bundle file (.npz or folder), or the name of an offline benchmark (its
-bundle for --seed is built, or read from the cache). A bundle file may carry a
-``sources`` array (one string per row: an image path relative to the bundle, or a text)
-so that the gallery shows the original rows.
+BUNDLE is a bundle file (.npz or folder), ``example`` (the packaged synthetic bundle),
+or the name of an offline benchmark (its bundle for --seed is built, or read from the
+cache). A bundle file may carry a ``sources`` array (one string per row: an image path
+relative to the bundle, or a text) so that the gallery shows the original rows.
 """
 
 from __future__ import annotations
@@ -25,12 +25,15 @@ from pathlib import Path
 from gradtune._cli_flags import add_json, add_quiet, run_json_aware
 from gradtune._names import OFFLINE_BENCHMARK_NAMES, name_list
 
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "spurious_example.npz"
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="show the rows of the groups the model's shortcut creates (a gallery)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bundle", metavar="BUNDLE",
-                   help=f"a bundle file or folder, or an offline benchmark: {name_list(OFFLINE_BENCHMARK_NAMES)}")
+                   help="a bundle file or folder, 'example' (the packaged synthetic bundle), or an offline "
+                   f"benchmark: {name_list(OFFLINE_BENCHMARK_NAMES)}")
     p.add_argument("--out", type=Path, required=True, help="folder for inspect.html, inspect.md, inspect.json")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds the inference (and an offline benchmark's bundle) (default 0)")
@@ -53,7 +56,7 @@ def _load(args: argparse.Namespace):  # noqa: ANN202 - EmbeddingBundle, imported
     from gradtune._validation import GradTuneInputError
     from gradtune.embeddings.bundle import load_bundle
 
-    path = Path(args.bundle)
+    path = EXAMPLE if args.bundle == "example" else Path(args.bundle)
     if path.exists():
         return load_bundle(path), path
     if args.bundle in OFFLINE_BENCHMARK_NAMES:
@@ -72,11 +75,13 @@ def _run(args: argparse.Namespace) -> tuple[int, dict]:
     check_positive_int(args.seed, "--seed", allow_zero=True)  # flags first, then extras, then work
     check_positive_int(args.rows, "--rows")
     require_figures()  # the gallery's thumbnails are drawn with matplotlib
+    from gradtune._errors import ensure_output_dir
     from gradtune.report.gallery import row_inputs, write_gallery
     from gradtune.report.inspect import inspect_groups
 
     bundle, path = _load(args)
     inputs = row_inputs(bundle, bundle_path=path)  # a bad 'sources' array fails before the inference
+    ensure_output_dir(args.out)  # and so does an unwritable --out
     ins = inspect_groups(bundle, seed=args.seed, n_rows=args.rows, features=args.features)
     paths = write_gallery(ins, args.out, inputs=inputs)
     for g in ins.groups:
