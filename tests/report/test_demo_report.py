@@ -26,7 +26,7 @@ from tests.workflows.test_demo import CALLS, toy_build
 def _headings(out) -> tuple[list[str], list[str]]:
     md = (out / "report.md").read_text()
     html = (out / "report.html").read_text()
-    return re.findall(r"^##? (.+)$", md, flags=re.M), re.findall(r"<h[12]>(.+?)</h[12]>", html)
+    return re.findall(r"^#{1,3} (.+)$", md, flags=re.M), re.findall(r"<h[123]>(.+?)</h[123]>", html)
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,9 @@ def test_markdown_and_html_carry_the_same_sections(demo):
     md, html = _headings(out)
     assert md == [h.replace("&#x27;", "'") for h in html]
     assert "What GradTune selected" in md and "Figures" in md and len(md) >= 6
+    # the first seed's inferred groups, with the rows of each inferred minority
+    assert "toy-a: what the ERM model learned (inferred groups, seed 0)" in md
+    assert sum(h.startswith("toy-a ") and "inferred minority" in h for h in md) == 2
     page = (out / "report.html").read_text()
     assert "white-space:nowrap" in page.split("td,th{", 1)[1].split("}", 1)[0]  # "88.4 ± 0.6" stays on one line
     assert re.search(r"<td>\d+\.\d ± \d+\.\d</td>", page)

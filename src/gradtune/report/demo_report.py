@@ -15,6 +15,8 @@ import numpy as np
 from gradtune._io import atomic_write_text
 from gradtune.report.document import Document
 from gradtune.report.figures import plot_group_accuracy, plot_norm_distributions, require_figures
+from gradtune.report.gallery import add_gallery, resolve_inputs
+from gradtune.report.inspect import GroupInspection
 from gradtune.report.summary import (
     comparison_notes,
     per_group_table,
@@ -90,8 +92,11 @@ def _inference_notes(records: Sequence[dict]) -> list[str]:
 
 def write_report(records: Sequence[dict], run_root: str | Path, out_dir: str | Path, *,
                  methods: Sequence[str], benchmarks: Sequence[str], title: str = "gradtune demo",
-                 preamble: Sequence[str] = ()) -> dict[str, Path]:
-    """Write the report files; returns their paths. ``preamble`` lines open the Markdown."""
+                 preamble: Sequence[str] = (), inspections: dict[str, GroupInspection] | None = None,
+                 ) -> dict[str, Path]:
+    """Write the report files; returns their paths. ``preamble`` lines open the Markdown;
+    ``inspections`` (benchmark -> :func:`~gradtune.report.inspect.inspect_groups` of one of
+    its bundles) add a gallery of what the ERM model learned on each."""
     require_figures()  # before anything is written: a missing matplotlib leaves no partial report
     run_root, out_dir = Path(run_root), Path(out_dir)
     fig_dir = out_dir / "figures"
@@ -146,6 +151,10 @@ def write_report(records: Sequence[dict], run_root: str | Path, out_dir: str | P
     for b, t in group_tables.items():
         doc.h(2, f"{b}: per-group test accuracy (%)")
         doc.table(t)
+    gallery_paths: dict[str, Path] = {}
+    for b, ins in (inspections or {}).items():
+        doc.h(2, f"{b}: what the ERM model learned (inferred groups, seed {ins.info.get('seed')})")
+        gallery_paths.update(add_gallery(doc, ins, resolve_inputs(ins), out_dir, level=3, prefix=f"{b} "))
     if figures:
         doc.h(2, "Figures")
         for caption, p in figures:

@@ -33,7 +33,7 @@ from gradtune.embeddings.bundle import BundleError, EmbeddingBundle
 from gradtune.report.document import Document, GalleryItem
 from gradtune.report.inspect import GroupInspection
 
-__all__ = ["RowInputs", "row_inputs", "bundle_sources", "write_gallery"]
+__all__ = ["RowInputs", "row_inputs", "bundle_sources", "resolve_inputs", "add_gallery", "write_gallery"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 THUMB_PX = 84
@@ -198,23 +198,24 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
-def write_gallery(ins: GroupInspection, out_dir: str | Path, *, inputs: RowInputs | None = None,
-                  title: str | None = None) -> dict[str, Path]:
-    """Write ``inspect.md``, ``inspect.html``, ``inspect.json`` and ``gallery/*.png`` into
-    ``out_dir``; returns their paths. ``inputs`` default: the images kept from a model's
-    loader, else :func:`row_inputs` of the inspected bundle."""
-    from gradtune.report.figures import require_figures
-
-    require_figures()
-    out_dir = Path(out_dir)
-    bundle = ins.bundle
-    if bundle is None:
+def resolve_inputs(ins: GroupInspection, inputs: RowInputs | None = None) -> RowInputs:
+    """``inputs``, else the images kept from a model's loader, else :func:`row_inputs` of the bundle."""
+    if ins.bundle is None:
         raise BundleError("this inspection has no bundle to show rows of; make it with inspect_groups")
     if inputs is None and ins.images is not None:
         inputs = RowInputs("image", ins.images, "the loader's image batches")
-    inputs = inputs or row_inputs(bundle)
-    dataset = bundle.meta.get("dataset") or "bundle"
-    doc = Document(title or f"What the model learned: inferred groups of {dataset}")
+    return inputs or row_inputs(ins.bundle)
+
+
+def add_gallery(doc: Document, ins: GroupInspection, inputs: RowInputs, out_dir: str | Path, *,
+                level: int = 2, prefix: str = "") -> dict[str, Path]:
+    """Append the inspection to ``doc``: the groups table, then per inferred minority its
+    typical and confident rows; thumbnail strips for the Markdown go to
+    ``out_dir/gallery/<prefix><group>-<kind>.png``. Returns the strips' paths."""
+    bundle = ins.bundle
+    if bundle is None:
+        raise BundleError("this inspection has no bundle to show rows of; make it with inspect_groups")
+    out_dir = Path(out_dir)
     doc.p(f"Groups inferred without labels by XRM twins ({ins.info.get('features')}, fitted on the "
           f"{ins.info.get('pool')} rows, seed {ins.info.get('seed')}) over the {ins.rows.size} validation rows "
           f"(held-out and selection halves). Each class splits into an inferred majority and an inferred minority "
@@ -226,11 +227,12 @@ def write_gallery(ins: GroupInspection, out_dir: str | Path, *, inputs: RowInput
     table = pd.DataFrame([{"Inferred group": g.name, "Rows": g.size, "ERM accuracy (%)": _pct(g.erm_accuracy),
                            **({"Stored groups (diagnostic)": ", ".join(f"{k}: {v}" for k, v in g.true_groups.items())}
                               if diag else {})} for g in ins.groups])
-    doc.h(2, "Inferred groups")
+    if level == 2:
+        doc.h(2, "Inferred groups")
     doc.table(table)
     paths: dict[str, Path] = {}
     for g in ins.minorities:
-        doc.h(2, f"{g.name}: {g.size} rows, ERM accuracy {_pct(g.erm_accuracy)}%")
+        doc.h(level, f"{prefix}{g.name}: {g.size} rows, ERM accuracy {_pct(g.erm_accuracy)}%")
         if g.size == 0:
             doc.p("The inference put no row of this class in a minority.")
             continue
@@ -239,7 +241,7 @@ def write_gallery(ins: GroupInspection, out_dir: str | Path, *, inputs: RowInput
             strip = _strip(items)
             strip_path = None
             if strip is not None:
-                strip_path = out_dir / "gallery" / f"{_slug(g.name)}-{kind}.png"
+                strip_path = out_dir / "gallery" / f"{_slug(prefix + g.name)}-{kind}.png"
                 paths[strip_path.stem] = atomic_write(strip_path, _writer(strip))
             doc.p(f"Most {kind} rows ({len(rows)}):")
             doc.gallery(items, strip=strip_path, thumb_px=THUMB_PX)
@@ -247,7 +249,21 @@ def write_gallery(ins: GroupInspection, out_dir: str | Path, *, inputs: RowInput
             doc.p(f"Diagnostic (stored groups, never read to choose the rows): {100 * g.purity:.0f}% of the "
                   f"{g.shown.size} rows shown are in a true minority group "
                   f"({', '.join(ins.info.get('true_minority_groups') or [])}).")
+    return paths
+
+
+def write_gallery(ins: GroupInspection, out_dir: str | Path, *, inputs: RowInputs | None = None,
+                  title: str | None = None) -> dict[str, Path]:
+    """Write ``inspect.md``, ``inspect.html``, ``inspect.json`` and ``gallery/*.png`` into
+    ``out_dir``; returns their paths. ``inputs``: see :func:`resolve_inputs`."""
+    from gradtune.report.figures import require_figures
+
+    require_figures()
+    inputs = resolve_inputs(ins, inputs)
+    dataset = (ins.bundle.meta if ins.bundle is not None else {}).get("dataset") or "bundle"
+    doc = Document(title or f"What the model learned: inferred groups of {dataset}")
+    paths = add_gallery(doc, ins, inputs, out_dir)
     paths.update(doc.write(out_dir, stem="inspect"))
-    paths["json"] = atomic_write_json(out_dir / "inspect.json", {"dataset": dataset, "inputs": inputs.origin,
-                                                                 **ins.to_dict()})
+    paths["json"] = atomic_write_json(Path(out_dir) / "inspect.json", {"dataset": dataset, "inputs": inputs.origin,
+                                                                       **ins.to_dict()})
     return paths

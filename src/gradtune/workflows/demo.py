@@ -38,6 +38,7 @@ class DemoConfig:
     methods : registry names ('all' expands to every registered method)
     out : report folder (records under out/runs)
     cache_dir : encoder-feature and bundle cache (default: ~/.cache/gradtune or $GRADTUNE_CACHE_DIR)
+    inspect : add a gallery of each benchmark's inferred groups (first seed) to the report
     """
 
     benchmarks: Sequence[str] = DEFAULT_BENCHMARKS
@@ -47,6 +48,7 @@ class DemoConfig:
     cache_dir: Path | None = None
     force: bool = False
     progress: bool = True
+    inspect: bool = True
     method_params: dict[str, dict] = field(default_factory=dict)
 
 
@@ -102,6 +104,12 @@ def run_demo(cfg: DemoConfig, build: Callable[..., EmbeddingBundle] | None = Non
                         100 * wga if wga is not None else float("nan"), state)
 
     records = list(run_grid(specs, get_bundle, run_root, force=cfg.force, on_record=on_record))
+    inspections = {}
+    if cfg.inspect and cfg.seeds:
+        from gradtune.report.inspect import inspect_groups
+
+        for b in cfg.benchmarks:  # what the first seed's ERM model learned, shown as rows
+            inspections[b] = inspect_groups(get_bundle(b, cfg.seeds[0]), seed=cfg.seeds[0], n_rows=6)
     preamble = [
         f"Benchmarks: {', '.join(cfg.benchmarks)}; seeds: {', '.join(map(str, cfg.seeds))}; "
         f"methods: {', '.join(methods)}.",
@@ -129,7 +137,8 @@ def run_demo(cfg: DemoConfig, build: Callable[..., EmbeddingBundle] | None = Non
         "its held-out half has 1,000 reviews, so M' = 500 selects half of them.",
     ]
     paths = write_report(records, run_root, out, methods=methods, benchmarks=list(cfg.benchmarks),
-                         title="gradtune offline demo: GradTune vs baselines on real data", preamble=preamble)
+                         title="gradtune offline demo: GradTune vs baselines on real data", preamble=preamble,
+                         inspections=inspections)
     frame = records_frame(records)
     table = summary_table(frame, methods, list(cfg.benchmarks))
     compact, header = compact_table(frame, methods, list(cfg.benchmarks))
