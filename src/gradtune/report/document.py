@@ -37,8 +37,8 @@ STYLE = (
     ".gallery{display:flex;flex-wrap:wrap;gap:8px;margin:.3em 0 1em}"
     ".gallery figure{margin:0;width:var(--thumb);font-size:11px;color:#333}"
     ".gallery img{width:var(--thumb);image-rendering:pixelated;border:1px solid #bbb}"
-    ".gallery .snippet{border:1px solid #bbb;padding:4px;height:7.5em;overflow:hidden;font-size:12px;"
-    "background:#fafafa;white-space:normal}"
+    ".gallery .snippet{border:1px solid #bbb;padding:4px;min-height:4em;font-size:12px;"
+    "background:#fafafa;white-space:normal;overflow-wrap:anywhere}"
 )
 
 
@@ -168,7 +168,7 @@ def _data_uri(png: bytes) -> str:
 
 
 def _gallery_html(g: _Gallery) -> str:
-    width = g.thumb_px if any(i.png for i in g.items) else 220
+    width = g.thumb_px if any(i.png for i in g.items) else 260
     out = [f"<div class='gallery' style='--thumb:{width}px'>"]
     for item in g.items:
         cap = html.escape(item.caption)
