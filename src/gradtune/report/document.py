@@ -160,7 +160,8 @@ class Document:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    """A snippet on one Markdown line; angle brackets escaped so that a data row's HTML is shown, not run."""
+    return " ".join(text.split()).replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _data_uri(png: bytes) -> str:
