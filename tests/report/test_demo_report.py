@@ -145,3 +145,26 @@ def test_no_partial_outputs_without_matplotlib(tmp_path, monkeypatch):
     with pytest.raises(opt.MissingDependencyError, match="matplotlib"):
         run_demo(cfg, build=toy_build)
     assert CALLS == [] and not (tmp_path / "r").exists()  # nothing computed, nothing written
+
+
+BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome", "chrome-headless-shell")
+                if __import__("shutil").which(b)), None)
+
+
+@pytest.mark.skipif(BROWSER is None, reason="needs a headless Chromium (apt-get install chromium)")
+def test_screenshot_script_finds_no_wrapped_cell(demo, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import matplotlib.image as mpimg
+
+    out, _ = demo
+    script = Path(__file__).resolve().parents[2] / "scripts" / "report_screenshots.py"
+    res = subprocess.run([sys.executable, str(script), str(out / "report.html"), "--out", str(tmp_path),
+                          "--width", "1000", "--height", "3000"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    cells = int(re.search(r"(\d+) '±' cells, 0 wrapped", res.stdout).group(1))
+    page = (out / "report.html").read_text()
+    assert cells == len(re.findall(r"<td>[^<]*±[^<]*</td>", page)) > 0
+    assert mpimg.imread(tmp_path / "report-report.png").shape[:2] == (3000, 1000)
