@@ -203,10 +203,10 @@ def inspect_groups(bundle: Any, heldout_loader: Any = None, *, seed: int = 0, n_
             z = x[members]
             scale = x[labels == label].std(0) + 1e-12
             dist = np.linalg.norm((z - z.mean(0)) / scale, axis=1)
-            ig.typical = rows[members[np.argsort(dist, kind="stable")[:n_rows]]]
-            ig.confident = rows[members[np.argsort(-scores[members], kind="stable")[:n_rows]]]
-            where = {int(r): i for i, r in enumerate(rows)}
-            ig.scores = {int(r): float(scores[where[int(r)]]) for r in ig.shown}
+            typical = members[np.argsort(dist, kind="stable")[:n_rows]]
+            confident = members[np.argsort(-scores[members], kind="stable")[:n_rows]]
+            ig.typical, ig.confident = rows[typical], rows[confident]
+            ig.scores = {int(rows[i]): float(scores[i]) for i in np.concatenate([typical, confident])}
             if minority_ids is not None:
                 ig.purity = float(np.isin(bundle.groups[ig.shown], minority_ids).mean())
         groups.append(ig)
