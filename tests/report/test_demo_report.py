@@ -59,6 +59,10 @@ def test_compact_table_numbers_and_width(demo):
         d = df[df["method"] == row["Method"]]
         avg, wga = 100 * d["accuracy"].to_numpy(), 100 * d["worst_group_accuracy"].to_numpy()
         assert row["toy-a"] == f"{avg.mean():.1f} / {wga.mean():.1f} ± {wga.std():.1f}"
+        # the report's table carries both stds, in the Markdown and the HTML
+        cell = f"{avg.mean():.1f} ± {avg.std():.1f} / {wga.mean():.1f} ± {wga.std():.1f}"
+        assert f"| {row['Method']} | {row['Group labels']} | {cell} |" in (out / "report.md").read_text()
+        assert f"<td>{cell}</td>" in (out / "report.html").read_text()
     assert table.set_index("Method").loc["dfr", "Group labels"] == "validation"
 
 

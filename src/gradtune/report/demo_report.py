@@ -18,10 +18,10 @@ from gradtune.report.figures import plot_group_accuracy, plot_norm_distributions
 from gradtune.report.gallery import add_gallery, resolve_inputs
 from gradtune.report.inspect import GroupInspection
 from gradtune.report.summary import (
+    compact_table,
     comparison_notes,
     per_group_table,
     records_frame,
-    summary_table,
 )
 
 __all__ = ["write_report"]
@@ -102,7 +102,7 @@ def write_report(records: Sequence[dict], run_root: str | Path, out_dir: str | P
     fig_dir = out_dir / "figures"
     frame = records_frame(records, "test")
     frame_sorted = frame.sort_values(["benchmark", "method", "seed"]) if not frame.empty else frame
-    table = summary_table(frame, methods, benchmarks)
+    table, header = compact_table(frame, methods, benchmarks, avg_std=True)
     notes = comparison_notes(frame)
     if "gradtune-auto" in set(frame.get("method", [])):
         notes += comparison_notes(frame, "gradtune-auto", "erm")
@@ -132,9 +132,9 @@ def write_report(records: Sequence[dict], run_root: str | Path, out_dir: str | P
     doc = Document(title)
     for line in preamble:
         doc.p(line)
-    doc.h(2, "Test accuracy (%), mean ± std over seeds")
-    doc.p("Avg = plain test accuracy; WGA = worst-group accuracy. Group-label columns say whether a method "
-          "uses group labels for training its last layer / for validation.")
+    doc.h(2, "Test accuracy (%)")
+    doc.p(header.split(", ", 1)[-1].replace("\n", ". ") + ". The group-label column says which group labels a method reads "
+          "(DFR: those of the validation rows); the others read none. Every run: results.csv.")
     doc.table(table)
     doc.h(2, "What the numbers say")
     doc.ul(notes or ["(no GradTune/ERM pair to compare)"])

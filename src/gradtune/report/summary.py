@@ -84,15 +84,16 @@ GROUP_LABEL_WORDS = {"none": "none", "val": "validation", "train+val": "train+va
 
 
 def compact_table(frame: pd.DataFrame, methods: Sequence[str] | None = None,
-                  benchmarks: Sequence[str] | None = None) -> tuple[pd.DataFrame, str]:
-    """The terminal's table: one row per method, one column per benchmark holding
-    'Avg / WGA ± std' (means over seeds in percent; the std, ddof=0, is WGA's), and the
-    header line naming the seeds once. A cell over fewer seeds than the rest says how many.
+                  benchmarks: Sequence[str] | None = None, *, avg_std: bool = False) -> tuple[pd.DataFrame, str]:
+    """One row per method, one column per benchmark holding 'Avg / WGA ± std' (means over
+    seeds in percent; the std, ddof=0, is WGA's), and a header naming the seeds once. A
+    cell over fewer seeds than the rest says how many. ``avg_std``: 'Avg ± std / WGA ± std'
+    (the report's table); without it, the terminal's.
 
     Returns
     -------
     table : DataFrame with 'Method', 'Group labels' and one column per benchmark
-    header : str
+    header : str, two lines (what the cells are, over which seeds; the abbreviations)
     """
     if frame.empty:
         return pd.DataFrame(), "no results"
@@ -112,11 +113,13 @@ def compact_table(frame: pd.DataFrame, methods: Sequence[str] | None = None,
                 row[b] = "-"
                 continue
             avg, wga = 100 * cell["accuracy"].to_numpy(float), 100 * cell["worst_group_accuracy"].to_numpy(float)
-            text = f"{avg.mean():.1f} / {wga.mean():.1f}" + (f" ± {wga.std():.1f}" if len(cell) > 1 else "")
+            sd = len(cell) > 1
+            text = (f"{avg.mean():.1f}" + (f" ± {avg.std():.1f}" if sd and avg_std else "")
+                    + f" / {wga.mean():.1f}" + (f" ± {wga.std():.1f}" if sd else ""))
             row[b] = text + (f" (n={len(cell)})" if cell["seed"].nunique() < len(seeds) else "")
         out.append(row)
-    header = (f"Test accuracy (%), Avg / WGA ± std of WGA over {len(seeds)} seed{'s' * (len(seeds) != 1)} "
-              f"({', '.join(map(str, seeds))}); Avg = plain accuracy, WGA = worst-group accuracy")
+    header = (f"Test accuracy (%), Avg / WGA ± std{'' if avg_std else ' of WGA'} over {len(seeds)} seed{'s' * (len(seeds) != 1)} "
+              f"({', '.join(map(str, seeds))})\nAvg = plain accuracy, WGA = worst-group accuracy")
     return pd.DataFrame(out), header
 
 
