@@ -17,7 +17,7 @@ def _subcommands(parser: argparse.ArgumentParser) -> set[str]:
 def test_every_command_module_registers_a_command():
     names = _subcommands(cli.build_parser())
     # each module's command name (experiment.py registers ``run``)
-    assert names == {"demo", "tune", "train", "embed", "run", "report"}
+    assert names == {"demo", "tune", "train", "embed", "run", "report", "inspect"}
     assert len(cli.COMMANDS) == len(names)
 
 

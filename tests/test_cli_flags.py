@@ -11,7 +11,7 @@ from gradtune import cli
 
 # flag -> the commands that have it (a command with the concept must spell it this way)
 SHARED = {"--force": {"demo", "tune", "embed", "run"}, "--no-progress": {"demo", "train", "embed", "run"},
-          "--quiet": {"demo", "tune", "train", "embed", "run", "report"}}
+          "--quiet": {"demo", "tune", "train", "embed", "run", "report", "inspect"}}
 OLD = {"--overwrite": "force"}
 
 

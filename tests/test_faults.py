@@ -361,6 +361,17 @@ CASES: list[Case] = [
     Case("report folder without store", "report", lambda t: ["report", t, "--out", t / "r"], 2, "no results.sqlite"),
     Case("report out under a file", "report", lambda t: ["report", _toy_store(t), "--out", _touch(t, "f") / "r"], 2,
          "not a folder"),
+    # inspect
+    Case("inspect bundle missing", "inspect", lambda t: ["inspect", t / "none.npz", "--out", t / "o"], 2,
+         "neither an existing bundle"),
+    Case("inspect bundle garbage", "inspect", lambda t: ["inspect", _touch(t, "g.npz"), "--out", t / "o"], 2,
+         "could not read"),
+    Case("inspect bundle truncated", "inspect", lambda t: ["inspect", _truncate(EXAMPLE, t), "--out", t / "o"], 2,
+         "could not read"),
+    Case("inspect rows 0", "inspect", lambda t: ["inspect", EXAMPLE, "--out", t / "o", "--rows", "0"], 2, "--rows"),
+    Case("inspect seed -1", "inspect", lambda t: ["inspect", EXAMPLE, "--out", t / "o", "--seed", "-1"], 2, "--seed"),
+    Case("inspect out under a file", "inspect", lambda t: ["inspect", EXAMPLE, "--out", _touch(t, "f") / "o"], 2,
+         "not a folder"),
     # run
     Case("run truncated store", "run", _run_on("truncated"), 2, "corrupt"),
     Case("run garbage store", "run", _run_on("garbage"), 2, "not a SQLite database"),

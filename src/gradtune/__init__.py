@@ -10,6 +10,8 @@ The stable public API:
 * :class:`GradTuneClassifier` — GradTune as a scikit-learn classifier on embeddings
 * :func:`repair` — any registered method (default ``gradtune-auto``, the recommended
   label-free pipeline) on a PyTorch model, with an optional frozen encoder
+* :func:`inspect_groups` — the label-free groups of a bundle and the rows that show
+  what each inferred minority is (``gradtune inspect`` writes them as a gallery)
 * :func:`evaluate` and friends — worst-group and other accuracies
 * :class:`EmbeddingBundle`, :func:`load_bundle` — the cached-embedding format
 
@@ -55,6 +57,7 @@ _LAZY: dict[str, str] = {
     "worst_group_accuracy": "gradtune.metrics.accuracy",
     "worst_class_accuracy": "gradtune.metrics.accuracy",
     "repair": "gradtune.model_repair",
+    "inspect_groups": "gradtune.report.inspect",
 }
 
 __all__ = [
@@ -77,6 +80,7 @@ __all__ = [
     "worst_group_accuracy",
     "worst_class_accuracy",
     "repair",
+    "inspect_groups",
     "__version__",
 ]
 
@@ -92,6 +96,7 @@ if TYPE_CHECKING:  # static analysers see the eager imports
         worst_group_accuracy,
     )
     from gradtune.model_repair import repair
+    from gradtune.report.inspect import inspect_groups
     from gradtune.scores.grad_norms import grad_norms
     from gradtune.scores.streaming import grad_norms_streaming
     from gradtune.selection.select import select_finetune_set

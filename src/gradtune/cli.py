@@ -17,7 +17,7 @@ from gradtune._cli_flags import deprecated_uses, plain_parser
 from gradtune._errors import run_boundary
 
 # Modules under gradtune.commands, in the order shown by --help.
-COMMANDS: tuple[str, ...] = ("demo", "tune", "train", "embed", "experiment", "report")
+COMMANDS: tuple[str, ...] = ("demo", "tune", "train", "embed", "experiment", "report", "inspect")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -217,3 +217,31 @@ def test_missing_runs_are_named_not_shown(tmp_path, capsys):
     assert re.search(r"## Table 1: .*\(INCOMPLETE\)", md)
     with pytest.raises(FileNotFoundError, match="no results.sqlite"):
         write_paper_report(tmp_path / "bundles", tmp_path / "x")
+
+
+def test_markdown_and_html_list_the_same_sections(world):
+    root, _ = world
+    md = (root / "report" / "report.md").read_text()
+    page = (root / "report" / "report.html").read_text()
+    md_heads = re.findall(r"^##? (.+)$", md, flags=re.M)
+    html_heads = [h.replace("&#x27;", "'") for h in re.findall(r"<h[12]>(.+?)</h[12]>", page)]
+    assert md_heads == html_heads and len(md_heads) >= 8
+    assert "white-space:nowrap" in page.split("td,th{", 1)[1].split("}", 1)[0]
+
+
+def test_report_without_matplotlib_writes_nothing(world, tmp_path, monkeypatch, capsys):
+    import gradtune._optional as opt
+
+    root, _ = world
+    real = opt.require
+
+    def no_mpl(module, **kw):
+        if module.startswith("matplotlib"):
+            raise opt.MissingDependencyError("matplotlib is not installed; the report's figures need it")
+        return real(module, **kw)
+
+    monkeypatch.setattr(opt, "require", no_mpl)
+    out = tmp_path / "report"
+    assert main(["report", str(root / "results"), "--out", str(out)]) == 2
+    assert "matplotlib is not installed" in capsys.readouterr().err
+    assert not out.exists()  # no partial table1.csv or anything else

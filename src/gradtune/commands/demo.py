@@ -69,8 +69,8 @@ def _run(args: argparse.Namespace) -> tuple[int, dict]:
     res = run_demo(cfg)
     table = res["table"]
     print()
-    print("Test accuracy (%) — Avg: plain accuracy, WGA: worst-group accuracy; mean ± std over seeds")
-    print(table.to_string(index=False))
+    print(res["compact_header"])
+    print(res["compact"].to_string(index=False))
     print()
     print(f"{res['counts']['new']} runs computed, {res['counts']['reused']} reused from {args.out / 'runs'}; "
           f"{res['seconds']:.0f} s")

@@ -6,8 +6,6 @@ Run records and the ERM held-out gradient norms come from the demo's results sto
 
 from __future__ import annotations
 
-import base64
-import html
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,13 +13,15 @@ from pathlib import Path
 import numpy as np
 
 from gradtune._io import atomic_write_text
-from gradtune.report.figures import plot_group_accuracy, plot_norm_distributions
+from gradtune.report.document import Document
+from gradtune.report.figures import plot_group_accuracy, plot_norm_distributions, require_figures
+from gradtune.report.gallery import add_gallery, resolve_inputs
+from gradtune.report.inspect import GroupInspection
 from gradtune.report.summary import (
+    compact_table,
     comparison_notes,
-    markdown_table,
     per_group_table,
     records_frame,
-    summary_table,
 )
 
 __all__ = ["write_report"]
@@ -92,15 +92,17 @@ def _inference_notes(records: Sequence[dict]) -> list[str]:
 
 def write_report(records: Sequence[dict], run_root: str | Path, out_dir: str | Path, *,
                  methods: Sequence[str], benchmarks: Sequence[str], title: str = "gradtune demo",
-                 preamble: Sequence[str] = ()) -> dict[str, Path]:
-    """Write the report files; returns their paths. ``preamble`` lines open the Markdown."""
+                 preamble: Sequence[str] = (), inspections: dict[str, GroupInspection] | None = None,
+                 ) -> dict[str, Path]:
+    """Write the report files; returns their paths. ``preamble`` lines open the Markdown;
+    ``inspections`` (benchmark -> :func:`~gradtune.report.inspect.inspect_groups` of one of
+    its bundles) add a gallery of what the ERM model learned on each."""
+    require_figures()  # before anything is written: a missing matplotlib leaves no partial report
     run_root, out_dir = Path(run_root), Path(out_dir)
     fig_dir = out_dir / "figures"
     frame = records_frame(records, "test")
     frame_sorted = frame.sort_values(["benchmark", "method", "seed"]) if not frame.empty else frame
-    csv_path = out_dir / "results.csv"
-    atomic_write_text(csv_path, frame_sorted.to_csv(index=False))
-    table = summary_table(frame, methods, benchmarks)
+    table, header = compact_table(frame, methods, benchmarks, avg_std=True)
     notes = comparison_notes(frame)
     if "gradtune-auto" in set(frame.get("method", [])):
         notes += comparison_notes(frame, "gradtune-auto", "erm")
@@ -127,50 +129,38 @@ def write_report(records: Sequence[dict], run_root: str | Path, out_dir: str | P
                             plot_group_accuracy(dict(acc), names, b, fig_dir / f"{b}-group-accuracy.png")))
         group_tables[b] = per_group_table(records, b, [m for m in methods if any(r["label"] == m for r in recs)])
 
-    md = [f"# {title}", "", *preamble, "",
-          "## Test accuracy (%), mean ± std over seeds", "",
-          "Avg = plain test accuracy; WGA = worst-group accuracy. Group-label columns say whether a "
-          "method uses group labels for training its last layer / for validation.", "",
-          markdown_table(table), "", "## What the numbers say", ""]
-    md += [f"- {n}" for n in notes] or ["- (no GradTune/ERM pair to compare)"]
+    doc = Document(title)
+    for line in preamble:
+        doc.p(line)
+    doc.h(2, "Test accuracy (%)")
+    doc.p(header.split(", ", 1)[-1].replace("\n", ". ") + ". The group-label column says which group labels a method reads "
+          "(DFR: those of the validation rows); the others read none. Every run: results.csv.")
+    doc.table(table)
+    doc.h(2, "What the numbers say")
+    doc.ul(notes or ["(no GradTune/ERM pair to compare)"])
     if why:
-        md += ["", "## What GradTune selected", ""] + [f"- {n}" for n in why]
+        doc.h(2, "What GradTune selected")
+        doc.ul(why)
     if inferred:
-        md += ["", "## Inferred groups (label-free methods)", "",
-               "Purity = share of the rows a method's group inference calls minority that are truly in a "
-               "minority group (a group smaller than its class's average in the training rows); recall = "
-               "share of the true minority it finds. Computed after the fit with the true groups, as a "
-               "diagnostic; no method reads them.", ""] + [f"- {n}" for n in inferred]
+        doc.h(2, "Inferred groups (label-free methods)")
+        doc.p("Purity = share of the rows a method's group inference calls minority that are truly in a "
+              "minority group (a group smaller than its class's average in the training rows); recall = "
+              "share of the true minority it finds. Computed after the fit with the true groups, as a "
+              "diagnostic; no method reads them.")
+        doc.ul(inferred)
     for b, t in group_tables.items():
-        md += ["", f"## {b}: per-group test accuracy (%)", "", markdown_table(t)]
-    md += ["", "## Figures", ""]
-    for caption, p in figures:
-        md += [f"![{caption}](figures/{p.name})", "", f"*{caption}*", ""]
-    md_path = atomic_write_text(out_dir / "report.md", "\n".join(md) + "\n")
-
-    def img(p: Path) -> str:
-        return "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode()
-
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;"
-             "text-align:right}th{background:#f3f3f3}img{max-width:100%}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>"]
-    parts += [f"<p>{html.escape(line)}</p>" for line in preamble if line.strip()]
-    parts += ["<h2>Test accuracy (%), mean ± std over seeds</h2>",
-              "<p>Avg = plain test accuracy; WGA = worst-group accuracy.</p>",
-              table.to_html(index=False, border=0, escape=True), "<h2>What the numbers say</h2><ul>"]
-    parts += [f"<li>{html.escape(n)}</li>" for n in notes] + ["</ul>"]
-    if inferred:
-        parts += ["<h2>Inferred groups (label-free methods)</h2><ul>"]
-        parts += [f"<li>{html.escape(n)}</li>" for n in inferred] + ["</ul>"]
-    for b, t in group_tables.items():
-        parts += [f"<h2>{html.escape(b)}: per-group test accuracy (%)</h2>", t.to_html(index=False, border=0)]
-    parts += ["<h2>Figures</h2>"]
-    for caption, p in figures:
-        parts += [f"<figure><img src='{img(p)}' alt='{html.escape(caption)}'>"
-                  f"<figcaption>{html.escape(caption)}</figcaption></figure>"]
-    parts += ["</body></html>"]
-    html_path = atomic_write_text(out_dir / "report.html", "\n".join(parts))
+        doc.h(2, f"{b}: per-group test accuracy (%)")
+        doc.table(t)
+    gallery_paths: dict[str, Path] = {}
+    for b, ins in (inspections or {}).items():
+        doc.h(2, f"{b}: what the ERM model learned (inferred groups, seed {ins.info.get('seed')})")
+        gallery_paths.update(add_gallery(doc, ins, resolve_inputs(ins), out_dir, level=3, prefix=f"{b} "))
+    if figures:
+        doc.h(2, "Figures")
+        for caption, p in figures:
+            doc.fig(p, caption)
+    csv_path = atomic_write_text(out_dir / "results.csv", frame_sorted.to_csv(index=False))
+    written = doc.write(out_dir)
+    md_path, html_path = written["markdown"], written["html"]
     return {"csv": csv_path, "markdown": md_path, "html": html_path,
             **{p.stem: p for _, p in figures}}

@@ -20,8 +20,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_norm_distributions", "plot_group_accuracy", "fig_norm_distributions", "fig_norm_means",
+__all__ = ["require_figures", "bulk_range", "outside_note", "plot_norm_distributions", "plot_group_accuracy", "fig_norm_distributions", "fig_norm_means",
            "fig_sweep"]
+
+
+def require_figures() -> None:
+    """Raise :class:`~gradtune._optional.MissingDependencyError` now if matplotlib is missing
+    (called before a report writes anything, so that no partial report is left)."""
+    from gradtune._optional import require
+
+    require("matplotlib", extra="report", purpose="the report's figures")
 
 
 def _plt():
@@ -43,22 +51,22 @@ def plot_norm_distributions(per_seed: Sequence[dict], group_names: Sequence[str]
     n_groups = int(groups.max()) + 1
     names = list(group_names) if group_names else [f"group {g}" for g in range(n_groups)]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [2, 1]})
-    # Log-spaced bins: the norms of well-fit samples sit orders of magnitude below the rest.
-    positive = norms[norms > 0]
-    lo = max(float(np.quantile(positive, 0.005)), 1e-8) if positive.size else 1e-8
-    hi = max(float(np.quantile(norms, 0.999)) if norms.size else 1.0, lo * 10)
+    # Log-spaced bins over the bulk of the norms (they span decades); the tails outside it are
+    # left out of the histogram and counted in the axis label, never piled up at an edge.
+    lo, hi = bulk_range(norms)
     bins = np.geomspace(lo, hi, 45)
     for g in range(n_groups):
         sel = norms[groups == g]
         if sel.size:
-            ax1.hist(np.clip(sel, lo, hi), bins=bins, histtype="step", linewidth=1.8,
-                     weights=np.full(sel.size, 1.0 / sel.size), label=f"{names[g]} (n={sel.size})")
+            ax1.hist(sel[(sel >= lo) & (sel <= hi)], bins=bins, histtype="step", linewidth=1.8,
+                     weights=np.full(int(((sel >= lo) & (sel <= hi)).sum()), 1.0 / sel.size),
+                     label=f"{names[g]} (n={sel.size})")
     ax1.set_xscale("log")
-    ax1.set_xlabel(f"per-sample gradient norm of the last layer (ERM head), log scale; "
-                   f"values below {lo:.0e} drawn at {lo:.0e}")
+    ax1.set_xlabel("per-sample gradient norm of the last layer (ERM head), log scale\n"
+                   + outside_note(norms, lo, hi))
     ax1.set_ylabel("fraction of the group")
     ax1.set_title(f"{title}: held-out gradient norms by group")
-    ax1.legend(fontsize=8)
+    _legend_outside(ax1, below=True, ncol=2)
     means = np.array([[np.mean(np.asarray(d["norms"])[np.asarray(d["groups"]) == g])
                        if np.any(np.asarray(d["groups"]) == g) else np.nan for g in range(n_groups)]
                       for d in per_seed])
@@ -66,10 +74,10 @@ def plot_norm_distributions(per_seed: Sequence[dict], group_names: Sequence[str]
     ax2.set_xticks(range(n_groups), names, rotation=30, ha="right", fontsize=8)
     ax2.set_ylabel("mean norm (± std over seeds)")
     ax2.set_title("group means")
-    fig.tight_layout()
+    _finish(fig)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -90,13 +98,69 @@ def plot_group_accuracy(acc: dict[str, list[list[float | None]]], group_names: S
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title(f"{title}: per-group test accuracy (mean ± std over seeds)")
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    _legend_outside(ax)
+    _finish(fig)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def bulk_range(norms: np.ndarray, low: float = 0.01, high: float = 0.995) -> tuple[float, float]:
+    """The axis range of a norm histogram: the ``low`` and ``high`` quantiles of the positive
+    norms (at least a decade wide); the upper tail, where the minority's large norms sit,
+    is kept almost whole. Norms of near-certain correct predictions
+    reach 1e-8 and below; a fixed floor would pile them into one spike at the edge.
+
+    norms : (N,) non-negative floats
+    """
+    positive = np.asarray(norms, dtype=float)
+    positive = positive[positive > 0]
+    if positive.size == 0:
+        return 1e-3, 1.0
+    lo, hi = (float(q) for q in np.quantile(positive, [low, high]))
+    if hi <= lo * 10:
+        mid = np.sqrt(lo * hi)
+        lo, hi = mid / np.sqrt(10), mid * np.sqrt(10)
+    return lo, hi
+
+
+def outside_note(norms: np.ndarray, lo: float, hi: float, *, short: bool = False) -> str:
+    """What a histogram on [lo, hi] leaves out: how many norms fall below ``lo`` (zeros
+    among them) and above ``hi``, of how many; ``short`` for a panel title."""
+    norms = np.asarray(norms, dtype=float)
+    below, above = int((norms < lo).sum()), int((norms > hi).sum())
+    if short:
+        return f"not drawn: {below} < {lo:.0e}, {above} > {hi:.0e} (of {norms.size})"
+    return (f"not drawn: {below} norms below {lo:.1e} (incl. {int((norms == 0).sum())} zeros) and "
+            f"{above} above {hi:.1e}, of {norms.size}")
+
+
+def _legend_outside(ax: Any, *, below: bool = False, ncol: int = 1) -> None:
+    """A legend outside the data area: right of the axes, or under its x label (placed there
+    by :func:`_finish` once the label's size is known)."""
+    if below:
+        leg = ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol, frameon=False)
+        leg._gradtune_below = True
+    else:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
+def _finish(fig: Any) -> None:
+    """Lay the figure out with every 'below' legend just under its axes' x label."""
+    for _ in range(3):  # the label moves with the layout: lay out and place until it settles
+        fig.tight_layout()
+        fig.canvas.draw()  # the labels take their laid-out places at draw time
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            leg = ax.get_legend()
+            if leg is None or not getattr(leg, "_gradtune_below", False):
+                continue
+            boxes = [ax.xaxis.label.get_window_extent(renderer)]
+            boxes += [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()]
+            bottom = min(b.y0 for b in boxes) - 4
+            leg.set_bbox_to_anchor((0.5, ax.transAxes.inverted().transform((0, bottom))[1]), transform=ax.transAxes)
 
 
 # ===================================================================== paper figures
@@ -115,8 +179,8 @@ def _panels(n: int, width: float = 4.6, height: float = 3.6):
 def _save(plt, fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _finish(fig)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -137,15 +201,12 @@ def fig_norm_distributions(entries: Sequence[dict], path: str | Path) -> Path:
     ``entries``: dicts with benchmark, seed, norms (N,), groups (N,), group_names.
     """
     by_b = _by_benchmark(entries)
-    plt, fig, axes = _panels(len(by_b))
+    plt, fig, axes = _panels(len(by_b), height=4.6)  # room for the legend under each panel
     for ax, (b, es) in zip(axes, by_b.items(), strict=True):
         names = next((e["group_names"] for e in es if e.get("group_names")), None)
         n_groups = max(max(e["groups"]) for e in es) + 1
         pooled = np.concatenate([np.asarray(e["norms"], dtype=float) for e in es])
-        positive = pooled[pooled > 0]
-        hi = float(np.quantile(positive, 0.995)) if positive.size else 1.0
-        lo = max(float(np.quantile(positive, 0.005)) if positive.size else 1e-3, hi * 1e-6)
-        hi = max(hi, lo * 10)  # smaller norms (near-certain correct predictions) sit at the left edge
+        lo, hi = bulk_range(pooled)
         edges = np.linspace(np.log10(lo), np.log10(hi), 26)  # norms span decades: bins on log10
         centers = 10 ** ((edges[:-1] + edges[1:]) / 2)
         for g in range(n_groups):
@@ -153,8 +214,9 @@ def fig_norm_distributions(entries: Sequence[dict], path: str | Path) -> Path:
             for e in es:
                 sel = np.asarray(e["norms"], dtype=float)[np.asarray(e["groups"]) == g]
                 if sel.size:
-                    vals = np.log10(np.clip(sel, lo, hi))
-                    dens.append(np.histogram(vals, bins=edges, density=True)[0])
+                    # density of the whole group (tails included in the normalisation, not drawn)
+                    counts = np.histogram(np.log10(sel[(sel >= lo) & (sel <= hi)]), bins=edges)[0]
+                    dens.append(counts / (sel.size * np.diff(edges)))
             if not dens:
                 continue
             d = np.asarray(dens)
@@ -164,12 +226,12 @@ def fig_norm_distributions(entries: Sequence[dict], path: str | Path) -> Path:
             ax.fill_between(centers, np.maximum(d.mean(0) - d.std(0), 0), d.mean(0) + d.std(0), alpha=0.15,
                             color=line.get_color())
         ax.set_xscale("log")
-        ax.set_title(f"{b} ({len(es)} seeds)", fontsize=11)
+        ax.set_title(f"{b} ({len(es)} seeds)\n{outside_note(pooled, lo, hi, short=True)}", fontsize=10)
         ax.set_xlabel("last-layer gradient norm, ERM head (log scale)")
-        ax.set_ylabel("density of log10 norm (mean ± std)")
-        ax.legend(fontsize=8)
-    fig.suptitle("Held-out gradient-norm distribution per group (norms below 1e-6 x the 99.5th percentile "
-                 "are drawn at the left edge)", fontsize=11)
+        ax.set_ylabel("density of log10 norm")
+        _legend_outside(ax, below=True, ncol=2)
+    fig.suptitle("Held-out gradient-norm distribution per group (the axis shows the bulk of the norms; "
+                 "the rest are counted under each panel)", fontsize=11)
     return _save(plt, fig, path)
 
 
@@ -225,7 +287,7 @@ def fig_sweep(numbers: Any, baseline: Any, path: str | Path, *, x_label: str, me
         ax.set_xlabel(x_label)
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(b, fontsize=11)
-        ax.legend(fontsize=8)
+        _legend_outside(ax, below=True, ncol=2)
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=12)
     return _save(plt, fig, path)

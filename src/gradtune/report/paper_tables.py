@@ -115,7 +115,8 @@ def _fill_metric_cells(row: dict[str, Any], nums: list[dict], runs: pd.DataFrame
 def table1(frame: pd.DataFrame, labels: Sequence[str], benchmarks: Sequence[str], *, key: str = "table1",
            title: str = "Table 1: test accuracy (%) of every method, mean ± std over seeds") -> PaperTable:
     """Methods (rows, in ``labels`` order) x benchmarks (Avg, WGA), with group-label columns."""
-    rows, nums = [], []
+    rows: list[dict[str, Any]] = []
+    nums: list[dict[str, Any]] = []
     for lab in labels:
         sub = frame[frame["label"] == lab]
         if sub.empty:

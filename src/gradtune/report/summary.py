@@ -17,8 +17,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from gradtune.report.document import markdown_table
+
 __all__ = ["GROUP_LABEL_MARKS", "records_frame", "summary_table", "format_pm", "markdown_table", "comparison_notes",
-           "per_group_table"]
+           "per_group_table", "compact_table"]
 
 GROUP_LABEL_MARKS = {"none": ("✗", "✗"), "val": ("✗", "✓"), "train+val": ("✓", "✓")}
 
@@ -68,7 +70,7 @@ def summary_table(frame: pd.DataFrame, methods: Sequence[str] | None = None,
             continue
         use = sub["group_labels"].iloc[0]
         tr, va = GROUP_LABEL_MARKS.get(use, ("?", "?"))
-        row = {"Method": m, "Group labels (train)": tr, "Group labels (val)": va}
+        row: dict[str, str | int] = {"Method": m, "Group labels (train)": tr, "Group labels (val)": va}
         for b in benchmarks:
             cell = sub[sub["benchmark"] == b]
             for short, col in metrics:
@@ -78,15 +80,47 @@ def summary_table(frame: pd.DataFrame, methods: Sequence[str] | None = None,
     return pd.DataFrame(out)
 
 
-def markdown_table(df: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table (no extra dependency)."""
-    if df.empty:
-        return "_no results_"
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, r in df.iterrows():
-        lines.append("| " + " | ".join(str(r[c]) for c in cols) + " |")
-    return "\n".join(lines)
+GROUP_LABEL_WORDS = {"none": "none", "val": "validation", "train+val": "train+val"}
+
+
+def compact_table(frame: pd.DataFrame, methods: Sequence[str] | None = None,
+                  benchmarks: Sequence[str] | None = None, *, avg_std: bool = False) -> tuple[pd.DataFrame, str]:
+    """One row per method, one column per benchmark holding 'Avg / WGA ± std' (means over
+    seeds in percent; the std, ddof=0, is WGA's), and a header naming the seeds once. A
+    cell over fewer seeds than the rest says how many. ``avg_std``: 'Avg ± std / WGA ± std'
+    (the report's table); without it, the terminal's.
+
+    Returns
+    -------
+    table : DataFrame with 'Method', 'Group labels' and one column per benchmark
+    header : str, two lines (what the cells are, over which seeds; the abbreviations)
+    """
+    if frame.empty:
+        return pd.DataFrame(), "no results"
+    methods = list(methods or dict.fromkeys(frame["method"]))
+    benchmarks = list(benchmarks or dict.fromkeys(frame["benchmark"]))
+    seeds = sorted(set(frame["seed"]))
+    out = []
+    for m in methods:
+        sub = frame[frame["method"] == m]
+        if sub.empty:
+            continue
+        use = sub["group_labels"].iloc[0]
+        row = {"Method": m, "Group labels": GROUP_LABEL_WORDS.get(use, use)}
+        for b in benchmarks:
+            cell = sub[sub["benchmark"] == b]
+            if cell.empty:
+                row[b] = "-"
+                continue
+            avg, wga = 100 * cell["accuracy"].to_numpy(float), 100 * cell["worst_group_accuracy"].to_numpy(float)
+            sd = len(cell) > 1
+            text = (f"{avg.mean():.1f}" + (f" ± {avg.std():.1f}" if sd and avg_std else "")
+                    + f" / {wga.mean():.1f}" + (f" ± {wga.std():.1f}" if sd else ""))
+            row[b] = text + (f" (n={len(cell)})" if cell["seed"].nunique() < len(seeds) else "")
+        out.append(row)
+    header = (f"Test accuracy (%), Avg / WGA ± std{'' if avg_std else ' of WGA'} over {len(seeds)} seed{'s' * (len(seeds) != 1)} "
+              f"({', '.join(map(str, seeds))})\nAvg = plain accuracy, WGA = worst-group accuracy")
+    return pd.DataFrame(out), header
 
 
 def comparison_notes(frame: pd.DataFrame, method: str = "gradtune", baseline: str = "erm") -> list[str]:
