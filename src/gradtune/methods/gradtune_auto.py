@@ -128,6 +128,12 @@ def balanced_accuracy(head: LinearHead, features: np.ndarray, labels: np.ndarray
     return float((hits[present] / counts[present]).mean())
 
 
+def _standardize(x: np.ndarray) -> tuple[StandardScaler, np.ndarray]:
+    """A scaler fitted on (n, d) x, and x standardized by it."""
+    scaler = StandardScaler().fit(x)
+    return scaler, scaler.transform(x)
+
+
 def _keep_erm(head: LinearHead, reason: str, info: dict[str, Any] | None = None) -> MethodResult:
     """The ERM head, unchanged, with the reason in the diagnostics (and logged at WARNING)."""
     _log.warning("gradtune-auto kept the ERM head: %s", reason)
@@ -251,10 +257,11 @@ class GradTuneAutoMethod(Method):
 
     # ------------------------------------------------------------ candidates
     def _retrain(self, x: np.ndarray, y: np.ndarray, g: np.ndarray, c: float, n_classes: int,
-                 rng: np.random.Generator, lib_seed: int) -> LinearHead:
-        """Average of ``num_retrains`` L1 fits on pseudo-group-balanced subsamples of (x, y)."""
-        scaler = StandardScaler().fit(x)
-        xs = scaler.transform(x)
+                 rng: np.random.Generator, lib_seed: int,
+                 scaled: tuple[StandardScaler, np.ndarray] | None = None) -> LinearHead:
+        """Average of ``num_retrains`` L1 fits on pseudo-group-balanced subsamples of (x, y);
+        ``scaled``: the scaler fitted on x and x transformed, when the caller has them."""
+        scaler, xs = scaled if scaled is not None else _standardize(x)
         coefs, icpts = [], []
         for _ in range(int(self.num_retrains)):
             sub = balanced_subsample(g, rng)
@@ -304,9 +311,10 @@ class GradTuneAutoMethod(Method):
         rng_retrain = streams.rng("retrain")
         lib_seed = streams.integer("solver")
         if "retrain" in self.families:
+            scaled = _standardize(x)  # once for every C
             for c in self.c_grid:
                 cands.append(AutoCandidate("retrain", float(c), self._retrain(
-                    x, y, g, c, n_classes, rng_retrain, lib_seed)))
+                    x, y, g, c, n_classes, rng_retrain, lib_seed, scaled)))
         if "reweight" in self.families:
             for c in self.c_grid:
                 cands.append(AutoCandidate("reweight", float(c), self._reweight(x, y, g, c, n_classes,
