@@ -19,7 +19,8 @@ Kinds of member:
   the offline benchmarks' ERM MLP (``erm="mlp"``). The seed changes the rows, the
   held-out / selection split and the ERM fit.
 * ``"offline"``: an :class:`~gradtune.experiments.offline.OfflineBenchmark` (Fashion-MNIST
-  with injected shortcuts, Adult, reviews); the seed changes the split and the ERM MLP.
+  with injected shortcuts, two classes or three and four with a mark tied to one class,
+  Adult, reviews); the seed changes the split and the ERM MLP.
 
 Test rows are group-balanced in every synthetic member; group labels are only read to
 evaluate.
@@ -34,6 +35,7 @@ import numpy as np
 
 from gradtune.data.base import SPLIT_CODES, split_heldout
 from gradtune.data.offline.fmnist import FmnistSpurious, fmnist_files
+from gradtune.data.offline.fmnist_marked import FmnistMarked
 from gradtune.data.synthetic import ShortcutSpec, make_shortcut_data
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.experiments.offline import (
@@ -80,8 +82,8 @@ def _syn(family: str, name: str, erm: str = "linear", control: bool = False, **k
     return StressMember(name, family, ShortcutSpec(name=name, **kw), erm=erm, control=control)
 
 
-def _fm(family: str, name: str, **kw: Any) -> StressMember:
-    load = FmnistSpurious(name=name, **kw)
+def _fm(family: str, name: str, marked: bool = False, **kw: Any) -> StressMember:
+    load = FmnistMarked(name=name, **kw) if marked else FmnistSpurious(name=name, **kw)
     bench = OfflineBenchmark(name=name, description=f"Fashion-MNIST stress member {load!r}", load=load,
                              files=fmnist_files, encoder="efficientnet-lite0",
                              encoder_params=dict(_FMNIST_ENCODER), mlp=_FMNIST_MLP)
@@ -146,6 +148,13 @@ _MEMBERS: tuple[StressMember, ...] = (
         n_val=4000),
     _fm("fmnist", "fm-trouser-bag-stripes80", classes=(1, 8), shortcut="stripes", train_agreement=0.8,
         val_agreement=0.8, n_val=4000),
+    # images, three or four classes, a mark tied mostly to one class
+    _fm("fmnist-multiclass", "fm-3class-bg-tied90", marked=True, classes=(0, 2, 4), tied_class=2,
+        agreement=0.9),
+    _fm("fmnist-multiclass", "fm-3class-stripes-tied85", marked=True, classes=(5, 7, 9), tied_class=0,
+        shortcut="stripes", agreement=0.85),
+    _fm("fmnist-multiclass", "fm-4class-bg-tied85", marked=True, classes=(1, 3, 6, 8), tied_class=1,
+        agreement=0.85),
     # the project's tabular and text benchmarks
     StressMember("adult", "tabular-text", OFFLINE_BENCHMARKS["adult"]),
     StressMember("reviews", "tabular-text", OFFLINE_BENCHMARKS["reviews"]),
