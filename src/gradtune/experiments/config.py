@@ -70,6 +70,7 @@ from gradtune.experiments._config_fields import (
     ConfigError,
     Variant,
     check_keys,
+    check_run_count,
     parse_int_list,
     parse_methods,
     parse_variants,
@@ -398,6 +399,8 @@ def parse_config(data: dict[str, Any], *, base_dir: str | os.PathLike | None = N
     base = Path(base_dir) if base_dir is not None else None
     specs = parse_benchmarks(exp["benchmarks"], methods=methods, config_dir=base, variables=env)
     variants = parse_variants(data, methods)
+    check_run_count("experiment", len(specs) * len(seeds) * len(variants),
+                    f"{len(specs)} benchmark(s) x {len(seeds)} seed(s) x {len(variants)} variant(s)")
     for v in variants:
         validate_variant(v, f"method {v.label!r}")
         for b in specs:

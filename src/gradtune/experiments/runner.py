@@ -23,6 +23,7 @@ import pickle
 import socket
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -360,7 +361,7 @@ def run_experiments(configs: Sequence[Any], store: ResultStore | str | Path, *, 
     if not configs:
         raise GradTuneInputError("no experiment configs given")
     names = [c.name for c in configs]
-    dup = sorted({n for n in names if names.count(n) > 1})
+    dup = sorted(n for n, k in Counter(names).items() if k > 1)
     if dup:
         raise GradTuneInputError(f"experiment name(s) {dup} given twice; each config needs its own experiment.name")
     first = configs[0].launcher
