@@ -27,8 +27,18 @@ from gradtune.embeddings.bundle import BundleError, load_bundle, load_bundle_dig
 from gradtune.finetune.linear import FinetuneConfig
 from gradtune.workflows.tune import tune_bundle
 
+from . import test_faults
 from .experiments._toy import toy_bundle
-from .test_faults import FAST, _deadline, _snapshot, assert_one_line_error, run_cli
+from .test_faults import (
+    EXAMPLE,
+    FAST,
+    Case,
+    _config,
+    _deadline,
+    _snapshot,
+    assert_one_line_error,
+    run_cli,
+)
 
 FAST_CFG = FinetuneConfig(epochs=20)
 SRC = Path(_io.__file__).resolve().parents[1]
@@ -276,3 +286,36 @@ def test_meta_json_is_part_of_the_digest(tmp_path):
     d1 = load_bundle_digest(fb)[1]
     (fb / "meta.json").write_text(json.dumps({"a": 2}))
     assert load_bundle_digest(fb)[1] != d1
+
+
+# ------------------------------------------------- the table, third round
+
+def _grid_config(tmp: Path, seeds: int = 1, sizes: int = 1, lrs: int = 1) -> Path:
+    toy_bundle(0).save(tmp / "b.npz")
+    cfg = tmp / "big.toml"
+    cfg.write_text("\n".join([
+        "[experiment]", 'name = "big"', f'benchmarks = ["bundle:{tmp / "b.npz"}"]',
+        f"seeds = [{', '.join(map(str, range(seeds)))}]", 'methods = ["gradtune"]', "[grid.gradtune]",
+        f"size = [{', '.join(str(100 + i) for i in range(sizes))}]",
+        f'"finetune.lr" = [{", ".join(str(0.001 * (i + 1)) for i in range(lrs))}]', ""]))
+    return cfg
+
+
+ROUND3 = [
+    Case("run dry-run 10^6 seeds", "run", lambda t: ["run", _grid_config(t, seeds=10**6), "--dry-run"], 2,
+         "expands to 1000000 runs"),
+    Case("run dry-run grid of 10^6 variants", "run", lambda t: ["run", _grid_config(t, sizes=1000, lrs=1000),
+                                                                "--dry-run"], 2, "grid.gradtune: the grid expands"),
+    Case("run dry-run num_threads 100000", "run", lambda t: ["run", _config(t, '"finetune.num_threads" = 100000'),
+                                                             "--dry-run"], 2, "num_threads must lie in 1..1024"),
+    Case("run dry-run num_threads 0", "run", lambda t: ["run", _config(t, '"finetune.num_threads" = 0'),
+                                                        "--dry-run"], 2, "num_threads must lie in 1..1024"),
+    Case("tune --param num_threads 100000", "tune", lambda t: [
+        "tune", "--embeddings", EXAMPLE, "--out", t / "o", "--method", "afr", "--param",
+        "finetune.num_threads=100000"], 2, "num_threads"),
+]
+
+
+@pytest.mark.parametrize("case", ROUND3, ids=[c.name for c in ROUND3])
+def test_fault_round3(case: Case, tmp_path, capsys):
+    test_faults.test_fault(case, tmp_path, capsys)
