@@ -28,7 +28,7 @@ from gradtune.finetune.linear import FinetuneConfig
 from gradtune.workflows.tune import tune_bundle
 
 from . import test_faults
-from .experiments._toy import toy_bundle
+from .experiments._toy import config_text, toy_bundle
 from .test_faults import (
     EXAMPLE,
     FAST,
@@ -319,3 +319,44 @@ ROUND3 = [
 @pytest.mark.parametrize("case", ROUND3, ids=[c.name for c in ROUND3])
 def test_fault_round3(case: Case, tmp_path, capsys):
     test_faults.test_fault(case, tmp_path, capsys)
+
+
+# ------------------------------------------------------------- stores and reports
+
+def _figure_store(tmp: Path, name: str = "toy", methods: tuple[str, ...] = ("erm", "gradtune")) -> Path:
+    toy_bundle(0).save(tmp / "b.npz")
+    cfg = tmp / f"{name}-{'-'.join(methods)}.toml"
+    cfg.write_text(config_text({"toy-a": tmp / "b.npz"}, name=name, seeds=(0,), methods=methods, epochs=2,
+                               tables=("table1", "fig2", "fig4")))
+    return cfg
+
+
+def test_report_replaces_a_link_at_a_figure_path_instead_of_following_it(tmp_path, capsys):
+    cfg = _figure_store(tmp_path)
+    assert run_cli(["run", cfg, "--out", tmp_path / "res", "--quiet"], capsys)[0] == 0
+    assert run_cli(["report", tmp_path / "res", "--out", tmp_path / "r"], capsys)[0] == 0
+    victim = tmp_path / "outside.png"
+    victim.write_bytes(b"keep me")
+    figures = sorted((tmp_path / "r").rglob("*.png"))
+    assert figures
+    for fig in figures:
+        fig.unlink()
+        fig.symlink_to(victim)
+    code, _, err = run_cli(["report", tmp_path / "res", "--out", tmp_path / "r"], capsys)
+    assert code == 0, err
+    assert victim.read_bytes() == b"keep me"
+    for fig in figures:
+        assert not fig.is_symlink() and fig.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_second_config_of_the_same_experiment_name_warns(tmp_path, capsys):
+    first = _figure_store(tmp_path, methods=("erm", "random"))
+    second = _figure_store(tmp_path, methods=("erm", "gradtune"))
+    assert run_cli(["run", first, "--out", tmp_path / "res", "--quiet"], capsys)[0] == 0
+    code, _, err = run_cli(["run", first, "--out", tmp_path / "res", "--quiet"], capsys)
+    assert code == 0 and "warning" not in err  # the same config again: nothing to warn about
+    code, _, err = run_cli(["run", second, "--out", tmp_path / "res", "--quiet"], capsys)
+    assert code == 0
+    warned = [line for line in err.splitlines() if line.startswith("gradtune run: warning:")]
+    assert len(warned) == 1 and "planned by another config (2 runs)" in warned[0], err
+    assert "experiment.name" in warned[0] and str(tmp_path / "res" / "results.sqlite") in warned[0]

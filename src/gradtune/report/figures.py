@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from gradtune._io import save_figure
+
 __all__ = ["plot_norm_distributions", "plot_group_accuracy", "fig_norm_distributions", "fig_norm_means",
            "fig_sweep"]
 
@@ -69,7 +71,7 @@ def plot_norm_distributions(per_seed: Sequence[dict], group_names: Sequence[str]
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -94,7 +96,7 @@ def plot_group_accuracy(acc: dict[str, list[list[float | None]]], group_names: S
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -116,7 +118,7 @@ def _save(plt, fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path
 
