@@ -278,3 +278,28 @@ def test_claim_of_a_dead_holder_whose_pid_was_reused_is_taken_over(config_path, 
         pytest.fail("the rerun waited on claims of a dead holder")
     assert proc.exitcode == 0
     assert _rows(store) == reference
+
+
+def test_ctrl_c_on_a_pool_reports_once_without_worker_tracebacks(config_path, tmp_path):
+    """Ctrl-C reaches the whole process group; only the parent reports it."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from gradtune.cli import main; "
+                             "sys.exit(main(sys.argv[1:]))", "run", str(config_path), "--out", str(out),
+                             "--workers", "2", "--quiet"], env=env, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(_children(proc.pid)) < 2:
+            time.sleep(0.1)
+        while time.monotonic() < deadline and _done(out / "results.sqlite") == 0:
+            time.sleep(0.05)  # the workers are inside their tasks now
+        os.killpg(proc.pid, signal.SIGINT)
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert [line for line in err.splitlines() if line.startswith("gradtune run:")] == [
+        "gradtune run: interrupted; completed results are kept on disk"]
