@@ -109,6 +109,9 @@ def _run(args: argparse.Namespace) -> tuple[int, dict]:
     from gradtune._io import jsonable
     from gradtune.workflows.tune import tune_bundle
 
+    for flag, seed in (("--seed", args.seed), ("--split-seed", args.split_seed)):
+        if not 0 <= seed < 2**63:
+            raise GradTuneInputError(f"{flag} must be an integer in 0..2**63-1, got {seed}")
     path = EXAMPLE if args.embeddings == "example" else Path(args.embeddings)
     cfg = _config(args)
     outcome = tune_bundle(path, args.out, method=args.method, method_params=parse_params(args.param),

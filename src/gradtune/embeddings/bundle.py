@@ -266,6 +266,8 @@ def _validate(b: EmbeddingBundle) -> None:
         raise BundleError(f"labels must have shape ({n},) to match features, got {labels.shape}")
     if labels.dtype.kind == "f" and not (np.isfinite(labels).all() and (labels == np.round(labels)).all()):
         raise BundleError("labels must be integer class ids")
+    if labels.dtype.kind in "uf":  # bound first: 2**63 cast to int64 would read as negative
+        check_id_bounds(labels, "labels")
     labels = labels.astype(np.int64)
     if labels.min() < 0:
         raise BundleError(f"labels must be >= 0, found {labels.min()}")
