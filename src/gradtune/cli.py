@@ -57,22 +57,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for message in deprecated_uses(args):
             logger.warning(message)
-        return run_boundary(lambda: _no_empty_paths(args) or args.func(args), args.command, debug=debug,
+        return run_boundary(lambda: _no_empty_paths(argv) or args.func(args), args.command, debug=debug,
                             on_error=_json_error if getattr(args, "json", False) else None)
     finally:  # a caller of main() (a script, a test) gets its logging back as it was
         logger.removeHandler(handler)
         logger.setLevel(level)
 
 
-_PATH_FLAGS = ("out", "store", "embeddings", "checkpoint", "root", "config", "cache_dir", "data")
+_PATH_FLAGS = ("--out", "--store", "--embeddings", "--checkpoint", "--root", "--config", "--cache-dir", "--data")
 
 
-def _no_empty_paths(args: object) -> None:
+def _no_empty_paths(argv: list[str]) -> None:
     """Refuse an empty path flag (``--out ''``): it would mean the current folder, unasked."""
-    for name in _PATH_FLAGS:
-        if getattr(args, name, None) == "":
-            raise GradTuneInputError(f"--{name.replace('_', '-')} is empty; give a path (use . for the current "
-                                     "folder)")
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if flag in _PATH_FLAGS and ((eq and not value) or (not eq and i + 1 < len(argv) and argv[i + 1] == "")):
+            raise GradTuneInputError(f"{flag} is empty; give a path (use . for the current folder)")
 
 
 def _json_error(code: int, message: str) -> None:

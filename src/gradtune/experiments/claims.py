@@ -148,8 +148,8 @@ def claim_runs(store: ResultStore, run_ids: Sequence[str], *, force: bool = Fals
             if row is not None and row["owner"] != token:
                 others.append(rid)
                 continue
-            status = conn.execute("SELECT status FROM runs WHERE run_id=?", (rid,)).fetchone()
-            if status is not None and status["status"] == "done" and not force:
+            stored = conn.execute("SELECT * FROM runs WHERE run_id=?", (rid,)).fetchone()
+            if stored is not None and stored["status"] == "done" and not force and store.row_is_readable(stored):
                 others.append(rid)
                 continue
             conn.execute("INSERT OR REPLACE INTO claims (run_id, host, pid, claimed_at, owner) "

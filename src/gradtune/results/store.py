@@ -338,6 +338,14 @@ class ResultStore:
                         "eval_seconds": d.get("eval_seconds")}
         return d
 
+    def row_is_readable(self, row: sqlite3.Row) -> bool:
+        """Whether a ``runs`` row parses into a record (a damaged one is computed again)."""
+        try:
+            self._row_to_record(row)
+        except _BadRow:
+            return False
+        return True
+
     def records(self, *, status: str | None = "done", run_ids: Iterable[str] | None = None,
                 benchmark: str | None = None, method: str | None = None,
                 seed: int | None = None) -> list[dict[str, Any]]:

@@ -1,0 +1,156 @@
+"""Fault injection, third round: messages that name what is concerned, and no hang on a busy store.
+
+Bad input ends as one line naming the flag, file, store, table or run (exit 2); a busy
+store is told from a damaged one; ``--json`` answers failures with one JSON object; a
+reader that closes stdout early ends the command quietly. Every command runs under a
+deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gradtune._errors import StoreBusyError
+from gradtune.results.store import ResultStore
+
+from . import test_faults
+from .experiments._toy import toy_bundle
+from .test_faults import (
+    EXAMPLE,
+    FAST,
+    Case,
+    _bundle,
+    _config,
+    _toy_store,
+    assert_one_line_error,
+    run_cli,
+)
+
+SRC = Path(test_faults.cli.__file__).resolve().parents[1]
+
+
+def _write(tmp: Path, name: str, data: bytes) -> Path:
+    (tmp / name).write_bytes(data)
+    return tmp / name
+
+
+def _labels_2_63(tmp: Path) -> Path:
+    labels = toy_bundle(0).labels.astype(np.uint64)
+    labels[labels == 1] = 2**63
+    return _bundle(tmp, labels=labels)
+
+
+MESSAGES = [
+    Case("run config nested 10^5 deep", "run", lambda t: [
+        "run", _write(t, "deep.toml", b"a = " + b"[" * 100_000 + b"]" * 100_000), "--dry-run"], 2,
+        "deep.toml: nested too deeply"),
+    Case("run config not UTF-8", "run", lambda t: [
+        "run", _write(t, "latin1.toml", '[experiment]\nname = "caf\u00e9"\n'.encode("latin-1")), "--dry-run"], 2,
+        "latin1.toml' is not UTF-8 text"),
+    Case("run config FIFO", "run", lambda t: ["run", _fifo(t, "c.toml"), "--dry-run"], 2,
+         "c.toml"),
+    Case("tune split seed -1", "tune", lambda t: ["tune", "--embeddings", EXAMPLE, "--out", t / "o",
+                                                  "--split-seed", "-1"], 2, "--split-seed must be"),
+    Case("tune out empty", "tune", lambda t: ["tune", "--embeddings", EXAMPLE, "--out", "", *FAST], 2,
+         "--out is empty"),
+    Case("run out empty", "run", lambda t: ["run", _config(t, ""), "--out", "", "--quiet"], 2, "--out is empty"),
+    Case("bundle labels 2^63", "tune", lambda t: ["tune", "--embeddings", _labels_2_63(t), "--out", t / "o",
+                                                  "--fit-erm-head"], 2, "go up to 9223372036854775808"),
+]
+
+
+def _fifo(tmp: Path, name: str) -> Path:
+    os.mkfifo(tmp / name)
+    return tmp / name
+
+
+@pytest.mark.parametrize("case", MESSAGES, ids=[c.name for c in MESSAGES])
+def test_fault_messages(case: Case, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # an empty --out must not write into the current folder either
+    test_faults.test_fault(case, tmp_path, capsys)
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "results.sqlite").exists()
+
+
+# ------------------------------------------------------------------ stores
+
+def test_a_store_locked_by_another_connection_is_busy_not_damaged(tmp_path):
+    store = _toy_store(tmp_path)
+    holder = sqlite3.connect(store, isolation_level=None)
+    try:
+        holder.execute("PRAGMA locking_mode=EXCLUSIVE")  # held until this connection closes
+        holder.execute("BEGIN EXCLUSIVE")
+        holder.execute("UPDATE meta SET value=value WHERE key='schema_version'")
+        t0 = time.monotonic()
+        with pytest.raises(StoreBusyError, match="is in use by another process, which held its lock for 1 s"):
+            ResultStore(store, timeout=1.0)
+        assert time.monotonic() - t0 < 20
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    ResultStore(store)  # free again: opens
+
+
+def _damage_row(store: Path, value: str) -> str:
+    conn = sqlite3.connect(store)
+    try:
+        with conn:
+            rid = conn.execute("SELECT run_id FROM runs ORDER BY run_id LIMIT 1").fetchone()[0]
+            conn.execute("UPDATE runs SET diagnostics=? WHERE run_id=?", (value, rid))
+    finally:
+        conn.close()
+    return rid
+
+
+@pytest.mark.parametrize("value", ["[" * 100_000 + "]" * 100_000, '{"not json'], ids=["nested", "truncated"])
+def test_an_unparsable_row_is_named_and_skipped_by_report_and_recomputed_by_run(tmp_path, capsys, value):
+    store = _toy_store(tmp_path)
+    capsys.readouterr()
+    rid = _damage_row(store, value)
+    code, _, err = run_cli(["report", store, "--out", tmp_path / "r"], capsys)
+    assert code == 0, err
+    warned = [line for line in err.splitlines() if "cannot be parsed" in line]
+    assert len(warned) == 1 and warned[0].startswith("gradtune report: warning:"), err
+    assert f"{store}: table runs, run {rid}: column diagnostics" in warned[0]
+    assert "Traceback" not in err
+    code, out, err = run_cli(["run", tmp_path / "toy.toml", "--out", tmp_path / "res"], capsys)
+    assert code == 0, err
+    assert "1 runs computed, 1 already stored, 0 failed" in out + err
+    rows = {r["run_id"]: r for r in ResultStore(store, readonly=True).records()}
+    assert rid in rows and isinstance(rows[rid]["diagnostics"], dict)  # rewritten whole
+
+
+# ------------------------------------------------------------------- output
+
+def test_json_failure_prints_one_json_object(tmp_path, capsys):
+    code, out, err = run_cli(["tune", "--embeddings", tmp_path / "none.npz", "--out", tmp_path / "o", "--json"],
+                             capsys)
+    assert code == 2
+    assert json.loads(out) == {"error": f"embedding bundle {str(tmp_path / 'none.npz')!r} does not exist",
+                               "exit_code": 2}
+    assert_one_line_error(err, "tune", "does not exist")
+
+
+def test_dry_run_into_a_closed_pipe_ends_quietly(tmp_path):
+    cfg = _config(tmp_path, "")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from gradtune.cli import main; "
+                             "sys.exit(main(sys.argv[1:]))", "run", str(cfg), "--dry-run"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # the reader leaves before the first line (`| head -0`)
+    try:
+        err = proc.stderr.read().decode()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 141, err
+    assert err == "", err
