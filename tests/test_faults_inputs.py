@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import os
-import resource
 import subprocess
 import sys
 import threading
@@ -151,7 +150,8 @@ def test_two_tunes_into_one_out_leave_a_consistent_pair(tmp_path):
         t.start()
     for t in threads:
         t.join(300)
-    assert not errors and not any(t.is_alive() for t in threads)
+    assert not errors, errors
+    assert not any(t.is_alive() for t in threads)
     manifest = _io.load_run_manifest(tmp_path / "shared", "metrics.json")
     assert manifest is not None
     with np.load(tmp_path / "shared" / "head.npz") as z:
@@ -277,7 +277,6 @@ def test_zip_bomb_is_refused_from_its_directory_with_little_memory(tmp_path):
     base_kib, peak_kib = map(int, peaks.split())
     assert peak_kib < 500 * 1024, f"peak resident {peak_kib / 1024:.0f} MiB"
     assert peak_kib - base_kib < 64 * 1024  # nothing of the 6 GiB was inflated
-    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < 500 * 1024
 
 
 def test_meta_json_is_part_of_the_digest(tmp_path):

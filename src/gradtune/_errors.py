@@ -24,6 +24,7 @@ import operator
 import os
 import sqlite3
 import sys
+import threading
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
@@ -110,7 +111,7 @@ def ensure_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
         raise OutputError(f"{flag} {os.fsdecode(p)} is a file, not a folder; give a folder path")
     with writing(f"the output folder ({flag})", p):
         p.mkdir(parents=True, exist_ok=True)
-        probe = p / f".gradtune-write-test-{os.getpid()}"
+        probe = p / f".gradtune-write-test-{os.getpid()}-{threading.get_ident()}"  # one per writer
         probe.write_bytes(b"")
         probe.unlink()
     return p
