@@ -154,3 +154,46 @@ def test_dry_run_into_a_closed_pipe_ends_quietly(tmp_path):
             proc.kill()
     assert proc.returncode == 141, err
     assert err == "", err
+
+
+# ------------------------------------------------------------------- embed
+
+def _embed_other_dataset(tmp: Path, monkeypatch, d: int, classes: int) -> list:
+    import types
+
+    from gradtune.data.base import GroupedDataset
+    from gradtune.models.classifier import build_mlp_classifier
+    from gradtune.training.config import TrainConfig
+    from gradtune.training.trainer import seeded_scope, train
+
+    def tabular(d: int, classes: int) -> GroupedDataset:
+        n = 36
+        x = np.random.default_rng(0).normal(size=(n, d)).astype(np.float32)
+        labels, attrs = np.arange(n) % classes, (np.arange(n) // classes) % 2
+        return GroupedDataset("toy", x, labels, attrs, 2 * labels + attrs, np.arange(n) % 3,
+                              [f"c{i}" for i in range(classes)], ["s0", "s1"],
+                              [f"g{i}" for i in range(2 * classes)])
+
+    with seeded_scope(0):
+        model = build_mlp_classifier(5, 3, hidden=(8,))
+    train(model, tabular(5, 3), TrainConfig(epochs=1, batch_size=8, progress=False,
+                                            checkpoint_dir=str(tmp / "ck")), meta={"dataset": "toy", "root": str(tmp)})
+    reg = types.ModuleType("gradtune.data.registry")
+    reg.load_dataset = lambda name, root: tabular(d, classes)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "gradtune.data.registry", reg)
+    return ["embed", "--checkpoint", tmp / "ck" / "last.pt", "--out", tmp / "e.npz", "--dataset", "other",
+            "--root", tmp, "--no-progress"]
+
+
+@pytest.mark.parametrize(("d", "classes", "needle"), [
+    (5, 2, "predicts 3 classes but dataset 'other' has 2"),
+    (7, 3, "was trained on 'toy' and does not fit the inputs of dataset 'other'"),
+], ids=["other class count", "other input width"])
+def test_embed_with_a_checkpoint_of_another_dataset_is_bad_input(tmp_path, capsys, monkeypatch, d, classes,
+                                                                 needle):
+    argv = _embed_other_dataset(tmp_path, monkeypatch, d, classes)
+    capsys.readouterr()
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2, err
+    assert_one_line_error(err, "embed", needle)
+    assert not (tmp_path / "e.npz").exists()
