@@ -197,3 +197,24 @@ def test_embed_with_a_checkpoint_of_another_dataset_is_bad_input(tmp_path, capsy
     assert code == 2, err
     assert_one_line_error(err, "embed", needle)
     assert not (tmp_path / "e.npz").exists()
+
+
+# ------------------------------------------------------------------- API
+
+def test_gradtune_fit_skips_batches_of_zero_rows():
+    """The old code met torch's reshape error inside the feature hook (an internal error)."""
+    import torch
+
+    from gradtune.estimator import GradTune
+
+    def model() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+
+    x, y = torch.randn(40, 4, generator=torch.Generator().manual_seed(1)), torch.arange(40) % 2
+    with_empty = GradTune(10, 5, seed=3).fit(model(), [(x[:20], y[:20]), (x[:0], y[:0]), (x[20:], y[20:])])
+    plain = GradTune(10, 5, seed=3).fit(model(), [(x[:20], y[:20]), (x[20:], y[20:])])
+    torch.testing.assert_close(with_empty.weight_, plain.weight_)
+    assert with_empty.report_.size == 10
+    with pytest.raises(ValueError, match="no batches"):
+        GradTune(10, 5).fit(model(), [(x[:0], y[:0])])
