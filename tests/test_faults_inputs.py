@@ -78,7 +78,9 @@ def test_bundle_replaced_while_tune_reads_it_is_never_paired_with_the_new_digest
     assert first.result["bundle_sha256"] == old_digest  # the digest of the bytes loaded
     assert _sha(old) == new_digest  # the path now holds the new bundle
     toy_bundle(0).save(tmp_path / "ref.npz")
-    ref = tune_bundle(tmp_path / "ref.npz", tmp_path / "ref", finetune=FinetuneConfig(epochs=2), size=40, top_k=30)
+    with _deadline(120):
+        ref = tune_bundle(tmp_path / "ref.npz", tmp_path / "ref", finetune=FinetuneConfig(epochs=2), size=40,
+                          top_k=30)
     assert first.result["evaluation"] == ref.result["evaluation"]  # computed on the old bundle
     code, out, err = run_cli(_tune_argv(old, tmp_path / "o", "--size", "40", "--top-k", "30"), capsys)
     assert code == 0, err
@@ -132,7 +134,8 @@ def test_two_tunes_into_one_out_leave_a_consistent_pair(tmp_path):
     toy_bundle(0).save(bundle)
     heads = {}
     for seed in (1, 2):  # each seed's head alone
-        tune_bundle(bundle, tmp_path / f"solo{seed}", finetune=FAST_CFG, size=40, top_k=30, seed=seed)
+        with _deadline(120):
+            tune_bundle(bundle, tmp_path / f"solo{seed}", finetune=FAST_CFG, size=40, top_k=30, seed=seed)
         with np.load(tmp_path / f"solo{seed}" / "head.npz") as z:
             heads[seed] = z["weight"].copy()
     assert not np.array_equal(heads[1], heads[2])
