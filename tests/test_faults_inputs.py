@@ -100,7 +100,7 @@ def test_bundle_changed_in_place_while_read_is_refused(tmp_path, monkeypatch):
 
     monkeypatch.setattr(_bundle_files, "_hash_stream", touch_then_hash)
     with _deadline(30), pytest.raises(BundleError, match="changed while it was read"):
-        load_bundle(path)
+        load_bundle_digest(path)
 
 
 def test_digest_is_the_file_digest_of_what_was_loaded(tmp_path):

@@ -135,8 +135,9 @@ def _unchanged(fh: IO[bytes], before: os.stat_result, path: Path) -> None:
 def _read_npz(path: Path, keep: Callable[[str], bool], h: Any) -> dict[str, np.ndarray]:
     with _open_regular(path) as fh:
         before = os.fstat(fh.fileno())
-        h.update(path.name.encode())
-        _hash_stream(fh, h)
+        if h is not None:
+            h.update(path.name.encode())
+            _hash_stream(fh, h)
         fh.seek(0)
         with zipfile.ZipFile(fh) as zf:
             entries, shapes, total = {}, {}, 0
@@ -184,16 +185,19 @@ def _read_folder(path: Path, keep: Callable[[str], bool], h: Any) -> tuple[dict[
         _check_declared(shapes, total, path)
         arrays, meta = {}, None
         for f, fh, before in opened:
-            h.update(f.name.encode())
+            if h is not None:
+                h.update(f.name.encode())
             if f.name == "meta.json":
                 fh.seek(0)
                 raw = fh.read(META_JSON_LIMIT + 1)
-                h.update(raw)
+                if h is not None:
+                    h.update(raw)
                 meta = _parse_meta(raw, f)
             else:
                 fh.seek(0)
                 arrays[f.stem] = np.load(fh, allow_pickle=False)
-                _hash_stream(fh, h)
+                if h is not None:
+                    _hash_stream(fh, h)
             _unchanged(fh, before, f)
     finally:
         for _, fh, _ in opened:
@@ -212,15 +216,15 @@ def _parse_meta(raw: bytes, where: Path) -> dict:
     return meta
 
 
-def read_bundle_arrays(path: Path, keep: Callable[[str], bool],
-                       error: type[GradTuneInputError]) -> tuple[dict[str, np.ndarray], dict | None, str]:
+def read_bundle_arrays(path: Path, keep: Callable[[str], bool], error: type[GradTuneInputError], *,
+                       digest: bool = True) -> tuple[dict[str, np.ndarray], dict | None, str | None]:
     """The arrays of the bundle at ``path`` whose names pass ``keep``, a folder bundle's
-    ``meta.json`` (or None), and the sha256 of the bytes read.
+    ``meta.json`` (or None), and the sha256 of the bytes read (None unless ``digest``).
 
     The digest equals :func:`gradtune._io.file_digest` of the ``.npz``; for a folder it
     covers the files read (name, then bytes, in name order). Any problem raises ``error``.
     """
-    h = hashlib.sha256()
+    h = hashlib.sha256() if digest else None
     try:
         if path.is_dir():
             arrays, meta = _read_folder(path, keep, h)
@@ -231,4 +235,4 @@ def read_bundle_arrays(path: Path, keep: Callable[[str], bool],
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError) as err:
         raise error(f"could not read embedding bundle {str(path)!r} (truncated, corrupt, or pickled object "
                     f"arrays?): {err}") from None
-    return arrays, meta, h.hexdigest()
+    return arrays, meta, None if h is None else h.hexdigest()

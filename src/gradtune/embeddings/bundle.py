@@ -195,7 +195,7 @@ def load_bundle(path: str | os.PathLike) -> EmbeddingBundle:
         If the file is missing, truncated, of another format version, or any array
         is missing, mis-shaped, non-finite or out of range.
     """
-    return load_bundle_digest(path)[0]
+    return _load(path, digest=False)[0]
 
 
 def load_bundle_digest(path: str | os.PathLike) -> tuple[EmbeddingBundle, str]:
@@ -206,13 +206,19 @@ def load_bundle_digest(path: str | os.PathLike) -> tuple[EmbeddingBundle, str]:
     against the file and the free memory before anything is inflated
     (:mod:`gradtune.embeddings._bundle_files`).
     """
+    bundle, digest = _load(path, digest=True)
+    return bundle, str(digest)
+
+
+def _load(path: str | os.PathLike, *, digest: bool) -> tuple[EmbeddingBundle, str | None]:
     path = Path(path)
     if not path.exists():
         raise BundleError(f"embedding bundle {str(path)!r} does not exist")
     if not path.is_dir() and not stat.S_ISREG(path.stat().st_mode):
         raise BundleError(f"embedding bundle {str(path)!r} is not a regular file (a FIFO or device?)")
-    arrays, meta_file, digest = read_bundle_arrays(path, lambda k: k in _KNOWN or k == _HASH_KEY, BundleError)
-    return _from_arrays(path, arrays, meta_file or {}), digest
+    arrays, meta_file, sha = read_bundle_arrays(path, lambda k: k in _KNOWN or k == _HASH_KEY, BundleError,
+                                                digest=digest)
+    return _from_arrays(path, arrays, meta_file or {}), sha
 
 
 def _from_arrays(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> EmbeddingBundle:
