@@ -303,3 +303,27 @@ def test_ctrl_c_on_a_pool_reports_once_without_worker_tracebacks(config_path, tm
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert [line for line in err.splitlines() if line.startswith("gradtune run:")] == [
         "gradtune run: interrupted; completed results are kept on disk"]
+
+
+def test_lease_files_of_dead_holders_are_swept_and_live_ones_kept(tmp_path):
+    import fcntl
+
+    from gradtune.experiments.claims import holder_alive, owner_token
+
+    store = ResultStore(tmp_path / "s.sqlite")
+    folder = tmp_path / "s.sqlite.owners"
+    folder.mkdir()
+    stale, live = folder / ("a" * 32), folder / ("b" * 32)
+    stale.touch()
+    live.touch()
+    fd = os.open(live, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held as a live holder holds it
+        token = owner_token(store)
+        assert not stale.exists() and live.exists() and (folder / token).exists()
+        assert holder_alive(store, "any", 1, "b" * 32) and holder_alive(store, "any", 1, token)
+        assert not holder_alive(store, "any", 1, "c" * 32)  # no lease file: gone
+        assert not holder_alive(store, "any", 1, "../../etc/passwd")  # not a token: never a path
+    finally:
+        os.close(fd)
+    assert not holder_alive(store, "any", 1, "b" * 32) and not live.exists()

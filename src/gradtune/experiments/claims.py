@@ -67,9 +67,14 @@ def owner_token(store: ResultStore) -> str:
     if held is not None and held[0] == os.getpid():
         return held[1]
     folder.mkdir(exist_ok=True)
+    for old in list(folder.iterdir())[:1000]:  # leases of holders long gone (no claim names them any more)
+        if _TOKEN.fullmatch(old.name):
+            holder_alive(store, "", 0, old.name)
     token = uuid.uuid4().hex
-    fd = os.open(folder / token, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    tmp = folder / f".{token}.tmp"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a fresh file: nobody else can hold it
+    os.rename(tmp, folder / token)  # visible under its token only once locked, so never taken for dead
     _OWNERS[folder] = (os.getpid(), token, fd)
     atexit.register(_release_at_exit, folder, os.getpid(), token, fd)
     return token
