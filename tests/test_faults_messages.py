@@ -63,6 +63,9 @@ MESSAGES = [
     Case("tune out empty", "tune", lambda t: ["tune", "--embeddings", EXAMPLE, "--out", "", *FAST], 2,
          "--out is empty"),
     Case("run out empty", "run", lambda t: ["run", _config(t, ""), "--out", "", "--quiet"], 2, "--out is empty"),
+    Case("embed out is the checkpoint", "embed", lambda t: ["embed", "--checkpoint", _write(t, "c.pt", b"x"),
+                                                            "--out", t / "c.pt", "--force"], 2,
+         "would overwrite the input --checkpoint"),
     Case("bundle labels 2^63", "tune", lambda t: ["tune", "--embeddings", _labels_2_63(t), "--out", t / "o",
                                                   "--fit-erm-head"], 2, "go up to 9223372036854775808"),
 ]

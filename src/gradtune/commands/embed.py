@@ -57,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
     from gradtune.models.transforms import ImagePreprocess
 
     out = Path(args.out)
+    for flag, src in (("--checkpoint", args.checkpoint), ("--encoder-checkpoint", args.encoder_checkpoint)):
+        if src and (out.resolve() == Path(src).resolve() or out.resolve() in Path(src).resolve().parents):
+            raise GradTuneInputError(f"--out {out} would overwrite the input {flag} {src}; choose another --out")
     if out.exists() and not args.force:
         print(f"{out} exists; keeping it (pass --force to replace it)", file=sys.stderr)
         return 0
