@@ -24,6 +24,7 @@ import operator
 import os
 import sqlite3
 import sys
+import threading
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
@@ -33,7 +34,7 @@ from typing import Any
 
 from gradtune._optional import MissingDependencyError
 
-__all__ = ["GradTuneInputError", "RunFailedError", "DivergenceError", "OutputError", "StoreCorruptError", "writing",
+__all__ = ["GradTuneInputError", "RunFailedError", "DivergenceError", "OutputError", "StoreCorruptError", "StoreBusyError", "writing",
            "translate_os_error", "ensure_output_dir", "run_boundary", "one_line", "BUG_REPORT", "parse_int"]
 
 BUG_REPORT = "this is a bug in gradtune; please report it with the command line and the output of --debug"
@@ -61,6 +62,10 @@ class OutputFailedError(RunFailedError):
 
 class StoreCorruptError(GradTuneInputError):
     """A results store that is not a readable gradtune store (exit code 2)."""
+
+
+class StoreBusyError(OutputError):
+    """A results store another process holds locked past the wait allowed (exit code 2)."""
 
 
 # errno -> (what it means, what to do); the machine's faults fail the run, the others are bad input.
@@ -106,7 +111,7 @@ def ensure_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
         raise OutputError(f"{flag} {os.fsdecode(p)} is a file, not a folder; give a folder path")
     with writing(f"the output folder ({flag})", p):
         p.mkdir(parents=True, exist_ok=True)
-        probe = p / f".gradtune-write-test-{os.getpid()}"
+        probe = p / f".gradtune-write-test-{os.getpid()}-{threading.get_ident()}"  # one per writer
         probe.write_bytes(b"")
         probe.unlink()
     return p
@@ -124,13 +129,17 @@ def _describe_sqlite(err: sqlite3.Error) -> str:
     if isinstance(err, sqlite3.OperationalError) and "readonly" in text:
         return (f"the results store is read-only ({text}); make it writable, or pass --out/--store with "
                 "a new location")
+    if isinstance(err, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+        return (f"the results store is in use by another process, which held its lock past the wait ({text}); "
+                "wait for that process to finish, or write to another --out")
     if isinstance(err, sqlite3.OperationalError) and "disk" in text and "full" in text:
         return f"the disk holding the results store is full ({text}); free space and rerun"
     return (f"the results store cannot be used ({text}); restore it from a copy, or start a new one with "
             "--out/--store NEW")
 
 
-def run_boundary(func: Callable[[], Any], command: str, *, debug: bool = False) -> int:
+def run_boundary(func: Callable[[], Any], command: str, *, debug: bool = False,
+                 on_error: Callable[[int, str], None] | None = None) -> int:
     """Call ``func()`` and turn every exception into one line on stderr and an exit code.
 
     Parameters
@@ -141,6 +150,8 @@ def run_boundary(func: Callable[[], Any], command: str, *, debug: bool = False) 
         Its name, the prefix of the message.
     debug : bool, default=False
         Print the traceback of every error (not only of internal ones) after the line.
+    on_error : callable (exit code, message) -> None, optional
+        Also told of every failure (``--json`` prints it as a JSON object on stdout).
 
     Returns
     -------
@@ -156,16 +167,35 @@ def run_boundary(func: Callable[[], Any], command: str, *, debug: bool = False) 
     try:
         with warnings.catch_warnings():
             warnings.showwarning = show
-            return int(func() or 0)
+            code = int(func() or 0)
+            sys.stdout.flush()  # a reader that left shows here, inside the boundary
+            return code
     except KeyboardInterrupt:
         print(f"gradtune {command}: interrupted; completed results are kept on disk", file=sys.stderr)
+        if on_error is not None:
+            on_error(130, "interrupted")
         return 130
+    except BrokenPipeError:  # the reader of stdout left (`| head`): stop quietly, as a SIGPIPE would
+        _silence_stdout()
+        return 141
     except Exception as err:  # noqa: BLE001 - the boundary: nothing escapes as a raw traceback
         code, msg = _classify(err)
         print(f"{prefix} {msg}", file=sys.stderr)
         if debug:
             traceback.print_exception(type(err), err, err.__traceback__, file=sys.stderr)
+        if on_error is not None:
+            on_error(code, msg)
         return code
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file behind stdout (a test's capture)
+        pass
 
 
 def _classify(err: Exception) -> tuple[int, str]:

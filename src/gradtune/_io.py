@@ -1,19 +1,30 @@
-"""Small atomic-write helpers: a crash never leaves a half-written result file."""
+"""Small atomic-write helpers: a crash never leaves a half-written result file.
+
+Every writer here writes a temporary file beside the target and renames it over the
+target, so a link planted at the target's path is replaced, never followed: nothing
+is written outside the output folder.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import io
 import json
 import os
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
+from gradtune._errors import OutputError
+
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_save_npz", "file_digest",
-           "jsonable", "save_run_outputs", "load_run_manifest"]
+           "jsonable", "save_run_outputs", "load_run_manifest", "save_figure", "output_lock", "FolderBusyError"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
@@ -41,6 +52,13 @@ def _umask() -> int:
     return mask
 
 
+def save_figure(fig: Any, path: str | os.PathLike, **kwargs: Any) -> Path:
+    """``fig.savefig`` through :func:`atomic_write` (format from the suffix): a link at
+    ``path`` is replaced, not followed, and a failed draw leaves the old figure."""
+    fmt = Path(path).suffix.lstrip(".") or None
+    return atomic_write(path, lambda fh: fig.savefig(fh, format=fmt, **kwargs))
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
@@ -64,6 +82,50 @@ def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
             while block := fh.read(chunk):
                 h.update(block)
     return h.hexdigest()
+
+
+def _bytes_digest(name: str, data: bytes) -> str:
+    """:func:`file_digest` of a file called ``name`` holding ``data``."""
+    h = hashlib.sha256(os.path.basename(name).encode())
+    h.update(data)
+    return h.hexdigest()
+
+
+class FolderBusyError(OutputError):
+    """Another process holds an output folder's lock past the wait allowed."""
+
+
+@contextmanager
+def output_lock(folder: str | os.PathLike, *, timeout: float = 120.0, what: str = "--out") -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (``flock`` on its ``.gradtune.lock``) so two
+    writers of one output folder take turns; waits at most ``timeout`` seconds, then raises
+    :class:`FolderBusyError` naming the folder. The lock dies with its process."""
+    path = Path(folder) / ".gradtune.lock"
+    deadline = time.monotonic() + timeout
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if time.monotonic() > deadline:
+                raise FolderBusyError(f"{what} {os.fsdecode(folder)} is in use by another process (it held "
+                                      f"the folder's lock for {timeout:.0f} s); wait for it or choose "
+                                      "another folder") from None
+            time.sleep(0.05)
+            continue
+        try:
+            same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder before us removed the file after we opened it: lock the new one
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # removed while still locked, so no one can lock this inode after us
+        os.close(fd)
 
 
 def jsonable(o: Any) -> Any:
@@ -93,6 +155,10 @@ def save_run_outputs(folder: str | os.PathLike, manifest_name: str, manifest: di
     A crash between the writes leaves the previous manifest, whose hashes no longer
     match, so :func:`load_run_manifest` treats the run as unfinished.
 
+    The ``.npz`` files are hashed from the bytes written (never re-read, so a concurrent
+    writer renaming its own file over one cannot pair its head with this manifest), and
+    ``manifest`` gains the ``output_files`` entry it was written with.
+
     Returns
     -------
     list of Path
@@ -102,9 +168,13 @@ def save_run_outputs(folder: str | os.PathLike, manifest_name: str, manifest: di
     written, hashes = [], {}
     try:
         for name, content in arrays.items():
-            written.append(atomic_save_npz(folder / name, **content))
-            hashes[name] = file_digest(folder / name)
-        written.append(atomic_write_json(folder / manifest_name, {**manifest, MANIFEST_KEY: hashes}))
+            buf = io.BytesIO()
+            np.savez(buf, **content)
+            data = buf.getvalue()  # hashed as written, never re-read: another writer may rename over it
+            written.append(atomic_write(folder / name, lambda fh, data=data: fh.write(data)))
+            hashes[name] = _bytes_digest(name, data)
+        manifest[MANIFEST_KEY] = hashes  # the caller's dict becomes what was written
+        written.append(atomic_write_json(folder / manifest_name, manifest))
     except BaseException:
         for f in written:  # no manifest lists them: drop them rather than leave a half-written run
             f.unlink(missing_ok=True)

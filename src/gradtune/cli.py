@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import sys
 
 from gradtune._cli_flags import deprecated_uses, plain_parser
-from gradtune._errors import run_boundary
+from gradtune._errors import GradTuneInputError, run_boundary
 
 # Modules under gradtune.commands, in the order shown by --help.
 COMMANDS: tuple[str, ...] = ("demo", "tune", "train", "embed", "experiment", "report", "inspect")
@@ -56,10 +57,31 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for message in deprecated_uses(args):
             logger.warning(message)
-        return run_boundary(lambda: args.func(args), args.command, debug=debug)
+        return run_boundary(lambda: _no_empty_paths(argv) or args.func(args), args.command, debug=debug,
+                            on_error=_json_error if getattr(args, "json", False) else None)
     finally:  # a caller of main() (a script, a test) gets its logging back as it was
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+_PATH_FLAGS = ("--out", "--store", "--embeddings", "--checkpoint", "--root", "--config", "--cache-dir", "--data")
+
+
+def _no_empty_paths(argv: list[str]) -> None:
+    """Refuse an empty path flag (``--out ''``): it would mean the current folder, unasked."""
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if flag in _PATH_FLAGS and ((eq and not value) or (not eq and i + 1 < len(argv) and argv[i + 1] == "")):
+            raise GradTuneInputError(f"{flag} is empty; give a path (use . for the current folder)")
+
+
+def _json_error(code: int, message: str) -> None:
+    """With ``--json`` a failure too prints one JSON object on stdout."""
+    try:
+        sys.stdout.write(json.dumps({"error": message, "exit_code": code}) + "\n")
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        pass
 
 
 class _CommandFormatter(logging.Formatter):

@@ -13,6 +13,7 @@ repairs ``model``'s output ``nn.Linear`` in place. With cached embeddings::
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,6 +212,7 @@ class GradTune:
         self, with ``report_`` (a GradTuneReport), ``layer_`` (the fine-tuned module),
         ``weight_`` and ``bias_`` set.
         """
+        heldout_loader = _non_empty_batches(heldout_loader)
         lin, heldout_loader = resolve_output_layer(model, heldout_loader, layer, device=device)
         feats, _, labels = capture_features(model, heldout_loader, lin, device=device)
         self.fit_embeddings(feats, labels, weight=lin.weight.detach(),
@@ -221,3 +223,23 @@ class GradTune:
                 lin.bias.copy_(self.bias_.to(lin.bias))
         self.layer_ = lin
         return self
+
+
+def _batch_rows(batch: Any) -> int | None:
+    """The number of labelled rows of a loader batch, when it can be told without a forward pass."""
+    if isinstance(batch, Mapping):
+        labels = batch.get("labels")
+    elif isinstance(batch, (tuple, list)) and len(batch) > 1:
+        labels = batch[1]
+    else:
+        return None
+    shape = getattr(labels, "shape", None)
+    return int(shape[0]) if shape is not None and len(shape) > 0 else None
+
+
+def _non_empty_batches(loader: Any) -> Iterator[Any]:
+    """``loader`` without its batches of 0 rows (the last batch of some samplers): they hold
+    nothing to score, and a forward pass over them cannot reshape its features."""
+    for batch in loader:
+        if _batch_rows(batch) != 0:
+            yield batch

@@ -11,7 +11,10 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import socket
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -195,3 +198,132 @@ def test_a_write_that_fails_midway_leaves_the_store_as_it_was(config_path, refer
         store.save_record({**record, "seed": "not a number"})
     assert dump() == before
     assert _rows(out / "results.sqlite") == reference
+
+
+# ------------------------------------------------------- claims whose holder is gone
+
+SRC = Path(__import__("gradtune").__file__).resolve().parents[1]
+RERUN = ("import sys; from gradtune.experiments.config import load_config; "
+         "from gradtune.experiments.runner import run_experiments; "
+         "s = run_experiments([load_config(sys.argv[1])], sys.argv[2], workers=1, progress=False); "
+         "sys.exit(0 if s.failed == 0 else 3)")
+
+
+def _claims(path: Path) -> list[tuple]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        return conn.execute("SELECT run_id, host, pid, owner FROM claims").fetchall()
+    finally:
+        conn.close()
+
+
+def _kill_after_first_run(config_path: Path, out: Path) -> None:
+    proc = _start(config_path, out)
+    deadline = time.monotonic() + 60
+    while proc.is_alive() and _done(out / "results.sqlite") == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join(10)
+    assert proc.exitcode == -signal.SIGKILL, "the grid finished before it could be killed"
+
+
+def _unshare_works() -> bool:
+    try:
+        return subprocess.run(["unshare", "-u", "hostname", "probe-host"], capture_output=True,
+                              timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="`unshare -u` (a new UTS namespace) is refused here: "
+                    "it needs root or user namespaces")
+def test_killed_grid_rerun_under_another_hostname_finishes(config_path, reference, tmp_path):
+    """A restarted container on the same volume: the killed grid's claims name a host that
+    never comes back; the rerun takes them over instead of waiting forever."""
+    out = tmp_path / "moved"
+    _kill_after_first_run(config_path, out)
+    left = _claims(out / "results.sqlite")
+    assert left and all(host == socket.gethostname() for _, host, _, _ in left)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    script = 'hostname gradtune-restarted && exec "$0" -c "$1" "$2" "$3"'
+    res = subprocess.run(["unshare", "-u", "sh", "-c", script, sys.executable, RERUN, str(config_path), str(out)],
+                         env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-2000:]
+    _check_integrity(out / "results.sqlite")
+    assert _rows(out / "results.sqlite") == reference
+    hosts = {r["host"] for r in ResultStore(out / "results.sqlite", readonly=True).records()}
+    assert "gradtune-restarted" in hosts  # the rerun really ran under the other name
+    assert _claims(out / "results.sqlite") == []
+
+
+def test_claim_of_a_dead_holder_whose_pid_was_reused_is_taken_over(config_path, reference, tmp_path):
+    """Claims of this host naming a live process id (ours: the id was reused) but whose lease
+    is free, and a token-less claim of another host (an older gradtune), are taken over."""
+    out = tmp_path / "reused"
+    _kill_after_first_run(config_path, out)
+    store = out / "results.sqlite"
+    conn = sqlite3.connect(store)
+    try:
+        with conn:
+            conn.execute("UPDATE claims SET pid=?", (os.getpid(),))
+            first = conn.execute("SELECT run_id FROM claims ORDER BY run_id").fetchone()[0]
+            conn.execute("UPDATE claims SET host='elsewhere', owner=NULL WHERE run_id=?", (first,))
+    finally:
+        conn.close()
+    proc = FORK.Process(target=_grid, args=(config_path, out, 1))
+    proc.start()
+    proc.join(240)
+    if proc.is_alive():
+        os.kill(proc.pid, signal.SIGKILL)
+        pytest.fail("the rerun waited on claims of a dead holder")
+    assert proc.exitcode == 0
+    assert _rows(store) == reference
+
+
+def test_ctrl_c_on_a_pool_reports_once_without_worker_tracebacks(config_path, tmp_path):
+    """Ctrl-C reaches the whole process group; only the parent reports it."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from gradtune.cli import main; "
+                             "sys.exit(main(sys.argv[1:]))", "run", str(config_path), "--out", str(out),
+                             "--workers", "2", "--quiet"], env=env, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(_children(proc.pid)) < 2:
+            time.sleep(0.1)
+        while time.monotonic() < deadline and _done(out / "results.sqlite") == 0:
+            time.sleep(0.05)  # the workers are inside their tasks now
+        os.killpg(proc.pid, signal.SIGINT)
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert [line for line in err.splitlines() if line.startswith("gradtune run:")] == [
+        "gradtune run: interrupted; completed results are kept on disk"]
+
+
+def test_lease_files_of_dead_holders_are_swept_and_live_ones_kept(tmp_path):
+    import fcntl
+
+    from gradtune.experiments.claims import holder_alive, owner_token
+
+    store = ResultStore(tmp_path / "s.sqlite")
+    folder = tmp_path / "s.sqlite.owners"
+    folder.mkdir()
+    stale, live = folder / ("a" * 32), folder / ("b" * 32)
+    stale.touch()
+    live.touch()
+    fd = os.open(live, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held as a live holder holds it
+        token = owner_token(store)
+        assert not stale.exists() and live.exists() and (folder / token).exists()
+        assert holder_alive(store, "any", 1, "b" * 32) and holder_alive(store, "any", 1, token)
+        assert not holder_alive(store, "any", 1, "c" * 32)  # no lease file: gone
+        assert not holder_alive(store, "any", 1, "../../etc/passwd")  # not a token: never a path
+    finally:
+        os.close(fd)
+    assert not holder_alive(store, "any", 1, "b" * 32) and not live.exists()

@@ -57,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
     from gradtune.models.transforms import ImagePreprocess
 
     out = Path(args.out)
+    for flag, src in (("--checkpoint", args.checkpoint), ("--encoder-checkpoint", args.encoder_checkpoint)):
+        if src and (out.resolve() == Path(src).resolve() or out.resolve() in Path(src).resolve().parents):
+            raise GradTuneInputError(f"--out {out} would overwrite the input {flag} {src}; choose another --out")
     if out.exists() and not args.force:
         print(f"{out} exists; keeping it (pass --force to replace it)", file=sys.stderr)
         return 0
@@ -78,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
         data = load_dataset(name, root)
         model = load_model(args.checkpoint, device="cpu")
+        _check_fits(model, data, args.checkpoint, meta.get("dataset"), name)
         if isinstance(model, ResNet):
             prep = dict(meta.get("preprocess") or {})
             if "crop_scale" in prep:
@@ -91,15 +95,36 @@ def run(args: argparse.Namespace) -> int:
         rows = np.flatnonzero(np.isin(data.split, [SPLIT_CODES[s] for s in splits]))
         if rows.size == 0:
             raise GradTuneInputError(f"{name}: no rows in splits {splits}")
-        path = save_embeddings(model, data, out, rows, preprocess=preprocess, batch_size=args.batch_size,
-                               num_workers=args.num_workers, device=args.device, precision=args.precision,
-                               progress=progress_enabled(args), encoder=encoder,
-                               meta={"checkpoint": str(Path(args.checkpoint).resolve()),
-                                     "epoch": int(ckpt.get("epoch", 0)),
-                                     "encoder_checkpoint": (str(Path(args.encoder_checkpoint).resolve())
-                                                            if args.encoder_checkpoint else None)})
+        try:
+            path = save_embeddings(model, data, out, rows, preprocess=preprocess, batch_size=args.batch_size,
+                                   num_workers=args.num_workers, device=args.device, precision=args.precision,
+                                   progress=progress_enabled(args), encoder=encoder,
+                                   meta={"checkpoint": str(Path(args.checkpoint).resolve()),
+                                         "epoch": int(ckpt.get("epoch", 0)),
+                                         "encoder_checkpoint": (str(Path(args.encoder_checkpoint).resolve())
+                                                                if args.encoder_checkpoint else None)})
+        except RuntimeError as err:  # a shape torch could not apply: only another dataset's inputs explain it
+            trained_on = meta.get("dataset")
+            if not trained_on or trained_on == name:
+                raise
+            raise GradTuneInputError(f"--checkpoint {args.checkpoint} was trained on {trained_on!r} and does not "
+                                     f"fit the inputs of dataset {name!r} ({' '.join(str(err).split())[:200]}); "
+                                     f"pass --dataset {trained_on}, or a checkpoint trained on {name}") from None
         if info.is_main:
             print(f"wrote {rows.size} embeddings of {name} to {path}", file=sys.stderr)
     finally:
         gdist.cleanup()
     return 0
+
+
+def _check_fits(model: object, data: object, checkpoint: str, trained_on: str | None, name: str) -> None:
+    """Refuse a checkpoint whose head predicts another number of classes than the dataset has."""
+    import torch
+
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]  # type: ignore[attr-defined]
+    n_out = linears[-1].out_features if linears else None
+    if n_out is not None and n_out != data.n_classes:  # type: ignore[attr-defined]
+        where = f" (trained on {trained_on!r})" if trained_on else ""
+        raise GradTuneInputError(f"--checkpoint {checkpoint}{where} predicts {n_out} classes but dataset {name!r} "
+                                 f"has {data.n_classes}; pass the checkpoint of a model trained on {name}"  # type: ignore[attr-defined]
+                                 + (f", or --dataset {trained_on}" if trained_on else ""))

@@ -106,8 +106,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> tuple[int, dict]:
     """Tune, print the tables; the exit code and the --json results (metrics.json's content and the paths)."""
+    from gradtune._io import jsonable
     from gradtune.workflows.tune import tune_bundle
 
+    for flag, seed in (("--seed", args.seed), ("--split-seed", args.split_seed)):
+        if not 0 <= seed < 2**63:
+            raise GradTuneInputError(f"{flag} must be an integer in 0..2**63-1, got {seed}")
     path = EXAMPLE if args.embeddings == "example" else Path(args.embeddings)
     cfg = _config(args)
     outcome = tune_bundle(path, args.out, method=args.method, method_params=parse_params(args.param),
@@ -116,7 +120,8 @@ def _run(args: argparse.Namespace) -> tuple[int, dict]:
                           split_seed=args.split_seed, fit_erm_head=args.fit_erm_head, force=args.force)
     metrics_path = Path(args.out) / "metrics.json"
     head_path = Path(args.out) / "head.npz"
-    results = {"metrics": json.loads(metrics_path.read_text()), "reused": outcome.reused,  # as written
+    written = json.loads(json.dumps(outcome.result, default=jsonable))  # as written, not re-read: another
+    results = {"metrics": written, "reused": outcome.reused,  # tune may have replaced the file since
                "paths": {"out": Path(args.out), "metrics": metrics_path,
                          "head": head_path if head_path.exists() else None}}
     if outcome.reused:

@@ -41,7 +41,6 @@ import json
 import os
 import stat
 import tempfile
-import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -50,6 +49,7 @@ import numpy as np
 from gradtune._io import atomic_save_npz
 from gradtune._validation import MAX_IDS, GradTuneInputError, check_id_bounds
 from gradtune.data.base import split_heldout
+from gradtune.embeddings._bundle_files import read_bundle_arrays
 from gradtune.embeddings.cache import hash_array
 
 FORMAT_VERSION = 1
@@ -195,13 +195,6 @@ class EmbeddingBundle:
         return path
 
 
-def _load_npy(path: Path) -> np.ndarray:
-    """One ``.npy`` array; anything but a regular file (a FIFO, a device) is refused, never waited on."""
-    if not stat.S_ISREG(path.stat().st_mode):
-        raise BundleError(f"{str(path)!r} is not a regular file")
-    return np.load(path, allow_pickle=False)
-
-
 def load_bundle(path: str | os.PathLike) -> EmbeddingBundle:
     """Read and validate a bundle from ``.npz`` or a directory of ``.npy`` files.
 
@@ -211,32 +204,33 @@ def load_bundle(path: str | os.PathLike) -> EmbeddingBundle:
         If the file is missing, truncated, of another format version, or any array
         is missing, mis-shaped, non-finite or out of range.
     """
+    return _load(path, digest=False)[0]
+
+
+def load_bundle_digest(path: str | os.PathLike) -> tuple[EmbeddingBundle, str]:
+    """:func:`load_bundle`, and the sha256 of the very bytes it read (of the ``.npz``, or of
+    the folder's files in name order), so the digest always describes the bundle returned.
+
+    Every file is opened only when it is a regular file; declared array sizes are checked
+    against the file and the free memory before anything is inflated
+    (:mod:`gradtune.embeddings._bundle_files`).
+    """
+    bundle, digest = _load(path, digest=True)
+    return bundle, str(digest)
+
+
+def _load(path: str | os.PathLike, *, digest: bool) -> tuple[EmbeddingBundle, str | None]:
     path = Path(path)
     if not path.exists():
         raise BundleError(f"embedding bundle {str(path)!r} does not exist")
     if not path.is_dir() and not stat.S_ISREG(path.stat().st_mode):
         raise BundleError(f"embedding bundle {str(path)!r} is not a regular file (a FIFO or device?)")
-    arrays: dict[str, np.ndarray] = {}
-    meta: dict = {}
-    try:
-        if path.is_dir():
-            for f in sorted(path.glob("*.npy")):
-                if f.stem in _KNOWN or f.stem == _HASH_KEY:
-                    arrays[f.stem] = _load_npy(f)
-            if (path / "meta.json").exists():  # written by older versions
-                meta = json.loads((path / "meta.json").read_text())
-        else:
-            with np.load(path, allow_pickle=False) as z:
-                for key in z.files:
-                    if key in _KNOWN or key == _HASH_KEY:
-                        arrays[key] = z[key]
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as err:
-        raise BundleError(
-            f"could not read embedding bundle {str(path)!r} (truncated, corrupt, or pickled object arrays?): {err}"
-        ) from None
-    if "format_version" not in arrays:
-        raise BundleError(f"{str(path)!r} is not a gradtune bundle: it has no 'format_version' array "
-                          f"(found: {sorted(arrays)}); write one with EmbeddingBundle.save")
+    arrays, meta_file, sha = read_bundle_arrays(path, lambda k: k in _KNOWN or k == _HASH_KEY, BundleError,
+                                                digest=digest)
+    return _from_arrays(path, arrays, meta_file or {}), sha
+
+
+def _from_arrays(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> EmbeddingBundle:
     stored_hash = arrays.pop(_HASH_KEY, None)
     if stored_hash is not None and (stored_hash.shape != () or str(stored_hash) != _content_hash(arrays)):
         raise BundleError(f"{str(path)!r} does not match its content hash: an array was changed after the bundle "
@@ -245,8 +239,8 @@ def load_bundle(path: str | os.PathLike) -> EmbeddingBundle:
     if "meta_json" in arrays:
         try:
             meta = json.loads(str(arrays.pop("meta_json")))
-        except json.JSONDecodeError:
-            raise BundleError("meta_json is not valid JSON") from None
+        except (json.JSONDecodeError, RecursionError):
+            raise BundleError(f"meta_json of {str(path)!r} is not valid JSON (nor nested under 1000 levels)") from None
         if not isinstance(meta, dict):
             raise BundleError("meta_json must hold a JSON object")
     if version.shape != () or version.dtype.kind not in "iu" or int(version) != FORMAT_VERSION:
@@ -287,6 +281,8 @@ def _validate(b: EmbeddingBundle) -> None:
         raise BundleError(f"labels must have shape ({n},) to match features, got {labels.shape}")
     if labels.dtype.kind == "f" and not (np.isfinite(labels).all() and (labels == np.round(labels)).all()):
         raise BundleError("labels must be integer class ids")
+    if labels.dtype.kind in "uf":  # bound first: 2**63 cast to int64 would read as negative
+        check_id_bounds(labels, "labels")
     labels = labels.astype(np.int64)
     if labels.min() < 0:
         raise BundleError(f"labels must be >= 0, found {labels.min()}")

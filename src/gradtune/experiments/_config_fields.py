@@ -7,11 +7,29 @@ Each helper takes ``where``, the dotted config path of the value it checks (for 
 from __future__ import annotations
 
 import itertools
+import math
 import re
+from collections import Counter
 from dataclasses import MISSING, dataclass, fields, is_dataclass
 from typing import Any
 
 from gradtune._validation import GradTuneInputError
+
+MAX_RUNS = 100_000
+"""Most runs (benchmarks x seeds x variants) one config may plan; a larger grid is refused
+before it is expanded, so every later check stays bounded."""
+
+
+def duplicates(values: list) -> list:
+    """The values that occur more than once, sorted (linear in ``len(values)``)."""
+    return sorted(v for v, n in Counter(values).items() if n > 1)
+
+
+def check_run_count(where: str, n: int, what: str) -> None:
+    """Refuse a grid of more than :data:`MAX_RUNS` runs, naming what multiplied up."""
+    if n > MAX_RUNS:
+        raise ConfigError(f"{where}: the grid expands to {n} runs ({what}); at most {MAX_RUNS} are supported "
+                          "per config: split it into several configs run into one --out")
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 """Experiment and benchmark names: letters, digits, '-', '_' and '.'."""
@@ -155,8 +173,9 @@ def parse_int_list(where: str, value: Any, *, minimum: int = 0) -> list[int]:
     for i, v in enumerate(value):
         if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
             raise ConfigError(f"{where}[{i}]: must be an integer >= {minimum}, got {type_name(v)}")
-    if len(set(value)) != len(value):
-        raise ConfigError(f"{where}: values must be distinct, got {value}")
+    dup = duplicates(value)
+    if dup:
+        raise ConfigError(f"{where}: values must be distinct; repeated: {dup[:10]}{' ...' if len(dup) > 10 else ''}")
     return list(value)
 
 
@@ -195,6 +214,8 @@ def parse_variants(data: dict[str, Any], methods: list[str]) -> list[Variant]:
         raw_vars = sections["variants"].get(m, [{}])
         if not isinstance(raw_vars, list) or not raw_vars:
             raise ConfigError(f"variants.{m}: must be a non-empty list of tables ([[variants.{m}]])")
+        check_run_count(f"grid.{m}", len(raw_vars) * math.prod(len(g) for g in grid.values()),
+                        f"{len(raw_vars)} variant(s) x " + " x ".join(f"{len(g)} {k}" for k, g in grid.items()))
         base_label = sections["labels"].get(m, m)
         for i, var in enumerate(raw_vars):
             w = f"variants.{m}[{i}]"
@@ -213,10 +234,11 @@ def parse_variants(data: dict[str, Any], methods: list[str]) -> list[Variant]:
                 suffix = ", ".join(f"{k}={fmt_value(v)}" for k, v in shown.items())
                 label = (explicit or base_label) + (f" [{suffix}]" if suffix else "")
                 variants.append(Variant(m, label, params))
-    labels = [v.label for v in variants]
-    dup = sorted({x for x in labels if labels.count(x) > 1})
+    check_run_count("variants", len(variants), f"{len(variants)} variants over all methods")
+    dup = duplicates([v.label for v in variants])
     if dup:
-        raise ConfigError(f"variants: several settings share the label(s) {dup}; give each variant a distinct `label`")
+        raise ConfigError(f"variants: several settings share the label(s) {dup[:10]}; give each variant a distinct "
+                          "`label`")
     return variants
 
 

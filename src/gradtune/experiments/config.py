@@ -65,11 +65,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from gradtune._config_files import read_config_text
+from gradtune._errors import GradTuneInputError
 from gradtune.experiments._config_fields import (
     NAME_RE,
     ConfigError,
     Variant,
     check_keys,
+    check_run_count,
     parse_int_list,
     parse_methods,
     parse_variants,
@@ -304,6 +307,12 @@ def find_config(name_or_path: str | os.PathLike) -> Path:
 
 
 def _read(path: Path) -> dict[str, Any]:
+    try:
+        text = read_config_text(path)
+    except ConfigError:
+        raise
+    except GradTuneInputError as err:
+        raise ConfigError(str(err)) from None
     suffix = path.suffix.lower()
     if suffix in (".yaml", ".yml"):
         try:
@@ -311,18 +320,22 @@ def _read(path: Path) -> dict[str, Any]:
         except ImportError:
             raise ConfigError(f"{path}: YAML configs need PyYAML (pip install pyyaml); or write TOML") from None
         try:
-            data = yaml.safe_load(path.read_text())
+            data = yaml.safe_load(text)
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: nested too deeply to read (keep tables under 100 levels)") from None
     else:
         try:
             import tomllib
         except ImportError:  # Python 3.10
             import tomli as tomllib  # type: ignore[no-redef]
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: not valid TOML: {err}") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: nested too deeply to read (keep tables and arrays under 100 levels)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a table of sections, got {type(data).__name__}")
     return data
@@ -398,6 +411,8 @@ def parse_config(data: dict[str, Any], *, base_dir: str | os.PathLike | None = N
     base = Path(base_dir) if base_dir is not None else None
     specs = parse_benchmarks(exp["benchmarks"], methods=methods, config_dir=base, variables=env)
     variants = parse_variants(data, methods)
+    check_run_count("experiment", len(specs) * len(seeds) * len(variants),
+                    f"{len(specs)} benchmark(s) x {len(seeds)} seed(s) x {len(variants)} variant(s)")
     for v in variants:
         validate_variant(v, f"method {v.label!r}")
         for b in specs:

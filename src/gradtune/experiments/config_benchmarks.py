@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,7 +225,7 @@ def parse_benchmarks(value: Any, *, methods: list[str], config_dir: Path | None,
             out.append(BenchmarkSpec(name or spec_str, "offline", None, params, None, i,
                                      family or OFFLINE_BENCHMARKS[spec_str].family))
     names = [b.name for b in out]
-    dup = sorted({n for n in names if names.count(n) > 1})
+    dup = sorted(n for n, k in Counter(names).items() if k > 1)
     if dup:
         raise ConfigError(f"{where}: benchmark name(s) {dup} appear more than once; give the tables distinct names")
     return out

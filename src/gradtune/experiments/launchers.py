@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -72,6 +73,9 @@ def _worker_init(parent: int | None = None) -> None:
 
     if parent is not None:  # a pool worker: a killed grid leaves no orphans
         die_with_parent(parent)
+        # Ctrl-C reaches the whole process group: the parent reports it once and stops the
+        # pool; a worker that raised KeyboardInterrupt too would print its own traceback
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
 
 

@@ -18,11 +18,14 @@ Flow of :func:`execute`:
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import socket
 import time
 import traceback
+import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -31,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from gradtune._io import jsonable
 from gradtune._threads import torch_threads
 from gradtune._validation import GradTuneInputError
 from gradtune.embeddings.bundle import BundleError, EmbeddingBundle
@@ -224,6 +228,20 @@ def _check_picklable(tasks: Sequence[RunTask]) -> None:
                                      "use workers=1, a bundle file, or a module-level build function") from None
 
 
+def _config_key(cfg: dict) -> str:
+    return json.dumps({k: v for k, v in cfg.items() if k != "n_planned"}, sort_keys=True, default=jsonable)
+
+
+def _warn_if_replaced(old: dict | None, cfg: dict, store: ResultStore) -> None:
+    """Warn when ``store`` holds an experiment of this name planned by another config: its
+    plan is replaced, so its runs (kept in the store) leave the experiment's report."""
+    if old is None or not old["runs"] or _config_key(old["config"]) == _config_key(json.loads(_config_key(cfg))):
+        return
+    warnings.warn(f"experiment {cfg.get('name')!r} in {store.path} was planned by another config "
+                  f"({len(old['runs'])} runs); this config's plan replaces it, so those runs stay in the store "
+                  "but leave the report; give this config its own experiment.name to keep both", stacklevel=3)
+
+
 def execute(jobs: Sequence[tuple[str, RunSpec, BundleSource]], store: ResultStore | str | Path, *,
             experiments: dict[str, dict[str, Any]] | None = None, launcher: Launcher | None = None, force: bool = False,
             on_record: Callable[[dict, bool], None] | None = None, command: str | None = None) -> ExecutionSummary:
@@ -257,9 +275,11 @@ def execute(jobs: Sequence[tuple[str, RunSpec, BundleSource]], store: ResultStor
     for j in jobs:
         groups.setdefault((j.spec.benchmark, j.spec.seed, j.source), []).append(j)
     experiments = dict(experiments or {})
+    previous = {e["name"]: e for e in store.experiments()}
     for name in dict.fromkeys(j.experiment for j in jobs):
         cfg = dict(experiments.get(name, {"name": name}))
         cfg["n_planned"] = sum(1 for j in jobs if j.experiment == name)
+        _warn_if_replaced(previous.get(name), cfg, store)
         store.register_experiment(name, cfg, [])
     links: dict[str, list[dict]] = {}
     job_run: dict[int, str] = {}
@@ -360,7 +380,7 @@ def run_experiments(configs: Sequence[Any], store: ResultStore | str | Path, *, 
     if not configs:
         raise GradTuneInputError("no experiment configs given")
     names = [c.name for c in configs]
-    dup = sorted({n for n in names if names.count(n) > 1})
+    dup = sorted(n for n, k in Counter(names).items() if k > 1)
     if dup:
         raise GradTuneInputError(f"experiment name(s) {dup} given twice; each config needs its own experiment.name")
     first = configs[0].launcher

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from gradtune._errors import DivergenceError
-from gradtune._threads import torch_threads
+from gradtune._threads import check_num_threads, torch_threads
 from gradtune._validation import (
     GradTuneInputError,
     all_finite,
@@ -115,6 +115,7 @@ class FinetuneConfig:
         check_nonneg_float(self.weight_decay, "weight_decay")
         check_nonneg_float(self.l2_to_init, "l2_to_init")
         check_nonneg_float(self.eps, "eps", positive=True)
+        check_num_threads(self.num_threads)
         if isinstance(self.betas, (str, bytes)) or not hasattr(self.betas, "__len__") or len(self.betas) != 2:
             raise GradTuneInputError(f"betas must be a pair (beta1, beta2), got {self.betas!r}")
         self.betas = tuple(check_nonneg_float(b, "betas", upper=1.0) for b in self.betas)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gradtune._threads import check_num_threads
 from gradtune._validation import (
     GradTuneInputError,
     check_choice,
@@ -89,6 +90,7 @@ class MLPConfig:
         check_nonneg_float(self.lr, "lr", positive=True)
         check_nonneg_float(self.weight_decay, "weight_decay")
         check_choice(self.sampler, "sampler", ("class_balanced", "uniform"))
+        check_num_threads(self.num_threads)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

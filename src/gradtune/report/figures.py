@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from gradtune._io import save_figure
+
 __all__ = ["require_figures", "bulk_range", "outside_note", "plot_norm_distributions", "plot_group_accuracy", "fig_norm_distributions", "fig_norm_means",
            "fig_sweep"]
 
@@ -77,7 +79,7 @@ def plot_norm_distributions(per_seed: Sequence[dict], group_names: Sequence[str]
     _finish(fig)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    save_figure(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -102,7 +104,7 @@ def plot_group_accuracy(acc: dict[str, list[list[float | None]]], group_names: S
     _finish(fig)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    save_figure(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -180,7 +182,7 @@ def _save(plt, fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _finish(fig)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    save_figure(fig, path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -30,13 +30,12 @@ cluster launcher only the submitting process writes.)
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
 import socket
 import sqlite3
-import subprocess
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -45,6 +44,7 @@ from typing import Any
 
 from gradtune._io import jsonable
 from gradtune._validation import GradTuneInputError
+from gradtune.results._code_version import code_version
 from gradtune.results.store_integrity import check_store, connect_readonly
 
 __all__ = ["ResultStore", "make_run_id", "code_version", "STATUSES", "SCHEMA_VERSION", "find_store"]
@@ -137,6 +137,10 @@ _JSON_COLUMNS = ("params", "selection_metrics", "test_metrics", "test_group_accu
                  "class_names", "diagnostics")
 
 
+class _BadRow(ValueError):
+    """A stored row whose JSON cannot be parsed."""
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -167,28 +171,6 @@ def make_run_id(benchmark: str, seed: int, method: str, params: dict[str, Any], 
     blob = json.dumps({"benchmark": benchmark, "seed": int(seed), "method": method, "params": params,
                        "bundle": fingerprint}, sort_keys=True, default=jsonable)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-@functools.lru_cache(maxsize=1)
-def code_version() -> tuple[str, str | None]:
-    """``(gradtune.__version__, git commit or None)``; the commit ends in ``+dirty`` when
-    tracked files differ from it. Computed once per process."""
-    from gradtune import __version__
-
-    pkg = Path(__file__).resolve().parent
-    commit = None
-    try:
-        out = subprocess.run(["git", "-C", str(pkg), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, check=False)
-        if out.returncode == 0 and out.stdout.strip():
-            commit = out.stdout.strip()
-            dirty = subprocess.run(["git", "-C", str(pkg), "diff", "--quiet", "HEAD", "--", "."],
-                                   capture_output=True, timeout=5, check=False)
-            if dirty.returncode == 1:
-                commit += "+dirty"
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return __version__, commit
 
 
 def find_store(path: str | os.PathLike) -> Path:
@@ -341,7 +323,11 @@ class ResultStore:
     def _row_to_record(self, row: sqlite3.Row) -> dict[str, Any]:
         d = dict(row)
         for c in _JSON_COLUMNS:
-            d[c] = _loads(d.get(c))
+            try:
+                d[c] = _loads(d.get(c))
+            except (ValueError, RecursionError) as err:  # hand-edited or damaged: named, never fatal
+                raise _BadRow(f"{self.path}: table runs, run {d.get('run_id')}: column {c} cannot be parsed "
+                              f"({type(err).__name__}); the run is skipped (a rerun computes it again)") from None
         evaluation = {}
         if d.get("selection_metrics") is not None:
             evaluation["selection"] = d["selection_metrics"]
@@ -351,6 +337,14 @@ class ResultStore:
         d["timings"] = {"load_seconds": d.get("load_seconds"), "fit_seconds": d.get("fit_seconds"),
                         "eval_seconds": d.get("eval_seconds")}
         return d
+
+    def row_is_readable(self, row: sqlite3.Row) -> bool:
+        """Whether a ``runs`` row parses into a record (a damaged one is computed again)."""
+        try:
+            self._row_to_record(row)
+        except _BadRow:
+            return False
+        return True
 
     def records(self, *, status: str | None = "done", run_ids: Iterable[str] | None = None,
                 benchmark: str | None = None, method: str | None = None,
@@ -376,7 +370,13 @@ class ResultStore:
                     chunk = ids[i:i + 500]
                     cond = " AND ".join([*where, f"run_id IN ({','.join('?' * len(chunk))})"])
                     rows += conn.execute(f"SELECT * FROM runs WHERE {cond}{order}", [*args, *chunk]).fetchall()
-        return [self._row_to_record(r) for r in rows]
+        out = []
+        for r in rows:
+            try:
+                out.append(self._row_to_record(r))
+            except _BadRow as err:
+                warnings.warn(str(err), stacklevel=2)
+        return out
 
     def counts(self) -> dict[str, int]:
         """Number of runs per status (every status present, zeros included)."""

@@ -18,7 +18,7 @@ import stat
 from pathlib import Path
 from urllib.parse import quote
 
-from gradtune._errors import OutputError, StoreCorruptError
+from gradtune._errors import OutputError, StoreBusyError, StoreCorruptError
 
 __all__ = ["SQLITE_HEADER", "check_store", "connect_readonly", "repair_hint"]
 
@@ -84,6 +84,12 @@ def check_store(path: Path, *, readonly: bool, schema_version: int, timeout: flo
                 version = None if row is None else row[0]
         finally:
             conn.close()
+    except sqlite3.OperationalError as err:
+        if "locked" not in str(err) and "busy" not in str(err):
+            raise StoreCorruptError(f"results store {os.fsdecode(path)} is corrupt ({' '.join(str(err).split())}); "
+                                    f"{repair_hint(path)}") from None
+        raise StoreBusyError(f"results store {os.fsdecode(path)} is in use by another process, which held its "
+                             f"lock for {timeout:.0f} s; wait for it to finish, or write to another --out") from None
     except sqlite3.DatabaseError as err:
         raise StoreCorruptError(f"results store {os.fsdecode(path)} is corrupt ({' '.join(str(err).split())}); "
                                 f"{repair_hint(path)}") from None

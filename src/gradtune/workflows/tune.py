@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from gradtune._errors import DivergenceError, GradTuneInputError, ensure_output_dir, writing
-from gradtune._io import file_digest, load_run_manifest, save_run_outputs
+from gradtune._io import load_run_manifest, output_lock, save_run_outputs
 from gradtune._validation import check_training_rows
-from gradtune.embeddings.bundle import EmbeddingBundle, load_bundle
+from gradtune.embeddings.bundle import EmbeddingBundle, load_bundle_digest
 from gradtune.estimator import GradTune
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
 from gradtune.methods.base import LinearHead, erm_head
@@ -29,6 +29,21 @@ from gradtune.metrics.accuracy import evaluate
 __all__ = ["TuneOutcome", "tune_bundle", "erm_head_or_fit", "evaluate_heads"]
 
 METRICS = "metrics.json"
+HEAD = "head.npz"
+
+
+def _refuse_overlap(bundle: Path, out: Path) -> None:
+    """Refuse an ``--out`` whose outputs would land on the input bundle: the bundle is one of
+    the files written, or the output folder is (or lies inside) a folder bundle."""
+    src, dst = bundle.resolve(), out.resolve()
+    if bundle.is_dir() and (dst == src or src in dst.parents):
+        raise GradTuneInputError(f"--out {out} is inside the input bundle folder {bundle} (--embeddings); "
+                                 "tune would write into its input: choose another --out")
+    for name in (METRICS, HEAD, ".gradtune.lock"):
+        target = out / name
+        if target.resolve() == src or (target.exists() and bundle.exists() and target.samefile(bundle)):
+            raise GradTuneInputError(f"--out {out} would overwrite the input bundle {bundle} (--embeddings) "
+                                     f"with its {name}: choose another --out, or move the bundle")
 
 
 @dataclass
@@ -128,9 +143,9 @@ def tune_bundle(path: str | Path, out: str | Path, *, method: str = "gradtune",
         runner = build_method(method, method_params)
         params = {"method": method, "method_params": runner.params(), "seed": seed,
                   "split_seed": split_seed, "fit_erm_head": fit_erm_head}
-    bundle = load_bundle(path)
+    _refuse_overlap(path, out)
+    bundle, digest = load_bundle_digest(path)  # one read: the digest is of the bytes loaded
     ensure_output_dir(out)
-    digest = file_digest(path)
     if not force:
         done = _stored(out, digest, params)
         if done is not None:
@@ -161,7 +176,7 @@ def tune_bundle(path: str | Path, out: str | Path, *, method: str = "gradtune",
                                   if not isinstance(v, list) or len(v) <= 64}}
         summary = f"method {method} (group labels: {runner.group_label_use}) on {len(held)} held-out rows"
     result["evaluation"] = evaluate_heads(bundle, {"before": head, "after": model})
-    heads = {"head.npz": _head_arrays(model)} if isinstance(model, LinearHead) else {}
-    with writing("the results of tune", out):
+    heads = {HEAD: _head_arrays(model)} if isinstance(model, LinearHead) else {}
+    with writing("the results of tune", out), output_lock(out):  # two tunes into one --out take turns
         wrote = save_run_outputs(out, METRICS, result, heads)
     return TuneOutcome(result, reused=False, wrote=list(wrote), summary=summary)
