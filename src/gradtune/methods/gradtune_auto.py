@@ -328,14 +328,14 @@ class GradTuneAutoMethod(Method):
 
     # ------------------------------------------------------------------- fit
     def _side(self, inferences: dict[str, tuple[np.ndarray, np.ndarray]], x_fit: np.ndarray,
-              y_fit: np.ndarray, x_score: np.ndarray, y_score: np.ndarray, audits: np.ndarray,
+              y_fit: np.ndarray, x_score: np.ndarray, y_score: np.ndarray, audit: np.ndarray,
               epochs: list[int], head: LinearHead, n_classes: int, streams: SeedStreams,
               ) -> tuple[list[tuple[str, AutoCandidate]], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Candidates of every inference fitted on (x_fit (n, d), y_fit (n,)) and scored on
-        each set of audit cells (A, m) of (x_score (m, d), y_score (m,)).
+        the audit cells (m,) of (x_score (m, d), y_score (m,)).
 
-        Returns (inference, candidate) pairs (ERM first), their worst-cell accuracy (K, A),
-        that cell's size (K, A), class-balanced accuracy (K,), and the fine-tuning set of
+        Returns (inference, candidate) pairs (ERM first), their worst-cell accuracy (K,),
+        that cell's size (K,), class-balanced accuracy (K,), and the fine-tuning set of
         the first inference (positions in x_fit; empty without ``"finetune"``)."""
         pairs: list[tuple[str, AutoCandidate]] = [("erm", AutoCandidate("erm", 0.0, head))]
         idx_first = np.empty(0, dtype=np.int64)
@@ -344,17 +344,15 @@ class GradTuneAutoMethod(Method):
             pairs += [(name, c) for c in cands[1:]]
             if idx_first.size == 0:
                 idx_first = idx
-        values = np.full((len(pairs), len(audits)), -np.inf)
-        sizes = np.ones((len(pairs), len(audits)), dtype=np.int64)
+        values = np.full(len(pairs), -np.inf)
+        sizes = np.ones(len(pairs), dtype=np.int64)
         balanced = np.full(len(pairs), -np.inf)
         for i, (_, c) in enumerate(pairs):
             logits = c.head.logits(x_score)
             if not np.isfinite(logits).all():
                 continue
             ok = logits.argmax(axis=1) == y_score
-            for j, cells in enumerate(audits):
-                values[i, j], sizes[i, j] = worst_cell_accuracy(ok, cells, 2 * n_classes,
-                                                                int(self.min_group_size))
+            values[i], sizes[i] = worst_cell_accuracy(ok, audit, 2 * n_classes, int(self.min_group_size))
             balanced[i] = balanced_accuracy(c.head, x_score, y_score, n_classes)
         return pairs, values, sizes, balanced, idx_first
 
@@ -408,22 +406,16 @@ class GradTuneAutoMethod(Method):
         # audit cells: where the ERM head errs, learned on one half and applied to the other
         xi_held, _ = inference_features(bundle, held, self.features)
         xi_sel, _ = inference_features(bundle, sel, self.features)
-        sources = [(~right[:len(held)], ~right[len(held):])]       # where the ERM head errs
-        sources.append((inferences[first][0] % 2 == 1, inferences[first][1] % 2 == 1))
-        audit_sel = np.stack([region_cells(xi_held, held.labels, f_h, xi_sel, sel.labels, n_classes)
-                              for f_h, _ in sources])
-        audit_held = np.stack([region_cells(xi_sel, sel.labels, f_s, xi_held, held.labels, n_classes)
-                               for _, f_s in sources])
-        pairs, values_all, n_all, balanced, idx = self._side(
+        audit_sel = region_cells(xi_held, held.labels, ~right[:len(held)], xi_sel, sel.labels, n_classes)
+        audit_held = region_cells(xi_sel, sel.labels, ~right[len(held):], xi_held, held.labels, n_classes)
+        pairs, values, n_small, balanced, idx = self._side(
             inferences, held.features, held.labels, sel.features, sel.labels, audit_sel, epochs, head,
             n_classes, streams)
         if self.crossfit:
             swapped = {k: (g_sel, g_held) for k, (g_held, g_sel) in inferences.items()}
             _, v2, n2, b2, _ = self._side(swapped, sel.features, sel.labels, held.features, held.labels,
                                           audit_held, epochs, head, n_classes, streams)
-            values_all, balanced, n_all = (values_all + v2) / 2, (balanced + b2) / 2, n_all + n2
-        values, n_small = values_all[:, 0], n_all[:, 0]
-        audit_held, audit_sel = audit_held[0], audit_sel[0]
+            values, balanced, n_small = (values + v2) / 2, (balanced + b2) / 2, n_small + n2
         n_pair = np.minimum(n_small, n_small[0]).clip(min=1)
         se = np.sqrt((values * (1 - values) + values[0] * (1 - values[0])).clip(0) / n_pair)
         needed = values[0] + float(self.margin) + float(self.margin_z) * se
@@ -465,11 +457,8 @@ class GradTuneAutoMethod(Method):
             "guard_kept_erm": best == 0,
             "guard_reason": reason,
             "candidates": [{"inference": k, "family": c.family, "setting": c.setting, "value": float(v),
-                            "needed": float(t), "balanced_accuracy": float(b), "allowed": bool(a),
-                            "value_inferred": float(vi), "size": int(ns), "size_inferred": int(ni)}
-                           for (k, c), v, t, b, a, vi, ns, ni in zip(
-                               pairs, values, needed, balanced, allowed, values_all[:, 1], n_all[:, 0],
-                               n_all[:, 1], strict=True)],
+                            "needed": float(t), "balanced_accuracy": float(b), "allowed": bool(a)}
+                           for (k, c), v, t, b, a in zip(pairs, values, needed, balanced, allowed, strict=True)],
             "selected_rows": held.index[idx].tolist(),
             # bundle rows the first inference calls minority (diagnostic: purity / recall in reports)
             "inferred_minority_rows": np.concatenate([held.index[inferences[first][0] % 2 == 1],
