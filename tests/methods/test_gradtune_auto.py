@@ -220,3 +220,13 @@ def test_keeping_the_erm_head_is_logged_with_its_reason(biased: EmbeddingBundle,
     msgs = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any(res.diagnostics["guard_reason"] in m for m in msgs), msgs
     assert not any("nan" in m for m in msgs)
+
+
+def test_structure_gate_keeps_the_head_and_can_be_turned_off(biased: EmbeddingBundle) -> None:
+    res = get_method("gradtune-auto", min_structure_auc=0.99, **FAST).fit(biased, seed=0)
+    d = res.diagnostics
+    assert d["guard_kept_erm"] and "min_structure_auc=0.99" in d["guard_reason"]
+    assert d["structure_auc"] is not None and d["structure_auc"] < 0.99
+    np.testing.assert_array_equal(res.model.weight, biased.head_weight)
+    passed = get_method("gradtune-auto", min_structure_auc=0.0, **FAST).fit(biased, seed=0).diagnostics
+    assert passed["structure_auc"] == d["structure_auc"] and passed["candidates"]

@@ -51,3 +51,43 @@ def test_cell_accuracies_by_hand() -> None:
     assert worst_cell_accuracy(correct, cells, 4, 1) == (0.0, 1)
     # no cell large enough: all rows as one cell
     assert worst_cell_accuracy(correct, cells, 4, 5) == (4 / 7, 7)
+
+
+def _rows(seed: int, shortcut: float, n: int = 1200):
+    """Rows with a core coordinate (the labels follow it), a shortcut coordinate that agrees
+    with the class on 90% of rows (scaled by ``shortcut``), and noise."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    spur = np.where(rng.random(n) < 0.9, y, 1 - y)
+    x = rng.normal(size=(n, 6))
+    x[:, 0] += 1.2 * (2 * y - 1)
+    x[:, 1] += shortcut * (2 * spur - 1)
+    return x, y, spur
+
+
+def _head(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return np.stack([-(x @ w), x @ w], axis=1) / 2
+
+
+def test_structure_auc_tells_a_shortcut_minority_from_overlap() -> None:
+    from gradtune.selection.audit import structure_auc
+
+    # no shortcut: the head reads the core, its mistakes are class overlap along its own direction
+    xa, ya, _ = _rows(0, shortcut=0.0)
+    xb, yb, _ = _rows(1, shortcut=0.0)
+    w = np.array([1.0, 0, 0, 0, 0, 0])
+    la, lb = _head(xa, w), _head(xb, w)
+    overlap = structure_auc(xa, ya, la.argmax(1) != ya, la, xb, yb, lb.argmax(1) != yb, 2)
+    # a shortcut the head leans on: its mistakes are the minority, set apart along the shortcut
+    # coordinate beyond what the head's direction shows
+    xa, ya, sa = _rows(0, shortcut=2.5)
+    xb, yb, sb = _rows(1, shortcut=2.5)
+    w = np.array([1.0, 1.0, 0, 0, 0, 0])
+    la, lb = _head(xa, w), _head(xb, w)
+    shortcut = structure_auc(xa, ya, la.argmax(1) != ya, la, xb, yb, lb.argmax(1) != yb, 2)
+    assert overlap is not None and shortcut is not None
+    assert abs(overlap - 0.5) < 0.08, overlap
+    assert shortcut > 0.75, shortcut
+    # nothing to test when a class has too few flagged rows
+    none = np.zeros(len(ya), dtype=bool)
+    assert structure_auc(xa, ya, none, la, xb, yb, none, 2) is None

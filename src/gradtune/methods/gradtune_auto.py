@@ -32,18 +32,20 @@ test row.
    and the rest. Candidates fitted on A are scored on B's cells, and (``crossfit``)
    the roles are swapped and the two scores averaged. A candidate's value is its
    worst audit-cell accuracy.
-4. **The guard.** The ERM head is kept unless a candidate
-   (a) beats its value by more than ``margin`` plus ``margin_z`` binomial standard
-   errors, (b) loses at most ``max_balanced_drop`` of class-balanced accuracy, and
-   (c) classifies at least ``min_repaired_accuracy`` of every audit cell correctly.
-   (c) is what keeps the ERM head when nothing is repairable: where the ERM head's
-   mistakes are class overlap or label noise, a candidate "gains" on them only by
-   guessing, and stays below half of the cell; a real shortcut minority can be
-   classified by a head that reads the core features. Among allowed candidates the
-   one with the highest value wins. Without ``encoder_features`` (and
-   ``features="auto"``) the ERM head is kept as well: the head's own features cannot
-   reveal the shortcut it learned. The reason is in ``diagnostics["guard_reason"]``
-   and logged at WARNING.
+4. **The guard.** First, is there a shortcut at all? Within each class, the ERM head's
+   mistakes always differ from its correct rows along the head's own decision
+   directions; a shortcut's minority differs along other directions too.
+   :func:`~gradtune.selection.audit.structure_auc` projects the features off a linear
+   surrogate of the head's logits and asks how well the mistakes can still be told
+   apart (cross-fitted AUC); below ``min_structure_auc`` the head is kept: its mistakes
+   look like class overlap or label noise. Then a candidate must (a) beat the ERM
+   head's value by more than ``margin`` plus ``margin_z`` binomial standard errors,
+   (b) lose at most ``max_balanced_drop`` of class-balanced accuracy, and (c) classify
+   at least ``min_repaired_accuracy`` of every audit cell correctly (a repair that
+   guesses on the head's mistakes does not). Among allowed candidates the one with the
+   highest value wins. Without ``encoder_features`` (and ``features="auto"``) the ERM
+   head is kept as well: the head's own features cannot reveal the shortcut it
+   learned. The reason is in ``diagnostics["guard_reason"]`` and logged at WARNING.
 5. **Refit** (``refit=True``): a chosen ``"retrain"`` candidate is refitted with its C
    on both validation halves, as DFR does. A chosen fine-tune is kept as is.
 
@@ -83,7 +85,7 @@ from gradtune.methods.inferred import (
 )
 from gradtune.objectives.sampling import balanced_subsample
 from gradtune.scores.grad_norms import grad_norms
-from gradtune.selection.audit import region_cells, worst_cell_accuracy
+from gradtune.selection.audit import region_cells, structure_auc, worst_cell_accuracy
 from gradtune.selection.label_free import group_accuracy_summary
 from gradtune.selection.select import select_finetune_set
 
@@ -189,11 +191,16 @@ class GradTuneAutoMethod(Method):
     margin_z : float, default=1.0
         ... plus ``margin_z`` standard errors of the difference of the two accuracies
         (binomial, on the smaller of the two worst cells, both halves counted).
-    max_balanced_drop : float, default=0.2
+    max_balanced_drop : float, default=0.3
         Largest allowed drop of class-balanced accuracy below ERM's (scored halves).
-    min_repaired_accuracy : float, default=0.5
+    min_repaired_accuracy : float, default=0.4
         Least accuracy a candidate must reach on every audit cell (its value) to be
         chosen: below it a "repair" is guessing on the rows the ERM head gets wrong.
+    min_structure_auc : float, default=0.6
+        The ERM head is kept unless its mistakes can be told from its correct rows by
+        features off its own decision directions with at least this cross-fitted AUC
+        (:func:`~gradtune.selection.audit.structure_auc`): below it the mistakes look
+        like class overlap or label noise, which no repair fixes.
     min_erm_minority_accuracy : float, default=0.0
         Optional pre-check: keep the ERM head when it classifies fewer than this share
         of the first inference's minority rows correctly (0 turns it off; the audit
@@ -224,8 +231,9 @@ class GradTuneAutoMethod(Method):
     min_group_size: int = 10
     margin: float = 0.0
     margin_z: float = 1.0
-    max_balanced_drop: float = 0.2
-    min_repaired_accuracy: float = 0.5
+    max_balanced_drop: float = 0.3
+    min_repaired_accuracy: float = 0.4
+    min_structure_auc: float = 0.6
     min_erm_minority_accuracy: float = 0.0
 
     def _check(self) -> list[int]:
@@ -244,7 +252,7 @@ class GradTuneAutoMethod(Method):
         check_nonneg_float(self.margin, "margin")
         check_nonneg_float(self.margin_z, "margin_z")
         check_nonneg_float(self.max_balanced_drop, "max_balanced_drop")
-        for key in ("min_repaired_accuracy", "min_erm_minority_accuracy"):
+        for key in ("min_repaired_accuracy", "min_structure_auc", "min_erm_minority_accuracy"):
             value = check_nonneg_float(getattr(self, key), key)
             if value > 1:
                 raise GradTuneInputError(f"{key} must be in [0, 1], got {value}")
@@ -403,9 +411,21 @@ class GradTuneAutoMethod(Method):
                      f"the ERM head classifies {erm_minority_acc:.0%} of the inferred minority correctly")
             return _keep_erm(head, f"{found}: below min_erm_minority_accuracy="
                                    f"{float(self.min_erm_minority_accuracy):g}", info)
-        # audit cells: where the ERM head errs, learned on one half and applied to the other
         xi_held, _ = inference_features(bundle, held, self.features)
         xi_sel, _ = inference_features(bundle, sel, self.features)
+        # is there a shortcut to repair? the mistakes must differ from the correct rows along
+        # directions other than the head's own
+        auc = structure_auc(xi_held, held.labels, ~right[:len(held)], head.logits(held.features),
+                            xi_sel, sel.labels, ~right[len(held):], n_classes)
+        if auc is None or auc < float(self.min_structure_auc):
+            found = ("too few mistakes in every class to test" if auc is None else
+                     f"structure AUC {auc:.2f} < min_structure_auc={float(self.min_structure_auc):g}")
+            res = _keep_erm(head, "the ERM head's mistakes differ from its correct rows only along its "
+                                  f"own decision directions ({found}): they look like class overlap or "
+                                  "label noise, not a shortcut's minority", info)
+            res.diagnostics["structure_auc"] = auc
+            return res
+        # audit cells: where the ERM head errs, learned on one half and applied to the other
         audit_sel = region_cells(xi_held, held.labels, ~right[:len(held)], xi_sel, sel.labels, n_classes)
         audit_held = region_cells(xi_sel, sel.labels, ~right[len(held):], xi_held, held.labels, n_classes)
         pairs, values, n_small, balanced, idx = self._side(
@@ -448,6 +468,7 @@ class GradTuneAutoMethod(Method):
             "audit_counts": {"heldout": np.bincount(audit_held, minlength=2 * n_classes).tolist(),
                              "selection": np.bincount(audit_sel, minlength=2 * n_classes).tolist()},
             "erm_minority_accuracy": erm_minority_acc,
+            "structure_auc": auc,
             "chosen_inference": chosen_inf,
             "chosen_family": chosen.family,
             "chosen_setting": chosen.setting,
@@ -480,8 +501,8 @@ def _guard_reason(values: np.ndarray, balanced: np.ndarray, se: np.ndarray, m: G
                 f"{values[j]:.1%} against the ERM head's {values[0]:.1%}, {need:.1%} needed)")
     if values[j] < float(m.min_repaired_accuracy):
         return (f"the best candidate classifies only {values[j]:.1%} of its worst audit cell correctly "
-                f"(min_repaired_accuracy={float(m.min_repaired_accuracy):g}): the ERM head's mistakes look "
-                "like class overlap or label noise rather than a repairable shortcut")
+                f"(min_repaired_accuracy={float(m.min_repaired_accuracy):g}): it guesses on the rows the "
+                "ERM head gets wrong rather than repairing them")
     return (f"the candidates that beat the ERM head lose more than max_balanced_drop="
             f"{float(m.max_balanced_drop):g} of class-balanced accuracy (best candidate: "
             f"{balanced[j]:.1%} against {balanced[0]:.1%})")

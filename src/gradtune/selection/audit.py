@@ -16,6 +16,16 @@ Cell ids are ``2 * label + in_region`` (2C cells); a class whose fitting half ha
 than ``min_rows`` flagged (or unflagged) rows gets no region (all its rows in cell
 ``2 * label``).
 
+:func:`structure_auc` asks, before any repair, whether the ERM head's mistakes are a
+shortcut's minority at all. Within each class, the rows the head gets wrong differ from
+the rest along the head's own decision directions whatever their cause: a row on the
+wrong side of the boundary is a mistake. A shortcut's minority differs along *other*
+directions too (the shortcut's attribute, which the head reads only in part). So the
+features are projected off a linear surrogate of the head's logits, a per-class
+logistic regression learns the mistakes from what is left on one half, and its AUC on
+the other half is the statistic: near 0.5 when the mistakes are class overlap or label
+noise, well above it when they form a group the head has not fully encoded.
+
 Shapes: N fitting rows, M scored rows, d features, C classes.
 """
 
@@ -23,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["region_cells", "cell_accuracies", "worst_cell_accuracy"]
+__all__ = ["region_cells", "cell_accuracies", "worst_cell_accuracy", "structure_auc"]
 
 
 def region_cells(x_fit: np.ndarray, y_fit: np.ndarray, flag_fit: np.ndarray, x_apply: np.ndarray,
@@ -95,3 +105,55 @@ def worst_cell_accuracy(correct: np.ndarray, cells: np.ndarray, n_cells: int, mi
         return float(np.mean(correct)), int(len(correct))
     j = int(np.nanargmin(acc))
     return float(acc[j]), int(counts[j])
+
+
+def structure_auc(x_a: np.ndarray, y_a: np.ndarray, flag_a: np.ndarray, logits_a: np.ndarray,
+                  x_b: np.ndarray, y_b: np.ndarray, flag_b: np.ndarray, n_classes: int, *,
+                  c: float = 1.0, min_rows: int = 5) -> float | None:
+    """Cross-fitted AUC of the mistakes predicted from features off the head's directions.
+
+    Parameters
+    ----------
+    x_a, x_b : (N, d), (M, d) features of the two halves
+    y_a, y_b : (N,), (M,) labels
+    flag_a, flag_b : (N,), (M,) bool, e.g. the ERM head is wrong on the row
+    logits_a : (N, C) the head's logits on half a (the linear surrogate is fitted on them)
+    n_classes : int
+    c : float, default=1.0
+        Inverse L2 strength of the per-class logistic regressions.
+    min_rows : int, default=5
+        A class counts when both halves hold at least this many flagged and unflagged rows.
+
+    Returns
+    -------
+    The mean AUC over classes and both directions (a -> b, b -> a), weighted by the
+    scored half's flagged rows; None when no class counts.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    x_a = np.asarray(x_a, dtype=np.float64)
+    x_b = np.asarray(x_b, dtype=np.float64)
+    mean = x_a.mean(axis=0)
+    scale = x_a.std(axis=0)
+    scale[scale == 0] = 1.0
+    xa, xb = (x_a - mean) / scale, (x_b - mean) / scale
+    # the head's logit directions in these features: least squares with an intercept, centred
+    # over classes (softmax ignores a shift common to all logits)
+    design = np.hstack([xa, np.ones((len(xa), 1))])
+    coef, *_ = np.linalg.lstsq(design, np.asarray(logits_a, dtype=np.float64), rcond=None)
+    b = coef[:-1] - coef[:-1].mean(axis=1, keepdims=True)        # (d, C)
+    u, sv, _ = np.linalg.svd(b, full_matrices=False)
+    q = u[:, sv > sv.max(initial=0.0) * 1e-8]                     # (d, r) orthonormal basis
+    pa, pb = xa - (xa @ q) @ q.T, xb - (xb @ q) @ q.T
+    flag_a, flag_b = np.asarray(flag_a, dtype=bool), np.asarray(flag_b, dtype=bool)
+    aucs, weights = [], []
+    for xf, yf, ff, xs, ys, fs in ((pa, y_a, flag_a, pb, y_b, flag_b), (pb, y_b, flag_b, pa, y_a, flag_a)):
+        for k in range(int(n_classes)):
+            mf, ms = yf == k, ys == k
+            if min(ff[mf].sum(), (~ff[mf]).sum(), fs[ms].sum(), (~fs[ms]).sum()) < min_rows:
+                continue
+            clf = LogisticRegression(C=float(c), max_iter=500).fit(xf[mf], ff[mf])
+            aucs.append(roc_auc_score(fs[ms], clf.decision_function(xs[ms])))
+            weights.append(int(fs[ms].sum()))
+    return float(np.average(aucs, weights=weights)) if aucs else None
