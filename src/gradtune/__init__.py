@@ -29,7 +29,30 @@ from typing import TYPE_CHECKING, Any
 
 from gradtune._errors import GradTuneInputError
 
-__version__ = "0.1.0"
+
+def _read_version() -> str:
+    """The installed distribution's version (pyproject.toml is its one source).
+
+    A source tree run without installing (``PYTHONPATH=src``) reads pyproject.toml beside
+    ``src/``; anything else gives ``"0+unknown"``.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gradtune")
+    except PackageNotFoundError:
+        pass
+    import re
+    from pathlib import Path
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    try:
+        text = pyproject.read_text(encoding="utf-8")
+    except OSError:
+        return "0+unknown"
+    # the [project] table's version line; tomllib is not needed for one key
+    match = re.search(r'^\[project\][^\[]*?^version\s*=\s*"([^"]+)"', text, re.MULTILINE | re.DOTALL)
+    return match.group(1) if match else "0+unknown"
 
 # The library reports progress and notices on the "gradtune" logger; it stays silent until
 # the application (or the command line) configures logging.
@@ -81,6 +104,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # static analysers see the eager imports
+    __version__: str
     from gradtune.embeddings.bundle import BundleError, EmbeddingBundle, load_bundle
     from gradtune.estimator import GradTune, GradTuneReport
     from gradtune.finetune.linear import FinetuneConfig, FinetuneResult, finetune_linear
@@ -99,6 +123,9 @@ if TYPE_CHECKING:  # static analysers see the eager imports
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # read on first use: importlib.metadata scans the path
+        value = globals()["__version__"] = _read_version()
+        return value
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'gradtune' has no attribute {name!r}")
