@@ -89,14 +89,17 @@ def repair(model: nn.Module, heldout_loader: Any, *, method: str = "gradtune-aut
                                  f"f(output, inputs) -> (B, e), got {encoder_pooling!r}")
     lin, heldout_loader = resolve_output_layer(model, heldout_loader, layer, device=device)
     parts = [("heldout", heldout_loader)] + ([("train", train_loader)] if train_loader is not None else [])
-    feats, labels, encs, split = [], [], [], []
+    feats: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    encs: list[np.ndarray] = []
+    split: list[np.ndarray] = []
     for name, loader in parts:
         f, _, y, e = capture_batches(model, loader, lin, encoder=encoder, pooling=encoder_pooling,
                                      device=device)
-        f, y, e = f.numpy(), y.numpy(), None if e is None else e.numpy()
-        feats.append(f)
-        labels.append(y)
-        encs.append(e)
+        feats.append(f.numpy())
+        labels.append(y.numpy())
+        if e is not None:
+            encs.append(e.numpy())
         split.append(np.full(len(y), "train" if name == "train" else "val", dtype="<U9"))
     n_held = len(labels[0])
     if n_held < 4:
@@ -111,7 +114,7 @@ def repair(model: nn.Module, heldout_loader: Any, *, method: str = "gradtune-aut
          else np.zeros(w.shape[0], dtype=np.float32))
     bundle = EmbeddingBundle(
         features=np.concatenate(feats), labels=np.concatenate(labels), split=split_arr,
-        encoder_features=None if encoder is None else np.concatenate(encs),
+        encoder_features=np.concatenate(encs) if encs else None,
         head_weight=w, head_bias=b, n_classes=int(w.shape[0]))
     result = build_method(method, params or {}).fit(bundle, seed=seed)
     if isinstance(result.model, LinearHead):

@@ -125,7 +125,7 @@ def stratified_split(y: np.ndarray, fraction: float, rng: np.random.Generator) -
     A class with a single row goes to training; the rows are drawn uniformly within
     each class with ``rng``.
     """
-    order = np.lexsort((rng.random(y.shape[0]), y))  # by class, random within a class
+    order = np.lexsort((rng.random(size=len(y)), y))  # by class, random within a class
     _, first, counts = np.unique(y[order], return_index=True, return_counts=True)
     rank = np.arange(y.shape[0]) - np.repeat(first, counts)
     quota = np.repeat(np.maximum(1, np.ceil(fraction * counts)), counts)
@@ -274,6 +274,7 @@ class GradTuneClassifier(ClassifierMixin, BaseEstimator):
         X, y = _validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=False)
         check_classification_targets(y)
         seeds = np.random.SeedSequence(int(self.random_state)).spawn(4)
+        b: np.ndarray | None
         if self.head is None:
             self.classes_, codes = np.unique(y, return_inverse=True)
             if self.classes_.shape[0] < 2:

@@ -52,7 +52,7 @@ def hash_array(a: np.ndarray) -> str:
     """SHA-256 of an array's dtype, shape and bytes (hex)."""
     a = np.ascontiguousarray(a)
     h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
-    h.update(memoryview(a).cast("B"))
+    h.update(a.data.cast("B"))
     return h.hexdigest()
 
 

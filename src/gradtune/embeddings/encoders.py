@@ -211,7 +211,7 @@ def _effnet_weights() -> Path:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_effnet(size: int) -> torch.nn.Module:
+def _load_effnet(size: int) -> Any:  # an EfficientNet (untyped package): extract_features
     weights = _effnet_weights()
     try:
         from efficientnet_lite_pytorch import EfficientNet
