@@ -40,8 +40,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/gradtune demo
 
+# Serial by default: with pytest-xdist's -n auto, two workers on a 2-core machine were slower
+# than one process (each worker imports torch and numba, and torch already uses both cores).
+# On a larger machine: make test PYTEST_ARGS="-n auto".
+PYTEST_ARGS ?=
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts
