@@ -1,4 +1,4 @@
-"""Names, files and optional dependencies are checked while the arguments are parsed,
+"""Names and optional dependencies are checked while the arguments are parsed,
 before anything heavy is imported or any work starts (gradtune._cli_types)."""
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ def _probe(argv: list[str], tmp_path: Path, env_extra: dict | None = None) -> tu
 @pytest.mark.parametrize("argv, needle", [
     (["tune", "--embeddings", "example", "--out", "o", "--method", "gradtnue"],
      "argument --method: unknown method 'gradtnue'; did you mean 'gradtune'?"),
-    (["tune", "--embeddings", "missing.npz", "--out", "o"], "argument --embeddings: missing.npz does not exist"),
     (["demo", "--benchmarks", "adlt"], "argument --benchmarks: unknown benchmark 'adlt'; did you mean 'adult'?"),
     (["demo", "--benchmarks", "adult", "--methods", "erm", "dfrr"], "unknown method 'dfrr'; did you mean 'dfr'?"),
 ])
@@ -86,7 +85,6 @@ def test_types_accept_every_listed_name_and_refuse_the_rest() -> None:
         _cli_types.method_arg("all")
     with pytest.raises(argparse.ArgumentTypeError, match=r"unknown benchmark 'zzz'; available: adult"):
         _cli_types.offline_benchmark_arg("zzz")  # nothing close: no suggestion
-    assert _cli_types.bundle_arg("example") == "example"
 
 
 def test_a_plugin_registered_in_the_process_is_accepted() -> None:

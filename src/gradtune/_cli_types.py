@@ -1,8 +1,8 @@
 """Argument types of the command line that check a value before any work starts.
 
 Light at import (the parser is built without torch): names are checked against the static
-lists of :mod:`gradtune._names`, files with ``os.path``, optional dependencies with
-``importlib.util.find_spec`` (nothing is imported). Only ``device_arg``'s check imports
+lists of :mod:`gradtune._names`, optional dependencies with ``importlib.util.find_spec``
+(nothing is imported). Only ``device_arg``'s check imports
 torch. A refused value ends the command at parse time with argparse's one error line
 (exit status 2), before a model, a data set or a heavy library is loaded.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from gradtune._names import METHOD_NAMES, OFFLINE_BENCHMARK_NAMES
 
-__all__ = ["device_arg", "method_arg", "demo_method_arg", "offline_benchmark_arg", "bundle_arg",
+__all__ = ["device_arg", "method_arg", "demo_method_arg", "offline_benchmark_arg",
            "report_out_arg"]
 
 
@@ -67,15 +67,6 @@ def offline_benchmark_arg(text: str) -> str:
     """An argparse ``type`` for an offline benchmark's name (those of ``gradtune demo``)."""
     if text not in OFFLINE_BENCHMARK_NAMES:
         raise _unknown("benchmark", text, OFFLINE_BENCHMARK_NAMES)
-    return text
-
-
-def bundle_arg(text: str) -> str:
-    """An argparse ``type`` for ``--embeddings``: ``example``, or a bundle path that exists
-    (an ``.npz`` file or a folder of ``.npy`` files). Its content is checked when it is read."""
-    if text != "example" and not Path(text).expanduser().exists():
-        raise argparse.ArgumentTypeError(
-            f"{text} does not exist; pass a bundle (.npz, or a folder of .npy files) or 'example'")
     return text
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gradtune._cli_flags import add_force, add_json, add_quiet, run_json_aware
-from gradtune._cli_types import bundle_arg, method_arg
+from gradtune._cli_types import method_arg
 from gradtune._errors import GradTuneInputError
 from gradtune._names import METHOD_NAMES, name_list
 from gradtune.report.text import group_table
@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "select the fine-tuning set (top-k + norm-proportional draw) and fine-tune the ERM head. "
         "Writes head.npz and metrics.json to --out; rerunning with the same inputs reuses them.",
     )
-    p.add_argument("--embeddings", required=True, metavar="FILE", type=bundle_arg,
+    p.add_argument("--embeddings", required=True, metavar="FILE",
                    help="bundle (.npz or directory of .npy; see gradtune.embeddings.bundle). "
                    f"'example' uses the bundled example ({EXAMPLE.name})")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
