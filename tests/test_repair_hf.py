@@ -24,7 +24,6 @@ transformers = pytest.importorskip("transformers", reason="needs transformers (p
 
 WORDS = ["good", "bad", "fine", "awful", "great", "poor", "red", "blue", "cat", "dog", "the", "a",
          "very", "not", "movie", "book"]
-FAST = {"xrm_steps": 100, "epochs_grid": (1, 2), "c_grid": (1.0,), "num_retrains": 1}
 
 
 def _tokenizer(tmp_path: Path):
@@ -83,7 +82,8 @@ def test_readme_repair_example_with_an_automodel_backbone_and_dynamic_padding(tm
     assert len(widths) > 1, "the test needs batches of different padded widths"
     before = model.classifier.weight.detach().clone()
 
-    result = gradtune.repair(model, heldout_loader, method="gradtune-auto", params=FAST,
+    # the README's call, word for word (default settings of gradtune-auto)
+    result = gradtune.repair(model, heldout_loader, method="gradtune-auto",
                              encoder=backbone, train_loader=train_loader, seed=0)
     assert result.diagnostics["chosen_family"]
     assert result.diagnostics["pseudo_groups"]["features"] == "encoder_features"
