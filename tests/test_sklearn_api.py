@@ -234,3 +234,4 @@ def test_nested_finetune_parameters_in_a_grid_search() -> None:
 
 def test_exported_lazily_from_the_package() -> None:
     assert gradtune.GradTuneClassifier is GradTuneClassifier
+    assert gradtune.AccuracyDropWarning is AccuracyDropWarning

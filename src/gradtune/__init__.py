@@ -8,6 +8,7 @@ The stable public API:
 * :func:`finetune_linear`, :class:`FinetuneConfig` — fine-tune a linear head
 * :class:`GradTune` — the whole method on embeddings or on a PyTorch model
 * :class:`GradTuneClassifier` — GradTune as a scikit-learn classifier on embeddings
+  (:class:`AccuracyDropWarning` when fine-tuning lowers accuracy on its set-aside rows)
 * :func:`repair` — any registered method (default ``gradtune-auto``, the recommended
   label-free pipeline) on a PyTorch model, with an optional frozen encoder
 * :func:`evaluate` and friends — worst-group and other accuracies
@@ -63,6 +64,7 @@ _LAZY: dict[str, str] = {
     "GradTune": "gradtune.estimator",
     "GradTuneReport": "gradtune.estimator",
     "GradTuneClassifier": "gradtune.sklearn_api",
+    "AccuracyDropWarning": "gradtune.sklearn_api",
     "BundleError": "gradtune.embeddings.bundle",
     "EmbeddingBundle": "gradtune.embeddings.bundle",
     "load_bundle": "gradtune.embeddings.bundle",
@@ -84,6 +86,7 @@ __all__ = [
     "GradTune",
     "GradTuneReport",
     "GradTuneClassifier",
+    "AccuracyDropWarning",
     "GradTuneInputError",
     "BundleError",
     "EmbeddingBundle",
@@ -119,7 +122,7 @@ if TYPE_CHECKING:  # static analysers see the eager imports
     from gradtune.scores.grad_norms import grad_norms
     from gradtune.scores.streaming import grad_norms_streaming
     from gradtune.selection.select import select_finetune_set
-    from gradtune.sklearn_api import GradTuneClassifier
+    from gradtune.sklearn_api import AccuracyDropWarning, GradTuneClassifier
 
 
 def __getattr__(name: str) -> Any:
@@ -135,4 +138,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | {"__version__"})
