@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     # a str default goes through type= at parse time too: matplotlib is checked before any work
     p.add_argument("--out", type=report_out_arg, default="gradtune-demo-report", help="report folder")
     p.add_argument("--cache-dir", type=Path, default=None,
-                   help="feature/bundle cache (default ~/.cache/gradtune or $GRADTUNE_CACHE_DIR)")
+                   help="feature/bundle cache (default $GRADTUNE_CACHE_DIR, else $XDG_CACHE_HOME/gradtune, "
+                        "else ~/.cache/gradtune)")
     add_force(p, "recompute bundles and runs")
     add_no_progress(p, "no per-run progress lines")
     add_quiet(p)
