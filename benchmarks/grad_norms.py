@@ -16,7 +16,11 @@ taken right after the function's burst, so that memory bandwidth drifting betwee
 shared machine cancels; the printed times are medians over rounds.
 Then it streams 1M x 2048 from a memory-mapped .npy file (each backend) and reports the extra memory.
 
-    python benchmarks/grad_norms.py [--skip-1m] [--repeat 9] [--tmpdir DIR]
+    python benchmarks/grad_norms.py [--skip-1m] [--repeat 9] [--tmpdir DIR] [--device cuda]
+
+With --device cuda the features, labels and head live on the GPU: the torch backend runs
+there (the fused kernel is CPU-only, so its column reads n/a), every timed call ends with
+torch.cuda.synchronize(), and the 1M-row streaming part (a CPU memory-map) is skipped.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from gradtune.scores import _fused
 _gn = importlib.import_module("gradtune.scores.grad_norms")  # the module; gradtune.scores re-exports the function
 
 BACKENDS = ["torch", "fused"] if _fused.available() else ["torch"]
+DEVICE = torch.device("cpu")  # --device; set in main()
 
 SIZES = [(600, 2048, 2, "Waterbirds held-out"), (9934, 2048, 2, "CelebA held-out"),
          (22590, 768, 2, "CivilComments held-out"), (41231, 768, 3, "MultiNLI held-out"),
@@ -130,7 +135,19 @@ def make_inputs(n: int, d: int, c: int):
     h = torch.randn(n, d, generator=g)
     y = torch.randint(0, c, (n,), generator=g)
     w = torch.randn(c, d, generator=g) * 0.02
-    return h, y, w, torch.zeros(c)
+    return h.to(DEVICE), y.to(DEVICE), w.to(DEVICE), torch.zeros(c, device=DEVICE)
+
+
+def synced(fn):
+    """``fn`` followed by a CUDA synchronize on a GPU, so a timer sees the finished work."""
+    if DEVICE.type != "cuda":
+        return fn
+
+    def call():
+        out = fn()
+        torch.cuda.synchronize(DEVICE)
+        return out
+    return call
 
 
 def bench_gradtune(n: int, d: int, c: int, rep: int) -> dict:
@@ -139,9 +156,9 @@ def bench_gradtune(n: int, d: int, c: int, rep: int) -> dict:
     z = torch.addmm(b, h, w.T)  # (N, C) logits for the logits-given entry point
     fns = {}
     for be in BACKENDS:
-        fns[("head", be)] = lambda be=be: grad_norms(h, labels=y, weight=w, bias=b, backend=be)
-        fns[("logits", be)] = lambda be=be: grad_norms(h, z, y, backend=be)
-    paired, t_read = timeit_paired(fns, lambda: h.sum(), rep)
+        fns[("head", be)] = synced(lambda be=be: grad_norms(h, labels=y, weight=w, bias=b, backend=be))
+        fns[("logits", be)] = synced(lambda be=be: grad_norms(h, z, y, backend=be))
+    paired, t_read = timeit_paired(fns, synced(lambda: h.sum()), rep)
     t = {name: v[0] for name, v in paired.items()}
     t["ratio"] = {name: v[1] for name, v in paired.items()}
     t["read"] = t_read
@@ -152,7 +169,7 @@ def bench_gradtune(n: int, d: int, c: int, rep: int) -> dict:
 def bench_func(n: int, d: int, c: int, rep: int) -> tuple[float, bool]:
     """Time of torch.func per-sample gradients, and whether every backend matches them."""
     h, y, w, b = make_inputs(n, d, c)
-    t_func = timeit(lambda: func_norms(h, y, w, b), 1 if n >= 1_000_000 else rep)
+    t_func = timeit(synced(lambda: func_norms(h, y, w, b)), 1 if n >= 1_000_000 else rep)
     ref = func_norms(h[:1000], y[:1000], w, b)
     z = torch.addmm(b, h[:1000], w.T)
     ok = all(torch.allclose(grad_norms(h[:1000], labels=y[:1000], weight=w, bias=b, backend=be), ref, rtol=1e-4)
@@ -166,7 +183,15 @@ def main() -> None:
     ap.add_argument("--skip-1m", action="store_true")
     ap.add_argument("--repeat", type=int, default=9)
     ap.add_argument("--tmpdir", default=None)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda[:k] for tensors on a GPU")
     args = ap.parse_args()
+    global DEVICE, BACKENDS
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda":
+        if not torch.cuda.is_available():
+            ap.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")
+        BACKENDS = ["torch"]  # the fused kernel reads CPU memory only
+        args.skip_1m = True
     sizes = [s for s in SIZES if not (args.skip_1m and s[0] >= 1_000_000)]
     reps = {n: args.repeat for n, *_ in sizes}
     # Importing torch.func was measured to slow every later torch call in the process (at
@@ -174,7 +199,9 @@ def main() -> None:
     # gradtune and the read are timed first, for all sizes, and torch.func after.
     gt = {name: bench_gradtune(n, d, c, reps[n]) for n, d, c, name in sizes}
     fn = {name: bench_func(n, d, c, reps[n]) for n, d, c, name in sizes}
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, fp32, median of {args.repeat} bursts")
+    where = (f"{torch.cuda.get_device_name(DEVICE)}" if DEVICE.type == "cuda"
+             else f"CPU, threads {torch.get_num_threads()}")
+    print(f"torch {torch.__version__}, {where}, fp32, median of {args.repeat} bursts")
     print(f"{'size':>24s}{'entry':>8s}{'torch':>10s}{'fused':>10s}{'torch.func':>12s}{'read once':>11s}"
           f"{'func/torch':>11s}{'func/fused':>11s}{'torch/read':>11s}{'fused/read':>11s}")
     for _, _, _, name in sizes:

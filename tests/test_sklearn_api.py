@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import cross_val_score
-from sklearn.pipeline import make_pipeline
+from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import check_estimator
 
 import gradtune
 from gradtune import FinetuneConfig, GradTune, GradTuneInputError
 from gradtune.finetune.linear import finetune_linear
-from gradtune.sklearn_api import GradTuneClassifier, stratified_split
+from gradtune.sklearn_api import AccuracyDropWarning, GradTuneClassifier, stratified_split
 
 FAST = FinetuneConfig(epochs=15)
 
@@ -75,7 +77,9 @@ def test_stratified_split_counts_by_hand() -> None:
 
 def test_fitted_erm_head_then_gradtune_equals_the_manual_path() -> None:
     x, y = _data()
-    est = GradTuneClassifier(size=60, top_k=45, finetune=FAST, erm_epochs=20, random_state=7).fit(x, y)
+    # selection_fraction=0: every non-training row goes to GradTune (the check is tested below)
+    est = GradTuneClassifier(size=60, top_k=45, finetune=FAST, erm_epochs=20, selection_fraction=0.0,
+                             random_state=7).fit(x, y)
     assert est.head_source_ == "fitted"
     classes, codes = np.unique(y, return_inverse=True)
     np.testing.assert_array_equal(est.classes_, classes)
@@ -102,7 +106,7 @@ def test_fitted_erm_head_then_gradtune_equals_the_manual_path() -> None:
 def test_prefit_binary_logistic_regression_head() -> None:
     x, y = _data(c=2)
     lr = LogisticRegression().fit(x[:120], y[:120])
-    est = GradTuneClassifier(lr, size=50, top_k=40, finetune=FAST).fit(x[120:], y[120:])
+    est = GradTuneClassifier(lr, size=50, top_k=40, finetune=FAST, selection_fraction=0.0).fit(x[120:], y[120:])
     assert est.head_source_ == "prefit" and est.heldout_mask_.all()
     np.testing.assert_array_equal(est.classes_, lr.classes_)
     # the two-row head built from coef_ (1, d) reproduces the logistic probabilities
@@ -159,5 +163,75 @@ def test_pipeline_with_standard_scaler_round_trip() -> None:
     assert scores.shape == (3,) and (scores > 1 / 3).all()
 
 
+def test_selection_rows_are_set_aside_and_scored_by_hand() -> None:
+    x, y = _data(n=300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AccuracyDropWarning)  # clean data: no warning
+        est = GradTuneClassifier(size=60, top_k=45, finetune=FAST, erm_epochs=20, random_state=4).fit(x, y)
+    classes, codes = np.unique(y, return_inverse=True)
+    ss = np.random.SeedSequence(4).spawn(4)
+    train = stratified_split(codes, 0.5, np.random.default_rng(ss[0]))
+    rows = np.flatnonzero(~train)
+    sel = np.zeros(len(y), dtype=bool)
+    sel[rows] = stratified_split(codes[rows], 0.25, np.random.default_rng(ss[3]))
+    np.testing.assert_array_equal(est.selection_mask_, sel)
+    np.testing.assert_array_equal(est.heldout_mask_, ~train & ~sel)
+    ref = GradTune(60, 45, finetune=FAST, seed=int(ss[2].generate_state(1)[0])).fit_embeddings(
+        x[~train & ~sel], codes[~train & ~sel], weight=est.erm_coef_, bias=est.erm_intercept_)
+    np.testing.assert_allclose(est.coef_, ref.weight_.double().numpy(), rtol=1e-5, atol=1e-6)
+    erm_acc = np.mean((x[sel] @ est.erm_coef_.T + est.erm_intercept_).argmax(1) == codes[sel])
+    assert est.selection_accuracy_erm_ == pytest.approx(erm_acc)
+    assert est.selection_accuracy_ == pytest.approx(np.mean(est.predict(x[sel]) == y[sel]))
+    assert est.accuracy_dropped_ is False and est.report_.extra["accuracy_dropped"] is False
+
+
+def test_warns_when_fine_tuning_on_label_noise_lowers_accuracy() -> None:
+    # the right head, and 35% of labels flipped: the highest-norm rows are the flipped ones,
+    # and hundreds of epochs on them invert the head (the failure the check is for)
+    rng = np.random.default_rng(0)
+    clean = rng.integers(0, 2, 600)
+    x = rng.normal(size=(600, 2)) + np.array([[-1.0, 0.0], [1.0, 0.0]])[clean]
+    y = np.where(rng.random(600) < 0.35, 1 - clean, clean)
+    head = (np.array([[-1.0, 0.0], [1.0, 0.0]]), np.zeros(2))
+    est = GradTuneClassifier(head, size=60, top_k=60, finetune=FinetuneConfig(epochs=300, lr=0.05),
+                             random_state=0)
+    with pytest.warns(AccuracyDropWarning, match="from 0.6.* to 0.[0-4]"):
+        est.fit(x, y)
+    sel = est.selection_mask_
+    assert sel.sum() == sum(np.ceil(0.25 * np.bincount(y))) and not (sel & est.heldout_mask_).any()
+    before = np.mean((x[sel] @ head[0].T).argmax(1) == y[sel])
+    after = np.mean(est.predict(x[sel]) == y[sel])
+    assert est.selection_accuracy_erm_ == pytest.approx(before)
+    assert est.selection_accuracy_ == pytest.approx(after)
+    assert before - after > 0.05 and est.accuracy_dropped_ and est.report_.extra["accuracy_dropped"]
+    # a margin wider than the fall: no flag
+    wide = clone(est).set_params(max_accuracy_drop=1.0).fit(x, y)
+    assert wide.accuracy_dropped_ is False
+
+
+def test_nested_finetune_parameters_in_a_grid_search() -> None:
+    x, y = _data()
+    deep = GradTuneClassifier().get_params(deep=True)
+    assert deep["finetune__epochs"] == FinetuneConfig().epochs  # None means the paper's defaults
+    pipe = Pipeline([("scale", StandardScaler()),
+                     ("gt", GradTuneClassifier(size=40, top_k=30, erm_epochs=10, random_state=0))])
+    grid = GridSearchCV(pipe, {"gt__finetune__epochs": [2, 6], "gt__finetune__lr": [0.01]}, cv=2).fit(x, y)
+    best = grid.best_estimator_.named_steps["gt"]
+    assert best.finetune.epochs == grid.best_params_["gt__finetune__epochs"] and best.finetune.lr == 0.01
+    assert pipe.named_steps["gt"].finetune is None  # the searched copies, not the original
+    # setting a field copies the config: the object passed in is never modified
+    est = GradTuneClassifier(finetune=FAST).set_params(finetune__epochs=3)
+    assert est.finetune.epochs == 3 and FAST.epochs == 15
+    # the result equals passing the whole config
+    a = GradTuneClassifier(size=40, top_k=30, erm_epochs=10, finetune=FinetuneConfig(epochs=4)).fit(x, y)
+    b = GradTuneClassifier(size=40, top_k=30, erm_epochs=10).set_params(finetune__epochs=4).fit(x, y)
+    np.testing.assert_array_equal(a.coef_, b.coef_)
+    with pytest.raises(GradTuneInputError, match="unknown fine-tuning setting finetune__epoch;"):
+        est.set_params(finetune__epoch=3)
+    with pytest.raises(GradTuneInputError, match="epochs"):
+        est.set_params(finetune__epochs=-1)
+
+
 def test_exported_lazily_from_the_package() -> None:
     assert gradtune.GradTuneClassifier is GradTuneClassifier
+    assert gradtune.AccuracyDropWarning is AccuracyDropWarning

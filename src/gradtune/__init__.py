@@ -8,6 +8,7 @@ The stable public API:
 * :func:`finetune_linear`, :class:`FinetuneConfig` — fine-tune a linear head
 * :class:`GradTune` — the whole method on embeddings or on a PyTorch model
 * :class:`GradTuneClassifier` — GradTune as a scikit-learn classifier on embeddings
+  (:class:`AccuracyDropWarning` when fine-tuning lowers accuracy on its set-aside rows)
 * :func:`repair` — any registered method (default ``gradtune-auto``, the recommended
   label-free pipeline) on a PyTorch model, with an optional frozen encoder
 * :func:`inspect_groups` — the label-free groups of a bundle and the rows that show
@@ -31,7 +32,30 @@ from typing import TYPE_CHECKING, Any
 
 from gradtune._errors import GradTuneInputError
 
-__version__ = "0.1.0"
+
+def _read_version() -> str:
+    """The installed distribution's version (pyproject.toml is its one source).
+
+    A source tree run without installing (``PYTHONPATH=src``) reads pyproject.toml beside
+    ``src/``; anything else gives ``"0+unknown"``.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gradtune")
+    except PackageNotFoundError:
+        pass
+    import re
+    from pathlib import Path
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    try:
+        text = pyproject.read_text(encoding="utf-8")
+    except OSError:
+        return "0+unknown"
+    # the [project] table's version line; tomllib is not needed for one key
+    match = re.search(r'^\[project\][^\[]*?^version\s*=\s*"([^"]+)"', text, re.MULTILINE | re.DOTALL)
+    return match.group(1) if match else "0+unknown"
 
 # The library reports progress and notices on the "gradtune" logger; it stays silent until
 # the application (or the command line) configures logging.
@@ -42,6 +66,7 @@ _LAZY: dict[str, str] = {
     "GradTune": "gradtune.estimator",
     "GradTuneReport": "gradtune.estimator",
     "GradTuneClassifier": "gradtune.sklearn_api",
+    "AccuracyDropWarning": "gradtune.sklearn_api",
     "BundleError": "gradtune.embeddings.bundle",
     "EmbeddingBundle": "gradtune.embeddings.bundle",
     "load_bundle": "gradtune.embeddings.bundle",
@@ -64,6 +89,7 @@ __all__ = [
     "GradTune",
     "GradTuneReport",
     "GradTuneClassifier",
+    "AccuracyDropWarning",
     "GradTuneInputError",
     "BundleError",
     "EmbeddingBundle",
@@ -85,6 +111,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # static analysers see the eager imports
+    __version__: str
     from gradtune.embeddings.bundle import BundleError, EmbeddingBundle, load_bundle
     from gradtune.estimator import GradTune, GradTuneReport
     from gradtune.finetune.linear import FinetuneConfig, FinetuneResult, finetune_linear
@@ -100,10 +127,13 @@ if TYPE_CHECKING:  # static analysers see the eager imports
     from gradtune.scores.grad_norms import grad_norms
     from gradtune.scores.streaming import grad_norms_streaming
     from gradtune.selection.select import select_finetune_set
-    from gradtune.sklearn_api import GradTuneClassifier
+    from gradtune.sklearn_api import AccuracyDropWarning, GradTuneClassifier
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # read on first use: importlib.metadata scans the path
+        value = globals()["__version__"] = _read_version()
+        return value
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'gradtune' has no attribute {name!r}")
@@ -113,4 +143,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | {"__version__"})

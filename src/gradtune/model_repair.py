@@ -23,6 +23,7 @@ from gradtune._validation import GradTuneInputError, check_positive_int
 from gradtune.data.base import split_heldout
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.embeddings.capture import capture_batches, resolve_output_layer
+from gradtune.embeddings.pooling import POOLINGS, Pooling
 from gradtune.methods.base import LinearHead, MethodResult
 from gradtune.methods.tuning import build_method
 
@@ -31,7 +32,8 @@ __all__ = ["repair"]
 
 def repair(model: nn.Module, heldout_loader: Any, *, method: str = "gradtune-auto",
            params: dict[str, Any] | None = None,
-           encoder: nn.Module | Callable[[Any], Any] | None = None, train_loader: Any = None,
+           encoder: nn.Module | Callable[..., Any] | None = None, encoder_pooling: Pooling = "auto",
+           train_loader: Any = None,
            layer: nn.Linear | str | None = None, device: str | torch.device | None = None,
            seed: int = 0, split_seed: int = 0) -> MethodResult:
     """Repair ``model``'s last linear layer in place with a registered method.
@@ -52,9 +54,16 @@ def repair(model: nn.Module, heldout_loader: Any, *, method: str = "gradtune-aut
         Hyperparameters of the method (dotted keys set sub-fields, e.g.
         ``{"finetune.epochs": 20}``).
     encoder : nn.Module or callable, optional
-        Maps a batch's inputs to a general-purpose frozen encoder's features, (B, e)
-        (e.g. the pretrained backbone the model was fine-tuned from, without a head).
-        Group inference reads them (``encoder_features``).
+        A general-purpose frozen encoder, called on each batch's inputs as the model is
+        (e.g. the pretrained backbone the model was fine-tuned from, without a head: a
+        Hugging Face ``AutoModel``). Its output is reduced to one row per sample by
+        ``encoder_pooling``. Group inference reads these features (``encoder_features``).
+    encoder_pooling : {"auto", "pooler", "mean", "cls"} or callable, default="auto"
+        How the encoder's output becomes (B, e): "auto" takes a (B, e) tensor as is,
+        else ``pooler_output`` when present, else the attention-mask-weighted mean of
+        ``last_hidden_state`` (padding never counts, so dynamically padded batches of
+        different widths give the same rows); a callable ``f(output, inputs) -> (B, e)``
+        overrides (see :mod:`gradtune.embeddings.pooling`).
     train_loader : iterable of batches, optional
         Training rows (features and class labels only); ``gradtune-auto`` fits its
         group inference on them when given.
@@ -75,15 +84,22 @@ def repair(model: nn.Module, heldout_loader: Any, *, method: str = "gradtune-aut
         leaves the layer unchanged and returns its model.
     """
     seed = check_positive_int(seed, "seed", allow_zero=True)
+    if not callable(encoder_pooling) and encoder_pooling not in POOLINGS:
+        raise GradTuneInputError(f"encoder_pooling must be one of {', '.join(POOLINGS)} or a callable "
+                                 f"f(output, inputs) -> (B, e), got {encoder_pooling!r}")
     lin, heldout_loader = resolve_output_layer(model, heldout_loader, layer, device=device)
     parts = [("heldout", heldout_loader)] + ([("train", train_loader)] if train_loader is not None else [])
-    feats, labels, encs, split = [], [], [], []
+    feats: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    encs: list[np.ndarray] = []
+    split: list[np.ndarray] = []
     for name, loader in parts:
-        f, _, y, e = capture_batches(model, loader, lin, encoder=encoder, device=device)
-        f, y, e = f.numpy(), y.numpy(), None if e is None else e.numpy()
-        feats.append(f)
-        labels.append(y)
-        encs.append(e)
+        f, _, y, e = capture_batches(model, loader, lin, encoder=encoder, pooling=encoder_pooling,
+                                     device=device)
+        feats.append(f.numpy())
+        labels.append(y.numpy())
+        if e is not None:
+            encs.append(e.numpy())
         split.append(np.full(len(y), "train" if name == "train" else "val", dtype="<U9"))
     n_held = len(labels[0])
     if n_held < 4:
@@ -98,7 +114,7 @@ def repair(model: nn.Module, heldout_loader: Any, *, method: str = "gradtune-aut
          else np.zeros(w.shape[0], dtype=np.float32))
     bundle = EmbeddingBundle(
         features=np.concatenate(feats), labels=np.concatenate(labels), split=split_arr,
-        encoder_features=None if encoder is None else np.concatenate(encs),
+        encoder_features=np.concatenate(encs) if encs else None,
         head_weight=w, head_bias=b, n_classes=int(w.shape[0]))
     result = build_method(method, params or {}).fit(bundle, seed=seed)
     if isinstance(result.model, LinearHead):

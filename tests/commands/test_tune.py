@@ -77,7 +77,6 @@ def test_tune_any_registered_method_with_params(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--method", "nope"], "unknown method"),
     (["--method", "dfr-xrm", "--param", "novalue"], "KEY=VALUE"),
     (["--method", "dfr-xrm", "--param", "bogus=1"], "not a parameter"),
     (["--param", "size=3"], "--param sets hyperparameters of --method"),

@@ -107,7 +107,20 @@ def test_default_dir_and_env(tmp_path, monkeypatch):
     assert FeatureCache().cache_dir == tmp_path / "env"
     assert FeatureCache(tmp_path / "arg").cache_dir == tmp_path / "arg"
     monkeypatch.delenv("GRADTUNE_CACHE_DIR")
-    assert str(FeatureCache().cache_dir).endswith(".cache/gradtune")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert FeatureCache().cache_dir == tmp_path / "home" / ".cache" / "gradtune"
+    # the XDG base-directory rule: an absolute XDG_CACHE_HOME is used, an empty or relative one ignored
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert FeatureCache().cache_dir == tmp_path / "xdg" / "gradtune"
+    from gradtune.data.offline.adult import default_adult_dir
+    assert default_adult_dir() == tmp_path / "xdg" / "gradtune" / "adult"  # the same rule for Adult's wheel
+    for ignored in ("", "relative/dir"):
+        monkeypatch.setenv("XDG_CACHE_HOME", ignored)
+        assert FeatureCache().cache_dir == tmp_path / "home" / ".cache" / "gradtune"
+    monkeypatch.setenv("GRADTUNE_CACHE_DIR", str(tmp_path / "env"))  # the package's own variable wins
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert FeatureCache().cache_dir == tmp_path / "env"
     with pytest.raises(ValueError, match="cache entry name"):
         FeatureCache(tmp_path).path("../escape")
 

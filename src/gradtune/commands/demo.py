@@ -13,6 +13,7 @@ from gradtune._cli_flags import (
     progress_enabled,
     run_json_aware,
 )
+from gradtune._cli_types import demo_method_arg, offline_benchmark_arg, report_out_arg
 from gradtune._names import (
     DEMO_BENCHMARKS,
     DEMO_METHODS,
@@ -31,16 +32,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "GradTune / gradtune-auto / DFR over seeds, print a paper-style table and write a report folder. "
         "Finished runs are cached: a second run only reads them.",
     )
-    p.add_argument("--benchmarks", nargs="+", default=None, metavar="NAME",
+    p.add_argument("--benchmarks", nargs="+", default=None, metavar="NAME", type=offline_benchmark_arg,
                    help=f"offline benchmarks, some of: {name_list(OFFLINE_BENCHMARK_NAMES)} "
                    f"(default: {name_list(DEMO_BENCHMARKS)})")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="SEED")
-    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD", type=demo_method_arg,
                    help=f"registered last-layer methods, some of: {name_list(METHOD_NAMES)}; or 'all' for every "
                    f"registered one (default: {name_list(DEMO_METHODS)})")
-    p.add_argument("--out", type=Path, default=Path("gradtune-demo-report"), help="report folder")
+    # a str default goes through type= at parse time too: matplotlib is checked before any work
+    p.add_argument("--out", type=report_out_arg, default="gradtune-demo-report", help="report folder")
     p.add_argument("--cache-dir", type=Path, default=None,
-                   help="feature/bundle cache (default ~/.cache/gradtune or $GRADTUNE_CACHE_DIR)")
+                   help="feature/bundle cache (default $GRADTUNE_CACHE_DIR, else $XDG_CACHE_HOME/gradtune, "
+                        "else ~/.cache/gradtune)")
     add_force(p, "recompute bundles and runs")
     add_no_progress(p, "no per-run progress lines")
     add_quiet(p)

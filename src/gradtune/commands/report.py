@@ -16,6 +16,7 @@ import argparse
 from pathlib import Path
 
 from gradtune._cli_flags import add_quiet
+from gradtune._cli_types import report_out_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", type=Path, metavar="RESULTS_DB_OR_DIR",
                    help="a results.sqlite file or a folder with one (e.g. the --out of `gradtune run`)")
-    p.add_argument("--out", type=Path, required=True, help="report folder")
+    p.add_argument("--out", type=report_out_arg, required=True, help="report folder")
     p.add_argument("--partial", action="store_true",
                    help="also show items whose runs are not all done (marked INCOMPLETE)")
     p.add_argument("--title", default=None, help="report title (default: the first experiment's report.title)")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gradtune._cli_flags import add_force, add_json, add_quiet, run_json_aware
+from gradtune._cli_types import method_arg
 from gradtune._errors import GradTuneInputError
 from gradtune._names import METHOD_NAMES, name_list
 from gradtune.report.text import group_table
@@ -51,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_force(p, "recompute even if --out holds a finished run")
     add_quiet(p)
     add_json(p)
-    p.add_argument("--method", default="gradtune", metavar="NAME",
+    p.add_argument("--method", default="gradtune", metavar="NAME", type=method_arg,
                    help="a registered method (default gradtune, the paper's; gradtune-auto is the "
                         "recommended label-free pipeline and uses the bundle's encoder_features); "
                         "with a method other than gradtune the --size/--top-k/... flags are ignored "

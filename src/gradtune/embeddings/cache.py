@@ -18,7 +18,8 @@ to a temporary file in the same folder, then ``os.replace`` it into place, so a 
 never sees a partial file and an interrupted write leaves the old entry intact.
 
 The cache folder is the ``cache_dir`` argument, else ``$GRADTUNE_CACHE_DIR``, else
-``~/.cache/gradtune``.
+``$XDG_CACHE_HOME/gradtune`` (the XDG base-directory rule: an unset, empty or relative
+``XDG_CACHE_HOME`` is ignored), else ``~/.cache/gradtune``.
 """
 
 from __future__ import annotations
@@ -36,27 +37,22 @@ from typing import Any
 import numpy as np
 
 from gradtune._io import atomic_save_npz
+from gradtune._paths import CACHE_ENV_VAR, default_cache_dir
 
 __all__ = ["CACHE_FORMAT", "ENV_VAR", "default_cache_dir", "cache_key", "hash_array",
            "hash_texts", "file_identity", "FeatureCache"]
 
 CACHE_FORMAT = 1
 """Bumped when the entry layout changes; part of every key."""
-ENV_VAR = "GRADTUNE_CACHE_DIR"
+ENV_VAR = CACHE_ENV_VAR
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-def default_cache_dir() -> Path:
-    """``$GRADTUNE_CACHE_DIR`` if set, else ``~/.cache/gradtune``."""
-    env = os.environ.get(ENV_VAR)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "gradtune"
 
 
 def hash_array(a: np.ndarray) -> str:
     """SHA-256 of an array's dtype, shape and bytes (hex)."""
     a = np.ascontiguousarray(a)
     h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
-    h.update(memoryview(a).cast("B"))
+    h.update(a.data.cast("B"))
     return h.hexdigest()
 
 

