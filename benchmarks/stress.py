@@ -33,7 +33,7 @@ import numpy as np
 from gradtune.experiments.stress import STRESS_SUITE, build_member_bundle, suite_members
 from gradtune.methods.tuning import build_method, family_defaults
 
-METHODS = ("erm", "dfr", "gradtune", "dfr-xrm", "gradtune-auto")
+METHODS = ("erm", "dfr", "gradtune", "self", "dpe", "dfr-xrm", "gradtune-auto")
 ORACLE = "dfr"
 GAP_MIN = 0.02  # members whose oracle beats ERM by less than this have no gap to close
 

@@ -107,3 +107,15 @@ def test_refusal_is_fast(tmp_path) -> None:
     res, _ = _probe(["tune", "--embeddings", "example", "--out", "o", "--method", "nope"], tmp_path)
     assert res["code"] == 2 and res["seconds"] < 1.0, res
     assert time.perf_counter() - t < 30
+
+
+def test_parse_time_refusal_with_json_prints_one_object(capsys):
+    from gradtune.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["tune", "--embeddings", "example", "--out", "unused", "--method", "nope", "--json"])
+    assert stop.value.code == 2
+    out, err = capsys.readouterr()
+    obj = json.loads(out)
+    assert obj["exit_code"] == 2 and "unknown method 'nope'" in obj["error"]
+    assert "unknown method 'nope'" in err

@@ -9,7 +9,9 @@ the parser (``--help``, ``--version``) stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import json
 import logging
 import sys
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -73,6 +75,24 @@ def _no_empty_paths(argv: list[str]) -> None:
         flag, eq, value = arg.partition("=")
         if flag in _PATH_FLAGS and ((eq and not value) or (not eq and i + 1 < len(argv) and argv[i + 1] == "")):
             raise GradTuneInputError(f"{flag} is empty; give a path (use . for the current folder)")
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parser.parse_args``; with ``--json`` a refusal by the parser (a mistyped name, a
+    missing extra) also prints its one JSON object on stdout."""
+    if "--json" not in argv:
+        return parser.parse_args(argv)
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return parser.parse_args(argv)
+    except SystemExit as stop:
+        text = captured.getvalue()
+        sys.stderr.write(text)
+        if stop.code not in (0, None):
+            lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+            _json_error(int(stop.code) if isinstance(stop.code, int) else 2, lines[-1] if lines else "bad arguments")
+        raise
 
 
 def _json_error(code: int, message: str) -> None:
