@@ -58,13 +58,7 @@ def region_cells(x_fit: np.ndarray, y_fit: np.ndarray, flag_fit: np.ndarray, x_a
     """
     from sklearn.linear_model import LogisticRegression
 
-    x_fit = np.asarray(x_fit, dtype=np.float64)
-    x_apply = np.asarray(x_apply, dtype=np.float64)
-    mean = x_fit.mean(axis=0)
-    scale = x_fit.std(axis=0)
-    scale[scale == 0] = 1.0
-    xf = (x_fit - mean) / scale
-    xa = (x_apply - mean) / scale
+    xf, xa = _standardized(x_fit, x_apply)
     flag_fit = np.asarray(flag_fit, dtype=bool)
     out = 2 * np.asarray(y_apply, dtype=np.int64)
     for k in range(int(n_classes)):
@@ -83,6 +77,20 @@ def region_cells(x_fit: np.ndarray, y_fit: np.ndarray, flag_fit: np.ndarray, x_a
         top = np.argsort(-score, kind="stable")[:n_in]
         out[apply_rows[top]] += 1
     return out
+
+
+def _standardized(x_fit: np.ndarray, x_other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Float64 copies of (N, d) x_fit and (M, d) x_other, both standardized by x_fit's column
+    mean and spread (a constant column keeps scale 1); one copy each, no temporaries."""
+    xf = np.array(x_fit, dtype=np.float64)
+    xo = np.array(x_other, dtype=np.float64)
+    mean = xf.mean(axis=0)
+    scale = xf.std(axis=0)
+    scale[scale == 0] = 1.0
+    for x in (xf, xo):
+        x -= mean
+        x /= scale
+    return xf, xo
 
 
 def cell_accuracies(correct: np.ndarray, cells: np.ndarray, n_cells: int, min_rows: int
@@ -132,20 +140,16 @@ def structure_auc(x_a: np.ndarray, y_a: np.ndarray, flag_a: np.ndarray, logits_a
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
-    x_a = np.asarray(x_a, dtype=np.float64)
-    x_b = np.asarray(x_b, dtype=np.float64)
-    mean = x_a.mean(axis=0)
-    scale = x_a.std(axis=0)
-    scale[scale == 0] = 1.0
-    xa, xb = (x_a - mean) / scale, (x_b - mean) / scale
-    # the head's logit directions in these features: least squares with an intercept, centred
-    # over classes (softmax ignores a shift common to all logits)
-    design = np.hstack([xa, np.ones((len(xa), 1))])
-    coef, *_ = np.linalg.lstsq(design, np.asarray(logits_a, dtype=np.float64), rcond=None)
-    b = coef[:-1] - coef[:-1].mean(axis=1, keepdims=True)        # (d, C)
+    pa, pb = _standardized(x_a, x_b)       # float64 copies, worked on in place from here
+    # the head's logit directions in these features: least squares on centred rows and logits
+    # (the intercept), centred over classes too (softmax ignores a shift common to all logits)
+    z = np.asarray(logits_a, dtype=np.float64)
+    coef, *_ = np.linalg.lstsq(pa, z - z.mean(axis=0), rcond=None)
+    b = coef - coef.mean(axis=1, keepdims=True)                   # (d, C)
     u, sv, _ = np.linalg.svd(b, full_matrices=False)
     q = u[:, sv > sv.max(initial=0.0) * 1e-8]                     # (d, r) orthonormal basis
-    pa, pb = xa - (xa @ q) @ q.T, xb - (xb @ q) @ q.T
+    pa -= (pa @ q) @ q.T
+    pb -= (pb @ q) @ q.T
     flag_a, flag_b = np.asarray(flag_a, dtype=bool), np.asarray(flag_b, dtype=bool)
     aucs, weights = [], []
     for xf, yf, ff, xs, ys, fs in ((pa, y_a, flag_a, pb, y_b, flag_b), (pb, y_b, flag_b, pa, y_a, flag_a)):
