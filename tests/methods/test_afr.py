@@ -19,11 +19,19 @@ def test_weights_by_hand():
     gamma = 2.0
     p = [0.5, math.e / (1 + math.e), 1 / (1 + math.e)]
     raw = [math.exp(-gamma * v) for v in p]
-    # class 0 rows share 1/2, class 1 row holds 1/2
+    # 'total': class 0 rows share 1/2, class 1 row holds 1/2
     expected = [raw[0] / (raw[0] + raw[1]) / 2, raw[1] / (raw[0] + raw[1]) / 2, 0.5]
-    np.testing.assert_allclose(afr_weights(logits, labels, gamma), expected, rtol=1e-12)
+    np.testing.assert_allclose(afr_weights(logits, labels, gamma, rebalance="total"), expected, rtol=1e-12)
+    # 'count' (the authors'): raw weight times N / class count = 3/2, 3/2, 3/1, then normalized
+    counted = np.array([raw[0] * 1.5, raw[1] * 1.5, raw[2] * 3.0])
+    np.testing.assert_allclose(afr_weights(logits, labels, gamma), counted / counted.sum(), rtol=1e-12)
     unbalanced = np.array(raw) / sum(raw)
-    np.testing.assert_allclose(afr_weights(logits, labels, gamma, balance_classes=False), unbalanced, rtol=1e-12)
+    np.testing.assert_allclose(afr_weights(logits, labels, gamma, rebalance="none"), unbalanced, rtol=1e-12)
+
+
+def test_weights_reject_unknown_rebalance():
+    with pytest.raises(Exception, match="rebalance"):
+        afr_weights(np.zeros((2, 2)), np.array([0, 1]), 1.0, rebalance="classes")
 
 
 def test_weights_gamma_zero_is_class_balanced_uniform():
