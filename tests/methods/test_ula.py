@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from gradtune._validation import GradTuneInputError
 from gradtune.finetune.head_loop import ema_update
 from gradtune.methods import ULAMethod, ULAModel
 from gradtune.methods.base import LinearHead
@@ -84,3 +85,8 @@ def test_method_modes(bundle, mode):
     if mode == "post_hoc":
         assert isinstance(res.model, ULAModel)
     assert not ULAMethod.uses_group_labels_train and not ULAMethod.uses_group_labels_val
+
+
+def test_unknown_estimator_is_a_clear_error(bundle):
+    with pytest.raises(GradTuneInputError, match="estimator"):
+        ULAMethod(estimator="median", epochs=1).fit(bundle, seed=0)

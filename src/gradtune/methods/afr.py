@@ -47,8 +47,8 @@ import torch
 
 from gradtune._validation import (
     GradTuneInputError,
-    check_features,
     check_choice,
+    check_features,
     check_labels,
     check_nonneg_float,
     check_positive_int,
