@@ -343,3 +343,20 @@ def test_sequential_members_match_a_sequential_reference(scored):
     # the batched run (members against each other's moving prototypes) is a different model
     batched = _train(u, y, subsets, c, kw, seed=11)
     assert not np.allclose(batched["prototypes"].numpy()[1:], out["prototypes"].numpy()[1:])
+
+
+def test_val_groups_variant_keeps_each_members_best_true_wga_epoch(bundle):
+    """The authors' epoch choice: worst-group accuracy of each member on the selection rows' true groups."""
+    from gradtune.methods.dpe_groups import DPEValGroupsMethod
+
+    m = get_method("dpe-val-groups", **FAST)
+    assert isinstance(m, DPEValGroupsMethod) and m.group_label_use == "val"
+    res = m.fit(bundle, seed=0)
+    sel = bundle.view("selection")
+    z = res.model.member_logits(sel.features)  # (M, n_sel, C) of the kept epochs
+    kept = [worst_group_accuracy(z[k].argmax(1), sel.labels, sel.groups) for k in range(z.shape[0])]
+    np.testing.assert_allclose(res.diagnostics["member_selection_score"], kept, rtol=1e-6)
+    assert res.diagnostics["ensemble_selection_score"] == pytest.approx(
+        worst_group_accuracy(res.model.predict(sel.features), sel.labels, sel.groups))
+    with pytest.raises(GradTuneInputError, match="selection"):
+        get_method("dpe-val-groups", **FAST, selection="worst_class").fit(bundle, seed=0)

@@ -44,9 +44,7 @@ What differs here, and why
 * ``balance='pseudo_group'`` (not the authors') balances the subsamples over
   (class x ERM-wrong) of the held-out rows instead of over classes.
 
-The closed-form gradient of :func:`dpe_loss_and_grad` is checked against autograd and
-the whole loop against ``torch.optim.SGD`` in the tests.
-
+Tests check :func:`dpe_loss_and_grad` against autograd and both loops against ``torch.optim.SGD``.
 Shapes: M members, C classes, d features, N rows, B batch rows, S rows per subsample.
 """
 
@@ -400,6 +398,7 @@ class DPEMethod(Method):
     name = "dpe"
     description = ("DPE (To et al.): ensemble of diverse prototype classifiers on class-balanced held-out "
                    "subsamples, members trained in order, epochs by worst-class accuracy")
+    selections: ClassVar[tuple[str, ...]] = DPE_SELECTION
     search_space: ClassVar[dict[str, list]] = {
         "cov_reg": [5e4, 1e5, 5e5],
         "entropic_scale": [10.0, 20.0, 30.0],
@@ -427,7 +426,7 @@ class DPEMethod(Method):
         n_members = check_positive_int(self.num_members, "num_members")
         epochs = check_positive_int(self.epochs, "epochs")
         check_choice(self.balance, "balance", DPE_BALANCE)
-        check_choice(self.selection, "selection", DPE_SELECTION)
+        check_choice(self.selection, "selection", self.selections)
         hp = {k: check_nonneg_float(getattr(self, k), k) for k in
               ("momentum", "weight_decay", "wd_weight", "cov_reg", "alpha")}
         lr = check_nonneg_float(self.lr, "lr", positive=True)
@@ -452,17 +451,7 @@ class DPEMethod(Method):
         u = normalize_features(held.features, center=self.center)
         batch = min(check_positive_int(self.batch_size, "batch_size"), subsets.shape[1])
         lam = ips_weights(hp["cov_reg"], hp["alpha"], n_members)
-        score_fn, scorer, u_sel = None, None, None
-        if self.selection != "last":
-            sel = bundle.view("selection")
-            scorer = LabelFreeScorer(sel.labels, c, erm_logits=head.logits(sel.features) if head else None,
-                                     min_group_size=check_positive_int(self.min_group_size, "min_group_size"))
-            u_sel = normalize_features(sel.features, center=self.center)
-
-            def score_fn(protos: torch.Tensor, scales: torch.Tensor) -> np.ndarray:
-                z = _member_logits(u_sel, protos, scales).numpy()
-                return np.array([scorer(self.selection, z[m]) for m in range(z.shape[0])])
-
+        score_fn = self._epoch_score(bundle, head, c)
         with torch_threads(1):
             trainer = train_dpe_sequential if self.sequential else train_dpe
             out = trainer(u, torch.as_tensor(held.labels), torch.as_tensor(subsets), c, epochs=epochs,
@@ -484,6 +473,27 @@ class DPEMethod(Method):
             "ips_weights": lam.tolist(),
             "mean_abs_cosine_between_members": float(cos[:, off].abs().mean()) if n_members > 1 else None,
         }
-        if scorer is not None:
-            diag["ensemble_selection_score"] = scorer(self.selection, model.logits(bundle.view("selection").features))
+        if score_fn is not None:
+            score = self._scorer(bundle, head, c)
+            diag["ensemble_selection_score"] = float(score(model.logits(bundle.view("selection").features)))
         return MethodResult(model, diag)
+
+    def _scorer(self, bundle: EmbeddingBundle, head: Any, c: int) -> Callable[[np.ndarray], float]:
+        """The selection rows' score of (n_sel, C) logits (higher is better)."""
+        sel = bundle.view("selection")
+        scorer = LabelFreeScorer(sel.labels, c, erm_logits=head.logits(sel.features) if head else None,
+                                 min_group_size=check_positive_int(self.min_group_size, "min_group_size"))
+        return lambda z: scorer(self.selection, z)
+
+    def _epoch_score(self, bundle: EmbeddingBundle, head: Any,
+                     c: int) -> Callable[[torch.Tensor, torch.Tensor], np.ndarray] | None:
+        """``(prototypes (M, C, d), scales (M,)) -> (M,)`` member scores; None keeps the last epoch."""
+        if self.selection == "last":
+            return None
+        score = self._scorer(bundle, head, c)
+        u_sel = normalize_features(bundle.view("selection").features, center=self.center)
+
+        def score_fn(protos: torch.Tensor, scales: torch.Tensor) -> np.ndarray:
+            z = _member_logits(u_sel, protos, scales).numpy()
+            return np.array([score(z[m]) for m in range(z.shape[0])])
+        return score_fn
