@@ -40,7 +40,7 @@ halves, rather than up front (3,000 events x N draws would be held in memory oth
 Differences from the reference code: the halves are one random split of the pool drawn
 here, and the loss gradient is written in closed form (no autograd). The defaults above
 stay as they are: other components are tuned on them. Purity / recall of both on the
-project's bundles: ``docs/label-free.md`` and ``benchmarks/baselines_reference.py``.
+project's bundles: ``docs/baselines.md`` (``benchmarks/baselines_reference.py``).
 
 Shapes: N pool rows, M new rows, d features, C classes, S steps, B batch, F flip events.
 """
