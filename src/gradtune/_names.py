@@ -11,7 +11,7 @@ __all__ = ["METHOD_NAMES", "OFFLINE_BENCHMARK_NAMES", "DEMO_BENCHMARKS", "DEMO_M
 
 # the built-in last-layer methods, sorted (plug-ins registered later are not listed)
 METHOD_NAMES: tuple[str, ...] = (
-    "afr", "dfr", "dfr-xrm", "dpe", "erm", "gradtune", "gradtune-auto", "gradtune-es", "gradtune-l2",
+    "afr", "dfr", "dfr-xrm", "dpe", "dpe-val-groups", "erm", "gradtune", "gradtune-auto", "gradtune-es", "gradtune-l2",
     "gradtune-select", "gradtune-selectk", "group-dro", "jtt", "loss-topk", "random", "residual-topk", "rwg",
     "rwy", "self", "subg", "suby", "ula",
 )

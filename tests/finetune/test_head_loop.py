@@ -142,6 +142,40 @@ def test_logit_adjusted_matches_autograd():
     torch.testing.assert_close(obj.joint(), ema / (1 - beta ** t))
 
 
+def test_logit_adjusted_soft_matches_the_authors_update():
+    """The authors' estimator: joint from soft bias probabilities, moving average started at batch one."""
+    p = _problem(5)
+    ha = augment(p["h"])
+    gen = torch.Generator().manual_seed(11)
+    q = torch.softmax(torch.randn(N, C, generator=gen, dtype=torch.float64) * 2, dim=1)  # bias probabilities
+    bias_pred = q.argmax(1)
+    tau, beta = 1.0, 0.9
+    orders = _orders(3, 6)
+    obj = LogitAdjusted(ha, p["y"], C, bias_pred, C, tau, beta, bias_prob=q)
+    ours = train_head(p["theta"].clone(), obj, _replay(orders), epochs=3, batch_size=8, lr=0.1, momentum=0.9,
+                      weight_decay=1e-3)
+    ema: list[list[float]] | None = None
+
+    def loss_of(theta, idx):
+        nonlocal ema
+        yb = p["y"][idx].tolist()
+        conf = [[0.0] * C for _ in range(C)]  # confusion of (bias class, label), one row at a time
+        for r, yi in zip(idx.tolist(), yb, strict=True):
+            for bc in range(C):
+                conf[bc][yi] += float(q[r, bc]) / len(yb)
+        if ema is None:  # the moving average takes the first value as it is
+            ema = conf
+        else:
+            ema = [[beta * ema[i][j] + (1 - beta) * conf[i][j] for j in range(C)] for i in range(C)]
+        prior = [[max(ema[i][j] / sum(ema[i]), 1e-8) for j in range(C)] for i in range(C)]
+        offsets = tau * torch.log(torch.tensor(prior, dtype=torch.float64))[bias_pred[idx]]
+        return torch.nn.functional.cross_entropy(ha[idx] @ theta.T + offsets, p["y"][idx])
+
+    ref = _reference(p["theta"], ha, orders, 8, loss_of, lr=0.1, momentum=0.9, weight_decay=1e-3)
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(obj.joint(), torch.tensor(ema, dtype=torch.float64), rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("clip", [None, 0.5])
 def test_afr_matches_autograd(clip):
     p = _problem(4)

@@ -21,6 +21,7 @@ from gradtune.methods.dpe import (
     ips_weights,
     normalize_features,
     train_dpe,
+    train_dpe_sequential,
 )
 from gradtune.metrics import worst_class_accuracy, worst_group_accuracy
 from tests.methods._synthetic import make_spurious_bundle
@@ -287,5 +288,75 @@ def test_bad_bundles(bundle):
         DPEMethod(**FAST).fit(narrow, seed=0)
     headless = EmbeddingBundle(features=bundle.features, labels=bundle.labels, split=bundle.split)
     with pytest.raises(GradTuneInputError, match="head_weight"):
-        DPEMethod(**FAST).fit(headless, seed=0)
+        DPEMethod(**FAST, selection="pseudo_erm_worst").fit(headless, seed=0)
     DPEMethod(**FAST, selection="worst_class").fit(headless, seed=0)  # needs no ERM head
+    DPEMethod(**FAST, selection="last").fit(headless, seed=0)  # nor does the last epoch
+
+
+def _reference_sequential(u, y, subsets, c, *, epochs, batch, lr, momentum, weight_decay, entropic, wd_weight,
+                          lam, init_std, seed, score=None):
+    """The authors' order: one member at a time with its own torch.optim.SGD, its IPS term
+    against the finished (kept-epoch) prototypes of the members before it."""
+    gen = torch.Generator().manual_seed(seed)
+    m_, s_rows = subsets.shape
+    finished = []
+    for m in range(m_):
+        p_m = (torch.randn(1, c, u.shape[1], generator=gen, dtype=u.dtype)[0] * init_std).requires_grad_(True)
+        s_m = torch.ones(1, dtype=u.dtype, requires_grad=True)
+        opt = torch.optim.SGD([p_m, s_m], lr=lr, momentum=momentum, weight_decay=weight_decay)
+        earlier = torch.stack(finished).transpose(0, 1) if finished else None  # (C, m, d)
+        keep, best = p_m.detach().clone(), -np.inf
+        for epoch in range(epochs):
+            order = subsets[m][torch.rand(s_rows, generator=gen).argsort()]
+            for bi in range(s_rows // batch):
+                idx = order[bi * batch:(bi + 1) * batch]
+                opt.zero_grad()
+                _reference_member_loss(u[idx], y[idx], p_m, s_m, earlier, entropic=entropic,
+                                       wd_weight=wd_weight, lam=float(lam[m])).backward()
+                opt.step()
+            if score is not None and score(m, epoch) >= best:
+                keep, best = p_m.detach().clone(), score(m, epoch)
+        finished.append(keep if score is not None else p_m.detach().clone())
+    return torch.stack(finished)
+
+
+@pytest.mark.parametrize("scored", [False, True])
+def test_sequential_members_match_a_sequential_reference(scored):
+    u, y, subsets, c, kw = _loop_setup()
+    # a deterministic stand-in for the selection score: it peaks at epoch 1 for every member
+    fake = (lambda m, epoch: -abs(epoch - 1) + 0.1 * m) if scored else None
+    calls = {"n": 0}
+
+    def score_fn(protos, scales):
+        m, epoch = divmod(calls["n"], kw["epochs"])
+        calls["n"] += 1
+        return np.array([fake(m, epoch)])
+
+    out = train_dpe_sequential(u, y, subsets, c, epochs=kw["epochs"], batch_size=kw["batch"], lr=kw["lr"],
+                               momentum=kw["momentum"], weight_decay=kw["weight_decay"],
+                               entropic_scale=kw["entropic"], wd_weight=kw["wd_weight"], ips_weight=kw["lam"],
+                               init_std=kw["init_std"], generator=torch.Generator().manual_seed(11),
+                               score_fn=score_fn if scored else None)
+    ref = _reference_sequential(u, y, subsets, c, seed=11, score=fake, **kw)
+    np.testing.assert_allclose(out["prototypes"].numpy(), ref.numpy(), rtol=1e-9, atol=1e-11)
+    assert (out["best_epoch"] == (1 if scored else kw["epochs"] - 1)).all()
+    # the batched run (members against each other's moving prototypes) is a different model
+    batched = _train(u, y, subsets, c, kw, seed=11)
+    assert not np.allclose(batched["prototypes"].numpy()[1:], out["prototypes"].numpy()[1:])
+
+
+def test_val_groups_variant_keeps_each_members_best_true_wga_epoch(bundle):
+    """The authors' epoch choice: worst-group accuracy of each member on the selection rows' true groups."""
+    from gradtune.methods.dpe_groups import DPEValGroupsMethod
+
+    m = get_method("dpe-val-groups", **FAST)
+    assert isinstance(m, DPEValGroupsMethod) and m.group_label_use == "val"
+    res = m.fit(bundle, seed=0)
+    sel = bundle.view("selection")
+    z = res.model.member_logits(sel.features)  # (M, n_sel, C) of the kept epochs
+    kept = [worst_group_accuracy(z[k].argmax(1), sel.labels, sel.groups) for k in range(z.shape[0])]
+    np.testing.assert_allclose(res.diagnostics["member_selection_score"], kept, rtol=1e-6)
+    assert res.diagnostics["ensemble_selection_score"] == pytest.approx(
+        worst_group_accuracy(res.model.predict(sel.features), sel.labels, sel.groups))
+    with pytest.raises(GradTuneInputError, match="selection"):
+        get_method("dpe-val-groups", **FAST, selection="worst_class").fit(bundle, seed=0)

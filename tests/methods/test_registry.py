@@ -15,7 +15,7 @@ EXPECTED_GROUP_USE = {
     "erm": "none", "gradtune": "none", "random": "none", "self": "none", "loss-topk": "none",
     "residual-topk": "none", "afr": "none", "jtt": "none", "ula": "none", "suby": "none", "rwy": "none",
     "gradtune-auto": "none", "dfr-xrm": "none", "dpe": "none",
-    "dfr": "val", "group-dro": "train+val", "subg": "train+val", "rwg": "train+val",
+    "dfr": "val", "dpe-val-groups": "val", "group-dro": "train+val", "subg": "train+val", "rwg": "train+val",
 }
 
 

@@ -76,3 +76,14 @@ def test_loss_topk_is_gradtune_with_loss_score(bundle):
     r = ResidualTopKMethod(finetune=cfg).fit(bundle, seed=3)
     assert r.diagnostics["size"] == b.diagnostics["size"]
     assert not LossTopKMethod.uses_group_labels_val and not SELFMethod.uses_group_labels_train
+
+
+
+def test_default_runs_plain_sgd_as_the_authors_optimizer_does(bundle):
+    """The authors' SGD runs with momentum 0 (their 0.9 is set on a config after construction)."""
+    kw = dict(score="misclassification", k=40, steps=20)
+    default = SELFMethod(**kw).fit(bundle, seed=0).model
+    plain = SELFMethod(**kw, momentum=0.0).fit(bundle, seed=0).model
+    heavy = SELFMethod(**kw, momentum=0.9).fit(bundle, seed=0).model
+    np.testing.assert_array_equal(np.asarray(default.weight), np.asarray(plain.weight))
+    assert not np.allclose(np.asarray(default.weight), np.asarray(heavy.weight))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from gradtune._validation import GradTuneInputError
 from gradtune.finetune.head_loop import ema_update
 from gradtune.methods import ULAMethod, ULAModel
 from gradtune.methods.base import LinearHead
@@ -84,3 +85,51 @@ def test_method_modes(bundle, mode):
     if mode == "post_hoc":
         assert isinstance(res.model, ULAModel)
     assert not ULAMethod.uses_group_labels_train and not ULAMethod.uses_group_labels_val
+
+
+def test_unknown_estimator_is_a_clear_error(bundle):
+    with pytest.raises(GradTuneInputError, match="estimator"):
+        ULAMethod(estimator="median", epochs=1).fit(bundle, seed=0)
+
+
+def test_soft_training_matches_the_authors_update_rule():
+    """_train_adjusted with bias probabilities against the authors' rule, one row at a time:
+    confusion = sum_i q_i[b] [y_i = y] / B per batch; the moving average takes the first as it is."""
+    rng = np.random.default_rng(1)
+    n, d = 26, 3
+    h = torch.tensor(rng.normal(size=(n, d)), dtype=torch.float64)
+    y = torch.tensor(rng.integers(0, 2, n))
+    q = torch.softmax(torch.tensor(rng.normal(size=(n, 2)) * 2), dim=1)
+    b = q.argmax(1)
+    theta0 = torch.tensor(rng.normal(size=(2, d + 1)), dtype=torch.float64)
+    kw = dict(epochs=3, batch_size=8, lr=0.1, momentum=0.9, weight_decay=0.01, tau=1.0, beta=0.9)
+    theta, joint = _train_adjusted(h, y, b, theta0.clone(), 2, gen=torch.Generator().manual_seed(4), bias_prob=q,
+                                   **kw)
+
+    W = theta0[:, :d].clone().requires_grad_(True)
+    B = theta0[:, d].clone().requires_grad_(True)
+    opt = torch.optim.SGD([W, B], lr=0.1, momentum=0.9, weight_decay=0.01)
+    gen = torch.Generator().manual_seed(4)
+    ema = None
+    for _ in range(3):
+        for idx in torch.randperm(n, generator=gen).split(8):
+            conf = np.zeros((2, 2))
+            for i in idx.tolist():
+                for bc in range(2):
+                    conf[bc, int(y[i])] += float(q[i, bc]) / len(idx)
+            ema = conf if ema is None else 0.9 * ema + 0.1 * conf
+            cond = ema / ema.sum(1, keepdims=True)
+            off = torch.tensor(np.log(np.clip(cond, 1e-8, None))[b[idx].numpy()])
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(h[idx] @ W.T + B + off, y[idx]).backward()
+            opt.step()
+    np.testing.assert_allclose(theta[:, :d].numpy(), W.detach().numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(theta[:, d].numpy(), B.detach().numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(joint.numpy(), ema, rtol=1e-12)
+
+
+def test_estimators_differ_and_soft_is_default(bundle):
+    soft = ULAMethod(epochs=2).fit(bundle, seed=0)
+    hard = ULAMethod(epochs=2, estimator="hard").fit(bundle, seed=0)
+    assert soft.diagnostics["estimator"] == "soft" and hard.diagnostics["estimator"] == "hard"
+    assert not np.allclose(soft.diagnostics["p_y_given_bias"], hard.diagnostics["p_y_given_bias"])

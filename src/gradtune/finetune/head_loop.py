@@ -18,8 +18,9 @@ The objectives:
 * :class:`CrossEntropy`: mean (or weighted) cross-entropy;
 * :class:`GroupDROObjective`: Group DRO's ``q . loss_g`` with the online weight update
   (:mod:`gradtune.objectives.group_dro`);
-* :class:`LogitAdjusted`: uLA's ``CE(theta [h, 1] + tau log p(y | b), y)`` with the
-  bias-corrected moving average of the batch joints ``p(b, y)``;
+* :class:`LogitAdjusted`: uLA's ``CE(theta [h, 1] + tau log p(y | b), y)`` with a
+  moving average of the batch joints ``p(b, y)`` (the authors' estimator from the bias
+  model's soft probabilities, or counts of its hard predictions);
 * :class:`AFRObjective`: AFR's ``sum_i w_i CE_i + lam ||theta - theta0||^2`` (full batch).
 
 Each gradient is written in closed form; the tests compare every objective with autograd
@@ -160,40 +161,63 @@ def ema_update(state: torch.Tensor, batch_joint: torch.Tensor, beta: float) -> t
 
 
 class LogitAdjusted:
-    """uLA's logit-adjusted cross-entropy ``CE(theta [h, 1] + tau log p(y | b), y)``.
+    """uLA's logit-adjusted cross-entropy ``CE(theta [h, 1] + tau log p(y | b(x)), y)``.
 
-    Each batch's joint of (bias prediction, label) counts / batch size enters the moving
-    average ``M`` (rate ``beta``, from zero) before the batch's offsets are computed from
-    ``M / (1 - beta^t)``, the bias-corrected average; probabilities are clamped at 1e-8
-    before the log. ha : (N, d+1); y, bias_pred : (N,); n_bias : number of bias classes.
+    Each batch's joint ``J[b, y]`` enters the moving average ``M`` (rate ``beta``) before
+    the batch's offsets are computed from ``M``; the offsets of row ``i`` are
+    ``tau log p(y | b_i)`` with ``b_i`` the bias model's prediction, ``p(y | b)`` the
+    row-normalized ``M`` clamped at 1e-8 before the log.
+
+    The batch joint and the average follow one of two estimators:
+
+    * ``bias_prob`` given (the authors' ``compute_confusion_matrix`` and ``EMA`` of
+      ``utils/misc.py``, uLA's default): ``J[b, y] = mean_i q_i[b] [y_i = y]`` from the
+      bias model's soft probabilities ``q`` (N, C_b); the average starts at the first
+      batch's joint (``M_1 = J_1``, then ``M_t = beta M_{t-1} + (1 - beta) J_t``);
+    * ``bias_prob=None`` (a variant kept as an option): ``J`` counts the hard predictions
+      (counts / batch size); ``M`` starts at zero and is bias-corrected
+      (``M_t / (1 - beta^t)``, as Adam's moments).
+
+    ha : (N, d+1); y, bias_pred : (N,); n_bias : number of bias classes; bias_prob : (N, n_bias), optional.
     """
 
     def __init__(self, ha: torch.Tensor, y: torch.Tensor, n_classes: int, bias_pred: torch.Tensor, n_bias: int,
-                 tau: float, beta: float) -> None:
+                 tau: float, beta: float, bias_prob: torch.Tensor | None = None) -> None:
         self.ha, self.y, self.c = ha, y, n_classes
         self.onehot = torch.nn.functional.one_hot(y, n_classes).to(ha.dtype)
         self.bias_pred, self.tau, self.beta = bias_pred, tau, beta
+        self.bias_prob = None if bias_prob is None else bias_prob.to(torch.float64)
         self.state = torch.zeros(n_bias, n_classes, dtype=torch.float64)
         self.steps = 0
 
-    def gradient(self, theta: torch.Tensor, idx: Rows) -> torch.Tensor:
-        c = self.c
-        yb, bb = self.y[idx], self.bias_pred[idx]
+    def _batch_joint(self, idx: Rows) -> torch.Tensor:
+        """The batch's joint ``p(b, y)`` (n_bias, C)."""
+        yb = self.y[idx]
         b = yb.shape[0]
-        batch = torch.zeros(self.state.numel(), dtype=torch.float64).index_add_(
-            0, bb * c + yb, torch.ones(b, dtype=torch.float64)).view(-1, c) / b
-        self.state = ema_update(self.state, batch, self.beta)
-        joint = self.state / (1.0 - self.beta ** (self.steps + 1))
+        if self.bias_prob is not None:
+            return self.bias_prob[idx].T @ self.onehot[idx].to(torch.float64) / b
+        return torch.zeros(self.state.numel(), dtype=torch.float64).index_add_(
+            0, self.bias_pred[idx] * self.c + yb, torch.ones(b, dtype=torch.float64)).view(-1, self.c) / b
+
+    def gradient(self, theta: torch.Tensor, idx: Rows) -> torch.Tensor:
+        batch = self._batch_joint(idx)
+        if self.bias_prob is not None and self.steps == 0:
+            self.state = batch
+        else:
+            self.state = ema_update(self.state, batch, self.beta)
+        self.steps += 1
+        joint = self.joint()
         cond = joint / joint.sum(1, keepdim=True).clamp_min(1e-300)
-        offsets = (self.tau * cond.clamp_min(_PROB_FLOOR).log()).to(self.ha.dtype)[bb]  # (B, C)
+        offsets = (self.tau * cond.clamp_min(_PROB_FLOOR).log()).to(self.ha.dtype)[self.bias_pred[idx]]  # (B, C)
         hb = self.ha[idx]
         p = torch.softmax(hb @ theta.T + offsets, dim=1)
-        self.steps += 1
-        return ((p - self.onehot[idx]).T @ hb) / b
+        return ((p - self.onehot[idx]).T @ hb) / hb.shape[0]
 
     def joint(self) -> torch.Tensor:
-        """The bias-corrected moving joint ``p(b, y)`` (n_bias, C) after the steps taken."""
-        return self.state / (1.0 - self.beta ** self.steps) if self.steps else self.state
+        """The moving joint ``p(b, y)`` (n_bias, C) after the steps taken (bias-corrected for the hard variant)."""
+        if self.bias_prob is not None or not self.steps:
+            return self.state
+        return self.state / (1.0 - self.beta ** self.steps)
 
 
 class AFRObjective:

@@ -30,6 +30,18 @@ randomness (the halves, the batches, the flip draws) is drawn up front from one 
 CPU in the features' dtype (float32 or float64; others become float32), and features
 on another device are copied to it.
 
+The authors' recipe (``quick_run.run_xrm`` of the XRM reference code) is the named
+configuration :data:`XRM_AUTHORS` (also ``XRM_CONFIGS["authors"]``), to be read with
+``rule="either"``: zero-initialised twins without a bias term on the raw features,
+full-batch gradient descent (SGD, lr 1e-2, no momentum) on each twin's whole half for
+3,000 steps, the class-balanced loss, and a rescaled-confidence flip after every step.
+The flip draws of that recipe are taken step by step from the same generator, after the
+halves, rather than up front (3,000 events x N draws would be held in memory otherwise).
+Differences from the reference code: the halves are one random split of the pool drawn
+here, and the loss gradient is written in closed form (no autograd). The defaults above
+stay as they are: other components are tuned on them. Purity / recall of both on the
+project's bundles: ``docs/baselines.md`` (``benchmarks/baselines_reference.py``).
+
 Shapes: N pool rows, M new rows, d features, C classes, S steps, B batch, F flip events.
 """
 
@@ -53,10 +65,12 @@ from gradtune._validation import (
 from gradtune.groups._heads import ce_logit_grad, epoch_batches, stack_logits, train_heads
 from gradtune.groups.base import InferredGroups, check_pool, class_by_flag, standardizer
 
-__all__ = ["XRMConfig", "XRMSchedule", "XRMTwins", "draw_xrm_schedule", "fit_xrm", "xrm_groups"]
+__all__ = ["XRMConfig", "XRMSchedule", "XRMTwins", "XRM_AUTHORS", "XRM_CONFIGS", "draw_xrm_schedule", "fit_xrm",
+           "xrm_groups"]
 
 RULES = ("average", "held-out", "either")
 FLIP_PROBABILITIES = ("confidence", "rescaled")
+OPTIMIZERS = ("adam", "full-batch-sgd")
 
 
 @dataclass(frozen=True)
@@ -86,6 +100,11 @@ class XRMConfig:
         zero spread are centred only).
     n_threads : int or None, default=1
         Torch threads while training (tiny steps run fastest on one); None leaves it.
+    optimizer : {"adam", "full-batch-sgd"}, default="adam"
+        ``"full-batch-sgd"``: plain gradient descent on each twin's whole half per step
+        (``batch_size`` is then ignored), as the XRM reference code trains.
+    fit_bias : bool, default=True
+        Train a bias term (False: the twins are ``W x`` only, as in the reference code).
     """
 
     n_steps: int = 2000
@@ -97,6 +116,8 @@ class XRMConfig:
     class_balanced: bool = False
     standardize: bool = True
     n_threads: int | None = 1
+    optimizer: str = "adam"
+    fit_bias: bool = True
 
     def __post_init__(self) -> None:
         check_positive_int(self.n_steps, "XRMConfig.n_steps")
@@ -105,12 +126,21 @@ class XRMConfig:
         check_positive_int(self.flip_start, "XRMConfig.flip_start")
         check_positive_int(self.flip_every, "XRMConfig.flip_every")
         check_choice(self.flip_probability, "XRMConfig.flip_probability", FLIP_PROBABILITIES)
+        check_choice(self.optimizer, "XRMConfig.optimizer", OPTIMIZERS)
         if self.n_threads is not None:
             check_positive_int(self.n_threads, "XRMConfig.n_threads")
 
     def flip_steps(self) -> tuple[int, ...]:
         """Steps (1-based) after which labels are flipped."""
         return tuple(range(self.flip_start, self.n_steps, self.flip_every))
+
+
+#: The XRM reference code's recipe (module doc); read its groups with ``rule="either"``.
+XRM_AUTHORS = XRMConfig(n_steps=3000, lr=1e-2, flip_start=1, flip_every=1, flip_probability="rescaled",
+                        class_balanced=True, standardize=False, optimizer="full-batch-sgd", fit_bias=False)
+
+#: Named configurations: the project's defaults and the authors' recipe.
+XRM_CONFIGS: dict[str, XRMConfig] = {"default": XRMConfig(), "authors": XRM_AUTHORS}
 
 
 @dataclass(frozen=True)
@@ -293,12 +323,58 @@ def fit_xrm(features: Any, labels: Any, *, seed: int | torch.Generator,
     x = x.detach().cpu()
     if x.dtype not in (torch.float32, torch.float64):
         x = x.to(torch.float32)
-    schedule = draw_xrm_schedule(x.shape[0], config, seed, dtype=x.dtype)
     mean, scale = standardizer(x, config.standardize)
+    if config.optimizer == "full-batch-sgd":
+        n = check_positive_int(x.shape[0], "n")
+        g = make_generator(seed)
+        perm = torch.randperm(n, generator=g)
+        assignment = torch.zeros(n, dtype=torch.int64)
+        assignment[perm[n // 2:]] = 1
+        xs = (x - mean).div_(scale)
+        with torch.no_grad(), torch_threads(config.n_threads):
+            weight, bias, final = _train_twins_full_batch(xs, y.cpu(), c, assignment, config, g)
+        return XRMTwins(weight, bias, mean, scale, assignment, final, int((final != y.cpu()).sum()), config)
+    schedule = draw_xrm_schedule(x.shape[0], config, seed, dtype=x.dtype)
     xs = (x - mean).div_(scale)  # one pool-sized temporary, not two
     weight, bias, final = _train_twins(xs, y.cpu(), c, schedule, config)
     return XRMTwins(weight, bias, mean, scale, schedule.assignment, final,
                     int((final != y.cpu()).sum()), config)
+
+
+def _train_twins_full_batch(xs: torch.Tensor, y: torch.Tensor, c: int, assignment: torch.Tensor,
+                            config: XRMConfig, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Full-batch gradient descent of both twins on their halves of ``xs`` (N, d), flipping
+    labels after each step in ``config.flip_steps()``; returns weight (2, C, d), bias (2, C)
+    (zero when ``fit_bias`` is False) and the final labels (N,)."""
+    n, d = xs.shape
+    weight = torch.zeros(2, c, d, dtype=xs.dtype)
+    bias = torch.zeros(2, c, dtype=xs.dtype)
+    labels = y.clone()
+    rows = torch.arange(n)
+    own = torch.nn.functional.one_hot(assignment, 2).to(xs.dtype).T  # (2, N): twin t trains on its half
+    sibling = 1 - assignment
+    flips = set(config.flip_steps())
+    eye = torch.eye(c, dtype=xs.dtype)
+    for step in range(1, config.n_steps + 1):
+        prob = torch.softmax(stack_logits(xs, weight, bias), dim=-1)     # (2, N, C)
+        if step - 1 in flips:  # the flip after the previous step reads the twins as they are now
+            conf, pred = prob[sibling, rows].max(dim=1)
+            if config.flip_probability == "rescaled":
+                conf = (conf - 1.0 / c) * (c / (c - 1.0))
+            hit = torch.rand(n, generator=g, dtype=xs.dtype) < conf
+            labels = torch.where(hit, pred, labels)
+        onehot = eye[labels]                                             # (N, C)
+        if config.class_balanced:  # mean over present classes of each class's mean loss, per twin
+            counts = own @ onehot                                        # (2, C)
+            present = (counts > 0).sum(dim=1, keepdim=True).to(xs.dtype)  # (2, 1)
+            coef = own / (counts[:, labels] * present).clamp_min(1.0)    # (2, N)
+        else:
+            coef = own / own.sum(dim=1, keepdim=True)
+        g_rows = (prob - onehot) * coef.unsqueeze(2)                     # (2, N, C)
+        weight.sub_(torch.bmm(g_rows.transpose(1, 2), xs.expand(2, n, d)), alpha=config.lr)
+        if config.fit_bias:
+            bias.sub_(g_rows.sum(dim=1), alpha=config.lr)
+    return weight, bias, labels
 
 
 def _train_twins(xs: torch.Tensor, y: torch.Tensor, c: int, schedule: XRMSchedule,

@@ -18,6 +18,7 @@ from gradtune.methods.base import (
 )
 from gradtune.methods.dfr import DFRMethod
 from gradtune.methods.dpe import DPEMethod  # noqa: F401  (registers dpe)
+from gradtune.methods.dpe_groups import DPEValGroupsMethod  # noqa: F401  (registers dpe-val-groups)
 from gradtune.methods.gradtune import ERMMethod, GradTuneMethod
 from gradtune.methods.gradtune_auto import GradTuneAutoMethod
 from gradtune.methods.gradtune_select import GradTuneSelectMethod  # noqa: F401  (registers gradtune-select & variants)
