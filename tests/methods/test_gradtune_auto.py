@@ -14,7 +14,7 @@ from gradtune.embeddings.bundle import BundleError, EmbeddingBundle
 from gradtune.groups.xrm import XRMConfig, fit_xrm
 from gradtune.methods import get_method, list_methods
 from gradtune.methods.dfr import DFRMethod, fit_l1_logreg
-from gradtune.methods.gradtune_auto import GradTuneAutoMethod, worst_group_value
+from gradtune.methods.gradtune_auto import GradTuneAutoMethod
 from gradtune.methods.inferred import bundle_pseudo_groups, merge_small_groups
 from gradtune.metrics import evaluate
 from gradtune.objectives.sampling import balanced_subsample
@@ -99,18 +99,6 @@ def test_choice_is_the_best_allowed_candidate_and_the_guard_keeps_erm(biased: Em
     # so does a floor no candidate reaches, and the reason names it
     floor = get_method("gradtune-auto", min_repaired_accuracy=1.0, **FAST).fit(biased, seed=0)
     assert floor.diagnostics["guard_kept_erm"] and "min_repaired_accuracy" in floor.diagnostics["guard_reason"]
-
-
-def test_worst_group_value_by_hand() -> None:
-    from gradtune.methods.base import LinearHead
-
-    head = LinearHead(np.array([[1.0, 0.0], [0.0, 1.0]]), np.zeros(2))
-    x = np.array([[1, 0], [1, 0], [0, 1], [0, 1], [1, 0], [0, 1]], dtype=np.float32)
-    y = np.array([0, 0, 0, 1, 1, 1])        # predictions 0, 0, 1, 1, 0, 1
-    g = np.array([0, 0, 1, 2, 3, 2])
-    # group accuracies: g0 2/2, g1 0/1, g2 2/2, g3 0/1; with min size 2 only g0 and g2 count
-    assert worst_group_value(head, x, y, g, 4, min_group_size=1) == 0.0
-    assert worst_group_value(head, x, y, g, 4, min_group_size=2) == 1.0
 
 
 def test_retrain_candidate_is_the_average_of_balanced_l1_fits() -> None:

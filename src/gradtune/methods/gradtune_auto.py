@@ -86,10 +86,9 @@ from gradtune.methods.inferred import (
 from gradtune.objectives.sampling import balanced_subsample
 from gradtune.scores.grad_norms import grad_norms
 from gradtune.selection.audit import region_cells, structure_auc, worst_cell_accuracy
-from gradtune.selection.label_free import group_accuracy_summary
 from gradtune.selection.select import select_finetune_set
 
-__all__ = ["GradTuneAutoMethod", "AutoCandidate", "FAMILIES", "AUTO_EPOCHS"]
+__all__ = ["GradTuneAutoMethod", "AutoCandidate", "FAMILIES", "INFERENCES", "AUTO_EPOCHS"]
 
 _log = logging.getLogger(__name__)
 
@@ -105,16 +104,6 @@ class AutoCandidate:
     family: str
     setting: float
     head: LinearHead
-
-
-def worst_group_value(head: LinearHead, features: np.ndarray, labels: np.ndarray,
-                      groups: np.ndarray, n_groups: int, min_group_size: int) -> float:
-    """Min accuracy over the pseudo-groups that count (see label_free)."""
-    logits = head.logits(features)
-    if not np.isfinite(logits).all():
-        return float("-inf")
-    ok = logits.argmax(axis=1) == labels
-    return float(group_accuracy_summary(ok, groups, n_groups, min_group_size).min())
 
 
 def balanced_accuracy(head: LinearHead, features: np.ndarray, labels: np.ndarray,
