@@ -60,7 +60,7 @@ from gradtune.embeddings.cache import FeatureCache, cache_key, file_identity, ha
 from gradtune.models.mlp import MLPConfig, train_erm_mlp
 
 __all__ = ["OfflineBenchmark", "OFFLINE_BENCHMARKS", "encode_benchmark", "build_bundle",
-           "build_benchmark_bundle"]
+           "build_benchmark_bundle", "bundle_split"]
 
 
 @dataclass(frozen=True)
@@ -215,6 +215,18 @@ def encode_benchmark(bench: OfflineBenchmark, data: GroupedDataset, *,
                    "encode_s": time.perf_counter() - t0, "cache_file": str(cache.path(entry))}
 
 
+def bundle_split(codes: np.ndarray, seed: int) -> np.ndarray:
+    """(N,) split names of a bundle from a dataset's (N,) split codes: ``train``, ``test``, and
+    the validation rows halved by ``seed`` into ``heldout`` / ``selection``."""
+    split = np.empty(len(codes), dtype="<U9")
+    split[codes == SPLIT_CODES["train"]] = "train"
+    split[codes == SPLIT_CODES["test"]] = "test"
+    held, sel = split_heldout(np.flatnonzero(codes == SPLIT_CODES["val"]), seed)
+    split[held] = "heldout"
+    split[sel] = "selection"
+    return split
+
+
 def build_bundle(name: str, seed: int, *, cache_dir: str | Path | None = None,
                  progress: bool = True) -> EmbeddingBundle:
     """Build the ERM embedding bundle of offline benchmark ``name`` for one seed.
@@ -269,12 +281,7 @@ def build_benchmark_bundle(bench: OfflineBenchmark, seed: int, *, cache_dir: str
     t_load = time.perf_counter() - t0
     feats, enc = encode_benchmark(bench, data, cache_dir=cache_dir, progress=progress)
 
-    split = np.empty(len(data), dtype="<U9")
-    split[data.split == SPLIT_CODES["train"]] = "train"
-    split[data.split == SPLIT_CODES["test"]] = "test"
-    held, sel = split_heldout(np.flatnonzero(data.split == SPLIT_CODES["val"]), seed)
-    split[held] = "heldout"
-    split[sel] = "selection"
+    split = bundle_split(data.split, seed)
     train_idx = np.flatnonzero(split == "train")
 
     t1 = time.perf_counter()

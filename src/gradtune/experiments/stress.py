@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 
-from gradtune.data.base import SPLIT_CODES, split_heldout
 from gradtune.data.offline.fmnist import FmnistSpurious, fmnist_files
 from gradtune.data.offline.fmnist_marked import FmnistMarked
 from gradtune.data.synthetic import ShortcutSpec, make_shortcut_data
@@ -44,6 +43,7 @@ from gradtune.experiments.offline import (
     OFFLINE_BENCHMARKS,
     OfflineBenchmark,
     build_benchmark_bundle,
+    bundle_split,
 )
 from gradtune.models.mlp import MLPConfig, train_erm_mlp
 
@@ -202,12 +202,7 @@ def _synthetic_bundle(member: StressMember, seed: int) -> EmbeddingBundle:
     spec = replace(member.spec, build_seed=int(seed))
     data = make_shortcut_data(spec)
     x = np.asarray(data.inputs, dtype=np.float32)
-    split = np.empty(len(data), dtype="<U9")
-    split[data.split == SPLIT_CODES["train"]] = "train"
-    split[data.split == SPLIT_CODES["test"]] = "test"
-    held, sel = split_heldout(np.flatnonzero(data.split == SPLIT_CODES["val"]), seed)
-    split[held] = "heldout"
-    split[sel] = "selection"
+    split = bundle_split(data.split, seed)
     train = np.flatnonzero(split == "train")
     c = spec.n_classes
     if member.erm == "linear":

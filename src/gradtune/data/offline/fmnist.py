@@ -192,6 +192,20 @@ def compose_stripes(images: np.ndarray, attributes: np.ndarray) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=-1)
 
 
+def read_fmnist(root: str | os.PathLike[str] | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The four IDX arrays: train images (N, 28, 28), train labels (N,), test images, test labels."""
+    folder = find_fmnist_dir(root)
+    tr_x = read_idx(folder / FMNIST_FILES["train_images"])
+    tr_y = read_idx(folder / FMNIST_FILES["train_labels"])
+    te_x = read_idx(folder / FMNIST_FILES["test_images"])
+    te_y = read_idx(folder / FMNIST_FILES["test_labels"])
+    for x, y, what in ((tr_x, tr_y, "train"), (te_x, te_y, "t10k")):
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise ValueError(f"Fashion-MNIST: {what} images {x.shape} and labels {y.shape} do not match")
+    return tr_x, tr_y, te_x, te_y
+
+
 def _pick(labels: np.ndarray, classes: tuple[int, int], per_class: tuple[int, ...],
           rng: np.random.Generator, source: str) -> list[list[np.ndarray]]:
     """For each source class, disjoint random index blocks of the requested sizes."""
@@ -276,14 +290,7 @@ class FmnistSpurious:
         return out
 
     def __call__(self, root: str | os.PathLike[str] | None = None) -> GroupedDataset:
-        folder = find_fmnist_dir(root)
-        tr_x = read_idx(folder / FMNIST_FILES["train_images"])
-        tr_y = read_idx(folder / FMNIST_FILES["train_labels"])
-        te_x = read_idx(folder / FMNIST_FILES["test_images"])
-        te_y = read_idx(folder / FMNIST_FILES["test_labels"])
-        for x, y, what in ((tr_x, tr_y, "train"), (te_x, te_y, "t10k")):
-            if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-                raise ValueError(f"Fashion-MNIST: {what} images {x.shape} and labels {y.shape} do not match")
+        tr_x, tr_y, te_x, te_y = read_fmnist(root)
         rng = np.random.default_rng(BUILD_SEED)
         tr_pick = _pick(tr_y, self.classes, (self.n_train // 2, self.n_val // 2), rng, "train")
         te_pick = _pick(te_y, self.classes, (self.n_test // 2,), rng, "t10k")

@@ -25,14 +25,12 @@ from gradtune.data.offline.fmnist import (
     ATTRIBUTE_NAMES,
     BUILD_SEED,
     FMNIST_CLASS_NAMES,
-    FMNIST_FILES,
     SHORTCUTS,
     STRIPE_NAMES,
     _pick,
     compose,
     compose_stripes,
-    find_fmnist_dir,
-    read_idx,
+    read_fmnist,
 )
 
 __all__ = ["FmnistMarked"]
@@ -96,11 +94,7 @@ class FmnistMarked:
         return out
 
     def __call__(self, root: str | os.PathLike[str] | None = None) -> GroupedDataset:
-        folder = find_fmnist_dir(root)
-        tr_x = read_idx(folder / FMNIST_FILES["train_images"])
-        tr_y = read_idx(folder / FMNIST_FILES["train_labels"])
-        te_x = read_idx(folder / FMNIST_FILES["test_images"])
-        te_y = read_idx(folder / FMNIST_FILES["test_labels"])
+        tr_x, tr_y, te_x, te_y = read_fmnist(root)
         rng = np.random.default_rng([BUILD_SEED, len(self.classes)])
         tr_pick = _pick(tr_y, self.classes, (self.n_train, self.n_val), rng, "train")
         te_pick = _pick(te_y, self.classes, (self.n_test,), rng, "t10k")
