@@ -1,13 +1,10 @@
 """gradtune-auto: the recommended label-free pipeline (beyond the paper).
 
-GradTune's selection assumes the held-out set's high-gradient-norm rows are the
-minority. Where the held-out set is group-balanced this holds; where it carries the
-training bias (a few percent minority, as CelebA's, MultiNLI's and CivilComments'
-validation sets do), the top-k set is only partly minority and fine-tuning on it can
-lower worst-group accuracy. ``gradtune-auto`` therefore infers groups without labels,
-fits repairs on them, and keeps the ERM head unless a repair is better on evidence
-that the inference itself cannot rig. No step reads a group label, an attribute or a
-test row.
+Where the held-out set carries the training bias (CelebA's, MultiNLI's and
+CivilComments' validation sets), GradTune's top-norm set is only partly minority and
+fine-tuning on it can lower worst-group accuracy. ``gradtune-auto`` infers groups without
+labels, fits repairs on them, and keeps the ERM head unless a repair is better on
+evidence the inference cannot rig. No step reads a group label, an attribute or a test row.
 
 1. **Group inference** (:func:`~gradtune.methods.inferred.bundle_pseudo_groups`): XRM
    twins fitted on the ``train`` rows (the ``heldout`` rows when the bundle has no
@@ -74,7 +71,7 @@ from gradtune._validation import (
 from gradtune.embeddings.bundle import EmbeddingBundle, SplitView
 from gradtune.estimator import resolve_set_size
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
-from gradtune.groups.xrm import XRMConfig
+from gradtune.groups.xrm import XRM_CONFIGS, XRMConfig
 from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, register_method
 from gradtune.methods.dfr import DFR_C_GRID, fit_l1_logreg, fold_scaler
 from gradtune.methods.inferred import (
@@ -151,6 +148,9 @@ class GradTuneAutoMethod(Method):
         Training steps of the XRM twins.
     rule : {"average", "either"}, default="average"
         Which twin prediction makes a row minority (:mod:`gradtune.groups.xrm`).
+    xrm_recipe : {"default", "authors"}, default="default"
+        The twins' training: the project's (``xrm_steps`` steps) or the XRM authors'
+        recipe (:data:`~gradtune.groups.xrm.XRM_AUTHORS`, its own step count).
     inferences : tuple of {"xrm", "erm_error"}, default=("xrm",)
         Pseudo-groups the candidates are fitted on, each giving its own candidates.
     families : tuple of {"retrain", "finetune"}, default=("retrain",)
@@ -207,6 +207,7 @@ class GradTuneAutoMethod(Method):
     pool: str = "auto"
     xrm_steps: int = 2000
     rule: str = "average"
+    xrm_recipe: str = "default"
     inferences: tuple[str, ...] = ("xrm",)
     families: tuple[str, ...] = ("retrain",)
     c_grid: tuple[float, ...] = DFR_C_GRID
@@ -236,6 +237,7 @@ class GradTuneAutoMethod(Method):
             check_choice(name, "inferences entry", INFERENCES)
         check_positive_int(self.xrm_steps, "xrm_steps")
         check_choice(self.rule, "rule", ("average", "either"))
+        check_choice(self.xrm_recipe, "xrm_recipe", tuple(XRM_CONFIGS))
         check_positive_int(self.num_retrains, "num_retrains")
         check_positive_int(self.min_group_size, "min_group_size")
         check_nonneg_float(self.margin, "margin")
@@ -361,9 +363,10 @@ class GradTuneAutoMethod(Method):
         flags: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         info: dict[str, Any] = {}
         if "xrm" in self.inferences:
-            pg = bundle_pseudo_groups(bundle, seed=streams.integer("xrm", modulo=2**31),
-                                      features=self.features, pool=self.pool, rule=self.rule,
-                                      config=XRMConfig(n_steps=int(self.xrm_steps)))
+            cfg = XRMConfig(n_steps=int(self.xrm_steps)) if self.xrm_recipe == "default" else XRM_CONFIGS[
+                self.xrm_recipe]
+            pg = bundle_pseudo_groups(bundle, seed=streams.integer("xrm", modulo=2**31), features=self.features,
+                                      pool=self.pool, rule=self.rule, config=cfg)
             flags["xrm"] = (pg.held % 2 == 1, pg.sel % 2 == 1)
             info = dict(pg.info)
         if "erm_error" in self.inferences:
