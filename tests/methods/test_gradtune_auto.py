@@ -44,12 +44,19 @@ def test_registered_as_label_free() -> None:
 
 
 def test_never_reads_group_labels_or_test_rows(biased: EmbeddingBundle) -> None:
-    for name, params in (("gradtune-auto", FAST), ("dfr-xrm", {"num_retrains": 2})):
+    every_inference = {**FAST, "inferences": ("xrm", "erm_error"), "families": ("retrain", "reweight", "finetune"),
+                       "min_structure_auc": 0.0, "min_erm_minority_accuracy": 0.1}
+    for name, params in (("gradtune-auto", FAST), ("gradtune-auto", every_inference),
+                         ("dfr-xrm", {"num_retrains": 2})):
         ref = get_method(name, **params).fit(biased, seed=1).model
         for other in (_no_groups(biased), garbage_test_rows(biased)):
             got = get_method(name, **params).fit(other, seed=1).model
             np.testing.assert_array_equal(got.weight, ref.weight)
             np.testing.assert_array_equal(got.bias, ref.bias)
+    # the every-inference run did build candidates of every inference and family
+    kinds = {(c["inference"], c["family"])
+             for c in get_method("gradtune-auto", **every_inference).fit(biased, seed=1).diagnostics["candidates"]}
+    assert {(i, f) for i in ("xrm", "erm_error") for f in ("retrain", "reweight", "finetune")} <= kinds
 
 
 def test_same_seed_same_head_other_seed_other_draws(biased: EmbeddingBundle) -> None:
