@@ -68,6 +68,45 @@ def run_one(member: str, seed: int, method: str, params: dict, bundles: dict) ->
     return rec
 
 
+QUALITY = {"xrm-defaults": ("default", "average"), "xrm-authors": ("authors", "either")}
+
+
+def run_quality(member: str, seed: int, which: str, bundles: dict) -> dict:
+    """Purity / recall of an XRM configuration's inferred minority on the validation rows
+    (a diagnostic from the true groups, computed after the fact; no method reads it)."""
+    from gradtune.groups.quality import inference_quality
+    from gradtune.groups.xrm import XRM_CONFIGS
+    from gradtune.methods.inferred import bundle_pseudo_groups
+
+    key = (member, seed)
+    if key not in bundles:
+        bundles.clear()
+        bundles[key] = build_member_bundle(member, seed)
+    bundle = bundles[key]
+    recipe, rule = QUALITY[which]
+    t = time.perf_counter()
+    pg = bundle_pseudo_groups(bundle, seed=seed, config=XRM_CONFIGS[recipe], rule=rule)
+    held, sel = bundle.view("heldout"), bundle.view("selection")
+    q = inference_quality(np.concatenate([pg.held, pg.sel]) % 2 == 1, np.concatenate([held.labels, sel.labels]),
+                          np.concatenate([held.groups, sel.groups]))
+    return {"member": member, "seed": seed, "method": which, "params": {}, "seconds": time.perf_counter() - t,
+            "purity": q.purity, "recall": q.recall}
+
+
+def quality_table(results: list[dict], members: list[str]) -> str:
+    head = "| member | " + " | ".join(f"{w} purity / recall" for w in QUALITY) + " |"
+    lines = [head, "|" + "---|" * (1 + len(QUALITY))]
+    for mem in members:
+        cells = []
+        for w in QUALITY:
+            rs = [r for r in results if r["member"] == mem and r["method"] == w and r.get("purity") is not None
+                  and r.get("recall") is not None]
+            cells.append("-" if not rs else f"{100 * np.mean([r['purity'] for r in rs]):.0f} / "
+                                            f"{100 * np.mean([r['recall'] for r in rs]):.0f}")
+        lines.append(f"| {mem} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _key(rec_or_args: dict) -> str:
     p = json.dumps(rec_or_args["params"], sort_keys=True)
     return f"{rec_or_args['member']}|{rec_or_args['seed']}|{rec_or_args['method']}|{p}"
@@ -166,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--doc", type=Path, default=None,
                     help="Markdown output (default: docs/label-free.md for the report half)")
     ap.add_argument("--fresh", action="store_true", help="recompute stored runs")
+    ap.add_argument("--no-quality", action="store_true",
+                    help="skip the purity / recall of the XRM configurations' inferred minority")
     args = ap.parse_args(argv)
     role = None if args.role == "all" else args.role
     members = args.members or [m.name for m in suite_members(role, kinds=tuple(args.kinds))]
@@ -196,6 +237,15 @@ def main(argv: list[str] | None = None) -> int:
                                  f" [{rec.get('chosen_inference', '')} {rec.get('chosen_family', '')}]"
                                  if "chosen_family" in rec else ""), file=sys.stderr)
                     results.append(rec)
+                for which in () if args.no_quality else tuple(QUALITY):
+                    want = {"member": mem, "seed": seed, "method": which, "params": {}}
+                    rec = done.get(_key(want))
+                    if rec is None:
+                        rec = run_quality(mem, seed, which, bundles)
+                        fh.write(json.dumps(rec) + "\n")
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                    results.append(rec)
     text, means = table(results, members, args.methods)
     check_lines = checks(means, members)
     digest = hashlib.sha256(" ".join(members).encode()).hexdigest()[:8]
@@ -222,6 +272,15 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *check_lines,
         "",
+        *([] if args.no_quality else [
+            "Inferred minority of the validation rows, purity / recall % (a diagnostic from the true groups; "
+            "a member whose validation groups are all the same size has no minority to find): XRM twins with "
+            "the project's defaults (read with the averaged twins, gradtune-auto's inference) and with the "
+            "XRM authors' recipe (read with either twin).",
+            "",
+            quality_table(results, members),
+            "",
+        ]),
     ])
     print(doc)
     out_doc = args.doc if args.doc is not None else (Path("docs/label-free.md") if args.role == "report"
