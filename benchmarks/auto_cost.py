@@ -23,6 +23,7 @@ import numpy as np
 from gradtune.data.base import split_heldout
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.methods import get_method
+from gradtune.metrics import worst_group_accuracy
 
 SIZES = {  # train, validation, test rows, dimension, classes (the paper's datasets)
     "celeba": (162_770, 19_867, 19_962, 2048, 2),
@@ -73,8 +74,7 @@ def make_bundle(name: str, seed: int = 0) -> EmbeddingBundle:
 
 def wga(bundle: EmbeddingBundle, model) -> float:
     test = bundle.view("test")
-    ok = np.asarray(model.logits(test.features)).argmax(1) == test.labels
-    return float(min(ok[test.groups == g].mean() for g in np.unique(test.groups)))
+    return worst_group_accuracy(np.asarray(model.logits(test.features)).argmax(1), test.labels, test.groups)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,7 @@ import numpy as np
 
 from gradtune.experiments.stress import STRESS_SUITE, build_member_bundle, suite_members
 from gradtune.methods.tuning import build_method, family_defaults
+from gradtune.metrics import worst_group_accuracy
 
 METHODS = ("erm", "dfr", "gradtune", "self", "dpe", "dfr-xrm", "gradtune-auto")
 ORACLE = "dfr"
@@ -42,18 +43,19 @@ def evaluate(model, bundle) -> dict:
     """Test WGA and average accuracy of ``model`` (true groups: evaluation only)."""
     test = bundle.view("test")
     pred = np.asarray(model.logits(test.features)).argmax(axis=1)
-    ok = pred == test.labels
-    g = test.groups
-    accs = [ok[g == k].mean() for k in np.unique(g)]
-    return {"wga": float(min(accs)), "avg": float(ok.mean())}
+    return {"wga": worst_group_accuracy(pred, test.labels, test.groups), "avg": float((pred == test.labels).mean())}
+
+
+def _bundle(member: str, seed: int, bundles: dict):
+    """The member's bundle for the seed, kept while the same (member, seed) is asked for."""
+    if (member, seed) not in bundles:
+        bundles.clear()  # one bundle in memory at a time
+        bundles[(member, seed)] = build_member_bundle(member, seed)
+    return bundles[(member, seed)]
 
 
 def run_one(member: str, seed: int, method: str, params: dict, bundles: dict) -> dict:
-    key = (member, seed)
-    if key not in bundles:
-        bundles.clear()  # one bundle in memory at a time
-        bundles[key] = build_member_bundle(member, seed)
-    bundle = bundles[key]
+    bundle = _bundle(member, seed, bundles)
     m = STRESS_SUITE[member]
     full = {**family_defaults(method, m.data_family), **params}
     t = time.perf_counter()
@@ -78,11 +80,7 @@ def run_quality(member: str, seed: int, which: str, bundles: dict) -> dict:
     from gradtune.groups.xrm import XRM_CONFIGS
     from gradtune.methods.inferred import bundle_pseudo_groups
 
-    key = (member, seed)
-    if key not in bundles:
-        bundles.clear()
-        bundles[key] = build_member_bundle(member, seed)
-    bundle = bundles[key]
+    bundle = _bundle(member, seed, bundles)
     recipe, rule = QUALITY[which]
     t = time.perf_counter()
     pg = bundle_pseudo_groups(bundle, seed=seed, config=XRM_CONFIGS[recipe], rule=rule)

@@ -20,9 +20,7 @@ import torch
 from torch import nn
 
 from gradtune._validation import GradTuneInputError, check_positive_int
-from gradtune.data.base import split_heldout
-from gradtune.embeddings.bundle import EmbeddingBundle
-from gradtune.embeddings.capture import capture_batches, resolve_output_layer
+from gradtune.embeddings.capture import loaders_bundle, resolve_output_layer
 from gradtune.embeddings.pooling import POOLINGS, Pooling
 from gradtune.methods.base import LinearHead, MethodResult
 from gradtune.methods.tuning import build_method
@@ -89,33 +87,8 @@ def repair(model: nn.Module, heldout_loader: Any, *, method: str = "gradtune-aut
                                  f"f(output, inputs) -> (B, e), got {encoder_pooling!r}")
     lin, heldout_loader = resolve_output_layer(model, heldout_loader, layer, device=device)
     parts = [("heldout", heldout_loader)] + ([("train", train_loader)] if train_loader is not None else [])
-    feats: list[np.ndarray] = []
-    labels: list[np.ndarray] = []
-    encs: list[np.ndarray] = []
-    split: list[np.ndarray] = []
-    for name, loader in parts:
-        f, _, y, e = capture_batches(model, loader, lin, encoder=encoder, pooling=encoder_pooling,
-                                     device=device)
-        feats.append(f.numpy())
-        labels.append(y.numpy())
-        if e is not None:
-            encs.append(e.numpy())
-        split.append(np.full(len(y), "train" if name == "train" else "val", dtype="<U9"))
-    n_held = len(labels[0])
-    if n_held < 4:
-        raise GradTuneInputError(f"the held-out loader gave {n_held} samples; at least 4 are needed "
-                                 "(half to train on, half to choose settings on)")
-    split_arr = np.concatenate(split)
-    held, sel = split_heldout(np.arange(n_held), split_seed)
-    split_arr[held] = "heldout"
-    split_arr[sel] = "selection"
-    w = lin.weight.detach().float().cpu().numpy()
-    b = (lin.bias.detach().float().cpu().numpy() if lin.bias is not None
-         else np.zeros(w.shape[0], dtype=np.float32))
-    bundle = EmbeddingBundle(
-        features=np.concatenate(feats), labels=np.concatenate(labels), split=split_arr,
-        encoder_features=np.concatenate(encs) if encs else None,
-        head_weight=w, head_bias=b, n_classes=int(w.shape[0]))
+    bundle = loaders_bundle(model, lin, parts, encoder=encoder, pooling=encoder_pooling, device=device,
+                            split_seed=split_seed)
     result = build_method(method, params or {}).fit(bundle, seed=seed)
     if isinstance(result.model, LinearHead):
         if lin.bias is None and np.any(result.model.bias != 0):

@@ -5,21 +5,12 @@ from __future__ import annotations
 from gradtune.cli import main
 
 
-def test_demo_without_matplotlib_fails_before_any_work(tmp_path, monkeypatch, capsys):
-    import gradtune._optional as opt
+def test_demo_without_matplotlib_fails_before_any_work(tmp_path, monkeypatch, hide_matplotlib, capsys):
     import gradtune.experiments.offline as offline
-
-    real = opt.require
-
-    def no_mpl(module, **kw):
-        if module.startswith("matplotlib"):
-            raise opt.MissingDependencyError("matplotlib is not installed; the report's figures need it")
-        return real(module, **kw)
 
     def no_build(*args, **kwargs):
         raise AssertionError("a bundle was built before the missing extra was reported")
 
-    monkeypatch.setattr(opt, "require", no_mpl)
     monkeypatch.setattr(offline, "build_bundle", no_build)
     out = tmp_path / "demo"
     code = main(["demo", "--benchmarks", "adult", "--out", str(out), "--cache-dir", str(tmp_path / "cache")])

@@ -28,23 +28,14 @@ def test_inspect_writes_a_gallery_and_json(tmp_path, capsys):
     assert "no original rows found" in (out / "inspect.md").read_text()
 
 
-def test_bad_input_fails_fast_and_writes_nothing(tmp_path, capsys, monkeypatch):
+def test_bad_input_fails_fast_and_writes_nothing(tmp_path, capsys, request):
     out = tmp_path / "out"
     assert main(["inspect", str(tmp_path / "missing.npz"), "--out", str(out)]) == 2
     assert "neither an existing bundle file" in capsys.readouterr().err
     assert main(["inspect", "adult", "--out", str(out), "--rows", "0"]) == 2
     assert "--rows must be > 0" in capsys.readouterr().err
     # a missing matplotlib is reported before the bundle is even read
-    import gradtune._optional as opt
-
-    real = opt.require
-
-    def no_mpl(module, **kw):
-        if module.startswith("matplotlib"):
-            raise opt.MissingDependencyError("matplotlib is not installed; the report's figures need it")
-        return real(module, **kw)
-
-    monkeypatch.setattr(opt, "require", no_mpl)
+    request.getfixturevalue("hide_matplotlib")
     assert main(["inspect", str(tmp_path / "also-missing.npz"), "--out", str(out)]) == 2
     assert "matplotlib is not installed" in capsys.readouterr().err
     assert not out.exists()

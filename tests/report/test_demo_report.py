@@ -132,21 +132,13 @@ def test_legends_sit_outside_the_data_and_the_text(tmp_path, monkeypatch):
     assert checked == 5
 
 
-def test_no_partial_outputs_without_matplotlib(tmp_path, monkeypatch):
-    import gradtune._optional as opt
+def test_no_partial_outputs_without_matplotlib(tmp_path, hide_matplotlib):
+    from gradtune._optional import MissingDependencyError
 
-    real = opt.require
-
-    def no_mpl(module, **kw):
-        if module.startswith("matplotlib"):
-            raise opt.MissingDependencyError("matplotlib is not installed; the report's figures need it")
-        return real(module, **kw)
-
-    monkeypatch.setattr(opt, "require", no_mpl)
     CALLS.clear()
     cfg = DemoConfig(benchmarks=["toy-a"], seeds=[0], out=tmp_path / "r", cache_dir=tmp_path / "c", progress=False,
                      methods=["erm"])
-    with pytest.raises(opt.MissingDependencyError, match="matplotlib"):
+    with pytest.raises(MissingDependencyError, match="matplotlib"):
         run_demo(cfg, build=toy_build)
     assert CALLS == [] and not (tmp_path / "r").exists()  # nothing computed, nothing written
 

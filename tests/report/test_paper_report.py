@@ -229,18 +229,8 @@ def test_markdown_and_html_list_the_same_sections(world):
     assert "white-space:nowrap" in page.split("td,th{", 1)[1].split("}", 1)[0]
 
 
-def test_report_without_matplotlib_writes_nothing(world, tmp_path, monkeypatch, capsys):
-    import gradtune._optional as opt
-
+def test_report_without_matplotlib_writes_nothing(world, tmp_path, hide_matplotlib, capsys):
     root, _ = world
-    real = opt.require
-
-    def no_mpl(module, **kw):
-        if module.startswith("matplotlib"):
-            raise opt.MissingDependencyError("matplotlib is not installed; the report's figures need it")
-        return real(module, **kw)
-
-    monkeypatch.setattr(opt, "require", no_mpl)
     out = tmp_path / "report"
     assert main(["report", str(root / "results"), "--out", str(out)]) == 2
     assert "matplotlib is not installed" in capsys.readouterr().err

@@ -30,7 +30,7 @@ from gradtune._validation import GradTuneInputError, as_label_tensor, check_devi
 from gradtune.embeddings.pooling import Pooling, pool_encoder_output
 from gradtune.models.classifier import find_last_linear, named_linear, unwrap_model
 
-__all__ = ["find_last_linear", "find_output_layer", "resolve_output_layer", "capture_features",
+__all__ = ["find_last_linear", "find_output_layer", "resolve_output_layer", "capture_features", "loaders_bundle",
            "split_batch", "call_model", "logits_of", "capture_batches"]
 
 LABEL_KEYS = ("labels", "label", "y")
@@ -295,3 +295,42 @@ def capture_batches(model: nn.Module, loader: Any, layer: nn.Linear, *, device: 
     if e_all is not None and e_all.shape[0] != f.shape[0]:
         raise GradTuneInputError(f"the encoder gave {e_all.shape[0]} rows for {f.shape[0]} samples")
     return f, z, y, e_all
+
+
+def loaders_bundle(model: nn.Module, layer: nn.Linear, parts: list[tuple[str, Iterable[Any]]], *,
+                   encoder: Any = None, pooling: Pooling = "auto", device: str | torch.device | None = None,
+                   split_seed: int = 0) -> Any:
+    """An :class:`~gradtune.embeddings.bundle.EmbeddingBundle` of ``model`` on named loaders.
+
+    ``parts`` is ``[("heldout", loader), ("train", loader)?]``: the held-out rows come first
+    and are halved by ``split_seed`` into ``heldout`` / ``selection``; training rows follow.
+    ``features`` (N, d) are ``layer``'s inputs, the head is ``layer``'s weight (C, d) and bias
+    (C,) (zeros without one), ``encoder_features`` (N, e) the pooled ``encoder`` output.
+    """
+    import numpy as np
+
+    from gradtune.data.base import split_heldout
+    from gradtune.embeddings.bundle import EmbeddingBundle
+
+    feats, labels, encs, split = [], [], [], []
+    for name, loader in parts:
+        f, _, y, e = capture_batches(model, loader, layer, encoder=encoder, pooling=pooling, device=device)
+        feats.append(f.numpy())
+        labels.append(y.numpy())
+        if e is not None:
+            encs.append(e.numpy())
+        split.append(np.full(len(y), "train" if name == "train" else "val", dtype="<U9"))
+    n_held = len(labels[0])
+    if n_held < 4:
+        raise GradTuneInputError(f"the held-out loader gave {n_held} samples; at least 4 are needed "
+                                 "(half to fit on, half to check on)")
+    split_arr = np.concatenate(split)
+    held, sel = split_heldout(np.arange(n_held), split_seed)
+    split_arr[held] = "heldout"
+    split_arr[sel] = "selection"
+    w = layer.weight.detach().float().cpu().numpy()
+    b = (layer.bias.detach().float().cpu().numpy() if layer.bias is not None
+         else np.zeros(w.shape[0], dtype=np.float32))
+    return EmbeddingBundle(features=np.concatenate(feats), labels=np.concatenate(labels), split=split_arr,
+                           encoder_features=np.concatenate(encs) if encs else None,
+                           head_weight=w, head_bias=b, n_classes=int(w.shape[0]))

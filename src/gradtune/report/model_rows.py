@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from gradtune._validation import GradTuneInputError
 from gradtune.embeddings.bundle import EmbeddingBundle
 
 __all__ = ["model_bundle"]
@@ -60,40 +59,18 @@ def model_bundle(model: Any, heldout_loader: Iterable[Any], *, encoder: Callable
     The held-out rows come first in the bundle; training rows (if any) after them have
     blank images.
     """
-    from gradtune.data.base import split_heldout
-    from gradtune.embeddings.capture import capture_batches, resolve_output_layer
+    from gradtune.embeddings.capture import loaders_bundle, resolve_output_layer
 
     lin, heldout_loader = resolve_output_layer(model, heldout_loader, layer, device=device)
     recorder = _ImageRecorder(heldout_loader)
     parts = [("heldout", recorder)] + ([("train", train_loader)] if train_loader is not None else [])
-    feats: list[np.ndarray] = []
-    labels: list[np.ndarray] = []
-    encs: list[np.ndarray] = []
-    split: list[np.ndarray] = []
-    for name, loader in parts:
-        f, _, y, e = capture_batches(model, loader, lin, encoder=encoder, device=device)
-        feats.append(f.numpy())
-        labels.append(y.numpy())
-        if e is not None:
-            encs.append(e.numpy())
-        split.append(np.full(len(y), "train" if name == "train" else "val", dtype="<U9"))
-    n_held = len(labels[0])
-    if n_held < 4:
-        raise GradTuneInputError(f"the held-out loader gave {n_held} samples; at least 4 are needed "
-                                 "(half to infer groups on, half to check them)")
-    split_arr = np.concatenate(split)
-    held, sel = split_heldout(np.arange(n_held), split_seed)
-    split_arr[held] = "heldout"
-    split_arr[sel] = "selection"
-    w = lin.weight.detach().float().cpu().numpy()
-    b = lin.bias.detach().float().cpu().numpy() if lin.bias is not None else np.zeros(w.shape[0], np.float32)
-    bundle = EmbeddingBundle(features=np.concatenate(feats), labels=np.concatenate(labels), split=split_arr,
-                             encoder_features=None if encoder is None else np.concatenate(encs),
-                             head_weight=w, head_bias=b, n_classes=int(w.shape[0]), meta={"dataset": "model"})
+    bundle = loaders_bundle(model, lin, parts, encoder=encoder, device=device, split_seed=split_seed)
+    bundle.meta = {"dataset": "model"}
+    n_held = int((bundle.split != "train").sum())
     images = None
     if recorder.images and recorder.all_images:
         held_images = _to_uint8(np.concatenate(recorder.images))
         if len(held_images) == n_held:
-            images = np.zeros((len(split_arr), *held_images.shape[1:]), dtype=np.uint8)
+            images = np.zeros((len(bundle.labels), *held_images.shape[1:]), dtype=np.uint8)
             images[:n_held] = held_images
     return bundle, images
