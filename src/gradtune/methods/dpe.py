@@ -69,7 +69,7 @@ from gradtune._validation import (
 )
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.finetune.linear import sgd_step_
-from gradtune.methods.base import Method, MethodResult, erm_head, register_method
+from gradtune.methods.base import Method, MethodResult, erm_head, param, register_method
 from gradtune.objectives.sampling import balanced_subsample
 from gradtune.selection.label_free import LabelFreeScorer
 
@@ -399,27 +399,24 @@ class DPEMethod(Method):
     description = ("DPE (To et al.): ensemble of diverse prototype classifiers on class-balanced held-out "
                    "subsamples, members trained in order, epochs by worst-class accuracy")
     selections: ClassVar[tuple[str, ...]] = DPE_SELECTION
-    search_space: ClassVar[dict[str, list]] = {
-        "cov_reg": [5e4, 1e5, 5e5],
-        "entropic_scale": [10.0, 20.0, 30.0],
-    }
+    space_order: ClassVar[tuple[str, ...]] = ("cov_reg", "entropic_scale")
 
-    num_members: int = 15
-    epochs: int = 20
-    batch_size: int = 256
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    entropic_scale: float = 30.0
-    wd_weight: float = 10.0
-    cov_reg: float = 5e4
-    alpha: float = 0.05
-    init_std: float = 1e-2
-    center: bool = True
-    balance: str = "class"
-    selection: str = "worst_class"
-    min_group_size: int = 10
-    sequential: bool = True
+    num_members: int = param(15, "ensemble size", ge=1)
+    epochs: int = param(20, "epochs per member", ge=1)
+    batch_size: int = param(256, "batch size (capped at the subsample size)", ge=1)
+    lr: float = param(1e-3, "learning rate", gt=0)
+    momentum: float = param(0.9, "SGD momentum", ge=0)
+    weight_decay: float = param(0.0, "SGD decay on prototypes and scales", ge=0)
+    entropic_scale: float = param(30.0, "IsoMax+'s E", gt=0, space=(10.0, 20.0, 30.0))
+    wd_weight: float = param(10.0, "weight of mean_k ||p_k||^2", ge=0)
+    cov_reg: float = param(5e4, "IPS weight of the second member", ge=0, space=(5e4, 1e5, 5e5))
+    alpha: float = param(0.05, "decay of the IPS weight over members", ge=0)
+    init_std: float = param(1e-2, "prototype initialization scale", gt=0)
+    center: bool = param(True, "centre every feature row before its L2 normalization")
+    balance: str = param("class", "keys of the balanced subsamples", choices=DPE_BALANCE)
+    selection: str = param("worst_class", "per-member epoch choice", choices=DPE_SELECTION)
+    min_group_size: int = param(10, "pseudo-groups smaller than this are left out of the criterion", ge=1)
+    sequential: bool = param(True, "members one after another (the authors' order) or all at once")
 
     def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
         seed = check_positive_int(seed, "seed", allow_zero=True)

@@ -54,7 +54,7 @@ and docs/label-free.md reports the other half. The paper's ``"gradtune"`` is unc
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -72,10 +72,22 @@ from gradtune.embeddings.bundle import EmbeddingBundle, SplitView
 from gradtune.estimator import resolve_set_size
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
 from gradtune.groups.xrm import XRM_CONFIGS, XRMConfig
-from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, register_method
-from gradtune.methods.dfr import DFR_C_GRID, fit_l1_logreg, fold_scaler
+from gradtune.methods.base import (
+    LinearHead,
+    Method,
+    MethodResult,
+    erm_head,
+    finetune_block,
+    override,
+    param,
+    register_method,
+)
+from gradtune.methods.dfr import DFRMethod, fit_l1_logreg, fold_scaler
 from gradtune.methods.inferred import (
     FEATURE_SOURCES,
+    FEATURES,
+    POOL,
+    RULE,
     bundle_pseudo_groups,
     inference_features,
     merge_small_groups,
@@ -83,7 +95,7 @@ from gradtune.methods.inferred import (
 from gradtune.objectives.sampling import balanced_subsample
 from gradtune.scores.grad_norms import grad_norms
 from gradtune.selection.audit import region_cells, structure_auc, worst_cell_accuracy
-from gradtune.selection.select import select_finetune_set
+from gradtune.selection.select import SIZE, TOP_K, select_finetune_set
 
 __all__ = ["GradTuneAutoMethod", "AutoCandidate", "FAMILIES", "INFERENCES", "AUTO_EPOCHS"]
 
@@ -203,28 +215,29 @@ class GradTuneAutoMethod(Method):
     uses_group_labels_train: ClassVar[bool] = False
     uses_group_labels_val: ClassVar[bool] = False
 
-    features: str = "auto"
-    pool: str = "auto"
-    xrm_steps: int = 2000
-    rule: str = "average"
-    xrm_recipe: str = "default"
-    inferences: tuple[str, ...] = ("xrm",)
-    families: tuple[str, ...] = ("retrain",)
-    c_grid: tuple[float, ...] = DFR_C_GRID
-    num_retrains: int = 5
-    refit: bool = True
-    crossfit: bool = True
-    size: int = 500
-    top_k: int = 400
-    epochs_grid: tuple[int, ...] = AUTO_EPOCHS
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    min_group_size: int = 10
-    margin: float = 0.0
-    margin_z: float = 1.0
-    max_balanced_drop: float = 0.3
-    min_repaired_accuracy: float = 0.4
-    min_structure_auc: float = 0.6
-    min_erm_minority_accuracy: float = 0.0
+    features: str = FEATURES.field()
+    pool: str = POOL.field()
+    xrm_steps: int = override(XRMConfig, "n_steps", doc="training steps of the XRM twins", fast=200)
+    rule: str = RULE.field()
+    xrm_recipe: str = param("default", "the twins' training recipe", choices=tuple(XRM_CONFIGS))
+    inferences: tuple[str, ...] = param(("xrm",), "pseudo-groups the candidates are fitted on", choices=INFERENCES,
+                                        nonempty=True)
+    families: tuple[str, ...] = param(("retrain",), "candidate families besides the ERM head", choices=FAMILIES)
+    c_grid: tuple[float, ...] = override(DFRMethod, "c_grid", nonempty=False, fast=(1.0,))
+    num_retrains: int = param(5, "averaged fits per 'retrain' candidate", ge=1, fast=1)
+    refit: bool = param(True, "refit a chosen 'retrain' candidate on both validation halves")
+    crossfit: bool = param(True, "also fit on the selection half and average the two scores")
+    size: int = SIZE.field()
+    top_k: int = TOP_K.field()
+    epochs_grid: tuple[int, ...] = param(AUTO_EPOCHS, "snapshots of the fine-tuning run", ge=1, fast=(1, 3))
+    finetune: FinetuneConfig = finetune_block(space=None, fast_epochs=None)
+    min_group_size: int = param(10, "smallest audit cell the value counts", ge=1)
+    margin: float = param(0.0, "a candidate must beat ERM's value by more than this", ge=0)
+    margin_z: float = param(1.0, "... plus this many standard errors of the difference", ge=0)
+    max_balanced_drop: float = param(0.3, "largest allowed drop of class-balanced accuracy", ge=0)
+    min_repaired_accuracy: float = param(0.4, "least accuracy on every audit cell", ge=0, le=1)
+    min_structure_auc: float = param(0.6, "least cross-fitted AUC of the head's mistakes", ge=0, le=1)
+    min_erm_minority_accuracy: float = param(0.0, "optional pre-check on the ERM head (0: off)", ge=0, le=1)
 
     def _check(self) -> list[int]:
         check_choice(self.features, "features", FEATURE_SOURCES)

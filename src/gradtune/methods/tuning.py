@@ -82,7 +82,7 @@ def family_defaults(method_name: str, family: str | None) -> dict[str, Any]:
 def search_space(method_name: str) -> dict[str, list]:
     """The default grid of a registered method (``{}``: nothing to tune)."""
     cls = _method_class(method_name)
-    return dict(cls.search_space)
+    return cls.search_space()
 
 
 def expand_grid(space: dict[str, list]) -> list[dict[str, Any]]:

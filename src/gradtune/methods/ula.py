@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,7 +58,7 @@ from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.finetune.head_loop import LogitAdjusted, augment, permutation_sampler, train_head
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
 from gradtune.methods.balancing import torch_threads
-from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, register_method
+from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, param, register_method
 
 __all__ = ["ULAMethod", "ULAModel", "conditional_from_joint", "adjustment_offsets"]
 
@@ -149,23 +149,19 @@ class ULAMethod(Method):
 
     name = "ula"
     description = "uLA (Tsirigotis et al.), head-only: early-stopped bias probe, logit-adjusted last layer"
-    search_space: ClassVar[dict[str, list]] = {
-        "bias_epochs": [1, 2, 5, 10],
-        "lr": [1e-3, 1e-2],
-    }
 
-    mode: str = "loss"
-    estimator: str = "soft"
-    tau: float = 1.0
-    bias_epochs: int = 1
-    bias_lr: float = 1e-3
-    ema: float = 0.999
-    epochs: int = 100
-    batch_size: int = 32
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    reset: bool = False
+    mode: str = param("loss", "logit-adjusted training or post-hoc adjustment", choices=ULA_MODES)
+    estimator: str = param("soft", "how the bias probe's predictions enter", choices=ULA_ESTIMATORS)
+    tau: float = param(1.0, "logit-adjustment strength", ge=0)
+    bias_epochs: int = param(1, "epochs of the early-stopped bias probe", ge=1, space=(1, 2, 5, 10))
+    bias_lr: float = param(1e-3, "the bias probe's learning rate", gt=0)
+    ema: float = param(0.999, "EMA of the estimated priors", ge=0, lt=1)
+    epochs: int = param(100, "epochs of logit-adjusted training", ge=0, fast=2)
+    batch_size: int = param(32, "batch size", ge=1)
+    lr: float = param(1e-3, "learning rate", gt=0, space=(1e-3, 1e-2))
+    momentum: float = param(0.9, "SGD momentum", ge=0)
+    weight_decay: float = param(1e-4, "weight decay", ge=0)
+    reset: bool = param(False, "re-initialize the head instead of starting from the ERM head")
 
     def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
         seed = check_positive_int(seed, "seed", allow_zero=True)
