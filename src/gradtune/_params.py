@@ -142,12 +142,16 @@ def _scalar_problem(p: Param, kind: str, value: Any) -> str | None:
             return f"must be finite, got {value!r}"
         if ((p.ge is not None and v < p.ge) or (p.gt is not None and v <= p.gt)
                 or (p.le is not None and v > p.le) or (p.lt is not None and v >= p.lt)):
-            return f"must be {_interval_text(p)}, got {value!r}"
+            interval = _interval_text(p)
+            verb = "must lie" if interval.startswith("in ") else "must be"
+            return f"{verb} {interval}{' (or be None)' if p.optional else ''}, got {value!r}"
     return None
 
 
 def _interval_text(p: Param) -> str:
     ge, gt = p.ge, p.gt
+    if (p.kind == "int" or p.item == "int") and ge is not None and p.le is not None:
+        return f"in {_num(ge)}..{_num(p.le)}"
     if (p.kind == "int" or p.item == "int") and ge == 1:  # an integer >= 1 reads as "> 0"
         ge, gt = None, 0
     parts = [f"{word} {_num(b)}" for b, word in ((ge, ">="), (gt, ">"), (p.le, "<="), (p.lt, "<"))

@@ -117,13 +117,14 @@ def afr_objective(weight: Any, bias: Any, features: Any, labels: Any, sample_wei
 
 @torch.no_grad()
 def afr_train(features: Any, labels: Any, weight0: Any, bias0: Any, sample_weight: Any, *,
-              lam: float, lr: float = 1e-2, epochs: int = 500, grad_clip: float | None = 1.0,
-              momentum: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """Full-batch gradient descent on AFR's objective, starting from ``(weight0, bias0)``.
+              lam: float, lr: float, epochs: int, grad_clip: float | None,
+              momentum: float) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Full-batch gradient descent on AFR's objective, starting from ``(weight0, bias0)``
+    (the settings are :class:`AFRMethod`'s, where their defaults are declared).
 
     Each epoch is one step: gradient of :func:`afr_objective`, clipped to total norm
     ``grad_clip`` as ``clip_grad_norm_`` does (scale ``grad_clip / (norm + 1e-6)`` when
-    smaller than 1), then ``torch.optim.SGD``'s update (momentum 0 by default).
+    smaller than 1), then ``torch.optim.SGD``'s update.
 
     Returns
     -------

@@ -64,8 +64,6 @@ from sklearn.preprocessing import StandardScaler
 from gradtune._seeding import SeedStreams, seed_streams
 from gradtune._validation import (
     GradTuneInputError,
-    check_choice,
-    check_nonneg_float,
     check_positive_int,
 )
 from gradtune.embeddings.bundle import EmbeddingBundle, SplitView
@@ -84,7 +82,6 @@ from gradtune.methods.base import (
 )
 from gradtune.methods.dfr import DFRMethod, fit_l1_logreg, fold_scaler
 from gradtune.methods.inferred import (
-    FEATURE_SOURCES,
     FEATURES,
     POOL,
     RULE,
@@ -239,32 +236,16 @@ class GradTuneAutoMethod(Method):
     min_structure_auc: float = param(0.6, "least cross-fitted AUC of the head's mistakes", ge=0, le=1)
     min_erm_minority_accuracy: float = param(0.0, "optional pre-check on the ERM head (0: off)", ge=0, le=1)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()  # each value against its declaration; then the rules between them
+        self._check()
+
     def _check(self) -> list[int]:
-        check_choice(self.features, "features", FEATURE_SOURCES)
-        fams = tuple(self.families)
-        for f in fams:
-            check_choice(f, "families entry", FAMILIES)
-        if not tuple(self.inferences):
-            raise GradTuneInputError("inferences must name at least one of " + ", ".join(INFERENCES))
-        for name in self.inferences:
-            check_choice(name, "inferences entry", INFERENCES)
-        check_positive_int(self.xrm_steps, "xrm_steps")
-        check_choice(self.rule, "rule", ("average", "either"))
-        check_choice(self.xrm_recipe, "xrm_recipe", tuple(XRM_CONFIGS))
-        check_positive_int(self.num_retrains, "num_retrains")
-        check_positive_int(self.min_group_size, "min_group_size")
-        check_nonneg_float(self.margin, "margin")
-        check_nonneg_float(self.margin_z, "margin_z")
-        check_nonneg_float(self.max_balanced_drop, "max_balanced_drop")
-        for key in ("min_repaired_accuracy", "min_structure_auc", "min_erm_minority_accuracy"):
-            value = check_nonneg_float(getattr(self, key), key)
-            if value > 1:
-                raise GradTuneInputError(f"{key} must be in [0, 1], got {value}")
-        if "retrain" in fams and (not self.c_grid or min(float(c) for c in self.c_grid) <= 0):
-            raise GradTuneInputError(f"c_grid must hold positive numbers, got {self.c_grid!r}")
-        epochs = sorted({check_positive_int(e, "epochs_grid entry") for e in self.epochs_grid})
-        if "finetune" in fams and not epochs:
+        epochs = sorted({int(e) for e in self.epochs_grid})
+        if "finetune" in self.families and not epochs:
             raise GradTuneInputError("epochs_grid must not be empty when 'finetune' is a family")
+        if "retrain" in self.families and not self.c_grid:
+            raise GradTuneInputError(f"c_grid must hold positive numbers, got {self.c_grid!r}")
         return epochs
 
     # ------------------------------------------------------------ candidates

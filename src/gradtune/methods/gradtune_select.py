@@ -63,7 +63,7 @@ from gradtune.methods.base import (
 )
 from gradtune.methods.gradtune import GradTuneMethod
 from gradtune.scores.grad_norms import grad_norms
-from gradtune.selection.auto_k import auto_set_size
+from gradtune.selection.auto_k import K_SHARE, MAX_SIZE, MIN_SIZE, auto_set_size
 from gradtune.selection.label_free import CRITERIA, LabelFreeScorer
 from gradtune.selection.select import SIZE, TOP_K, select_finetune_set
 
@@ -129,9 +129,9 @@ class GradTuneSelectMethod(Method):
                           choices=SET_SIZE_RULES)
     size: int = SIZE.field()
     top_k: int = TOP_K.field()
-    k_share: float = param(0.8, "the automatic rule's k / M'", gt=0, le=1)
-    min_size: int = param(100, "the automatic rule's smallest M'", ge=1, at_most="max_size")
-    max_size: int = param(2000, "the automatic rule's largest M'", ge=1)
+    k_share: float = K_SHARE.field()
+    min_size: int = MIN_SIZE.field()
+    max_size: int = MAX_SIZE.field()
     criterion: str = param(DEFAULT_CRITERION, "label-free criterion on the selection rows", choices=tuple(CRITERIA))
     epochs_grid: tuple[int, ...] = param(EPOCH_GRID, "candidate epoch counts (0: the ERM head)", ge=0,
                                          nonempty=True)
