@@ -177,8 +177,23 @@ def get_method(name: str, **params: Any) -> Method:
         raise GradTuneInputError(f"bad parameters for method {name!r}: {err}; valid parameters: {valid}") from None
 
 
+_DISCOVERED = False
+
+
 def _import_builtin_methods() -> None:
-    import gradtune.methods  # noqa: F401  (registers the built-in methods)
+    """Import every module of :mod:`gradtune.methods` once: a method registers itself where
+    it is defined (``@register_method``), so a new module is found without a list to edit."""
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    import importlib
+    import pkgutil
+
+    import gradtune.methods
+
+    for info in pkgutil.iter_modules(gradtune.methods.__path__):
+        importlib.import_module(f"gradtune.methods.{info.name}")
+    _DISCOVERED = True
 
 
 def erm_head(bundle: EmbeddingBundle) -> LinearHead:
