@@ -340,13 +340,14 @@ def relation_problems(cls: type, values: Mapping[str, Any]) -> Iterator[tuple[st
     """``(name, why)`` for each ``at_most`` relation of ``cls`` that the dotted ``values``
     (over the defaults) break."""
     specs = flat_declarations(cls)
-    merged = {**{k: p.default for k, p in specs.items()}, **values}
+    merged: dict[str, Any] = {**{k: p.default for k, p in specs.items()}, **values}
     for name, spec in specs.items():
         if spec.at_most is None:
             continue
         prefix = name.rpartition(".")[0]
         other = f"{prefix}.{spec.at_most}" if prefix else spec.at_most
-        value, bound = merged.get(name), merged.get(other)
+        value: Any = merged.get(name)
+        bound: Any = merged.get(other)
         if _fits("float", value) and _fits("float", bound) and value > bound:
             yield name, f"must be at most {other} ({bound}), got {value}"
 

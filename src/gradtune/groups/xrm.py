@@ -64,6 +64,7 @@ from gradtune._validation import (
 )
 from gradtune.groups._heads import ce_logit_grad, epoch_batches, stack_logits, train_heads
 from gradtune.groups.base import InferredGroups, check_pool, class_by_flag, standardizer
+from gradtune.groups.registry import register_group_inference
 
 __all__ = ["XRMConfig", "XRMSchedule", "XRMTwins", "XRM_AUTHORS", "XRM_CONFIGS", "draw_xrm_schedule", "fit_xrm",
            "xrm_groups"]
@@ -399,6 +400,8 @@ def _train_twins(xs: torch.Tensor, y: torch.Tensor, c: int, schedule: XRMSchedul
     return weight, bias, labels
 
 
+@register_group_inference("xrm", ("features", "labels", "seed"),
+                          "XRM-style twin probes with cross-mistake label flipping")
 def xrm_groups(features: Any, labels: Any, *, seed: int | torch.Generator,
                config: XRMConfig | None = None, rule: str = "average",
                n_classes: int | None = None) -> InferredGroups:
