@@ -27,6 +27,8 @@ from gradtune.finetune.linear import FinetuneConfig
 from gradtune.groups.xrm import XRMConfig
 from gradtune.methods import METHODS, get_method, list_methods
 from gradtune.methods.tuning import build_method
+from gradtune.training.config import TrainConfig
+from gradtune.workflows.network_methods import NETWORK_METHODS, get_network_method
 
 SRC = Path(gradtune.__file__).resolve().parent
 
@@ -36,7 +38,8 @@ PAPER_LITERALS = (400, 500, 3e-3, 1e-5, 2000)
 
 
 def _declared_classes() -> list[type]:
-    return [METHODS[m] for m in list_methods()] + [FinetuneConfig, XRMConfig]
+    return ([METHODS[m] for m in list_methods()] + [FinetuneConfig, XRMConfig, TrainConfig]
+            + list(NETWORK_METHODS.values()))
 
 
 def _bad_cases(method: str) -> Iterator[tuple[str, Any]]:
@@ -208,3 +211,30 @@ def test_tune_refuses_every_forbidden_value_before_writing(method, tmp_path, cap
         assert code == 2 and len(lines) == 1, (key, value, err)
         assert key in lines[0], (key, value, lines[0])
         assert not out.exists()
+
+
+@pytest.mark.parametrize("method", list(NETWORK_METHODS))
+def test_gradtune_train_refuses_every_forbidden_value_before_loading(method, tmp_path, capsys):
+    out = tmp_path / "out"
+    specs = flat_declarations(NETWORK_METHODS[method])
+    cases = [(key, value) for key, spec in specs.items() for value in invalid_values(spec)]
+    assert bool(cases) == bool(specs)
+    for key, value in cases:
+        with pytest.raises(GradTuneInputError, match=key):
+            get_network_method(method, {key: value})
+        code = cli.main(["train", "--dataset", "waterbirds", "--root", str(tmp_path / "no-data"), "--out", str(out),
+                         "--method", method, "--param", f"{key}={value!r}"])
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("gradtune train: error:")]
+        assert code == 2 and len(lines) == 1 and key in lines[0], (key, value, err)
+        assert not out.exists()
+
+
+def test_gradtune_train_refuses_another_methods_flag(tmp_path, capsys):
+    code = cli.main(["train", "--dataset", "waterbirds", "--root", str(tmp_path), "--out", str(tmp_path / "o"),
+                     "--method", "jtt", "--dro-adj", "2"])
+    assert code == 2 and "--dro-adj sets adj of method 'group-dro'; --method is 'jtt'" in capsys.readouterr().err
+    code = cli.main(["train", "--dataset", "waterbirds", "--root", str(tmp_path), "--out", str(tmp_path / "o"),
+                     "--method", "jtt", "--jtt-lambda", "0"])
+    assert code == 2 and "--jtt-lambda: upweight must be > 0, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

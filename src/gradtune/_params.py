@@ -60,7 +60,8 @@ class Param:
 
     kind : 'bool', 'int', 'float', 'str' or 'tuple' (inferred from the default);
     item : the kind of a tuple's entries; the interval and ``choices`` then apply to
-    each entry. ``optional``: None is allowed.
+    each entry. ``optional``: None is allowed. ``or_list``: a list of such values
+    (one per group, say) is allowed too.
     """
 
     default: Any
@@ -75,6 +76,7 @@ class Param:
     optional: bool = False
     nonempty: bool = False
     length: int | None = None
+    or_list: bool = False
     at_most: str | None = None
     space: tuple[Any, ...] | None = None
     text: Any = NOTHING
@@ -84,6 +86,12 @@ class Param:
         """Why ``value`` is forbidden (``"must be > 0, got -3"``), or None if it is allowed."""
         if value is None:
             return None if self.optional else f"must be {_KIND_WORD[self.kind]}, got None"
+        if self.or_list and isinstance(value, (list, tuple)):  # a number, or one per item
+            for i, v in enumerate(value):
+                why = _scalar_problem(self, self.kind, v)
+                if why is not None:
+                    return f"entry [{i}] {why}"
+            return None
         if self.kind == "tuple":
             if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)):
                 return f"must be a list of {_KIND_PLURAL[self.item or 'str']}, got {value!r}"
@@ -144,7 +152,8 @@ def _scalar_problem(p: Param, kind: str, value: Any) -> str | None:
                 or (p.le is not None and v > p.le) or (p.lt is not None and v >= p.lt)):
             interval = _interval_text(p)
             verb = "must lie" if interval.startswith("in ") else "must be"
-            return f"{verb} {interval}{' (or be None)' if p.optional else ''}, got {value!r}"
+            none = " (or be None)" if p.optional and p.default is not None else ""
+            return f"{verb} {interval}{none}, got {value!r}"
     return None
 
 
@@ -202,8 +211,8 @@ def param(default: Any, doc: str, **constraint: Any) -> Any:
 def declare(default: Any, doc: str, *, kind: str | None = None, item: str | None = None,
           ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,
           choices: tuple[Any, ...] | list[Any] | None = None, optional: bool = False, nonempty: bool = False,
-          length: int | None = None, at_most: str | None = None, space: tuple[Any, ...] | list[Any] | None = None,
-          text: Any = NOTHING, fast: Any = NOTHING) -> Param:
+          length: int | None = None, or_list: bool = False, at_most: str | None = None,
+          space: tuple[Any, ...] | list[Any] | None = None, text: Any = NOTHING, fast: Any = NOTHING) -> Param:
     """A hyperparameter's declaration (see :class:`Param`), to share between classes
     (``size: int = SIZE.field()``) or read where a plain default is needed.
 
@@ -222,7 +231,8 @@ def declare(default: Any, doc: str, *, kind: str | None = None, item: str | None
             raise TypeError("give item= for an empty tuple default")
     return Param(default=tuple(default) if isinstance(default, list) else default, doc=doc, kind=kind, item=item,
                  ge=ge, gt=gt, le=le, lt=lt, choices=None if choices is None else tuple(choices),
-                 optional=optional or default is None, nonempty=nonempty, length=length, at_most=at_most,
+                 optional=optional or default is None, nonempty=nonempty, length=length, or_list=or_list,
+                 at_most=at_most,
                  space=None if space is None else tuple(space), text=text, fast=fast)
 
 

@@ -123,9 +123,9 @@ def encode(model: nn.Module, data: GroupedDataset, indices: np.ndarray | None = 
     try:
         it: Any = loader
         if progress and info.is_main:
-            from gradtune._progress import progress
+            from gradtune._progress import progress as progress_bar
 
-            it = progress(loader, desc="embedding", unit="batch")
+            it = progress_bar(loader, desc="embedding", unit="batch")
         for x, _, _, _ in it:
             x = x.to(dev, non_blocking=True) if isinstance(x, torch.Tensor) else x
             recorder.inputs = recorder.outputs = None
