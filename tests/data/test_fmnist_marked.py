@@ -45,6 +45,22 @@ def test_stripes_mark_is_vertical(tmp_path):
     assert not np.array_equal(fmnist_mod.compose_stripes(items, 1 - ds.attributes), ds.inputs)
 
 
+def test_brightness_mark_scales_the_item_on_grey(tmp_path):
+    folder = write_fmnist(tmp_path / "fm", n_train_per_class=24, n_test_per_class=8)
+    ds = FmnistMarked(classes=(0, 2, 4), tied_class=2, shortcut="brightness", n_train=8, n_val=8,
+                      n_test=4)(folder)
+    assert ds.attribute_names == ["no mark (dim)", "mark (bright)"]
+    # by hand: background pixels are the grey level; an item pixel v becomes
+    # (v / 255) * v * level + (1 - v / 255) * grey, level 0.45 without the mark, 1 with it
+    grey = fmnist_mod.BRIGHTNESS_BACKGROUND
+    np.testing.assert_array_equal(ds.inputs[:, 0, 0, :], np.full((len(ds), 3), grey))
+    v = (100 + np.array((0, 2, 4))[ds.labels]).astype(np.float64)
+    level = np.where(ds.attributes == 1, 1.0, 0.45)
+    expect = np.rint(v / 255 * v * level + (1 - v / 255) * grey)
+    np.testing.assert_array_equal(ds.inputs[:, 12, 12, 0], expect)
+    np.testing.assert_array_equal(ds.inputs[..., 0], ds.inputs[..., 2])
+
+
 @pytest.mark.parametrize("bad", [{"classes": (1, 2)}, {"classes": (1, 1, 2)}, {"tied_class": 3},
                                  {"shortcut": "noise"}, {"n_train": 3}, {"agreement": 1.2}])
 def test_bad_parameters(bad):

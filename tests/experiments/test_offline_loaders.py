@@ -186,6 +186,21 @@ def test_reviews_reads_tables_and_counts_groups(monkeypatch):
     assert ds.inputs[0] == "Love it. Best snack ever"  # HTML breaks removed
 
 
+def test_reviews_other_attributes_by_hand(monkeypatch):
+    tables = review_tables()
+    monkeypatch.setattr(reviews_mod, "_read_table", lambda item: tables[item].copy())
+    ds = reviews_mod.load_reviews(n_val=2, attribute="exclamation")
+    assert not ds.attributes.any() and ds.attribute_names == ["no-exclamation", "exclamation"]
+    # word counts of the 8 training reviews: 5 5 4 3 4 4 6 5 (median 4.5) -> long when > 4.5;
+    # the 3 test reviews (2, 1, 3 words) use the training median too
+    ds = reviews_mod.load_reviews(n_val=2, attribute="long")
+    np.testing.assert_array_equal(ds.attributes, [1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(ds.groups, 2 * ds.labels + ds.attributes)
+    assert repr(reviews_mod.ReviewsSpec(n_val=5)) == "ReviewsSpec(n_val=5)"  # cache keys kept
+    with pytest.raises(ValueError, match="attribute must be one of"):
+        reviews_mod.load_reviews(n_val=2, attribute="emoji")
+
+
 def test_negation_words():
     texts = ["I do not", "no way", "CANNOT", "won't", "wont", "None of it", "knot", "snow",
              "nobody", "nothingness", "isn\u2019t", "notably", "didn't!"]

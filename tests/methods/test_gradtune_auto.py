@@ -82,7 +82,7 @@ def test_repairs_the_worst_group_in_the_biased_regime(biased: EmbeddingBundle) -
 
 
 def test_choice_is_the_best_allowed_candidate_and_the_guard_keeps_erm(biased: EmbeddingBundle) -> None:
-    m = get_method("gradtune-auto", **BOTH)
+    m = get_method("gradtune-auto", confirm_z=None, **BOTH)   # the per-half check: test_guard.py
     d = m.fit(biased, seed=0).diagnostics
     cands = d["candidates"]
     assert [c["family"] for c in cands] == ["erm", "retrain", "retrain", "finetune", "finetune", "finetune"]
@@ -218,10 +218,14 @@ def test_keeping_the_erm_head_is_logged_with_its_reason(biased: EmbeddingBundle,
 
 
 def test_structure_gate_keeps_the_head_and_can_be_turned_off(biased: EmbeddingBundle) -> None:
-    res = get_method("gradtune-auto", min_structure_auc=0.99, **FAST).fit(biased, seed=0)
+    res = get_method("gradtune-auto", min_structure_auc=0.99, min_twin_auc=1.0, **FAST).fit(biased, seed=0)
     d = res.diagnostics
     assert d["guard_kept_erm"] and "min_structure_auc=0.99" in d["guard_reason"]
+    assert "min_twin_auc=1" in d["guard_reason"]
     assert d["structure_auc"] is not None and d["structure_auc"] < 0.99
     np.testing.assert_array_equal(res.model.weight, biased.head_weight)
     passed = get_method("gradtune-auto", min_structure_auc=0.0, **FAST).fit(biased, seed=0).diagnostics
     assert passed["structure_auc"] == d["structure_auc"] and passed["candidates"]
+    # the twins' route alone opens the gate too (the twins' minority is the shortcut's here)
+    twin = get_method("gradtune-auto", min_structure_auc=1.0, min_twin_auc=0.0, **FAST).fit(biased, seed=0)
+    assert twin.diagnostics["candidates"] and twin.diagnostics["twin_structure_auc"] == d["twin_structure_auc"]

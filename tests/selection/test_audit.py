@@ -4,6 +4,7 @@ counted by hand."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
@@ -91,3 +92,41 @@ def test_structure_auc_tells_a_shortcut_minority_from_overlap() -> None:
     # nothing to test when a class has too few flagged rows
     none = np.zeros(len(ya), dtype=bool)
     assert structure_auc(xa, ya, none, la, xb, yb, none, 2) is None
+
+
+def _reference_auc(xa, ya, fa, la, xb, yb, fb) -> float:
+    """Slow reference: standardize by half a, remove the least-squares logit directions,
+    one logistic regression per class and direction, AUCs weighted by flagged rows."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    mu, sd = xa.mean(0), xa.std(0)
+    pa, pb = (xa - mu) / sd, (xb - mu) / sd
+    z = la - la.mean(0)
+    coef = np.linalg.pinv(pa) @ z
+    coef -= coef.mean(1, keepdims=True)
+    q, _ = np.linalg.qr(coef)
+    q = q[:, : np.linalg.matrix_rank(coef)]
+    pa, pb = pa - pa @ q @ q.T, pb - pb @ q @ q.T
+    aucs, wts = [], []
+    for xf, yf, ff, xs, ys, fs in ((pa, ya, fa, pb, yb, fb), (pb, yb, fb, pa, ya, fa)):
+        for k in (0, 1):
+            clf = LogisticRegression(C=1.0, max_iter=500).fit(xf[yf == k], ff[yf == k])
+            aucs.append(roc_auc_score(fs[ys == k], clf.decision_function(xs[ys == k])))
+            wts.append(fs[ys == k].sum())
+    return float(np.average(aucs, weights=wts))
+
+
+def test_structure_aucs_matches_a_slow_reference_per_flag_pair() -> None:
+    from gradtune.selection.audit import structure_aucs
+
+    xa, ya, sa = _rows(0, shortcut=2.5)
+    xb, yb, sb = _rows(1, shortcut=2.5)
+    w = np.array([1.0, 1.0, 0, 0, 0, 0])
+    la, lb = _head(xa, w), _head(xb, w)
+    pairs = [(la.argmax(1) != ya, lb.argmax(1) != yb), (np.asarray(sa) != ya, np.asarray(sb) != yb),
+             (np.zeros(len(ya), dtype=bool), np.zeros(len(yb), dtype=bool))]
+    got = structure_aucs(xa, ya, la, xb, yb, pairs, 2)
+    assert got[2] is None                                  # no flagged rows: nothing to test
+    for (fa, fb), g in zip(pairs[:2], got[:2], strict=True):
+        assert g == pytest.approx(_reference_auc(xa, ya, fa, la, xb, yb, fb), abs=1e-6)

@@ -35,6 +35,7 @@ import numpy as np
 
 from gradtune.data.offline.fmnist import FmnistSpurious, fmnist_files
 from gradtune.data.offline.fmnist_marked import FmnistMarked
+from gradtune.data.offline.reviews import ReviewsSpec
 from gradtune.data.synthetic import ShortcutSpec, make_shortcut_data
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.experiments.offline import (
@@ -58,7 +59,9 @@ class StressMember:
 
     name : str; family : str; role : "dev" or "report" (from the split rule);
     spec : ShortcutSpec (synthetic) or OfflineBenchmark (offline); erm : "linear" or "mlp"
-    (synthetic only); control : True where there is no shortcut (the method must keep ERM).
+    (synthetic only); control : True where there is no shortcut (the method must keep ERM);
+    batch : 1 for the first members, 2 for the second batch (added, with their roles, before
+    any default was tuned on them; the first batch's report half had been read already).
     """
 
     name: str
@@ -67,6 +70,7 @@ class StressMember:
     role: str = ""
     erm: str = "linear"
     control: bool = False
+    batch: int = 1
 
     @property
     def kind(self) -> str:
@@ -87,6 +91,13 @@ def _fm(family: str, name: str, marked: bool = False, **kw: Any) -> StressMember
     bench = OfflineBenchmark(name=name, description=f"Fashion-MNIST stress member {load!r}", load=load,
                              files=fmnist_files, encoder="efficientnet-lite0",
                              encoder_params=dict(_FMNIST_ENCODER), mlp=_FMNIST_MLP)
+    return StressMember(name, family, bench)
+
+
+def _reviews(family: str, name: str, attribute: str) -> StressMember:
+    base = OFFLINE_BENCHMARKS["reviews"]
+    bench = replace(base, name=name, load=ReviewsSpec(n_val=2000, attribute=attribute),
+                    description=f"Amazon fine-food reviews grouped by the {attribute!r} attribute")
     return StressMember(name, family, bench)
 
 
@@ -158,16 +169,56 @@ _MEMBERS: tuple[StressMember, ...] = (
     # the project's tabular and text benchmarks
     StressMember("adult", "tabular-text", OFFLINE_BENCHMARKS["adult"]),
     StressMember("reviews", "tabular-text", OFFLINE_BENCHMARKS["reviews"]),
+    # Second batch, declared together before any default was tuned on it: one more pair
+    # per family, so each family gains one development and one report member (the roles
+    # keep alternating from where the family's list stopped).
+    _syn("weak-core", "lin-weak-core-256", dim=256, core_strength=1.1, shortcut_strength=3.5),
+    _syn("weak-core", "lin-weak-core-32", dim=32, core_strength=0.9, shortcut_strength=2.5),
+    _syn("strong-core", "lin-strong-core-s3", dim=96, core_strength=2.2, shortcut_strength=3.0),
+    _syn("strong-core", "lin-strong-core-s5", dim=128, core_strength=3.0, shortcut_strength=5.0),
+    _syn("minority", "lin-minority-5pct", dim=64, core_strength=1.5, train_agreement=0.95, n_train=6000),
+    _syn("minority", "lin-minority-1pct", dim=64, core_strength=1.5, train_agreement=0.99, n_train=8000,
+         n_val=4000),
+    _syn("heldout-bias", "lin-val-mild-bias", dim=64, core_strength=1.5, val_agreement=0.85),
+    _syn("heldout-bias", "lin-val-balanced-weak", dim=128, core_strength=1.2, val_balanced=True),
+    _syn("multiclass", "lin-6class", n_classes=6, dim=96, core_strength=2.0, n_train=6000, n_val=3000),
+    _syn("multiclass", "lin-3class-strong", n_classes=3, dim=64, core_strength=2.5, shortcut_strength=3.5),
+    _syn("tied-one", "lin-mark-3class-d256", n_classes=3, tie="one", tied_class=0, dim=256, core_strength=1.6,
+         train_agreement=0.9),
+    _syn("tied-one", "lin-mark-5class", n_classes=5, tie="one", tied_class=3, dim=64, core_strength=2.0,
+         train_agreement=0.9),
+    _syn("noise", "lin-noise-5", dim=64, core_strength=1.5, label_noise=0.05),
+    _syn("noise", "lin-noise-15-3class", n_classes=3, dim=64, core_strength=2.0, label_noise=0.15),
+    _syn("multi-attribute", "lin-three-attrs", n_attributes=3, dim=64, core_strength=1.6, shortcut_strength=2.0),
+    _syn("multi-attribute", "lin-two-attrs-weak", n_attributes=2, dim=64, core_strength=1.2,
+         shortcut_strength=2.5),
+    _syn("mlp-erm", "mlp-mark-3class", erm="mlp", n_classes=3, tie="one", tied_class=1, dim=64,
+         core_strength=1.6, train_agreement=0.9),
+    _syn("mlp-erm", "mlp-strong-core", erm="mlp", dim=64, core_strength=2.5, shortcut_strength=3.0),
+    _syn("control", "control-4class", control=True, n_classes=4, dim=64, core_strength=1.8,
+         shortcut_strength=0.0),
+    _syn("control", "control-512", control=True, dim=512, core_strength=1.2, shortcut_strength=0.0),
+    _fm("fmnist", "fm-shirt-coat-bright90", classes=(6, 4), shortcut="brightness", train_agreement=0.9,
+        val_agreement=0.9, n_val=4000),
+    _fm("fmnist", "fm-sandal-boot-bright90", classes=(5, 9), shortcut="brightness", train_agreement=0.9,
+        val_agreement=0.9, n_val=4000),
+    _fm("fmnist-multiclass", "fm-3class-bright-tied90", marked=True, classes=(1, 5, 8), tied_class=1,
+        shortcut="brightness", agreement=0.9),
+    _fm("fmnist-multiclass", "fm-3class-bg-tied80", marked=True, classes=(3, 6, 7), tied_class=2,
+        agreement=0.8),
+    _reviews("tabular-text", "reviews-exclamation", "exclamation"),
+    _reviews("tabular-text", "reviews-long", "long"),
 )
+_FIRST_BATCH = 37
 
 
 def _assign_roles(members: tuple[StressMember, ...]) -> tuple[StressMember, ...]:
     seen: dict[str, int] = {}
     out = []
-    for m in members:
+    for i, m in enumerate(members):
         k = seen.get(m.family, 0)
         seen[m.family] = k + 1
-        out.append(replace(m, role=ROLES[k % 2]))
+        out.append(replace(m, role=ROLES[k % 2], batch=1 if i < _FIRST_BATCH else 2))
     return tuple(out)
 
 

@@ -34,13 +34,16 @@ evidence the inference cannot rig. No step reads a group label, an attribute or 
    directions; a shortcut's minority differs along other directions too.
    :func:`~gradtune.selection.audit.structure_auc` projects the features off a linear
    surrogate of the head's logits and asks how well the mistakes can still be told
-   apart (cross-fitted AUC); below ``min_structure_auc`` the head is kept: its mistakes
-   look like class overlap or label noise. Then a candidate must (a) beat the ERM
-   head's value by more than ``margin`` plus ``margin_z`` binomial standard errors,
-   (b) lose at most ``max_balanced_drop`` of class-balanced accuracy, and (c) classify
+   apart (cross-fitted AUC), and the same for the twins' inferred minority; when
+   neither reaches its threshold (``min_structure_auc``, ``min_twin_auc``) the head is
+   kept: its mistakes look like class overlap or label noise. Then a candidate must
+   (a) beat the ERM head's value by more than ``margin`` plus ``margin_z`` binomial
+   standard errors, (b) beat it on each validation half separately by ``confirm_z``
+   standard errors (the best of several noisy candidates otherwise wins by luck),
+   (c) lose at most ``max_balanced_drop`` of class-balanced accuracy, and (d) classify
    at least ``min_repaired_accuracy`` of every audit cell correctly (a repair that
    guesses on the head's mistakes does not). Among allowed candidates the one with the
-   highest value wins. Without ``encoder_features`` (and ``features="auto"``) the ERM
+   highest value wins (:func:`~gradtune.selection.guard.guard_choice`). Without ``encoder_features`` (and ``features="auto"``) the ERM
    head is kept as well: the head's own features cannot reveal the shortcut it
    learned. The reason is in ``diagnostics["guard_reason"]`` and logged at WARNING.
 5. **Refit** (``refit=True``): a chosen ``"retrain"`` candidate is refitted with its C
@@ -91,7 +94,8 @@ from gradtune.methods.inferred import (
 )
 from gradtune.objectives.sampling import balanced_subsample
 from gradtune.scores.grad_norms import grad_norms
-from gradtune.selection.audit import region_cells, structure_auc, worst_cell_accuracy
+from gradtune.selection.audit import region_cells, structure_aucs, worst_cell_accuracy
+from gradtune.selection.guard import GuardRule, class_balanced_accuracy, guard_choice
 from gradtune.selection.select import SIZE, TOP_K, select_finetune_set
 
 __all__ = ["GradTuneAutoMethod", "AutoCandidate", "FAMILIES", "INFERENCES", "AUTO_EPOCHS"]
@@ -110,19 +114,6 @@ class AutoCandidate:
     family: str
     setting: float
     head: LinearHead
-
-
-def balanced_accuracy(head: LinearHead, features: np.ndarray, labels: np.ndarray,
-                      n_classes: int) -> float:
-    """Mean class accuracy of ``head`` on (features (n, d), labels (n,))."""
-    logits = head.logits(features)
-    if not np.isfinite(logits).all():
-        return float("-inf")
-    ok = (logits.argmax(axis=1) == labels).astype(np.float64)
-    counts = np.bincount(labels, minlength=n_classes)
-    hits = np.bincount(labels, weights=ok, minlength=n_classes)
-    present = counts > 0
-    return float((hits[present] / counts[present]).mean())
 
 
 def _standardize(x: np.ndarray) -> tuple[StandardScaler, np.ndarray]:
@@ -189,6 +180,9 @@ class GradTuneAutoMethod(Method):
     margin_z : float, default=1.0
         ... plus ``margin_z`` standard errors of the difference of the two accuracies
         (binomial, on the smaller of the two worst cells, both halves counted).
+    confirm_z : float or None, default=1.0
+        With ``crossfit``, a candidate must also beat ERM's value on each half on its own
+        by this many standard errors of that half (None turns the check off).
     max_balanced_drop : float, default=0.3
         Largest allowed drop of class-balanced accuracy below ERM's (scored halves).
     min_repaired_accuracy : float, default=0.4
@@ -199,6 +193,10 @@ class GradTuneAutoMethod(Method):
         features off its own decision directions with at least this cross-fitted AUC
         (:func:`~gradtune.selection.audit.structure_auc`): below it the mistakes look
         like class overlap or label noise, which no repair fixes.
+    min_twin_auc : float, default=0.7
+        ... unless the XRM twins' inferred minority can be told from the other rows the
+        same way with at least this AUC (the mistakes test has little power when the
+        minority is a small share of the mistakes). ``1.0`` turns this route off.
     min_erm_minority_accuracy : float, default=0.0
         Optional pre-check: keep the ERM head when it classifies fewer than this share
         of the first inference's minority rows correctly (0 turns it off; the audit
@@ -231,9 +229,12 @@ class GradTuneAutoMethod(Method):
     min_group_size: int = param(10, "smallest audit cell the value counts", ge=1)
     margin: float = param(0.0, "a candidate must beat ERM's value by more than this", ge=0)
     margin_z: float = param(1.0, "... plus this many standard errors of the difference", ge=0)
+    confirm_z: float | None = param(1.0, "with crossfit, the gain on each half in its standard errors (None: off)",
+                                    kind="float", ge=0, optional=True)
     max_balanced_drop: float = param(0.3, "largest allowed drop of class-balanced accuracy", ge=0)
     min_repaired_accuracy: float = param(0.4, "least accuracy on every audit cell", ge=0, le=1)
     min_structure_auc: float = param(0.6, "least cross-fitted AUC of the head's mistakes", ge=0, le=1)
+    min_twin_auc: float = param(0.7, "... or of the twins' inferred minority (1.0: this route off)", ge=0, le=1)
     min_erm_minority_accuracy: float = param(0.0, "optional pre-check on the ERM head (0: off)", ge=0, le=1)
 
     def __post_init__(self) -> None:
@@ -346,7 +347,7 @@ class GradTuneAutoMethod(Method):
                 continue
             ok = logits.argmax(axis=1) == y_score
             values[i], sizes[i] = worst_cell_accuracy(ok, audit, 2 * n_classes, int(self.min_group_size))
-            balanced[i] = balanced_accuracy(c.head, x_score, y_score, n_classes)
+            balanced[i] = class_balanced_accuracy(ok, y_score, n_classes)
         return pairs, values, sizes, balanced, idx_first
 
     def _pseudo_groups(self, bundle: EmbeddingBundle, held: SplitView, sel: SplitView, head: LinearHead,
@@ -399,17 +400,26 @@ class GradTuneAutoMethod(Method):
                                    f"{float(self.min_erm_minority_accuracy):g}", info)
         xi_held, _ = inference_features(bundle, held, self.features)
         xi_sel, _ = inference_features(bundle, sel, self.features)
-        # is there a shortcut to repair? the mistakes must differ from the correct rows along
-        # directions other than the head's own
-        auc = structure_auc(xi_held, held.labels, ~right[:len(held)], head.logits(held.features),
-                            xi_sel, sel.labels, ~right[len(held):], n_classes)
-        if auc is None or auc < float(self.min_structure_auc):
+        # is there a shortcut to repair? the mistakes (or the twins' minority) must differ from
+        # the other rows along directions other than the head's own
+        n_held = len(held)
+        flags = [(~right[:n_held], ~right[n_held:])]
+        if "xrm" in inferences:
+            flags.append((inferences["xrm"][0] % 2 == 1, inferences["xrm"][1] % 2 == 1))
+        aucs = structure_aucs(xi_held, held.labels, head.logits(held.features), xi_sel, sel.labels, flags,
+                              n_classes)
+        auc, twin_auc = aucs[0], (aucs[1] if len(aucs) > 1 else None)
+        passed = (auc is not None and auc >= float(self.min_structure_auc)) or (
+            twin_auc is not None and twin_auc >= float(self.min_twin_auc))
+        if not passed:
             found = ("too few mistakes in every class to test" if auc is None else
                      f"structure AUC {auc:.2f} < min_structure_auc={float(self.min_structure_auc):g}")
+            if twin_auc is not None:
+                found += f"; the twins' minority: {twin_auc:.2f} < min_twin_auc={float(self.min_twin_auc):g}"
             res = _keep_erm(head, "the ERM head's mistakes differ from its correct rows only along its "
                                   f"own decision directions ({found}): they look like class overlap or "
                                   "label noise, not a shortcut's minority", info)
-            res.diagnostics["structure_auc"] = auc
+            res.diagnostics.update(structure_auc=auc, twin_structure_auc=twin_auc)
             return res
         # audit cells: where the ERM head errs, learned on one half and applied to the other
         audit_sel = region_cells(xi_held, held.labels, ~right[:len(held)], xi_sel, sel.labels, n_classes)
@@ -417,19 +427,18 @@ class GradTuneAutoMethod(Method):
         pairs, values, n_small, balanced, idx = self._side(
             inferences, held.features, held.labels, sel.features, sel.labels, audit_sel, epochs, head,
             n_classes, streams)
+        v2 = n2 = None
         if self.crossfit:
             swapped = {k: (g_sel, g_held) for k, (g_held, g_sel) in inferences.items()}
             _, v2, n2, b2, _ = self._side(swapped, sel.features, sel.labels, held.features, held.labels,
                                           audit_held, epochs, head, n_classes, streams)
-            values, balanced, n_small = (values + v2) / 2, (balanced + b2) / 2, n_small + n2
-        n_pair = np.minimum(n_small, n_small[0]).clip(min=1)
-        se = np.sqrt((values * (1 - values) + values[0] * (1 - values[0])).clip(0) / n_pair)
-        needed = values[0] + float(self.margin) + float(self.margin_z) * se
-        allowed = values > needed
-        allowed &= balanced >= balanced[0] - float(self.max_balanced_drop)
-        allowed &= values >= float(self.min_repaired_accuracy)
-        allowed[0] = True
-        best = int(np.argmax(np.where(allowed, values, -np.inf))) if allowed[1:].any() else 0
+            balanced = (balanced + b2) / 2
+        rule = GuardRule(margin=float(self.margin), margin_z=float(self.margin_z),
+                         confirm_z=None if self.confirm_z is None else float(self.confirm_z),
+                         max_balanced_drop=float(self.max_balanced_drop),
+                         min_repaired_accuracy=float(self.min_repaired_accuracy))
+        decision = guard_choice(values, n_small, balanced, rule, v2, n2)
+        values, needed, allowed, best = decision.values, decision.needed, decision.allowed, decision.best
         chosen_inf, chosen = pairs[best]
         model = chosen.head
         refitted = False
@@ -444,7 +453,7 @@ class GradTuneAutoMethod(Method):
             else:
                 model = self._reweight(x_all, y_all, g_all, chosen.setting, n_classes, streams.integer("solver"))
             refitted = True
-        reason = None if best else _guard_reason(values, balanced, se, self)
+        reason = decision.reason
         diag = {
             "pseudo_groups": info,
             "inferences": list(inferences),
@@ -455,6 +464,7 @@ class GradTuneAutoMethod(Method):
                              "selection": np.bincount(audit_sel, minlength=2 * n_classes).tolist()},
             "erm_minority_accuracy": erm_minority_acc,
             "structure_auc": auc,
+            "twin_structure_auc": twin_auc,
             "chosen_inference": chosen_inf,
             "chosen_family": chosen.family,
             "chosen_setting": chosen.setting,
@@ -475,20 +485,3 @@ class GradTuneAutoMethod(Method):
             _log.warning("gradtune-auto kept the ERM head: %s", reason)
         return MethodResult(model, diag)
 
-
-def _guard_reason(values: np.ndarray, balanced: np.ndarray, se: np.ndarray, m: GradTuneAutoMethod) -> str:
-    """Why no candidate passed the guard, from the best-valued candidate's numbers."""
-    if len(values) < 2:
-        return "there was no candidate besides the ERM head"
-    j = 1 + int(np.argmax(values[1:]))
-    need = values[0] + float(m.margin) + float(m.margin_z) * se[j]
-    if values[j] <= need:
-        return (f"no candidate beat the ERM head on the audit cells by more than the noise (best "
-                f"{values[j]:.1%} against the ERM head's {values[0]:.1%}, {need:.1%} needed)")
-    if values[j] < float(m.min_repaired_accuracy):
-        return (f"the best candidate classifies only {values[j]:.1%} of its worst audit cell correctly "
-                f"(min_repaired_accuracy={float(m.min_repaired_accuracy):g}): it guesses on the rows the "
-                "ERM head gets wrong rather than repairing them")
-    return (f"the candidates that beat the ERM head lose more than max_balanced_drop="
-            f"{float(m.max_balanced_drop):g} of class-balanced accuracy (best candidate: "
-            f"{balanced[j]:.1%} against {balanced[0]:.1%})")

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["region_cells", "cell_accuracies", "worst_cell_accuracy", "structure_auc"]
+__all__ = ["region_cells", "cell_accuracies", "worst_cell_accuracy", "structure_auc", "structure_aucs"]
 
 
 def region_cells(x_fit: np.ndarray, y_fit: np.ndarray, flag_fit: np.ndarray, x_apply: np.ndarray,
@@ -137,6 +137,15 @@ def structure_auc(x_a: np.ndarray, y_a: np.ndarray, flag_a: np.ndarray, logits_a
     The mean AUC over classes and both directions (a -> b, b -> a), weighted by the
     scored half's flagged rows; None when no class counts.
     """
+    return structure_aucs(x_a, y_a, logits_a, x_b, y_b, [(flag_a, flag_b)], n_classes, c=c,
+                          min_rows=min_rows)[0]
+
+
+def structure_aucs(x_a: np.ndarray, y_a: np.ndarray, logits_a: np.ndarray, x_b: np.ndarray,
+                   y_b: np.ndarray, flags: list[tuple[np.ndarray, np.ndarray]], n_classes: int, *,
+                   c: float = 1.0, min_rows: int = 5) -> list[float | None]:
+    """:func:`structure_auc` of several flag pairs ``[(flag_a (N,), flag_b (M,)), ...]`` with
+    one standardization and projection of the features; one AUC (or None) per pair."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
@@ -150,14 +159,17 @@ def structure_auc(x_a: np.ndarray, y_a: np.ndarray, flag_a: np.ndarray, logits_a
     q = u[:, sv > sv.max(initial=0.0) * 1e-8]                     # (d, r) orthonormal basis
     pa -= (pa @ q) @ q.T
     pb -= (pb @ q) @ q.T
-    flag_a, flag_b = np.asarray(flag_a, dtype=bool), np.asarray(flag_b, dtype=bool)
-    aucs, weights = [], []
-    for xf, yf, ff, xs, ys, fs in ((pa, y_a, flag_a, pb, y_b, flag_b), (pb, y_b, flag_b, pa, y_a, flag_a)):
-        for k in range(int(n_classes)):
-            mf, ms = yf == k, ys == k
-            if min(ff[mf].sum(), (~ff[mf]).sum(), fs[ms].sum(), (~fs[ms]).sum()) < min_rows:
-                continue
-            clf = LogisticRegression(C=float(c), max_iter=500).fit(xf[mf], ff[mf])
-            aucs.append(roc_auc_score(fs[ms], clf.decision_function(xs[ms])))
-            weights.append(int(fs[ms].sum()))
-    return float(np.average(aucs, weights=weights)) if aucs else None
+    out: list[float | None] = []
+    for flag_a, flag_b in flags:
+        fa, fb = np.asarray(flag_a, dtype=bool), np.asarray(flag_b, dtype=bool)
+        aucs, weights = [], []
+        for xf, yf, ff, xs, ys, fs in ((pa, y_a, fa, pb, y_b, fb), (pb, y_b, fb, pa, y_a, fa)):
+            for k in range(int(n_classes)):
+                mf, ms = yf == k, ys == k
+                if min(ff[mf].sum(), (~ff[mf]).sum(), fs[ms].sum(), (~fs[ms]).sum()) < min_rows:
+                    continue
+                clf = LogisticRegression(C=float(c), max_iter=500).fit(xf[mf], ff[mf])
+                aucs.append(roc_auc_score(fs[ms], clf.decision_function(xs[ms])))
+                weights.append(int(fs[ms].sum()))
+        out.append(float(np.average(aucs, weights=weights)) if aucs else None)
+    return out

@@ -45,7 +45,7 @@ from gradtune.data.base import SPLIT_CODES, DatasetNotFoundError, GroupedDataset
 
 __all__ = ["FMNIST_FILES", "DEFAULT_DIR", "BUILD_SEED", "BACKGROUNDS", "FMNIST_CLASS_NAMES",
            "SHORTCUTS", "FmnistSpurious", "find_fmnist_dir", "fmnist_files", "read_idx", "compose",
-           "stripe_mask", "load_fmnist_spurious"]
+           "stripe_mask", "compose_brightness", "compose_shortcut", "load_fmnist_spurious"]
 
 FMNIST_FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
@@ -62,8 +62,9 @@ SOURCE_CLASSES = (7, 9)
 FMNIST_CLASS_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
                       "sneaker", "bag", "ankle-boot")
 """Names of the ten Fashion-MNIST classes, by class id."""
-SHORTCUTS = ("background", "stripes")
-"""Kinds of injected shortcut: a red/blue background, or horizontal/vertical stripes on the item."""
+SHORTCUTS = ("background", "stripes", "brightness")
+"""Kinds of injected shortcut: a red/blue background, horizontal/vertical stripes on the item,
+or a dimmed / full-brightness item on a grey background (a global brightness cue)."""
 STRIPE_PERIOD = 4
 """Stripe period in pixels of the 28 x 28 image (2 bright rows/columns, 2 dimmed)."""
 STRIPE_DIM = 0.35
@@ -73,6 +74,11 @@ BACKGROUNDS = np.array([[200, 30, 30], [30, 60, 200]], dtype=np.float32)
 CLASS_NAMES = ["sneaker", "ankle-boot"]
 ATTRIBUTE_NAMES = ["red", "blue"]
 STRIPE_NAMES = ["horizontal", "vertical"]
+BRIGHTNESS_NAMES = ["dim", "bright"]
+BRIGHTNESS_LEVELS = np.array([0.45, 1.0], dtype=np.float32)
+"""Brightness factor of the item for attribute 0 (dim) and 1 (bright)."""
+BRIGHTNESS_BACKGROUND = 60.0
+"""Grey level of the background under the brightness shortcut (items are brighter)."""
 _INSTALL = (
     f"Install the Debian package with `apt-get install dataset-fashion-mnist` (files in "
     f"{DEFAULT_DIR}), or point {ENV_VAR} at a folder holding the four IDX .gz files of "
@@ -192,6 +198,38 @@ def compose_stripes(images: np.ndarray, attributes: np.ndarray) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=-1)
 
 
+def compose_brightness(images: np.ndarray, attributes: np.ndarray) -> np.ndarray:
+    """Scale each item's brightness by its attribute, on a fixed grey background.
+
+    Parameters
+    ----------
+    images : (N, H, W) uint8, bright items on black
+    attributes : (N,) int, 0 dim / 1 bright (:data:`BRIGHTNESS_LEVELS`)
+
+    Returns
+    -------
+    (N, H, W, 3) uint8 RGB images (grey: the three channels are equal).
+    """
+    x = images.astype(np.float32)
+    level = BRIGHTNESS_LEVELS[np.asarray(attributes, dtype=np.int64)][:, None, None]  # (N, 1, 1)
+    a = x / 255.0
+    out = a * (x * level) + (1.0 - a) * BRIGHTNESS_BACKGROUND
+    grey = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def compose_shortcut(images: np.ndarray, attributes: np.ndarray, shortcut: str) -> tuple[np.ndarray, list[str]]:
+    """(N, H, W) uint8 items with the ``shortcut`` kind drawn from (N,) attributes:
+    (N, H, W, 3) uint8 RGB images, and the two attribute names."""
+    if shortcut == "background":
+        return compose(images, attributes), list(ATTRIBUTE_NAMES)
+    if shortcut == "stripes":
+        return compose_stripes(images, attributes), list(STRIPE_NAMES)
+    if shortcut == "brightness":
+        return compose_brightness(images, attributes), list(BRIGHTNESS_NAMES)
+    raise ValueError(f"shortcut must be one of {list(SHORTCUTS)}, got {shortcut!r}")
+
+
 def read_fmnist(root: str | os.PathLike[str] | None = None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The four IDX arrays: train images (N, 28, 28), train labels (N,), test images, test labels."""
@@ -238,9 +276,10 @@ class FmnistSpurious:
     ----------
     classes : (int, int)
         Fashion-MNIST class ids of label 0 and label 1 (default sneaker, ankle boot).
-    shortcut : {"background", "stripes"}
-        The injected attribute: a red/blue background behind the item, or a
-        horizontal/vertical stripe texture over the item.
+    shortcut : {"background", "stripes", "brightness"}
+        The injected attribute: a red/blue background behind the item, a
+        horizontal/vertical stripe texture over the item, or a dimmed / full-brightness
+        item on a grey background.
     n_train, n_val, n_test : int
         Images per split (even numbers: classes are balanced). Train and validation
         come from the official training file, test from the official test file.
@@ -308,10 +347,7 @@ class FmnistSpurious:
                 source.append(idx)
         y = np.concatenate(labels)
         a = np.concatenate(attrs)
-        if self.shortcut == "background":
-            rgb, attr_names = compose(np.concatenate(images), a), list(ATTRIBUTE_NAMES)
-        else:
-            rgb, attr_names = compose_stripes(np.concatenate(images), a), list(STRIPE_NAMES)
+        rgb, attr_names = compose_shortcut(np.concatenate(images), a, self.shortcut)
         class_names = [FMNIST_CLASS_NAMES[c] for c in self.classes]
         group_names = [f"{c},{b}" for c in class_names for b in attr_names]
         return GroupedDataset(self.name, rgb, y, a, 2 * y + a, np.concatenate(split),

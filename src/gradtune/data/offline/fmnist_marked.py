@@ -2,8 +2,9 @@
 
 The multi-class member of the injected-shortcut family (MultiNLI-like: negation words
 go mostly with "contradiction"). Each image gets a binary attribute, the *mark*: a red
-background (``shortcut="background"``; blue without the mark) or vertical stripes
-(``shortcut="stripes"``; horizontal without). In training and validation the mark is on
+background (``shortcut="background"``; blue without the mark), vertical stripes
+(``shortcut="stripes"``; horizontal without) or a full-brightness item (``shortcut="brightness"``;
+dimmed without). In training and validation the mark is on
 ``agreement`` of the tied class's images and on ``1 - agreement`` of every other class's;
 test images carry it on exactly half of each class, so every (class, mark) group is
 equally large there.
@@ -26,10 +27,9 @@ from gradtune.data.offline.fmnist import (
     BUILD_SEED,
     FMNIST_CLASS_NAMES,
     SHORTCUTS,
-    STRIPE_NAMES,
     _pick,
     compose,
-    compose_stripes,
+    compose_shortcut,
     read_fmnist,
 )
 
@@ -53,7 +53,7 @@ class FmnistMarked:
         Fashion-MNIST class ids of labels 0..C-1 (at least 3, all different).
     tied_class : int
         The label (0..C-1) the mark goes with.
-    shortcut : {"background", "stripes"}
+    shortcut : {"background", "stripes", "brightness"}
     n_train, n_val, n_test : int
         Images per class in each split (even numbers).
     agreement : float in [0, 1]
@@ -116,8 +116,8 @@ class FmnistMarked:
             rgb = compose(np.concatenate(images), 1 - a)
             attr_names = [f"no mark ({ATTRIBUTE_NAMES[1]})", f"mark ({ATTRIBUTE_NAMES[0]})"]
         else:
-            rgb = compose_stripes(np.concatenate(images), a)
-            attr_names = [f"no mark ({STRIPE_NAMES[0]})", f"mark ({STRIPE_NAMES[1]})"]
+            rgb, names = compose_shortcut(np.concatenate(images), a, self.shortcut)
+            attr_names = [f"no mark ({names[0]})", f"mark ({names[1]})"]
         class_names = [FMNIST_CLASS_NAMES[c] for c in self.classes]
         return GroupedDataset(self.name, rgb, y, a, 2 * y + a, np.concatenate(split), class_names,
                               attr_names, [f"{c},{b}" for c in class_names for b in attr_names],

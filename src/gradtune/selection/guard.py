@@ -1,0 +1,123 @@
+"""The guard of label-free repair: which candidate head, if any, replaces the ERM head.
+
+Candidates are judged on audit cells (:mod:`gradtune.selection.audit`) of two validation
+halves: a candidate fitted on half A is scored on half B's cells (``values_a``) and the
+one fitted on half B on half A's cells (``values_b``). Index 0 is the ERM head, scored on
+the same cells. A candidate may replace it only when
+
+* its mean worst-cell accuracy beats ERM's by ``margin`` plus ``margin_z`` binomial
+  standard errors of the difference (on the smaller of the two worst cells, both halves
+  counted);
+* with ``confirm_z`` set, it also beats ERM on *each* half on its own by ``confirm_z``
+  standard errors of that half: the best of several noisy candidates looks better than it
+  is (the winner's curse), and a gain that is real shows on both halves, fitted and
+  scored on disjoint rows;
+* it loses at most ``max_balanced_drop`` of class-balanced accuracy;
+* it gets at least ``min_repaired_accuracy`` of its worst audit cell right.
+
+Among the allowed candidates the one with the highest mean value wins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["GuardRule", "GuardDecision", "guard_choice", "class_balanced_accuracy"]
+
+
+@dataclass(frozen=True)
+class GuardRule:
+    """The thresholds of :func:`guard_choice` (see the module docstring)."""
+
+    margin: float = 0.0
+    margin_z: float = 1.0
+    confirm_z: float | None = 0.0
+    max_balanced_drop: float = 0.3
+    min_repaired_accuracy: float = 0.4
+
+
+@dataclass
+class GuardDecision:
+    """best : index of the chosen candidate (0: the ERM head); values, needed, allowed,
+    balanced : (K,) per candidate; reason : why the ERM head was kept, else None."""
+
+    best: int
+    values: np.ndarray
+    needed: np.ndarray
+    allowed: np.ndarray
+    balanced: np.ndarray
+    reason: str | None
+
+
+def class_balanced_accuracy(correct: np.ndarray, labels: np.ndarray, n_classes: int) -> float:
+    """Mean accuracy over the classes present, from (n,) bool ``correct`` and (n,) labels."""
+    counts = np.bincount(labels, minlength=n_classes)
+    hits = np.bincount(labels, weights=np.asarray(correct, dtype=np.float64), minlength=n_classes)
+    present = counts > 0
+    return float((hits[present] / counts[present]).mean())
+
+
+def _se(v: np.ndarray, v0: float, n: np.ndarray, n0: int) -> np.ndarray:
+    """Binomial standard error of the difference of two accuracies on ``min(n, n0)`` rows."""
+    pairs = np.minimum(n, n0).clip(min=1)
+    return np.sqrt((v * (1 - v) + v0 * (1 - v0)).clip(0) / pairs)
+
+
+def guard_choice(values_a: np.ndarray, sizes_a: np.ndarray, balanced: np.ndarray, rule: GuardRule,
+                 values_b: np.ndarray | None = None, sizes_b: np.ndarray | None = None) -> GuardDecision:
+    """Pick the candidate that replaces the ERM head (index 0), or keep it.
+
+    Parameters
+    ----------
+    values_a, sizes_a : (K,) worst audit-cell accuracy of each candidate on one half, and
+        that cell's size (-inf for a candidate with non-finite logits)
+    balanced : (K,) class-balanced accuracy on the scored rows (mean over halves)
+    rule : GuardRule
+    values_b, sizes_b : (K,) the same on the other half (cross-fitting), or None
+    """
+    va = np.asarray(values_a, dtype=np.float64)
+    na = np.asarray(sizes_a, dtype=np.int64)
+    halves = [(va, na)]
+    if values_b is not None and sizes_b is not None:
+        halves.append((np.asarray(values_b, dtype=np.float64), np.asarray(sizes_b, dtype=np.int64)))
+    values = np.mean([v for v, _ in halves], axis=0)
+    n_all = np.sum([n for _, n in halves], axis=0)
+    finite = np.isfinite(values)
+    vals = np.where(finite, values, 0.0)
+    se = _se(vals, vals[0], n_all, int(n_all[0]))
+    needed = vals[0] + float(rule.margin) + float(rule.margin_z) * se
+    allowed = finite & (values > needed)
+    if rule.confirm_z is not None and len(halves) > 1:
+        for v, n in halves:
+            vf = np.where(np.isfinite(v), v, 0.0)
+            allowed &= v > vf[0] + float(rule.confirm_z) * _se(vf, vf[0], n, int(n[0]))
+    allowed &= balanced >= balanced[0] - float(rule.max_balanced_drop)
+    allowed &= values >= float(rule.min_repaired_accuracy)
+    allowed[0] = True
+    best = int(np.argmax(np.where(allowed, values, -np.inf))) if allowed[1:].any() else 0
+    reason = None if best else _reason(values, needed, balanced, allowed, rule)
+    return GuardDecision(best, values, needed, allowed, np.asarray(balanced, dtype=np.float64), reason)
+
+
+def _reason(values: np.ndarray, needed: np.ndarray, balanced: np.ndarray, allowed: np.ndarray,
+            rule: GuardRule) -> str:
+    """Why no candidate passed, from the best-valued candidate's numbers."""
+    if len(values) < 2 or not np.isfinite(values[1:]).any():
+        return "there was no usable candidate besides the ERM head"
+    j = 1 + int(np.nanargmax(np.where(np.isfinite(values[1:]), values[1:], -np.inf)))
+    if values[j] <= needed[j]:
+        return (f"no candidate beat the ERM head on the audit cells by more than the noise (best "
+                f"{values[j]:.1%} against the ERM head's {values[0]:.1%}, {needed[j]:.1%} needed)")
+    if values[j] < float(rule.min_repaired_accuracy):
+        return (f"the best candidate classifies only {values[j]:.1%} of its worst audit cell correctly "
+                f"(min_repaired_accuracy={float(rule.min_repaired_accuracy):g}): it guesses on the rows the "
+                "ERM head gets wrong rather than repairing them")
+    if balanced[j] < balanced[0] - float(rule.max_balanced_drop):
+        return (f"the candidates that beat the ERM head lose more than max_balanced_drop="
+                f"{float(rule.max_balanced_drop):g} of class-balanced accuracy (best candidate: "
+                f"{balanced[j]:.1%} against {balanced[0]:.1%})")
+    return (f"the best candidate's gain on the audit cells ({values[j]:.1%} against {values[0]:.1%}) "
+            f"did not show on each validation half separately (confirm_z={rule.confirm_z:g}): it looks "
+            "like the luck of picking the best of several noisy candidates")

@@ -1,0 +1,61 @@
+"""The guard of label-free repair, on hand-made audit values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from gradtune.selection.guard import GuardRule, class_balanced_accuracy, guard_choice
+
+
+def _se(v: float, v0: float, n: int) -> float:
+    return math.sqrt(v * (1 - v) + v0 * (1 - v0)) / math.sqrt(n)
+
+
+def test_pooled_margin_by_hand() -> None:
+    # ERM 0.2 on both halves (cells of 50 rows each); candidate 1 at 0.5, candidate 2 at 0.3
+    va, vb = np.array([0.2, 0.5, 0.3]), np.array([0.2, 0.5, 0.3])
+    n = np.array([50, 50, 50])
+    bal = np.array([0.9, 0.85, 0.88])
+    d = guard_choice(va, n, bal, GuardRule(confirm_z=None, min_repaired_accuracy=0.0), vb, n)
+    # pooled over both halves: min(100, 100) rows
+    assert d.needed[1] == pytest.approx(0.2 + _se(0.5, 0.2, 100))
+    assert d.needed[2] == pytest.approx(0.2 + _se(0.3, 0.2, 100))
+    assert d.allowed.tolist() == [True, True, 0.3 > 0.2 + _se(0.3, 0.2, 100)]
+    assert d.best == 1 and d.reason is None
+
+
+def test_each_half_must_confirm_the_gain() -> None:
+    # mean gain is large, but it all comes from one half: half b shows nothing
+    va, vb = np.array([0.2, 0.8]), np.array([0.2, 0.21])
+    n = np.array([40, 40])
+    bal = np.array([0.9, 0.9])
+    assert guard_choice(va, n, bal, GuardRule(confirm_z=None), vb, n).best == 1
+    d = guard_choice(va, n, bal, GuardRule(confirm_z=0.0), vb, n)
+    assert d.best == 1                                    # 0.21 > 0.2: a positive gain on each half
+    d = guard_choice(va, n, bal, GuardRule(confirm_z=1.0), vb, n)
+    assert d.best == 0 and "each validation half" in d.reason
+    # the per-half threshold by hand: 0.2 + 1.0 * se on that half's 40 rows
+    ok_b = 0.2 + _se(0.5, 0.2, 40)
+    d = guard_choice(va, n, bal, GuardRule(confirm_z=1.0), np.array([0.2, ok_b + 1e-6]), n)
+    assert d.best == 1
+
+
+def test_floor_balanced_drop_and_non_finite_candidates() -> None:
+    va = np.array([0.1, 0.35, -np.inf, 0.9])
+    n = np.array([100, 100, 1, 100])
+    bal = np.array([0.9, 0.9, -np.inf, 0.5])
+    d = guard_choice(va, n, bal, GuardRule(min_repaired_accuracy=0.4, max_balanced_drop=0.3))
+    assert d.allowed.tolist() == [True, False, False, False]   # floor; non-finite; balanced drop 0.4
+    assert d.best == 0 and "max_balanced_drop" in d.reason
+    d = guard_choice(va[:3], n[:3], bal[:3], GuardRule(min_repaired_accuracy=0.4))
+    assert "min_repaired_accuracy" in d.reason
+
+
+def test_class_balanced_accuracy_by_hand() -> None:
+    correct = np.array([1, 1, 0, 1, 0, 0], dtype=bool)
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    # class 0: 2/3, class 1: 1/2, class 2: 0/1, class 3 absent
+    assert class_balanced_accuracy(correct, labels, 4) == pytest.approx((2 / 3 + 1 / 2 + 0) / 3)
