@@ -39,6 +39,14 @@ def test_names_read_from_the_source_equal_the_registries() -> None:
     assert list(_names.DEMO_METHODS) == reg["demo_methods"]
 
 
+def test_report_items_read_from_the_source_equal_the_registry() -> None:
+    from gradtune.experiments.config import REPORT_ITEMS
+    from gradtune.report.paper_items import REPORT_ITEMS as RENDERERS
+
+    assert REPORT_ITEMS == {key: item.title for key, item in RENDERERS.items()}
+    assert list(REPORT_ITEMS)[:2] == ["table1", "fig2"]  # the report's order
+
+
 def test_a_new_method_module_is_found_without_editing_a_list(tmp_path: Path) -> None:
     (tmp_path / "mine.py").write_text(
         "@register_method\n@dataclass\nclass Mine(Method):\n    \"\"\"Doc.\"\"\"\n\n"

@@ -6,7 +6,8 @@ and scikit-learn; ``--help`` must not. So this module reads the names out of the
 defining modules' text instead of keeping copies: a method is the ``name = "..."`` of a
 class decorated with ``@register_method`` in :mod:`gradtune.methods`, an offline
 benchmark the ``name="..."`` of an ``OfflineBenchmark(...)`` entry, the demo's defaults
-the tuples ``DEFAULT_BENCHMARKS`` / ``DEFAULT_METHODS``. Nothing is kept by hand: a test
+the tuples ``DEFAULT_BENCHMARKS`` / ``DEFAULT_METHODS``, a report item the key and title of
+an ``@report_item(...)`` renderer (for the config checker). Nothing is kept by hand: a test
 checks that what is read equals the registries, and that ``--help`` stays fast.
 """
 
@@ -17,7 +18,7 @@ import re
 from pathlib import Path
 
 __all__ = ["METHOD_NAMES", "OFFLINE_BENCHMARK_NAMES", "DEMO_BENCHMARKS", "DEMO_METHODS", "name_list",
-           "registered_method_names"]
+           "registered_method_names", "report_items"]
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -36,6 +37,19 @@ def registered_method_names(folder: Path = _PACKAGE / "methods") -> tuple[str, .
             if found is not None:
                 names.append(found.group(1))
     return tuple(sorted(names))
+
+
+def report_items() -> dict[str, str]:
+    """Key -> title of every ``@report_item(key, title, ...)`` of :mod:`gradtune.report.paper_items`,
+    in the report's order (read from the source: the config checker must not import pandas)."""
+    tree = ast.parse((_PACKAGE / "report" / "paper_items.py").read_text(encoding="utf-8"))
+    out: dict[str, str] = {}
+    for node in tree.body:
+        for dec in getattr(node, "decorator_list", []):
+            if (isinstance(dec, ast.Call) and isinstance(dec.func, ast.Name) and dec.func.id == "report_item"
+                    and len(dec.args) >= 2):
+                out[ast.literal_eval(dec.args[0])] = ast.literal_eval(dec.args[1])
+    return out
 
 
 def _offline_benchmarks() -> tuple[str, ...]:
