@@ -61,9 +61,7 @@ from gradtune._seeding import seed_streams
 from gradtune._threads import torch_threads
 from gradtune._validation import (
     GradTuneInputError,
-    check_choice,
     check_features,
-    check_nonneg_float,
     check_positive_int,
     make_numpy_rng,
 )
@@ -420,15 +418,10 @@ class DPEMethod(Method):
 
     def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
         seed = check_positive_int(seed, "seed", allow_zero=True)
-        n_members = check_positive_int(self.num_members, "num_members")
-        epochs = check_positive_int(self.epochs, "epochs")
-        check_choice(self.balance, "balance", DPE_BALANCE)
-        check_choice(self.selection, "selection", self.selections)
-        hp = {k: check_nonneg_float(getattr(self, k), k) for k in
-              ("momentum", "weight_decay", "wd_weight", "cov_reg", "alpha")}
-        lr = check_nonneg_float(self.lr, "lr", positive=True)
-        scale = check_nonneg_float(self.entropic_scale, "entropic_scale", positive=True)
-        init_std = check_nonneg_float(self.init_std, "init_std", positive=True)
+        # the hyperparameters were checked against their declarations when the method was built
+        n_members, epochs = int(self.num_members), int(self.epochs)
+        hp = {k: float(getattr(self, k)) for k in ("momentum", "weight_decay", "wd_weight", "cov_reg", "alpha")}
+        lr, scale, init_std = float(self.lr), float(self.entropic_scale), float(self.init_std)
         c = int(bundle.n_classes)
         held = bundle.view("heldout")
         if bundle.features.shape[1] < 2:
@@ -446,7 +439,7 @@ class DPEMethod(Method):
         subsets = class_balanced_subsets(keys, n_members, streams.rng("subsets"))
         gen = streams.generator("heads")
         u = normalize_features(held.features, center=self.center)
-        batch = min(check_positive_int(self.batch_size, "batch_size"), subsets.shape[1])
+        batch = min(int(self.batch_size), subsets.shape[1])
         lam = ips_weights(hp["cov_reg"], hp["alpha"], n_members)
         score_fn = self._epoch_score(bundle, head, c)
         with torch_threads(1):
@@ -479,7 +472,7 @@ class DPEMethod(Method):
         """The selection rows' score of (n_sel, C) logits (higher is better)."""
         sel = bundle.view("selection")
         scorer = LabelFreeScorer(sel.labels, c, erm_logits=head.logits(sel.features) if head else None,
-                                 min_group_size=check_positive_int(self.min_group_size, "min_group_size"))
+                                 min_group_size=int(self.min_group_size))
         return lambda z: scorer(self.selection, z)
 
     def _epoch_score(self, bundle: EmbeddingBundle, head: Any,

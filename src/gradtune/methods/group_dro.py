@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from gradtune._validation import (
-    check_nonneg_float,
     check_positive_int,
     make_generator,
 )
@@ -85,9 +84,7 @@ class GroupDROMethod(Method):
 
     def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
         seed = check_positive_int(seed, "seed", allow_zero=True)
-        epochs = check_positive_int(self.epochs, "epochs", allow_zero=True)
-        bs = check_positive_int(self.batch_size, "batch_size")
-        lr = check_nonneg_float(self.lr, "lr", positive=True)
+        epochs, bs, lr = int(self.epochs), int(self.batch_size), float(self.lr)  # checked when built
         head = erm_head(bundle)
         held = bundle.view("heldout")
         # q runs over the groups present in the held-out rows (ids compacted to 0..G-1)
@@ -107,9 +104,8 @@ class GroupDROMethod(Method):
         with torch_threads(1):
             theta, q = _train_head(h, y, g, theta.clone(), n_groups, counts, epochs=epochs,
                                    batch_size=min(bs, h.shape[0]), lr=lr,
-                                   momentum=check_nonneg_float(self.momentum, "momentum"),
-                                   weight_decay=check_nonneg_float(self.weight_decay, "weight_decay"),
-                                   eta=check_nonneg_float(self.eta, "eta"), adj=float(self.adj), gen=gen)
+                                   momentum=float(self.momentum), weight_decay=float(self.weight_decay),
+                                   eta=float(self.eta), adj=float(self.adj), gen=gen)
         diag = {"group_ids": group_ids.tolist(), "final_group_weights": q.tolist(),
                 "group_counts": counts.tolist()}
         return MethodResult(LinearHead(theta[:, :d], theta[:, d]), diag)

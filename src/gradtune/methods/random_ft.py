@@ -52,7 +52,7 @@ class RandomFinetuneMethod(Method):
         seed = check_positive_int(seed, "seed", allow_zero=True)
         head = erm_head(bundle)
         held = bundle.view("heldout")
-        size = min(check_positive_int(self.size, "size"), len(held))
+        size = min(int(self.size), len(held))
         streams = seed_streams(seed, *GRADTUNE_STREAMS)
         idx = random_subset(len(held), size, seed=streams.rng("subset"))
         res = finetune_linear(held.features[idx], held.labels[idx], head.weight, head.bias,

@@ -152,11 +152,10 @@ class SELFMethod(Method):
 
     def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
         seed = check_positive_int(seed, "seed", allow_zero=True)
-        steps = check_positive_int(self.steps, "steps")
-        bs = check_positive_int(self.batch_size, "batch_size")
+        steps, bs = int(self.steps), int(self.batch_size)  # checked when built
         head = erm_head(bundle)
         held = bundle.view("heldout")
-        k = min(check_positive_int(self.k, "k"), len(held))
+        k = min(int(self.k), len(held))
         scores = self_scores(self.score, head.logits(held.features), held.early_logits, held.labels)
         streams = seed_streams(seed, *GRADTUNE_STREAMS)
         if scores is None:

@@ -50,8 +50,6 @@ import torch
 from gradtune._seeding import seed_streams
 from gradtune._validation import (
     GradTuneInputError,
-    check_choice,
-    check_nonneg_float,
     check_positive_int,
 )
 from gradtune.embeddings.bundle import EmbeddingBundle
@@ -165,17 +163,13 @@ class ULAMethod(Method):
 
     def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
         seed = check_positive_int(seed, "seed", allow_zero=True)
-        check_choice(self.mode, "mode", ULA_MODES)
-        check_choice(self.estimator, "estimator", ULA_ESTIMATORS)
-        tau = check_nonneg_float(self.tau, "tau")
-        beta = check_nonneg_float(self.ema, "ema")
-        if beta >= 1.0:
-            raise GradTuneInputError(f"ema must be in [0, 1), got {self.ema}")
+        # the hyperparameters were checked against their declarations when the method was built
+        tau, beta = float(self.tau), float(self.ema)
         head = erm_head(bundle)
         held = bundle.view("heldout")
         c, d = head.weight.shape
         streams = seed_streams(seed, "bias_probe", "head")
-        probe_cfg = FinetuneConfig(epochs=check_positive_int(self.bias_epochs, "bias_epochs"), lr=self.bias_lr,
+        probe_cfg = FinetuneConfig(epochs=int(self.bias_epochs), lr=self.bias_lr,
                                    schedule="constant", sampler="uniform", reset=True)
         probe = finetune_linear(held.features, held.labels, head.weight, head.bias, probe_cfg,
                                 seed=streams.integer("bias_probe"))
@@ -201,11 +195,11 @@ class ULAMethod(Method):
             theta, joint = _train_adjusted(
                 torch.as_tensor(held.features, dtype=torch.float32), torch.as_tensor(held.labels),
                 torch.as_tensor(bias_pred), theta, c,
-                epochs=check_positive_int(self.epochs, "epochs", allow_zero=True),
-                batch_size=min(check_positive_int(self.batch_size, "batch_size"), len(held)),
-                lr=check_nonneg_float(self.lr, "lr", positive=True),
-                momentum=check_nonneg_float(self.momentum, "momentum"),
-                weight_decay=check_nonneg_float(self.weight_decay, "weight_decay"),
+                epochs=int(self.epochs),
+                batch_size=min(int(self.batch_size), len(held)),
+                lr=float(self.lr),
+                momentum=float(self.momentum),
+                weight_decay=float(self.weight_decay),
                 tau=tau, beta=beta, gen=gen, bias_prob=bias_prob)
         diag["p_y_given_bias"] = conditional_from_joint(joint.numpy()).tolist()
         return MethodResult(LinearHead(theta[:, :d], theta[:, d]), diag)
