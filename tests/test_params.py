@@ -68,6 +68,13 @@ def test_every_field_of_every_method_is_declared_with_a_doc_line():
                 assert p.problem(v) is None, f"{cls.__name__}.{name}: search-space value {v!r} is forbidden"
 
 
+def test_each_methods_docstring_lists_its_declared_parameters():
+    for method in list_methods():
+        doc = METHODS[method].__doc__ or ""
+        for key, p in flat_declarations(METHODS[method]).items():
+            assert f"    {key} : " in doc and f"default={p.default!r}" in doc and p.doc in doc, (method, key)
+
+
 def test_the_generator_finds_invalid_values_for_every_declared_parameter():
     # the door tests below are only as strong as the generated values: each declared value
     # must get at least one, and none of them may be allowed by its own declaration

@@ -36,7 +36,7 @@ from gradtune._errors import GradTuneInputError
 
 __all__ = ["Param", "Nest", "param", "declare", "nested", "override", "declared", "declarations", "check_fields",
            "check_value", "default_of", "space_of", "text_overrides", "fast_params", "invalid_values", "defaults_of",
-           "flat_defaults", "NOTHING"]
+           "flat_defaults", "NOTHING", "constraint_text", "params_table"]
 
 _PARAM = "gradtune.param"
 _NEST = "gradtune.nest"
@@ -317,6 +317,42 @@ def default_of(cls: type, name: str) -> Any:
 def flat_defaults(cls: type) -> dict[str, Any]:
     """Dotted name -> default of every declared value (blocks expanded)."""
     return {name: p.default for name, p in flat_declarations(cls).items()}
+
+
+def constraint_text(p: Param) -> str:
+    """The declaration's constraint in words (``"int >= 0, <= size"``)."""
+    kind = f"tuple of {p.item}" if p.kind == "tuple" else p.kind
+    parts = [kind + (" or list" if p.or_list else "") + (" or None" if p.optional else "")]
+    if p.choices is not None:
+        parts.append("one of " + ", ".join(repr(c) for c in p.choices))
+    interval = _interval_text(p)
+    if interval:
+        parts.append(interval)
+    if p.nonempty:
+        parts.append("not empty")
+    if p.length is not None:
+        parts.append(f"{p.length} entries")
+    if p.at_most is not None:
+        parts.append(f"<= {p.at_most}")
+    return ", ".join(parts)
+
+
+def params_table(cls: type) -> str:
+    """A reStructuredText-friendly table of ``cls``'s declared parameters (blocks expanded):
+    name, default, constraint, search space, text-family default, doc line."""
+    lines = []
+    for name, p in flat_declarations(cls).items():
+        extra = []
+        if p.space is not None:
+            extra.append(f"searched over {list(p.space)}")
+        if p.text is not NOTHING:
+            extra.append(f"text data: {p.text!r}")
+        lines.append(f"    {name} : {constraint_text(p)}, default={p.default!r}\n        {p.doc}"
+                     + (f" ({'; '.join(extra)})" if extra else ""))
+    for name, d in declarations(cls).items():
+        if isinstance(d, Nest) and d.space:
+            lines.append(f"    {name} : searched over " + ", ".join(f"{k}={list(v)}" for k, v in d.space.items()))
+    return "\n".join(lines)
 
 
 def check_value(cls: type, key: str, value: Any) -> str | None:

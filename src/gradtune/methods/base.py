@@ -21,7 +21,15 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from gradtune._params import check_fields, nested, override, param, space_of, text_overrides
+from gradtune._params import (
+    check_fields,
+    nested,
+    override,
+    param,
+    params_table,
+    space_of,
+    text_overrides,
+)
 from gradtune._validation import GradTuneInputError
 from gradtune.embeddings.bundle import BundleError, EmbeddingBundle
 
@@ -150,12 +158,17 @@ METHODS: dict[str, type[Method]] = {}
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator: add a Method subclass to the registry under ``cls.name``."""
+    """Class decorator: add a Method subclass to the registry under ``cls.name``, and append
+    the table of its declared parameters (:func:`~gradtune._params.params_table`) to its
+    docstring."""
     if not cls.name:
         raise TypeError(f"{cls.__name__} must set a non-empty `name`")
     if cls.name in METHODS and METHODS[cls.name] is not cls:
         raise TypeError(f"method name {cls.name!r} is already registered by {METHODS[cls.name].__name__}")
     METHODS[cls.name] = cls
+    table = params_table(cls)
+    if table and cls.__doc__ and "Declared parameters" not in (cls.__dict__.get("__doc__") or ""):
+        cls.__doc__ = cls.__doc__.rstrip() + "\n\n    Declared parameters\n    -------------------\n" + table + "\n"
     return cls
 
 
