@@ -23,7 +23,6 @@ import pytest
 from gradtune import _io
 from gradtune.embeddings import _bundle_files
 from gradtune.embeddings.bundle import BundleError, load_bundle, load_bundle_digest
-from gradtune.finetune.linear import FinetuneConfig
 from gradtune.workflows.tune import tune_bundle
 
 from . import test_faults
@@ -39,7 +38,7 @@ from .test_faults import (
     run_cli,
 )
 
-FAST_CFG = FinetuneConfig(epochs=20)
+FAST_PARAMS = {"size": 40, "top_k": 30, "finetune.epochs": 20}
 SRC = Path(_io.__file__).resolve().parents[1]
 
 
@@ -73,14 +72,13 @@ def test_bundle_replaced_while_tune_reads_it_is_never_paired_with_the_new_digest
 
     monkeypatch.setattr(_bundle_files, "_hash_stream", swap_then_hash)
     with _deadline(120):
-        first = tune_bundle(old, tmp_path / "o", finetune=FinetuneConfig(epochs=2), size=40, top_k=30)
+        first = tune_bundle(old, tmp_path / "o", method_params={**FAST_PARAMS, "finetune.epochs": 2})
     monkeypatch.undo()
     assert first.result["bundle_sha256"] == old_digest  # the digest of the bytes loaded
     assert _sha(old) == new_digest  # the path now holds the new bundle
     toy_bundle(0).save(tmp_path / "ref.npz")
     with _deadline(120):
-        ref = tune_bundle(tmp_path / "ref.npz", tmp_path / "ref", finetune=FinetuneConfig(epochs=2), size=40,
-                          top_k=30)
+        ref = tune_bundle(tmp_path / "ref.npz", tmp_path / "ref", method_params={**FAST_PARAMS, "finetune.epochs": 2})
     assert first.result["evaluation"] == ref.result["evaluation"]  # computed on the old bundle
     code, out, err = run_cli(_tune_argv(old, tmp_path / "o", "--size", "40", "--top-k", "30"), capsys)
     assert code == 0, err
@@ -135,7 +133,7 @@ def test_two_tunes_into_one_out_leave_a_consistent_pair(tmp_path):
     heads = {}
     for seed in (1, 2):  # each seed's head alone
         with _deadline(120):
-            tune_bundle(bundle, tmp_path / f"solo{seed}", finetune=FAST_CFG, size=40, top_k=30, seed=seed)
+            tune_bundle(bundle, tmp_path / f"solo{seed}", method_params=FAST_PARAMS, seed=seed)
         with np.load(tmp_path / f"solo{seed}" / "head.npz") as z:
             heads[seed] = z["weight"].copy()
     assert not np.array_equal(heads[1], heads[2])
@@ -144,7 +142,7 @@ def test_two_tunes_into_one_out_leave_a_consistent_pair(tmp_path):
     def tune(seed: int) -> None:
         try:
             for _ in range(3):
-                tune_bundle(bundle, tmp_path / "shared", finetune=FAST_CFG, size=40, top_k=30, seed=seed, force=True)
+                tune_bundle(bundle, tmp_path / "shared", method_params=FAST_PARAMS, seed=seed, force=True)
         except BaseException as err:  # noqa: BLE001 (reported below)
             errors.append(err)
 
@@ -314,9 +312,9 @@ ROUND3 = [
     Case("run dry-run grid of 10^6 variants", "run", lambda t: ["run", _grid_config(t, sizes=1000, lrs=1000),
                                                                 "--dry-run"], 2, "grid.gradtune: the grid expands"),
     Case("run dry-run num_threads 100000", "run", lambda t: ["run", _config(t, '"finetune.num_threads" = 100000'),
-                                                             "--dry-run"], 2, "num_threads must lie in 1..1024"),
+                                                             "--dry-run"], 2, "num_threads: must lie in 1..1024"),
     Case("run dry-run num_threads 0", "run", lambda t: ["run", _config(t, '"finetune.num_threads" = 0'),
-                                                        "--dry-run"], 2, "num_threads must lie in 1..1024"),
+                                                        "--dry-run"], 2, "num_threads: must lie in 1..1024"),
     Case("tune --param num_threads 100000", "tune", lambda t: [
         "tune", "--embeddings", EXAMPLE, "--out", t / "o", "--method", "afr", "--param",
         "finetune.num_threads=100000"], 2, "num_threads"),

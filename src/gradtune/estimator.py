@@ -32,7 +32,7 @@ from gradtune._validation import (
 from gradtune.embeddings.capture import capture_features, resolve_output_layer
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
 from gradtune.scores.grad_norms import grad_norms
-from gradtune.selection.select import select_finetune_set
+from gradtune.selection.select import SIZE, TOP_K, select_finetune_set
 
 __all__ = ["GradTune", "GradTuneReport", "resolve_set_size"]
 
@@ -114,7 +114,7 @@ class GradTune:
     finetune_result_ : FinetuneResult (includes snapshots if requested)
     """
 
-    def __init__(self, size: int = 500, top_k: int = 400, *, finetune: FinetuneConfig | None = None,
+    def __init__(self, size: int = SIZE.default, top_k: int = TOP_K.default, *, finetune: FinetuneConfig | None = None,
                  include_bias: bool = True, selection_score: str = "grad_norm", replace: bool = False,
                  size_rule: str = "scale", seed: int = 0, score: str | None = None) -> None:
         self.size = check_positive_int(size, "size")

@@ -53,6 +53,7 @@ from sklearn.utils.validation import check_is_fitted
 from gradtune._validation import GradTuneInputError
 from gradtune.estimator import SELECTION_SCORES, SIZE_RULES, GradTune
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
+from gradtune.selection.select import SIZE, TOP_K
 
 __all__ = ["GradTuneClassifier", "AccuracyDropWarning"]
 
@@ -189,7 +190,7 @@ class GradTuneClassifier(ClassifierMixin, BaseEstimator):
                                       ``extra`` also holds the three check values above
     """
 
-    def __init__(self, head: Any = None, *, size: int = 500, top_k: int = 400,
+    def __init__(self, head: Any = None, *, size: int = SIZE.default, top_k: int = TOP_K.default,
                  selection_score: str = "grad_norm", include_bias: bool = True, replace: bool = False,
                  size_rule: str = "scale", finetune: FinetuneConfig | None = None,
                  train_fraction: float = 0.5, erm_epochs: int = 100, selection_fraction: float = 0.25,

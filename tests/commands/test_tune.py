@@ -79,9 +79,14 @@ def test_tune_any_registered_method_with_params(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--method", "dfr-xrm", "--param", "novalue"], "KEY=VALUE"),
     (["--method", "dfr-xrm", "--param", "bogus=1"], "not a parameter"),
-    (["--param", "size=3"], "--param sets hyperparameters of --method"),
+    (["--param", "size=0"], "--param size must be > 0, got 0"),
+    (["--top-k", "-3"], "--top-k: top_k must be >= 0, got -3"),
+    (["--size", "10"], "--method gradtune: top_k must be at most size (10), got 400"),
+    (["--method", "dfr", "--top-k", "3"], "--top-k sets top_k, which method 'dfr' does not have"),
+    (["--lr", "0"], "--lr: finetune.lr must be > 0, got 0.0"),
 ])
 def test_tune_method_errors_are_clear(tmp_path, capsys, argv, message):
     rc = main(["tune", "--embeddings", "example", "--out", str(tmp_path / "x"), *argv])
-    assert rc != 0
+    assert rc == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

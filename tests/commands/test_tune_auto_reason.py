@@ -24,19 +24,19 @@ def test_gradtune_flags_set_the_same_parameter_of_another_method_or_are_refused(
 
     from gradtune._errors import GradTuneInputError
     from gradtune.cli import build_parser
-    from gradtune.commands.tune import _flag_aliases
+    from gradtune.commands.tune import method_params
 
     def args_of(*extra: str):
         return build_parser().parse_args(["tune", "--embeddings", "example", "--out", str(tmp_path / "x"), *extra])
 
     # gradtune-auto declares size, top_k and a finetune block: the flags become its parameters
-    got = _flag_aliases(args_of("--method", "gradtune-auto", "--top-k", "50", "--epochs", "7", "--lr", "0.01"), {})
+    got = method_params(args_of("--method", "gradtune-auto", "--top-k", "50", "--epochs", "7", "--lr", "0.01"))
     assert got == {"top_k": 50, "finetune.epochs": 7, "finetune.lr": 0.01}
     # dfr has none of them: refused, naming the flag, the parameter and the method
     with pytest.raises(GradTuneInputError, match=r"--top-k sets top_k, which method 'dfr' does not have"):
-        _flag_aliases(args_of("--method", "dfr", "--top-k", "50"), {})
+        method_params(args_of("--method", "dfr", "--top-k", "50"))
     with pytest.raises(GradTuneInputError, match="both set top_k"):
-        _flag_aliases(args_of("--method", "gradtune-auto", "--top-k", "50"), {"top_k": 60})
+        method_params(args_of("--method", "gradtune-auto", "--top-k", "50", "--param", "top_k=60"))
     # end to end: exit 2 with one line, nothing written
     rc = main(["tune", "--embeddings", "example", "--out", str(tmp_path / "dfr"), "--method", "dfr",
                "--epochs", "5", "--json"])

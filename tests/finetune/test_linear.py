@@ -234,7 +234,7 @@ def test_lr_schedules():
         (dict(schedule="step"), "schedule must be one of"),
         (dict(sampler="group"), "sampler must be one of"),
         (dict(lr=0), "lr must be > 0"),
-        (dict(epochs=-1), "epochs must be >= 0"),
+        (dict(epochs=-1), "epochs must lie in 0..10000000"),
         (dict(batch_size=0), "batch_size must be > 0"),
         (dict(epochs=3, snapshot_epochs=(4,)), "snapshot_epochs"),
     ],

@@ -80,7 +80,7 @@ def test_training_matches_autograd_sgd(clip):
     w0 = rng.normal(size=(3, 5)).astype(np.float32)
     b0 = rng.normal(size=3).astype(np.float32)
     sw = afr_weights(h @ w0.T + b0, y, 5.0)
-    w, b, obj = afr_train(h, y, w0, b0, sw, lam=0.2, lr=0.05, epochs=30, grad_clip=clip)
+    w, b, obj = afr_train(h, y, w0, b0, sw, lam=0.2, lr=0.05, epochs=30, grad_clip=clip, momentum=0.0)
     rw, rb = _autograd_reference(h, y, w0, b0, sw, 0.2, 0.05, 30, clip)
     np.testing.assert_allclose(w.numpy(), rw, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(b.numpy(), rb, rtol=1e-4, atol=1e-5)

@@ -24,8 +24,9 @@ The run settings come from a TOML file (``--config``; default the packaged
 * ``[group_dro]``: ``eta``, ``adj`` (C), and ``[group_dro.train]``: overrides of
   ``[erm]`` (strong weight decay; the sampler is always group-balanced).
 
-``--jtt-epoch``, ``--jtt-lambda``, ``--dro-eta``, ``--dro-adj`` override those;
-``--epochs`` and the other flags apply to every stage. Checkpoints go to
+``--jtt-epoch``, ``--jtt-lambda``, ``--dro-eta``, ``--dro-adj`` (or ``--param NAME=VALUE``
+with the names of :mod:`gradtune.workflows.network_methods`) override those, each checked
+before anything is loaded; ``--epochs`` and the other flags apply to every stage. Checkpoints go to
 ``OUT/checkpoints/last.pt`` (ERM, Group DRO) or ``OUT/{init.pt, stage1/, error_set.json,
 stage2/}`` (JTT, see :mod:`gradtune.training.robust`) after every epoch; ``--resume``
 continues an interrupted run; ``OUT/train.json`` summarizes a finished one.
@@ -37,8 +38,14 @@ import argparse
 
 from gradtune._cli_flags import add_no_progress, add_quiet, progress_enabled
 from gradtune._cli_types import device_arg
-from gradtune._errors import parse_int
+from gradtune._errors import GradTuneInputError, parse_int
+from gradtune.workflows.network_methods import NETWORK_METHODS, get_network_method
 from gradtune.workflows.train import METHODS, train_network
+
+# each method's flags: flag -> (argparse dest, the method, its parameter)
+_FLAGS = (("--jtt-epoch", "jtt_epoch", "jtt", "epoch"), ("--jtt-lambda", "jtt_lambda", "jtt", "upweight"),
+          ("--jtt-erm-checkpoint", "jtt_erm_checkpoint", "jtt", "erm_checkpoint"),
+          ("--dro-eta", "dro_eta", "group-dro", "eta"), ("--dro-adj", "dro_adj", "group-dro", "adj"))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,8 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_no_progress(p)
     add_quiet(p)
     p.add_argument("--method", choices=METHODS, default="erm",
-                   help="erm: class-balanced ERM; jtt: Just Train Twice (no group labels); "
-                        "group-dro: Group DRO (uses training group labels). Default erm")
+                   help="; ".join(f"{n}: {c.description}" for n, c in NETWORK_METHODS.items()) + ". Default erm")
     p.add_argument("--jtt-epoch", type=int, default=None,
                    help="JTT's T, the identification model's epoch (default [jtt] epoch)")
     p.add_argument("--jtt-lambda", type=int, default=None,
@@ -71,15 +77,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="Group DRO's group-weight step size (default [group_dro] eta)")
     p.add_argument("--dro-adj", type=float, default=None,
                    help="Group DRO's generalization adjustment C (default [group_dro] adj)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a parameter of --method (repeatable; VALUE is read as a Python literal), e.g. "
+                        "--param upweight=6 for jtt")
     p.set_defaults(func=run)
+
+
+def method_params(args: argparse.Namespace) -> dict[str, object]:
+    """``--param`` items and the method's flags as the parameters of ``--method``, checked
+    against its declarations; a flag of another method is refused, naming it."""
+    from gradtune.commands.tune import parse_params
+
+    params = parse_params(args.param)
+    from_flags: dict[str, str] = {}
+    for flag, dest, method, key in _FLAGS:
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        if method != args.method:
+            raise GradTuneInputError(f"{flag} sets {key} of method {method!r}; --method is {args.method!r}")
+        if key in params:
+            raise GradTuneInputError(f"{flag} and --param {key}=... both set {key}; give one of them")
+        params[key] = value
+        from_flags[key] = flag
+    try:
+        get_network_method(args.method, params)
+    except GradTuneInputError as err:
+        key = str(err).split()[0].strip("'")
+        raise GradTuneInputError(f"{from_flags[key]}: {err}" if key in from_flags else f"--param {err}") from None
+    return params
 
 
 def run(args: argparse.Namespace) -> int:
     keep = tuple(parse_int(e, "--keep-epochs") for e in str(args.keep_epochs).split(",") if e.strip()) \
         if args.keep_epochs else ()
-    train_network(args.dataset, args.root, args.out, method=args.method, config_file=args.config, seed=args.seed,
-                  resume=args.resume, epochs=args.epochs, device=args.device, num_workers=args.num_workers,
-                  keep_epochs=keep, progress=progress_enabled(args), jtt_epoch=args.jtt_epoch,
-                  jtt_lambda=args.jtt_lambda, jtt_erm_checkpoint=args.jtt_erm_checkpoint, dro_eta=args.dro_eta,
-                  dro_adj=args.dro_adj)
+    train_network(args.dataset, args.root, args.out, method=args.method, method_params=method_params(args),
+                  config_file=args.config, seed=args.seed, resume=args.resume, epochs=args.epochs,
+                  device=args.device, num_workers=args.num_workers, keep_epochs=keep,
+                  progress=progress_enabled(args))
     return 0

@@ -1,4 +1,5 @@
-"""``gradtune tune``: parse the arguments and call :func:`gradtune.workflows.tune.tune_bundle`."""
+"""``gradtune tune``: parse the arguments, check the method's parameters against their
+declarations, and call :func:`gradtune.workflows.tune.tune_bundle`."""
 
 from __future__ import annotations
 
@@ -6,16 +7,12 @@ import argparse
 import ast
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from gradtune._cli_flags import add_force, add_json, add_quiet, run_json_aware
 from gradtune._cli_types import method_arg
 from gradtune._errors import GradTuneInputError
 from gradtune._names import METHOD_NAMES, name_list
 from gradtune.report.text import group_table
-
-if TYPE_CHECKING:  # imported where used: building the parser must not load torch
-    from gradtune.finetune.linear import FinetuneConfig
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "spurious_example.npz"
 
@@ -56,38 +53,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default="gradtune", metavar="NAME", type=method_arg,
                    help="a registered method (default gradtune, the paper's; gradtune-auto is the "
                         "recommended label-free pipeline and uses the bundle's encoder_features); "
-                        "with another method, --size/--top-k/--epochs/... set the method's parameter "
-                        "of that name (size, top_k, finetune.epochs, ...) and are refused, with the "
-                        "reason, where it has none; --param sets any hyperparameter. Registered: "
+                        "--size/--top-k/--epochs/... set the method's parameter of that name (size, "
+                        "top_k, finetune.epochs, ...) and are refused, with the reason, where it has "
+                        "none; --param sets any hyperparameter. Registered: "
                         + name_list(METHOD_NAMES))
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a hyperparameter of --method (repeatable; VALUE is read as a Python "
                         "literal, e.g. --param xrm_steps=500 --param finetune.epochs=20)")
     p.set_defaults(func=run)
-
-
-def _config(args: argparse.Namespace) -> FinetuneConfig:
-
-    adam = (args.optimizer or "sgd") == "adamw"
-    try:
-        return _finetune_config(args, adam)
-    except GradTuneInputError as err:  # name the flag: "lr must be > 0" -> "--lr: lr must be > 0"
-        raise GradTuneInputError(f"--{str(err).split()[0].replace('_', '-')}: {err}") from None
-
-
-def _finetune_config(args: argparse.Namespace, adam: bool) -> FinetuneConfig:
-    from gradtune.finetune.linear import FinetuneConfig
-
-    return FinetuneConfig(
-        epochs=500 if args.epochs is None else args.epochs,
-        batch_size=(16 if adam else 32) if args.batch_size is None else args.batch_size,
-        optimizer=args.optimizer or "sgd",
-        lr=(1e-5 if adam else 3e-3) if args.lr is None else args.lr,
-        schedule=args.schedule or ("linear" if adam else "cosine"),
-        weight_decay=1e-4 if args.weight_decay is None else args.weight_decay,
-        sampler=args.sampler or "class_balanced",
-        reset=args.retrain,
-    )
 
 
 def parse_params(items: list[str]) -> dict[str, object]:
@@ -104,7 +77,7 @@ def parse_params(items: list[str]) -> dict[str, object]:
     return out
 
 
-# gradtune's flags and the parameter each sets on a method that declares it
+# the paper's flags and the parameter each sets on a method that declares it
 _ALIASES = (("--size", "size", "size"), ("--top-k", "top_k", "top_k"), ("--epochs", "epochs", "finetune.epochs"),
             ("--lr", "lr", "finetune.lr"), ("--batch-size", "batch_size", "finetune.batch_size"),
             ("--optimizer", "optimizer", "finetune.optimizer"), ("--schedule", "schedule", "finetune.schedule"),
@@ -112,31 +85,55 @@ _ALIASES = (("--size", "size", "size"), ("--top-k", "top_k", "top_k"), ("--epoch
             ("--retrain", "retrain", "finetune.reset"))
 
 
-def _flag_aliases(args: argparse.Namespace, params: dict[str, object]) -> dict[str, object]:
-    """``params`` plus the gradtune flags given on the command line, as the parameters of the
-    same name of ``--method``; a flag whose parameter the method does not declare is refused."""
-    from dataclasses import fields
+def method_params(args: argparse.Namespace) -> dict[str, object]:
+    """The parameters of ``--method``: ``--param`` items plus the paper's flags given on the
+    command line as the parameters of the same name; each checked against the method's
+    declarations, naming the flag, before anything is read or written.
 
-    from gradtune.methods import get_method
+    ``--optimizer adamw`` brings the text-family settings of the method's optimizer block
+    (lr 1e-5, batch 16, linear schedule) for the flags not given, as it always has.
+    """
+    from gradtune.methods.tuning import check_method_params, family_defaults
 
-    method = get_method(args.method)
-    declared = {f.name: getattr(method, f.name) for f in fields(method)}  # type: ignore[arg-type]
-    out = dict(params)
+    params = parse_params(args.param)
     given = [(flag, key, getattr(args, dest)) for flag, dest, key in _ALIASES
-             if getattr(args, dest) not in (None, False)]
+             if getattr(args, dest) is not None and getattr(args, dest) is not False]
     if args.no_bias_in_norm:
         given.append(("--no-bias-in-norm", "include_bias", False))
+    flags: dict[str, str] = {}
     for flag, key, value in given:
-        outer, _, inner = key.partition(".")
-        has = outer in declared and (not inner or hasattr(declared[outer], inner))
-        if not has:
-            raise GradTuneInputError(
-                f"{flag} sets {key}, which method {args.method!r} does not have; its parameters: "
-                f"{', '.join(sorted(declared))} (set them with --param NAME=VALUE)")
-        if key in out:
+        if key in params:
             raise GradTuneInputError(f"{flag} and --param {key}=... both set {key}; give one of them")
-        out[key] = value
-    return out
+        params[key] = value
+        flags[key] = flag
+    for key, value in params.items():  # one parameter at a time: the error names its flag
+        try:
+            check_method_params(args.method, {key: value}, relations=False)
+        except GradTuneInputError as err:
+            if key not in flags:
+                raise GradTuneInputError(f"--param {err}") from None
+            declared = _declared(args.method)
+            if key not in declared:
+                raise GradTuneInputError(
+                    f"{flags[key]} sets {key}, which method {args.method!r} does not have; its parameters: "
+                    f"{', '.join(sorted(declared))} (set them with --param NAME=VALUE)") from None
+            raise GradTuneInputError(f"{flags[key]}: {err}") from None
+    if params.get("finetune.optimizer") == "adamw" and "finetune.optimizer" in flags:
+        block = {k: v for k, v in family_defaults(args.method, "text").items() if k.startswith("finetune.")}
+        params = {**block, **params}
+    try:
+        check_method_params(args.method, params)
+    except GradTuneInputError as err:
+        raise GradTuneInputError(f"--method {args.method}: {err}") from None
+    return params
+
+
+def _declared(method: str) -> set[str]:
+    """The dotted names of ``method``'s declared parameters."""
+    from gradtune._params import flat_declarations
+    from gradtune.methods.base import METHODS
+
+    return set(flat_declarations(METHODS[method]))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -152,14 +149,8 @@ def _run(args: argparse.Namespace) -> tuple[int, dict]:
         if not 0 <= seed < 2**63:
             raise GradTuneInputError(f"{flag} must be an integer in 0..2**63-1, got {seed}")
     path = EXAMPLE if args.embeddings == "example" else Path(args.embeddings)
-    cfg = _config(args)
-    params = parse_params(args.param)
-    if args.method != "gradtune":
-        params = _flag_aliases(args, params)
-    outcome = tune_bundle(path, args.out, method=args.method, method_params=params,
-                          finetune=cfg, size=500 if args.size is None else args.size,
-                          top_k=400 if args.top_k is None else args.top_k,
-                          include_bias=not args.no_bias_in_norm, seed=args.seed,
+    params = method_params(args)
+    outcome = tune_bundle(path, args.out, method=args.method, method_params=params, seed=args.seed,
                           split_seed=args.split_seed, fit_erm_head=args.fit_erm_head, force=args.force)
     metrics_path = Path(args.out) / "metrics.json"
     head_path = Path(args.out) / "head.npz"

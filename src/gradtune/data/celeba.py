@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from gradtune.data.base import DatasetNotFoundError, GroupedDataset
+from gradtune.data.registry import register_dataset
 from gradtune.data.waterbirds import _int_column
 
 __all__ = ["CELEBA_VARIANTS", "load_celeba"]
@@ -77,6 +78,15 @@ def _find_image_dir(base: Path) -> Path | None:
     return None
 
 
+PAPER_GROUP_COUNTS: dict[str, tuple[int, ...]] = {  # not blond: female, male; blond: female, male
+    "train": (71629, 66874, 22880, 1387),
+    "val": (8535, 8276, 2874, 182),
+    "test": (9767, 7535, 2480, 180),
+}
+"""Samples per group and split in the GradTune paper's Table 2 (group ids in order)."""
+
+
+@register_dataset("celeba", paper_group_counts=PAPER_GROUP_COUNTS)
 def load_celeba(
     root: str | os.PathLike[str],
     variant: Literal["auto", "official", "kaggle", "metadata"] = "auto",

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from gradtune.data.base import SPLIT_CODES, DatasetNotFoundError, GroupedDataset
+from gradtune.data.registry import register_dataset
 
 __all__ = ["CIVILCOMMENTS_IDENTITIES", "load_civilcomments"]
 
@@ -68,6 +69,15 @@ def _find_csv(root: Path) -> Path:
     raise DatasetNotFoundError(f"CivilComments: {CSV_NAME} not found (looked for {looked}). {_SOURCE}")
 
 
+PAPER_GROUP_COUNTS: dict[str, tuple[int, ...]] = {  # (non-toxic, toxic) x (no identity, any of the 8 identities)
+    "train": (148186, 90337, 12731, 17784),
+    "val": (25159, 14966, 2111, 2944),
+    "test": (74780, 43778, 6455, 8769),
+}
+"""Samples per group and split in the GradTune paper's Table 2 (group ids in order)."""
+
+
+@register_dataset("civilcomments", paper_group_counts=PAPER_GROUP_COUNTS, aliases=("civil_comments", "civil-comments"))
 def load_civilcomments(
     root: str | os.PathLike[str],
     groups: Literal["paper", "wilds"] = "paper",

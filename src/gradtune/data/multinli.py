@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from gradtune.data.base import DatasetNotFoundError, GroupedDataset
+from gradtune.data.registry import register_dataset
 from gradtune.data.waterbirds import _int_column
 
 __all__ = [
@@ -300,6 +301,15 @@ def _find_files(root: Path) -> tuple[Path, list[Path]]:
     return meta, found
 
 
+PAPER_GROUP_COUNTS: dict[str, tuple[int, ...]] = {  # (contradiction, entailment, neutral) x (no negation, negation)
+    "train": (57498, 11158, 67376, 1521, 66630, 1992),
+    "val": (22814, 4634, 26949, 613, 26655, 797),
+    "test": (34597, 6655, 40496, 886, 39930, 1148),
+}
+"""Samples per group and split in the GradTune paper's Table 2 (group ids in order)."""
+
+
+@register_dataset("multinli", paper_group_counts=PAPER_GROUP_COUNTS, aliases=("mnli",))
 def load_multinli(
     root: str | os.PathLike[str],
     *,

@@ -1,4 +1,9 @@
-"""Name -> reader registry for the paper's four benchmarks, and their Table 2 group counts."""
+"""Name -> reader registry for the paper's four benchmarks, and their Table 2 group counts.
+
+Each reader registers itself where it is defined (:func:`register_dataset`, with its
+Table 2 counts and any aliases); the registry imports every module of :mod:`gradtune.data`
+before its tables are read, so a new reader needs no entry here.
+"""
 
 from __future__ import annotations
 
@@ -7,53 +12,58 @@ from collections.abc import Callable
 from typing import Any
 
 from gradtune.data.base import GroupedDataset
-from gradtune.data.celeba import load_celeba
-from gradtune.data.civilcomments import load_civilcomments
-from gradtune.data.multinli import load_multinli
-from gradtune.data.waterbirds import load_waterbirds
 
-__all__ = ["DATASETS", "PAPER_GROUP_COUNTS", "load_dataset"]
+__all__ = ["DATASETS", "PAPER_GROUP_COUNTS", "load_dataset", "register_dataset"]
 
-DATASETS: dict[str, Callable[..., GroupedDataset]] = {
-    "waterbirds": load_waterbirds,
-    "celeba": load_celeba,
-    "multinli": load_multinli,
-    "civilcomments": load_civilcomments,
-}
+_READERS: dict[str, Callable[..., GroupedDataset]] = {}
+_COUNTS: dict[str, dict[str, tuple[int, ...]]] = {}
+# read through the module's __getattr__, after every reader has registered itself:
+DATASETS: dict[str, Callable[..., GroupedDataset]]
 """Readers by benchmark name; each takes the dataset folder first."""
-
-_ALIASES = {"mnli": "multinli", "civil_comments": "civilcomments", "civil-comments": "civilcomments"}
-
-PAPER_GROUP_COUNTS: dict[str, dict[str, tuple[int, ...]]] = {
-    # group order = group ids: 2*label + attribute
-    "waterbirds": {  # landbird-land, landbird-water, waterbird-land, waterbird-water
-        "train": (3498, 184, 56, 1057),
-        "val": (467, 466, 133, 133),
-        # The paper (and DATASETS.md) print 2225/2225 here: a digit transposition. The
-        # real test split has 5,794 images (2255+2255+642+642), and the three splits add
-        # up to CUB's 11,788 only with 2255.
-        "test": (2255, 2255, 642, 642),
-    },
-    "celeba": {  # not blond: female, male; blond: female, male
-        "train": (71629, 66874, 22880, 1387),
-        "val": (8535, 8276, 2874, 182),
-        "test": (9767, 7535, 2480, 180),
-    },
-    "multinli": {  # (contradiction, entailment, neutral) x (no negation, negation)
-        "train": (57498, 11158, 67376, 1521, 66630, 1992),
-        "val": (22814, 4634, 26949, 613, 26655, 797),
-        "test": (34597, 6655, 40496, 886, 39930, 1148),
-    },
-    "civilcomments": {  # (non-toxic, toxic) x (no identity, any of the 8 identities)
-        "train": (148186, 90337, 12731, 17784),
-        "val": (25159, 14966, 2111, 2944),
-        "test": (74780, 43778, 6455, 8769),
-    },
-}
-"""Samples per group and split in the GradTune paper's Table 2 (group ids in order).
+PAPER_GROUP_COUNTS: dict[str, dict[str, tuple[int, ...]]]
+"""Samples per group and split in the GradTune paper's Table 2 (group ids in order), by name.
 
 One printed typo is corrected: Waterbirds test landbird counts are 2255, not 2225.
 """
+_ALIASES: dict[str, str] = {}
+_Reader = Callable[..., GroupedDataset]
+
+
+def register_dataset(name: str, *, paper_group_counts: dict[str, tuple[int, ...]],
+                     aliases: tuple[str, ...] = ()) -> Callable[[_Reader], _Reader]:
+    """Decorator: register a reader (dataset folder first) under ``name``, with the
+    samples per group and split of the GradTune paper's Table 2 (group ids in order) and
+    other accepted spellings of the name."""
+    def register(reader: _Reader) -> _Reader:
+        known = _READERS.get(name)
+        if known is not None and known is not reader:
+            raise TypeError(f"dataset {name!r} is already registered by {known.__qualname__}")
+        _READERS[name] = reader
+        _COUNTS[name] = dict(paper_group_counts)
+        _ALIASES.update({a: name for a in aliases})
+        return reader
+
+    return register
+
+
+def _discover() -> None:
+    """Import every module of :mod:`gradtune.data` (each registers its reader)."""
+    import importlib
+    import pkgutil
+
+    import gradtune.data
+
+    for info in pkgutil.iter_modules(gradtune.data.__path__):
+        if not info.ispkg:
+            importlib.import_module(f"gradtune.data.{info.name}")
+
+
+def __getattr__(name: str) -> Any:
+    # DATASETS: readers by benchmark name; PAPER_GROUP_COUNTS: their Table 2 counts.
+    if name in ("DATASETS", "PAPER_GROUP_COUNTS"):
+        _discover()
+        return _READERS if name == "DATASETS" else _COUNTS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_dataset(name: str, root: str | os.PathLike[str], **kwargs: Any) -> GroupedDataset:
@@ -74,10 +84,11 @@ def load_dataset(name: str, root: str | os.PathLike[str], **kwargs: Any) -> Grou
     ValueError
         If ``name`` is not a known benchmark.
     """
+    _discover()
     key = str(name).strip().lower()
     key = _ALIASES.get(key, key)
-    if key not in DATASETS:
+    if key not in _READERS:
         raise ValueError(
-            f"unknown dataset {name!r}; valid names: {', '.join(sorted(DATASETS))}."
+            f"unknown dataset {name!r}; valid names: {', '.join(sorted(_READERS))}."
         )
-    return DATASETS[key](root, **kwargs)
+    return _READERS[key](root, **kwargs)

@@ -10,10 +10,11 @@ import itertools
 import math
 import re
 from collections import Counter
-from dataclasses import MISSING, dataclass, fields, is_dataclass
+from dataclasses import dataclass
 from typing import Any
 
-from gradtune._validation import GradTuneInputError
+from gradtune._errors import GradTuneInputError
+from gradtune._params import Param, declarations, flat_declarations
 
 MAX_RUNS = 100_000
 """Most runs (benchmarks x seeds x variants) one config may plan; a larger grid is refused
@@ -80,79 +81,38 @@ def flatten(where: str, table: dict[str, Any], prefix: str = "") -> dict[str, tu
     return out
 
 
-def method_defaults(method: str) -> dict[str, Any]:
-    """Dotted parameter name -> default value, for a registered method (nested dataclass fields too)."""
+def method_declarations(method: str) -> tuple[dict[str, Param], set[str]]:
+    """Dotted parameter name -> declaration of a registered method (blocks expanded, e.g.
+    ``finetune.lr``), and the names of its blocks (``finetune``)."""
     from gradtune.methods.base import METHODS
 
     cls = METHODS[method]
-    out: dict[str, Any] = {}
-    for f in fields(cls):  # type: ignore[arg-type]
-        if f.default is not MISSING:
-            default = f.default
-        elif f.default_factory is not MISSING:  # type: ignore[misc]
-            default = f.default_factory()  # type: ignore[misc]
-        else:
-            default = None
-        if is_dataclass(default):
-            for sub in fields(default):
-                out[f"{f.name}.{sub.name}"] = getattr(default, sub.name)
-        out[f.name] = default
-    return out
-
-
-_KIND_WORDS = {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string",
-               list: "a list"}
-_KIND_PLURAL = {bool: "booleans (true/false)", int: "integers", float: "numbers", str: "strings", list: "lists"}
-
-
-def _expected_kind(default: Any) -> type | None:
-    if isinstance(default, bool):
-        return bool
-    if isinstance(default, int):
-        return int
-    if isinstance(default, float):
-        return float
-    if isinstance(default, str):
-        return str
-    if isinstance(default, (tuple, list)):
-        return list
-    return None
-
-
-def _fits(value: Any, kind: type | None) -> bool:
-    if kind is None:
-        return True
-    if kind is bool:
-        return isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind is list:
-        return isinstance(value, (list, tuple))
-    return isinstance(value, kind)
+    blocks = {name for name, d in declarations(cls).items() if not isinstance(d, Param)}
+    return flat_declarations(cls), blocks
 
 
 def check_param(where: str, method: str, key: str, value: Any, *, grid: bool = False) -> Any:
-    defaults = method_defaults(method)
-    if key not in defaults:
-        valid = sorted(k for k in defaults if not is_dataclass(defaults[k]))
-        raise ConfigError(f"{where}: {key!r} is not a parameter of method {method!r}; valid: {valid}")
-    if is_dataclass(defaults[key]):
+    """``value`` (a list of values when ``grid``) checked against the declaration of
+    ``method``'s parameter ``key``; a :class:`ConfigError` starting with ``where`` otherwise.
+    A list becomes a tuple."""
+    specs, blocks = method_declarations(method)
+    if key in blocks:
         raise ConfigError(f"{where}: {key!r} is a group of settings; set its fields, e.g. {key}.epochs")
-    kind = _expected_kind(defaults[key])
-    word = _KIND_WORDS.get(kind, "a value") if kind else "a value"
-    plural = _KIND_PLURAL.get(kind, "values") if kind else "values"
+    if key not in specs:
+        raise ConfigError(f"{where}: {key!r} is not a parameter of method {method!r}; valid: {sorted(specs)}")
+    spec = specs[key]
     if grid:
         if not isinstance(value, list) or not value:
-            raise ConfigError(f"{where}: must be a non-empty list of {plural} (one run per value), "
+            raise ConfigError(f"{where}: must be a non-empty list of values (one run per value), "
                               f"got {type_name(value)}")
         for i, v in enumerate(value):
-            if not _fits(v, kind):
-                raise ConfigError(f"{where}: must be a list of {plural}; item [{i}] is {type_name(v)}")
+            why = spec.problem(v)
+            if why is not None:
+                raise ConfigError(f"{where}[{i}]: {why}")
         return [tuple(v) if isinstance(v, list) else v for v in value]
-    if not _fits(value, kind):
-        raise ConfigError(f"{where}: must be {word}, got {type_name(value)}")
+    why = spec.problem(value)
+    if why is not None:
+        raise ConfigError(f"{where}: {why}")
     return tuple(value) if isinstance(value, list) else value
 
 
@@ -243,12 +203,11 @@ def parse_variants(data: dict[str, Any], methods: list[str]) -> list[Variant]:
 
 
 def validate_variant(v: Variant, where: str) -> None:
+    """Check one method's merged parameters: the relations between them (``top_k <= size``)
+    and whatever else its constructor refuses; a :class:`ConfigError` naming the field."""
     from gradtune.methods.tuning import build_method
 
     try:
-        method = build_method(v.method, v.params)
+        build_method(v.method, v.params)
     except (GradTuneInputError, TypeError, ValueError) as err:
         raise ConfigError(f"{where}: {err}") from None
-    size, top_k = getattr(method, "size", None), getattr(method, "top_k", None)
-    if isinstance(size, int) and isinstance(top_k, int) and top_k > size:
-        raise ConfigError(f"{where}: top_k={top_k} exceeds size={size} (k must be at most M')")

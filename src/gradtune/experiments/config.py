@@ -67,6 +67,7 @@ from typing import Any
 
 from gradtune._config_files import read_config_text
 from gradtune._errors import GradTuneInputError
+from gradtune._names import report_items
 from gradtune.experiments._config_fields import (
     NAME_RE,
     ConfigError,
@@ -92,18 +93,9 @@ __all__ = ["ConfigError", "ExperimentConfig", "BenchmarkSpec", "Variant", "Repor
            "load_config", "parse_config", "find_config", "packaged_configs", "is_packaged", "select_benchmarks",
            "REPORT_ITEMS", "CONFIG_DIR"]
 
-#: Tables and figures a config can ask the report for (the paper's numbering).
-REPORT_ITEMS: dict[str, str] = {
-    "table1": "Table 1: methods x benchmarks, average and worst-group accuracy",
-    "table4": "Table 4: class-balanced vs class-imbalanced (uniform) fine-tuning",
-    "table5": "Table 5: fine-tuning vs retraining (reset) the last layer",
-    "table6": "Table 6: sweep over top-k, with the worst group named",
-    "table7": "Table 7: per-group accuracy before (ERM) and after GradTune",
-    "fig2": "Figure 2: held-out gradient-norm distributions per group",
-    "fig3": "Figure 3: worst-group accuracy vs fine-tuning set size M'",
-    "fig4": "Figure 4: mean held-out gradient norm per group, mean +- std over seeds",
-    "fig5": "Figure 5: average and worst-group accuracy vs k",
-}
+#: Tables and figures a config can ask the report for (the paper's numbering): key -> title,
+#: read from the renderers registered in :mod:`gradtune.report.paper_items`.
+REPORT_ITEMS: dict[str, str] = report_items()
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "experiments"
 _SECTIONS = ("experiment", "params", "grid", "variants", "labels", "report", "launcher")

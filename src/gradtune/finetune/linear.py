@@ -19,15 +19,13 @@ import numpy as np
 import torch
 
 from gradtune._errors import DivergenceError
-from gradtune._threads import check_num_threads, torch_threads
+from gradtune._params import check_fields, param, text_overrides
+from gradtune._threads import MAX_THREADS, torch_threads
 from gradtune._validation import (
     GradTuneInputError,
     all_finite,
-    check_choice,
     check_features,
     check_labels,
-    check_nonneg_float,
-    check_positive_int,
     make_generator,
 )
 from gradtune.finetune import _steps
@@ -86,48 +84,36 @@ class FinetuneConfig:
         'auto' uses it for SGD with a bias when 2 N <= d.
     """
 
-    epochs: int = 500
-    batch_size: int | None = 32
-    optimizer: str = "sgd"
-    lr: float = 3e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    sampler: str = "class_balanced"
-    reset: bool = False
-    l2_to_init: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    num_threads: int | None = 1
-    snapshot_epochs: tuple[int, ...] = field(default_factory=tuple)
-    dual: str = "auto"
+    epochs: int = param(500, "passes over the fine-tuning set", ge=0, le=MAX_EPOCHS)
+    batch_size: int | None = param(32, "samples per step (None: full batch)", kind="int", ge=1, optional=True,
+                                   text=16)
+    optimizer: str = param("sgd", "the optimizer", choices=OPTIMIZERS, text="adamw")
+    lr: float = param(3e-3, "initial learning rate", gt=0, text=1e-5)
+    momentum: float = param(0.9, "SGD momentum", ge=0)
+    weight_decay: float = param(1e-4, "L2 weight decay", ge=0)
+    schedule: str = param("cosine", "learning-rate decay over all steps", choices=SCHEDULES, text="linear")
+    sampler: str = param("class_balanced", "how each epoch draws its rows", choices=SAMPLERS)
+    reset: bool = param(False, "re-initialize the head before training")
+    l2_to_init: float = param(0.0, "pull toward the starting head", ge=0)
+    betas: tuple[float, float] = param((0.9, 0.999), "AdamW's betas", ge=0, lt=1, length=2)
+    eps: float = param(1e-8, "AdamW's epsilon", gt=0)
+    num_threads: int | None = param(1, "torch threads inside the loop (None: leave torch's setting)", kind="int",
+                                    ge=1, le=MAX_THREADS, optional=True)
+    snapshot_epochs: tuple[int, ...] = param((), "epochs after which a copy of the head is kept", item="int", ge=1)
+    dual: str = param("auto", "run SGD in the sample space", choices=("auto", "on", "off"))
 
     def __post_init__(self) -> None:
-        check_positive_int(self.epochs, "epochs", allow_zero=True, upper=MAX_EPOCHS)
-        if self.batch_size is not None:
-            check_positive_int(self.batch_size, "batch_size")
-        check_choice(self.optimizer, "optimizer", OPTIMIZERS)
-        check_choice(self.schedule, "schedule", SCHEDULES)
-        check_choice(self.sampler, "sampler", SAMPLERS)
-        check_choice(self.dual, "dual", ("auto", "on", "off"))
-        check_nonneg_float(self.lr, "lr", positive=True)
-        check_nonneg_float(self.momentum, "momentum")
-        check_nonneg_float(self.weight_decay, "weight_decay")
-        check_nonneg_float(self.l2_to_init, "l2_to_init")
-        check_nonneg_float(self.eps, "eps", positive=True)
-        check_num_threads(self.num_threads)
-        if isinstance(self.betas, (str, bytes)) or not hasattr(self.betas, "__len__") or len(self.betas) != 2:
-            raise GradTuneInputError(f"betas must be a pair (beta1, beta2), got {self.betas!r}")
-        self.betas = tuple(check_nonneg_float(b, "betas", upper=1.0) for b in self.betas)
+        check_fields(self)
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
         self.snapshot_epochs = tuple(int(e) for e in self.snapshot_epochs)
         for e in self.snapshot_epochs:
-            if not 1 <= e <= self.epochs:
+            if e > self.epochs:
                 raise GradTuneInputError(f"snapshot_epochs must lie in 1..epochs={self.epochs}, got {e}")
 
     @classmethod
     def for_text(cls, **overrides: Any) -> FinetuneConfig:
         """The paper's text setting: AdamW, lr 1e-5, linear schedule, batch 16."""
-        base = dict(optimizer="adamw", lr=1e-5, schedule="linear", batch_size=16)
+        base = text_overrides(cls)
         base.update(overrides)
         return cls(**base)
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from gradtune._validation import GradTuneInputError, check_positive_int, make_numpy_rng
 from gradtune.groups.base import InferredGroups, check_pool, standardizer
+from gradtune.groups.registry import register_group_inference
 
 __all__ = ["ClusterConfig", "cluster_groups", "class_seeds"]
 
@@ -116,6 +117,8 @@ def _cluster_class(x: np.ndarray, config: ClusterConfig, random_state: int
     return rename[best].astype(np.int64), silhouettes
 
 
+@register_group_inference("cluster", ("features", "labels", "seed"),
+                          "GEORGE-style within-class k-means, k by silhouette")
 def cluster_groups(features: Any, labels: Any, *, seed: int | np.random.Generator,
                    config: ClusterConfig | None = None, n_classes: int | None = None) -> InferredGroups:
     """Pseudo-groups (class, k-means cluster), k chosen per class by silhouette.

@@ -22,6 +22,7 @@ import torch
 
 from gradtune._validation import GradTuneInputError, check_features
 from gradtune.groups.base import InferredGroups, check_fraction, check_labels_only, class_by_flag
+from gradtune.groups.registry import register_group_inference
 from gradtune.scores import disagreement_scores, grad_norms
 
 __all__ = ["early_disagreement_groups", "grad_norm_groups", "top_fraction_per_class"]
@@ -38,6 +39,8 @@ def _logits(x: Any, name: str, shape: tuple[int, ...] | None = None) -> torch.Te
     return z
 
 
+@register_group_inference("early-disagreement", ("logits", "early_logits", "labels"),
+                          "SELF: early checkpoint and final model predict differently")
 def early_disagreement_groups(logits: Any, early_logits: Any, labels: Any) -> InferredGroups:
     """Class x (early checkpoint's prediction != final prediction).
 
@@ -95,6 +98,8 @@ def top_fraction_per_class(scores: np.ndarray, labels: np.ndarray, fraction: flo
     return rank < n_top[labels]
 
 
+@register_group_inference("grad-norm", ("head_features", "labels", ("weight", "logits")),
+                          "top fraction of each class by the ERM head's gradient norm")
 def grad_norm_groups(head_features: Any, labels: Any, *, weight: Any = None, bias: Any = None,
                      logits: Any = None, fraction: float = 0.1,
                      include_bias: bool = True) -> InferredGroups:

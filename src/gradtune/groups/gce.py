@@ -32,6 +32,7 @@ from gradtune._validation import (
 )
 from gradtune.groups._heads import epoch_batches, gce_logit_grad, train_heads
 from gradtune.groups.base import InferredGroups, check_pool, class_by_flag, standardizer
+from gradtune.groups.registry import register_group_inference
 
 __all__ = ["GCEConfig", "GCEProbe", "fit_gce_probe", "gce_groups", "gce_loss"]
 
@@ -175,6 +176,8 @@ def fit_gce_probe(features: Any, labels: Any, *, seed: int | torch.Generator,
     return GCEProbe(weight[0], bias[0], mean, scale, config)
 
 
+@register_group_inference("gce", ("features", "labels", "seed"),
+                          "a linear probe trained with generalized cross-entropy gets it wrong")
 def gce_groups(features: Any, labels: Any, *, seed: int | torch.Generator,
                config: GCEConfig | None = None, n_classes: int | None = None) -> InferredGroups:
     """Fit a GCE probe on the pool and return the pool's pseudo-groups.

@@ -1,5 +1,9 @@
 """Group-inference methods by name, callable with one shared set of inputs.
 
+Each method registers itself where it is defined (:func:`register_group_inference`);
+the registry imports every module of :mod:`gradtune.groups` before a lookup, so a new
+module needs no entry here.
+
 :func:`infer_groups` takes a method name and keyword inputs. The shared inputs
 (:data:`SHARED_INPUTS`) describe the pool the same way for every method, so one dict
 of them can be handed to each method in turn; a method ignores the shared inputs it
@@ -16,14 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gradtune._validation import GradTuneInputError
+from gradtune._errors import GradTuneInputError
 from gradtune.groups.base import InferredGroups
-from gradtune.groups.cluster import cluster_groups
-from gradtune.groups.erm_signals import early_disagreement_groups, grad_norm_groups
-from gradtune.groups.gce import gce_groups
-from gradtune.groups.xrm import xrm_groups
 
-__all__ = ["GROUP_INFERENCE", "SHARED_INPUTS", "GroupInferenceSpec", "infer_groups"]
+__all__ = ["GROUP_INFERENCE", "SHARED_INPUTS", "GroupInferenceSpec", "infer_groups", "register_group_inference",
+           "list_group_inferences"]
 
 SHARED_INPUTS: dict[str, str] = {
     "features": "(N, d) features of the pool, e.g. a frozen encoder's",
@@ -61,22 +62,46 @@ class GroupInferenceSpec:
         return tuple(inspect.signature(self.function).parameters)
 
 
-GROUP_INFERENCE: dict[str, GroupInferenceSpec] = {
-    spec.name: spec for spec in (
-        GroupInferenceSpec("xrm", xrm_groups, ("features", "labels", "seed"),
-                           "XRM-style twin probes with cross-mistake label flipping"),
-        GroupInferenceSpec("early-disagreement", early_disagreement_groups,
-                           ("logits", "early_logits", "labels"),
-                           "SELF: early checkpoint and final model predict differently"),
-        GroupInferenceSpec("gce", gce_groups, ("features", "labels", "seed"),
-                           "a linear probe trained with generalized cross-entropy gets it wrong"),
-        GroupInferenceSpec("cluster", cluster_groups, ("features", "labels", "seed"),
-                           "GEORGE-style within-class k-means, k by silhouette"),
-        GroupInferenceSpec("grad-norm", grad_norm_groups,
-                           ("head_features", "labels", ("weight", "logits")),
-                           "top fraction of each class by the ERM head's gradient norm"),
-    )
-}
+GROUP_INFERENCE: dict[str, GroupInferenceSpec] = {}
+"""The registered methods by name (filled by :func:`register_group_inference`)."""
+
+_Infer = Callable[..., InferredGroups]
+
+
+def register_group_inference(name: str, requires: tuple[str | tuple[str, ...], ...],
+                             description: str) -> Callable[[_Infer], _Infer]:
+    """Decorator: register a group-inference function under ``name``; ``requires`` names
+    the shared inputs it needs (a tuple inside: any one of those)."""
+    for r in requires:
+        for k in (r if isinstance(r, tuple) else (r,)):
+            if k not in SHARED_INPUTS:
+                raise TypeError(f"{name}: {k!r} is not a shared input ({sorted(SHARED_INPUTS)})")
+
+    def register(function: _Infer) -> _Infer:
+        known = GROUP_INFERENCE.get(name)
+        if known is not None and known.function is not function:
+            raise TypeError(f"group inference {name!r} is already registered by {known.function.__qualname__}")
+        GROUP_INFERENCE[name] = GroupInferenceSpec(name, function, requires, description)
+        return function
+
+    return register
+
+
+def _discover() -> None:
+    """Import every module of :mod:`gradtune.groups` (each registers its methods)."""
+    import importlib
+    import pkgutil
+
+    import gradtune.groups
+
+    for info in pkgutil.iter_modules(gradtune.groups.__path__):
+        importlib.import_module(f"gradtune.groups.{info.name}")
+
+
+def list_group_inferences() -> list[str]:
+    """The registered group-inference methods, sorted."""
+    _discover()
+    return sorted(GROUP_INFERENCE)
 
 
 def _describe(req: str | tuple[str, ...]) -> str:
@@ -105,6 +130,7 @@ def infer_groups(name: str, **inputs: Any) -> InferredGroups:
         For an unknown method, a missing input, or an input name the method does
         not know.
     """
+    _discover()
     spec = GROUP_INFERENCE.get(name)
     if spec is None:
         raise GradTuneInputError(

@@ -52,18 +52,19 @@ from typing import Any
 
 import torch
 
+from gradtune._params import check_fields, param
 from gradtune._threads import torch_threads
 from gradtune._validation import (
     GradTuneInputError,
     check_choice,
     check_features,
     check_labels,
-    check_nonneg_float,
     check_positive_int,
     make_generator,
 )
 from gradtune.groups._heads import ce_logit_grad, epoch_batches, stack_logits, train_heads
 from gradtune.groups.base import InferredGroups, check_pool, class_by_flag, standardizer
+from gradtune.groups.registry import register_group_inference
 
 __all__ = ["XRMConfig", "XRMSchedule", "XRMTwins", "XRM_AUTHORS", "XRM_CONFIGS", "draw_xrm_schedule", "fit_xrm",
            "xrm_groups"]
@@ -107,28 +108,22 @@ class XRMConfig:
         Train a bias term (False: the twins are ``W x`` only, as in the reference code).
     """
 
-    n_steps: int = 2000
-    batch_size: int = 128
-    lr: float = 1e-3
-    flip_start: int = 200
-    flip_every: int = 50
-    flip_probability: str = "confidence"
-    class_balanced: bool = False
-    standardize: bool = True
-    n_threads: int | None = 1
-    optimizer: str = "adam"
-    fit_bias: bool = True
+    n_steps: int = param(2000, "Adam steps per twin", ge=1)
+    batch_size: int = param(128, "rows per twin per step", ge=1)
+    lr: float = param(1e-3, "Adam step size", gt=0)
+    flip_start: int = param(200, "first step after which labels are flipped", ge=1)
+    flip_every: int = param(50, "steps between label flips", ge=1)
+    flip_probability: str = param("confidence", "the probability a label is flipped with",
+                                  choices=FLIP_PROBABILITIES)
+    class_balanced: bool = param(False, "average each batch's loss per class first")
+    standardize: bool = param(True, "standardize features with the pool's statistics")
+    n_threads: int | None = param(1, "torch threads while training (None: leave torch's setting)", kind="int",
+                                  ge=1, optional=True)
+    optimizer: str = param("adam", "the twins' optimizer", choices=OPTIMIZERS)
+    fit_bias: bool = param(True, "train a bias term")
 
     def __post_init__(self) -> None:
-        check_positive_int(self.n_steps, "XRMConfig.n_steps")
-        check_positive_int(self.batch_size, "XRMConfig.batch_size")
-        check_nonneg_float(self.lr, "XRMConfig.lr", positive=True)
-        check_positive_int(self.flip_start, "XRMConfig.flip_start")
-        check_positive_int(self.flip_every, "XRMConfig.flip_every")
-        check_choice(self.flip_probability, "XRMConfig.flip_probability", FLIP_PROBABILITIES)
-        check_choice(self.optimizer, "XRMConfig.optimizer", OPTIMIZERS)
-        if self.n_threads is not None:
-            check_positive_int(self.n_threads, "XRMConfig.n_threads")
+        check_fields(self, prefix="XRMConfig.")
 
     def flip_steps(self) -> tuple[int, ...]:
         """Steps (1-based) after which labels are flipped."""
@@ -405,6 +400,8 @@ def _train_twins(xs: torch.Tensor, y: torch.Tensor, c: int, schedule: XRMSchedul
     return weight, bias, labels
 
 
+@register_group_inference("xrm", ("features", "labels", "seed"),
+                          "XRM-style twin probes with cross-mistake label flipping")
 def xrm_groups(features: Any, labels: Any, *, seed: int | torch.Generator,
                config: XRMConfig | None = None, rule: str = "average",
                n_classes: int | None = None) -> InferredGroups:

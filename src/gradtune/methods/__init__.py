@@ -1,7 +1,9 @@
 """Last-layer methods behind one interface, and their registry.
 
-Importing this package registers the built-in methods; look them up with
-:func:`get_method` / :func:`list_methods`.
+Each method registers itself where it is defined (``@register_method``); the registry
+imports every module of this package the first time it is asked (:func:`get_method`,
+:func:`list_methods`), so a new method needs no entry here. The names below are the
+package's public API.
 """
 
 from gradtune.methods.afr import AFRMethod

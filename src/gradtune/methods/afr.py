@@ -40,7 +40,7 @@ The gradient is the closed form of the objective (``(P - Y)^T diag(w) [H, 1]`` p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ from gradtune._validation import (
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.finetune.head_loop import AFRObjective, augment, full_batch_sampler, train_head
 from gradtune.methods.balancing import torch_threads
-from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, register_method
+from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, param, register_method
 
 __all__ = ["AFRMethod", "afr_weights", "afr_objective", "afr_train"]
 
@@ -117,13 +117,14 @@ def afr_objective(weight: Any, bias: Any, features: Any, labels: Any, sample_wei
 
 @torch.no_grad()
 def afr_train(features: Any, labels: Any, weight0: Any, bias0: Any, sample_weight: Any, *,
-              lam: float, lr: float = 1e-2, epochs: int = 500, grad_clip: float | None = 1.0,
-              momentum: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """Full-batch gradient descent on AFR's objective, starting from ``(weight0, bias0)``.
+              lam: float, lr: float, epochs: int, grad_clip: float | None,
+              momentum: float) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Full-batch gradient descent on AFR's objective, starting from ``(weight0, bias0)``
+    (the settings are :class:`AFRMethod`'s, where their defaults are declared).
 
     Each epoch is one step: gradient of :func:`afr_objective`, clipped to total norm
     ``grad_clip`` as ``clip_grad_norm_`` does (scale ``grad_clip / (norm + 1e-6)`` when
-    smaller than 1), then ``torch.optim.SGD``'s update (momentum 0 by default).
+    smaller than 1), then ``torch.optim.SGD``'s update.
 
     Returns
     -------
@@ -175,18 +176,14 @@ class AFRMethod(Method):
 
     name = "afr"
     description = "AFR (Qiu et al.): last layer retrained with exp(-gamma p_y) weights and a pull to the ERM head"
-    search_space: ClassVar[dict[str, list]] = {
-        "gamma": [0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0],
-        "lam": [0.0, 0.1, 0.2, 0.3],
-    }
 
-    gamma: float = 1.0
-    lam: float = 0.1
-    lr: float = 1e-2
-    epochs: int = 500
-    grad_clip: float | None = 1.0
-    momentum: float = 0.0
-    rebalance: str = "count"
+    gamma: float = param(1.0, "weight sharpness", ge=0, space=(0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0))
+    lam: float = param(0.1, "pull toward the ERM last layer", ge=0, space=(0.0, 0.1, 0.2, 0.3))
+    lr: float = param(1e-2, "full-batch SGD step", gt=0)
+    epochs: int = param(500, "full-batch steps", ge=0, fast=20)
+    grad_clip: float | None = param(1.0, "gradient-norm clip (None: no clipping)", gt=0, optional=True)
+    momentum: float = param(0.0, "SGD momentum", ge=0)
+    rebalance: str = param("count", "class rebalancing of the weights", choices=AFR_REBALANCE)
 
     def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
         check_positive_int(seed, "seed", allow_zero=True)  # AFR is deterministic

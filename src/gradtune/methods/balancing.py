@@ -21,7 +21,7 @@ The subsample and the weights come from :mod:`gradtune.objectives.sampling`;
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -31,7 +31,14 @@ from gradtune._threads import torch_threads
 from gradtune._validation import check_positive_int
 from gradtune.embeddings.bundle import BundleError, EmbeddingBundle, SplitView
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
-from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, register_method
+from gradtune.methods.base import (
+    LinearHead,
+    Method,
+    MethodResult,
+    erm_head,
+    finetune_block,
+    register_method,
+)
 from gradtune.objectives.sampling import balanced_subsample, inverse_frequency_weights
 
 __all__ = [
@@ -54,14 +61,9 @@ def require_groups(view: SplitView, method: str, split: str) -> np.ndarray:
     return view.groups
 
 
-def _default_config() -> FinetuneConfig:
-    # A head trained anew on a balanced (sub)set: constant lr, plain shuffling.
-    return FinetuneConfig(epochs=100, lr=1e-2, schedule="constant", sampler="uniform", reset=True)
-
-
 _BALANCING_SPACE: dict[str, list] = {
-    "finetune.lr": [1e-3, 1e-2, 1e-1],
-    "finetune.weight_decay": [1e-4, 1e-3, 1e-2, 1e-1, 1.0],
+    "lr": [1e-3, 1e-2, 1e-1],
+    "weight_decay": [1e-4, 1e-3, 1e-2, 1e-1, 1.0],
 }
 
 
@@ -79,9 +81,10 @@ class _Balancing(Method):
 
     balance_on: ClassVar[str] = "class"  # 'class' or 'group'
     scheme: ClassVar[str] = "subsample"  # 'subsample' or 'reweight'
-    search_space: ClassVar[dict[str, list]] = _BALANCING_SPACE
 
-    finetune: FinetuneConfig = field(default_factory=_default_config)
+    # A head trained anew on a balanced (sub)set: constant lr, plain shuffling.
+    finetune: FinetuneConfig = finetune_block(space=_BALANCING_SPACE, fast_epochs=3, epochs=100, lr=1e-2,
+                                              schedule="constant", sampler="uniform", reset=True)
 
     def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
         seed = check_positive_int(seed, "seed", allow_zero=True)

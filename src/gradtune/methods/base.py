@@ -6,24 +6,36 @@ are split into ``train`` / ``heldout`` / ``selection`` / ``test`` (the ERM head 
 maps features to logits, plus diagnostics. Methods never read ``test`` rows.
 
 Each method class declares whether it uses group labels in training and in
-validation (model selection), and its hyperparameters are dataclass fields with
-their authors' defaults.
+validation (model selection), and its hyperparameters are dataclass fields declared
+with :func:`~gradtune._params.param` / :func:`~gradtune._params.nested`: their
+authors' defaults, constraints, search space and family defaults, in one place
+(:mod:`gradtune._params`). The constructor checks every value against them.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from gradtune._params import (
+    check_fields,
+    nested,
+    override,
+    param,
+    params_table,
+    space_of,
+    text_overrides,
+)
 from gradtune._validation import GradTuneInputError
 from gradtune.embeddings.bundle import BundleError, EmbeddingBundle
 
 __all__ = ["LinearHead", "MethodResult", "Method", "register_method", "get_method",
-           "list_methods", "METHODS", "erm_head"]
+           "list_methods", "METHODS", "erm_head", "param", "nested", "override", "finetune_block",
+           "FINETUNE_SPACE"]
 
 
 @dataclass
@@ -64,28 +76,24 @@ class MethodResult:
     diagnostics: dict[str, Any] = field(default_factory=dict)
 
 
-#: Grid shared by the methods that fine-tune with GradTune's loop; tuning the number of
-#: epochs lets label-free selection stop before fine-tuning collapses worst-group accuracy.
-FINETUNE_SPACE: dict[str, list] = {
-    "finetune.epochs": [10, 100, 500],
-    "finetune.lr": [1e-3, 3e-3, 1e-2],
-}
-
-
 class Method(ABC):
     """Base class of a last-layer method. Subclasses are dataclasses of hyperparameters.
 
-    A subclass declares its hyperparameters' defaults as dataclass fields and, next to
-    them, ``search_space`` (``{parameter: [values]}``, dotted keys for fields of a
-    dataclass-valued parameter; ``{}`` when there is nothing to tune or the method tunes
-    itself) for :mod:`gradtune.methods.tuning`.
+    A subclass declares each hyperparameter once, as a dataclass field made by
+    :func:`param` (or :func:`nested` for a block such as the fine-tuning optimizer): its
+    default, constraint, search-space values (for :mod:`gradtune.methods.tuning`),
+    text-family default, fast-test value and doc line. The dataclass's ``__init__`` then
+    checks every value (:meth:`__post_init__`); ``search_space``, ``family_defaults`` and
+    the config checker read the same declarations.
     """
 
     name: ClassVar[str] = ""
     uses_group_labels_train: ClassVar[bool] = False
     uses_group_labels_val: ClassVar[bool] = False
     description: ClassVar[str] = ""
-    search_space: ClassVar[dict[str, list]] = {}
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     @abstractmethod
     def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
@@ -100,27 +108,24 @@ class Method(ABC):
         return out
 
     @classmethod
+    def search_space(cls) -> dict[str, list]:
+        """The default grid, ``{parameter: [values]}`` (dotted keys for a block's fields),
+        from the declarations' ``space`` values; ``{}`` when there is nothing to tune or
+        the method tunes itself."""
+        return space_of(cls)
+
+    @classmethod
     def family_defaults(cls, family: str | None) -> dict[str, Any]:
         """Dotted hyperparameter defaults of this method for a data family.
 
         ``family`` is ``"vision"``, ``"text"``, ``"tabular"`` or None (unknown). The class
-        defaults are the vision setting; for ``"text"`` a method whose ``finetune`` field
-        holds a :class:`~gradtune.finetune.linear.FinetuneConfig` gets the paper's text
-        optimizer (:meth:`FinetuneConfig.for_text`: AdamW, lr 1e-5, linear, batch 16) as
-        ``finetune.*`` keys. Configs and user parameters override these. Subclasses with
-        their own family settings override this method.
+        defaults are the vision setting; for ``"text"`` every declaration with a ``text``
+        value that differs from this method's default gives one key (for a method with a
+        :class:`~gradtune.finetune.linear.FinetuneConfig` block: the paper's text optimizer,
+        AdamW, lr 1e-5, linear, batch 16, as ``finetune.*`` keys). Configs and user
+        parameters override these.
         """
-        from gradtune.finetune.linear import FinetuneConfig
-
-        if family != "text":
-            return {}
-        default = next((f.default_factory() for f in fields(cls)  # type: ignore[arg-type]
-                        if f.name == "finetune" and callable(f.default_factory)), None)
-        if not isinstance(default, FinetuneConfig):
-            return {}
-        vision, text = asdict(FinetuneConfig()), asdict(FinetuneConfig.for_text())
-        own = asdict(default)          # the method's own defaults (epochs, sampler, ...) stay
-        return {f"finetune.{k}": v for k, v in text.items() if vision[k] != v and own[k] != v}
+        return text_overrides(cls) if family == "text" else {}
 
     @property
     def group_label_use(self) -> str:
@@ -130,16 +135,40 @@ class Method(ABC):
         return "val" if self.uses_group_labels_val else "none"
 
 
+#: The grid of the methods that fine-tune with GradTune's loop, over their ``finetune``
+#: block; tuning the number of epochs lets label-free selection stop before fine-tuning
+#: collapses worst-group accuracy.
+FINETUNE_SPACE: dict[str, list] = {"epochs": [10, 100, 500], "lr": [1e-3, 3e-3, 1e-2]}
+
+
+def finetune_block(*, space: dict[str, list] | None = FINETUNE_SPACE, fast_epochs: int | None = 2,
+                   **overrides: Any) -> Any:
+    """The ``finetune`` field of a method that fine-tunes with GradTune's loop: a
+    :class:`~gradtune.finetune.linear.FinetuneConfig` block (the paper's vision setting,
+    its text setting for text data) with this method's default ``overrides``, searched
+    over ``space`` and run for ``fast_epochs`` epochs in unit tests (None: the method
+    sets the epochs itself)."""
+    from gradtune.finetune.linear import FinetuneConfig
+
+    return nested(FinetuneConfig, "the last-layer fine-tuning loop", space=space or {},
+                  fast={} if fast_epochs is None else {"epochs": fast_epochs}, **overrides)
+
+
 METHODS: dict[str, type[Method]] = {}
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator: add a Method subclass to the registry under ``cls.name``."""
+    """Class decorator: add a Method subclass to the registry under ``cls.name``, and append
+    the table of its declared parameters (:func:`~gradtune._params.params_table`) to its
+    docstring."""
     if not cls.name:
         raise TypeError(f"{cls.__name__} must set a non-empty `name`")
     if cls.name in METHODS and METHODS[cls.name] is not cls:
         raise TypeError(f"method name {cls.name!r} is already registered by {METHODS[cls.name].__name__}")
     METHODS[cls.name] = cls
+    table = params_table(cls)
+    if table and cls.__doc__ and "Declared parameters" not in (cls.__dict__.get("__doc__") or ""):
+        cls.__doc__ = cls.__doc__.rstrip() + "\n\n    Declared parameters\n    -------------------\n" + table + "\n"
     return cls
 
 
@@ -161,8 +190,23 @@ def get_method(name: str, **params: Any) -> Method:
         raise GradTuneInputError(f"bad parameters for method {name!r}: {err}; valid parameters: {valid}") from None
 
 
+_DISCOVERED = False
+
+
 def _import_builtin_methods() -> None:
-    import gradtune.methods  # noqa: F401  (registers the built-in methods)
+    """Import every module of :mod:`gradtune.methods` once: a method registers itself where
+    it is defined (``@register_method``), so a new module is found without a list to edit."""
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    import importlib
+    import pkgutil
+
+    import gradtune.methods
+
+    for info in pkgutil.iter_modules(gradtune.methods.__path__):
+        importlib.import_module(f"gradtune.methods.{info.name}")
+    _DISCOVERED = True
 
 
 def erm_head(bundle: EmbeddingBundle) -> LinearHead:

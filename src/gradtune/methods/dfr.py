@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import sklearn
@@ -53,7 +53,7 @@ from gradtune._seeding import seed_streams
 from gradtune._validation import GradTuneInputError, check_choice, check_positive_int
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.methods.balancing import require_groups
-from gradtune.methods.base import LinearHead, Method, MethodResult, register_method
+from gradtune.methods.base import LinearHead, Method, MethodResult, param, register_method
 from gradtune.metrics.accuracy import worst_group_accuracy
 from gradtune.objectives.sampling import balanced_subsample
 
@@ -162,13 +162,14 @@ class DFRMethod(Method):
     description = "DFR (Kirichenko et al.): L1 logistic regression on group-balanced validation, 20 averaged fits"
     uses_group_labels_train = False
     uses_group_labels_val = True
-    search_space: ClassVar[dict[str, list]] = {}  # C is tuned inside fit, as the authors do
+    # no search space: C is tuned inside fit, as the authors do
 
-    c_grid: tuple[float, ...] = DFR_C_GRID
-    num_retrains: int = 20
-    scaler_fit: str = "train"
-    max_iter: int = 100
-    tol: float = 1e-4
+    c_grid: tuple[float, ...] = param(DFR_C_GRID, "inverse L1 strengths tried, in order", gt=0, nonempty=True,
+                                      fast=(1.0, 0.1))
+    num_retrains: int = param(20, "fits averaged for the final head", ge=1, fast=2)
+    scaler_fit: str = param("train", "rows whose features fit the final scaler", choices=SCALER_FITS)
+    max_iter: int = param(100, "liblinear's iteration limit", ge=1)
+    tol: float = param(1e-4, "liblinear's tolerance", gt=0)
 
     def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
         held = bundle.view("heldout")

@@ -61,15 +61,13 @@ from gradtune._seeding import seed_streams
 from gradtune._threads import torch_threads
 from gradtune._validation import (
     GradTuneInputError,
-    check_choice,
     check_features,
-    check_nonneg_float,
     check_positive_int,
     make_numpy_rng,
 )
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.finetune.linear import sgd_step_
-from gradtune.methods.base import Method, MethodResult, erm_head, register_method
+from gradtune.methods.base import Method, MethodResult, erm_head, param, register_method
 from gradtune.objectives.sampling import balanced_subsample
 from gradtune.selection.label_free import LabelFreeScorer
 
@@ -399,39 +397,31 @@ class DPEMethod(Method):
     description = ("DPE (To et al.): ensemble of diverse prototype classifiers on class-balanced held-out "
                    "subsamples, members trained in order, epochs by worst-class accuracy")
     selections: ClassVar[tuple[str, ...]] = DPE_SELECTION
-    search_space: ClassVar[dict[str, list]] = {
-        "cov_reg": [5e4, 1e5, 5e5],
-        "entropic_scale": [10.0, 20.0, 30.0],
-    }
+    space_order: ClassVar[tuple[str, ...]] = ("cov_reg", "entropic_scale")
 
-    num_members: int = 15
-    epochs: int = 20
-    batch_size: int = 256
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    entropic_scale: float = 30.0
-    wd_weight: float = 10.0
-    cov_reg: float = 5e4
-    alpha: float = 0.05
-    init_std: float = 1e-2
-    center: bool = True
-    balance: str = "class"
-    selection: str = "worst_class"
-    min_group_size: int = 10
-    sequential: bool = True
+    num_members: int = param(15, "ensemble size", ge=1)
+    epochs: int = param(20, "epochs per member", ge=1)
+    batch_size: int = param(256, "batch size (capped at the subsample size)", ge=1)
+    lr: float = param(1e-3, "learning rate", gt=0)
+    momentum: float = param(0.9, "SGD momentum", ge=0)
+    weight_decay: float = param(0.0, "SGD decay on prototypes and scales", ge=0)
+    entropic_scale: float = param(30.0, "IsoMax+'s E", gt=0, space=(10.0, 20.0, 30.0))
+    wd_weight: float = param(10.0, "weight of mean_k ||p_k||^2", ge=0)
+    cov_reg: float = param(5e4, "IPS weight of the second member", ge=0, space=(5e4, 1e5, 5e5))
+    alpha: float = param(0.05, "decay of the IPS weight over members", ge=0)
+    init_std: float = param(1e-2, "prototype initialization scale", gt=0)
+    center: bool = param(True, "centre every feature row before its L2 normalization")
+    balance: str = param("class", "keys of the balanced subsamples", choices=DPE_BALANCE)
+    selection: str = param("worst_class", "per-member epoch choice", choices=DPE_SELECTION)
+    min_group_size: int = param(10, "pseudo-groups smaller than this are left out of the criterion", ge=1)
+    sequential: bool = param(True, "members one after another (the authors' order) or all at once")
 
     def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
         seed = check_positive_int(seed, "seed", allow_zero=True)
-        n_members = check_positive_int(self.num_members, "num_members")
-        epochs = check_positive_int(self.epochs, "epochs")
-        check_choice(self.balance, "balance", DPE_BALANCE)
-        check_choice(self.selection, "selection", self.selections)
-        hp = {k: check_nonneg_float(getattr(self, k), k) for k in
-              ("momentum", "weight_decay", "wd_weight", "cov_reg", "alpha")}
-        lr = check_nonneg_float(self.lr, "lr", positive=True)
-        scale = check_nonneg_float(self.entropic_scale, "entropic_scale", positive=True)
-        init_std = check_nonneg_float(self.init_std, "init_std", positive=True)
+        # the hyperparameters were checked against their declarations when the method was built
+        n_members, epochs = int(self.num_members), int(self.epochs)
+        hp = {k: float(getattr(self, k)) for k in ("momentum", "weight_decay", "wd_weight", "cov_reg", "alpha")}
+        lr, scale, init_std = float(self.lr), float(self.entropic_scale), float(self.init_std)
         c = int(bundle.n_classes)
         held = bundle.view("heldout")
         if bundle.features.shape[1] < 2:
@@ -449,7 +439,7 @@ class DPEMethod(Method):
         subsets = class_balanced_subsets(keys, n_members, streams.rng("subsets"))
         gen = streams.generator("heads")
         u = normalize_features(held.features, center=self.center)
-        batch = min(check_positive_int(self.batch_size, "batch_size"), subsets.shape[1])
+        batch = min(int(self.batch_size), subsets.shape[1])
         lam = ips_weights(hp["cov_reg"], hp["alpha"], n_members)
         score_fn = self._epoch_score(bundle, head, c)
         with torch_threads(1):
@@ -482,7 +472,7 @@ class DPEMethod(Method):
         """The selection rows' score of (n_sel, C) logits (higher is better)."""
         sel = bundle.view("selection")
         scorer = LabelFreeScorer(sel.labels, c, erm_logits=head.logits(sel.features) if head else None,
-                                 min_group_size=check_positive_int(self.min_group_size, "min_group_size"))
+                                 min_group_size=int(self.min_group_size))
         return lambda z: scorer(self.selection, z)
 
     def _epoch_score(self, bundle: EmbeddingBundle, head: Any,

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from gradtune.embeddings.bundle import BundleError, EmbeddingBundle
-from gradtune.methods.base import register_method
+from gradtune.methods.base import override, register_method
 from gradtune.methods.dpe import DPEMethod
 from gradtune.metrics import worst_group_accuracy
 
@@ -38,7 +38,7 @@ class DPEValGroupsMethod(DPEMethod):
     uses_group_labels_val: ClassVar[bool] = True
     selections: ClassVar[tuple[str, ...]] = ("val_groups",)
 
-    selection: str = "val_groups"
+    selection: str = override(DPEMethod, "selection", "val_groups", choices=("val_groups",))
 
     def _scorer(self, bundle: EmbeddingBundle, head: Any, c: int) -> Callable[[np.ndarray], float]:
         sel = bundle.view("selection")

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass
 
 from gradtune.embeddings.bundle import EmbeddingBundle
-from gradtune.estimator import GradTune
+from gradtune.estimator import SELECTION_SCORES, SIZE_RULES, GradTune
 from gradtune.finetune.linear import FinetuneConfig
 from gradtune.methods.base import (
-    FINETUNE_SPACE,
     LinearHead,
     Method,
     MethodResult,
     erm_head,
+    finetune_block,
+    param,
     register_method,
 )
+from gradtune.selection.select import SIZE, TOP_K
 
 __all__ = ["GradTuneMethod", "ERMMethod"]
 
@@ -28,15 +29,14 @@ class GradTuneMethod(Method):
 
     name = "gradtune"
     description = "GradTune (paper defaults): top-k + proportional gradient-norm set, fine-tune last layer"
-    search_space: ClassVar[dict[str, list]] = FINETUNE_SPACE
 
-    size: int = 500
-    top_k: int = 400
-    include_bias: bool = True
-    score: str = "grad_norm"
-    replace: bool = False
-    size_rule: str = "scale"
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    size: int = SIZE.field()
+    top_k: int = TOP_K.field()
+    include_bias: bool = param(True, "the gradient norm counts the bias as well as the weight")
+    score: str = param("grad_norm", "the selection score", choices=SELECTION_SCORES)
+    replace: bool = param(False, "draw the proportional part with replacement")
+    size_rule: str = param("scale", "what a held-out set smaller than size does", choices=SIZE_RULES)
+    finetune: FinetuneConfig = finetune_block()
 
     def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
         head = erm_head(bundle)

@@ -57,7 +57,7 @@ and docs/label-free.md reports the other half. The paper's ``"gradtune"`` is unc
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -67,18 +67,27 @@ from sklearn.preprocessing import StandardScaler
 from gradtune._seeding import SeedStreams, seed_streams
 from gradtune._validation import (
     GradTuneInputError,
-    check_choice,
-    check_nonneg_float,
     check_positive_int,
 )
 from gradtune.embeddings.bundle import EmbeddingBundle, SplitView
 from gradtune.estimator import resolve_set_size
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
 from gradtune.groups.xrm import XRM_CONFIGS, XRMConfig
-from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, register_method
-from gradtune.methods.dfr import DFR_C_GRID, fit_l1_logreg, fold_scaler
+from gradtune.methods.base import (
+    LinearHead,
+    Method,
+    MethodResult,
+    erm_head,
+    finetune_block,
+    override,
+    param,
+    register_method,
+)
+from gradtune.methods.dfr import DFRMethod, fit_l1_logreg, fold_scaler
 from gradtune.methods.inferred import (
-    FEATURE_SOURCES,
+    FEATURES,
+    POOL,
+    RULE,
     bundle_pseudo_groups,
     inference_features,
     merge_small_groups,
@@ -87,7 +96,7 @@ from gradtune.objectives.sampling import balanced_subsample
 from gradtune.scores.grad_norms import grad_norms
 from gradtune.selection.audit import region_cells, structure_aucs, worst_cell_accuracy
 from gradtune.selection.guard import GuardRule, class_balanced_accuracy, guard_choice
-from gradtune.selection.select import select_finetune_set
+from gradtune.selection.select import SIZE, TOP_K, select_finetune_set
 
 __all__ = ["GradTuneAutoMethod", "AutoCandidate", "FAMILIES", "INFERENCES", "AUTO_EPOCHS"]
 
@@ -201,59 +210,43 @@ class GradTuneAutoMethod(Method):
     uses_group_labels_train: ClassVar[bool] = False
     uses_group_labels_val: ClassVar[bool] = False
 
-    features: str = "auto"
-    pool: str = "auto"
-    xrm_steps: int = 2000
-    rule: str = "average"
-    xrm_recipe: str = "default"
-    inferences: tuple[str, ...] = ("xrm",)
-    families: tuple[str, ...] = ("retrain",)
-    c_grid: tuple[float, ...] = DFR_C_GRID
-    num_retrains: int = 5
-    refit: bool = True
-    crossfit: bool = True
-    size: int = 500
-    top_k: int = 400
-    epochs_grid: tuple[int, ...] = AUTO_EPOCHS
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    min_group_size: int = 10
-    margin: float = 0.0
-    margin_z: float = 1.0
-    confirm_z: float | None = 1.0
-    max_balanced_drop: float = 0.3
-    min_repaired_accuracy: float = 0.4
-    min_structure_auc: float = 0.6
-    min_twin_auc: float = 0.7
-    min_erm_minority_accuracy: float = 0.0
+    features: str = FEATURES.field()
+    pool: str = POOL.field()
+    xrm_steps: int = override(XRMConfig, "n_steps", doc="training steps of the XRM twins", fast=200)
+    rule: str = RULE.field()
+    xrm_recipe: str = param("default", "the twins' training recipe", choices=tuple(XRM_CONFIGS))
+    inferences: tuple[str, ...] = param(("xrm",), "pseudo-groups the candidates are fitted on", choices=INFERENCES,
+                                        nonempty=True)
+    families: tuple[str, ...] = param(("retrain",), "candidate families besides the ERM head", choices=FAMILIES)
+    c_grid: tuple[float, ...] = override(DFRMethod, "c_grid", nonempty=False, fast=(1.0,))
+    num_retrains: int = param(5, "averaged fits per 'retrain' candidate", ge=1, fast=1)
+    refit: bool = param(True, "refit a chosen 'retrain' candidate on both validation halves")
+    crossfit: bool = param(True, "also fit on the selection half and average the two scores")
+    size: int = SIZE.field()
+    top_k: int = TOP_K.field()
+    epochs_grid: tuple[int, ...] = param(AUTO_EPOCHS, "snapshots of the fine-tuning run", ge=1, fast=(1, 3))
+    finetune: FinetuneConfig = finetune_block(space=None, fast_epochs=None)
+    min_group_size: int = param(10, "smallest audit cell the value counts", ge=1)
+    margin: float = param(0.0, "a candidate must beat ERM's value by more than this", ge=0)
+    margin_z: float = param(1.0, "... plus this many standard errors of the difference", ge=0)
+    confirm_z: float | None = param(1.0, "with crossfit, the gain on each half in its standard errors (None: off)",
+                                    kind="float", ge=0, optional=True)
+    max_balanced_drop: float = param(0.3, "largest allowed drop of class-balanced accuracy", ge=0)
+    min_repaired_accuracy: float = param(0.4, "least accuracy on every audit cell", ge=0, le=1)
+    min_structure_auc: float = param(0.6, "least cross-fitted AUC of the head's mistakes", ge=0, le=1)
+    min_twin_auc: float = param(0.7, "... or of the twins' inferred minority (1.0: this route off)", ge=0, le=1)
+    min_erm_minority_accuracy: float = param(0.0, "optional pre-check on the ERM head (0: off)", ge=0, le=1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # each value against its declaration; then the rules between them
+        self._check()
 
     def _check(self) -> list[int]:
-        check_choice(self.features, "features", FEATURE_SOURCES)
-        fams = tuple(self.families)
-        for f in fams:
-            check_choice(f, "families entry", FAMILIES)
-        if not tuple(self.inferences):
-            raise GradTuneInputError("inferences must name at least one of " + ", ".join(INFERENCES))
-        for name in self.inferences:
-            check_choice(name, "inferences entry", INFERENCES)
-        check_positive_int(self.xrm_steps, "xrm_steps")
-        check_choice(self.rule, "rule", ("average", "either"))
-        check_choice(self.xrm_recipe, "xrm_recipe", tuple(XRM_CONFIGS))
-        check_positive_int(self.num_retrains, "num_retrains")
-        check_positive_int(self.min_group_size, "min_group_size")
-        check_nonneg_float(self.margin, "margin")
-        check_nonneg_float(self.margin_z, "margin_z")
-        if self.confirm_z is not None:
-            check_nonneg_float(self.confirm_z, "confirm_z")
-        check_nonneg_float(self.max_balanced_drop, "max_balanced_drop")
-        for key in ("min_repaired_accuracy", "min_structure_auc", "min_twin_auc", "min_erm_minority_accuracy"):
-            value = check_nonneg_float(getattr(self, key), key)
-            if value > 1:
-                raise GradTuneInputError(f"{key} must be in [0, 1], got {value}")
-        if "retrain" in fams and (not self.c_grid or min(float(c) for c in self.c_grid) <= 0):
-            raise GradTuneInputError(f"c_grid must hold positive numbers, got {self.c_grid!r}")
-        epochs = sorted({check_positive_int(e, "epochs_grid entry") for e in self.epochs_grid})
-        if "finetune" in fams and not epochs:
+        epochs = sorted({int(e) for e in self.epochs_grid})
+        if "finetune" in self.families and not epochs:
             raise GradTuneInputError("epochs_grid must not be empty when 'finetune' is a family")
+        if "retrain" in self.families and not self.c_grid:
+            raise GradTuneInputError(f"c_grid must hold positive numbers, got {self.c_grid!r}")
         return epochs
 
     # ------------------------------------------------------------ candidates

@@ -36,27 +36,36 @@ draws the norm-proportional part, stream 1 drives the sampler; a third stream dr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from gradtune._params import default_of
 from gradtune._seeding import GRADTUNE_STREAMS, seed_streams
 from gradtune._validation import (
     GradTuneInputError,
-    check_choice,
-    check_nonneg_float,
     check_positive_int,
 )
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.estimator import resolve_set_size
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
-from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, register_method
+from gradtune.methods.base import (
+    LinearHead,
+    Method,
+    MethodResult,
+    erm_head,
+    finetune_block,
+    override,
+    param,
+    register_method,
+)
+from gradtune.methods.gradtune import GradTuneMethod
 from gradtune.scores.grad_norms import grad_norms
-from gradtune.selection.auto_k import auto_set_size
+from gradtune.selection.auto_k import K_SHARE, MAX_SIZE, MIN_SIZE, auto_set_size
 from gradtune.selection.label_free import CRITERIA, LabelFreeScorer
-from gradtune.selection.select import select_finetune_set
+from gradtune.selection.select import SIZE, TOP_K, select_finetune_set
 
 __all__ = ["GradTuneSelectMethod", "GradTuneESMethod", "GradTuneL2Method", "GradTuneAutoKMethod",
            "Candidate", "EPOCH_GRID", "SET_SIZE_RULES", "DEFAULT_CRITERION", "DEFAULT_L2"]
@@ -116,36 +125,34 @@ class GradTuneSelectMethod(Method):
     uses_group_labels_train: ClassVar[bool] = False
     uses_group_labels_val: ClassVar[bool] = False
 
-    set_size: str = "auto"
-    size: int = 500
-    top_k: int = 400
-    k_share: float = 0.8
-    min_size: int = 100
-    max_size: int = 2000
-    criterion: str = DEFAULT_CRITERION
-    epochs_grid: tuple[int, ...] = EPOCH_GRID
-    lrs: tuple[float, ...] = (3e-3,)
-    l2_to_init: float = DEFAULT_L2
-    replay: float = 0.0
-    min_group_size: int = 10
-    include_bias: bool = True
-    score: str = "grad_norm"
-    replace: bool = False
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    set_size: str = param("auto", "'auto': M' and k from the norm mixture; 'fixed': size / top_k",
+                          choices=SET_SIZE_RULES)
+    size: int = SIZE.field()
+    top_k: int = TOP_K.field()
+    k_share: float = K_SHARE.field()
+    min_size: int = MIN_SIZE.field()
+    max_size: int = MAX_SIZE.field()
+    criterion: str = param(DEFAULT_CRITERION, "label-free criterion on the selection rows", choices=tuple(CRITERIA))
+    epochs_grid: tuple[int, ...] = param(EPOCH_GRID, "candidate epoch counts (0: the ERM head)", ge=0,
+                                         nonempty=True)
+    lrs: tuple[float, ...] = param((default_of(FinetuneConfig, "lr"),), "candidate learning rates", gt=0)
+    l2_to_init: float = param(DEFAULT_L2, "pull toward the ERM head (0: no guard)", ge=0)
+    replay: float = param(0.0, "extra uniformly drawn held-out rows, as a share of M'", ge=0)
+    min_group_size: int = param(10, "smallest pseudo-group a criterion counts", ge=1)
+    include_bias: bool = override(GradTuneMethod, "include_bias")
+    score: str = override(GradTuneMethod, "score")
+    replace: bool = override(GradTuneMethod, "replace")
+    finetune: FinetuneConfig = finetune_block(space=None, fast_epochs=None)
 
     def _check(self) -> tuple[list[int], list[float]]:
-        check_choice(self.set_size, "set_size", SET_SIZE_RULES)
-        check_choice(self.criterion, "criterion", list(CRITERIA))
-        check_choice(self.score, "score", ("grad_norm", "loss", "residual"))
-        epochs = sorted({check_positive_int(e, "epochs_grid entry", allow_zero=True) for e in self.epochs_grid})
-        if not epochs:
-            raise GradTuneInputError("epochs_grid must not be empty")
-        lrs = [check_nonneg_float(lr, "lrs entry", positive=True) for lr in self.lrs]
-        if not lrs and epochs != [0]:
-            raise GradTuneInputError("lrs must not be empty")
-        check_nonneg_float(self.l2_to_init, "l2_to_init")
-        check_nonneg_float(self.replay, "replay")
+        epochs = sorted({int(e) for e in self.epochs_grid})
+        lrs = [float(lr) for lr in self.lrs]
         return epochs, lrs
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.lrs and any(int(e) > 0 for e in self.epochs_grid):
+            raise GradTuneInputError("lrs must not be empty when epochs_grid holds a positive epoch count")
 
     def _scores(self, h: torch.Tensor, y: torch.Tensor, head: LinearHead) -> np.ndarray:
         w = torch.as_tensor(head.weight)
@@ -250,8 +257,8 @@ class GradTuneESMethod(GradTuneSelectMethod):
     name = "gradtune-es"
     description = "GradTune (paper set, M'=500 k=400) with label-free epoch selection (no guard)"
 
-    set_size: str = "fixed"
-    l2_to_init: float = 0.0
+    set_size: str = override(GradTuneSelectMethod, "set_size", "fixed")
+    l2_to_init: float = override(GradTuneSelectMethod, "l2_to_init", 0.0)
 
 
 @register_method
@@ -262,8 +269,8 @@ class GradTuneL2Method(GradTuneSelectMethod):
     name = "gradtune-l2"
     description = "GradTune (paper set, 500 epochs) with an L2 pull toward the ERM head"
 
-    set_size: str = "fixed"
-    epochs_grid: tuple[int, ...] = (500,)
+    set_size: str = override(GradTuneSelectMethod, "set_size", "fixed")
+    epochs_grid: tuple[int, ...] = override(GradTuneSelectMethod, "epochs_grid", (default_of(FinetuneConfig, "epochs"),))
 
 
 @register_method
@@ -274,8 +281,8 @@ class GradTuneAutoKMethod(GradTuneSelectMethod):
     name = "gradtune-selectk"
     description = "GradTune with automatic k/M' (log-norm mixture), paper's 500 epochs"
 
-    epochs_grid: tuple[int, ...] = (500,)
-    l2_to_init: float = 0.0
+    epochs_grid: tuple[int, ...] = override(GradTuneSelectMethod, "epochs_grid", (default_of(FinetuneConfig, "epochs"),))
+    l2_to_init: float = override(GradTuneSelectMethod, "l2_to_init", 0.0)
 
 
 def _jsonable(x: Any) -> Any:

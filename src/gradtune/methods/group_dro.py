@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 import torch
 
 from gradtune._validation import (
-    check_nonneg_float,
     check_positive_int,
     make_generator,
 )
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.finetune.head_loop import GroupDROObjective, augment, train_head, weighted_sampler
 from gradtune.methods.balancing import require_groups, torch_threads
-from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, register_method
+from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, param, register_method
 from gradtune.objectives.group_dro import group_adjustment
 
 __all__ = ["GroupDROMethod"]
@@ -74,25 +72,19 @@ class GroupDROMethod(Method):
     description = "Group DRO (Sagawa et al.) on the last layer: online group weights, group-balanced sampling"
     uses_group_labels_train = True
     uses_group_labels_val = True
-    search_space: ClassVar[dict[str, list]] = {
-        "adj": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
-        "weight_decay": [1e-3, 1e-2, 1e-1],
-    }
 
-    eta: float = 0.01
-    adj: float = 0.0
-    epochs: int = 100
-    batch_size: int = 32
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-2
-    reset: bool = False
+    eta: float = param(0.01, "group-weight step size", ge=0)
+    adj: float = param(0.0, "generalization adjustment C", ge=0, space=(0.0, 1.0, 2.0, 3.0, 4.0, 5.0))
+    epochs: int = param(100, "epochs over the held-out rows", ge=0, fast=2)
+    batch_size: int = param(32, "batch size", ge=1)
+    lr: float = param(1e-3, "learning rate", gt=0)
+    momentum: float = param(0.9, "SGD momentum", ge=0)
+    weight_decay: float = param(1e-2, "L2 weight decay", ge=0, space=(1e-3, 1e-2, 1e-1))
+    reset: bool = param(False, "re-initialize the head instead of starting from the ERM head")
 
     def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
         seed = check_positive_int(seed, "seed", allow_zero=True)
-        epochs = check_positive_int(self.epochs, "epochs", allow_zero=True)
-        bs = check_positive_int(self.batch_size, "batch_size")
-        lr = check_nonneg_float(self.lr, "lr", positive=True)
+        epochs, bs, lr = int(self.epochs), int(self.batch_size), float(self.lr)  # checked when built
         head = erm_head(bundle)
         held = bundle.view("heldout")
         # q runs over the groups present in the held-out rows (ids compacted to 0..G-1)
@@ -112,9 +104,8 @@ class GroupDROMethod(Method):
         with torch_threads(1):
             theta, q = _train_head(h, y, g, theta.clone(), n_groups, counts, epochs=epochs,
                                    batch_size=min(bs, h.shape[0]), lr=lr,
-                                   momentum=check_nonneg_float(self.momentum, "momentum"),
-                                   weight_decay=check_nonneg_float(self.weight_decay, "weight_decay"),
-                                   eta=check_nonneg_float(self.eta, "eta"), adj=float(self.adj), gen=gen)
+                                   momentum=float(self.momentum), weight_decay=float(self.weight_decay),
+                                   eta=float(self.eta), adj=float(self.adj), gen=gen)
         diag = {"group_ids": group_ids.tolist(), "final_group_weights": q.tolist(),
                 "group_counts": counts.tolist()}
         return MethodResult(LinearHead(theta[:, :d], theta[:, d]), diag)

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from gradtune._params import declare
 from gradtune._validation import check_choice, check_positive_int
 from gradtune.embeddings.bundle import BundleError, EmbeddingBundle, SplitView
 from gradtune.groups.base import InferredGroups
@@ -38,6 +39,13 @@ __all__ = ["PseudoGroups", "bundle_pseudo_groups", "inference_features", "DFRInf
 
 FEATURE_SOURCES = ("auto", "encoder", "features")
 POOLS = ("auto", "heldout", "train+heldout", "train")
+
+#: The inference's features, the twins' rule and their rows: shared by every method that
+#: infers XRM pseudo-groups with :func:`bundle_pseudo_groups`.
+FEATURES = declare("auto", "features the group inference reads ('auto': encoder_features when present)",
+                   choices=FEATURE_SOURCES)
+RULE = declare("average", "which twin prediction makes a row minority", choices=("average", "either"))
+POOL = declare("auto", "rows the XRM twins are fitted on ('auto': train rows when present)", choices=POOLS)
 
 
 @dataclass
@@ -177,9 +185,9 @@ class DFRInferredMethod(DFRMethod):
     uses_group_labels_train: ClassVar[bool] = False
     uses_group_labels_val: ClassVar[bool] = False
 
-    features: str = "auto"
-    rule: str = "average"
-    pool: str = "auto"
+    features: str = FEATURES.field()
+    rule: str = RULE.field()
+    pool: str = POOL.field()
 
     def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
         pg = bundle_pseudo_groups(bundle, seed=seed, features=self.features, rule=self.rule,

@@ -19,27 +19,28 @@ full-network JTT uses too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass
 
 from gradtune._validation import (
     check_positive_int,
 )
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
-from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, register_method
+from gradtune.methods.base import (
+    LinearHead,
+    Method,
+    MethodResult,
+    erm_head,
+    finetune_block,
+    param,
+    register_method,
+)
 from gradtune.objectives.jtt import jtt_error_set, jtt_upsampled_indices
 
 __all__ = ["JTTMethod", "JTT_UPWEIGHT"]
 
 #: The authors' lambda per benchmark.
 JTT_UPWEIGHT = {"waterbirds": 100, "celeba": 50, "multinli": 4, "civilcomments": 6}
-
-
-def _default_config() -> FinetuneConfig:
-    # The second model is trained anew with plain shuffling over the upsampled list.
-    return FinetuneConfig(epochs=20, batch_size=64, lr=1e-2, schedule="constant",
-                          sampler="uniform", reset=True)
 
 
 @register_method
@@ -58,13 +59,11 @@ class JTTMethod(Method):
 
     name = "jtt"
     description = "JTT (Liu et al.) on the last layer: ERM head's held-out errors upsampled lambda times"
-    search_space: ClassVar[dict[str, list]] = {
-        "upweight": [4, 6, 20, 50, 100],
-        "finetune.lr": [1e-3, 1e-2],
-    }
 
-    upweight: int = 100
-    finetune: FinetuneConfig = field(default_factory=_default_config)
+    upweight: int = param(100, "lambda, how often each error row appears", ge=1, space=(4, 6, 20, 50, 100), fast=5)
+    # The second model is trained anew with plain shuffling over the upsampled list.
+    finetune: FinetuneConfig = finetune_block(space={"lr": [1e-3, 1e-2]}, epochs=20, batch_size=64, lr=1e-2,
+                                              schedule="constant", sampler="uniform", reset=True)
 
     def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
         seed = check_positive_int(seed, "seed", allow_zero=True)

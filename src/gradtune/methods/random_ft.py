@@ -11,22 +11,21 @@ draws the set, the second drives the sampler). No group labels are read.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass
 
 from gradtune._seeding import GRADTUNE_STREAMS, seed_streams
 from gradtune._validation import check_positive_int
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
 from gradtune.methods.base import (
-    FINETUNE_SPACE,
     LinearHead,
     Method,
     MethodResult,
     erm_head,
+    finetune_block,
     register_method,
 )
-from gradtune.selection.select import random_subset
+from gradtune.selection.select import SIZE, random_subset
 
 __all__ = ["RandomFinetuneMethod"]
 
@@ -45,16 +44,15 @@ class RandomFinetuneMethod(Method):
 
     name = "random"
     description = "Random fine-tuning: M'=500 uniformly random held-out rows, GradTune's fine-tuning"
-    search_space: ClassVar[dict[str, list]] = FINETUNE_SPACE
 
-    size: int = 500
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    size: int = SIZE.field(doc="M'; min(size, N) rows are drawn")
+    finetune: FinetuneConfig = finetune_block()
 
     def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
         seed = check_positive_int(seed, "seed", allow_zero=True)
         head = erm_head(bundle)
         held = bundle.view("heldout")
-        size = min(check_positive_int(self.size, "size"), len(held))
+        size = min(int(self.size), len(held))
         streams = seed_streams(seed, *GRADTUNE_STREAMS)
         idx = random_subset(len(held), size, seed=streams.rng("subset"))
         res = finetune_linear(held.features[idx], held.labels[idx], head.weight, head.bias,

@@ -41,8 +41,8 @@ None of these read group labels in ``fit``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -51,14 +51,16 @@ from gradtune._validation import check_choice, check_positive_int
 from gradtune.embeddings.bundle import BundleError, EmbeddingBundle
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
 from gradtune.methods.base import (
-    FINETUNE_SPACE,
     LinearHead,
     Method,
     MethodResult,
     erm_head,
+    override,
+    param,
     register_method,
 )
 from gradtune.methods.gradtune import GradTuneMethod
+from gradtune.objectives.choices import OPTIMIZERS
 from gradtune.scores.output_scores import cross_entropy_scores, disagreement_scores
 from gradtune.selection.select import random_subset, top_k_indices
 
@@ -131,40 +133,29 @@ class SELFMethod(Method):
 
     name = "self"
     description = "SELF (LaBonte et al.): top-k early-stop disagreement held-out rows, fine-tune last layer"
-    search_space: ClassVar[dict[str, list]] = {"k": [20, 100, 500], "lr": [1e-4, 1e-3, 1e-2]}
 
-    score: str = "disagreement"
-    k: int = 500
-    steps: int = 250
-    batch_size: int = 32
-    optimizer: str = "sgd"
-    lr: float = 1e-2
-    momentum: float = 0.0
-    weight_decay: float = 1e-4
+    score: str = param("disagreement", "the score the top-k rows are taken by", choices=SELF_SCORES)
+    k: int = param(500, "rows fine-tuned on; min(k, N)", ge=1, space=(20, 100, 500))
+    steps: int = param(250, "optimizer steps", ge=1, text=500, fast=10)
+    batch_size: int = param(32, "batch size", ge=1, text=16)
+    optimizer: str = param("sgd", "the optimizer", choices=OPTIMIZERS, text="adamw")
+    lr: float = param(1e-2, "learning rate", gt=0, space=(1e-4, 1e-3, 1e-2), text=1e-5)
+    momentum: float = param(0.0, "SGD momentum", ge=0)
+    weight_decay: float = param(1e-4, "weight decay", ge=0)
 
     @classmethod
     def for_text(cls, **overrides: Any) -> SELFMethod:
         """The authors' text setting: 500 steps, AdamW, batch 16, lr 1e-5 (grid 1e-6..1e-4)."""
-        base: dict[str, Any] = dict(steps=500, optimizer="adamw", batch_size=16, lr=1e-5)
+        base: dict[str, Any] = cls.family_defaults("text")
         base.update(overrides)
         return cls(**base)
 
-    @classmethod
-    def family_defaults(cls, family: str | None) -> dict[str, Any]:
-        """Text: the authors' text setting (:meth:`for_text`) as overrides; else none."""
-        if family != "text":
-            return {}
-        base, text = cls(), cls.for_text()
-        return {f.name: getattr(text, f.name) for f in fields(cls)
-                if getattr(text, f.name) != getattr(base, f.name)}
-
     def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
         seed = check_positive_int(seed, "seed", allow_zero=True)
-        steps = check_positive_int(self.steps, "steps")
-        bs = check_positive_int(self.batch_size, "batch_size")
+        steps, bs = int(self.steps), int(self.batch_size)  # checked when built
         head = erm_head(bundle)
         held = bundle.view("heldout")
-        k = min(check_positive_int(self.k, "k"), len(held))
+        k = min(int(self.k), len(held))
         scores = self_scores(self.score, head.logits(held.features), held.early_logits, held.labels)
         streams = seed_streams(seed, *GRADTUNE_STREAMS)
         if scores is None:
@@ -187,9 +178,8 @@ class LossTopKMethod(GradTuneMethod):
 
     name = "loss-topk"
     description = "GradTune's top-k + proportional set and fine-tuning, scored by cross-entropy loss"
-    search_space: ClassVar[dict[str, list]] = FINETUNE_SPACE
 
-    score: str = "loss"
+    score: str = override(GradTuneMethod, "score", "loss")
 
 
 @register_method
@@ -199,6 +189,5 @@ class ResidualTopKMethod(GradTuneMethod):
 
     name = "residual-topk"
     description = "GradTune's top-k + proportional set and fine-tuning, scored by ||p - e_y|| (no feature norm)"
-    search_space: ClassVar[dict[str, list]] = FINETUNE_SPACE
 
-    score: str = "residual"
+    score: str = override(GradTuneMethod, "score", "residual")

@@ -30,12 +30,14 @@ from typing import Any
 
 import numpy as np
 
+from gradtune._params import Param, declarations, flat_declarations, relation_problems
 from gradtune._validation import GradTuneInputError, check_choice, check_positive_int
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.methods.base import METHODS, Method, _import_builtin_methods
 from gradtune.metrics.accuracy import worst_class_accuracy, worst_group_accuracy
 
 __all__ = ["select_hyperparameters", "search_space", "family_defaults", "expand_grid", "build_method",
+           "check_method_params",
            "TuningTable", "TUNING_MODES"]
 
 TUNING_MODES = ("group", "label_free")
@@ -82,7 +84,7 @@ def family_defaults(method_name: str, family: str | None) -> dict[str, Any]:
 def search_space(method_name: str) -> dict[str, list]:
     """The default grid of a registered method (``{}``: nothing to tune)."""
     cls = _method_class(method_name)
-    return dict(cls.search_space)
+    return cls.search_space()
 
 
 def expand_grid(space: dict[str, list]) -> list[dict[str, Any]]:
@@ -94,17 +96,48 @@ def expand_grid(space: dict[str, list]) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(space[k] for k in keys))]
 
 
-def build_method(method_name: str, params: dict[str, Any] | None = None) -> Method:
-    """Instantiate a registered method with ``params``; ``"a.b"`` keys set field ``b`` of
-    the dataclass-valued field ``a`` (e.g. ``{"finetune.epochs": 10}``)."""
+def check_method_params(method_name: str, params: dict[str, Any] | None, *, relations: bool = True) -> None:
+    """Check dotted ``params`` of a registered method against its declarations, each value
+    and then (``relations``) the relations between them and the other parameters'
+    defaults (``top_k <= size``), without building it.
+
+    Raises
+    ------
+    GradTuneInputError
+        ``"<key> must be ..., got ..."``, naming the first bad parameter; or naming a key
+        the method does not declare.
+    """
     cls = _method_class(method_name)
+    specs = flat_declarations(cls)
+    blocks = {name for name, d in declarations(cls).items() if not isinstance(d, Param)}
     valid = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    top: dict[str, Any] = {}
-    nested: dict[str, dict[str, Any]] = {}
     for key, value in (params or {}).items():
         outer, _, inner = key.partition(".")
         if outer not in valid:
             raise GradTuneInputError(f"{key!r} is not a parameter of method {method_name!r}; valid: {sorted(valid)}")
+        if inner and outer not in blocks:
+            raise GradTuneInputError(f"parameter {outer!r} of method {method_name!r} has no sub-fields")
+        if key in specs:
+            why = specs[key].problem(value)
+            if why is not None:
+                raise GradTuneInputError(f"{key} {why}")
+        elif inner:
+            raise GradTuneInputError(f"bad sub-parameter of {outer!r}: {inner!r} is not one of its fields; "
+                                     f"valid: {sorted(k.partition('.')[2] for k in specs if k.startswith(outer + '.'))}")
+    for key, why in relation_problems(cls, params or {}) if relations else ():
+        raise GradTuneInputError(f"{key} {why}")
+
+
+def build_method(method_name: str, params: dict[str, Any] | None = None) -> Method:
+    """Instantiate a registered method with ``params``, checked first against its
+    declarations (:func:`check_method_params`); ``"a.b"`` keys set field ``b`` of the block
+    ``a`` (e.g. ``{"finetune.epochs": 10}``)."""
+    cls = _method_class(method_name)
+    check_method_params(method_name, params)
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in (params or {}).items():
+        outer, _, inner = key.partition(".")
         if inner:
             nested.setdefault(outer, {})[inner] = value
         else:
@@ -117,6 +150,8 @@ def build_method(method_name: str, params: dict[str, Any] | None = None) -> Meth
                 raise GradTuneInputError(f"parameter {outer!r} of method {method_name!r} has no sub-fields")
             try:
                 top[outer] = replace(base, **overrides)
+            except GradTuneInputError as err:
+                raise GradTuneInputError(f"{outer}.{err}") from None
             except TypeError as err:
                 raise GradTuneInputError(f"bad sub-parameter of {outer!r}: {err}") from None
     return cls(**top)

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,15 +50,13 @@ import torch
 from gradtune._seeding import seed_streams
 from gradtune._validation import (
     GradTuneInputError,
-    check_choice,
-    check_nonneg_float,
     check_positive_int,
 )
 from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.finetune.head_loop import LogitAdjusted, augment, permutation_sampler, train_head
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
 from gradtune.methods.balancing import torch_threads
-from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, register_method
+from gradtune.methods.base import LinearHead, Method, MethodResult, erm_head, param, register_method
 
 __all__ = ["ULAMethod", "ULAModel", "conditional_from_joint", "adjustment_offsets"]
 
@@ -149,37 +147,29 @@ class ULAMethod(Method):
 
     name = "ula"
     description = "uLA (Tsirigotis et al.), head-only: early-stopped bias probe, logit-adjusted last layer"
-    search_space: ClassVar[dict[str, list]] = {
-        "bias_epochs": [1, 2, 5, 10],
-        "lr": [1e-3, 1e-2],
-    }
 
-    mode: str = "loss"
-    estimator: str = "soft"
-    tau: float = 1.0
-    bias_epochs: int = 1
-    bias_lr: float = 1e-3
-    ema: float = 0.999
-    epochs: int = 100
-    batch_size: int = 32
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    reset: bool = False
+    mode: str = param("loss", "logit-adjusted training or post-hoc adjustment", choices=ULA_MODES)
+    estimator: str = param("soft", "how the bias probe's predictions enter", choices=ULA_ESTIMATORS)
+    tau: float = param(1.0, "logit-adjustment strength", ge=0)
+    bias_epochs: int = param(1, "epochs of the early-stopped bias probe", ge=1, space=(1, 2, 5, 10))
+    bias_lr: float = param(1e-3, "the bias probe's learning rate", gt=0)
+    ema: float = param(0.999, "EMA of the estimated priors", ge=0, lt=1)
+    epochs: int = param(100, "epochs of logit-adjusted training", ge=0, fast=2)
+    batch_size: int = param(32, "batch size", ge=1)
+    lr: float = param(1e-3, "learning rate", gt=0, space=(1e-3, 1e-2))
+    momentum: float = param(0.9, "SGD momentum", ge=0)
+    weight_decay: float = param(1e-4, "weight decay", ge=0)
+    reset: bool = param(False, "re-initialize the head instead of starting from the ERM head")
 
     def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
         seed = check_positive_int(seed, "seed", allow_zero=True)
-        check_choice(self.mode, "mode", ULA_MODES)
-        check_choice(self.estimator, "estimator", ULA_ESTIMATORS)
-        tau = check_nonneg_float(self.tau, "tau")
-        beta = check_nonneg_float(self.ema, "ema")
-        if beta >= 1.0:
-            raise GradTuneInputError(f"ema must be in [0, 1), got {self.ema}")
+        # the hyperparameters were checked against their declarations when the method was built
+        tau, beta = float(self.tau), float(self.ema)
         head = erm_head(bundle)
         held = bundle.view("heldout")
         c, d = head.weight.shape
         streams = seed_streams(seed, "bias_probe", "head")
-        probe_cfg = FinetuneConfig(epochs=check_positive_int(self.bias_epochs, "bias_epochs"), lr=self.bias_lr,
+        probe_cfg = FinetuneConfig(epochs=int(self.bias_epochs), lr=self.bias_lr,
                                    schedule="constant", sampler="uniform", reset=True)
         probe = finetune_linear(held.features, held.labels, head.weight, head.bias, probe_cfg,
                                 seed=streams.integer("bias_probe"))
@@ -205,11 +195,11 @@ class ULAMethod(Method):
             theta, joint = _train_adjusted(
                 torch.as_tensor(held.features, dtype=torch.float32), torch.as_tensor(held.labels),
                 torch.as_tensor(bias_pred), theta, c,
-                epochs=check_positive_int(self.epochs, "epochs", allow_zero=True),
-                batch_size=min(check_positive_int(self.batch_size, "batch_size"), len(held)),
-                lr=check_nonneg_float(self.lr, "lr", positive=True),
-                momentum=check_nonneg_float(self.momentum, "momentum"),
-                weight_decay=check_nonneg_float(self.weight_decay, "weight_decay"),
+                epochs=int(self.epochs),
+                batch_size=min(int(self.batch_size), len(held)),
+                lr=float(self.lr),
+                momentum=float(self.momentum),
+                weight_decay=float(self.weight_decay),
                 tau=tau, beta=beta, gen=gen, bias_prob=bias_prob)
         diag["p_y_given_bias"] = conditional_from_joint(joint.numpy()).tolist()
         return MethodResult(LinearHead(theta[:, :d], theta[:, d]), diag)

@@ -26,45 +26,18 @@ import pandas as pd
 
 from gradtune._io import atomic_write_text
 from gradtune.report.document import Document
-from gradtune.report.figures import (
-    fig_norm_distributions,
-    fig_norm_means,
-    fig_sweep,
-    require_figures,
-)
-from gradtune.report.paper_tables import (
-    RESET_ROWS,
-    SAMPLER_ROWS,
-    PaperTable,
-    group_table,
-    norm_table,
-    runs_frame,
-    size_table,
-    sweep_table,
-    table1,
-    topk_table,
-)
-from gradtune.report.summary import comparison_notes
+from gradtune.report.figures import require_figures
+from gradtune.report.paper_items import REPORT_ITEMS, ItemContext
+from gradtune.report.paper_tables import PaperTable, runs_frame
 from gradtune.results.records import flatten_params
 
 __all__ = ["write_paper_report", "ReportResult", "ITEM_ORDER", "SUGGESTED_CONFIG"]
 
-#: Order of the report's sections.
-ITEM_ORDER = ("table1", "fig2", "fig4", "fig3", "table4", "table5", "table6", "fig5", "table7")
+#: Order of the report's sections: the registry's (:mod:`gradtune.report.paper_items`).
+ITEM_ORDER = tuple(REPORT_ITEMS)
 
 #: Packaged configs that produce each item (paper benchmarks / offline benchmarks).
-SUGGESTED_CONFIG = {
-    "table1": "paper-table1 / offline-table1", "fig2": "paper-table1 / offline-table1",
-    "fig4": "paper-table1 / offline-table1", "table7": "paper-table1 / offline-table1",
-    "table4": "ablation-balance / offline-ablation-balance", "table5": "ablation-retrain / offline-ablation-retrain",
-    "table6": "ablation-k / offline-ablation-k", "fig5": "ablation-k / offline-ablation-k",
-    "fig3": "ablation-size / offline-ablation-size",
-}
-
-_SIZE_RULE = ("Set-size rule: GradTune asks for M' samples with the top k by gradient norm. When a held-out half "
-              "has N < M' rows (size_rule='scale'), the whole half is used and k is scaled to keep k/M' "
-              "(k_eff = round(k * N / M')); the effective values are stored with each run and named under the "
-              "table wherever they differ from the requested ones.")
+SUGGESTED_CONFIG = {key: item.config for key, item in REPORT_ITEMS.items()}
 
 
 @dataclass
@@ -239,11 +212,11 @@ def write_paper_report(store: str | Path, out_dir: str | Path, *, partial: bool 
         if not tab.numbers.empty:
             tables_long.append(tab.numbers)
 
-    for item in ITEM_ORDER:
+    for spec in REPORT_ITEMS.values():
+        item = spec.key
         exps = requesting(item)
         if not exps:
-            result.missing[item] = (f"no stored experiment asks for it; run the {SUGGESTED_CONFIG[item]} config "
-                                    "into this store")
+            result.missing[item] = f"no stored experiment asks for it; run the {spec.config} config into this store"
             continue
         plan, unplanned = plan_of(exps)
         rep = exps[0]["config"].get("report", {})
@@ -256,7 +229,9 @@ def write_paper_report(store: str | Path, out_dir: str | Path, *, partial: bool 
         if not sub.empty:
             sub["label"] = sub["run_id"].map(labels)
         benchmarks = benchmarks_of(exps, sub)
-        if item in ("fig2", "fig4"):
+        ctx = ItemContext(item, sub, plan, benchmarks, method, baseline, False, doc, fig_dir, emit, result.shown,
+                          result.paths)
+        if spec.norms:
             keys = {(p["benchmark"], p["seed"]) for p in plan}
             fps = {fp_of[p["run_id"]] for p in plan if p["run_id"] in fp_of}
             entries = [n for n in norms if n["bundle_fingerprint"] in fps and n.get("groups") is not None]
@@ -268,22 +243,8 @@ def write_paper_report(store: str | Path, out_dir: str | Path, *, partial: bool 
                 continue
             entries.sort(key=lambda n: (benchmarks.index(n["benchmark"]) if n["benchmark"] in benchmarks else 99,
                                         n["seed"]))
-            if item == "fig2":
-                path = fig_norm_distributions(entries, fig_dir / "fig2-gradnorm-distributions.png")
-                doc.h(2, "Figure 2: held-out gradient-norm distribution per group" +
-                      (" (INCOMPLETE)" if lacking else ""))
-                doc.fig(path, "Figure 2: density of the ERM head's per-sample last-layer gradient norms on the "
-                        "held-out half, per group; mean over seeds of per-seed densities (band: ± std).")
-                result.shown.append(item)
-                result.paths[item] = path
-            else:
-                means = norm_table(entries)
-                path = fig_norm_means(entries, fig_dir / "fig4-gradnorm-group-means.png")
-                if means is not None:
-                    emit(means, bool(lacking))
-                doc.fig(path, "Figure 4: mean held-out gradient norm of each group under the ERM head, "
-                        "mean ± std over seeds.")
-                result.paths[item] = path
+            ctx.entries, ctx.lacking = entries, lacking
+            spec.render(ctx)
             continue
 
         missing_runs = [p for p in plan if statuses.get(p["run_id"]) != "done"]
@@ -296,73 +257,15 @@ def write_paper_report(store: str | Path, out_dir: str | Path, *, partial: bool 
                 why.append(f"{unplanned} runs were never planned (the run was interrupted while loading bundles)")
             result.missing[item] = "; ".join(why) + f" (rerun {', '.join(e['name'] for e in exps)} to finish)"
             continue
-        incomplete = bool(missing_runs or unplanned)
-        tab: PaperTable | None = None
-        if item == "table1":
-            order = list(dict.fromkeys(p["label"] for p in plan))
-            tab = table1(sub, order, benchmarks)
-            tab.notes += _comparisons(sub, plan, method, (baseline, "random"))
-        elif item == "table4":
-            tab = sweep_table(sub, key="table4", title="Table 4: GradTune with class-balanced vs class-imbalanced "
-                              "(uniform) fine-tuning, test accuracy (%)", method=method, param="finetune.sampler",
-                              row_names=SAMPLER_ROWS, benchmarks=benchmarks, baseline=baseline,
-                              order=["uniform", "class_balanced", "weighted"])
-        elif item == "table5":
-            tab = sweep_table(sub, key="table5", title="Table 5: GradTune with last-layer retraining (reset) vs "
-                              "fine-tuning, test accuracy (%)", method=method, param="finetune.reset",
-                              row_names=RESET_ROWS, benchmarks=benchmarks, baseline=baseline, order=[True, False])
-        elif item in ("table6", "fig5"):
-            tab = topk_table(sub, method=method, benchmarks=benchmarks)
-            if tab is not None and item == "fig5":
-                nums = tab.numbers.copy()
-                nums["x"] = [float(str(r).split(" ")[0]) for r in nums["row"]]
-                base = sub[sub["method"] == baseline]
-                ref = _baseline_numbers(base, benchmarks)
-                path = fig_sweep(nums, ref, fig_dir / "fig5-topk.png", x_label="top-k (of M')",
-                                 metrics=["Avg", "WGA"], title="Average and worst-group accuracy vs k "
-                                 "(mean ± std over seeds; dashed: ERM)")
-                doc.h(2, "Figure 5: average and worst-group accuracy vs k" + (" (INCOMPLETE)" if incomplete else ""))
-                doc.fig(path, "Figure 5: GradTune's test accuracy and WGA for each k (the numbers and notes are "
-                        "Table 6's).")
-                result.shown.append(item)
-                result.paths[item] = path
-                continue
-        elif item == "fig3":
-            tab = size_table(sub, method=method, benchmarks=benchmarks)
-            if tab is not None:
-                base = sub[sub["method"] == baseline]
-                path = fig_sweep(tab.numbers, _baseline_numbers(base, benchmarks), fig_dir / "fig3-set-size.png",
-                                 x_label="fine-tuning set size M'", metrics=["WGA"], log_x=True,
-                                 title="Worst-group accuracy vs fine-tuning set size (mean ± std over seeds; "
-                                 "dashed: ERM)")
-                doc.h(2, "Figure 3: worst-group accuracy vs fine-tuning set size" +
-                      (" (INCOMPLETE)" if incomplete else ""))
-                doc.fig(path, "Figure 3: GradTune's worst-group test accuracy for each M' (k = 0.8 M').")
-                tab.title = "Figure 3 data: test accuracy (%) for each fine-tuning set size"
-                tab.notes.insert(0, _SIZE_RULE)
-                emit(tab, incomplete)
-                result.paths[item] = path
-                continue
-        elif item == "table7":
-            before = sub[sub["method"] == baseline]
-            msub = sub[sub["method"] == method]
-            if not msub.empty:
-                first_label = next(p["label"] for p in plan if p["method"] == method and p["run_id"] in
-                                   set(msub["run_id"]))
-                msub = msub[msub["label"] == first_label]
-                tab = group_table(sub, before=before, after=msub, benchmarks=benchmarks,
-                                  after_name=f"ERM after {first_label}")
-        if tab is None:
+        ctx.incomplete = bool(missing_runs or unplanned)
+        if not spec.render(ctx):
             result.missing[item] = (f"the store has no runs of {method!r} that vary what this item needs in the "
                                     f"experiments {[e['name'] for e in exps]}")
-            continue
-        if item == "table6":
-            tab.notes.insert(0, _SIZE_RULE)
-        emit(tab, incomplete)
 
     if result.missing:
         doc.h(2, "Not in this report")
-        doc.ul([f"{k} ({_ITEM_TITLES.get(k, k)}): {v}" for k, v in result.missing.items()])
+        doc.ul([f"{k} ({REPORT_ITEMS[k].title if k in REPORT_ITEMS else k}): {v}"
+                for k, v in result.missing.items()])
     for path, text in pending.items():
         atomic_write_text(path, text)
     runs_csv = _results_csv(done, links)
@@ -377,41 +280,3 @@ def write_paper_report(store: str | Path, out_dir: str | Path, *, partial: bool 
             "unscaled)", "<item>.csv: each table as displayed", "figures/: the PNG figures"])
     result.paths.update(doc.write(out_dir))
     return result
-
-
-def _comparisons(sub: pd.DataFrame, plan: Sequence[dict], method: str, baselines: Sequence[str]) -> list[str]:
-    """One sentence per benchmark and baseline: does the method's first setting beat it on mean WGA?"""
-    first: dict[str, str] = {}
-    for p in plan:
-        first.setdefault(p["method"], p["label"])
-    if method not in first or sub.empty:
-        return []
-    frame = sub.assign(method=sub["label"])
-    notes = []
-    for base in baselines:
-        if base in first and base != method:
-            notes += comparison_notes(frame, first[method], first[base])
-    return notes
-
-
-def _baseline_numbers(base: pd.DataFrame, benchmarks: Sequence[str]) -> pd.DataFrame | None:
-    from gradtune.report.paper_tables import aggregate
-
-    if base.empty:
-        return None
-    rows = []
-    for b in benchmarks:
-        cb = base[base["benchmark"] == b]
-        for short, col in (("Avg", "accuracy"), ("WGA", "worst_group_accuracy")):
-            m, s, n = aggregate(cb[col].tolist())
-            rows.append({"benchmark": b, "metric": short, "mean": m, "std": s, "n": n})
-    return pd.DataFrame(rows)
-
-
-def _titles() -> dict[str, str]:
-    from gradtune.experiments.config import REPORT_ITEMS
-
-    return dict(REPORT_ITEMS)
-
-
-_ITEM_TITLES = _titles()

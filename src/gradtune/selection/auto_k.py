@@ -36,17 +36,23 @@ from typing import Any
 
 import numpy as np
 
+from gradtune._params import declare
 from gradtune._validation import (
     GradTuneInputError,
     check_nonneg_float,
     check_positive_int,
     check_scores,
 )
+from gradtune.selection.select import SIZE, TOP_K
 
-__all__ = ["auto_set_size", "fit_log_norm_mixture", "PAPER_SIZE", "PAPER_K_SHARE"]
+__all__ = ["auto_set_size", "fit_log_norm_mixture", "PAPER_SIZE", "PAPER_K_SHARE", "K_SHARE", "MIN_SIZE", "MAX_SIZE"]
 
-PAPER_SIZE = 500
-PAPER_K_SHARE = 0.8
+PAPER_SIZE: int = SIZE.default
+PAPER_K_SHARE: float = TOP_K.default / SIZE.default
+#: The automatic rule's parameters (shared by every method that uses it).
+K_SHARE = declare(PAPER_K_SHARE, "the automatic rule's k / M'", gt=0, le=1)
+MIN_SIZE = declare(100, "the automatic rule's smallest M'", ge=1, at_most="max_size")
+MAX_SIZE = declare(2000, "the automatic rule's largest M'", ge=1)
 
 
 def _log_norms(norms: np.ndarray) -> np.ndarray:
@@ -107,8 +113,8 @@ def fit_log_norm_mixture(norms: Any, *, seed: int, n_init: int = 3) -> dict[str,
             "threshold": threshold, "separation": float(sep)}
 
 
-def auto_set_size(norms: Any, *, seed: int, k_share: float = PAPER_K_SHARE, min_size: int = 100,
-                  max_size: int = 2000, max_high_share: float = 0.5, min_rows: int = 20,
+def auto_set_size(norms: Any, *, seed: int, k_share: float = K_SHARE.default, min_size: int = MIN_SIZE.default,
+                  max_size: int = MAX_SIZE.default, max_high_share: float = 0.5, min_rows: int = 20,
                   ) -> tuple[int, int, dict[str, Any]]:
     """GradTune's ``(M', k)`` from the held-out gradient norms (rule in the module docstring).
 

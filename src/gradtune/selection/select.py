@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from gradtune._params import declare
 from gradtune._validation import (
     GradTuneInputError,
     check_positive_int,
@@ -20,7 +21,13 @@ from gradtune._validation import (
     make_numpy_rng,
 )
 
-__all__ = ["select_finetune_set", "top_k_indices", "random_subset", "proportional_draw"]
+__all__ = ["select_finetune_set", "top_k_indices", "random_subset", "proportional_draw", "SIZE", "TOP_K"]
+
+#: M', the size of GradTune's fine-tuning set (the paper's default); every method and
+#: entry point with a ``size`` of this meaning declares it from here.
+SIZE = declare(500, "M', the size of the fine-tuning set (scaled down on smaller held-out sets)", ge=1)
+#: k, how many of the highest scores enter the set deterministically (the paper's default).
+TOP_K = declare(400, "k, the highest scores taken into the set", ge=0, at_most="size")
 
 
 def top_k_indices(scores: Any, k: int) -> np.ndarray:
@@ -90,8 +97,8 @@ def proportional_draw(weights: np.ndarray, m: int, rng: np.random.Generator,
 
 def select_finetune_set(
     scores: Any,
-    size: int = 500,
-    top_k: int = 400,
+    size: int = SIZE.default,
+    top_k: int = TOP_K.default,
     *,
     seed: int | np.random.Generator,
     replace: bool = False,

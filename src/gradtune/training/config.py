@@ -4,19 +4,18 @@ paper's Table 3 presets), the loss hook, and what callbacks and callers receive.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gradtune._config_files import read_toml, run_config_path
+from gradtune._params import NOTHING, check_fields, override, param
 from gradtune._validation import GradTuneInputError
+from gradtune.finetune.linear import FinetuneConfig
 from gradtune.objectives.choices import OPTIMIZERS, SCHEDULES, TRAIN_SAMPLERS
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "SAMPLERS", "PRECISIONS", "TABLE3_DATASETS", "table3_preset", "RUN_FIELDS", "LossFn",
@@ -24,6 +23,7 @@ __all__ = ["OPTIMIZERS", "SCHEDULES", "SAMPLERS", "PRECISIONS", "TABLE3_DATASETS
 
 SAMPLERS = TRAIN_SAMPLERS
 PRECISIONS = ("fp32", "bf16")
+_MAX_INT = 2**31 - 1
 
 #: Datasets whose packaged run config holds the paper's Table 3 ERM settings in ``[erm]``.
 TABLE3_DATASETS = ("waterbirds", "celeba", "multinli", "civilcomments")
@@ -103,61 +103,36 @@ class TrainConfig:
         log line per epoch.
     """
 
-    optimizer: str = "sgd"
-    lr: float = 3e-3
-    schedule: str = "cosine"
-    warmup_steps: int = 0
-    batch_size: int = 32
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    betas: tuple[float, float] = (0.9, 0.999)
-    epochs: int = 100
-    sampler: str = "class_balanced"
-    samples_per_epoch: int | None = None
-    seed: int = 0
-    checkpoint_dir: str | None = None
-    keep_epochs: tuple[int, ...] = ()
-    grad_clip: float | None = None
-    num_workers: int = 0
-    precision: str = "fp32"
-    sync_batchnorm: bool = False
-    device: str | None = None
-    progress: bool = True
+    # the optimizer settings are FinetuneConfig's declarations (the paper's vision setting)
+    optimizer: str = override(FinetuneConfig, "optimizer", text=NOTHING)
+    lr: float = override(FinetuneConfig, "lr", doc="initial learning rate of the whole network", text=NOTHING)
+    schedule: str = override(FinetuneConfig, "schedule", text=NOTHING)
+    warmup_steps: int = param(0, "linear warm-up steps", ge=0)
+    batch_size: int = override(FinetuneConfig, "batch_size", kind="int", optional=False, ge=1, le=_MAX_INT,
+                               text=NOTHING)
+    weight_decay: float = override(FinetuneConfig, "weight_decay")
+    momentum: float = override(FinetuneConfig, "momentum")
+    betas: tuple[float, float] = override(FinetuneConfig, "betas")
+    epochs: int = param(100, "passes over the training set", ge=1, le=_MAX_INT)
+    sampler: str = override(FinetuneConfig, "sampler", choices=SAMPLERS)
+    samples_per_epoch: int | None = param(None, "rows drawn per epoch (None: the training set's size)", kind="int",
+                                          ge=1)
+    seed: int = param(0, "seed of the initialization, sampler and augmentation", ge=0)
+    checkpoint_dir: str | None = param(None, "folder of the per-epoch checkpoints", kind="str")
+    keep_epochs: tuple[int, ...] = param((), "epochs whose checkpoints are kept", item="int")
+    grad_clip: float | None = param(None, "gradient-norm clip (None: none)", kind="float", gt=0)
+    num_workers: int = param(0, "DataLoader workers", ge=0)
+    precision: str = param("fp32", "the autocast precision", choices=PRECISIONS)
+    sync_batchnorm: bool = param(False, "synchronize batch-norm statistics across processes")
+    device: str | None = param(None, "the device (None: cuda:LOCAL_RANK if available, else CPU)", kind="str")
+    progress: bool = param(True, "a progress bar per epoch on rank 0")
 
     def __post_init__(self) -> None:
-        def choice(name: str, options: Sequence[str]) -> None:
-            value = getattr(self, name)
-            if value not in options:
-                raise GradTuneInputError(f"TrainConfig.{name} must be one of {list(options)}, got {value!r}")
-
-        choice("optimizer", OPTIMIZERS)
-        choice("schedule", SCHEDULES)
-        choice("sampler", SAMPLERS)
-        choice("precision", PRECISIONS)
-        for name in ("batch_size", "epochs"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v < 2**31:
-                raise GradTuneInputError(f"TrainConfig.{name} must be an integer in 1..2**31-1, got {v!r}")
-        for name in ("warmup_steps", "num_workers", "seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-                raise GradTuneInputError(f"TrainConfig.{name} must be an integer >= 0, got {v!r}")
-        for name in ("lr", "weight_decay", "momentum"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
-                raise GradTuneInputError(f"TrainConfig.{name} must be a finite number >= 0, got {v!r}")
-        if self.lr == 0:
-            raise GradTuneInputError("TrainConfig.lr must be > 0")
-        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise GradTuneInputError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas}")
-        if self.samples_per_epoch is not None and (int(self.samples_per_epoch) < 1):
-            raise GradTuneInputError(f"TrainConfig.samples_per_epoch must be >= 1, got {self.samples_per_epoch}")
-        if self.grad_clip is not None and not (float(self.grad_clip) > 0):
-            raise GradTuneInputError(f"TrainConfig.grad_clip must be > 0 or None, got {self.grad_clip}")
-        self.keep_epochs = tuple(int(e) for e in self.keep_epochs)
-        if self.checkpoint_dir is not None:
+        if isinstance(self.checkpoint_dir, Path):
             self.checkpoint_dir = str(self.checkpoint_dir)
+        check_fields(self, prefix="TrainConfig.")
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        self.keep_epochs = tuple(int(e) for e in self.keep_epochs)
 
     @classmethod
     def preset(cls, dataset: str, **overrides: Any) -> TrainConfig:

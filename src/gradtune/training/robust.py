@@ -8,7 +8,7 @@ JTT (Liu et al., 2021) -- :func:`train_jtt`
     Stage 1 trains an identification model by ERM and stops after ``T`` epochs (or
     reuses an ERM run's epoch-``T`` checkpoint). Its *error set* is the training rows it
     misclassifies, computed in one eval-mode pass (no dropout, BatchNorm running
-    statistics, evaluation transforms) with :func:`gradtune.embeddings.extract.encode`
+    statistics, evaluation transforms) with :func:`gradtune.models.encode.encode`
     and :func:`gradtune.objectives.jtt.jtt_error_set`. Stage 2 trains a fresh model *from
     the same (pretrained) initialization* on the training rows listed with repeats --
     every row once, every error row ``lambda`` times in total
@@ -56,9 +56,9 @@ from torch import nn
 from gradtune._io import atomic_write_json
 from gradtune._validation import GradTuneInputError, check_nonneg_float, check_positive_int
 from gradtune.data.base import GroupedDataset
-from gradtune.embeddings.extract import encode
 from gradtune.models import distributed as gdist
 from gradtune.models.checkpoint import LAST_CHECKPOINT, load_checkpoint, save_checkpoint
+from gradtune.models.encode import encode
 from gradtune.models.preprocess import Preprocess
 from gradtune.objectives.group_dro import GroupDROLoss, group_dro_update
 from gradtune.objectives.jtt import jtt_error_set, jtt_upsampled_indices

@@ -29,15 +29,20 @@ from typing import Any
 
 from gradtune._config_files import CONFIG_DIR, read_toml, run_config_path
 from gradtune._errors import GradTuneInputError, parse_int
+from gradtune.workflows.network_methods import (
+    NETWORK_METHODS,
+    GroupDRONetwork,
+    JTTNetwork,
+    get_network_method,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["CONFIG_DIR", "MODEL_ARCHS", "METHODS", "load_run_config", "build_model", "train_network"]
 
 MODEL_ARCHS = ("resnet50", "resnet", "bert")
-METHODS = ("erm", "jtt", "group-dro")
-_JTT_KEYS = ("epoch", "lambda", "stage1", "stage2")
-_DRO_KEYS = ("eta", "adj", "train")
+METHODS = tuple(NETWORK_METHODS)
+"""The full-network methods' names (:data:`~gradtune.workflows.network_methods.NETWORK_METHODS`)."""
 
 
 def load_run_config(path: str | Path | None = None, dataset: str | None = None) -> dict[str, Any]:
@@ -93,25 +98,6 @@ def _no_extra(cfg: dict[str, Any], arch: str) -> None:
         raise GradTuneInputError(f"unknown [model] setting(s) {sorted(cfg)} for arch {arch!r}")
 
 
-def _table(cfg: dict[str, Any], name: str, keys: tuple[str, ...]) -> dict[str, Any]:
-    """A baseline's table of the run config, with its keys checked."""
-    table = cfg.get(name, {})
-    if not isinstance(table, dict):
-        raise GradTuneInputError(f"[{name}] must be a table, got {table!r}")
-    unknown = sorted(set(table) - set(keys))
-    if unknown:
-        raise GradTuneInputError(f"unknown [{name}] setting(s) {unknown}; known: {list(keys)}")
-    return table
-
-
-def _required(cli_value: Any, table: dict[str, Any], key: str, table_name: str, flag: str) -> Any:
-    if cli_value is not None:
-        return cli_value
-    if key not in table:
-        raise GradTuneInputError(f"no [{table_name}] {key} in the run config; pass {flag}")
-    return table[key]
-
-
 def _stage(base: dict[str, Any], overrides: Any, name: str, *, common: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(overrides, dict):
         raise GradTuneInputError(f"[{name}] must be a table of training settings, got {overrides!r}")
@@ -119,17 +105,18 @@ def _stage(base: dict[str, Any], overrides: Any, name: str, *, common: dict[str,
 
 
 def train_network(dataset: str, root: str | Path, out_dir: str | Path, *, method: str = "erm",
-                  config_file: str | Path | None = None, seed: int = 0, resume: bool = False,
-                  epochs: int | None = None, device: str | None = None, num_workers: int | None = None,
-                  keep_epochs: Sequence[int] = (), progress: bool = True, jtt_epoch: int | None = None,
-                  jtt_lambda: int | None = None, jtt_erm_checkpoint: str | Path | None = None,
-                  dro_eta: float | None = None, dro_adj: float | None = None) -> dict[str, Any]:
+                  method_params: dict[str, Any] | None = None, config_file: str | Path | None = None,
+                  seed: int = 0, resume: bool = False, epochs: int | None = None, device: str | None = None,
+                  num_workers: int | None = None, keep_epochs: Sequence[int] = (),
+                  progress: bool = True) -> dict[str, Any]:
     """Train a network on ``dataset`` (files under ``root``) into ``out_dir``; return the summary.
 
-    ``method`` is one of :data:`METHODS`; ``epochs``, ``device``, ``num_workers``,
-    ``keep_epochs``, ``progress`` and ``seed`` apply to every training stage, and
-    ``jtt_epoch`` / ``jtt_lambda`` / ``dro_eta`` / ``dro_adj`` override the config's
-    ``[jtt]`` / ``[group_dro]`` values. The summary (also written to
+    ``method`` is one of :data:`METHODS` and ``method_params`` its parameters
+    (:mod:`gradtune.workflows.network_methods`: JTT's ``epoch``, ``upweight``,
+    ``erm_checkpoint``; Group DRO's ``eta``, ``adj``), checked against their declarations
+    before anything is read; those not given come from the config's ``[jtt]`` /
+    ``[group_dro]`` table. ``epochs``, ``device``, ``num_workers``, ``keep_epochs``,
+    ``progress`` and ``seed`` apply to every training stage. The summary (also written to
     ``out_dir/train.json`` by the main process) holds the method's settings, the history,
     the checkpoint path and the final config; other ranks get ``{}``.
     """
@@ -141,10 +128,10 @@ def train_network(dataset: str, root: str | Path, out_dir: str | Path, *, method
     from gradtune.training.config import TrainConfig
     from gradtune.training.trainer import seeded_scope, train
 
+    runner = get_network_method(method, method_params)
     cfg = load_run_config(config_file, dataset)
+    runner = runner.with_run_config(cfg)
     summary: dict[str, Any] = {}
-    if method not in METHODS:
-        raise GradTuneInputError(f"method must be one of {list(METHODS)}, got {method!r}")
     out = Path(out_dir)
     # Flags that apply to every training stage of every method.
     common: dict[str, Any] = {"seed": int(seed)}
@@ -159,23 +146,17 @@ def train_network(dataset: str, root: str | Path, out_dir: str | Path, *, method
     if not progress:
         common["progress"] = False
     erm = dict(cfg.get("erm", {}))
-    settings: dict[str, Any] = {}
-    if method == "jtt":
-        table = _table(cfg, "jtt", _JTT_KEYS)
-        T = parse_int(_required(jtt_epoch, table, "epoch", "jtt", "jtt_epoch (--jtt-epoch)"), "jtt.epoch")
-        lam = parse_int(_required(jtt_lambda, table, "lambda", "jtt", "jtt_lambda (--jtt-lambda)"), "jtt.lambda")
+    table = runner.run_table(cfg)
+    settings = runner.summary()
+    if isinstance(runner, JTTNetwork):
         config = TrainConfig.from_dict(_stage(erm, table.get("stage1", {}), "jtt.stage1", common=common))
         stage2 = TrainConfig.from_dict(_stage({**erm, "sampler": "uniform"}, table.get("stage2", {}),
                                               "jtt.stage2", common=common))
-        settings = {"jtt_epoch": T, "jtt_lambda": lam, "erm_checkpoint": jtt_erm_checkpoint}
-    elif method == "group-dro":
-        table = _table(cfg, "group_dro", _DRO_KEYS)
-        eta = float(_required(dro_eta, table, "eta", "group_dro", "dro_eta (--dro-eta)"))
-        adj = _required(dro_adj, table, "adj", "group_dro", "dro_adj (--dro-adj)")
+    elif isinstance(runner, GroupDRONetwork):
         dro = _stage(erm, table.get("train", {}), "group_dro.train", common=common)
         config = TrainConfig.from_dict({**dro, "sampler": "group_balanced",
                                         "checkpoint_dir": str(out / "checkpoints")})
-        settings = {"dro_eta": eta, "dro_adj": adj}
+        settings["dro_eta"] = float(settings["dro_eta"])
     else:
         config = TrainConfig.from_dict({**erm, **common, "checkpoint_dir": str(out / "checkpoints")})
     if method != "jtt" and not resume and (out / "checkpoints" / "last.pt").exists():
@@ -218,7 +199,7 @@ def train_network(dataset: str, root: str | Path, out_dir: str | Path, *, method
 
             res = train_jtt(factory, data, config, T=settings["jtt_epoch"], lam=settings["jtt_lambda"],
                             out_dir=out, seed=config.seed, preprocess=preprocess, stage2_config=stage2,
-                            erm_checkpoint=jtt_erm_checkpoint, resume=resume, meta=meta)
+                            erm_checkpoint=settings["erm_checkpoint"], resume=resume, meta=meta)
             result = res.stage2
             summary.update({"n_train": int(res.train_rows.size), "n_errors": int(res.error_rows.size),
                             "n_upsampled": int(res.upsampled_rows.size),

@@ -1,10 +1,12 @@
 """A last-layer method on one embedding bundle, as ``gradtune tune`` runs it.
 
-:func:`tune_bundle` loads a bundle, halves its validation rows if needed, takes (or
-fits) the ERM head, runs the paper's GradTune or any registered method on the held-out
+:func:`tune_bundle` builds the method from the registry (its parameters checked against
+their declarations before anything is read or written), loads a bundle, halves its
+validation rows if needed, takes (or fits) the ERM head, runs the method on the held-out
 rows, evaluates the head before and after on the selection and test rows, and writes
 ``head.npz`` and ``metrics.json`` as one unit (a manifest with the head's hash, written
-last). A rerun with the same bundle and parameters reuses the stored result.
+last). A rerun with the same bundle and parameters reuses the stored result. Every
+method, the paper's ``gradtune`` included, takes this one path.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from gradtune._errors import DivergenceError, GradTuneInputError, ensure_output_
 from gradtune._io import load_run_manifest, output_lock, save_run_outputs
 from gradtune._validation import check_training_rows
 from gradtune.embeddings.bundle import EmbeddingBundle, load_bundle_digest
-from gradtune.estimator import GradTune
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
 from gradtune.methods.base import LinearHead, erm_head
 from gradtune.methods.tuning import build_method
@@ -106,10 +107,24 @@ def _head_arrays(head: LinearHead) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _set_summary(diag: dict[str, Any]) -> dict[str, Any]:
+    """The fine-tuning set of a method that reports one (``selected_rows``, ``size``,
+    ``top_k``, the loss on it), under the keys ``metrics.json`` has always used for them."""
+    out: dict[str, Any] = {}
+    if "selected_rows" in diag:
+        out["selected_rows"] = diag["selected_rows"]
+    if "size" in diag:
+        out["size_used"] = diag["size"]
+    if "top_k" in diag:
+        out["top_k_used"] = diag["top_k"]
+    if "initial_loss" in diag and "final_loss" in diag:
+        out["finetune_loss"] = {"initial": diag["initial_loss"], "final": diag["final_loss"]}
+    return out
+
+
 def tune_bundle(path: str | Path, out: str | Path, *, method: str = "gradtune",
-                method_params: dict[str, Any] | None = None, finetune: FinetuneConfig | None = None,
-                size: int = 500, top_k: int = 400, include_bias: bool = True, seed: int = 0,
-                split_seed: int = 0, fit_erm_head: bool = False, force: bool = False) -> TuneOutcome:
+                method_params: dict[str, Any] | None = None, seed: int = 0, split_seed: int = 0,
+                fit_erm_head: bool = False, force: bool = False) -> TuneOutcome:
     """Run ``method`` on the bundle at ``path`` and write its results to ``out``.
 
     Parameters
@@ -119,8 +134,11 @@ def tune_bundle(path: str | Path, out: str | Path, *, method: str = "gradtune",
     out : path
         Output folder: ``head.npz`` (when the method's model is linear) and ``metrics.json``.
     method : str, default="gradtune"
-        ``"gradtune"``: the paper's method with ``size``, ``top_k``, ``include_bias`` and
-        ``finetune``; any other registered name runs with ``method_params``.
+        A registered method (the paper's ``gradtune`` by default).
+    method_params : dict, optional
+        Its hyperparameters, dotted keys for a block's fields (``{"top_k": 100,
+        "finetune.epochs": 20}``); checked against the declarations before anything is
+        read or written.
     seed, split_seed : int
         The method's seed; the seed halving ``val`` rows when the bundle has no ``heldout`` rows.
     fit_erm_head : bool
@@ -129,20 +147,9 @@ def tune_bundle(path: str | Path, out: str | Path, *, method: str = "gradtune",
         Recompute even if ``out`` holds this run.
     """
     path, out = Path(path), Path(out)
-    method_params = dict(method_params or {})
-    if method == "gradtune":
-        if method_params:
-            raise GradTuneInputError("--param sets hyperparameters of --method; for the paper's gradtune use "
-                                     "its flags (--size, --top-k, --epochs, ...)")
-        cfg = finetune or FinetuneConfig()
-        params: dict[str, Any] = {"size": size, "top_k": top_k, "include_bias": include_bias, "seed": seed,
-                                  "split_seed": split_seed, "finetune": cfg.to_dict(),
-                                  "fit_erm_head": fit_erm_head}
-        runner = None
-    else:
-        runner = build_method(method, method_params)
-        params = {"method": method, "method_params": runner.params(), "seed": seed,
-                  "split_seed": split_seed, "fit_erm_head": fit_erm_head}
+    runner = build_method(method, dict(method_params or {}))
+    params = {"method": method, "method_params": runner.params(), "seed": seed,
+              "split_seed": split_seed, "fit_erm_head": fit_erm_head}
     _refuse_overlap(path, out)
     bundle, digest = load_bundle_digest(path)  # one read: the digest is of the bytes loaded
     ensure_output_dir(out)
@@ -153,28 +160,22 @@ def tune_bundle(path: str | Path, out: str | Path, *, method: str = "gradtune",
     bundle = bundle.resolve_heldout(split_seed)
     head, head_source = erm_head_or_fit(bundle, fit_erm_head, seed)
     held = bundle.view("heldout")
-    base = {"bundle": str(path), "bundle_sha256": digest, "params": json.loads(json.dumps(params, default=str)),
-            "head_source": head_source, "group_names": bundle.group_names, "class_names": bundle.class_names}
-    if runner is None:
-        check_training_rows(held.labels, "the held-out rows")
-        tuner = GradTune(size, top_k, finetune=cfg, include_bias=include_bias, seed=seed)
-        tuner.fit_embeddings(held.features, held.labels, weight=head.weight, bias=head.bias)
-        model = LinearHead(tuner.weight_, tuner.bias_)
-        rep = tuner.report_
-        result = {**base, "heldout_size": len(held), "size_used": rep.size, "top_k_used": rep.top_k,
-                  "selected_rows": held.index[rep.selected].tolist(),
-                  "finetune_loss": {"initial": rep.extra["initial_loss"], "final": rep.extra["final_loss"]}}
-        summary = (f"held-out rows: {len(held)}; fine-tuning set: M'={rep.size}, k={rep.top_k}; "
-                   f"loss on it {rep.extra['initial_loss']:.4f} -> {rep.extra['final_loss']:.4f}")
-    else:
-        if bundle.head_weight is None:
-            bundle = replace(bundle, head_weight=head.weight, head_bias=head.bias)
-        res = runner.fit(bundle, seed=seed)
-        model = res.model
-        result = {**base, "method": method, "group_labels": runner.group_label_use, "heldout_size": len(held),
-                  "diagnostics": {k: v for k, v in res.diagnostics.items()
-                                  if not isinstance(v, list) or len(v) <= 64}}
-        summary = f"method {method} (group labels: {runner.group_label_use}) on {len(held)} held-out rows"
+    check_training_rows(held.labels, "the held-out rows")
+    if bundle.head_weight is None:
+        bundle = replace(bundle, head_weight=head.weight, head_bias=head.bias)
+    res = runner.fit(bundle, seed=seed)
+    model = res.model
+    result = {"bundle": str(path), "bundle_sha256": digest, "params": json.loads(json.dumps(params, default=str)),
+              "head_source": head_source, "group_names": bundle.group_names, "class_names": bundle.class_names,
+              "method": method, "group_labels": runner.group_label_use, "heldout_size": len(held),
+              **_set_summary(res.diagnostics),
+              "diagnostics": {k: v for k, v in res.diagnostics.items() if not isinstance(v, list) or len(v) <= 64}}
+    summary = f"method {method} (group labels: {runner.group_label_use}) on {len(held)} held-out rows"
+    if "size_used" in result:
+        summary += f"; fine-tuning set: M'={result['size_used']}" + (
+            f", k={result['top_k_used']}" if "top_k_used" in result else "")
+    if "finetune_loss" in result:
+        summary += f"; loss on it {result['finetune_loss']['initial']:.4f} -> {result['finetune_loss']['final']:.4f}"
     result["evaluation"] = evaluate_heads(bundle, {"before": head, "after": model})
     heads = {HEAD: _head_arrays(model)} if isinstance(model, LinearHead) else {}
     with writing("the results of tune", out), output_lock(out):  # two tunes into one --out take turns
