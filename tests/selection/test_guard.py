@@ -19,7 +19,7 @@ def test_pooled_margin_by_hand() -> None:
     va, vb = np.array([0.2, 0.5, 0.3]), np.array([0.2, 0.5, 0.3])
     n = np.array([50, 50, 50])
     bal = np.array([0.9, 0.85, 0.88])
-    d = guard_choice(va, n, bal, GuardRule(confirm_z=None, min_repaired_accuracy=0.0), vb, n)
+    d = guard_choice(va, n, bal, GuardRule(margin_z=1.0), vb, n)
     # pooled over both halves: min(100, 100) rows
     assert d.needed[1] == pytest.approx(0.2 + _se(0.5, 0.2, 100))
     assert d.needed[2] == pytest.approx(0.2 + _se(0.3, 0.2, 100))
@@ -32,14 +32,14 @@ def test_each_half_must_confirm_the_gain() -> None:
     va, vb = np.array([0.2, 0.8]), np.array([0.2, 0.21])
     n = np.array([40, 40])
     bal = np.array([0.9, 0.9])
-    assert guard_choice(va, n, bal, GuardRule(confirm_z=None), vb, n).best == 1
-    d = guard_choice(va, n, bal, GuardRule(confirm_z=0.0), vb, n)
+    assert guard_choice(va, n, bal, GuardRule(margin_z=1.0), vb, n).best == 1
+    d = guard_choice(va, n, bal, GuardRule(margin_z=1.0, confirm_z=0.0), vb, n)
     assert d.best == 1                                    # 0.21 > 0.2: a positive gain on each half
-    d = guard_choice(va, n, bal, GuardRule(confirm_z=1.0), vb, n)
+    d = guard_choice(va, n, bal, GuardRule(margin_z=1.0, confirm_z=1.0), vb, n)
     assert d.best == 0 and "each validation half" in d.reason
     # the per-half threshold by hand: 0.2 + 1.0 * se on that half's 40 rows
     ok_b = 0.2 + _se(0.5, 0.2, 40)
-    d = guard_choice(va, n, bal, GuardRule(confirm_z=1.0), np.array([0.2, ok_b + 1e-6]), n)
+    d = guard_choice(va, n, bal, GuardRule(margin_z=1.0, confirm_z=1.0), np.array([0.2, ok_b + 1e-6]), n)
     assert d.best == 1
 
 
@@ -50,7 +50,7 @@ def test_floor_balanced_drop_and_non_finite_candidates() -> None:
     d = guard_choice(va, n, bal, GuardRule(min_repaired_accuracy=0.4, max_balanced_drop=0.3))
     assert d.allowed.tolist() == [True, False, False, False]   # floor; non-finite; balanced drop 0.4
     assert d.best == 0 and "max_balanced_drop" in d.reason
-    d = guard_choice(va[:3], n[:3], bal[:3], GuardRule(min_repaired_accuracy=0.4))
+    d = guard_choice(va[:3], n[:3], bal[:3], GuardRule(min_repaired_accuracy=0.4, max_balanced_drop=0.3))
     assert "min_repaired_accuracy" in d.reason
 
 

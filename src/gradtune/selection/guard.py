@@ -29,13 +29,15 @@ __all__ = ["GuardRule", "GuardDecision", "guard_choice", "class_balanced_accurac
 
 @dataclass(frozen=True)
 class GuardRule:
-    """The thresholds of :func:`guard_choice` (see the module docstring)."""
+    """The thresholds of :func:`guard_choice` (see the module docstring). The defaults
+    here check nothing but "better than ERM"; gradtune-auto's own defaults are declared
+    with its parameters."""
 
     margin: float = 0.0
-    margin_z: float = 1.0
-    confirm_z: float | None = 0.0
-    max_balanced_drop: float = 0.3
-    min_repaired_accuracy: float = 0.4
+    margin_z: float = 0.0
+    confirm_z: float | None = None
+    max_balanced_drop: float = float("inf")
+    min_repaired_accuracy: float = 0.0
 
 
 @dataclass
