@@ -98,7 +98,7 @@ def quality_table(results: list[dict], members: list[str]) -> str:
         cells = []
         for w in QUALITY:
             rs = [r for r in results if r["member"] == mem and r["method"] == w and r.get("purity") is not None
-                  and r.get("recall") is not None]
+                  and r.get("recall") is not None and np.isfinite([r["purity"], r["recall"]]).all()]
             cells.append("-" if not rs else f"{100 * np.mean([r['purity'] for r in rs]):.0f} / "
                                             f"{100 * np.mean([r['recall'] for r in rs]):.0f}")
         lines.append(f"| {mem} | " + " | ".join(cells) + " |")
