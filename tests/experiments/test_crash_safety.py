@@ -110,17 +110,15 @@ def _check_integrity(path: Path) -> None:
 
 
 def _done(path: Path) -> int:
-    """Finished runs in the store; 0 while it is missing, empty or locked by a writer (a poll
-    must not wait out the lock, or the grid can finish before the caller acts)."""
     if not path.exists():
         return 0
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.2)
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
         try:
             return conn.execute("SELECT COUNT(*) FROM runs WHERE status='done'").fetchone()[0]
         finally:
             conn.close()
-    except sqlite3.OperationalError:  # the tables do not exist yet, or a writer holds the lock
+    except sqlite3.OperationalError:  # the tables do not exist yet
         return 0
 
 
