@@ -280,6 +280,13 @@ def test_claim_of_a_dead_holder_whose_pid_was_reused_is_taken_over(config_path, 
     assert _rows(store) == reference
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default. A test session started in the
+    background of a non-interactive shell inherits SIGINT as ignored, and an ignored SIGINT
+    stays ignored across exec, so the Ctrl-C below would never reach the run."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_on_a_pool_reports_once_without_worker_tracebacks(config_path, tmp_path):
     """Ctrl-C reaches the whole process group; only the parent reports it."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
@@ -287,7 +294,7 @@ def test_ctrl_c_on_a_pool_reports_once_without_worker_tracebacks(config_path, tm
     proc = subprocess.Popen([sys.executable, "-c", "import sys; from gradtune.cli import main; "
                              "sys.exit(main(sys.argv[1:]))", "run", str(config_path), "--out", str(out),
                              "--workers", "2", "--quiet"], env=env, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_default_sigint)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(_children(proc.pid)) < 2:
