@@ -146,7 +146,7 @@ def table(results: list[dict], members: list[str], methods: list[str]) -> tuple[
                          f"{100 * v['wga']:.1f} ± {100 * v['wga_std']:.1f} / {100 * v['avg']:.1f}")
         auto = means.get((mem, "gradtune-auto"))
         kept = "-" if auto is None else f"{auto['n'] * auto['kept']:.0f} of {auto['n']}"
-        mark = " (2)" if STRESS_SUITE[mem].batch == 2 else ""
+        mark = f" ({STRESS_SUITE[mem].batch})" if STRESS_SUITE[mem].batch > 1 else ""
         lines.append(f"| {mem}{mark} | {STRESS_SUITE[mem].family} | " + " | ".join(cells) +
                      f" | {_gap_cell(means, mem)} | {kept} |")
     return "\n".join(lines), means
@@ -247,11 +247,12 @@ def main(argv: list[str] | None = None) -> int:
                     results.append(rec)
     text, means = table(results, members, args.methods)
     check_lines = checks(means, members)
-    second = [m for m in members if STRESS_SUITE[m].batch == 2]
-    if second and len(second) < len(members):
-        check_lines += ["", f"The same summary over the {len(second)} members of the second batch only "
-                            "(marked (2): added before any default was tuned on them; this page is the first "
-                            "reading of their report half):", ""] + checks(means, second)[-2:]
+    latest = max(STRESS_SUITE[m].batch for m in members)
+    fresh = [m for m in members if STRESS_SUITE[m].batch == latest]
+    if latest > 1 and len(fresh) < len(members):
+        check_lines += ["", f"The same summary over the {len(fresh)} members of the latest batch only "
+                            f"(marked ({latest}): added before any default was tuned on them; this page is the "
+                            "first reading of their report half):", ""] + checks(means, fresh)[-2:]
     digest = hashlib.sha256(" ".join(members).encode()).hexdigest()[:8]
     doc = "\n".join([
         "# Label-free repair on the stress suite",
@@ -263,9 +264,9 @@ def main(argv: list[str] | None = None) -> int:
         "The suite and its split rule are in `src/gradtune/experiments/stress.py`: within each "
         "family of problems, members alternate between the development half (where "
         "`gradtune-auto`'s defaults were chosen) and the report half (this page). Nothing on this "
-        "page was used to choose a default. Members marked (2) are the second batch, added to both "
-        "halves before any tuning on them; the first batch's report half had been read before "
-        "(docs/label-free-design.md says when and what changed after).",
+        "page was used to choose a default. Members marked (2) and (3) are later batches, each added "
+        "to both halves before any tuning on it; the earlier batches' report halves had been read "
+        "before (docs/label-free-design.md says when and what changed after).",
         "",
         "Test worst-group accuracy (WGA, mean ± std over seeds) / average accuracy, %. Test rows of "
         "synthetic members are group-balanced. `dfr` reads the validation rows' true groups (the "

@@ -196,6 +196,10 @@ def test_reviews_other_attributes_by_hand(monkeypatch):
     ds = reviews_mod.load_reviews(n_val=2, attribute="long")
     np.testing.assert_array_equal(ds.attributes, [1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0])
     np.testing.assert_array_equal(ds.groups, 2 * ds.labels + ds.attributes)
+    # no review of the fixture has "?" or a digit; a hand-made series does
+    texts = pd.Series(["Why 2 stars?", "fine", "3 bags", "ok?"])
+    np.testing.assert_array_equal(reviews_mod.text_attribute(texts, "question", 4), [1, 0, 0, 1])
+    np.testing.assert_array_equal(reviews_mod.text_attribute(texts, "digits", 4), [1, 0, 1, 0])
     assert repr(reviews_mod.ReviewsSpec(n_val=5)) == "ReviewsSpec(n_val=5)"  # cache keys kept
     with pytest.raises(ValueError, match="attribute must be one of"):
         reviews_mod.load_reviews(n_val=2, attribute="emoji")

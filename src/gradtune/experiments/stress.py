@@ -60,8 +60,8 @@ class StressMember:
     name : str; family : str; role : "dev" or "report" (from the split rule);
     spec : ShortcutSpec (synthetic) or OfflineBenchmark (offline); erm : "linear" or "mlp"
     (synthetic only); control : True where there is no shortcut (the method must keep ERM);
-    batch : 1 for the first members, 2 for the second batch (added, with their roles, before
-    any default was tuned on them; the first batch's report half had been read already).
+    batch : 1 for the first members, 2 and 3 for later batches (each added, with its roles,
+    before any default was tuned on it; the earlier batches' report halves had been read).
     """
 
     name: str
@@ -208,8 +208,25 @@ _MEMBERS: tuple[StressMember, ...] = (
         agreement=0.8),
     _reviews("tabular-text", "reviews-exclamation", "exclamation"),
     _reviews("tabular-text", "reviews-long", "long"),
+    # Third batch, declared together before any run on it (after the second batch's report
+    # half had been read): one more pair in five families.
+    _reviews("tabular-text", "reviews-question", "question"),
+    _reviews("tabular-text", "reviews-digits", "digits"),
+    _syn("weak-core", "lin-weak-core-1024", dim=1024, core_strength=1.2, shortcut_strength=3.0, n_train=8000,
+         n_val=4000),
+    _syn("weak-core", "lin-weak-core-48", dim=48, core_strength=1.0, shortcut_strength=2.0),
+    _syn("tied-one", "lin-mark-3class-weak", n_classes=3, tie="one", tied_class=1, dim=64, core_strength=1.2,
+         train_agreement=0.85),
+    _syn("tied-one", "lin-mark-3class-s2", n_classes=3, tie="one", tied_class=2, dim=128, core_strength=1.8,
+         shortcut_strength=2.0, train_agreement=0.9),
+    _syn("control", "control-3class-256", control=True, n_classes=3, dim=256, core_strength=1.8,
+         shortcut_strength=0.0),
+    _syn("control", "control-noisy-256", control=True, dim=256, core_strength=1.4, shortcut_strength=0.0,
+         label_noise=0.1),
+    _syn("noise", "lin-noise-10-256", dim=256, core_strength=1.5, label_noise=0.10),
+    _syn("noise", "lin-noise-10-3class", n_classes=3, dim=64, core_strength=2.0, label_noise=0.10),
 )
-_FIRST_BATCH = 37
+_FIRST_BATCH, _SECOND_BATCH_END = 37, 63
 
 
 def _assign_roles(members: tuple[StressMember, ...]) -> tuple[StressMember, ...]:
@@ -218,7 +235,8 @@ def _assign_roles(members: tuple[StressMember, ...]) -> tuple[StressMember, ...]
     for i, m in enumerate(members):
         k = seen.get(m.family, 0)
         seen[m.family] = k + 1
-        out.append(replace(m, role=ROLES[k % 2], batch=1 if i < _FIRST_BATCH else 2))
+        batch = 1 if i < _FIRST_BATCH else (2 if i < _SECOND_BATCH_END else 3)
+        out.append(replace(m, role=ROLES[k % 2], batch=batch))
     return tuple(out)
 
 

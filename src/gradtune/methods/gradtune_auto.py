@@ -37,15 +37,15 @@ evidence the inference cannot rig. No step reads a group label, an attribute or 
    apart (cross-fitted AUC), and the same for the twins' inferred minority; when
    neither reaches its threshold (``min_structure_auc``, ``min_twin_auc``) the head is
    kept: its mistakes look like class overlap or label noise. Then a candidate must
-   (a) beat the ERM head's value by more than ``margin`` plus ``margin_z`` binomial
-   standard errors, (b) beat it on each validation half separately by ``confirm_z``
-   standard errors (the best of several noisy candidates otherwise wins by luck),
-   (c) lose at most ``max_balanced_drop`` of class-balanced accuracy, and (d) classify
-   at least ``min_repaired_accuracy`` of every audit cell correctly (a repair that
-   guesses on the head's mistakes does not). Among allowed candidates the one with the
-   highest value wins (:func:`~gradtune.selection.guard.guard_choice`). Without ``encoder_features`` (and ``features="auto"``) the ERM
-   head is kept as well: the head's own features cannot reveal the shortcut it
-   learned. The reason is in ``diagnostics["guard_reason"]`` and logged at WARNING.
+   (a) beat the ERM head's value by ``margin`` plus ``margin_z`` standard errors, and on
+   each validation half by ``confirm_z`` of that half's (the best of several noisy
+   candidates otherwise wins by luck), (b) lose at most ``max_balanced_drop`` of
+   class-balanced accuracy and ``max_pseudo_drop`` of the mean accuracy over the
+   pseudo-groups (trading easy rows for hard ones is no repair), (c) classify at least
+   ``min_repaired_accuracy`` of every audit cell correctly. The best allowed value wins
+   (:func:`~gradtune.selection.guard.guard_choice`). Without ``encoder_features`` (and
+   ``features="auto"``) the head is kept too: its own features cannot reveal the
+   shortcut it learned. The reason is in ``diagnostics["guard_reason"]`` (WARNING log).
 5. **Refit** (``refit=True``): a chosen ``"retrain"`` candidate is refitted with its C
    on both validation halves, as DFR does. A chosen fine-tune is kept as is.
 
@@ -65,10 +65,7 @@ import torch
 from sklearn.preprocessing import StandardScaler
 
 from gradtune._seeding import SeedStreams, seed_streams
-from gradtune._validation import (
-    GradTuneInputError,
-    check_positive_int,
-)
+from gradtune._validation import GradTuneInputError, check_positive_int
 from gradtune.embeddings.bundle import EmbeddingBundle, SplitView
 from gradtune.estimator import resolve_set_size
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
@@ -94,7 +91,12 @@ from gradtune.methods.inferred import (
 )
 from gradtune.objectives.sampling import balanced_subsample
 from gradtune.scores.grad_norms import grad_norms
-from gradtune.selection.audit import region_cells, structure_aucs, worst_cell_accuracy
+from gradtune.selection.audit import (
+    cell_accuracies,
+    region_cells,
+    structure_aucs,
+    worst_cell_accuracy,
+)
 from gradtune.selection.guard import GuardRule, class_balanced_accuracy, guard_choice
 from gradtune.selection.select import SIZE, TOP_K, select_finetune_set
 
@@ -125,9 +127,8 @@ def _standardize(x: np.ndarray) -> tuple[StandardScaler, np.ndarray]:
 def _keep_erm(head: LinearHead, reason: str, info: dict[str, Any] | None = None) -> MethodResult:
     """The ERM head, unchanged, with the reason in the diagnostics (and logged at WARNING)."""
     _log.warning("gradtune-auto kept the ERM head: %s", reason)
-    return MethodResult(head, {"chosen_family": "erm", "chosen_setting": 0.0, "guard_kept_erm": True,
-                               "guard_reason": reason, "pseudo_groups": info, "candidates": [],
-                               "selected_rows": []})
+    return MethodResult(head, {"chosen_family": "erm", "chosen_setting": 0.0, "guard_kept_erm": True, "guard_reason":
+                               reason, "pseudo_groups": info, "candidates": [], "selected_rows": []})
 
 
 @register_method
@@ -185,6 +186,9 @@ class GradTuneAutoMethod(Method):
         by this many standard errors of that half (None turns the check off).
     max_balanced_drop : float, default=0.3
         Largest allowed drop of class-balanced accuracy below ERM's (scored halves).
+    max_pseudo_drop : float or None, default=0.0
+        Largest allowed drop of the mean accuracy over the first inference's
+        pseudo-groups of the scored half below ERM's (None turns the check off).
     min_repaired_accuracy : float, default=0.4
         Least accuracy a candidate must reach on every audit cell (its value) to be
         chosen: below it a "repair" is guessing on the rows the ERM head gets wrong.
@@ -232,6 +236,8 @@ class GradTuneAutoMethod(Method):
     confirm_z: float | None = param(1.0, "with crossfit, the gain on each half in its standard errors (None: off)",
                                     kind="float", ge=0, optional=True)
     max_balanced_drop: float = param(0.3, "largest allowed drop of class-balanced accuracy", ge=0)
+    max_pseudo_drop: float | None = param(0.0, "largest allowed drop of the mean accuracy over the pseudo-groups "
+                                               "(None: off)", kind="float", ge=0, optional=True)
     min_repaired_accuracy: float = param(0.4, "least accuracy on every audit cell", ge=0, le=1)
     min_structure_auc: float = param(0.6, "least cross-fitted AUC of the head's mistakes", ge=0, le=1)
     min_twin_auc: float = param(0.7, "... or of the twins' inferred minority (1.0: this route off)", ge=0, le=1)
@@ -324,13 +330,15 @@ class GradTuneAutoMethod(Method):
     def _side(self, inferences: dict[str, tuple[np.ndarray, np.ndarray]], x_fit: np.ndarray,
               y_fit: np.ndarray, x_score: np.ndarray, y_score: np.ndarray, audit: np.ndarray,
               epochs: list[int], head: LinearHead, n_classes: int, streams: SeedStreams,
-              ) -> tuple[list[tuple[str, AutoCandidate]], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+              ) -> tuple[list[tuple[str, AutoCandidate]], np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                         np.ndarray]:
         """Candidates of every inference fitted on (x_fit (n, d), y_fit (n,)) and scored on
         the audit cells (m,) of (x_score (m, d), y_score (m,)).
 
         Returns (inference, candidate) pairs (ERM first), their worst-cell accuracy (K,),
-        that cell's size (K,), class-balanced accuracy (K,), and the fine-tuning set of
-        the first inference (positions in x_fit; empty without ``"finetune"``)."""
+        that cell's size (K,), class-balanced accuracy (K,), mean accuracy over the first
+        inference's pseudo-groups of the scored rows (K,), and the fine-tuning set of the
+        first inference (positions in x_fit; empty without ``"finetune"``)."""
         pairs: list[tuple[str, AutoCandidate]] = [("erm", AutoCandidate("erm", 0.0, head))]
         idx_first = np.empty(0, dtype=np.int64)
         for name, (g_fit, _) in inferences.items():
@@ -341,6 +349,8 @@ class GradTuneAutoMethod(Method):
         values = np.full(len(pairs), -np.inf)
         sizes = np.ones(len(pairs), dtype=np.int64)
         balanced = np.full(len(pairs), -np.inf)
+        pseudo = np.full(len(pairs), -np.inf)
+        g_score = next(iter(inferences.values()))[1]
         for i, (_, c) in enumerate(pairs):
             logits = c.head.logits(x_score)
             if not np.isfinite(logits).all():
@@ -348,7 +358,9 @@ class GradTuneAutoMethod(Method):
             ok = logits.argmax(axis=1) == y_score
             values[i], sizes[i] = worst_cell_accuracy(ok, audit, 2 * n_classes, int(self.min_group_size))
             balanced[i] = class_balanced_accuracy(ok, y_score, n_classes)
-        return pairs, values, sizes, balanced, idx_first
+            accs, _ = cell_accuracies(ok, g_score, 2 * n_classes, int(self.min_group_size))
+            pseudo[i] = float(np.nanmean(accs)) if not np.isnan(accs).all() else float(ok.mean())
+        return pairs, values, sizes, balanced, pseudo, idx_first
 
     def _pseudo_groups(self, bundle: EmbeddingBundle, held: SplitView, sel: SplitView, head: LinearHead,
                        streams: SeedStreams) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
@@ -424,20 +436,21 @@ class GradTuneAutoMethod(Method):
         # audit cells: where the ERM head errs, learned on one half and applied to the other
         audit_sel = region_cells(xi_held, held.labels, ~right[:len(held)], xi_sel, sel.labels, n_classes)
         audit_held = region_cells(xi_sel, sel.labels, ~right[len(held):], xi_held, held.labels, n_classes)
-        pairs, values, n_small, balanced, idx = self._side(
+        pairs, values, n_small, balanced, pseudo, idx = self._side(
             inferences, held.features, held.labels, sel.features, sel.labels, audit_sel, epochs, head,
             n_classes, streams)
         v2 = n2 = None
         if self.crossfit:
             swapped = {k: (g_sel, g_held) for k, (g_held, g_sel) in inferences.items()}
-            _, v2, n2, b2, _ = self._side(swapped, sel.features, sel.labels, held.features, held.labels,
-                                          audit_held, epochs, head, n_classes, streams)
-            balanced = (balanced + b2) / 2
+            _, v2, n2, b2, p2, _ = self._side(swapped, sel.features, sel.labels, held.features, held.labels,
+                                              audit_held, epochs, head, n_classes, streams)
+            balanced, pseudo = (balanced + b2) / 2, (pseudo + p2) / 2
         rule = GuardRule(margin=float(self.margin), margin_z=float(self.margin_z),
                          confirm_z=None if self.confirm_z is None else float(self.confirm_z),
                          max_balanced_drop=float(self.max_balanced_drop),
-                         min_repaired_accuracy=float(self.min_repaired_accuracy))
-        decision = guard_choice(values, n_small, balanced, rule, v2, n2)
+                         min_repaired_accuracy=float(self.min_repaired_accuracy),
+                         max_pseudo_drop=None if self.max_pseudo_drop is None else float(self.max_pseudo_drop))
+        decision = guard_choice(values, n_small, balanced, rule, v2, n2, pseudo=pseudo)
         values, needed, allowed, best = decision.values, decision.needed, decision.allowed, decision.best
         chosen_inf, chosen = pairs[best]
         model = chosen.head

@@ -12,7 +12,10 @@ the same cells. A candidate may replace it only when
   standard errors of that half: the best of several noisy candidates looks better than it
   is (the winner's curse), and a gain that is real shows on both halves, fitted and
   scored on disjoint rows;
-* it loses at most ``max_balanced_drop`` of class-balanced accuracy;
+* it loses at most ``max_balanced_drop`` of class-balanced accuracy, and (with
+  ``pseudo`` given) at most ``max_pseudo_drop`` of the mean accuracy over the inferred
+  groups: a "repair" that only trades accuracy from easy rows to hard ones raises the
+  worst audit cell without raising the group-balanced accuracy;
 * it gets at least ``min_repaired_accuracy`` of its worst audit cell right.
 
 Among the allowed candidates the one with the highest mean value wins.
@@ -38,6 +41,7 @@ class GuardRule:
     confirm_z: float | None = None
     max_balanced_drop: float = float("inf")
     min_repaired_accuracy: float = 0.0
+    max_pseudo_drop: float | None = None
 
 
 @dataclass
@@ -68,7 +72,8 @@ def _se(v: np.ndarray, v0: float, n: np.ndarray, n0: int) -> np.ndarray:
 
 
 def guard_choice(values_a: np.ndarray, sizes_a: np.ndarray, balanced: np.ndarray, rule: GuardRule,
-                 values_b: np.ndarray | None = None, sizes_b: np.ndarray | None = None) -> GuardDecision:
+                 values_b: np.ndarray | None = None, sizes_b: np.ndarray | None = None, *,
+                 pseudo: np.ndarray | None = None) -> GuardDecision:
     """Pick the candidate that replaces the ERM head (index 0), or keep it.
 
     Parameters
@@ -78,6 +83,7 @@ def guard_choice(values_a: np.ndarray, sizes_a: np.ndarray, balanced: np.ndarray
     balanced : (K,) class-balanced accuracy on the scored rows (mean over halves)
     rule : GuardRule
     values_b, sizes_b : (K,) the same on the other half (cross-fitting), or None
+    pseudo : (K,) mean accuracy over the inferred groups of the scored rows, or None
     """
     va = np.asarray(values_a, dtype=np.float64)
     na = np.asarray(sizes_a, dtype=np.int64)
@@ -97,14 +103,19 @@ def guard_choice(values_a: np.ndarray, sizes_a: np.ndarray, balanced: np.ndarray
             allowed &= v > vf[0] + float(rule.confirm_z) * _se(vf, vf[0], n, int(n[0]))
     allowed &= balanced >= balanced[0] - float(rule.max_balanced_drop)
     allowed &= values >= float(rule.min_repaired_accuracy)
+    pseudo_ok = np.ones(len(values), dtype=bool)
+    if pseudo is not None and rule.max_pseudo_drop is not None:
+        pm = np.asarray(pseudo, dtype=np.float64)
+        pseudo_ok = pm >= pm[0] - float(rule.max_pseudo_drop)
+        allowed &= pseudo_ok
     allowed[0] = True
     best = int(np.argmax(np.where(allowed, values, -np.inf))) if allowed[1:].any() else 0
-    reason = None if best else _reason(values, needed, balanced, allowed, rule)
+    reason = None if best else _reason(values, needed, balanced, allowed, rule, pseudo_ok)
     return GuardDecision(best, values, needed, allowed, np.asarray(balanced, dtype=np.float64), reason)
 
 
 def _reason(values: np.ndarray, needed: np.ndarray, balanced: np.ndarray, allowed: np.ndarray,
-            rule: GuardRule) -> str:
+            rule: GuardRule, pseudo_ok: np.ndarray) -> str:
     """Why no candidate passed, from the best-valued candidate's numbers."""
     if len(values) < 2 or not np.isfinite(values[1:]).any():
         return "there was no usable candidate besides the ERM head"
@@ -120,6 +131,10 @@ def _reason(values: np.ndarray, needed: np.ndarray, balanced: np.ndarray, allowe
         return (f"the candidates that beat the ERM head lose more than max_balanced_drop="
                 f"{float(rule.max_balanced_drop):g} of class-balanced accuracy (best candidate: "
                 f"{balanced[j]:.1%} against {balanced[0]:.1%})")
+    if not pseudo_ok[j]:
+        return (f"the best candidate raises the worst audit cell ({values[j]:.1%} against {values[0]:.1%}) but "
+                f"lowers the mean accuracy over the inferred groups by more than max_pseudo_drop="
+                f"{rule.max_pseudo_drop:g}: it trades easy rows for hard ones rather than repairing a minority")
     return (f"the best candidate's gain on the audit cells ({values[j]:.1%} against {values[0]:.1%}) "
             f"did not show on each validation half separately (confirm_z={rule.confirm_z:g}): it looks "
             "like the luck of picking the best of several noisy candidates")

@@ -11,7 +11,8 @@ Task
 * attribute: the review contains a negation word (0 no-negation, 1 negation), a
   MultiNLI-like spurious cue; groups ``2 * label + attribute``. Other textual attributes
   (:data:`ATTRIBUTES`) can stand in for it: ``"exclamation"`` (the review contains "!")
-  and ``"long"`` (more words than the median review of ``training_data``).
+  ``"long"`` (more words than the median review of ``training_data``), ``"question"``
+  (contains "?") and ``"digits"`` (contains a digit).
 
 Negation words (:data:`NEGATION_WORDS`, matched case-insensitively as whole words in the
 cleaned text): ``no not never nothing nobody none neither nor nowhere cannot``, any word
@@ -59,7 +60,8 @@ N_VAL = 1000
 CLASS_NAMES = ["other", "great"]
 ATTRIBUTE_NAMES = ["no-negation", "negation"]
 ATTRIBUTES: dict[str, list[str]] = {"negation": ATTRIBUTE_NAMES, "exclamation": ["no-exclamation", "exclamation"],
-                                    "long": ["short", "long"]}
+                                    "long": ["short", "long"], "question": ["no-question", "question"],
+                                    "digits": ["no-digits", "digits"]}
 """The textual attributes a reviews benchmark can group by, with their value names."""
 TABLES = ("training_data", "testing_data")
 COLUMNS = ("review", "score")
@@ -159,8 +161,11 @@ def text_attribute(texts: pd.Series, attribute: str, n_reference: int) -> np.nda
     first ``n_reference`` texts set the median length of ``"long"``."""
     if attribute == "negation":
         return has_negation(texts)
-    if attribute == "exclamation":
-        return texts.str.contains("!", regex=False).to_numpy().astype(np.int64)
+    if attribute in ("exclamation", "question"):
+        mark = "!" if attribute == "exclamation" else "?"
+        return texts.str.contains(mark, regex=False).to_numpy().astype(np.int64)
+    if attribute == "digits":
+        return texts.str.contains(r"[0-9]", regex=True).to_numpy().astype(np.int64)
     if attribute == "long":
         words = texts.str.split().str.len().to_numpy()
         return (words > np.median(words[:n_reference])).astype(np.int64)
@@ -174,7 +179,7 @@ def load_reviews(*, n_val: int = N_VAL, attribute: str = "negation") -> GroupedD
     ----------
     n_val : int, default 1000
         Rows of ``training_data`` moved to the validation split (fixed permutation).
-    attribute : {"negation", "exclamation", "long"}, default "negation"
+    attribute : {"negation", "exclamation", "long", "question", "digits"}, default "negation"
         The textual attribute that defines the groups.
 
     Returns
