@@ -59,3 +59,18 @@ def test_class_balanced_accuracy_by_hand() -> None:
     labels = np.array([0, 0, 0, 1, 1, 2])
     # class 0: 2/3, class 1: 1/2, class 2: 0/1, class 3 absent
     assert class_balanced_accuracy(correct, labels, 4) == pytest.approx((2 / 3 + 1 / 2 + 0) / 3)
+
+
+def test_a_repair_may_not_lower_the_mean_accuracy_over_the_inferred_groups() -> None:
+    # candidate 1 lifts the worst audit cell a lot but lowers the pseudo-group mean by 0.03;
+    # candidate 2 lifts it less and keeps the mean
+    va = np.array([0.2, 0.6, 0.45])
+    n = np.array([200, 200, 200])
+    bal = np.array([0.8, 0.75, 0.79])
+    pseudo = np.array([0.70, 0.67, 0.71])
+    assert guard_choice(va, n, bal, GuardRule(), pseudo=pseudo).best == 1          # no pseudo rule
+    d = guard_choice(va, n, bal, GuardRule(max_pseudo_drop=0.0), pseudo=pseudo)
+    assert d.allowed.tolist() == [True, False, True] and d.best == 2
+    assert guard_choice(va, n, bal, GuardRule(max_pseudo_drop=0.05), pseudo=pseudo).best == 1
+    d = guard_choice(va[:2], n[:2], bal[:2], GuardRule(max_pseudo_drop=0.0), pseudo=pseudo[:2])
+    assert d.best == 0 and "mean accuracy over the inferred groups" in d.reason
