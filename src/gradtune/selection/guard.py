@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gradtune.selection.audit import cell_accuracies
+
 __all__ = ["GuardRule", "GuardDecision", "guard_choice", "class_balanced_accuracy"]
 
 
@@ -59,10 +61,8 @@ class GuardDecision:
 
 def class_balanced_accuracy(correct: np.ndarray, labels: np.ndarray, n_classes: int) -> float:
     """Mean accuracy over the classes present, from (n,) bool ``correct`` and (n,) labels."""
-    counts = np.bincount(labels, minlength=n_classes)
-    hits = np.bincount(labels, weights=np.asarray(correct, dtype=np.float64), minlength=n_classes)
-    present = counts > 0
-    return float((hits[present] / counts[present]).mean())
+    acc, _ = cell_accuracies(correct, labels, n_classes, 1)
+    return float(np.nanmean(acc))
 
 
 def _se(v: np.ndarray, v0: float, n: np.ndarray, n0: int) -> np.ndarray:

@@ -45,7 +45,7 @@ from gradtune.data.base import SPLIT_CODES, DatasetNotFoundError, GroupedDataset
 
 __all__ = ["FMNIST_FILES", "DEFAULT_DIR", "BUILD_SEED", "BACKGROUNDS", "FMNIST_CLASS_NAMES",
            "SHORTCUTS", "FmnistSpurious", "find_fmnist_dir", "fmnist_files", "read_idx", "compose",
-           "stripe_mask", "compose_brightness", "compose_shortcut", "load_fmnist_spurious"]
+           "stripe_mask", "check_split_sizes", "compose_brightness", "compose_shortcut", "load_fmnist_spurious"]
 
 FMNIST_FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
@@ -198,6 +198,15 @@ def compose_stripes(images: np.ndarray, attributes: np.ndarray) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=-1)
 
 
+def check_split_sizes(spec: object, keys: tuple[str, ...] = ("n_train", "n_val", "n_test")) -> None:
+    """Raise ValueError unless each of ``spec``'s split sizes is an even int >= 2 (classes
+    are balanced, so every split is drawn in halves)."""
+    for key in keys:
+        n = getattr(spec, key)
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2 or n % 2:
+            raise ValueError(f"{key} must be an even number >= 2, got {n!r}")
+
+
 def compose_brightness(images: np.ndarray, attributes: np.ndarray) -> np.ndarray:
     """Scale each item's brightness by its attribute, on a fixed grey background.
 
@@ -313,10 +322,7 @@ class FmnistSpurious:
             raise ValueError(f"classes must be two different Fashion-MNIST class ids in 0..9, "
                              f"got {self.classes!r}")
         object.__setattr__(self, "classes", (int(cls[0]), int(cls[1])))
-        for key in ("n_train", "n_val", "n_test"):
-            n = getattr(self, key)
-            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2 or n % 2:
-                raise ValueError(f"{key} must be an even number >= 2, got {n!r}")
+        check_split_sizes(self)
         for key in ("train_agreement", "val_agreement", "test_agreement"):
             f = getattr(self, key)
             if not isinstance(f, (int, float)) or not 0.0 <= f <= 1.0:

@@ -28,6 +28,7 @@ from gradtune.data.offline.fmnist import (
     FMNIST_CLASS_NAMES,
     SHORTCUTS,
     _pick,
+    check_split_sizes,
     compose,
     compose_shortcut,
     read_fmnist,
@@ -81,10 +82,7 @@ class FmnistMarked:
             raise ValueError(f"tied_class must be a label in 0..{len(cls) - 1}, got {self.tied_class!r}")
         if self.shortcut not in SHORTCUTS:
             raise ValueError(f"shortcut must be one of {list(SHORTCUTS)}, got {self.shortcut!r}")
-        for key in ("n_train", "n_val", "n_test"):
-            n = getattr(self, key)
-            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2 or n % 2:
-                raise ValueError(f"{key} must be an even number >= 2, got {n!r}")
+        check_split_sizes(self)
         if not 0.0 <= float(self.agreement) <= 1.0:
             raise ValueError(f"agreement must lie in [0, 1], got {self.agreement!r}")
 
