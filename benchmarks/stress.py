@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         "The suite and its split rule are in `src/gradtune/experiments/stress.py`: within each "
         "family of problems, members alternate between the development half (where "
         "`gradtune-auto`'s defaults were chosen) and the report half (this page). Nothing on this "
-        "page was used to choose a default. Members marked (2) and (3) are later batches, each added "
+        "page was used to choose a default. Members marked (2), (3) and (4) are later batches, each added "
         "to both halves before any tuning on it; the earlier batches' report halves had been read "
         "before (docs/label-free-design.md says when and what changed after).",
         "",

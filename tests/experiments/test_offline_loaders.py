@@ -200,6 +200,9 @@ def test_reviews_other_attributes_by_hand(monkeypatch):
     texts = pd.Series(["Why 2 stars?", "fine", "3 bags", "ok?"])
     np.testing.assert_array_equal(reviews_mod.text_attribute(texts, "question", 4), [1, 0, 0, 1])
     np.testing.assert_array_equal(reviews_mod.text_attribute(texts, "digits", 4), [1, 0, 1, 0])
+    words = pd.Series(["good but salty", "butter cookies", "however, fine", "loved it", "lovely", "i love tea"])
+    np.testing.assert_array_equal(reviews_mod.text_attribute(words, "contrast", 6), [1, 0, 1, 0, 0, 0])
+    np.testing.assert_array_equal(reviews_mod.text_attribute(words, "love", 6), [0, 0, 0, 1, 0, 1])
     assert repr(reviews_mod.ReviewsSpec(n_val=5)) == "ReviewsSpec(n_val=5)"  # cache keys kept
     with pytest.raises(ValueError, match="attribute must be one of"):
         reviews_mod.load_reviews(n_val=2, attribute="emoji")

@@ -60,7 +60,7 @@ class StressMember:
     name : str; family : str; role : "dev" or "report" (from the split rule);
     spec : ShortcutSpec (synthetic) or OfflineBenchmark (offline); erm : "linear" or "mlp"
     (synthetic only); control : True where there is no shortcut (the method must keep ERM);
-    batch : 1 for the first members, 2 and 3 for later batches (each added, with its roles,
+    batch : 1 for the first members, 2, 3 and 4 for later batches (each added, with its roles,
     before any default was tuned on it; the earlier batches' report halves had been read).
     """
 
@@ -225,8 +225,51 @@ _MEMBERS: tuple[StressMember, ...] = (
          label_noise=0.1),
     _syn("noise", "lin-noise-10-256", dim=256, core_strength=1.5, label_noise=0.10),
     _syn("noise", "lin-noise-10-3class", n_classes=3, dim=64, core_strength=2.0, label_noise=0.10),
+    # Fourth batch, declared together before any run on it (after the third batch's report
+    # half had been read): one more pair in every family, two in the controls.
+    _syn("weak-core", "lin-weak-core-384", dim=384, core_strength=1.1, shortcut_strength=3.0, n_train=6000,
+         n_val=3000),
+    _syn("weak-core", "lin-weak-core-96", dim=96, core_strength=0.9, shortcut_strength=2.0, n_train=6000),
+    _syn("strong-core", "lin-strong-core-256", dim=256, core_strength=2.0, shortcut_strength=2.5),
+    _syn("strong-core", "lin-strong-core-s6", dim=64, core_strength=3.0, shortcut_strength=6.0),
+    _syn("minority", "lin-minority-3pct", dim=96, core_strength=1.4, train_agreement=0.97, n_train=6000),
+    _syn("minority", "lin-minority-15pct", dim=128, core_strength=1.3, train_agreement=0.85),
+    _syn("heldout-bias", "lin-val-more-biased", dim=64, core_strength=1.4, train_agreement=0.93,
+         val_agreement=0.98, n_val=3000),
+    _syn("heldout-bias", "lin-val-balanced-3class", n_classes=3, dim=64, core_strength=1.6, val_balanced=True),
+    _syn("multiclass", "lin-4class-weak", n_classes=4, dim=96, core_strength=1.3),
+    _syn("multiclass", "lin-8class", n_classes=8, dim=128, core_strength=2.6, n_train=8000, n_val=4000,
+         n_test=6000),
+    _syn("tied-one", "lin-mark-4class-d128", n_classes=4, tie="one", tied_class=0, dim=128, core_strength=1.6,
+         train_agreement=0.9),
+    _syn("tied-one", "lin-mark-3class-s3", n_classes=3, tie="one", tied_class=1, dim=64, core_strength=1.4,
+         shortcut_strength=3.0, train_agreement=0.92),
+    _syn("noise", "lin-noise-20-3class", n_classes=3, dim=64, core_strength=2.2, label_noise=0.20),
+    _syn("noise", "lin-noise-5-512", dim=512, core_strength=1.4, label_noise=0.05, n_train=6000),
+    _syn("multi-attribute", "lin-two-attrs-128", n_attributes=2, dim=128, core_strength=1.5, shortcut_strength=2.2),
+    _syn("multi-attribute", "lin-three-attrs-weak", n_attributes=3, dim=64, core_strength=1.3,
+         shortcut_strength=1.8),
+    _syn("mlp-erm", "mlp-4class", erm="mlp", n_classes=4, dim=64, core_strength=1.8),
+    _syn("mlp-erm", "mlp-noise", erm="mlp", dim=64, core_strength=1.5, label_noise=0.10),
+    _syn("control", "control-5class", control=True, n_classes=5, dim=64, core_strength=2.0,
+         shortcut_strength=0.0),
+    _syn("control", "control-768", control=True, dim=768, core_strength=1.3, shortcut_strength=0.0,
+         n_train=6000),
+    _syn("control", "control-mlp", control=True, erm="mlp", dim=64, core_strength=1.2, shortcut_strength=0.0),
+    _syn("control", "control-noisy-3class", control=True, n_classes=3, dim=64, core_strength=1.8,
+         shortcut_strength=0.0, label_noise=0.15),
+    _fm("fmnist", "fm-bag-boot-stripes85", classes=(8, 9), shortcut="stripes", train_agreement=0.85,
+        val_agreement=0.85, n_val=4000),
+    _fm("fmnist", "fm-dress-coat-bright85", classes=(3, 4), shortcut="brightness", train_agreement=0.85,
+        val_agreement=0.85, n_val=4000),
+    _fm("fmnist-multiclass", "fm-3class-stripes-tied90", marked=True, classes=(0, 1, 2), tied_class=1,
+        shortcut="stripes", agreement=0.9),
+    _fm("fmnist-multiclass", "fm-4class-bright-tied85", marked=True, classes=(2, 5, 7, 8), tied_class=3,
+        shortcut="brightness", agreement=0.85),
+    _reviews("tabular-text", "reviews-contrast", "contrast"),
+    _reviews("tabular-text", "reviews-love", "love"),
 )
-_FIRST_BATCH, _SECOND_BATCH_END = 37, 63
+_FIRST_BATCH, _SECOND_BATCH_END, _THIRD_BATCH_END = 37, 63, 73
 
 
 def _assign_roles(members: tuple[StressMember, ...]) -> tuple[StressMember, ...]:
@@ -235,7 +278,7 @@ def _assign_roles(members: tuple[StressMember, ...]) -> tuple[StressMember, ...]
     for i, m in enumerate(members):
         k = seen.get(m.family, 0)
         seen[m.family] = k + 1
-        batch = 1 if i < _FIRST_BATCH else (2 if i < _SECOND_BATCH_END else 3)
+        batch = 1 if i < _FIRST_BATCH else (2 if i < _SECOND_BATCH_END else (3 if i < _THIRD_BATCH_END else 4))
         out.append(replace(m, role=ROLES[k % 2], batch=batch))
     return tuple(out)
 

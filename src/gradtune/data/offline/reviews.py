@@ -61,7 +61,8 @@ CLASS_NAMES = ["other", "great"]
 ATTRIBUTE_NAMES = ["no-negation", "negation"]
 ATTRIBUTES: dict[str, list[str]] = {"negation": ATTRIBUTE_NAMES, "exclamation": ["no-exclamation", "exclamation"],
                                     "long": ["short", "long"], "question": ["no-question", "question"],
-                                    "digits": ["no-digits", "digits"]}
+                                    "digits": ["no-digits", "digits"], "contrast": ["no-contrast", "contrast"],
+                                    "love": ["no-love", "love"]}
 """The textual attributes a reviews benchmark can group by, with their value names."""
 TABLES = ("training_data", "testing_data")
 COLUMNS = ("review", "score")
@@ -166,6 +167,10 @@ def text_attribute(texts: pd.Series, attribute: str, n_reference: int) -> np.nda
         return texts.str.contains(mark, regex=False).to_numpy().astype(np.int64)
     if attribute == "digits":
         return texts.str.contains(r"[0-9]", regex=True).to_numpy().astype(np.int64)
+    if attribute == "contrast":  # a contrasting conjunction: "but", "however"
+        return texts.str.contains(r"\b(?:but|however)\b", regex=True).to_numpy().astype(np.int64)
+    if attribute == "love":  # "love", "loves", "loved", "loving"
+        return texts.str.contains(r"\blov(?:e|es|ed|ing)\b", regex=True).to_numpy().astype(np.int64)
     if attribute == "long":
         words = texts.str.split().str.len().to_numpy()
         return (words > np.median(words[:n_reference])).astype(np.int64)
@@ -179,7 +184,7 @@ def load_reviews(*, n_val: int = N_VAL, attribute: str = "negation") -> GroupedD
     ----------
     n_val : int, default 1000
         Rows of ``training_data`` moved to the validation split (fixed permutation).
-    attribute : {"negation", "exclamation", "long", "question", "digits"}, default "negation"
+    attribute : {"negation", "exclamation", "long", "question", "digits", "contrast", "love"}, default "negation"
         The textual attribute that defines the groups.
 
     Returns
