@@ -88,19 +88,22 @@ def test_choice_is_the_best_allowed_candidate_and_the_guard_keeps_erm(biased: Em
     assert [c["family"] for c in cands] == ["erm", "retrain", "retrain", "finetune", "finetune", "finetune"]
     assert get_method("gradtune-auto", **FAST).fit(biased, seed=0).diagnostics["candidates"][-1]["family"] \
         == "retrain"                                         # the default families: retraining only
-    # the guard recomputed from the reported values: beat ERM by the noise, keep most of the
-    # class-balanced accuracy, classify at least half of every audit cell
+    # the guard recomputed from the reported values: beat ERM by the noise (the paired bootstrap
+    # bound above the margin), keep most of the class-balanced accuracy, classify at least
+    # min_repaired_accuracy x 2 / C of every audit cell (two classes here)
     erm_v, erm_b = cands[0]["value"], cands[0]["balanced_accuracy"]
+    assert cands[0]["gain_bound"] == 0.0
     for c in cands[1:]:
         assert c["needed"] >= erm_v
-        assert c["allowed"] == (c["value"] > c["needed"] and c["value"] >= m.min_repaired_accuracy
+        assert c["allowed"] == (c["value"] > c["needed"] and c["gain_bound"] > m.margin
+                                and c["value"] >= m.min_repaired_accuracy
                                 and c["balanced_accuracy"] >= erm_b - m.max_balanced_drop), c
     allowed = [c["value"] for c in cands if c["allowed"]]
     assert d["chosen_value"] == max(allowed)
     # a margin no candidate can pass keeps the ERM head exactly
     kept = get_method("gradtune-auto", margin=1.0, **FAST).fit(biased, seed=0)
     assert kept.diagnostics["guard_kept_erm"] and kept.diagnostics["chosen_family"] == "erm"
-    assert "by more than the noise" in kept.diagnostics["guard_reason"]
+    assert "noise" in kept.diagnostics["guard_reason"]
     np.testing.assert_array_equal(kept.model.weight, biased.head_weight)
     np.testing.assert_array_equal(kept.model.bias, biased.head_bias)
     # so does a floor no candidate reaches, and the reason names it
@@ -229,3 +232,23 @@ def test_structure_gate_keeps_the_head_and_can_be_turned_off(biased: EmbeddingBu
     # the twins' route alone opens the gate too (the twins' minority is the shortcut's here)
     twin = get_method("gradtune-auto", min_structure_auc=1.0, min_twin_auc=0.0, **FAST).fit(biased, seed=0)
     assert twin.diagnostics["candidates"] and twin.diagnostics["twin_structure_auc"] == d["twin_structure_auc"]
+
+
+def test_the_repaired_accuracy_floor_scales_with_the_number_of_classes() -> None:
+    # three classes, a mark tied to one of them (a stress-suite member): guessing gets a third of
+    # a cell right, so the floor is min_repaired_accuracy x 2 / 3
+    from gradtune.experiments.stress import build_member_bundle
+
+    bundle = build_member_bundle("lin-mark-3class", 0)
+    common = dict(min_structure_auc=0.0, max_pseudo_drop=None, confirm_z=None, gain_quantile=None, **FAST)
+    d = get_method("gradtune-auto", **common).fit(bundle, seed=0).diagnostics
+    cands = d["candidates"]
+    best = max(cands[1:], key=lambda c: c["value"])
+    assert best["value"] > cands[0]["value"], cands       # a candidate that beats ERM's worst cell
+    # a two-class floor just above that candidate's value refuses it; the same number given for
+    # three classes (x 2 / 3) lets it through
+    for given, allowed in ((best["value"] * 1.2, True), (best["value"] * 1.6, False)):
+        got = get_method("gradtune-auto", min_repaired_accuracy=given, **common).fit(bundle, seed=0).diagnostics
+        assert given * 2 / 3 <= best["value"] or not allowed
+        match = [c for c in got["candidates"] if c["setting"] == best["setting"]][0]
+        assert match["allowed"] == allowed, (given, match)

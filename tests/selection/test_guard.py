@@ -7,7 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from gradtune.selection.guard import GuardRule, class_balanced_accuracy, guard_choice
+from gradtune.selection.audit import worst_cell_accuracy
+from gradtune.selection.guard import (
+    GuardRule,
+    bootstrap_worst_cells,
+    class_balanced_accuracy,
+    guard_choice,
+    paired_gain_bound,
+)
 
 
 def _se(v: float, v0: float, n: int) -> float:
@@ -74,3 +81,70 @@ def test_a_repair_may_not_lower_the_mean_accuracy_over_the_inferred_groups() -> 
     assert guard_choice(va, n, bal, GuardRule(max_pseudo_drop=0.05), pseudo=pseudo).best == 1
     d = guard_choice(va[:2], n[:2], bal[:2], GuardRule(max_pseudo_drop=0.0), pseudo=pseudo[:2])
     assert d.best == 0 and "mean accuracy over the inferred groups" in d.reason
+
+
+def _slow_worst(correct: np.ndarray, cells: np.ndarray, n_cells: int, min_rows: int, w: np.ndarray) -> float:
+    """Weighted worst-cell accuracy of one head under one weighting, cell by cell."""
+    counts = np.bincount(cells, minlength=n_cells)
+    kept = [c for c in range(n_cells) if counts[c] >= min_rows] or None
+    if kept is None:
+        return float((w * correct).sum() / w.sum())
+    accs = []
+    for c in kept:
+        rows = cells == c
+        if w[rows].sum() > 0:
+            accs.append(float((w[rows] * correct[rows]).sum() / w[rows].sum()))
+    return min(accs)
+
+
+def test_bootstrap_worst_cells_match_a_cell_by_cell_loop() -> None:
+    rng = np.random.default_rng(0)
+    n, k = 120, 4
+    cells = rng.integers(0, 5, size=n)
+    cells[cells == 4] = 3                       # cell 4 empty
+    cells[:3] = 4                               # ... now 3 rows: below min_rows, left out
+    correct = rng.random((k, n)) < 0.7
+    w = rng.poisson(1.0, size=(6, n))
+    w[0] = 1                                    # the plain sample
+    got = bootstrap_worst_cells(correct, cells, 6, 10, w)
+    assert got.shape == (k, 6)
+    for i in range(k):
+        for b in range(6):
+            assert got[i, b] == pytest.approx(_slow_worst(correct[i], cells, 6, 10, w[b].astype(float)), abs=1e-6)
+        # unit weights give the unweighted worst cell
+        assert got[i, 0] == pytest.approx(worst_cell_accuracy(correct[i], cells, 6, 10)[0], abs=1e-6)
+    # no cell large enough: all rows form one cell
+    few = bootstrap_worst_cells(correct[:, :8], np.arange(8), 8, 10, np.ones((1, 8)))
+    np.testing.assert_allclose(few[:, 0], correct[:, :8].mean(axis=1), atol=1e-6)
+
+
+def test_paired_gain_bound_is_the_quantile_of_the_mean_gain_over_halves() -> None:
+    rng = np.random.default_rng(1)
+    halves = []
+    for n in (80, 100):
+        cells = rng.integers(0, 4, size=n)
+        erm = rng.random(n) < 0.6
+        fixed = erm | (rng.random(n) < 0.5)      # head 1: ERM's right rows and half the others
+        broken = erm & (rng.random(n) < 0.7)     # head 2: loses some of ERM's right rows
+        halves.append((np.stack([erm, fixed, broken]), cells))
+    got = paired_gain_bound(halves, 4, 5, 0.1, np.random.default_rng(7), n_boot=50)
+    # the same draws by hand
+    draw = np.random.default_rng(7)
+    total = np.zeros((3, 50))
+    for correct, cells in halves:
+        w = draw.poisson(1.0, size=(50, len(cells)))
+        total += np.array([[_slow_worst(correct[i], cells, 4, 5, w[b].astype(float)) for b in range(50)]
+                           for i in range(3)])
+    expect = np.quantile((total - total[0]) / 2, 0.1, axis=1)
+    np.testing.assert_allclose(got, expect, atol=1e-6)
+    assert got[0] == 0.0 and got[1] > 0 > got[2]   # a head that only fixes rows gains; one that only breaks loses
+
+
+def test_the_paired_bound_gates_the_choice() -> None:
+    va = np.array([0.2, 0.5, 0.45])
+    n = np.array([50, 50, 50])
+    bal = np.array([0.9, 0.88, 0.89])
+    d = guard_choice(va, n, bal, GuardRule(), lower=np.array([0.0, -0.01, 0.05]))
+    assert d.allowed.tolist() == [True, False, True] and d.best == 2
+    d = guard_choice(va[:2], n[:2], bal[:2], GuardRule(), lower=np.array([0.0, -0.01]))
+    assert d.best == 0 and "paired bootstrap" in d.reason

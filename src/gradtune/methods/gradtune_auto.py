@@ -37,12 +37,14 @@ evidence the inference cannot rig. No step reads a group label, an attribute or 
    apart (cross-fitted AUC), and the same for the twins' inferred minority; when
    neither reaches its threshold (``min_structure_auc``, ``min_twin_auc``) the head is
    kept: its mistakes look like class overlap or label noise. Then a candidate must
-   (a) beat the ERM head's value by ``margin`` plus ``margin_z`` standard errors, and on
-   each validation half by ``confirm_z`` of that half's (the best of several noisy
-   candidates otherwise wins by luck), (b) lose at most ``max_balanced_drop`` of
-   class-balanced accuracy and ``max_pseudo_drop`` of the mean accuracy over the
-   pseudo-groups (trading easy rows for hard ones is no repair), (c) classify at least
-   ``min_repaired_accuracy`` of every audit cell correctly. The best allowed value wins
+   (a) beat the ERM head's value with a paired bootstrap bound above ``margin``
+   (``gain_quantile``: candidate and ERM head scored on the same resampled rows), and on
+   each validation half by ``confirm_z`` standard errors of that half's (the best of
+   several noisy candidates otherwise wins by luck; ``margin_z`` adds an unpaired
+   binomial test), (b) lose at most ``max_balanced_drop`` of class-balanced accuracy and
+   ``max_pseudo_drop`` of the mean accuracy over the pseudo-groups (trading easy rows for
+   hard ones is no repair), (c) classify at least ``min_repaired_accuracy x 2 / C`` of
+   every audit cell correctly (guessing gets ``1 / C``). The best allowed value wins
    (:func:`~gradtune.selection.guard.guard_choice`). Without ``encoder_features`` (and
    ``features="auto"``) the head is kept too: its own features cannot reveal the
    shortcut it learned. The reason is in ``diagnostics["guard_reason"]`` (WARNING log).
@@ -57,19 +59,24 @@ and docs/label-free.md reports the other half. The paper's ``"gradtune"`` is unc
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 from sklearn.preprocessing import StandardScaler
 
 from gradtune._seeding import SeedStreams, seed_streams
 from gradtune._validation import GradTuneInputError, check_positive_int
 from gradtune.embeddings.bundle import EmbeddingBundle, SplitView
-from gradtune.estimator import resolve_set_size
-from gradtune.finetune.linear import FinetuneConfig, finetune_linear
+from gradtune.finetune.linear import FinetuneConfig
 from gradtune.groups.xrm import XRM_CONFIGS, XRMConfig
+from gradtune.methods.auto_candidates import (
+    AutoCandidate,
+    finetune_snapshots,
+    retrain_head,
+    reweight_head,
+    standardize,
+)
 from gradtune.methods.base import (
     LinearHead,
     Method,
@@ -80,7 +87,7 @@ from gradtune.methods.base import (
     param,
     register_method,
 )
-from gradtune.methods.dfr import DFRMethod, fit_l1_logreg, fold_scaler
+from gradtune.methods.dfr import DFRMethod
 from gradtune.methods.inferred import (
     FEATURES,
     POOL,
@@ -89,16 +96,19 @@ from gradtune.methods.inferred import (
     inference_features,
     merge_small_groups,
 )
-from gradtune.objectives.sampling import balanced_subsample
-from gradtune.scores.grad_norms import grad_norms
 from gradtune.selection.audit import (
     cell_accuracies,
     region_cells,
     structure_aucs,
     worst_cell_accuracy,
 )
-from gradtune.selection.guard import GuardRule, class_balanced_accuracy, guard_choice
-from gradtune.selection.select import SIZE, TOP_K, select_finetune_set
+from gradtune.selection.guard import (
+    GuardRule,
+    class_balanced_accuracy,
+    guard_choice,
+    paired_gain_bound,
+)
+from gradtune.selection.select import SIZE, TOP_K
 
 __all__ = ["GradTuneAutoMethod", "AutoCandidate", "FAMILIES", "INFERENCES", "AUTO_EPOCHS"]
 
@@ -107,21 +117,6 @@ _log = logging.getLogger(__name__)
 FAMILIES = ("retrain", "reweight", "finetune")
 INFERENCES = ("xrm", "erm_error")
 AUTO_EPOCHS: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500)
-
-
-@dataclass
-class AutoCandidate:
-    """One candidate head: ``family`` ("erm", "retrain", "finetune") and its setting."""
-
-    family: str
-    setting: float
-    head: LinearHead
-
-
-def _standardize(x: np.ndarray) -> tuple[StandardScaler, np.ndarray]:
-    """A scaler fitted on (n, d) x, and x standardized by it."""
-    scaler = StandardScaler().fit(x)
-    return scaler, scaler.transform(x)
 
 
 def _keep_erm(head: LinearHead, reason: str, info: dict[str, Any] | None = None) -> MethodResult:
@@ -178,12 +173,18 @@ class GradTuneAutoMethod(Method):
         Smallest audit cell the value counts.
     margin : float, default=0.0
         A candidate must beat ERM's value by more than this ...
-    margin_z : float, default=1.0
+    margin_z : float, default=0.0
         ... plus ``margin_z`` standard errors of the difference of the two accuracies
         (binomial, on the smaller of the two worst cells, both halves counted).
-    confirm_z : float or None, default=1.0
+    gain_quantile : float or None, default=0.1
+        The paired bootstrap bound: this quantile of the bootstrap distribution of a
+        candidate's gain over ERM's value (rows resampled with Poisson(1) weights, the same
+        draws for every candidate) must exceed ``margin`` (None turns the check off).
+    n_boot : int, default=300
+        Bootstrap draws of that bound.
+    confirm_z : float or None, default=0.0
         With ``crossfit``, a candidate must also beat ERM's value on each half on its own
-        by this many standard errors of that half (None turns the check off).
+        by this many standard errors of that half (0: a gain on each half; None: off).
     max_balanced_drop : float, default=0.3
         Largest allowed drop of class-balanced accuracy below ERM's (scored halves).
     max_pseudo_drop : float or None, default=0.0
@@ -191,7 +192,9 @@ class GradTuneAutoMethod(Method):
         pseudo-groups of the scored half below ERM's (None turns the check off).
     min_repaired_accuracy : float, default=0.4
         Least accuracy a candidate must reach on every audit cell (its value) to be
-        chosen: below it a "repair" is guessing on the rows the ERM head gets wrong.
+        chosen, for two classes; with C classes the floor is ``min_repaired_accuracy x 2 /
+        C`` (guessing gets ``1 / C`` right). Below it a "repair" is guessing on the rows
+        the ERM head gets wrong.
     min_structure_auc : float, default=0.6
         The ERM head is kept unless its mistakes can be told from its correct rows by
         features off its own decision directions with at least this cross-fitted AUC
@@ -232,13 +235,17 @@ class GradTuneAutoMethod(Method):
     finetune: FinetuneConfig = finetune_block(space=None, fast_epochs=None)
     min_group_size: int = param(10, "smallest audit cell the value counts", ge=1)
     margin: float = param(0.0, "a candidate must beat ERM's value by more than this", ge=0)
-    margin_z: float = param(1.0, "... plus this many standard errors of the difference", ge=0)
-    confirm_z: float | None = param(1.0, "with crossfit, the gain on each half in its standard errors (None: off)",
+    margin_z: float = param(0.0, "... plus this many standard errors of the difference", ge=0)
+    gain_quantile: float | None = param(0.1, "quantile of the paired bootstrap gain that must exceed margin "
+                                             "(None: off)", kind="float", gt=0, lt=1, optional=True)
+    n_boot: int = param(300, "bootstrap draws of that bound", ge=10, fast=50)
+    confirm_z: float | None = param(0.0, "with crossfit, the gain on each half in its standard errors (None: off)",
                                     kind="float", ge=0, optional=True)
     max_balanced_drop: float = param(0.3, "largest allowed drop of class-balanced accuracy", ge=0)
     max_pseudo_drop: float | None = param(0.0, "largest allowed drop of the mean accuracy over the pseudo-groups "
                                                "(None: off)", kind="float", ge=0, optional=True)
-    min_repaired_accuracy: float = param(0.4, "least accuracy on every audit cell", ge=0, le=1)
+    min_repaired_accuracy: float = param(0.4, "least accuracy on every audit cell (two classes; x 2 / C)", ge=0,
+                                         le=1)
     min_structure_auc: float = param(0.6, "least cross-fitted AUC of the head's mistakes", ge=0, le=1)
     min_twin_auc: float = param(0.7, "... or of the twins' inferred minority (1.0: this route off)", ge=0, le=1)
     min_erm_minority_accuracy: float = param(0.0, "optional pre-check on the ERM head (0: off)", ge=0, le=1)
@@ -259,48 +266,8 @@ class GradTuneAutoMethod(Method):
     def _retrain(self, x: np.ndarray, y: np.ndarray, g: np.ndarray, c: float, n_classes: int,
                  rng: np.random.Generator, lib_seed: int,
                  scaled: tuple[StandardScaler, np.ndarray] | None = None) -> LinearHead:
-        """Average of ``num_retrains`` L1 fits on pseudo-group-balanced subsamples of (x, y);
-        ``scaled``: the scaler fitted on x and x transformed, when the caller has them."""
-        scaler, xs = scaled if scaled is not None else _standardize(x)
-        coefs, icpts = [], []
-        for _ in range(int(self.num_retrains)):
-            sub = balanced_subsample(g, rng)
-            coef, icpt = fit_l1_logreg(xs[sub], y[sub], float(c), n_classes, random_state=lib_seed)
-            coefs.append(coef)
-            icpts.append(icpt)
-        return fold_scaler(np.mean(coefs, axis=0), np.mean(icpts, axis=0), scaler.mean_,
-                           scaler.scale_, n_classes)
-
-    def _reweight(self, x: np.ndarray, y: np.ndarray, g: np.ndarray, c: float, n_classes: int,
-                  lib_seed: int) -> LinearHead:
-        """One L1 fit on every row of (x (n, d), y (n,)), each pseudo-group weighted to the
-        same total."""
-        scaler = StandardScaler().fit(x)
-        counts = np.bincount(g)
-        w = (len(g) / (np.count_nonzero(counts) * counts[g])).astype(np.float64)
-        coef, icpt = fit_l1_logreg(scaler.transform(x), y, float(c), n_classes, random_state=lib_seed,
-                                   sample_weight=w)
-        return fold_scaler(coef, icpt, scaler.mean_, scaler.scale_, n_classes)
-
-    def _finetune(self, x: np.ndarray, y_np: np.ndarray, g: np.ndarray, epochs: list[int],
-                  head: LinearHead, rng: np.random.Generator, ft_seed: int) -> tuple[list[AutoCandidate], np.ndarray]:
-        """Snapshots of GradTune's set of (x (n, d), y (n,)) fine-tuned with a
-        pseudo-group-balanced sampler; and the set's rows (positions in x)."""
-        h = torch.as_tensor(x)
-        y = torch.as_tensor(y_np)
-        norms = grad_norms(h, labels=y, weight=torch.as_tensor(head.weight),
-                           bias=torch.as_tensor(head.bias)).numpy()
-        size, top_k = resolve_set_size(len(y_np), check_positive_int(self.size, "size"),
-                                       check_positive_int(self.top_k, "top_k", allow_zero=True))
-        idx = select_finetune_set(norms, size, top_k, seed=rng)
-        g_set = g[idx]
-        weights = 1.0 / np.bincount(g_set)[g_set]           # pseudo-group-balanced sampling
-        cfg = replace(self.finetune, epochs=max(epochs), sampler="weighted",
-                      snapshot_epochs=tuple(epochs))
-        rows = torch.as_tensor(idx)
-        res = finetune_linear(h[rows], y[rows], head.weight, head.bias, cfg, seed=ft_seed,
-                              sample_weight=torch.as_tensor(weights))
-        return [AutoCandidate("finetune", float(e), LinearHead(*res.snapshots[e])) for e in epochs], idx
+        """:func:`~gradtune.methods.auto_candidates.retrain_head` with ``num_retrains``."""
+        return retrain_head(x, y, g, c, n_classes, int(self.num_retrains), rng, lib_seed, scaled)
 
     def _candidates(self, x: np.ndarray, y: np.ndarray, g: np.ndarray, epochs: list[int],
                     head: LinearHead, n_classes: int, streams: SeedStreams,
@@ -311,18 +278,17 @@ class GradTuneAutoMethod(Method):
         rng_retrain = streams.rng("retrain")
         lib_seed = streams.integer("solver")
         if "retrain" in self.families:
-            scaled = _standardize(x)  # once for every C
+            scaled = standardize(x)  # once for every C
             for c in self.c_grid:
                 cands.append(AutoCandidate("retrain", float(c), self._retrain(
                     x, y, g, c, n_classes, rng_retrain, lib_seed, scaled)))
         if "reweight" in self.families:
             for c in self.c_grid:
-                cands.append(AutoCandidate("reweight", float(c), self._reweight(x, y, g, c, n_classes,
-                                                                                 lib_seed)))
+                cands.append(AutoCandidate("reweight", float(c), reweight_head(x, y, g, c, n_classes, lib_seed)))
         idx = np.empty(0, dtype=np.int64)
         if "finetune" in self.families:
-            ft, idx = self._finetune(x, y, g, epochs, head, streams.rng("finetune"),
-                                     streams.integer("finetune", index=1))
+            ft, idx = finetune_snapshots(x, y, g, epochs, head, self.size, self.top_k, self.finetune,
+                                         streams.rng("finetune"), streams.integer("finetune", index=1))
             cands += ft
         return cands, idx
 
@@ -331,14 +297,15 @@ class GradTuneAutoMethod(Method):
               y_fit: np.ndarray, x_score: np.ndarray, y_score: np.ndarray, audit: np.ndarray,
               epochs: list[int], head: LinearHead, n_classes: int, streams: SeedStreams,
               ) -> tuple[list[tuple[str, AutoCandidate]], np.ndarray, np.ndarray, np.ndarray, np.ndarray,
-                         np.ndarray]:
+                         np.ndarray, np.ndarray]:
         """Candidates of every inference fitted on (x_fit (n, d), y_fit (n,)) and scored on
         the audit cells (m,) of (x_score (m, d), y_score (m,)).
 
         Returns (inference, candidate) pairs (ERM first), their worst-cell accuracy (K,),
         that cell's size (K,), class-balanced accuracy (K,), mean accuracy over the first
-        inference's pseudo-groups of the scored rows (K,), and the fine-tuning set of the
-        first inference (positions in x_fit; empty without ``"finetune"``)."""
+        inference's pseudo-groups of the scored rows (K,), the fine-tuning set of the
+        first inference (positions in x_fit; empty without ``"finetune"``), and which
+        scored rows each candidate gets right (K, m) (False for non-finite logits)."""
         pairs: list[tuple[str, AutoCandidate]] = [("erm", AutoCandidate("erm", 0.0, head))]
         idx_first = np.empty(0, dtype=np.int64)
         for name, (g_fit, _) in inferences.items():
@@ -351,16 +318,17 @@ class GradTuneAutoMethod(Method):
         balanced = np.full(len(pairs), -np.inf)
         pseudo = np.full(len(pairs), -np.inf)
         g_score = next(iter(inferences.values()))[1]
+        correct = np.zeros((len(pairs), len(y_score)), dtype=bool)
         for i, (_, c) in enumerate(pairs):
             logits = c.head.logits(x_score)
             if not np.isfinite(logits).all():
                 continue
-            ok = logits.argmax(axis=1) == y_score
+            ok = correct[i] = logits.argmax(axis=1) == y_score
             values[i], sizes[i] = worst_cell_accuracy(ok, audit, 2 * n_classes, int(self.min_group_size))
             balanced[i] = class_balanced_accuracy(ok, y_score, n_classes)
             accs, _ = cell_accuracies(ok, g_score, 2 * n_classes, int(self.min_group_size))
             pseudo[i] = float(np.nanmean(accs)) if not np.isnan(accs).all() else float(ok.mean())
-        return pairs, values, sizes, balanced, pseudo, idx_first
+        return pairs, values, sizes, balanced, pseudo, idx_first, correct
 
     def _pseudo_groups(self, bundle: EmbeddingBundle, held: SplitView, sel: SplitView, head: LinearHead,
                        streams: SeedStreams) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
@@ -397,7 +365,7 @@ class GradTuneAutoMethod(Method):
                                    "not reveal the shortcut it learned, so no repair is attempted (store a "
                                    "frozen encoder's features, or pass features='features' to infer from the "
                                    "head's inputs anyway)")
-        streams = seed_streams(seed, "xrm", "retrain", "solver", "finetune")
+        streams = seed_streams(seed, "xrm", "retrain", "solver", "finetune", "guard")
         inferences, info = self._pseudo_groups(bundle, held, sel, head, streams)
         first = next(iter(inferences))
         minority = np.concatenate([inferences[first][0], inferences[first][1]]) % 2 == 1
@@ -436,21 +404,26 @@ class GradTuneAutoMethod(Method):
         # audit cells: where the ERM head errs, learned on one half and applied to the other
         audit_sel = region_cells(xi_held, held.labels, ~right[:len(held)], xi_sel, sel.labels, n_classes)
         audit_held = region_cells(xi_sel, sel.labels, ~right[len(held):], xi_held, held.labels, n_classes)
-        pairs, values, n_small, balanced, pseudo, idx = self._side(
+        pairs, values, n_small, balanced, pseudo, idx, ok_a = self._side(
             inferences, held.features, held.labels, sel.features, sel.labels, audit_sel, epochs, head,
             n_classes, streams)
         v2 = n2 = None
+        halves = [(ok_a, audit_sel)]
         if self.crossfit:
             swapped = {k: (g_sel, g_held) for k, (g_held, g_sel) in inferences.items()}
-            _, v2, n2, b2, p2, _ = self._side(swapped, sel.features, sel.labels, held.features, held.labels,
-                                              audit_held, epochs, head, n_classes, streams)
+            _, v2, n2, b2, p2, _, ok_b = self._side(swapped, sel.features, sel.labels, held.features, held.labels,
+                                                    audit_held, epochs, head, n_classes, streams)
             balanced, pseudo = (balanced + b2) / 2, (pseudo + p2) / 2
+            halves.append((ok_b, audit_held))
+        lower = None if self.gain_quantile is None else paired_gain_bound(
+            halves, 2 * n_classes, int(self.min_group_size), float(self.gain_quantile), streams.rng("guard"),
+            int(self.n_boot))
         rule = GuardRule(margin=float(self.margin), margin_z=float(self.margin_z),
                          confirm_z=None if self.confirm_z is None else float(self.confirm_z),
                          max_balanced_drop=float(self.max_balanced_drop),
-                         min_repaired_accuracy=float(self.min_repaired_accuracy),
+                         min_repaired_accuracy=float(self.min_repaired_accuracy) * 2 / n_classes,
                          max_pseudo_drop=None if self.max_pseudo_drop is None else float(self.max_pseudo_drop))
-        decision = guard_choice(values, n_small, balanced, rule, v2, n2, pseudo=pseudo)
+        decision = guard_choice(values, n_small, balanced, rule, v2, n2, pseudo=pseudo, lower=lower)
         values, needed, allowed, best = decision.values, decision.needed, decision.allowed, decision.best
         chosen_inf, chosen = pairs[best]
         model = chosen.head
@@ -464,7 +437,7 @@ class GradTuneAutoMethod(Method):
                 model = self._retrain(x_all, y_all, g_all, chosen.setting, n_classes, streams.rng("retrain"),
                                       streams.integer("solver"))
             else:
-                model = self._reweight(x_all, y_all, g_all, chosen.setting, n_classes, streams.integer("solver"))
+                model = reweight_head(x_all, y_all, g_all, chosen.setting, n_classes, streams.integer("solver"))
             refitted = True
         reason = decision.reason
         diag = {
@@ -487,8 +460,10 @@ class GradTuneAutoMethod(Method):
             "guard_kept_erm": best == 0,
             "guard_reason": reason,
             "candidates": [{"inference": k, "family": c.family, "setting": c.setting, "value": float(v),
-                            "needed": float(t), "balanced_accuracy": float(b), "allowed": bool(a)}
-                           for (k, c), v, t, b, a in zip(pairs, values, needed, balanced, allowed, strict=True)],
+                            "needed": float(t), "balanced_accuracy": float(b), "allowed": bool(a),
+                            "gain_bound": None if lower is None else float(lo)}
+                           for (k, c), v, t, b, a, lo in zip(pairs, values, needed, balanced, allowed,
+                                                             lower if lower is not None else values, strict=True)],
             "selected_rows": held.index[idx].tolist(),
             # bundle rows the first inference calls minority (diagnostic: purity / recall in reports)
             "inferred_minority_rows": np.concatenate([held.index[inferences[first][0] % 2 == 1],

@@ -8,6 +8,10 @@ the same cells. A candidate may replace it only when
 * its mean worst-cell accuracy beats ERM's by ``margin`` plus ``margin_z`` binomial
   standard errors of the difference (on the smaller of the two worst cells, both halves
   counted);
+* with a paired bootstrap bound given (``lower``, from :func:`paired_gain_bound`), that
+  bound of its gain exceeds ``margin``: a candidate and the ERM head are scored on the
+  same rows, and most rows get the same answer from both, so the paired gain is far less
+  noisy than two separate accuracies;
 * with ``confirm_z`` set, it also beats ERM on *each* half on its own by ``confirm_z``
   standard errors of that half: the best of several noisy candidates looks better than it
   is (the winner's curse), and a gain that is real shows on both halves, fitted and
@@ -16,7 +20,8 @@ the same cells. A candidate may replace it only when
   ``pseudo`` given) at most ``max_pseudo_drop`` of the mean accuracy over the inferred
   groups: a "repair" that only trades accuracy from easy rows to hard ones raises the
   worst audit cell without raising the group-balanced accuracy;
-* it gets at least ``min_repaired_accuracy`` of its worst audit cell right.
+* it gets at least ``min_repaired_accuracy`` of its worst audit cell right (the caller
+  scales this to the number of classes: guessing gets ``1 / C`` of a cell right).
 
 Among the allowed candidates the one with the highest mean value wins.
 """
@@ -29,7 +34,8 @@ import numpy as np
 
 from gradtune.selection.audit import cell_accuracies
 
-__all__ = ["GuardRule", "GuardDecision", "guard_choice", "class_balanced_accuracy"]
+__all__ = ["GuardRule", "GuardDecision", "guard_choice", "class_balanced_accuracy", "paired_gain_bound",
+           "bootstrap_worst_cells"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,68 @@ def class_balanced_accuracy(correct: np.ndarray, labels: np.ndarray, n_classes: 
     return float(np.nanmean(acc))
 
 
+def bootstrap_worst_cells(correct: np.ndarray, cells: np.ndarray, n_cells: int, min_rows: int,
+                          weights: np.ndarray) -> np.ndarray:
+    """Worst-cell accuracy of several heads under row weights.
+
+    Parameters
+    ----------
+    correct : (K, n) bool, head k right on row i
+    cells : (n,) int cell ids in ``[0, n_cells)``
+    min_rows : int
+        Cells with fewer rows (unweighted) are left out, as in
+        :func:`~gradtune.selection.audit.worst_cell_accuracy`; all rows form one cell when
+        none qualifies.
+    weights : (B, n) non-negative row weights (e.g. Poisson(1) bootstrap draws)
+
+    Returns
+    -------
+    (K, B) the lowest weighted cell accuracy of each head under each weighting (cells that
+    get no weight in a draw are skipped).
+    """
+    counts = np.bincount(cells, minlength=n_cells)
+    kept = np.flatnonzero(counts >= max(int(min_rows), 1))
+    onehot = (cells[:, None] == kept[None, :]) if kept.size else np.ones((len(cells), 1), dtype=bool)
+    w = np.asarray(weights, dtype=np.float32)
+    den = w @ onehot.astype(np.float32)                                    # (B, c)
+    ok = np.asarray(correct, dtype=np.float32)
+    k, c = ok.shape[0], onehot.shape[1]
+    hits = w @ (ok.T[:, :, None] * onehot[:, None, :]).reshape(len(cells), k * c)   # (B, K * c)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = hits.reshape(-1, k, c) / den[:, None, :]
+    acc[np.broadcast_to(den[:, None, :] == 0, acc.shape)] = np.inf         # an empty cell is no one's worst
+    return acc.min(axis=2).T.astype(np.float64)
+
+
+def paired_gain_bound(halves: list[tuple[np.ndarray, np.ndarray]], n_cells: int, min_rows: int, quantile: float,
+                      rng: np.random.Generator, n_boot: int = 300) -> np.ndarray:
+    """Lower bootstrap bound of each head's worst-cell gain over head 0, paired by row.
+
+    Parameters
+    ----------
+    halves : list of (correct (K, n_h) bool, cells (n_h,) int), one per validation half
+        (the heads in the same order in every half; head 0 is the reference)
+    n_cells, min_rows : as in :func:`bootstrap_worst_cells`
+    quantile : float in (0, 1)
+        The bound is this quantile of the bootstrap distribution of the gain in the mean
+        over halves of the worst-cell accuracy (0.1: a one-sided 90% bound).
+    rng : numpy Generator (Poisson(1) row weights, drawn independently per half)
+    n_boot : int
+
+    Returns
+    -------
+    (K,) the bound; 0 for head 0.
+    """
+    total = None
+    for correct, cells in halves:
+        w = rng.poisson(1.0, size=(int(n_boot), len(cells)))
+        worst = bootstrap_worst_cells(correct, cells, n_cells, min_rows, w)      # (K, B)
+        total = worst if total is None else total + worst
+    assert total is not None, "at least one half is needed"
+    gain = (total - total[0]) / len(halves)
+    return np.quantile(gain, float(quantile), axis=1)
+
+
 def _se(v: np.ndarray, v0: float, n: np.ndarray, n0: int) -> np.ndarray:
     """Binomial standard error of the difference of two accuracies on ``min(n, n0)`` rows."""
     pairs = np.minimum(n, n0).clip(min=1)
@@ -73,7 +141,7 @@ def _se(v: np.ndarray, v0: float, n: np.ndarray, n0: int) -> np.ndarray:
 
 def guard_choice(values_a: np.ndarray, sizes_a: np.ndarray, balanced: np.ndarray, rule: GuardRule,
                  values_b: np.ndarray | None = None, sizes_b: np.ndarray | None = None, *,
-                 pseudo: np.ndarray | None = None) -> GuardDecision:
+                 pseudo: np.ndarray | None = None, lower: np.ndarray | None = None) -> GuardDecision:
     """Pick the candidate that replaces the ERM head (index 0), or keep it.
 
     Parameters
@@ -84,6 +152,8 @@ def guard_choice(values_a: np.ndarray, sizes_a: np.ndarray, balanced: np.ndarray
     rule : GuardRule
     values_b, sizes_b : (K,) the same on the other half (cross-fitting), or None
     pseudo : (K,) mean accuracy over the inferred groups of the scored rows, or None
+    lower : (K,) a lower bound of each candidate's gain in value over ERM's
+        (:func:`paired_gain_bound`), or None
     """
     va = np.asarray(values_a, dtype=np.float64)
     na = np.asarray(sizes_a, dtype=np.int64)
@@ -97,6 +167,10 @@ def guard_choice(values_a: np.ndarray, sizes_a: np.ndarray, balanced: np.ndarray
     se = _se(vals, vals[0], n_all, int(n_all[0]))
     needed = vals[0] + float(rule.margin) + float(rule.margin_z) * se
     allowed = finite & (values > needed)
+    bound_ok = np.ones(len(values), dtype=bool)
+    if lower is not None:
+        bound_ok = np.asarray(lower, dtype=np.float64) > float(rule.margin)
+        allowed &= bound_ok
     if rule.confirm_z is not None and len(halves) > 1:
         for v, n in halves:
             vf = np.where(np.isfinite(v), v, 0.0)
@@ -110,22 +184,26 @@ def guard_choice(values_a: np.ndarray, sizes_a: np.ndarray, balanced: np.ndarray
         allowed &= pseudo_ok
     allowed[0] = True
     best = int(np.argmax(np.where(allowed, values, -np.inf))) if allowed[1:].any() else 0
-    reason = None if best else _reason(values, needed, balanced, allowed, rule, pseudo_ok)
+    reason = None if best else _reason(values, needed, balanced, allowed, rule, pseudo_ok, bound_ok)
     return GuardDecision(best, values, needed, allowed, np.asarray(balanced, dtype=np.float64), reason)
 
 
 def _reason(values: np.ndarray, needed: np.ndarray, balanced: np.ndarray, allowed: np.ndarray,
-            rule: GuardRule, pseudo_ok: np.ndarray) -> str:
+            rule: GuardRule, pseudo_ok: np.ndarray, bound_ok: np.ndarray) -> str:
     """Why no candidate passed, from the best-valued candidate's numbers."""
     if len(values) < 2 or not np.isfinite(values[1:]).any():
         return "there was no usable candidate besides the ERM head"
     j = 1 + int(np.nanargmax(np.where(np.isfinite(values[1:]), values[1:], -np.inf)))
-    if values[j] <= needed[j]:
+    if values[j] <= needed[j] or not bound_ok[j]:
+        if values[j] > needed[j]:
+            return (f"the best candidate's gain on the audit cells ({values[j]:.1%} against {values[0]:.1%}) is "
+                    "within the noise of the rows it was scored on (paired bootstrap bound <= "
+                    f"{float(rule.margin):g})")
         return (f"no candidate beat the ERM head on the audit cells by more than the noise (best "
                 f"{values[j]:.1%} against the ERM head's {values[0]:.1%}, {needed[j]:.1%} needed)")
     if values[j] < float(rule.min_repaired_accuracy):
         return (f"the best candidate classifies only {values[j]:.1%} of its worst audit cell correctly "
-                f"(min_repaired_accuracy={float(rule.min_repaired_accuracy):g}): it guesses on the rows the "
+                f"(min_repaired_accuracy={float(rule.min_repaired_accuracy):.3g}): it guesses on the rows the "
                 "ERM head gets wrong rather than repairing them")
     if balanced[j] < balanced[0] - float(rule.max_balanced_drop):
         return (f"the candidates that beat the ERM head lose more than max_balanced_drop="

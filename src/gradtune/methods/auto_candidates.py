@@ -1,0 +1,91 @@
+"""The candidate heads of ``gradtune-auto``, each fitted on rows with pseudo-group ids.
+
+* :func:`retrain_head`: DFR's procedure on pseudo-groups (L1 logistic regressions on
+  pseudo-group-balanced subsamples, averaged);
+* :func:`reweight_head`: one L1 fit on every row, each pseudo-group weighted to the same
+  total;
+* :func:`finetune_snapshots`: GradTune's set (top-k + norm-proportional draw) fine-tuned
+  from the ERM head with a pseudo-group-balanced sampler, one head per epoch count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from sklearn.preprocessing import StandardScaler
+
+from gradtune._validation import check_positive_int
+from gradtune.estimator import resolve_set_size
+from gradtune.finetune.linear import FinetuneConfig, finetune_linear
+from gradtune.methods.base import LinearHead
+from gradtune.methods.dfr import fit_l1_logreg, fold_scaler
+from gradtune.objectives.sampling import balanced_subsample
+from gradtune.scores.grad_norms import grad_norms
+from gradtune.selection.select import select_finetune_set
+
+__all__ = ["AutoCandidate", "standardize", "retrain_head", "reweight_head", "finetune_snapshots"]
+
+
+@dataclass
+class AutoCandidate:
+    """One candidate head: ``family`` ("erm", "retrain", "reweight", "finetune") and its setting."""
+
+    family: str
+    setting: float
+    head: LinearHead
+
+
+def standardize(x: np.ndarray) -> tuple[StandardScaler, np.ndarray]:
+    """A scaler fitted on (n, d) x, and x standardized by it."""
+    scaler = StandardScaler().fit(x)
+    return scaler, scaler.transform(x)
+
+
+def retrain_head(x: np.ndarray, y: np.ndarray, g: np.ndarray, c: float, n_classes: int, num_retrains: int,
+                 rng: np.random.Generator, lib_seed: int,
+                 scaled: tuple[StandardScaler, np.ndarray] | None = None) -> LinearHead:
+    """Average of ``num_retrains`` L1 fits (inverse strength ``c``) on pseudo-group-balanced
+    subsamples of (x (n, d), y (n,)) with pseudo-group ids g (n,); ``scaled``: the scaler
+    fitted on x and x transformed, when the caller has them."""
+    scaler, xs = scaled if scaled is not None else standardize(x)
+    coefs, icpts = [], []
+    for _ in range(int(num_retrains)):
+        sub = balanced_subsample(g, rng)
+        coef, icpt = fit_l1_logreg(xs[sub], y[sub], float(c), n_classes, random_state=lib_seed)
+        coefs.append(coef)
+        icpts.append(icpt)
+    return fold_scaler(np.mean(coefs, axis=0), np.mean(icpts, axis=0), scaler.mean_, scaler.scale_, n_classes)
+
+
+def reweight_head(x: np.ndarray, y: np.ndarray, g: np.ndarray, c: float, n_classes: int,
+                  lib_seed: int) -> LinearHead:
+    """One L1 fit on every row of (x (n, d), y (n,)), each pseudo-group of g (n,) weighted to
+    the same total."""
+    scaler = StandardScaler().fit(x)
+    counts = np.bincount(g)
+    w = (len(g) / (np.count_nonzero(counts) * counts[g])).astype(np.float64)
+    coef, icpt = fit_l1_logreg(scaler.transform(x), y, float(c), n_classes, random_state=lib_seed,
+                               sample_weight=w)
+    return fold_scaler(coef, icpt, scaler.mean_, scaler.scale_, n_classes)
+
+
+def finetune_snapshots(x: np.ndarray, y_np: np.ndarray, g: np.ndarray, epochs: list[int], head: LinearHead,
+                       size: int, top_k: int, finetune: FinetuneConfig, rng: np.random.Generator,
+                       ft_seed: int) -> tuple[list[AutoCandidate], np.ndarray]:
+    """Snapshots of GradTune's set of (x (n, d), y (n,)) fine-tuned from ``head`` with a
+    sampler balanced over the pseudo-groups g (n,); and the set's rows (positions in x)."""
+    h = torch.as_tensor(x)
+    y = torch.as_tensor(y_np)
+    norms = grad_norms(h, labels=y, weight=torch.as_tensor(head.weight), bias=torch.as_tensor(head.bias)).numpy()
+    size, top_k = resolve_set_size(len(y_np), check_positive_int(size, "size"),
+                                   check_positive_int(top_k, "top_k", allow_zero=True))
+    idx = select_finetune_set(norms, size, top_k, seed=rng)
+    g_set = g[idx]
+    weights = 1.0 / np.bincount(g_set)[g_set]           # pseudo-group-balanced sampling
+    cfg = replace(finetune, epochs=max(epochs), sampler="weighted", snapshot_epochs=tuple(epochs))
+    rows = torch.as_tensor(idx)
+    res = finetune_linear(h[rows], y[rows], head.weight, head.bias, cfg, seed=ft_seed,
+                          sample_weight=torch.as_tensor(weights))
+    return [AutoCandidate("finetune", float(e), LinearHead(*res.snapshots[e])) for e in epochs], idx
