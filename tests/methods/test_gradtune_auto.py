@@ -240,7 +240,7 @@ def test_the_repaired_accuracy_floor_scales_with_the_number_of_classes() -> None
     from gradtune.experiments.stress import build_member_bundle
 
     bundle = build_member_bundle("lin-mark-3class", 0)
-    common = dict(min_structure_auc=0.0, max_pseudo_drop=None, confirm_z=None, gain_quantile=None, **FAST)
+    common = dict(min_structure_auc=0.0, max_pseudo_drop=None, confirm_z=None, gain_quantile=None, margin=0.0, **FAST)
     d = get_method("gradtune-auto", **common).fit(bundle, seed=0).diagnostics
     cands = d["candidates"]
     best = max(cands[1:], key=lambda c: c["value"])

@@ -148,3 +148,13 @@ def test_the_paired_bound_gates_the_choice() -> None:
     assert d.allowed.tolist() == [True, False, True] and d.best == 2
     d = guard_choice(va[:2], n[:2], bal[:2], GuardRule(), lower=np.array([0.0, -0.01]))
     assert d.best == 0 and "paired bootstrap" in d.reason
+
+
+def test_the_bound_does_not_depend_on_the_draws_being_made_in_blocks() -> None:
+    rng = np.random.default_rng(3)
+    cells = rng.integers(0, 4, size=90)
+    correct = rng.random((3, 90)) < 0.6
+    blocked = paired_gain_bound([(correct, cells)], 4, 5, 0.2, np.random.default_rng(5), n_boot=150)
+    w = np.random.default_rng(5).poisson(1.0, size=(150, 90))
+    worst = bootstrap_worst_cells(correct, cells, 4, 5, w)
+    np.testing.assert_allclose(blocked, np.quantile(worst - worst[0], 0.2, axis=1), atol=1e-9)

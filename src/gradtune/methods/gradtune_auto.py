@@ -171,8 +171,11 @@ class GradTuneAutoMethod(Method):
         are set by the method.
     min_group_size : int, default=10
         Smallest audit cell the value counts.
-    margin : float, default=0.0
-        A candidate must beat ERM's value by more than this ...
+    margin : float, default=0.05
+        A candidate must beat ERM's value by more than this, and so must the paired
+        bootstrap bound of its gain: the audit cells stand in for the true groups, and a
+        gain smaller than that proxy's error is no evidence (this also refused the one
+        development member a repair harmed) ...
     margin_z : float, default=0.0
         ... plus ``margin_z`` standard errors of the difference of the two accuracies
         (binomial, on the smaller of the two worst cells, both halves counted).
@@ -234,7 +237,7 @@ class GradTuneAutoMethod(Method):
     epochs_grid: tuple[int, ...] = param(AUTO_EPOCHS, "snapshots of the fine-tuning run", ge=1, fast=(1, 3))
     finetune: FinetuneConfig = finetune_block(space=None, fast_epochs=None)
     min_group_size: int = param(10, "smallest audit cell the value counts", ge=1)
-    margin: float = param(0.0, "a candidate must beat ERM's value by more than this", ge=0)
+    margin: float = param(0.05, "a candidate (and its paired bound) must beat ERM's value by more than this", ge=0)
     margin_z: float = param(0.0, "... plus this many standard errors of the difference", ge=0)
     gain_quantile: float | None = param(0.1, "quantile of the paired bootstrap gain that must exceed margin "
                                              "(None: off)", kind="float", gt=0, lt=1, optional=True)

@@ -71,6 +71,9 @@ def class_balanced_accuracy(correct: np.ndarray, labels: np.ndarray, n_classes: 
     return float(np.nanmean(acc))
 
 
+_BLOCK = 64  # bootstrap draws held in memory at once
+
+
 def bootstrap_worst_cells(correct: np.ndarray, cells: np.ndarray, n_cells: int, min_rows: int,
                           weights: np.ndarray) -> np.ndarray:
     """Worst-cell accuracy of several heads under row weights.
@@ -125,8 +128,10 @@ def paired_gain_bound(halves: list[tuple[np.ndarray, np.ndarray]], n_cells: int,
     """
     total = None
     for correct, cells in halves:
-        w = rng.poisson(1.0, size=(int(n_boot), len(cells)))
-        worst = bootstrap_worst_cells(correct, cells, n_cells, min_rows, w)      # (K, B)
+        worst = np.concatenate([  # (K, B); the draws in blocks keep the weight matrix small
+            bootstrap_worst_cells(correct, cells, n_cells, min_rows,
+                                  rng.poisson(1.0, size=(min(_BLOCK, int(n_boot) - start), len(cells))))
+            for start in range(0, int(n_boot), _BLOCK)], axis=1)
         total = worst if total is None else total + worst
     assert total is not None, "at least one half is needed"
     gain = (total - total[0]) / len(halves)
