@@ -88,4 +88,5 @@ def finetune_snapshots(x: np.ndarray, y_np: np.ndarray, g: np.ndarray, epochs: l
     rows = torch.as_tensor(idx)
     res = finetune_linear(h[rows], y[rows], head.weight, head.bias, cfg, seed=ft_seed,
                           sample_weight=torch.as_tensor(weights))
-    return [AutoCandidate("finetune", float(e), LinearHead(*res.snapshots[e])) for e in epochs], idx
+    heads = [LinearHead(*(t.detach().cpu().numpy() for t in res.snapshots[e])) for e in epochs]
+    return [AutoCandidate("finetune", float(e), h) for e, h in zip(epochs, heads, strict=True)], idx
