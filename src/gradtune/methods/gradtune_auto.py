@@ -443,6 +443,7 @@ class GradTuneAutoMethod(Method):
                 model = reweight_head(x_all, y_all, g_all, chosen.setting, n_classes, streams.integer("solver"))
             refitted = True
         reason = decision.reason
+        bounds = [None] * len(pairs) if lower is None else [float(x) for x in lower]
         diag = {
             "pseudo_groups": info,
             "inferences": list(inferences),
@@ -464,9 +465,9 @@ class GradTuneAutoMethod(Method):
             "guard_reason": reason,
             "candidates": [{"inference": k, "family": c.family, "setting": c.setting, "value": float(v),
                             "needed": float(t), "balanced_accuracy": float(b), "allowed": bool(a),
-                            "gain_bound": None if lower is None else float(lo)}
-                           for (k, c), v, t, b, a, lo in zip(pairs, values, needed, balanced, allowed,
-                                                             lower if lower is not None else values, strict=True)],
+                            "gain_bound": lo}
+                           for (k, c), v, t, b, a, lo in zip(pairs, values, needed, balanced, allowed, bounds,
+                                                             strict=True)],
             "selected_rows": held.index[idx].tolist(),
             # bundle rows the first inference calls minority (diagnostic: purity / recall in reports)
             "inferred_minority_rows": np.concatenate([held.index[inferences[first][0] % 2 == 1],

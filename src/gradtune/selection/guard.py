@@ -199,13 +199,13 @@ def _reason(values: np.ndarray, needed: np.ndarray, balanced: np.ndarray, allowe
     if len(values) < 2 or not np.isfinite(values[1:]).any():
         return "there was no usable candidate besides the ERM head"
     j = 1 + int(np.nanargmax(np.where(np.isfinite(values[1:]), values[1:], -np.inf)))
-    if values[j] <= needed[j] or not bound_ok[j]:
-        if values[j] > needed[j]:
-            return (f"the best candidate's gain on the audit cells ({values[j]:.1%} against {values[0]:.1%}) is "
-                    "within the noise of the rows it was scored on (paired bootstrap bound <= "
-                    f"{float(rule.margin):g})")
+    if values[j] <= needed[j]:
         return (f"no candidate beat the ERM head on the audit cells by more than the noise (best "
                 f"{values[j]:.1%} against the ERM head's {values[0]:.1%}, {needed[j]:.1%} needed)")
+    if not bound_ok[j]:
+        return (f"the best candidate's gain on the audit cells ({values[j]:.1%} against {values[0]:.1%}) is "
+                "within the noise of the rows it was scored on (paired bootstrap bound <= "
+                f"{float(rule.margin):g})")
     if values[j] < float(rule.min_repaired_accuracy):
         return (f"the best candidate classifies only {values[j]:.1%} of its worst audit cell correctly "
                 f"(min_repaired_accuracy={float(rule.min_repaired_accuracy):.3g}): it guesses on the rows the "
