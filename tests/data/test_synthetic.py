@@ -69,8 +69,27 @@ def test_features_carry_core_and_shortcut_and_are_deterministic() -> None:
     assert abs(x[y == 0].std(0).mean() - 1.0) < 0.1
 
 
+def test_class_prior_sets_training_and_validation_frequencies_not_test() -> None:
+    spec = ShortcutSpec("p", n_classes=3, dim=16, class_prior=(0.6, 0.3, 0.1), train_agreement=0.9,
+                        n_train=10000, n_val=5000, n_test=900, build_seed=6)
+    data = make_shortcut_data(spec)
+    for split in ("train", "val"):
+        freq = np.bincount(data.labels[_split(data, split)], minlength=3) / (spec.n_train if split == "train"
+                                                                             else spec.n_val)
+        np.testing.assert_allclose(freq, [0.6, 0.3, 0.1], atol=0.02)
+    te = _split(data, "test")
+    np.testing.assert_array_equal(np.bincount(data.groups[te], minlength=9), np.full(9, 100))
+    # the attribute still follows the class at the training agreement within every class
+    tr = _split(data, "train")
+    for k in range(3):
+        rows = tr & (data.labels == k)
+        assert abs((data.attributes[rows] == k).mean() - 0.9) < 0.03
+
+
 @pytest.mark.parametrize("bad", [{"tie": "two"}, {"n_classes": 1}, {"train_agreement": 1.5},
-                                 {"label_noise": -0.1}, {"dim": 2}, {"tie": "one", "n_attributes": 2}])
+                                 {"label_noise": -0.1}, {"dim": 2}, {"tie": "one", "n_attributes": 2},
+                                 {"class_prior": (0.5, 0.3)}, {"class_prior": (1.0, 0.0)},
+                                 {"n_classes": 3, "class_prior": (0.5, 0.5)}])
 def test_bad_specs_are_named(bad: dict) -> None:
     with pytest.raises(ValueError, match="bad"):
         ShortcutSpec("bad", **bad)

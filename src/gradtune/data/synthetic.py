@@ -22,8 +22,9 @@ Two ways to tie an attribute to the classes (``tie``):
 ``n_attributes > 1`` adds further independent shortcut attributes (each ``"class"``
 tied, each with its own directions); the groups are then the class crossed with every
 attribute's value. ``label_noise`` flips training and validation labels (never test
-labels) to a uniformly drawn other class. ``shortcut_strength = 0`` gives a control
-with nothing to repair.
+labels) to a uniformly drawn other class. ``class_prior`` makes the classes unequally
+frequent in training and validation (CelebA-like; the test split stays group-balanced).
+``shortcut_strength = 0`` gives a control with nothing to repair.
 
 Group ids: ``y * A + a`` where ``a`` is the combined attribute value (``A`` values).
 No step reads a file or the network; everything follows from the spec and the seed.
@@ -70,6 +71,9 @@ class ShortcutSpec:
         Make validation group-balanced instead (Waterbirds-like held-out set).
     label_noise : float, default=0.0
         Fraction of training and validation labels flipped to another class.
+    class_prior : tuple of float, optional
+        Class frequencies in training and validation (length ``n_classes``, positive,
+        summing to 1); default: every class equally likely.
     n_train, n_val, n_test : int
         Rows per split (test rows are group-balanced).
     build_seed : int
@@ -88,6 +92,7 @@ class ShortcutSpec:
     val_agreement: float | None = None
     val_balanced: bool = False
     label_noise: float = 0.0
+    class_prior: tuple[float, ...] | None = None
     n_train: int = 4000
     n_val: int = 2000
     n_test: int = 4000
@@ -107,6 +112,11 @@ class ShortcutSpec:
                 raise ValueError(f"{self.name}: {key} must be in [0, 1]")
         if self.val_agreement is not None and not 0.0 <= float(self.val_agreement) <= 1.0:
             raise ValueError(f"{self.name}: val_agreement must be in [0, 1]")
+        if self.class_prior is not None:
+            prior = np.asarray(self.class_prior, dtype=np.float64)
+            if prior.shape != (int(self.n_classes),) or (prior <= 0).any() or abs(prior.sum() - 1.0) > 1e-6:
+                raise ValueError(f"{self.name}: class_prior must hold {self.n_classes} positive frequencies "
+                                 f"summing to 1, got {self.class_prior!r}")
         if min(self.n_train, self.n_val, self.n_test) < 1:
             raise ValueError(f"{self.name}: n_train, n_val and n_test must be positive")
         if self.dim < self.n_classes + self.n_attributes * self.n_values_per_attribute:
@@ -149,7 +159,10 @@ def _rows(spec: ShortcutSpec, n: int, agreement: float | None, noisy: bool,
     """(labels (n,), combined attribute (n,), true labels (n,)) of one split;
     ``agreement=None``: group-balanced."""
     c = int(spec.n_classes)
-    y = rng.integers(0, c, size=n)
+    if spec.class_prior is None:
+        y = rng.integers(0, c, size=n)
+    else:
+        y = rng.choice(c, size=n, p=np.asarray(spec.class_prior, dtype=np.float64))
     if agreement is None:  # group-balanced: every (class, attribute) cell equally often
         cells = rng.permutation(np.arange(n) % spec.n_groups)
         y = cells // spec.n_attribute_values

@@ -60,7 +60,7 @@ class StressMember:
     name : str; family : str; role : "dev" or "report" (from the split rule);
     spec : ShortcutSpec (synthetic) or OfflineBenchmark (offline); erm : "linear" or "mlp"
     (synthetic only); control : True where there is no shortcut (the method must keep ERM);
-    batch : 1 for the first members, 2, 3 and 4 for later batches (each added, with its roles,
+    batch : 1 for the first members, 2 to 5 for later batches (each added, with its roles,
     before any default was tuned on it; the earlier batches' report halves had been read).
     """
 
@@ -268,8 +268,45 @@ _MEMBERS: tuple[StressMember, ...] = (
         shortcut="brightness", agreement=0.85),
     _reviews("tabular-text", "reviews-contrast", "contrast"),
     _reviews("tabular-text", "reviews-love", "love"),
+    # Fifth batch, declared together before any run on it (after the fourth batch's report
+    # half had been read once): two new axes, unequal class frequencies (CelebA-like) and the
+    # size of the validation set, each with controls; and new draws of the directions
+    # (``build_seed``) in three families.
+    _syn("class-imbalance", "lin-imbalance-80", dim=64, core_strength=1.5, class_prior=(0.8, 0.2)),
+    _syn("class-imbalance", "lin-imbalance-90", dim=64, core_strength=1.5, class_prior=(0.9, 0.1)),
+    _syn("class-imbalance", "lin-imbalance-3class", n_classes=3, dim=64, core_strength=1.8,
+         class_prior=(0.6, 0.3, 0.1)),
+    _syn("class-imbalance", "lin-imbalance-weak-core", dim=128, core_strength=1.1, shortcut_strength=3.0,
+         class_prior=(0.75, 0.25)),
+    _syn("class-imbalance", "lin-mark-rare-class", n_classes=3, tie="one", tied_class=1, dim=64,
+         core_strength=1.6, train_agreement=0.9, class_prior=(0.45, 0.15, 0.4)),
+    _syn("class-imbalance", "lin-imbalance-val-balanced", dim=64, core_strength=1.4, val_balanced=True,
+         class_prior=(0.8, 0.2)),
+    _syn("val-size", "lin-small-val", dim=64, core_strength=1.5, n_val=600),
+    _syn("val-size", "lin-small-val-weak", dim=64, core_strength=1.0, shortcut_strength=3.0, n_val=600),
+    _syn("val-size", "lin-large-val", dim=128, core_strength=1.2, shortcut_strength=2.5, n_train=8000,
+         n_val=8000),
+    _syn("val-size", "lin-large-val-3class", n_classes=3, dim=96, core_strength=1.6, n_train=8000,
+         n_val=6000),
+    _syn("control", "control-imbalanced", control=True, dim=64, core_strength=1.5, shortcut_strength=0.0,
+         class_prior=(0.85, 0.15)),
+    _syn("control", "control-small-val", control=True, dim=64, core_strength=1.5, shortcut_strength=0.0,
+         n_val=600),
+    _syn("control", "control-imbalanced-3class", control=True, n_classes=3, dim=64, core_strength=1.8,
+         shortcut_strength=0.0, class_prior=(0.5, 0.3, 0.2)),
+    _syn("control", "control-large-val", control=True, dim=128, core_strength=1.2, shortcut_strength=0.0,
+         n_train=8000, n_val=8000),
+    _syn("weak-core", "lin-weak-core-64-b7", dim=64, core_strength=1.0, shortcut_strength=3.0, build_seed=7),
+    _syn("weak-core", "lin-weak-core-80-b8", dim=80, core_strength=1.1, shortcut_strength=2.5, build_seed=8),
+    _syn("tied-one", "lin-mark-3class-b7", n_classes=3, tie="one", tied_class=2, dim=64, core_strength=1.5,
+         train_agreement=0.9, build_seed=7),
+    _syn("tied-one", "lin-mark-4class-b8", n_classes=4, tie="one", tied_class=1, dim=64, core_strength=1.8,
+         train_agreement=0.85, build_seed=8),
+    _syn("mlp-erm", "mlp-imbalanced", erm="mlp", dim=64, core_strength=1.2, shortcut_strength=3.0,
+         class_prior=(0.8, 0.2)),
+    _syn("mlp-erm", "mlp-small-val", erm="mlp", dim=64, core_strength=1.5, n_val=600),
 )
-_FIRST_BATCH, _SECOND_BATCH_END, _THIRD_BATCH_END = 37, 63, 73
+_FIRST_BATCH, _SECOND_BATCH_END, _THIRD_BATCH_END, _FOURTH_BATCH_END = 37, 63, 73, 101
 
 
 def _assign_roles(members: tuple[StressMember, ...]) -> tuple[StressMember, ...]:
@@ -278,7 +315,7 @@ def _assign_roles(members: tuple[StressMember, ...]) -> tuple[StressMember, ...]
     for i, m in enumerate(members):
         k = seen.get(m.family, 0)
         seen[m.family] = k + 1
-        batch = 1 if i < _FIRST_BATCH else (2 if i < _SECOND_BATCH_END else (3 if i < _THIRD_BATCH_END else 4))
+        batch = 1 + sum(i >= end for end in (_FIRST_BATCH, _SECOND_BATCH_END, _THIRD_BATCH_END, _FOURTH_BATCH_END))
         out.append(replace(m, role=ROLES[k % 2], batch=batch))
     return tuple(out)
 
