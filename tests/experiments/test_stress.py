@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from gradtune.data.synthetic import ShortcutSpec
 from gradtune.experiments.stress import _MEMBERS, STRESS_SUITE, build_member_bundle, suite_members
 from gradtune.methods import get_method
 
@@ -28,6 +29,18 @@ def test_split_rule_alternates_within_each_family() -> None:
     assert any(m.control for m in rep) and any(m.control for m in dev)
     with pytest.raises(ValueError, match="role"):
         suite_members("test")
+
+
+def test_no_two_synthetic_members_draw_the_same_rows() -> None:
+    # the run seed replaces ``build_seed``, so two members whose specs differ only in name or
+    # build seed would be the same problem (and, across halves, a report member seen in development)
+    seen: dict[tuple, str] = {}
+    for m in STRESS_SUITE.values():
+        if isinstance(m.spec, ShortcutSpec):
+            key = (m.erm, tuple(sorted((k, repr(v)) for k, v in m.spec.to_dict().items()
+                                       if k not in ("name", "build_seed"))))
+            assert key not in seen, f"{m.name} repeats {seen[key]}"
+            seen[key] = m.name
 
 
 def test_synthetic_bundle_splits_head_and_logits() -> None:

@@ -77,7 +77,7 @@ class ShortcutSpec:
     n_train, n_val, n_test : int
         Rows per split (test rows are group-balanced).
     build_seed : int
-        Seeds the directions and every row.
+        Seeds the directions and every row (the stress suite sets it to the run's seed).
     """
 
     name: str

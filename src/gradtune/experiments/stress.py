@@ -270,8 +270,8 @@ _MEMBERS: tuple[StressMember, ...] = (
     _reviews("tabular-text", "reviews-love", "love"),
     # Fifth batch, declared together before any run on it (after the fourth batch's report
     # half had been read once): two new axes, unequal class frequencies (CelebA-like) and the
-    # size of the validation set, each with controls; and new draws of the directions
-    # (``build_seed``) in three families.
+    # size of the validation set, each with controls; and one more pair in the weak-core,
+    # tied-one and mlp-erm families.
     _syn("class-imbalance", "lin-imbalance-80", dim=64, core_strength=1.5, class_prior=(0.8, 0.2)),
     _syn("class-imbalance", "lin-imbalance-90", dim=64, core_strength=1.5, class_prior=(0.9, 0.1)),
     _syn("class-imbalance", "lin-imbalance-3class", n_classes=3, dim=64, core_strength=1.8,
@@ -296,12 +296,12 @@ _MEMBERS: tuple[StressMember, ...] = (
          shortcut_strength=0.0, class_prior=(0.5, 0.3, 0.2)),
     _syn("control", "control-large-val", control=True, dim=128, core_strength=1.2, shortcut_strength=0.0,
          n_train=8000, n_val=8000),
-    _syn("weak-core", "lin-weak-core-64-b7", dim=64, core_strength=1.0, shortcut_strength=3.0, build_seed=7),
-    _syn("weak-core", "lin-weak-core-80-b8", dim=80, core_strength=1.1, shortcut_strength=2.5, build_seed=8),
-    _syn("tied-one", "lin-mark-3class-b7", n_classes=3, tie="one", tied_class=2, dim=64, core_strength=1.5,
-         train_agreement=0.9, build_seed=7),
-    _syn("tied-one", "lin-mark-4class-b8", n_classes=4, tie="one", tied_class=1, dim=64, core_strength=1.8,
-         train_agreement=0.85, build_seed=8),
+    _syn("weak-core", "lin-weak-core-72", dim=72, core_strength=1.0, shortcut_strength=2.8),
+    _syn("weak-core", "lin-weak-core-80", dim=80, core_strength=1.1, shortcut_strength=2.5),
+    _syn("tied-one", "lin-mark-3class-d96", n_classes=3, tie="one", tied_class=0, dim=96, core_strength=1.7,
+         train_agreement=0.88),
+    _syn("tied-one", "lin-mark-4class-weak", n_classes=4, tie="one", tied_class=2, dim=64, core_strength=1.5,
+         train_agreement=0.88),
     _syn("mlp-erm", "mlp-imbalanced", erm="mlp", dim=64, core_strength=1.2, shortcut_strength=3.0,
          class_prior=(0.8, 0.2)),
     _syn("mlp-erm", "mlp-small-val", erm="mlp", dim=64, core_strength=1.5, n_val=600),
