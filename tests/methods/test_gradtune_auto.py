@@ -252,3 +252,21 @@ def test_the_repaired_accuracy_floor_scales_with_the_number_of_classes() -> None
         assert given * 2 / 3 <= best["value"] or not allowed
         match = [c for c in got["candidates"] if c["setting"] == best["setting"]][0]
         assert match["allowed"] == allowed, (given, match)
+
+
+def test_a_class_too_rare_to_audit_keeps_the_erm_head() -> None:
+    # 95% / 5% classes: the rare class has about 50 rows per validation half and a handful the
+    # ERM head gets wrong, so it gets no audit region and a repair could lose its minority unseen
+    from gradtune.data.synthetic import ShortcutSpec
+    from gradtune.experiments.stress import StressMember, build_member_bundle
+
+    spec = ShortcutSpec("rare", dim=64, core_strength=1.5, class_prior=(0.95, 0.05))
+    bundle = build_member_bundle(StressMember("rare", "probe", spec, role="dev"), 0)
+    common = dict(min_structure_auc=0.0, **FAST)
+    d = get_method("gradtune-auto", **common).fit(bundle, seed=0).diagnostics
+    assert d["guard_kept_erm"] and "class 1 (" in d["guard_reason"], d["guard_reason"]
+    assert not d["candidates"]
+    off = get_method("gradtune-auto", audit_coverage=False, **common).fit(bundle, seed=0).diagnostics
+    assert off["candidates"]
+    region = [off["audit_counts"][h][3] for h in ("heldout", "selection")]
+    assert min(region) < 10 <= min(off["audit_counts"][h][1] for h in ("heldout", "selection")), off["audit_counts"]

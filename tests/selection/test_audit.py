@@ -8,7 +8,12 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from gradtune.selection.audit import cell_accuracies, region_cells, worst_cell_accuracy
+from gradtune.selection.audit import (
+    cell_accuracies,
+    region_cells,
+    uncovered_classes,
+    worst_cell_accuracy,
+)
 
 
 def test_region_cells_match_a_per_class_logistic_regression() -> None:
@@ -40,6 +45,14 @@ def test_a_class_with_too_few_flagged_rows_gets_no_region() -> None:
     flag[:3] = True                       # 3 flagged rows in class 0, none in class 1
     cells = region_cells(x, y, flag, x, y, 2, min_rows=5)
     np.testing.assert_array_equal(cells, 2 * y)
+
+
+def test_uncovered_classes_by_hand() -> None:
+    a = np.array([0, 1, 1, 2, 3, 3, 3, 4])          # class 0: 2 region rows, 1: 3, 2: none
+    b = np.array([1, 1, 1, 3, 3, 5, 5, 5])          # class 0: 3, 1: 2, 2: 3
+    assert uncovered_classes([a, b], 3, 3) == [(0, 2), (1, 2), (2, 0)]
+    assert uncovered_classes([a, b], 3, 2) == [(2, 0)]
+    assert uncovered_classes([b], 3, 2) == []
 
 
 def test_cell_accuracies_by_hand() -> None:

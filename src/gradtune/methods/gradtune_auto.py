@@ -36,7 +36,9 @@ evidence the inference cannot rig. No step reads a group label, an attribute or 
    surrogate of the head's logits and asks how well the mistakes can still be told
    apart (cross-fitted AUC), and the same for the twins' inferred minority; when
    neither reaches its threshold (``min_structure_auc``, ``min_twin_auc``) the head is
-   kept: its mistakes look like class overlap or label noise. Then a candidate must
+   kept: its mistakes look like class overlap or label noise. Nor is a repair judged
+   when some class's audit region has fewer than ``min_group_size`` rows on a half
+   (``audit_coverage``): that class's minority would be invisible. Then a candidate must
    (a) beat the ERM head's value with a paired bootstrap bound above ``margin``
    (``gain_quantile``: candidate and ERM head scored on the same resampled rows), and on
    each validation half by ``confirm_z`` standard errors of that half's (the best of
@@ -100,6 +102,7 @@ from gradtune.selection.audit import (
     cell_accuracies,
     region_cells,
     structure_aucs,
+    uncovered_classes,
     worst_cell_accuracy,
 )
 from gradtune.selection.guard import (
@@ -207,6 +210,11 @@ class GradTuneAutoMethod(Method):
         ... unless the XRM twins' inferred minority can be told from the other rows the
         same way with at least this AUC (the mistakes test has little power when the
         minority is a small share of the mistakes). ``1.0`` turns this route off.
+    audit_coverage : bool, default=True
+        Keep the ERM head when some class's audit region (the rows like those the ERM head
+        gets wrong there) has fewer than ``min_group_size`` rows on either half: that class
+        is then judged as one cell, and a repair could lose its minority unseen (a rare
+        class whose minority has a handful of validation rows).
     min_erm_minority_accuracy : float, default=0.0
         Optional pre-check: keep the ERM head when it classifies fewer than this share
         of the first inference's minority rows correctly (0 turns it off; the audit
@@ -251,6 +259,7 @@ class GradTuneAutoMethod(Method):
                                          le=1)
     min_structure_auc: float = param(0.6, "least cross-fitted AUC of the head's mistakes", ge=0, le=1)
     min_twin_auc: float = param(0.7, "... or of the twins' inferred minority (1.0: this route off)", ge=0, le=1)
+    audit_coverage: bool = param(True, "keep the ERM head when a class's audit region is below min_group_size")
     min_erm_minority_accuracy: float = param(0.0, "optional pre-check on the ERM head (0: off)", ge=0, le=1)
 
     def __post_init__(self) -> None:
@@ -407,6 +416,14 @@ class GradTuneAutoMethod(Method):
         # audit cells: where the ERM head errs, learned on one half and applied to the other
         audit_sel = region_cells(xi_held, held.labels, ~right[:len(held)], xi_sel, sel.labels, n_classes)
         audit_held = region_cells(xi_sel, sel.labels, ~right[len(held):], xi_held, held.labels, n_classes)
+        uncovered = uncovered_classes([audit_sel, audit_held], n_classes, int(self.min_group_size))
+        if self.audit_coverage and uncovered:
+            names = ", ".join(f"class {k} ({n} rows)" for k, n in uncovered)
+            res = _keep_erm(head, f"too few rows like the ERM head's mistakes to audit a repair in {names}; "
+                                  f"min_group_size={int(self.min_group_size)}: a repair could lose that "
+                                  "class's minority without the validation rows showing it", info)
+            res.diagnostics.update(structure_auc=auc, twin_structure_auc=twin_auc)
+            return res
         pairs, values, n_small, balanced, pseudo, idx, ok_a = self._side(
             inferences, held.features, held.labels, sel.features, sel.labels, audit_sel, epochs, head,
             n_classes, streams)

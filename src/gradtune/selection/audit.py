@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["region_cells", "cell_accuracies", "worst_cell_accuracy", "structure_auc", "structure_aucs"]
+__all__ = ["region_cells", "cell_accuracies", "worst_cell_accuracy", "uncovered_classes", "structure_auc",
+           "structure_aucs"]
 
 
 def region_cells(x_fit: np.ndarray, y_fit: np.ndarray, flag_fit: np.ndarray, x_apply: np.ndarray,
@@ -113,6 +114,20 @@ def worst_cell_accuracy(correct: np.ndarray, cells: np.ndarray, n_cells: int, mi
         return float(np.mean(correct)), int(len(correct))
     j = int(np.nanargmin(acc))
     return float(acc[j]), int(counts[j])
+
+
+def uncovered_classes(cells: list[np.ndarray], n_classes: int, min_rows: int) -> list[tuple[int, int]]:
+    """Classes whose region cell (``2 * y + 1``) holds fewer than ``min_rows`` rows in some
+    (n,) cell array of ``cells``, each as (class, its smallest region count).
+
+    Such a class's rows are judged as one cell: whatever a repair does to the rows the
+    ERM head gets wrong there (a rare class's minority) cannot be seen."""
+    out = []
+    for k in range(int(n_classes)):
+        least = min(int(np.count_nonzero(np.asarray(c) == 2 * k + 1)) for c in cells)
+        if least < int(min_rows):
+            out.append((k, least))
+    return out
 
 
 def structure_auc(x_a: np.ndarray, y_a: np.ndarray, flag_a: np.ndarray, logits_a: np.ndarray,
