@@ -251,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     fresh = [m for m in members if STRESS_SUITE[m].batch == latest]
     if latest > 1 and len(fresh) < len(members):
         check_lines += ["", f"The same summary over the {len(fresh)} members of the latest batch only "
-                            f"(marked ({latest}): added before any default was tuned on them; this page is the "
-                            "first reading of their report half):", ""] + checks(means, fresh)[-2:]
+                            f"(marked ({latest}): added before any default was tuned on them; how often each "
+                            "batch's report half has been read is in docs/label-free-design.md):", ""] + checks(means, fresh)[-2:]
     digest = hashlib.sha256(" ".join(members).encode()).hexdigest()[:8]
     doc = "\n".join([
         "# Label-free repair on the stress suite",
@@ -263,10 +263,12 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "The suite and its split rule are in `src/gradtune/experiments/stress.py`: within each "
         "family of problems, members alternate between the development half (where "
-        "`gradtune-auto`'s defaults were chosen) and the report half (this page). Nothing on this "
-        "page was used to choose a default. Members marked (2), (3) and (4) are later batches, each added "
-        "to both halves before any tuning on it; the earlier batches' report halves had been read "
-        "before (docs/label-free-design.md says when and what changed after).",
+        "`gradtune-auto`'s defaults were chosen) and the report half (this page). No default was tuned "
+        "on this page; its failures send the work back to the development half (the fifth batch's "
+        "`lin-imbalance-90` failure led to `audit_coverage`, chosen on development probes). Members "
+        "marked (2) to (5) are later batches, each added to both halves before any tuning on it; the "
+        "earlier batches' report halves had been read before (docs/label-free-design.md says when and "
+        "what changed after).",
         "",
         "Test worst-group accuracy (WGA, mean ± std over seeds) / average accuracy, %. Test rows of "
         "synthetic members are group-balanced. `dfr` reads the validation rows' true groups (the "
