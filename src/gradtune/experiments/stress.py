@@ -60,7 +60,7 @@ class StressMember:
     name : str; family : str; role : "dev" or "report" (from the split rule);
     spec : ShortcutSpec (synthetic) or OfflineBenchmark (offline); erm : "linear" or "mlp"
     (synthetic only); control : True where there is no shortcut (the method must keep ERM);
-    batch : 1 for the first members, 2 to 5 for later batches (each added, with its roles,
+    batch : 1 for the first members, 2 to 6 for later batches (each added, with its roles,
     before any default was tuned on it; the earlier batches' report halves had been read).
     """
 
@@ -305,8 +305,32 @@ _MEMBERS: tuple[StressMember, ...] = (
     _syn("mlp-erm", "mlp-imbalanced", erm="mlp", dim=64, core_strength=1.2, shortcut_strength=3.0,
          class_prior=(0.8, 0.2)),
     _syn("mlp-erm", "mlp-small-val", erm="mlp", dim=64, core_strength=1.5, n_val=600),
+    # Sixth batch, declared together before any run on it (after the fifth batch's report half
+    # had been read): one more pair in eight families.
+    _syn("class-imbalance", "lin-imbalance-85-d128", dim=128, core_strength=1.3, class_prior=(0.85, 0.15)),
+    _syn("class-imbalance", "lin-imbalance-70-3class", n_classes=3, dim=64, core_strength=1.7,
+         class_prior=(0.7, 0.2, 0.1)),
+    _syn("val-size", "lin-small-val-3class", n_classes=3, dim=64, core_strength=1.8, n_val=900),
+    _syn("val-size", "lin-medium-val-strong", dim=64, core_strength=2.2, shortcut_strength=3.0, n_val=1200),
+    _syn("tied-one", "lin-mark-3class-d48", n_classes=3, tie="one", tied_class=1, dim=48, core_strength=1.6,
+         train_agreement=0.92),
+    _syn("tied-one", "lin-mark-5class-weak", n_classes=5, tie="one", tied_class=4, dim=64, core_strength=1.6,
+         train_agreement=0.88),
+    _syn("multiclass", "lin-5class-d128", n_classes=5, dim=128, core_strength=2.0),
+    _syn("multiclass", "lin-3class-weak", n_classes=3, dim=64, core_strength=1.2),
+    _syn("control", "control-6class", control=True, n_classes=6, dim=96, core_strength=2.2, shortcut_strength=0.0),
+    _syn("control", "control-imbalanced-noisy", control=True, dim=64, core_strength=1.5, shortcut_strength=0.0,
+         label_noise=0.1, class_prior=(0.8, 0.2)),
+    _syn("noise", "lin-noise-10-imb", dim=64, core_strength=1.5, label_noise=0.1, class_prior=(0.75, 0.25)),
+    _syn("noise", "lin-noise-15", dim=96, core_strength=1.6, label_noise=0.15),
+    _syn("multi-attribute", "lin-two-attrs-96", n_attributes=2, dim=96, core_strength=1.6, shortcut_strength=2.2),
+    _syn("multi-attribute", "lin-two-attrs-strong", n_attributes=2, dim=64, core_strength=1.4,
+         shortcut_strength=2.6),
+    _fm("fmnist", "fm-pullover-shirt-bg85", classes=(2, 6), train_agreement=0.85, val_agreement=0.85, n_val=4000),
+    _fm("fmnist", "fm-trouser-dress-bright85", classes=(1, 3), shortcut="brightness", train_agreement=0.85,
+        val_agreement=0.85, n_val=4000),
 )
-_FIRST_BATCH, _SECOND_BATCH_END, _THIRD_BATCH_END, _FOURTH_BATCH_END = 37, 63, 73, 101
+_FIRST_BATCH, _SECOND_BATCH_END, _THIRD_BATCH_END, _FOURTH_BATCH_END, _FIFTH_BATCH_END = 37, 63, 73, 101, 121
 
 
 def _assign_roles(members: tuple[StressMember, ...]) -> tuple[StressMember, ...]:
@@ -315,7 +339,8 @@ def _assign_roles(members: tuple[StressMember, ...]) -> tuple[StressMember, ...]
     for i, m in enumerate(members):
         k = seen.get(m.family, 0)
         seen[m.family] = k + 1
-        batch = 1 + sum(i >= end for end in (_FIRST_BATCH, _SECOND_BATCH_END, _THIRD_BATCH_END, _FOURTH_BATCH_END))
+        batch = 1 + sum(i >= end for end in (_FIRST_BATCH, _SECOND_BATCH_END, _THIRD_BATCH_END, _FOURTH_BATCH_END,
+                                             _FIFTH_BATCH_END))
         out.append(replace(m, role=ROLES[k % 2], batch=batch))
     return tuple(out)
 
