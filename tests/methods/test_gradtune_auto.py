@@ -45,7 +45,7 @@ def test_registered_as_label_free() -> None:
 
 def test_never_reads_group_labels_or_test_rows(biased: EmbeddingBundle) -> None:
     every_inference = {**FAST, "inferences": ("xrm", "erm_error"), "families": ("retrain", "reweight", "finetune"),
-                       "min_structure_auc": 0.0, "min_erm_minority_accuracy": 0.1}
+                       "min_structure_auc": 0.0, "min_erm_minority_accuracy": 0.1, "audit_coverage": False}
     for name, params in (("gradtune-auto", FAST), ("gradtune-auto", every_inference),
                          ("dfr-xrm", {"num_retrains": 2})):
         ref = get_method(name, **params).fit(biased, seed=1).model
@@ -71,7 +71,8 @@ def test_same_seed_same_head_other_seed_other_draws(biased: EmbeddingBundle) -> 
 def test_repairs_the_worst_group_in_the_biased_regime(biased: EmbeddingBundle) -> None:
     test = biased.view("test")
     erm = evaluate(test.logits, test.labels, test.groups).worst_group_accuracy
-    res = get_method("gradtune-auto", **FAST).fit(biased, seed=0)
+    # (this fixture's halves are too small to give every class a region of 10 rows)
+    res = get_method("gradtune-auto", audit_coverage=False, **FAST).fit(biased, seed=0)
     got = evaluate(res.model.logits(test.features), test.labels, test.groups).worst_group_accuracy
     assert not res.diagnostics["guard_kept_erm"]
     assert got > erm + 0.1, (erm, got)
@@ -82,11 +83,12 @@ def test_repairs_the_worst_group_in_the_biased_regime(biased: EmbeddingBundle) -
 
 
 def test_choice_is_the_best_allowed_candidate_and_the_guard_keeps_erm(biased: EmbeddingBundle) -> None:
-    m = get_method("gradtune-auto", confirm_z=None, max_pseudo_drop=None, **BOTH)  # those two: test_guard.py
+    m = get_method("gradtune-auto", confirm_z=None, max_pseudo_drop=None, audit_coverage=False, **BOTH)
     d = m.fit(biased, seed=0).diagnostics
     cands = d["candidates"]
     assert [c["family"] for c in cands] == ["erm", "retrain", "retrain", "finetune", "finetune", "finetune"]
-    assert get_method("gradtune-auto", **FAST).fit(biased, seed=0).diagnostics["candidates"][-1]["family"] \
+    assert get_method("gradtune-auto", audit_coverage=False, **FAST).fit(biased, seed=0).diagnostics[
+        "candidates"][-1]["family"] \
         == "retrain"                                         # the default families: retraining only
     # the guard recomputed from the reported values: beat ERM by the noise (the paired bootstrap
     # bound above the margin), keep most of the class-balanced accuracy, classify at least
@@ -96,18 +98,19 @@ def test_choice_is_the_best_allowed_candidate_and_the_guard_keeps_erm(biased: Em
     for c in cands[1:]:
         assert c["needed"] >= erm_v
         assert c["allowed"] == (c["value"] > c["needed"] and c["gain_bound"] > m.margin
-                                and c["value"] >= m.min_repaired_accuracy
+                                and c["floor_value"] >= m.min_repaired_accuracy
+                                and c["floor_value"] <= c["value"]
                                 and c["balanced_accuracy"] >= erm_b - m.max_balanced_drop), c
     allowed = [c["value"] for c in cands if c["allowed"]]
     assert d["chosen_value"] == max(allowed)
     # a margin no candidate can pass keeps the ERM head exactly
-    kept = get_method("gradtune-auto", margin=1.0, **FAST).fit(biased, seed=0)
+    kept = get_method("gradtune-auto", margin=1.0, audit_coverage=False, **FAST).fit(biased, seed=0)
     assert kept.diagnostics["guard_kept_erm"] and kept.diagnostics["chosen_family"] == "erm"
     assert "noise" in kept.diagnostics["guard_reason"]
     np.testing.assert_array_equal(kept.model.weight, biased.head_weight)
     np.testing.assert_array_equal(kept.model.bias, biased.head_bias)
     # so does a floor no candidate reaches, and the reason names it
-    floor = get_method("gradtune-auto", min_repaired_accuracy=1.0, **FAST).fit(biased, seed=0)
+    floor = get_method("gradtune-auto", min_repaired_accuracy=1.0, audit_coverage=False, **FAST).fit(biased, seed=0)
     assert floor.diagnostics["guard_kept_erm"] and "min_repaired_accuracy" in floor.diagnostics["guard_reason"]
 
 
@@ -227,10 +230,12 @@ def test_structure_gate_keeps_the_head_and_can_be_turned_off(biased: EmbeddingBu
     assert "min_twin_auc=1" in d["guard_reason"]
     assert d["structure_auc"] is not None and d["structure_auc"] < 0.99
     np.testing.assert_array_equal(res.model.weight, biased.head_weight)
-    passed = get_method("gradtune-auto", min_structure_auc=0.0, **FAST).fit(biased, seed=0).diagnostics
+    passed = get_method("gradtune-auto", min_structure_auc=0.0, audit_coverage=False, **FAST).fit(biased,
+                                                                                           seed=0).diagnostics
     assert passed["structure_auc"] == d["structure_auc"] and passed["candidates"]
     # the twins' route alone opens the gate too (the twins' minority is the shortcut's here)
-    twin = get_method("gradtune-auto", min_structure_auc=1.0, min_twin_auc=0.0, **FAST).fit(biased, seed=0)
+    twin = get_method("gradtune-auto", min_structure_auc=1.0, min_twin_auc=0.0, audit_coverage=False,
+                      **FAST).fit(biased, seed=0)
     assert twin.diagnostics["candidates"] and twin.diagnostics["twin_structure_auc"] == d["twin_structure_auc"]
 
 
@@ -240,7 +245,8 @@ def test_the_repaired_accuracy_floor_scales_with_the_number_of_classes() -> None
     from gradtune.experiments.stress import build_member_bundle
 
     bundle = build_member_bundle("lin-mark-3class", 0)
-    common = dict(min_structure_auc=0.0, max_pseudo_drop=None, confirm_z=None, gain_quantile=None, margin=0.0, **FAST)
+    common = dict(min_structure_auc=0.0, max_pseudo_drop=None, confirm_z=None, gain_quantile=None, margin=0.0,
+                  value_cells="mistakes", audit_coverage=False, **FAST)
     d = get_method("gradtune-auto", **common).fit(bundle, seed=0).diagnostics
     cands = d["candidates"]
     best = max(cands[1:], key=lambda c: c["value"])
@@ -270,3 +276,24 @@ def test_a_class_too_rare_to_audit_keeps_the_erm_head() -> None:
     assert off["candidates"]
     region = [off["audit_counts"][h][3] for h in ("heldout", "selection")]
     assert min(region) < 10 <= min(off["audit_counts"][h][1] for h in ("heldout", "selection")), off["audit_counts"]
+
+
+def test_value_cells_are_regions_of_the_inferred_minority(biased: EmbeddingBundle) -> None:
+    from gradtune.methods.inferred import inference_features
+    from gradtune.selection.audit import region_cells
+
+    d = get_method("gradtune-auto", min_structure_auc=0.0, audit_coverage=False, **FAST).fit(biased, seed=0).diagnostics
+    held, sel = biased.view("heldout"), biased.view("selection")
+    minority = np.zeros(len(biased.labels), dtype=bool)
+    minority[d["inferred_minority_rows"]] = True
+    xh, _ = inference_features(biased, held, "auto")
+    xs, _ = inference_features(biased, sel, "auto")
+    want_sel = region_cells(xh, held.labels, minority[held.index], xs, sel.labels, 2)
+    want_held = region_cells(xs, sel.labels, minority[sel.index], xh, held.labels, 2)
+    assert d["value_cells"] == "inferred"
+    assert d["value_cell_counts"]["selection"] == np.bincount(want_sel, minlength=4).tolist()
+    assert d["value_cell_counts"]["heldout"] == np.bincount(want_held, minlength=4).tolist()
+    assert d["value_cell_counts"] != d["audit_counts"]
+    m = get_method("gradtune-auto", min_structure_auc=0.0, audit_coverage=False, value_cells="mistakes",
+                   **FAST).fit(biased, seed=0).diagnostics
+    assert m["value_cell_counts"] == m["audit_counts"]

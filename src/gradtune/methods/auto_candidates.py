@@ -23,9 +23,12 @@ from gradtune.methods.base import LinearHead
 from gradtune.methods.dfr import fit_l1_logreg, fold_scaler
 from gradtune.objectives.sampling import balanced_subsample
 from gradtune.scores.grad_norms import grad_norms
+from gradtune.selection.audit import cell_accuracies, worst_cell_accuracy
+from gradtune.selection.guard import class_balanced_accuracy
 from gradtune.selection.select import select_finetune_set
 
-__all__ = ["AutoCandidate", "standardize", "retrain_head", "reweight_head", "finetune_snapshots"]
+__all__ = ["AutoCandidate", "standardize", "retrain_head", "reweight_head", "finetune_snapshots",
+           "score_candidates"]
 
 
 @dataclass
@@ -90,3 +93,25 @@ def finetune_snapshots(x: np.ndarray, y_np: np.ndarray, g: np.ndarray, epochs: l
                           sample_weight=torch.as_tensor(weights))
     heads = [LinearHead(*(t.detach().cpu().numpy() for t in res.snapshots[e])) for e in epochs]
     return [AutoCandidate("finetune", float(e), h) for e, h in zip(epochs, heads, strict=True)], idx
+
+
+def score_candidates(heads: list[LinearHead], x: np.ndarray, y: np.ndarray, cells: np.ndarray, groups: np.ndarray,
+                     n_classes: int, min_rows: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each head scored on the rows (x (m, d), y (m,)): worst accuracy over the cells (m,)
+    and that cell's size, class-balanced accuracy, mean accuracy over the pseudo-groups
+    (m,), each (K,) (-inf for non-finite logits), and which rows it gets right (K, m)."""
+    k = len(heads)
+    values, balanced, pseudo = np.full(k, -np.inf), np.full(k, -np.inf), np.full(k, -np.inf)
+    sizes = np.ones(k, dtype=np.int64)
+    correct = np.zeros((k, len(y)), dtype=bool)
+    for i, head in enumerate(heads):
+        logits = head.logits(x)
+        if not np.isfinite(logits).all():
+            continue
+        ok = correct[i] = logits.argmax(axis=1) == y
+        values[i], sizes[i] = worst_cell_accuracy(ok, cells, 2 * n_classes, min_rows)
+        balanced[i] = class_balanced_accuracy(ok, y, n_classes)
+        accs, _ = cell_accuracies(ok, groups, 2 * n_classes, min_rows)
+        pseudo[i] = float(np.nanmean(accs)) if not np.isnan(accs).all() else float(ok.mean())
+    return values, sizes, balanced, pseudo, correct

@@ -27,8 +27,9 @@ evidence the inference cannot rig. No step reads a group label, an attribute or 
    instead uses cells learned on the *other* half: a per-class logistic regression
    learns where the ERM head errs on half A, and splits half B's rows into that region
    and the rest. Candidates fitted on A are scored on B's cells, and (``crossfit``)
-   the roles are swapped and the two scores averaged. A candidate's value is its
-   worst audit-cell accuracy.
+   the roles are swapped and the two scores averaged. A candidate's value is its worst
+   accuracy over the cells of a second region model, learned the same way from the
+   inference's minority of half A (``value_cells``: purer than the mistakes in 3+ classes).
 4. **The guard.** First, is there a shortcut at all? Within each class, the ERM head's
    mistakes always differ from its correct rows along the head's own decision
    directions; a shortcut's minority differs along other directions too.
@@ -46,7 +47,8 @@ evidence the inference cannot rig. No step reads a group label, an attribute or 
    binomial test), (b) lose at most ``max_balanced_drop`` of class-balanced accuracy and
    ``max_pseudo_drop`` of the mean accuracy over the pseudo-groups (trading easy rows for
    hard ones is no repair), (c) classify at least ``min_repaired_accuracy x 2 / C`` of
-   every audit cell correctly (guessing gets ``1 / C``). The best allowed value wins
+   every cell of both region models correctly (guessing gets ``1 / C``). The best
+   allowed value wins
    (:func:`~gradtune.selection.guard.guard_choice`). Without ``encoder_features`` (and
    ``features="auto"``) the head is kept too: its own features cannot reveal the
    shortcut it learned. The reason is in ``diagnostics["guard_reason"]`` (WARNING log).
@@ -77,6 +79,7 @@ from gradtune.methods.auto_candidates import (
     finetune_snapshots,
     retrain_head,
     reweight_head,
+    score_candidates,
     standardize,
 )
 from gradtune.methods.base import (
@@ -99,15 +102,13 @@ from gradtune.methods.inferred import (
     merge_small_groups,
 )
 from gradtune.selection.audit import (
-    cell_accuracies,
     region_cells,
     structure_aucs,
     uncovered_classes,
-    worst_cell_accuracy,
+    worst_over_cell_sets,
 )
 from gradtune.selection.guard import (
     GuardRule,
-    class_balanced_accuracy,
     guard_choice,
     paired_gain_bound,
 )
@@ -122,11 +123,11 @@ INFERENCES = ("xrm", "erm_error")
 AUTO_EPOCHS: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500)
 
 
-def _keep_erm(head: LinearHead, reason: str, info: dict[str, Any] | None = None) -> MethodResult:
-    """The ERM head, unchanged, with the reason in the diagnostics (and logged at WARNING)."""
+def _keep_erm(head: LinearHead, reason: str, info: dict[str, Any] | None = None, **extra: Any) -> MethodResult:
+    """The ERM head, unchanged, with the reason (and ``extra``) in the diagnostics; logged at WARNING."""
     _log.warning("gradtune-auto kept the ERM head: %s", reason)
     return MethodResult(head, {"chosen_family": "erm", "chosen_setting": 0.0, "guard_kept_erm": True, "guard_reason":
-                               reason, "pseudo_groups": info, "candidates": [], "selected_rows": []})
+                               reason, "pseudo_groups": info, "candidates": [], "selected_rows": [], **extra})
 
 
 @register_method
@@ -172,13 +173,15 @@ class GradTuneAutoMethod(Method):
     finetune : FinetuneConfig
         The fine-tuning loop (the paper's vision setting); ``sampler`` and ``epochs``
         are set by the method.
+    value_cells : {"inferred", "mistakes"}, default="inferred"
+        Cells the value, its bound and per-half checks read: regions of the first inference's
+        minority, or of the ERM head's mistakes (which the floor and coverage also read).
     min_group_size : int, default=10
         Smallest audit cell the value counts.
-    margin : float, default=0.05
+    margin : float, default=0.02
         A candidate must beat ERM's value by more than this, and so must the paired
-        bootstrap bound of its gain: the audit cells stand in for the true groups, and a
-        gain smaller than that proxy's error is no evidence (this also refused the one
-        development member a repair harmed) ...
+        bootstrap bound of its gain: the cells stand in for the true groups, and a gain
+        smaller than that proxy's error is no evidence ...
     margin_z : float, default=0.0
         ... plus ``margin_z`` standard errors of the difference of the two accuracies
         (binomial, on the smaller of the two worst cells, both halves counted).
@@ -211,10 +214,9 @@ class GradTuneAutoMethod(Method):
         same way with at least this AUC (the mistakes test has little power when the
         minority is a small share of the mistakes). ``1.0`` turns this route off.
     audit_coverage : bool, default=True
-        Keep the ERM head when some class's audit region (the rows like those the ERM head
-        gets wrong there) has fewer than ``min_group_size`` rows on either half: that class
-        is then judged as one cell, and a repair could lose its minority unseen (a rare
-        class whose minority has a handful of validation rows).
+        Keep the ERM head when some class's region (of the mistakes or of the value cells)
+        has fewer than ``min_group_size`` rows on a half: that class is one cell, and a
+        repair could lose its minority unseen (a rare class).
     min_erm_minority_accuracy : float, default=0.0
         Optional pre-check: keep the ERM head when it classifies fewer than this share
         of the first inference's minority rows correctly (0 turns it off; the audit
@@ -244,8 +246,10 @@ class GradTuneAutoMethod(Method):
     top_k: int = TOP_K.field()
     epochs_grid: tuple[int, ...] = param(AUTO_EPOCHS, "snapshots of the fine-tuning run", ge=1, fast=(1, 3))
     finetune: FinetuneConfig = finetune_block(space=None, fast_epochs=None)
+    value_cells: str = param("inferred", "cells the value reads: regions of the inferred minority or of the "
+                                         "ERM head's mistakes", choices=("inferred", "mistakes"))
     min_group_size: int = param(10, "smallest audit cell the value counts", ge=1)
-    margin: float = param(0.05, "a candidate (and its paired bound) must beat ERM's value by more than this", ge=0)
+    margin: float = param(0.02, "a candidate (and its paired bound) must beat ERM's value by more than this", ge=0)
     margin_z: float = param(0.0, "... plus this many standard errors of the difference", ge=0)
     gain_quantile: float | None = param(0.1, "quantile of the paired bootstrap gain that must exceed margin "
                                              "(None: off)", kind="float", gt=0, lt=1, optional=True)
@@ -325,21 +329,9 @@ class GradTuneAutoMethod(Method):
             pairs += [(name, c) for c in cands[1:]]
             if idx_first.size == 0:
                 idx_first = idx
-        values = np.full(len(pairs), -np.inf)
-        sizes = np.ones(len(pairs), dtype=np.int64)
-        balanced = np.full(len(pairs), -np.inf)
-        pseudo = np.full(len(pairs), -np.inf)
         g_score = next(iter(inferences.values()))[1]
-        correct = np.zeros((len(pairs), len(y_score)), dtype=bool)
-        for i, (_, c) in enumerate(pairs):
-            logits = c.head.logits(x_score)
-            if not np.isfinite(logits).all():
-                continue
-            ok = correct[i] = logits.argmax(axis=1) == y_score
-            values[i], sizes[i] = worst_cell_accuracy(ok, audit, 2 * n_classes, int(self.min_group_size))
-            balanced[i] = class_balanced_accuracy(ok, y_score, n_classes)
-            accs, _ = cell_accuracies(ok, g_score, 2 * n_classes, int(self.min_group_size))
-            pseudo[i] = float(np.nanmean(accs)) if not np.isnan(accs).all() else float(ok.mean())
+        values, sizes, balanced, pseudo, correct = score_candidates(
+            [c.head for _, c in pairs], x_score, y_score, audit, g_score, n_classes, int(self.min_group_size))
         return pairs, values, sizes, balanced, pseudo, idx_first, correct
 
     def _pseudo_groups(self, bundle: EmbeddingBundle, held: SplitView, sel: SplitView, head: LinearHead,
@@ -408,33 +400,41 @@ class GradTuneAutoMethod(Method):
                      f"structure AUC {auc:.2f} < min_structure_auc={float(self.min_structure_auc):g}")
             if twin_auc is not None:
                 found += f"; the twins' minority: {twin_auc:.2f} < min_twin_auc={float(self.min_twin_auc):g}"
-            res = _keep_erm(head, "the ERM head's mistakes differ from its correct rows only along its "
-                                  f"own decision directions ({found}): they look like class overlap or "
-                                  "label noise, not a shortcut's minority", info)
-            res.diagnostics.update(structure_auc=auc, twin_structure_auc=twin_auc)
-            return res
+            return _keep_erm(head, "the ERM head's mistakes differ from its correct rows only along its "
+                                   f"own decision directions ({found}): they look like class overlap or "
+                                   "label noise, not a shortcut's minority", info,
+                             structure_auc=auc, twin_structure_auc=twin_auc)
         # audit cells: where the ERM head errs, learned on one half and applied to the other
         audit_sel = region_cells(xi_held, held.labels, ~right[:len(held)], xi_sel, sel.labels, n_classes)
         audit_held = region_cells(xi_sel, sel.labels, ~right[len(held):], xi_held, held.labels, n_classes)
-        uncovered = uncovered_classes([audit_sel, audit_held], n_classes, int(self.min_group_size))
+        if self.value_cells == "inferred":   # regions of the first inference's minority, the same way
+            g_held, g_sel = inferences[first]
+            value_sel = region_cells(xi_held, held.labels, g_held % 2 == 1, xi_sel, sel.labels, n_classes)
+            value_held = region_cells(xi_sel, sel.labels, g_sel % 2 == 1, xi_held, held.labels, n_classes)
+        else:
+            value_sel, value_held = audit_sel, audit_held
+        uncovered = uncovered_classes([audit_sel, audit_held, value_sel, value_held], n_classes,
+                                      int(self.min_group_size))
         if self.audit_coverage and uncovered:
             names = ", ".join(f"class {k} ({n} rows)" for k, n in uncovered)
-            res = _keep_erm(head, f"too few rows like the ERM head's mistakes to audit a repair in {names}; "
-                                  f"min_group_size={int(self.min_group_size)}: a repair could lose that "
-                                  "class's minority without the validation rows showing it", info)
-            res.diagnostics.update(structure_auc=auc, twin_structure_auc=twin_auc)
-            return res
+            return _keep_erm(head, f"too few rows like the ERM head's mistakes or the inferred minority to audit "
+                                   f"a repair in {names}; min_group_size={int(self.min_group_size)}: a repair "
+                                   "could lose that class's minority without the validation rows showing it", info,
+                             structure_auc=auc, twin_structure_auc=twin_auc)
         pairs, values, n_small, balanced, pseudo, idx, ok_a = self._side(
-            inferences, held.features, held.labels, sel.features, sel.labels, audit_sel, epochs, head,
+            inferences, held.features, held.labels, sel.features, sel.labels, value_sel, epochs, head,
             n_classes, streams)
         v2 = n2 = None
-        halves = [(ok_a, audit_sel)]
+        halves = [(ok_a, value_sel)]
+        floors = [worst_over_cell_sets(ok_a, (audit_sel, value_sel), 2 * n_classes, int(self.min_group_size))]
         if self.crossfit:
             swapped = {k: (g_sel, g_held) for k, (g_held, g_sel) in inferences.items()}
             _, v2, n2, b2, p2, _, ok_b = self._side(swapped, sel.features, sel.labels, held.features, held.labels,
-                                                    audit_held, epochs, head, n_classes, streams)
+                                                    value_held, epochs, head, n_classes, streams)
             balanced, pseudo = (balanced + b2) / 2, (pseudo + p2) / 2
-            halves.append((ok_b, audit_held))
+            halves.append((ok_b, value_held))
+            floors.append(worst_over_cell_sets(ok_b, (audit_held, value_held), 2 * n_classes,
+                                                   int(self.min_group_size)))
         lower = None if self.gain_quantile is None else paired_gain_bound(
             halves, 2 * n_classes, int(self.min_group_size), float(self.gain_quantile), streams.rng("guard"),
             int(self.n_boot))
@@ -443,7 +443,8 @@ class GradTuneAutoMethod(Method):
                          max_balanced_drop=float(self.max_balanced_drop),
                          min_repaired_accuracy=float(self.min_repaired_accuracy) * 2 / n_classes,
                          max_pseudo_drop=None if self.max_pseudo_drop is None else float(self.max_pseudo_drop))
-        decision = guard_choice(values, n_small, balanced, rule, v2, n2, pseudo=pseudo, lower=lower)
+        decision = guard_choice(values, n_small, balanced, rule, v2, n2, pseudo=pseudo, lower=lower,
+                                floor_values=(floor := np.mean(floors, axis=0)))
         values, needed, allowed, best = decision.values, decision.needed, decision.allowed, decision.best
         chosen_inf, chosen = pairs[best]
         model = chosen.head
@@ -469,6 +470,9 @@ class GradTuneAutoMethod(Method):
                                     for k, g in inferences.items()},
             "audit_counts": {"heldout": np.bincount(audit_held, minlength=2 * n_classes).tolist(),
                              "selection": np.bincount(audit_sel, minlength=2 * n_classes).tolist()},
+            "value_cells": self.value_cells,
+            "value_cell_counts": {"heldout": np.bincount(value_held, minlength=2 * n_classes).tolist(),
+                                  "selection": np.bincount(value_sel, minlength=2 * n_classes).tolist()},
             "erm_minority_accuracy": erm_minority_acc,
             "structure_auc": auc,
             "twin_structure_auc": twin_auc,
@@ -482,9 +486,9 @@ class GradTuneAutoMethod(Method):
             "guard_reason": reason,
             "candidates": [{"inference": k, "family": c.family, "setting": c.setting, "value": float(v),
                             "needed": float(t), "balanced_accuracy": float(b), "allowed": bool(a),
-                            "gain_bound": lo}
-                           for (k, c), v, t, b, a, lo in zip(pairs, values, needed, balanced, allowed, bounds,
-                                                             strict=True)],
+                            "gain_bound": lo, "floor_value": float(f)}
+                           for (k, c), v, t, b, a, lo, f in zip(pairs, values, needed, balanced, allowed, bounds,
+                                                                floor, strict=True)],
             "selected_rows": held.index[idx].tolist(),
             # bundle rows the first inference calls minority (diagnostic: purity / recall in reports)
             "inferred_minority_rows": np.concatenate([held.index[inferences[first][0] % 2 == 1],

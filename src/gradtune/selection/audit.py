@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["region_cells", "cell_accuracies", "worst_cell_accuracy", "uncovered_classes", "structure_auc",
+__all__ = ["region_cells", "cell_accuracies", "worst_cell_accuracy", "uncovered_classes", "worst_over_cell_sets",
+           "structure_auc",
            "structure_aucs"]
 
 
@@ -114,6 +115,14 @@ def worst_cell_accuracy(correct: np.ndarray, cells: np.ndarray, n_cells: int, mi
         return float(np.mean(correct)), int(len(correct))
     j = int(np.nanargmin(acc))
     return float(acc[j]), int(counts[j])
+
+
+def worst_over_cell_sets(correct: np.ndarray, cell_sets: tuple[np.ndarray, ...], n_cells: int, min_rows: int
+                         ) -> np.ndarray:
+    """(K,) each head's lowest accuracy over the cells of every (m,) cell array in
+    ``cell_sets`` (each as :func:`worst_cell_accuracy` counts them), from (K, m) ``correct``."""
+    return np.array([min(worst_cell_accuracy(ok, cells, n_cells, min_rows)[0] for cells in cell_sets)
+                     for ok in np.asarray(correct)], dtype=np.float64)
 
 
 def uncovered_classes(cells: list[np.ndarray], n_classes: int, min_rows: int) -> list[tuple[int, int]]:

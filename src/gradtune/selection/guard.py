@@ -21,7 +21,8 @@ the same cells. A candidate may replace it only when
   groups: a "repair" that only trades accuracy from easy rows to hard ones raises the
   worst audit cell without raising the group-balanced accuracy;
 * it gets at least ``min_repaired_accuracy`` of its worst audit cell right (the caller
-  scales this to the number of classes: guessing gets ``1 / C`` of a cell right).
+  scales this to the number of classes: guessing gets ``1 / C`` of a cell right; with
+  ``floor_values`` given, those are the worst-cell accuracies the floor reads).
 
 Among the allowed candidates the one with the highest mean value wins.
 """
@@ -146,7 +147,8 @@ def _se(v: np.ndarray, v0: float, n: np.ndarray, n0: int) -> np.ndarray:
 
 def guard_choice(values_a: np.ndarray, sizes_a: np.ndarray, balanced: np.ndarray, rule: GuardRule,
                  values_b: np.ndarray | None = None, sizes_b: np.ndarray | None = None, *,
-                 pseudo: np.ndarray | None = None, lower: np.ndarray | None = None) -> GuardDecision:
+                 pseudo: np.ndarray | None = None, lower: np.ndarray | None = None,
+                 floor_values: np.ndarray | None = None) -> GuardDecision:
     """Pick the candidate that replaces the ERM head (index 0), or keep it.
 
     Parameters
@@ -159,6 +161,8 @@ def guard_choice(values_a: np.ndarray, sizes_a: np.ndarray, balanced: np.ndarray
     pseudo : (K,) mean accuracy over the inferred groups of the scored rows, or None
     lower : (K,) a lower bound of each candidate's gain in value over ERM's
         (:func:`paired_gain_bound`), or None
+    floor_values : (K,) the worst-cell accuracy ``min_repaired_accuracy`` is checked on
+        (e.g. over more cells than the value reads), or None for the values themselves
     """
     va = np.asarray(values_a, dtype=np.float64)
     na = np.asarray(sizes_a, dtype=np.int64)
@@ -181,7 +185,8 @@ def guard_choice(values_a: np.ndarray, sizes_a: np.ndarray, balanced: np.ndarray
             vf = np.where(np.isfinite(v), v, 0.0)
             allowed &= v > vf[0] + float(rule.confirm_z) * _se(vf, vf[0], n, int(n[0]))
     allowed &= balanced >= balanced[0] - float(rule.max_balanced_drop)
-    allowed &= values >= float(rule.min_repaired_accuracy)
+    floor = values if floor_values is None else np.asarray(floor_values, dtype=np.float64)
+    allowed &= floor >= float(rule.min_repaired_accuracy)
     pseudo_ok = np.ones(len(values), dtype=bool)
     if pseudo is not None and rule.max_pseudo_drop is not None:
         pm = np.asarray(pseudo, dtype=np.float64)
@@ -189,12 +194,12 @@ def guard_choice(values_a: np.ndarray, sizes_a: np.ndarray, balanced: np.ndarray
         allowed &= pseudo_ok
     allowed[0] = True
     best = int(np.argmax(np.where(allowed, values, -np.inf))) if allowed[1:].any() else 0
-    reason = None if best else _reason(values, needed, balanced, allowed, rule, pseudo_ok, bound_ok)
+    reason = None if best else _reason(values, needed, balanced, allowed, rule, pseudo_ok, bound_ok, floor)
     return GuardDecision(best, values, needed, allowed, np.asarray(balanced, dtype=np.float64), reason)
 
 
 def _reason(values: np.ndarray, needed: np.ndarray, balanced: np.ndarray, allowed: np.ndarray,
-            rule: GuardRule, pseudo_ok: np.ndarray, bound_ok: np.ndarray) -> str:
+            rule: GuardRule, pseudo_ok: np.ndarray, bound_ok: np.ndarray, floor: np.ndarray) -> str:
     """Why no candidate passed, from the best-valued candidate's numbers."""
     if len(values) < 2 or not np.isfinite(values[1:]).any():
         return "there was no usable candidate besides the ERM head"
@@ -206,8 +211,8 @@ def _reason(values: np.ndarray, needed: np.ndarray, balanced: np.ndarray, allowe
         return (f"the best candidate's gain on the audit cells ({values[j]:.1%} against {values[0]:.1%}) is "
                 "within the noise of the rows it was scored on (paired bootstrap bound <= "
                 f"{float(rule.margin):g})")
-    if values[j] < float(rule.min_repaired_accuracy):
-        return (f"the best candidate classifies only {values[j]:.1%} of its worst audit cell correctly "
+    if floor[j] < float(rule.min_repaired_accuracy):
+        return (f"the best candidate classifies only {floor[j]:.1%} of its worst audit cell correctly "
                 f"(min_repaired_accuracy={float(rule.min_repaired_accuracy):.3g}): it guesses on the rows the "
                 "ERM head gets wrong rather than repairing them")
     if balanced[j] < balanced[0] - float(rule.max_balanced_drop):
