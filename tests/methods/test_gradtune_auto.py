@@ -282,7 +282,8 @@ def test_value_cells_are_regions_of_the_inferred_minority(biased: EmbeddingBundl
     from gradtune.methods.inferred import inference_features
     from gradtune.selection.audit import region_cells
 
-    d = get_method("gradtune-auto", min_structure_auc=0.0, audit_coverage=False, **FAST).fit(biased, seed=0).diagnostics
+    d = get_method("gradtune-auto", min_structure_auc=0.0, audit_coverage=False, value_cells="inferred",
+                   **FAST).fit(biased, seed=0).diagnostics
     held, sel = biased.view("heldout"), biased.view("selection")
     minority = np.zeros(len(biased.labels), dtype=bool)
     minority[d["inferred_minority_rows"]] = True
@@ -297,3 +298,17 @@ def test_value_cells_are_regions_of_the_inferred_minority(biased: EmbeddingBundl
     m = get_method("gradtune-auto", min_structure_auc=0.0, audit_coverage=False, value_cells="mistakes",
                    **FAST).fit(biased, seed=0).diagnostics
     assert m["value_cell_counts"] == m["audit_counts"]
+
+
+def test_coverage_also_reads_the_regions_of_the_inferred_minority() -> None:
+    # lin-imbalance-80, seed 0 (development half): the ERM head's mistakes give the rare class a
+    # region of 10+ rows on both halves, but the twins flag no row of it, so a repair fitted on
+    # their groups could move that class's minority unseen
+    from gradtune.experiments.stress import build_member_bundle
+
+    bundle = build_member_bundle("lin-imbalance-80", 0)
+    off = get_method("gradtune-auto", audit_coverage=False, **FAST).fit(bundle, seed=0).diagnostics
+    assert min(off["audit_counts"][h][3] for h in ("heldout", "selection")) >= 10, off["audit_counts"]
+    assert max(off["pseudo_group_counts"]["xrm"][h][3] for h in ("heldout", "selection")) == 0
+    d = get_method("gradtune-auto", **FAST).fit(bundle, seed=0).diagnostics
+    assert d["guard_kept_erm"] and "class 1 (0 rows)" in d["guard_reason"], d["guard_reason"]

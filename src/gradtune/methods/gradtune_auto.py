@@ -28,8 +28,8 @@ evidence the inference cannot rig. No step reads a group label, an attribute or 
    learns where the ERM head errs on half A, and splits half B's rows into that region
    and the rest. Candidates fitted on A are scored on B's cells, and (``crossfit``)
    the roles are swapped and the two scores averaged. A candidate's value is its worst
-   accuracy over the cells of a second region model, learned the same way from the
-   inference's minority of half A (``value_cells``: purer than the mistakes in 3+ classes).
+   audit-cell accuracy (``value_cells="inferred"``: over regions learned the same way from
+   the inference's minority instead, purer in 3+ classes but not the default).
 4. **The guard.** First, is there a shortcut at all? Within each class, the ERM head's
    mistakes always differ from its correct rows along the head's own decision
    directions; a shortcut's minority differs along other directions too.
@@ -38,9 +38,9 @@ evidence the inference cannot rig. No step reads a group label, an attribute or 
    apart (cross-fitted AUC), and the same for the twins' inferred minority; when
    neither reaches its threshold (``min_structure_auc``, ``min_twin_auc``) the head is
    kept: its mistakes look like class overlap or label noise. Nor is a repair judged
-   when some class's audit region has fewer than ``min_group_size`` rows on a half
-   (``audit_coverage``): that class's minority would be invisible. Then a candidate must
-   (a) beat the ERM head's value with a paired bootstrap bound above ``margin``
+   when some class's region (of the mistakes or of the inferred minority) has fewer than
+   ``min_group_size`` rows on a half (``audit_coverage``): its minority would be
+   invisible. Then a candidate must (a) beat the ERM head's value with a paired bootstrap bound above ``margin``
    (``gain_quantile``: candidate and ERM head scored on the same resampled rows), and on
    each validation half by ``confirm_z`` standard errors of that half's (the best of
    several noisy candidates otherwise wins by luck; ``margin_z`` adds an unpaired
@@ -173,12 +173,12 @@ class GradTuneAutoMethod(Method):
     finetune : FinetuneConfig
         The fine-tuning loop (the paper's vision setting); ``sampler`` and ``epochs``
         are set by the method.
-    value_cells : {"inferred", "mistakes"}, default="inferred"
+    value_cells : {"mistakes", "inferred"}, default="mistakes"
         Cells the value, its bound and per-half checks read: regions of the first inference's
         minority, or of the ERM head's mistakes (which the floor and coverage also read).
     min_group_size : int, default=10
         Smallest audit cell the value counts.
-    margin : float, default=0.02
+    margin : float, default=0.05
         A candidate must beat ERM's value by more than this, and so must the paired
         bootstrap bound of its gain: the cells stand in for the true groups, and a gain
         smaller than that proxy's error is no evidence ...
@@ -214,9 +214,9 @@ class GradTuneAutoMethod(Method):
         same way with at least this AUC (the mistakes test has little power when the
         minority is a small share of the mistakes). ``1.0`` turns this route off.
     audit_coverage : bool, default=True
-        Keep the ERM head when some class's region (of the mistakes or of the value cells)
-        has fewer than ``min_group_size`` rows on a half: that class is one cell, and a
-        repair could lose its minority unseen (a rare class).
+        Keep the ERM head when some class's region (of the mistakes or of the inferred
+        minority) has fewer than ``min_group_size`` rows on a half: that class is one cell,
+        and a repair could lose its minority unseen (a rare class).
     min_erm_minority_accuracy : float, default=0.0
         Optional pre-check: keep the ERM head when it classifies fewer than this share
         of the first inference's minority rows correctly (0 turns it off; the audit
@@ -246,10 +246,10 @@ class GradTuneAutoMethod(Method):
     top_k: int = TOP_K.field()
     epochs_grid: tuple[int, ...] = param(AUTO_EPOCHS, "snapshots of the fine-tuning run", ge=1, fast=(1, 3))
     finetune: FinetuneConfig = finetune_block(space=None, fast_epochs=None)
-    value_cells: str = param("inferred", "cells the value reads: regions of the inferred minority or of the "
+    value_cells: str = param("mistakes", "cells the value reads: regions of the inferred minority or of the "
                                          "ERM head's mistakes", choices=("inferred", "mistakes"))
     min_group_size: int = param(10, "smallest audit cell the value counts", ge=1)
-    margin: float = param(0.02, "a candidate (and its paired bound) must beat ERM's value by more than this", ge=0)
+    margin: float = param(0.05, "a candidate (and its paired bound) must beat ERM's value by more than this", ge=0)
     margin_z: float = param(0.0, "... plus this many standard errors of the difference", ge=0)
     gain_quantile: float | None = param(0.1, "quantile of the paired bootstrap gain that must exceed margin "
                                              "(None: off)", kind="float", gt=0, lt=1, optional=True)
@@ -407,14 +407,11 @@ class GradTuneAutoMethod(Method):
         # audit cells: where the ERM head errs, learned on one half and applied to the other
         audit_sel = region_cells(xi_held, held.labels, ~right[:len(held)], xi_sel, sel.labels, n_classes)
         audit_held = region_cells(xi_sel, sel.labels, ~right[len(held):], xi_held, held.labels, n_classes)
-        if self.value_cells == "inferred":   # regions of the first inference's minority, the same way
-            g_held, g_sel = inferences[first]
-            value_sel = region_cells(xi_held, held.labels, g_held % 2 == 1, xi_sel, sel.labels, n_classes)
-            value_held = region_cells(xi_sel, sel.labels, g_sel % 2 == 1, xi_held, held.labels, n_classes)
-        else:
-            value_sel, value_held = audit_sel, audit_held
-        uncovered = uncovered_classes([audit_sel, audit_held, value_sel, value_held], n_classes,
-                                      int(self.min_group_size))
+        g_held, g_sel = inferences[first]     # and where the first inference's minority lies
+        inf_sel = region_cells(xi_held, held.labels, g_held % 2 == 1, xi_sel, sel.labels, n_classes)
+        inf_held = region_cells(xi_sel, sel.labels, g_sel % 2 == 1, xi_held, held.labels, n_classes)
+        value_sel, value_held = (inf_sel, inf_held) if self.value_cells == "inferred" else (audit_sel, audit_held)
+        uncovered = uncovered_classes([audit_sel, audit_held, inf_sel, inf_held], n_classes, int(self.min_group_size))
         if self.audit_coverage and uncovered:
             names = ", ".join(f"class {k} ({n} rows)" for k, n in uncovered)
             return _keep_erm(head, f"too few rows like the ERM head's mistakes or the inferred minority to audit "
