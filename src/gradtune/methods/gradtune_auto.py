@@ -37,19 +37,18 @@ evidence the inference cannot rig. No step reads a group label, an attribute or 
    surrogate of the head's logits and asks how well the mistakes can still be told
    apart (cross-fitted AUC), and the same for the twins' inferred minority; when
    neither reaches its threshold (``min_structure_auc``, ``min_twin_auc``) the head is
-   kept: its mistakes look like class overlap or label noise. Nor is a repair judged
-   when some class's region (of the mistakes or of the inferred minority) has fewer than
-   ``min_group_size`` rows on a half (``audit_coverage``): its minority would be
-   invisible. Then a candidate must (a) beat the ERM head's value with a paired bootstrap bound above ``margin``
-   (``gain_quantile``: candidate and ERM head scored on the same resampled rows), and on
+   kept: its mistakes look like class overlap or label noise. Nor is a repair judged when
+   some class's region (of the mistakes or of the inferred minority) has fewer than
+   ``min_group_size`` rows on a half (``audit_coverage``): its minority would be invisible.
+   Then a candidate must (a) beat the ERM head's value with a paired bootstrap bound above
+   ``margin`` (``gain_quantile``: both heads scored on the same resampled rows), and on
    each validation half by ``confirm_z`` standard errors of that half's (the best of
    several noisy candidates otherwise wins by luck; ``margin_z`` adds an unpaired
    binomial test), (b) lose at most ``max_balanced_drop`` of class-balanced accuracy and
    ``max_pseudo_drop`` of the mean accuracy over the pseudo-groups (trading easy rows for
    hard ones is no repair), (c) classify at least ``min_repaired_accuracy x 2 / C`` of
-   every cell of both region models correctly (guessing gets ``1 / C``). The best
-   allowed value wins
-   (:func:`~gradtune.selection.guard.guard_choice`). Without ``encoder_features`` (and
+   every cell of both region models correctly (guessing gets ``1 / C``). The best allowed
+   value wins (:func:`~gradtune.selection.guard.guard_choice`). Without ``encoder_features`` (and
    ``features="auto"``) the head is kept too: its own features cannot reveal the
    shortcut it learned. The reason is in ``diagnostics["guard_reason"]`` (WARNING log).
 5. **Refit** (``refit=True``): a chosen ``"retrain"`` candidate is refitted with its C
@@ -263,7 +262,8 @@ class GradTuneAutoMethod(Method):
                                          le=1)
     min_structure_auc: float = param(0.6, "least cross-fitted AUC of the head's mistakes", ge=0, le=1)
     min_twin_auc: float = param(0.7, "... or of the twins' inferred minority (1.0: this route off)", ge=0, le=1)
-    audit_coverage: bool = param(True, "keep the ERM head when a class's audit region is below min_group_size")
+    audit_coverage: bool = param(True, "keep the ERM head when a class's region (mistakes or inferred minority) "
+                                       "is below min_group_size")
     min_erm_minority_accuracy: float = param(0.0, "optional pre-check on the ERM head (0: off)", ge=0, le=1)
 
     def __post_init__(self) -> None:
