@@ -267,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         "on this page; its failures send the work back to the development half (the fifth batch's "
         "`lin-imbalance-90` failure led to `audit_coverage`, chosen on development probes; a reading "
         "with `value_cells=\"inferred\"` failed `fm-3class-stripes-tied85` and the default went back to "
-        "the mistakes' cells). Members "
-        "marked (2) to (6) are later batches, each added to both halves before any tuning on it; the "
+        "the mistakes' cells). Members marked (2) to (6) are later batches, each added to both halves "
+        "before any tuning on it; the "
         "earlier batches' report halves had been read before (docs/label-free-design.md says when and "
         "what changed after).",
         "",

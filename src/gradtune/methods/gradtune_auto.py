@@ -423,15 +423,17 @@ class GradTuneAutoMethod(Method):
             n_classes, streams)
         v2 = n2 = None
         halves = [(ok_a, value_sel)]
-        floors = [worst_over_cell_sets(ok_a, (audit_sel, value_sel), 2 * n_classes, int(self.min_group_size))]
+        both = self.value_cells == "inferred"   # the floor reads every cell of both region models
+        floors = [worst_over_cell_sets(ok_a, (audit_sel, value_sel)[:1 + both], 2 * n_classes,
+                                       int(self.min_group_size))]
         if self.crossfit:
             swapped = {k: (g_sel, g_held) for k, (g_held, g_sel) in inferences.items()}
             _, v2, n2, b2, p2, _, ok_b = self._side(swapped, sel.features, sel.labels, held.features, held.labels,
                                                     value_held, epochs, head, n_classes, streams)
             balanced, pseudo = (balanced + b2) / 2, (pseudo + p2) / 2
             halves.append((ok_b, value_held))
-            floors.append(worst_over_cell_sets(ok_b, (audit_held, value_held), 2 * n_classes,
-                                                   int(self.min_group_size)))
+            floors.append(worst_over_cell_sets(ok_b, (audit_held, value_held)[:1 + both], 2 * n_classes,
+                                               int(self.min_group_size)))
         lower = None if self.gain_quantile is None else paired_gain_bound(
             halves, 2 * n_classes, int(self.min_group_size), float(self.gain_quantile), streams.rng("guard"),
             int(self.n_boot))

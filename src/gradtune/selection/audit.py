@@ -34,8 +34,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["region_cells", "cell_accuracies", "worst_cell_accuracy", "uncovered_classes", "worst_over_cell_sets",
-           "structure_auc",
-           "structure_aucs"]
+           "structure_auc", "structure_aucs"]
 
 
 def region_cells(x_fit: np.ndarray, y_fit: np.ndarray, flag_fit: np.ndarray, x_apply: np.ndarray,
@@ -131,12 +130,8 @@ def uncovered_classes(cells: list[np.ndarray], n_classes: int, min_rows: int) ->
 
     Such a class's rows are judged as one cell: whatever a repair does to the rows the
     ERM head gets wrong there (a rare class's minority) cannot be seen."""
-    out = []
-    for k in range(int(n_classes)):
-        least = min(int(np.count_nonzero(np.asarray(c) == 2 * k + 1)) for c in cells)
-        if least < int(min_rows):
-            out.append((k, least))
-    return out
+    least = np.min([np.bincount(np.asarray(c), minlength=2 * int(n_classes))[1::2] for c in cells], axis=0)
+    return [(k, int(n)) for k, n in enumerate(least) if n < int(min_rows)]
 
 
 def structure_auc(x_a: np.ndarray, y_a: np.ndarray, flag_a: np.ndarray, logits_a: np.ndarray,
