@@ -93,3 +93,38 @@ def test_class_prior_sets_training_and_validation_frequencies_not_test() -> None
 def test_bad_specs_are_named(bad: dict) -> None:
     with pytest.raises(ValueError, match="bad"):
         ShortcutSpec("bad", **bad)
+
+
+def test_heavy_tailed_noise_keeps_unit_variance_and_other_rows() -> None:
+    base = ShortcutSpec("t", dim=8, core_strength=2.0, n_train=20000, n_val=10, n_test=10, build_seed=7)
+    heavy = make_shortcut_data(replace(base, noise_df=3.0))
+    gauss = make_shortcut_data(base)
+    np.testing.assert_array_equal(heavy.labels, gauss.labels)   # the same rows, other noise
+    tr = _split(heavy, "train")
+    x, y = heavy.inputs[tr], heavy.labels[tr]
+    # noise = x minus its class-and-attribute mean: unit variance, kurtosis far above 3 (t with 3 df)
+    resid = np.concatenate([x[heavy.groups[tr] == g] - x[heavy.groups[tr] == g].mean(0)
+                            for g in np.unique(heavy.groups[tr])])
+    assert abs(resid.var() - 1.0) < 0.1
+    kurt = ((resid - resid.mean(0)) ** 4).mean(0) / resid.var(0) ** 2
+    assert kurt.mean() > 6.0
+    assert y.shape == gauss.labels[_split(gauss, "train")].shape
+
+
+def test_relu_encoder_is_one_random_layer_over_the_gaussian_rows() -> None:
+    base = ShortcutSpec("r", dim=12, n_train=300, n_val=50, n_test=50, build_seed=8)
+    raw, enc = make_shortcut_data(base), make_shortcut_data(replace(base, encoder="relu"))
+    np.testing.assert_array_equal(raw.groups, enc.groups)
+    assert (enc.inputs >= 0).all() and (enc.inputs == 0).mean() > 0.2
+    x = raw.inputs.astype(np.float64)
+    found = enc.inputs.astype(np.float64)
+    # the encoded rows are a ReLU of an affine map of the raw rows: solve for it on the active
+    # coordinates of one output and check that it explains them
+    for j in range(3):
+        act = found[:, j] > 0
+        design = np.c_[x[act], np.ones(act.sum())]
+        coef, *_ = np.linalg.lstsq(design, found[act, j] / np.sqrt(2.0), rcond=None)
+        np.testing.assert_allclose(design @ coef, found[act, j] / np.sqrt(2.0), atol=1e-4)
+        # and rows where the map is negative are exactly the zeros
+        pre = np.c_[x, np.ones(len(x))] @ coef
+        assert ((pre > 1e-4) == act).mean() > 0.99

@@ -24,6 +24,10 @@ tied, each with its own directions); the groups are then the class crossed with 
 attribute's value. ``label_noise`` flips training and validation labels (never test
 labels) to a uniformly drawn other class. ``class_prior`` makes the classes unequally
 frequent in training and validation (CelebA-like; the test split stays group-balanced).
+``noise_df`` draws the noise from a Student-t law (heavy tails, still unit variance per
+dimension) and ``encoder="relu"`` passes every row through one random ReLU layer, so the
+features are non-negative and sparse like pooled CNN embeddings and the core and the
+shortcut are no longer linear directions of them.
 ``shortcut_strength = 0`` gives a control with nothing to repair.
 
 Group ids: ``y * A + a`` where ``a`` is the combined attribute value (``A`` values).
@@ -38,9 +42,10 @@ import numpy as np
 
 from gradtune.data.base import SPLIT_CODES, GroupedDataset
 
-__all__ = ["ShortcutSpec", "make_shortcut_data", "TIES"]
+__all__ = ["ShortcutSpec", "make_shortcut_data", "TIES", "ENCODERS"]
 
 TIES = ("class", "one")
+ENCODERS = ("none", "relu")
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,13 @@ class ShortcutSpec:
     class_prior : tuple of float, optional
         Class frequencies in training and validation (length ``n_classes``, positive,
         summing to 1); default: every class equally likely.
+    noise_df : float, optional
+        Degrees of freedom (> 2) of Student-t noise, scaled to unit variance; default:
+        Gaussian noise.
+    encoder : {"none", "relu"}, default="none"
+        ``"relu"``: the rows become ``relu(W x + b) * sqrt(2)`` with ``W`` (d, d) Gaussian
+        of variance ``1 / d`` and ``b`` Gaussian of variance ``1 / 4`` (one random layer,
+        drawn after every other draw, so the other members' rows do not change).
     n_train, n_val, n_test : int
         Rows per split (test rows are group-balanced).
     build_seed : int
@@ -93,6 +105,8 @@ class ShortcutSpec:
     val_balanced: bool = False
     label_noise: float = 0.0
     class_prior: tuple[float, ...] | None = None
+    noise_df: float | None = None
+    encoder: str = "none"
     n_train: int = 4000
     n_val: int = 2000
     n_test: int = 4000
@@ -101,6 +115,10 @@ class ShortcutSpec:
     def __post_init__(self) -> None:
         if self.tie not in TIES:
             raise ValueError(f"{self.name}: tie must be one of {TIES}, got {self.tie!r}")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"{self.name}: encoder must be one of {ENCODERS}, got {self.encoder!r}")
+        if self.noise_df is not None and not float(self.noise_df) > 2.0:
+            raise ValueError(f"{self.name}: noise_df must be > 2 (finite variance), got {self.noise_df!r}")
         if int(self.n_classes) < 2:
             raise ValueError(f"{self.name}: n_classes must be >= 2, got {self.n_classes}")
         if int(self.n_attributes) < 1 or (self.tie == "one" and int(self.n_attributes) != 1):
@@ -201,12 +219,20 @@ def make_shortcut_data(spec: ShortcutSpec) -> GroupedDataset:
     split = np.repeat([SPLIT_CODES["train"], SPLIT_CODES["val"], SPLIT_CODES["test"]],
                       [spec.n_train, spec.n_val, spec.n_test])
     n = len(labels)
-    x = rng.standard_normal((n, d))
+    if spec.noise_df is None:
+        x = rng.standard_normal((n, d))
+    else:  # Student-t, scaled to unit variance: var(t_df) = df / (df - 2)
+        df = float(spec.noise_df)
+        x = rng.standard_t(df, size=(n, d)) * np.sqrt((df - 2.0) / df)
     x += float(spec.core_strength) * mu[true_y]
     rest = attrs.copy()
     for j in reversed(range(k)):                          # decode the combined attribute
         x += float(spec.shortcut_strength) * nu[j, rest % v]
         rest //= v
+    if spec.encoder == "relu":
+        w = rng.standard_normal((d, d)) / np.sqrt(d)
+        b = rng.standard_normal(d) * 0.5
+        x = np.maximum(x @ w.T + b, 0.0) * np.sqrt(2.0)
     groups = labels * spec.n_attribute_values + attrs
     attr_names = [str(i) for i in range(spec.n_attribute_values)]
     class_names = [f"class{i}" for i in range(c)]

@@ -60,7 +60,7 @@ class StressMember:
     name : str; family : str; role : "dev" or "report" (from the split rule);
     spec : ShortcutSpec (synthetic) or OfflineBenchmark (offline); erm : "linear" or "mlp"
     (synthetic only); control : True where there is no shortcut (the method must keep ERM);
-    batch : 1 for the first members, 2 to 6 for later batches (each added, with its roles,
+    batch : 1 for the first members, 2 to 7 for later batches (each added, with its roles,
     before any default was tuned on it; the earlier batches' report halves had been read).
     """
 
@@ -329,8 +329,33 @@ _MEMBERS: tuple[StressMember, ...] = (
     _fm("fmnist", "fm-pullover-shirt-bg85", classes=(2, 6), train_agreement=0.85, val_agreement=0.85, n_val=4000),
     _fm("fmnist", "fm-trouser-dress-bright85", classes=(1, 3), shortcut="brightness", train_agreement=0.85,
         val_agreement=0.85, n_val=4000),
+    # Seventh batch, declared together before any run on it (after the sixth batch's report half
+    # had been read twice): two new axes, features from one random ReLU layer (non-negative and
+    # sparse, like pooled CNN embeddings) and heavy-tailed noise, each with a control; a validation
+    # set biased against the training bias; and more three- and four-class marks at 80-90%.
+    _syn("relu-features", "relu-weak-core", encoder="relu", dim=128, core_strength=1.2, shortcut_strength=3.0),
+    _syn("relu-features", "relu-3class", encoder="relu", n_classes=3, dim=96, core_strength=1.8),
+    _syn("relu-features", "relu-mark-3class", encoder="relu", n_classes=3, tie="one", tied_class=1, dim=96,
+         core_strength=1.8, train_agreement=0.9),
+    _syn("relu-features", "relu-minority-3pct", encoder="relu", dim=96, core_strength=1.6, train_agreement=0.97,
+         n_train=6000),
+    _syn("heavy-tail", "t3-weak-core", noise_df=3.0, dim=64, core_strength=1.2, shortcut_strength=3.0),
+    _syn("heavy-tail", "t4-3class", noise_df=4.0, n_classes=3, dim=64, core_strength=1.8),
+    _syn("control", "control-relu", control=True, encoder="relu", dim=96, core_strength=1.6, shortcut_strength=0.0),
+    _syn("control", "control-t3", control=True, noise_df=3.0, dim=64, core_strength=1.5, shortcut_strength=0.0),
+    _syn("heldout-bias", "lin-val-anti-bias", dim=64, core_strength=1.5, val_agreement=0.3),
+    _syn("heldout-bias", "lin-val-anti-bias-3class", n_classes=3, dim=64, core_strength=1.8, val_agreement=0.2),
+    _syn("tied-one", "lin-mark-3class-80", n_classes=3, tie="one", tied_class=0, dim=64, core_strength=1.8,
+         train_agreement=0.8),
+    _syn("tied-one", "lin-mark-4class-85", n_classes=4, tie="one", tied_class=3, dim=96, core_strength=1.8,
+         train_agreement=0.85),
+    _fm("fmnist-multiclass", "fm-3class-stripes-tied80", marked=True, classes=(3, 4, 6), tied_class=0,
+        shortcut="stripes", agreement=0.8),
+    _fm("fmnist-multiclass", "fm-4class-bg-tied90", marked=True, classes=(0, 2, 5, 9), tied_class=2,
+        agreement=0.9),
 )
 _FIRST_BATCH, _SECOND_BATCH_END, _THIRD_BATCH_END, _FOURTH_BATCH_END, _FIFTH_BATCH_END = 37, 63, 73, 101, 121
+_SIXTH_BATCH_END = 137
 
 
 def _assign_roles(members: tuple[StressMember, ...]) -> tuple[StressMember, ...]:
@@ -340,7 +365,7 @@ def _assign_roles(members: tuple[StressMember, ...]) -> tuple[StressMember, ...]
         k = seen.get(m.family, 0)
         seen[m.family] = k + 1
         batch = 1 + sum(i >= end for end in (_FIRST_BATCH, _SECOND_BATCH_END, _THIRD_BATCH_END, _FOURTH_BATCH_END,
-                                             _FIFTH_BATCH_END))
+                                             _FIFTH_BATCH_END, _SIXTH_BATCH_END))
         out.append(replace(m, role=ROLES[k % 2], batch=batch))
     return tuple(out)
 
