@@ -60,7 +60,7 @@ class StressMember:
     name : str; family : str; role : "dev" or "report" (from the split rule);
     spec : ShortcutSpec (synthetic) or OfflineBenchmark (offline); erm : "linear" or "mlp"
     (synthetic only); control : True where there is no shortcut (the method must keep ERM);
-    batch : 1 for the first members, 2 to 7 for later batches (each added, with its roles,
+    batch : 1 for the first members, 2 to 8 for later batches (each added, with its roles,
     before any default was tuned on it; the earlier batches' report halves had been read).
     """
 
@@ -86,12 +86,12 @@ def _syn(family: str, name: str, erm: str = "linear", control: bool = False, **k
     return StressMember(name, family, ShortcutSpec(name=name, **kw), erm=erm, control=control)
 
 
-def _fm(family: str, name: str, marked: bool = False, **kw: Any) -> StressMember:
+def _fm(family: str, name: str, marked: bool = False, control: bool = False, **kw: Any) -> StressMember:
     load = FmnistMarked(name=name, **kw) if marked else FmnistSpurious(name=name, **kw)
     bench = OfflineBenchmark(name=name, description=f"Fashion-MNIST stress member {load!r}", load=load,
                              files=fmnist_files, encoder="efficientnet-lite0",
                              encoder_params=dict(_FMNIST_ENCODER), mlp=_FMNIST_MLP)
-    return StressMember(name, family, bench)
+    return StressMember(name, family, bench, control=control)
 
 
 def _reviews(family: str, name: str, attribute: str) -> StressMember:
@@ -353,9 +353,21 @@ _MEMBERS: tuple[StressMember, ...] = (
         shortcut="stripes", agreement=0.8),
     _fm("fmnist-multiclass", "fm-4class-bg-tied90", marked=True, classes=(0, 2, 5, 9), tied_class=2,
         agreement=0.9),
+    # Eighth batch, declared before any run of its report members: controls on image features (the
+    # shortcut is injected but independent of the class, so there is nothing to repair). The two
+    # development members had been run as probes after the seventh batch's development half showed
+    # a repaired control on ReLU features.
+    _fm("fmnist-control", "fm-control-bg", control=True, classes=(0, 3), train_agreement=0.5, val_agreement=0.5,
+        n_val=4000),
+    _fm("fmnist-control", "fm-control-bright-3class", control=True, marked=True, classes=(1, 4, 8), tied_class=1,
+        shortcut="brightness", agreement=0.5),
+    _fm("fmnist-control", "fm-control-stripes-3class", control=True, marked=True, classes=(5, 7, 9), tied_class=0,
+        shortcut="stripes", agreement=0.5),
+    _fm("fmnist-control", "fm-control-stripes", control=True, classes=(6, 8), shortcut="stripes",
+        train_agreement=0.5, val_agreement=0.5, n_val=4000),
 )
 _FIRST_BATCH, _SECOND_BATCH_END, _THIRD_BATCH_END, _FOURTH_BATCH_END, _FIFTH_BATCH_END = 37, 63, 73, 101, 121
-_SIXTH_BATCH_END = 137
+_SIXTH_BATCH_END, _SEVENTH_BATCH_END = 137, 151
 
 
 def _assign_roles(members: tuple[StressMember, ...]) -> tuple[StressMember, ...]:
@@ -365,7 +377,7 @@ def _assign_roles(members: tuple[StressMember, ...]) -> tuple[StressMember, ...]
         k = seen.get(m.family, 0)
         seen[m.family] = k + 1
         batch = 1 + sum(i >= end for end in (_FIRST_BATCH, _SECOND_BATCH_END, _THIRD_BATCH_END, _FOURTH_BATCH_END,
-                                             _FIFTH_BATCH_END, _SIXTH_BATCH_END))
+                                             _FIFTH_BATCH_END, _SIXTH_BATCH_END, _SEVENTH_BATCH_END))
         out.append(replace(m, role=ROLES[k % 2], batch=batch))
     return tuple(out)
 
