@@ -37,7 +37,8 @@ evidence the inference cannot rig. No step reads a group label, an attribute or 
    surrogate of the head's logits and asks how well the mistakes can still be told
    apart (cross-fitted AUC), and the same for the twins' inferred minority; when
    neither reaches its threshold (``min_structure_auc``, ``min_twin_auc``) the head is
-   kept: its mistakes look like class overlap or label noise. Nor is a repair judged when
+   kept: its mistakes look like class overlap or label noise (a premise that holds for Gaussian
+   classes; on non-Gaussian features a control can pass, docs/label-free-design.md). Nor is a repair judged when
    some class's region (of the mistakes or of the inferred minority) has fewer than
    ``min_group_size`` rows on a half (``audit_coverage``): its minority would be invisible.
    Then a candidate must (a) beat the ERM head's value with a paired bootstrap bound above
