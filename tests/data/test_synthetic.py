@@ -89,7 +89,8 @@ def test_class_prior_sets_training_and_validation_frequencies_not_test() -> None
 @pytest.mark.parametrize("bad", [{"tie": "two"}, {"n_classes": 1}, {"train_agreement": 1.5},
                                  {"label_noise": -0.1}, {"dim": 2}, {"tie": "one", "n_attributes": 2},
                                  {"class_prior": (0.5, 0.3)}, {"class_prior": (1.0, 0.0)},
-                                 {"n_classes": 3, "class_prior": (0.5, 0.5)}])
+                                 {"n_classes": 3, "class_prior": (0.5, 0.5)}, {"encoder": "tanh"},
+                                 {"noise_df": 2.0}])
 def test_bad_specs_are_named(bad: dict) -> None:
     with pytest.raises(ValueError, match="bad"):
         ShortcutSpec("bad", **bad)
