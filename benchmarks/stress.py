@@ -271,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         "`lin-imbalance-90` failure led to `audit_coverage`, chosen on development probes; a reading "
         "with `value_cells=\"inferred\"` failed `fm-3class-stripes-tied85` and the default went back to "
         "the mistakes' cells; the seventh batch's `control-t3` failure is open, see docs/label-free-design.md). "
-        "Members marked (2) to (8) are later batches, each added to both halves "
+        f"Members marked (2) to ({max(STRESS_SUITE[m].batch for m in members)}) are later batches, each added "
+        "to both halves "
         "before any tuning on it; the "
         "earlier batches' report halves had been read before (docs/label-free-design.md says when and "
         "what changed after).",

@@ -120,7 +120,7 @@ def test_relu_encoder_is_one_random_layer_over_the_gaussian_rows() -> None:
     x = raw.inputs.astype(np.float64)
     found = enc.inputs.astype(np.float64)
     # the encoded rows are a ReLU of an affine map of the raw rows: solve for it on the active
-    # coordinates of one output and check that it explains them
+    # rows of each of three outputs and check that it explains them
     for j in range(3):
         act = found[:, j] > 0
         design = np.c_[x[act], np.ones(act.sum())]

@@ -366,8 +366,7 @@ _MEMBERS: tuple[StressMember, ...] = (
     _fm("fmnist-control", "fm-control-stripes", control=True, classes=(6, 8), shortcut="stripes",
         train_agreement=0.5, val_agreement=0.5, n_val=4000),
 )
-_FIRST_BATCH, _SECOND_BATCH_END, _THIRD_BATCH_END, _FOURTH_BATCH_END, _FIFTH_BATCH_END = 37, 63, 73, 101, 121
-_SIXTH_BATCH_END, _SEVENTH_BATCH_END = 137, 151
+_BATCH_ENDS = (37, 63, 73, 101, 121, 137, 151)   # members listed before batch 2, 3, ... starts
 
 
 def _assign_roles(members: tuple[StressMember, ...]) -> tuple[StressMember, ...]:
@@ -376,8 +375,7 @@ def _assign_roles(members: tuple[StressMember, ...]) -> tuple[StressMember, ...]
     for i, m in enumerate(members):
         k = seen.get(m.family, 0)
         seen[m.family] = k + 1
-        batch = 1 + sum(i >= end for end in (_FIRST_BATCH, _SECOND_BATCH_END, _THIRD_BATCH_END, _FOURTH_BATCH_END,
-                                             _FIFTH_BATCH_END, _SIXTH_BATCH_END, _SEVENTH_BATCH_END))
+        batch = 1 + sum(i >= end for end in _BATCH_ENDS)
         out.append(replace(m, role=ROLES[k % 2], batch=batch))
     return tuple(out)
 
