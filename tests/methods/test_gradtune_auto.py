@@ -312,3 +312,44 @@ def test_coverage_also_reads_the_regions_of_the_inferred_minority() -> None:
     assert max(off["pseudo_group_counts"]["xrm"][h][3] for h in ("heldout", "selection")) == 0
     d = get_method("gradtune-auto", **FAST).fit(bundle, seed=0).diagnostics
     assert d["guard_kept_erm"] and "class 1 (0 rows)" in d["guard_reason"], d["guard_reason"]
+
+
+def test_deployment_rows_are_read_for_their_features_only(biased: EmbeddingBundle) -> None:
+    params = {**FAST, "audit_coverage": False, "deployment_split": "test"}
+    ref = GradTuneAutoMethod(**params).fit(biased, seed=1)
+    rng = np.random.default_rng(0)
+    test = biased.split == "test"
+    labels, groups = biased.labels.copy(), biased.groups.copy()
+    labels[test] = rng.integers(0, biased.n_classes, int(test.sum()))
+    groups[test] = rng.integers(0, 9, int(test.sum()))
+    other = replace(biased, labels=labels, groups=groups)
+    got = GradTuneAutoMethod(**params).fit(other, seed=1)
+    np.testing.assert_array_equal(got.model.weight, ref.model.weight)
+    assert got.diagnostics["deployment_shares"] == ref.diagnostics["deployment_shares"]
+    halves = ref.diagnostics["deployment_shares"]
+    assert len(halves) == 2 and all(sum(h["deployment"]) == pytest.approx(1.0) for h in halves)
+    # off by default: no share estimated
+    assert GradTuneAutoMethod(**FAST, audit_coverage=False).fit(biased, seed=1).diagnostics["deployment_shares"] == []
+
+
+def test_a_repair_must_pay_where_the_model_is_deployed(biased: EmbeddingBundle) -> None:
+    # the training rows carry the validation bias: deployed there, the repair's trade of
+    # majority rows for minority rows loses accuracy and the ERM head is kept; the test rows
+    # are group-balanced: the minority's share rises there and the repair stands
+    params = {**FAST, "audit_coverage": False}
+    assert not GradTuneAutoMethod(**params).fit(biased, seed=0).diagnostics["guard_kept_erm"]
+    like_val = GradTuneAutoMethod(**params, deployment_split="train").fit(biased, seed=0).diagnostics
+    assert like_val["guard_kept_erm"]
+    assert "weighted as the deployment rows hold them" in like_val["guard_reason"]
+    for half in like_val["deployment_shares"]:
+        np.testing.assert_allclose(half["deployment"], half["validation"], atol=0.06)
+    balanced = GradTuneAutoMethod(**params, deployment_split="test").fit(biased, seed=0).diagnostics
+    assert not balanced["guard_kept_erm"]
+    for half in balanced["deployment_shares"]:
+        minority = np.asarray(half["deployment"])[[1, 3]].sum()       # ids 2 * label + minority
+        assert minority > 2 * np.asarray(half["validation"])[[1, 3]].sum()
+
+
+def test_a_missing_deployment_split_is_named(biased: EmbeddingBundle) -> None:
+    with pytest.raises(BundleError, match="'deploy'"):
+        GradTuneAutoMethod(**FAST, deployment_split="deploy").fit(biased, seed=1)

@@ -80,7 +80,10 @@ def test_a_repair_may_not_lower_the_mean_accuracy_over_the_inferred_groups() -> 
     assert d.allowed.tolist() == [True, False, True] and d.best == 2
     assert guard_choice(va, n, bal, GuardRule(max_pseudo_drop=0.05), pseudo=pseudo).best == 1
     d = guard_choice(va[:2], n[:2], bal[:2], GuardRule(max_pseudo_drop=0.0), pseudo=pseudo[:2])
-    assert d.best == 0 and "mean accuracy over the inferred groups" in d.reason
+    assert d.best == 0 and "mean accuracy over the inferred groups (weighted equally)" in d.reason
+    rule = GuardRule(max_pseudo_drop=0.0, pseudo_weighting="as the deployment rows hold them")
+    d = guard_choice(va[:2], n[:2], bal[:2], rule, pseudo=pseudo[:2])
+    assert "(weighted as the deployment rows hold them)" in d.reason
 
 
 def _slow_worst(correct: np.ndarray, cells: np.ndarray, n_cells: int, min_rows: int, w: np.ndarray) -> float:

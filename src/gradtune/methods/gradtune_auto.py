@@ -4,54 +4,41 @@ Where the held-out set carries the training bias (CelebA's, MultiNLI's and
 CivilComments' validation sets), GradTune's top-norm set is only partly minority and
 fine-tuning on it can lower worst-group accuracy. ``gradtune-auto`` infers groups without
 labels, fits repairs on them, and keeps the ERM head unless a repair is better on
-evidence the inference cannot rig. No step reads a group label, an attribute or a test row.
+evidence the inference cannot rig. No step reads a group label, an attribute or a test row
+(``deployment_split`` may name a split whose features, and nothing else, are read).
 
 1. **Group inference** (:func:`~gradtune.methods.inferred.bundle_pseudo_groups`): XRM
    twins fitted on the ``train`` rows (the ``heldout`` rows when the bundle has no
    training rows), on the bundle's ``encoder_features`` when present; both validation
    halves get pseudo-groups class x (the twins contradict the label). ``inferences``
    may add ``"erm_error"`` (class x the ERM head is wrong on the row).
-2. **Candidate heads**, fitted on one validation half:
-
-   * the ERM head itself;
-   * ``"retrain"``: DFR's procedure on the pseudo-groups: for each C of ``c_grid``,
-     the average of ``num_retrains`` L1 logistic regressions on pseudo-group-balanced
-     subsamples (:func:`~gradtune.methods.dfr.fit_l1_logreg`);
-   * ``"finetune"`` (not a default family): GradTune's set (top-k + norm-proportional
-     draw) fine-tuned from the ERM head with a pseudo-group-balanced sampler, one
-     candidate per epoch count of ``epochs_grid``.
-
-3. **Judging on audit cells** (:mod:`gradtune.selection.audit`). Scoring a repair on
-   the pseudo-groups it was fitted to rewards any change to the ERM head when those
-   pseudo-groups are only the head's own mistakes, and they often are. The judge
-   instead uses cells learned on the *other* half: a per-class logistic regression
-   learns where the ERM head errs on half A, and splits half B's rows into that region
-   and the rest. Candidates fitted on A are scored on B's cells, and (``crossfit``)
-   the roles are swapped and the two scores averaged. A candidate's value is its worst
-   audit-cell accuracy (``value_cells="inferred"``: over regions learned the same way from
-   the inference's minority instead, purer in 3+ classes but not the default).
-4. **The guard.** First, is there a shortcut at all? Within each class, the ERM head's
-   mistakes always differ from its correct rows along the head's own decision
-   directions; a shortcut's minority differs along other directions too.
-   :func:`~gradtune.selection.audit.structure_auc` projects the features off a linear
-   surrogate of the head's logits and asks how well the mistakes can still be told
-   apart (cross-fitted AUC), and the same for the twins' inferred minority; when
-   neither reaches its threshold (``min_structure_auc``, ``min_twin_auc``) the head is
-   kept: its mistakes look like class overlap or label noise (a premise that holds for Gaussian
-   classes; on non-Gaussian features a control can pass, docs/label-free-design.md). Nor is a repair judged when
-   some class's region (of the mistakes or of the inferred minority) has fewer than
-   ``min_group_size`` rows on a half (``audit_coverage``): its minority would be invisible.
+2. **Candidate heads**, fitted on one validation half: the ERM head itself;
+   ``"retrain"``: DFR's procedure on the pseudo-groups, for each C of ``c_grid`` the average
+   of ``num_retrains`` L1 logistic regressions on pseudo-group-balanced subsamples;
+   ``"finetune"`` (not a default): GradTune's set fine-tuned from the ERM head with a
+   pseudo-group-balanced sampler, one candidate per epoch count of ``epochs_grid``.
+3. **Judging on audit cells** (:mod:`gradtune.selection.audit`). Scored on the
+   pseudo-groups it was fitted to, any change to the ERM head looks good when those are
+   only the head's mistakes. So cells are learned on the *other* half (where the ERM head
+   errs, per class), candidates fitted on half A are scored on half B's cells and
+   (``crossfit``) the other way round; a candidate's value is its worst cell accuracy.
+4. **The guard.** Is there a shortcut at all? A shortcut's minority differs from the
+   other rows along directions other than the head's own;
+   :func:`~gradtune.selection.audit.structure_auc` projects those out and asks whether the
+   mistakes (``min_structure_auc``) or the twins' minority (``min_twin_auc``) can still be
+   told apart. Below both, the head is kept (a premise that holds for Gaussian classes; on
+   non-Gaussian features a control can pass, docs/label-free-design.md); so it is when a
+   class's region has fewer than ``min_group_size`` rows on a half (``audit_coverage``).
    Then a candidate must (a) beat the ERM head's value with a paired bootstrap bound above
-   ``margin`` (``gain_quantile``: both heads scored on the same resampled rows), and on
-   each validation half by ``confirm_z`` standard errors of that half's (the best of
-   several noisy candidates otherwise wins by luck; ``margin_z`` adds an unpaired
-   binomial test), (b) lose at most ``max_balanced_drop`` of class-balanced accuracy and
-   ``max_pseudo_drop`` of the mean accuracy over the pseudo-groups (trading easy rows for
-   hard ones is no repair), (c) classify at least ``min_repaired_accuracy x 2 / C`` of
-   every cell of both region models correctly (guessing gets ``1 / C``). The best allowed
-   value wins (:func:`~gradtune.selection.guard.guard_choice`). Without ``encoder_features`` (and
-   ``features="auto"``) the head is kept too: its own features cannot reveal the
-   shortcut it learned. The reason is in ``diagnostics["guard_reason"]`` (WARNING log).
+   ``margin`` (``gain_quantile``) and on each half by ``confirm_z`` standard errors,
+   (b) lose at most ``max_balanced_drop`` of class-balanced accuracy and
+   ``max_pseudo_drop`` of the mean accuracy over the pseudo-groups (weighted by their
+   estimated share among unlabeled rows of ``deployment_split`` when given,
+   :mod:`gradtune.selection.shift`), (c) classify at least ``min_repaired_accuracy x 2 /
+   C`` of every cell correctly. The best allowed value wins
+   (:func:`~gradtune.selection.guard.guard_choice`). Without ``encoder_features`` (and
+   ``features="auto"``) the head is kept too. The reason is in
+   ``diagnostics["guard_reason"]`` (WARNING log).
 5. **Refit** (``refit=True``): a chosen ``"retrain"`` candidate is refitted with its C
    on both validation halves, as DFR does. A chosen fine-tune is kept as is.
 
@@ -107,12 +94,9 @@ from gradtune.selection.audit import (
     uncovered_classes,
     worst_over_cell_sets,
 )
-from gradtune.selection.guard import (
-    GuardRule,
-    guard_choice,
-    paired_gain_bound,
-)
+from gradtune.selection.guard import GuardRule, guard_choice, paired_gain_bound
 from gradtune.selection.select import SIZE, TOP_K
+from gradtune.selection.shift import deployment_accuracy
 
 __all__ = ["GradTuneAutoMethod", "AutoCandidate", "FAMILIES", "INFERENCES", "AUTO_EPOCHS"]
 
@@ -221,6 +205,13 @@ class GradTuneAutoMethod(Method):
         Optional pre-check: keep the ERM head when it classifies fewer than this share
         of the first inference's minority rows correctly (0 turns it off; the audit
         cells make it unnecessary, and it refused real repairs on the stress suite).
+    deployment_split : str or None, default=None
+        A bundle split of unlabeled deployment rows (only features are read). Then
+        ``max_pseudo_drop`` weights each pseudo-group by its estimated share among those
+        rows (:func:`~gradtune.selection.shift.deployment_shares`) rather than equally: a
+        repair must not lower the accuracy that deployment would show. With no shift (a
+        no-shortcut problem) that is plain accuracy, which a trade of easy rows for hard
+        ones lowers. Off by default.
     """
 
     name = "gradtune-auto"
@@ -266,6 +257,8 @@ class GradTuneAutoMethod(Method):
     audit_coverage: bool = param(True, "keep the ERM head when a class's region (mistakes or inferred minority) "
                                        "is below min_group_size")
     min_erm_minority_accuracy: float = param(0.0, "optional pre-check on the ERM head (0: off)", ge=0, le=1)
+    deployment_split: str | None = param(None, "a bundle split of unlabeled deployment rows: max_pseudo_drop then "
+                                               "weights the pseudo-groups by their estimated share there", kind="str")
 
     def __post_init__(self) -> None:
         super().__post_init__()  # each value against its declaration; then the rules between them
@@ -279,7 +272,6 @@ class GradTuneAutoMethod(Method):
             raise GradTuneInputError(f"c_grid must hold positive numbers, got {self.c_grid!r}")
         return epochs
 
-    # ------------------------------------------------------------ candidates
     def _retrain(self, x: np.ndarray, y: np.ndarray, g: np.ndarray, c: float, n_classes: int,
                  rng: np.random.Generator, lib_seed: int,
                  scaled: tuple[StandardScaler, np.ndarray] | None = None) -> LinearHead:
@@ -370,7 +362,8 @@ class GradTuneAutoMethod(Method):
                                    "not reveal the shortcut it learned, so no repair is attempted (store a "
                                    "frozen encoder's features, or pass features='features' to infer from the "
                                    "head's inputs anyway)")
-        streams = seed_streams(seed, "xrm", "retrain", "solver", "finetune", "guard")
+        x_dep = None if self.deployment_split is None else bundle.view(str(self.deployment_split)).features
+        streams = seed_streams(seed, "xrm", "retrain", "solver", "finetune", "guard", "shift")
         inferences, info = self._pseudo_groups(bundle, held, sel, head, streams)
         first = next(iter(inferences))
         minority = np.concatenate([inferences[first][0], inferences[first][1]]) % 2 == 1
@@ -435,6 +428,11 @@ class GradTuneAutoMethod(Method):
             halves.append((ok_b, value_held))
             floors.append(worst_over_cell_sets(ok_b, (audit_held, value_held)[:1 + both], 2 * n_classes,
                                                int(self.min_group_size)))
+        shares: list = []      # the pseudo-group mean as the deployment rows would weight it
+        if x_dep is not None:
+            rows = ((g_sel, sel.features), (g_held, held.features))[:len(halves)]
+            scored = [(ok, g, x) for (ok, _), (g, x) in zip(halves, rows, strict=True)]
+            pseudo, shares = deployment_accuracy(scored, x_dep, 2 * n_classes, rng=streams.rng("shift"))
         lower = None if self.gain_quantile is None else paired_gain_bound(
             halves, 2 * n_classes, int(self.min_group_size), float(self.gain_quantile), streams.rng("guard"),
             int(self.n_boot))
@@ -442,7 +440,8 @@ class GradTuneAutoMethod(Method):
                          confirm_z=None if self.confirm_z is None else float(self.confirm_z),
                          max_balanced_drop=float(self.max_balanced_drop),
                          min_repaired_accuracy=float(self.min_repaired_accuracy) * 2 / n_classes,
-                         max_pseudo_drop=None if self.max_pseudo_drop is None else float(self.max_pseudo_drop))
+                         max_pseudo_drop=None if self.max_pseudo_drop is None else float(self.max_pseudo_drop),
+                         pseudo_weighting="equally" if x_dep is None else "as the deployment rows hold them")
         decision = guard_choice(values, n_small, balanced, rule, v2, n2, pseudo=pseudo, lower=lower,
                                 floor_values=(floor := np.mean(floors, axis=0)))
         values, needed, allowed, best = decision.values, decision.needed, decision.allowed, decision.best
@@ -474,6 +473,7 @@ class GradTuneAutoMethod(Method):
             "value_cell_counts": {"heldout": np.bincount(value_held, minlength=2 * n_classes).tolist(),
                                   "selection": np.bincount(value_sel, minlength=2 * n_classes).tolist()},
             "erm_minority_accuracy": erm_minority_acc,
+            "deployment_shares": [{"validation": v.tolist(), "deployment": d.tolist()} for v, d in shares],
             "structure_auc": auc,
             "twin_structure_auc": twin_auc,
             "chosen_inference": chosen_inf,

@@ -51,6 +51,7 @@ class GuardRule:
     max_balanced_drop: float = float("inf")
     min_repaired_accuracy: float = 0.0
     max_pseudo_drop: float | None = None
+    pseudo_weighting: str = "equally"   # how the pseudo-groups were weighted (said in the reason)
 
 
 @dataclass
@@ -221,8 +222,9 @@ def _reason(values: np.ndarray, needed: np.ndarray, balanced: np.ndarray, allowe
                 f"{balanced[j]:.1%} against {balanced[0]:.1%})")
     if not pseudo_ok[j]:
         return (f"the best candidate raises the worst audit cell ({values[j]:.1%} against {values[0]:.1%}) but "
-                f"lowers the mean accuracy over the inferred groups by more than max_pseudo_drop="
-                f"{rule.max_pseudo_drop:g}: it trades easy rows for hard ones rather than repairing a minority")
+                f"lowers the mean accuracy over the inferred groups (weighted {rule.pseudo_weighting}) by more "
+                f"than max_pseudo_drop={rule.max_pseudo_drop:g}: it trades easy rows for hard ones rather than "
+                "repairing a minority")
     return (f"the best candidate's gain on the audit cells ({values[j]:.1%} against {values[0]:.1%}) "
             f"did not show on each validation half separately (confirm_z={rule.confirm_z:g}): it looks "
             "like the luck of picking the best of several noisy candidates")
