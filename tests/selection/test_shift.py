@@ -1,4 +1,4 @@
-"""Pseudo-group shares among unlabeled deployment rows (EM under label shift) and accuracy under them."""
+"""Pseudo-group shares among unlabeled deployment rows (BBSE or EM under label shift) and accuracy under them."""
 from __future__ import annotations
 
 import numpy as np
@@ -49,17 +49,29 @@ def test_recovers_a_known_shift_and_reports_none_without_one() -> None:
     np.testing.assert_allclose(same, [0.6, 0.3, 0.1], atol=0.03)
 
 
-def test_the_em_estimate_beats_averaging_probabilities_when_groups_overlap() -> None:
+@pytest.mark.parametrize("method", ["bbse", "em"])
+def test_both_estimates_beat_averaging_probabilities_when_groups_overlap(method: str) -> None:
     from sklearn.linear_model import LogisticRegression
 
     rng = np.random.default_rng(2)
     x_val, g_val = _rows([0.7, 0.2, 0.1], 3000, rng, spread=1.5)
     x_dep, _ = _rows([0.2, 0.3, 0.5], 6000, rng, spread=1.5)
     truth = np.array([0.2, 0.3, 0.5])
-    _, dep = deployment_shares(x_val, g_val, x_dep, 3, rng=np.random.default_rng(3))
+    _, dep = deployment_shares(x_val, g_val, x_dep, 3, rng=np.random.default_rng(3), method=method)
     naive = LogisticRegression(max_iter=1000).fit(x_val, g_val).predict_proba(x_dep).mean(axis=0)
     assert np.abs(dep - truth).max() < 0.05
     assert np.abs(naive - truth).max() > 2 * np.abs(dep - truth).max()
+
+
+def test_bbse_is_stable_with_a_group_of_a_few_rows() -> None:
+    # a 1.5% group (9 rows): the stratified folds keep it in every classifier's rows, and
+    # without a shift the estimate stays at the validation shares whatever the fold draw
+    rng = np.random.default_rng(10)
+    x_val, g_val = _rows([0.5, 0.015, 0.485], 600, rng, spread=1.0)
+    x_dep, _ = _rows([0.5, 0.015, 0.485], 2000, rng, spread=1.0)
+    for seed in range(5):
+        _, dep = deployment_shares(x_val, g_val, x_dep, 3, rng=np.random.default_rng(seed))
+        np.testing.assert_allclose(dep, [0.5, 0.015, 0.485], atol=0.04)
 
 
 def test_chunked_reading_of_the_deployment_rows_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,7 +112,8 @@ def test_deployment_accuracy_averages_the_halves() -> None:
 
 
 @pytest.mark.parametrize("case, match", [
-    ("width", "same width"), ("empty", "no rows"), ("ids", r"one id in \[0, 3\)")])
+    ("width", "same width"), ("empty", "no rows"), ("ids", r"one id in \[0, 3\)"), ("folds", "n_folds"),
+    ("method", "'bbse' or 'em'")])
 def test_bad_input_is_named(case: str, match: str) -> None:
     rng = np.random.default_rng(9)
     x_val, g_val = _rows([0.5, 0.5], 40, rng)
@@ -109,7 +122,8 @@ def test_bad_input_is_named(case: str, match: str) -> None:
         x_dep = x_val[:, :2]
     elif case == "empty":
         x_dep = x_val[:0]
-    else:
+    elif case == "ids":
         g_val = g_val + 2
+    kw = {"n_folds": 1} if case == "folds" else {"method": "mle"} if case == "method" else {}
     with pytest.raises(GradTuneInputError, match=match):
-        deployment_shares(x_val, g_val, x_dep, 3, rng=rng)
+        deployment_shares(x_val, g_val, x_dep, 3, rng=rng, **kw)

@@ -6,15 +6,15 @@ gets wrong. Whether the trade pays depends on how often each kind of row occurs 
 model is used, which validation rows cannot say when they carry the training bias: a
 no-shortcut problem whose hard rows form a coherent region looks like a shortcut's
 minority to every validation statistic. Unlabeled deployment rows can say it. The share of
-each pseudo-group among them is estimated by maximum likelihood under label shift (the EM
-of Saerens, Latinne and Decaestecker, 2002): a classifier of the pseudo-group is learned on
-validation rows, and its posteriors on the deployment rows are reweighted by share / prior
-until the shares they average to stop moving. Only features of the deployment rows are
-read, never a label or a group.
+each pseudo-group among them is estimated under label shift, by black-box shift estimation
+(BBSE, Lipton, Wang and Smola, 2018; the default) or by maximum likelihood (the EM of
+Saerens, Latinne and Decaestecker, 2002), from a classifier of the pseudo-group learned on
+validation rows. Only features of the deployment rows are read, never a label or a group.
 """
 from __future__ import annotations
 
 import numpy as np
+from scipy.optimize import nnls
 
 from gradtune._validation import GradTuneInputError
 
@@ -27,22 +27,30 @@ def _group_shares(groups: np.ndarray, n_groups: int) -> np.ndarray:
 
 
 def deployment_shares(x_val: np.ndarray, groups: np.ndarray, x_dep: np.ndarray, n_groups: int, *,
-                      rng: np.random.Generator, c: float = 1.0, n_iter: int = 500, tol: float = 1e-6
-                      ) -> tuple[np.ndarray, np.ndarray]:
+                      rng: np.random.Generator, c: float = 1.0, method: str = "bbse", n_folds: int = 5,
+                      n_iter: int = 500, tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
     """Shares of the pseudo-groups among validation rows and, estimated, among deployment rows.
 
     Parameters
     ----------
     x_val : (m, d) validation features; groups : (m,) ints in ``[0, n_groups)``
     x_dep : (n, d) unlabeled deployment features (read in chunks)
-    rng : the generator that splits ``x_val`` into the two folds of the confusion matrix
+    rng : the generator that splits ``x_val`` into ``n_folds`` folds, stratified by group:
+        each fold's rows are scored by a classifier fitted on the others (the confusion
+        matrix), and the deployment rows by every fold's classifier, averaged
     c : inverse L2 strength of the multinomial logistic regression of the group
+    method : "bbse" (default) solves ``conf @ shares = mu`` for non-negative shares, where
+        ``mu`` is the classifier's mean posterior over the deployment rows and ``conf[i, j]``
+        its cross-fitted mean posterior of group i on validation rows of group j: consistent
+        for an uncalibrated classifier, noisy for groups of a handful of rows. "em" finds the
+        maximum-likelihood shares instead: stable, but biased when the posteriors are not
+        calibrated (it under-counted small pseudo-minorities on the stress suite).
     n_iter, tol : the EM iterations' cap and the change in every share that stops them
 
     Returns
     -------
     (validation shares (G,), deployment shares (G,)), each summing to 1. With fewer than
-    two groups on a fold the deployment shares are the validation shares.
+    two groups the deployment shares are the validation shares.
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -56,22 +64,37 @@ def deployment_shares(x_val: np.ndarray, groups: np.ndarray, x_dep: np.ndarray, 
         raise GradTuneInputError(f"groups must hold one id in [0, {n_groups}) per validation row")
     if len(x_dep) == 0:
         raise GradTuneInputError("the deployment split has no rows: pass a split with unlabeled rows")
+    if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
+        raise GradTuneInputError(f"n_folds must be an integer >= 2, got {n_folds!r}")
+    if method not in ("bbse", "em"):
+        raise GradTuneInputError(f"method must be 'bbse' or 'em', got {method!r}")
     val = _group_shares(groups, n_groups)
-    fold = rng.integers(0, 2, len(groups))
-    if np.count_nonzero(val) < 2 or any(len(np.unique(groups[fold != f])) < 2 for f in (0, 1)):
+    fold = np.empty(len(groups), dtype=np.int64)         # folds stratified by group
+    for g in np.flatnonzero(val):
+        rows = np.flatnonzero(groups == g)
+        fold[rng.permutation(rows)] = np.arange(len(rows)) % int(n_folds)
+    if np.count_nonzero(val) < 2:
         return val, val.copy()
     mean, scale = x_val.mean(axis=0), x_val.std(axis=0) + 1e-8
     prob = np.zeros((len(x_dep), n_groups))                  # P(group | row) by the fold models, averaged
     prior = np.zeros(n_groups)                               # their training shares, averaged
-    for f in (0, 1):
-        fit = fold != f
+    conf = np.zeros((n_groups, n_groups))                    # conf[i, j]: mean P(i | row) over group j's rows
+    for f in range(int(n_folds)):
+        fit, held = fold != f, fold == f
         clf = LogisticRegression(C=float(c), max_iter=1000).fit((x_val[fit] - mean) / scale, groups[fit])
         cols = clf.classes_.astype(np.int64)
-        prior += _group_shares(groups[fit], n_groups) / 2
+        prior += _group_shares(groups[fit], n_groups) / n_folds
+        held_prob = np.zeros((int(held.sum()), n_groups))
+        held_prob[:, cols] = clf.predict_proba((x_val[held] - mean) / scale)
+        np.add.at(conf.T, groups[held], held_prob)
         for start in range(0, len(x_dep), _CHUNK):
             chunk = (np.asarray(x_dep[start:start + _CHUNK], dtype=np.float64) - mean) / scale
-            prob[start:start + _CHUNK, cols] += clf.predict_proba(chunk) / 2
-    return val, _em_shares(prob, prior, n_iter=n_iter, tol=tol)
+            prob[start:start + _CHUNK, cols] += clf.predict_proba(chunk) / n_folds
+    if method == "em":
+        return val, _em_shares(prob, prior, n_iter=n_iter, tol=tol)
+    conf /= np.maximum(conf.sum(axis=0, keepdims=True), 1e-12)
+    dep, _ = nnls(conf, prob.mean(axis=0))
+    return val, (dep / dep.sum() if dep.sum() > 0 else val.copy())
 
 
 def _em_shares(prob: np.ndarray, prior: np.ndarray, *, n_iter: int, tol: float) -> np.ndarray:
