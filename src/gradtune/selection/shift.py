@@ -39,6 +39,7 @@ def deployment_shares(x_val: np.ndarray, groups: np.ndarray, x_dep: np.ndarray, 
         each fold's rows are scored by a classifier fitted on the others (the confusion
         matrix), and the deployment rows by every fold's classifier, averaged
     c : inverse L2 strength of the multinomial logistic regression of the group
+    n_folds : how many folds (>= 2) the validation rows are split into
     method : "bbse" (default) solves ``conf @ shares = mu`` for non-negative shares, where
         ``mu`` is the classifier's mean posterior over the deployment rows and ``conf[i, j]``
         its cross-fitted mean posterior of group i on validation rows of group j: consistent
