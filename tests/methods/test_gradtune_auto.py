@@ -47,6 +47,7 @@ def test_never_reads_group_labels_or_test_rows(biased: EmbeddingBundle) -> None:
     every_inference = {**FAST, "inferences": ("xrm", "erm_error"), "families": ("retrain", "reweight", "finetune"),
                        "min_structure_auc": 0.0, "min_erm_minority_accuracy": 0.1, "audit_coverage": False}
     for name, params in (("gradtune-auto", FAST), ("gradtune-auto", every_inference),
+                         ("gradtune-auto", {**FAST, "half_folds": 2}),
                          ("dfr-xrm", {"num_retrains": 2})):
         ref = get_method(name, **params).fit(biased, seed=1).model
         for other in (_no_groups(biased), garbage_test_rows(biased)):

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from sklearn.preprocessing import StandardScaler
 
+from gradtune._seeding import SeedStreams
 from gradtune._validation import check_positive_int
 from gradtune.estimator import resolve_set_size
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
@@ -27,8 +28,8 @@ from gradtune.selection.audit import cell_accuracies, worst_cell_accuracy
 from gradtune.selection.guard import class_balanced_accuracy
 from gradtune.selection.select import select_finetune_set
 
-__all__ = ["AutoCandidate", "standardize", "retrain_head", "reweight_head", "finetune_snapshots",
-           "score_candidates"]
+__all__ = ["AutoCandidate", "candidate_heads", "standardize", "retrain_head", "reweight_head", "finetune_snapshots",
+           "score_correct"]
 
 
 @dataclass
@@ -74,6 +75,32 @@ def reweight_head(x: np.ndarray, y: np.ndarray, g: np.ndarray, c: float, n_class
     return fold_scaler(coef, icpt, scaler.mean_, scaler.scale_, n_classes)
 
 
+def candidate_heads(x: np.ndarray, y: np.ndarray, g: np.ndarray, epochs: list[int], head: LinearHead,
+                    n_classes: int, streams: SeedStreams, *, families: tuple[str, ...], c_grid: tuple[float, ...],
+                    num_retrains: int, size: int, top_k: int, finetune: FinetuneConfig,
+                    ) -> tuple[list[AutoCandidate], np.ndarray]:
+    """ERM, then the ``"retrain"`` heads (``c_grid`` order), the ``"reweight"`` heads, then the
+    fine-tune snapshots, all fitted on (x (n, d), y (n,), pseudo-groups g (n,)) with the
+    ``"retrain"``, ``"solver"`` and ``"finetune"`` streams; and the fine-tuning set (positions in x)."""
+    cands = [AutoCandidate("erm", 0.0, head)]
+    rng_retrain = streams.rng("retrain")
+    lib_seed = streams.integer("solver")
+    if "retrain" in families:
+        scaled = standardize(x)  # once for every C
+        for c in c_grid:
+            cands.append(AutoCandidate("retrain", float(c), retrain_head(
+                x, y, g, c, n_classes, num_retrains, rng_retrain, lib_seed, scaled)))
+    if "reweight" in families:
+        for c in c_grid:
+            cands.append(AutoCandidate("reweight", float(c), reweight_head(x, y, g, c, n_classes, lib_seed)))
+    idx = np.empty(0, dtype=np.int64)
+    if "finetune" in families:
+        ft, idx = finetune_snapshots(x, y, g, epochs, head, size, top_k, finetune, streams.rng("finetune"),
+                                     streams.integer("finetune", index=1))
+        cands += ft
+    return cands, idx
+
+
 def finetune_snapshots(x: np.ndarray, y_np: np.ndarray, g: np.ndarray, epochs: list[int], head: LinearHead,
                        size: int, top_k: int, finetune: FinetuneConfig, rng: np.random.Generator,
                        ft_seed: int) -> tuple[list[AutoCandidate], np.ndarray]:
@@ -95,23 +122,18 @@ def finetune_snapshots(x: np.ndarray, y_np: np.ndarray, g: np.ndarray, epochs: l
     return [AutoCandidate("finetune", float(e), h) for e, h in zip(epochs, heads, strict=True)], idx
 
 
-def score_candidates(heads: list[LinearHead], x: np.ndarray, y: np.ndarray, cells: np.ndarray, groups: np.ndarray,
-                     n_classes: int, min_rows: int
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Each head scored on the rows (x (m, d), y (m,)): worst accuracy over the cells (m,)
-    and that cell's size, class-balanced accuracy, mean accuracy over the pseudo-groups
-    (m,), each (K,) (-inf for non-finite logits), and which rows it gets right (K, m)."""
-    k = len(heads)
+def score_correct(correct: np.ndarray, valid: np.ndarray, y: np.ndarray, cells: np.ndarray, groups: np.ndarray,
+                  n_classes: int, min_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Heads scored from which rows (m,) each gets right (K, m): worst accuracy over the
+    cells (m,) and that cell's size, class-balanced accuracy, mean accuracy over the
+    pseudo-groups (m,), each (K,); -inf where ``valid`` (K,) is False (non-finite logits)."""
+    k = len(correct)
     values, balanced, pseudo = np.full(k, -np.inf), np.full(k, -np.inf), np.full(k, -np.inf)
     sizes = np.ones(k, dtype=np.int64)
-    correct = np.zeros((k, len(y)), dtype=bool)
-    for i, head in enumerate(heads):
-        logits = head.logits(x)
-        if not np.isfinite(logits).all():
-            continue
-        ok = correct[i] = logits.argmax(axis=1) == y
+    for i in np.flatnonzero(valid):
+        ok = correct[i]
         values[i], sizes[i] = worst_cell_accuracy(ok, cells, 2 * n_classes, min_rows)
         balanced[i] = class_balanced_accuracy(ok, y, n_classes)
         accs, _ = cell_accuracies(ok, groups, 2 * n_classes, min_rows)
         pseudo[i] = float(np.nanmean(accs)) if not np.isnan(accs).all() else float(ok.mean())
-    return values, sizes, balanced, pseudo, correct
+    return values, sizes, balanced, pseudo

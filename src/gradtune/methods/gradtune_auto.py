@@ -54,7 +54,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from sklearn.preprocessing import StandardScaler
 
 from gradtune._seeding import SeedStreams, seed_streams
 from gradtune._validation import GradTuneInputError, check_positive_int
@@ -63,12 +62,12 @@ from gradtune.finetune.linear import FinetuneConfig
 from gradtune.groups.xrm import XRM_CONFIGS, XRMConfig
 from gradtune.methods.auto_candidates import (
     AutoCandidate,
-    finetune_snapshots,
+    candidate_heads,
     retrain_head,
     reweight_head,
-    score_candidates,
-    standardize,
+    score_correct,
 )
+from gradtune.methods.auto_crossfit import class_folds, fold_correct, halves_cells
 from gradtune.methods.base import (
     LinearHead,
     Method,
@@ -89,7 +88,6 @@ from gradtune.methods.inferred import (
     merge_small_groups,
 )
 from gradtune.selection.audit import (
-    region_cells,
     structure_aucs,
     uncovered_classes,
     worst_over_cell_sets,
@@ -112,6 +110,11 @@ def _keep_erm(head: LinearHead, reason: str, info: dict[str, Any] | None = None,
     _log.warning("gradtune-auto kept the ERM head: %s", reason)
     return MethodResult(head, {"chosen_family": "erm", "chosen_setting": 0.0, "guard_kept_erm": True, "guard_reason":
                                reason, "pseudo_groups": info, "candidates": [], "selected_rows": [], **extra})
+
+
+def _counts(held_ids: np.ndarray, sel_ids: np.ndarray, n: int) -> dict[str, list[int]]:
+    """Rows per id (n ids) on each validation half."""
+    return {"heldout": np.bincount(held_ids, minlength=n).tolist(), "selection": np.bincount(sel_ids, minlength=n).tolist()}
 
 
 @register_method
@@ -149,6 +152,12 @@ class GradTuneAutoMethod(Method):
         Also fit every candidate on the selection half and score it on the held-out
         half's audit cells; the value is the mean of the two scores. The returned head
         is the one fitted on the held-out half (or the refit).
+    half_folds : int, default=1
+        Each validation half is split into this many folds (by class); a row is judged by
+        candidates (and audit regions) fitted on the other half and the rest of its own half
+        (:mod:`~gradtune.methods.auto_crossfit`): with 1, on the other half alone. More folds
+        judge candidates fitted on more rows, closer to the refit, at ``half_folds`` times
+        the fits.
     size, top_k : int
         GradTune's set for the ``"finetune"`` candidates (the paper's M' and k, scaled
         as GradTune does when the held-out set is smaller).
@@ -233,6 +242,8 @@ class GradTuneAutoMethod(Method):
     num_retrains: int = param(5, "averaged fits per 'retrain' candidate", ge=1, fast=1)
     refit: bool = param(True, "refit a chosen 'retrain' candidate on both validation halves")
     crossfit: bool = param(True, "also fit on the selection half and average the two scores")
+    half_folds: int = param(1, "folds per validation half: a row is judged by candidates fitted on the other half "
+                               "and the rest of its own", ge=1)
     size: int = SIZE.field()
     top_k: int = TOP_K.field()
     epochs_grid: tuple[int, ...] = param(AUTO_EPOCHS, "snapshots of the fine-tuning run", ge=1, fast=(1, 3))
@@ -273,59 +284,49 @@ class GradTuneAutoMethod(Method):
         return epochs
 
     def _retrain(self, x: np.ndarray, y: np.ndarray, g: np.ndarray, c: float, n_classes: int,
-                 rng: np.random.Generator, lib_seed: int,
-                 scaled: tuple[StandardScaler, np.ndarray] | None = None) -> LinearHead:
+                 rng: np.random.Generator, lib_seed: int) -> LinearHead:
         """:func:`~gradtune.methods.auto_candidates.retrain_head` with ``num_retrains``."""
-        return retrain_head(x, y, g, c, n_classes, int(self.num_retrains), rng, lib_seed, scaled)
+        return retrain_head(x, y, g, c, n_classes, int(self.num_retrains), rng, lib_seed)
 
     def _candidates(self, x: np.ndarray, y: np.ndarray, g: np.ndarray, epochs: list[int],
                     head: LinearHead, n_classes: int, streams: SeedStreams,
                     ) -> tuple[list[AutoCandidate], np.ndarray]:
-        """ERM, then the ``"retrain"`` heads (c_grid order), then the fine-tune snapshots,
-        all fitted on (x (n, d), y (n,), pseudo-groups g (n,)); and the fine-tuning set."""
-        cands = [AutoCandidate("erm", 0.0, head)]
-        rng_retrain = streams.rng("retrain")
-        lib_seed = streams.integer("solver")
-        if "retrain" in self.families:
-            scaled = standardize(x)  # once for every C
-            for c in self.c_grid:
-                cands.append(AutoCandidate("retrain", float(c), self._retrain(
-                    x, y, g, c, n_classes, rng_retrain, lib_seed, scaled)))
-        if "reweight" in self.families:
-            for c in self.c_grid:
-                cands.append(AutoCandidate("reweight", float(c), reweight_head(x, y, g, c, n_classes, lib_seed)))
-        idx = np.empty(0, dtype=np.int64)
-        if "finetune" in self.families:
-            ft, idx = finetune_snapshots(x, y, g, epochs, head, self.size, self.top_k, self.finetune,
-                                         streams.rng("finetune"), streams.integer("finetune", index=1))
-            cands += ft
-        return cands, idx
+        """:func:`~gradtune.methods.auto_candidates.candidate_heads` with this method's settings."""
+        return candidate_heads(x, y, g, epochs, head, n_classes, streams, families=self.families,
+                               c_grid=self.c_grid, num_retrains=int(self.num_retrains), size=self.size,
+                               top_k=self.top_k, finetune=self.finetune)
 
-    # ------------------------------------------------------------------- fit
-    def _side(self, inferences: dict[str, tuple[np.ndarray, np.ndarray]], x_fit: np.ndarray,
-              y_fit: np.ndarray, x_score: np.ndarray, y_score: np.ndarray, audit: np.ndarray,
+    def _side(self, inferences: dict[str, tuple[np.ndarray, np.ndarray]], x_other: np.ndarray,
+              y_other: np.ndarray, x_score: np.ndarray, y_score: np.ndarray, folds: np.ndarray, cells: np.ndarray,
               epochs: list[int], head: LinearHead, n_classes: int, streams: SeedStreams,
               ) -> tuple[list[tuple[str, AutoCandidate]], np.ndarray, np.ndarray, np.ndarray, np.ndarray,
                          np.ndarray, np.ndarray]:
-        """Candidates of every inference fitted on (x_fit (n, d), y_fit (n,)) and scored on
-        the audit cells (m,) of (x_score (m, d), y_score (m,)).
+        """Candidates of every inference judged on the cells (m,) of (x_score (m, d), y_score (m,)), each
+        row by those fitted on (x_other (n, d), y_other (n,)) and the scored rows outside its fold (folds
+        (m,), :func:`~gradtune.methods.auto_crossfit.fold_correct`); ``inferences``: name -> (other ids
+        (n,), scored ids (m,)).
 
-        Returns (inference, candidate) pairs (ERM first), their worst-cell accuracy (K,),
-        that cell's size (K,), class-balanced accuracy (K,), mean accuracy over the first
-        inference's pseudo-groups of the scored rows (K,), the fine-tuning set of the
-        first inference (positions in x_fit; empty without ``"finetune"``), and which
-        scored rows each candidate gets right (K, m) (False for non-finite logits)."""
-        pairs: list[tuple[str, AutoCandidate]] = [("erm", AutoCandidate("erm", 0.0, head))]
-        idx_first = np.empty(0, dtype=np.int64)
-        for name, (g_fit, _) in inferences.items():
-            cands, idx = self._candidates(x_fit, y_fit, g_fit, epochs, head, n_classes, streams)
-            pairs += [(name, c) for c in cands[1:]]
-            if idx_first.size == 0:
-                idx_first = idx
+        Returns (inference, candidate) pairs (ERM first; fitted without fold 0), their worst-cell
+        accuracy (K,), that cell's size (K,), class-balanced accuracy (K,), mean accuracy over the
+        first inference's pseudo-groups of the scored rows (K,), the fine-tuning set of the first
+        inference (positions in the rows fitted without fold 0; empty without ``"finetune"``), and
+        which scored rows each candidate gets right (K, m) (False for non-finite logits)."""
+        sets: list[np.ndarray] = []
+
+        def fit(x: np.ndarray, y: np.ndarray, groups: dict[str, np.ndarray]) -> list[tuple[str, AutoCandidate]]:
+            pairs: list[tuple[str, AutoCandidate]] = [("erm", AutoCandidate("erm", 0.0, head))]
+            for name, g in groups.items():
+                cands, idx = self._candidates(x, y, g, epochs, head, n_classes, streams)
+                pairs += [(name, c) for c in cands[1:]]
+                sets.append(idx)
+            return pairs
+
+        pairs, correct, valid = fold_correct(fit, x_score, y_score, {k: g for k, (_, g) in inferences.items()},
+                                             x_other, y_other, {k: g for k, (g, _) in inferences.items()}, folds)
         g_score = next(iter(inferences.values()))[1]
-        values, sizes, balanced, pseudo, correct = score_candidates(
-            [c.head for _, c in pairs], x_score, y_score, audit, g_score, n_classes, int(self.min_group_size))
-        return pairs, values, sizes, balanced, pseudo, idx_first, correct
+        values, sizes, balanced, pseudo = score_correct(correct, valid, y_score, cells, g_score, n_classes,
+                                                        int(self.min_group_size))
+        return pairs, values, sizes, balanced, pseudo, sets[0], correct
 
     def _pseudo_groups(self, bundle: EmbeddingBundle, held: SplitView, sel: SplitView, head: LinearHead,
                        streams: SeedStreams) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
@@ -363,7 +364,7 @@ class GradTuneAutoMethod(Method):
                                    "frozen encoder's features, or pass features='features' to infer from the "
                                    "head's inputs anyway)")
         x_dep = None if self.deployment_split is None else bundle.view(str(self.deployment_split)).features
-        streams = seed_streams(seed, "xrm", "retrain", "solver", "finetune", "guard", "shift")
+        streams = seed_streams(seed, "xrm", "retrain", "solver", "finetune", "guard", "shift", "folds")
         inferences, info = self._pseudo_groups(bundle, held, sel, head, streams)
         first = next(iter(inferences))
         minority = np.concatenate([inferences[first][0], inferences[first][1]]) % 2 == 1
@@ -398,12 +399,15 @@ class GradTuneAutoMethod(Method):
                                    f"own decision directions ({found}): they look like class overlap or "
                                    "label noise, not a shortcut's minority", info,
                              structure_auc=auc, twin_structure_auc=twin_auc)
-        # audit cells: where the ERM head errs, learned on one half and applied to the other
-        audit_sel = region_cells(xi_held, held.labels, ~right[:len(held)], xi_sel, sel.labels, n_classes)
-        audit_held = region_cells(xi_sel, sel.labels, ~right[len(held):], xi_held, held.labels, n_classes)
-        g_held, g_sel = inferences[first]     # and where the first inference's minority lies
-        inf_sel = region_cells(xi_held, held.labels, g_held % 2 == 1, xi_sel, sel.labels, n_classes)
-        inf_held = region_cells(xi_sel, sel.labels, g_sel % 2 == 1, xi_held, held.labels, n_classes)
+        # audit cells: where the ERM head errs, learned on the other half (and the rest of the
+        # row's own half with half_folds > 1), and where the first inference's minority lies
+        fold_rng = streams.rng("folds")
+        folds_sel, folds_held = (class_folds(v.labels, int(self.half_folds), fold_rng) for v in (sel, held))
+        (g_held, g_sel), wrong_held, wrong_sel = inferences[first], ~right[:n_held], ~right[n_held:]
+        audit_sel, audit_held = halves_cells(xi_sel, sel.labels, wrong_sel, xi_held, held.labels, wrong_held,
+                                             folds_sel, folds_held, n_classes)
+        inf_sel, inf_held = halves_cells(xi_sel, sel.labels, g_sel % 2 == 1, xi_held, held.labels, g_held % 2 == 1,
+                                         folds_sel, folds_held, n_classes)
         value_sel, value_held = (inf_sel, inf_held) if self.value_cells == "inferred" else (audit_sel, audit_held)
         uncovered = uncovered_classes([audit_sel, audit_held, inf_sel, inf_held], n_classes, int(self.min_group_size))
         if self.audit_coverage and uncovered:
@@ -413,7 +417,7 @@ class GradTuneAutoMethod(Method):
                                    "could lose that class's minority without the validation rows showing it", info,
                              structure_auc=auc, twin_structure_auc=twin_auc)
         pairs, values, n_small, balanced, pseudo, idx, ok_a = self._side(
-            inferences, held.features, held.labels, sel.features, sel.labels, value_sel, epochs, head,
+            inferences, held.features, held.labels, sel.features, sel.labels, folds_sel, value_sel, epochs, head,
             n_classes, streams)
         v2 = n2 = None
         halves = [(ok_a, value_sel)]
@@ -423,7 +427,7 @@ class GradTuneAutoMethod(Method):
         if self.crossfit:
             swapped = {k: (g_sel, g_held) for k, (g_held, g_sel) in inferences.items()}
             _, v2, n2, b2, p2, _, ok_b = self._side(swapped, sel.features, sel.labels, held.features, held.labels,
-                                                    value_held, epochs, head, n_classes, streams)
+                                                    folds_held, value_held, epochs, head, n_classes, streams)
             balanced, pseudo = (balanced + b2) / 2, (pseudo + p2) / 2
             halves.append((ok_b, value_held))
             floors.append(worst_over_cell_sets(ok_b, (audit_held, value_held)[:1 + both], 2 * n_classes,
@@ -464,14 +468,10 @@ class GradTuneAutoMethod(Method):
         diag = {
             "pseudo_groups": info,
             "inferences": list(inferences),
-            "pseudo_group_counts": {k: {"heldout": np.bincount(g[0], minlength=2 * n_classes).tolist(),
-                                        "selection": np.bincount(g[1], minlength=2 * n_classes).tolist()}
-                                    for k, g in inferences.items()},
-            "audit_counts": {"heldout": np.bincount(audit_held, minlength=2 * n_classes).tolist(),
-                             "selection": np.bincount(audit_sel, minlength=2 * n_classes).tolist()},
+            "pseudo_group_counts": {k: _counts(*g, 2 * n_classes) for k, g in inferences.items()},
+            "audit_counts": _counts(audit_held, audit_sel, 2 * n_classes),
             "value_cells": self.value_cells,
-            "value_cell_counts": {"heldout": np.bincount(value_held, minlength=2 * n_classes).tolist(),
-                                  "selection": np.bincount(value_sel, minlength=2 * n_classes).tolist()},
+            "value_cell_counts": _counts(value_held, value_sel, 2 * n_classes),
             "erm_minority_accuracy": erm_minority_acc,
             "deployment_shares": [{"validation": v.tolist(), "deployment": d.tolist()} for v, d in shares],
             "structure_auc": auc,
@@ -489,7 +489,7 @@ class GradTuneAutoMethod(Method):
                             "gain_bound": lo, "floor_value": float(f)}
                            for (k, c), v, t, b, a, lo, f in zip(pairs, values, needed, balanced, allowed, bounds,
                                                                 floor, strict=True)],
-            "selected_rows": held.index[idx].tolist(),
+            "selected_rows": np.concatenate([held.index, sel.index[folds_sel != 0]])[idx].tolist(),
             # bundle rows the first inference calls minority (diagnostic: purity / recall in reports)
             "inferred_minority_rows": np.concatenate([held.index[inferences[first][0] % 2 == 1],
                                                       sel.index[inferences[first][1] % 2 == 1]]).tolist(),

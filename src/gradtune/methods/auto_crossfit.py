@@ -1,0 +1,110 @@
+"""Cross-fitting for ``gradtune-auto``: which rows fit a candidate (or a region model) and which
+rows judge it.
+
+Every validation row is judged by heads that never saw it. With ``half_folds=1`` the rows
+of one half are judged by heads fitted on the other half. With ``half_folds=F > 1`` each
+half is split into F folds (stratified by class), and the rows of a fold are judged by heads
+fitted on the other half *and* the rest of their own half, so a judged candidate is fitted
+on a share ``1 - 1 / (2F)`` of the rows, closer to the head the refit returns (fitted on
+all of them). The audit regions are learned the same way, so a row's cell never depends on
+its own label.
+
+Shapes: m scored rows, n rows of the other half, d features, K candidates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from gradtune.methods.auto_candidates import AutoCandidate
+from gradtune.selection.audit import region_cells
+
+__all__ = ["class_folds", "fold_cells", "halves_cells", "fold_correct"]
+
+#: fit(x (n, d), y (n,), {inference: pseudo-group ids (n,)}) -> [(inference, candidate), ...], ERM first
+FitFn = Callable[[np.ndarray, np.ndarray, dict[str, np.ndarray]], list[tuple[str, AutoCandidate]]]
+
+
+def class_folds(y: np.ndarray, n_folds: int, rng: np.random.Generator) -> np.ndarray:
+    """(m,) fold ids in ``[0, n_folds)``, each class's rows dealt round-robin in a random order.
+
+    With one fold every id is 0 and nothing is drawn from ``rng``."""
+    y = np.asarray(y)
+    folds = np.zeros(len(y), dtype=np.int64)
+    if int(n_folds) <= 1:
+        return folds
+    for k in np.unique(y):
+        rows = np.flatnonzero(y == k)
+        folds[rng.permutation(rows)] = np.arange(rows.size) % int(n_folds)
+    return folds
+
+
+def _without(folds: np.ndarray, j: int, own: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """The other half's rows followed by the own half's rows outside fold j."""
+    return np.concatenate([other, own[folds != j]])
+
+
+def fold_cells(x_score: np.ndarray, y_score: np.ndarray, flag_score: np.ndarray, x_other: np.ndarray,
+               y_other: np.ndarray, flag_other: np.ndarray, folds: np.ndarray, n_classes: int) -> np.ndarray:
+    """(m,) cell ids of the scored rows: fold j's rows are placed by a region model of the flag
+    (:func:`~gradtune.selection.audit.region_cells`) fitted on the other half's rows and the
+    scored half's rows outside fold j."""
+    cells = np.empty(len(y_score), dtype=np.int64)
+    for j in np.unique(folds):
+        inside = folds == j
+        cells[inside] = region_cells(_without(folds, j, x_score, x_other), _without(folds, j, y_score, y_other),
+                                     _without(folds, j, np.asarray(flag_score, dtype=bool),
+                                              np.asarray(flag_other, dtype=bool)),
+                                     x_score[inside], y_score[inside], n_classes)
+    return cells
+
+
+def halves_cells(x_a: np.ndarray, y_a: np.ndarray, flag_a: np.ndarray, x_b: np.ndarray, y_b: np.ndarray,
+                 flag_b: np.ndarray, folds_a: np.ndarray, folds_b: np.ndarray, n_classes: int,
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`fold_cells` of both halves: (cells of half a (m,), cells of half b (n,))."""
+    return (fold_cells(x_a, y_a, flag_a, x_b, y_b, flag_b, folds_a, n_classes),
+            fold_cells(x_b, y_b, flag_b, x_a, y_a, flag_a, folds_b, n_classes))
+
+
+def fold_correct(fit: FitFn, x_score: np.ndarray, y_score: np.ndarray, g_score: dict[str, np.ndarray],
+                 x_other: np.ndarray, y_other: np.ndarray, g_other: dict[str, np.ndarray], folds: np.ndarray,
+                 ) -> tuple[list[tuple[str, AutoCandidate]], np.ndarray, np.ndarray]:
+    """Candidates fitted once per fold and judged on that fold's rows.
+
+    Parameters
+    ----------
+    fit : the candidates of some rows (see ``FitFn``); it must return the same candidates,
+        in the same order, whatever rows it is given
+    x_score, y_score : (m, d), (m,) the judged half; x_other, y_other : (n, d), (n,) the other
+    g_score, g_other : {inference: (m,) / (n,) pseudo-group ids}
+    folds : (m,) fold ids of the judged rows (:func:`class_folds`)
+
+    Returns
+    -------
+    The candidates fitted without fold 0 (the returned head when no refit follows), which
+    judged rows each candidate gets right (K, m), and whether every fold's fit gave finite
+    logits (K,) bool.
+    """
+    first: list[tuple[str, AutoCandidate]] | None = None
+    correct: np.ndarray | None = None
+    valid: np.ndarray | None = None
+    for j in np.unique(folds):
+        inside = folds == j
+        pairs = fit(_without(folds, j, x_score, x_other), _without(folds, j, y_score, y_other),
+                    {k: _without(folds, j, g_score[k], g_other[k]) for k in g_score})
+        if first is None:
+            first = pairs
+            correct = np.zeros((len(pairs), len(y_score)), dtype=bool)
+            valid = np.ones(len(pairs), dtype=bool)
+        assert correct is not None and valid is not None and len(pairs) == len(first)
+        for i, (_, cand) in enumerate(pairs):
+            logits = cand.head.logits(x_score[inside])
+            if not np.isfinite(logits).all():
+                valid[i] = False
+                continue
+            correct[i, inside] = logits.argmax(axis=1) == y_score[inside]
+    assert first is not None and correct is not None and valid is not None, "at least one fold is needed"
+    return first, correct, valid

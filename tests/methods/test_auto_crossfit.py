@@ -1,0 +1,96 @@
+"""Cross-fitting of gradtune-auto: folds by class, region cells and candidates that never
+see the rows they judge."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gradtune.methods import get_method
+from gradtune.methods.auto_candidates import AutoCandidate
+from gradtune.methods.auto_crossfit import class_folds, fold_cells, fold_correct
+from gradtune.methods.base import LinearHead
+from gradtune.selection.audit import region_cells
+from tests.methods._synthetic import make_spurious_bundle
+
+
+def _rows(seed: int, n: int, d: int = 5, n_classes: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, n_classes, n)
+    x = rng.normal(size=(n, d)) + y[:, None]
+    flag = rng.random(n) < 0.2 + 0.1 * (x[:, 1] > 1)
+    return x, y, flag
+
+
+def test_class_folds_deal_every_class_evenly() -> None:
+    y = np.repeat([0, 1, 2], [10, 7, 3])
+    folds = class_folds(y, 3, np.random.default_rng(0))
+    for k in range(3):
+        counts = np.bincount(folds[y == k], minlength=3)
+        assert counts.max() - counts.min() <= 1 and counts.sum() == (y == k).sum()
+    rng = np.random.default_rng(5)
+    state = rng.bit_generator.state
+    np.testing.assert_array_equal(class_folds(y, 1, rng), np.zeros(len(y), dtype=np.int64))
+    assert rng.bit_generator.state == state       # one fold draws nothing
+
+
+def test_one_fold_is_the_other_half_alone() -> None:
+    xs, ys, fs = _rows(0, 120)
+    xo, yo, fo = _rows(1, 150)
+    got = fold_cells(xs, ys, fs, xo, yo, fo, np.zeros(len(ys), dtype=np.int64), 3)
+    np.testing.assert_array_equal(got, region_cells(xo, yo, fo, xs, ys, 3))
+
+
+def test_each_fold_is_placed_by_a_model_that_never_saw_it() -> None:
+    xs, ys, fs = _rows(2, 200)
+    xo, yo, fo = _rows(3, 180)
+    folds = class_folds(ys, 2, np.random.default_rng(1))
+    got = fold_cells(xs, ys, fs, xo, yo, fo, folds, 3)
+    for j in (0, 1):     # by hand: the other half, then this half's other fold
+        out = folds != j
+        want = region_cells(np.concatenate([xo, xs[out]]), np.concatenate([yo, ys[out]]),
+                            np.concatenate([fo, fs[out]]), xs[folds == j], ys[folds == j], 3)
+        np.testing.assert_array_equal(got[folds == j], want)
+    flipped = fs.copy()
+    flipped[folds == 0] = ~flipped[folds == 0]       # fold 0's own flags do not move fold 0's cells
+    np.testing.assert_array_equal(fold_cells(xs, ys, flipped, xo, yo, fo, folds, 3)[folds == 0], got[folds == 0])
+
+
+def test_candidates_are_judged_only_on_rows_they_were_not_fitted_on() -> None:
+    xs, ys, _ = _rows(4, 90, d=3, n_classes=2)
+    xo, yo, _ = _rows(5, 60, d=3, n_classes=2)
+    xs[:, 2], xo[:, 2] = np.arange(90), 1000 + np.arange(60)    # a row id in the last column
+    gs, go = {"xrm": 2 * ys}, {"xrm": 2 * yo}
+    folds = class_folds(ys, 3, np.random.default_rng(2))
+    seen: list[set[int]] = []
+
+    def fit(x: np.ndarray, y: np.ndarray, groups: dict[str, np.ndarray]) -> list[tuple[str, AutoCandidate]]:
+        assert len(groups["xrm"]) == len(y) == len(x)
+        seen.append({int(v) for v in x[:, 2]})
+        w = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]) * len(seen)   # a different head per fold
+        bad = LinearHead(np.full((2, 3), np.nan), np.zeros(2)) if len(seen) == 2 else LinearHead(w, np.zeros(2))
+        return [("erm", AutoCandidate("erm", 0.0, LinearHead(w, np.zeros(2)))), ("xrm", AutoCandidate("retrain", 1.0,
+                                                                                                     bad))]
+
+    pairs, correct, valid = fold_correct(fit, xs, ys, gs, xo, yo, go, folds)
+    assert len(seen) == 3
+    for j, rows in enumerate(seen):
+        judged = set(np.flatnonzero(folds == j).tolist())
+        assert not rows & judged                                  # never fitted on the rows it judges
+        assert rows == set(range(1000, 1060)) | (set(range(90)) - judged)
+    np.testing.assert_array_equal(correct[0], (xs[:, 0] > 0).astype(int) == ys)
+    assert valid.tolist() == [True, False]                        # fold 1's second head was not finite
+    np.testing.assert_array_equal(pairs[0][1].head.weight, np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]))
+
+
+@pytest.mark.parametrize("half_folds", [2, 3])
+def test_gradtune_auto_with_folds_runs_and_is_reproducible(half_folds: int) -> None:
+    b = make_spurious_bundle(n_train=400, n_heldout=600, n_selection=600, n_test=400, d=16, seed=3, align_eval=0.9,
+                             encoder_dim=6)
+    params = {"xrm_steps": 300, "c_grid": (1.0, 0.1), "num_retrains": 2, "half_folds": half_folds}
+    a = get_method("gradtune-auto", **params).fit(b, seed=2)
+    again = get_method("gradtune-auto", **params).fit(b, seed=2)
+    np.testing.assert_array_equal(a.model.weight, again.model.weight)
+    assert a.diagnostics == again.diagnostics
+    one = get_method("gradtune-auto", **{**params, "half_folds": 1}).fit(b, seed=2)
+    assert [c["value"] for c in one.diagnostics["candidates"]] != [c["value"] for c in a.diagnostics["candidates"]]
