@@ -42,8 +42,10 @@ def class_folds(y: np.ndarray, n_folds: int, rng: np.random.Generator) -> np.nda
 
 
 def _without(folds: np.ndarray, j: int, own: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """The other half's rows followed by the own half's rows outside fold j."""
-    return np.concatenate([other, own[folds != j]])
+    """The other half's rows followed by the own half's rows outside fold j (the other half
+    itself, not a copy, when fold j is the whole own half)."""
+    outside = folds != j
+    return other if not outside.any() else np.concatenate([other, own[outside]])
 
 
 def fold_cells(x_score: np.ndarray, y_score: np.ndarray, flag_score: np.ndarray, x_other: np.ndarray,
