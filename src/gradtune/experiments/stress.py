@@ -60,7 +60,7 @@ class StressMember:
     name : str; family : str; role : "dev" or "report" (from the split rule);
     spec : ShortcutSpec (synthetic) or OfflineBenchmark (offline); erm : "linear" or "mlp"
     (synthetic only); control : True where there is no shortcut (the method must keep ERM);
-    batch : 1 for the first members, 2 to 8 for later batches (each added, with its roles,
+    batch : 1 for the first members, 2 to 9 for later batches (each added, with its roles,
     before any default was tuned on it; the earlier batches' report halves had been read).
     """
 
@@ -365,8 +365,24 @@ _MEMBERS: tuple[StressMember, ...] = (
         shortcut="stripes", agreement=0.5),
     _fm("fmnist-control", "fm-control-stripes", control=True, classes=(6, 8), shortcut="stripes",
         train_agreement=0.5, val_agreement=0.5, n_val=4000),
+    # Ninth batch, declared together before any run on it: more controls and shortcut members on
+    # features that are not Gaussian (a ReLU layer, Student-t noise), where rounds 6-7 found the
+    # guard's premise weakest; each family gains development and report members alike.
+    _syn("control", "control-relu-3class", control=True, encoder="relu", n_classes=3, dim=96, core_strength=1.8,
+         shortcut_strength=0.0),
+    _syn("control", "control-t4-3class", control=True, noise_df=4.0, n_classes=3, dim=64, core_strength=1.8,
+         shortcut_strength=0.0),
+    _syn("control", "control-t3-128", control=True, noise_df=3.0, dim=128, core_strength=1.4, shortcut_strength=0.0),
+    _syn("control", "control-relu-256", control=True, encoder="relu", dim=256, core_strength=1.5,
+         shortcut_strength=0.0),
+    _syn("relu-features", "relu-weak-core-64", encoder="relu", dim=64, core_strength=1.2, shortcut_strength=3.0),
+    _syn("relu-features", "relu-mark-4class", encoder="relu", n_classes=4, tie="one", tied_class=2, dim=128,
+         core_strength=1.8, train_agreement=0.9),
+    _syn("heavy-tail", "t3-mark-3class", noise_df=3.0, n_classes=3, tie="one", tied_class=1, dim=64,
+         core_strength=1.8, train_agreement=0.9),
+    _syn("heavy-tail", "t4-weak-core-128", noise_df=4.0, dim=128, core_strength=1.3, shortcut_strength=3.0),
 )
-_BATCH_ENDS = (37, 63, 73, 101, 121, 137, 151)   # members listed before batch 2, 3, ... starts
+_BATCH_ENDS = (37, 63, 73, 101, 121, 137, 151, 155)   # members listed before batch 2, 3, ... starts
 
 
 def _assign_roles(members: tuple[StressMember, ...]) -> tuple[StressMember, ...]:
