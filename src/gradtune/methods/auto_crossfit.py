@@ -19,26 +19,12 @@ from collections.abc import Callable
 import numpy as np
 
 from gradtune.methods.auto_candidates import AutoCandidate
-from gradtune.selection.audit import region_cells
+from gradtune.selection.audit import class_folds, region_cells
 
 __all__ = ["class_folds", "fold_cells", "halves_cells", "fold_correct"]
 
 #: fit(x (n, d), y (n,), {inference: pseudo-group ids (n,)}) -> [(inference, candidate), ...], ERM first
 FitFn = Callable[[np.ndarray, np.ndarray, dict[str, np.ndarray]], list[tuple[str, AutoCandidate]]]
-
-
-def class_folds(y: np.ndarray, n_folds: int, rng: np.random.Generator) -> np.ndarray:
-    """(m,) fold ids in ``[0, n_folds)``, each class's rows dealt round-robin in a random order.
-
-    With one fold every id is 0 and nothing is drawn from ``rng``."""
-    y = np.asarray(y)
-    folds = np.zeros(len(y), dtype=np.int64)
-    if int(n_folds) <= 1:
-        return folds
-    for k in np.unique(y):
-        rows = np.flatnonzero(y == k)
-        folds[rng.permutation(rows)] = np.arange(rows.size) % int(n_folds)
-    return folds
 
 
 def _without(folds: np.ndarray, j: int, own: np.ndarray, other: np.ndarray) -> np.ndarray:
@@ -54,12 +40,12 @@ def fold_cells(x_score: np.ndarray, y_score: np.ndarray, flag_score: np.ndarray,
     (:func:`~gradtune.selection.audit.region_cells`) fitted on the other half's rows and the
     scored half's rows outside fold j."""
     cells = np.empty(len(y_score), dtype=np.int64)
+    flag_score, flag_other = np.asarray(flag_score, dtype=bool), np.asarray(flag_other, dtype=bool)
     for j in np.unique(folds):
         inside = folds == j
         cells[inside] = region_cells(_without(folds, j, x_score, x_other), _without(folds, j, y_score, y_other),
-                                     _without(folds, j, np.asarray(flag_score, dtype=bool),
-                                              np.asarray(flag_other, dtype=bool)),
-                                     x_score[inside], y_score[inside], n_classes)
+                                     _without(folds, j, flag_score, flag_other), x_score[inside], y_score[inside],
+                                     n_classes)
     return cells
 
 

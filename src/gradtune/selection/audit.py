@@ -33,8 +33,23 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["region_cells", "cell_accuracies", "worst_cell_accuracy", "uncovered_classes", "worst_over_cell_sets",
+__all__ = ["class_folds", "region_cells", "cell_accuracies", "worst_cell_accuracy", "uncovered_classes", "worst_over_cell_sets",
            "structure_auc", "structure_aucs"]
+
+
+def class_folds(y: np.ndarray, n_folds: int, rng: np.random.Generator) -> np.ndarray:
+    """(m,) fold ids in ``[0, n_folds)``, each label's rows dealt round-robin in a random order
+    (folds stratified by class, or by group when ``y`` holds group ids).
+
+    With one fold every id is 0 and nothing is drawn from ``rng``."""
+    y = np.asarray(y)
+    folds = np.zeros(len(y), dtype=np.int64)
+    if int(n_folds) <= 1:
+        return folds
+    for k in np.unique(y):
+        rows = np.flatnonzero(y == k)
+        folds[rng.permutation(rows)] = np.arange(rows.size) % int(n_folds)
+    return folds
 
 
 def region_cells(x_fit: np.ndarray, y_fit: np.ndarray, flag_fit: np.ndarray, x_apply: np.ndarray,

@@ -17,6 +17,7 @@ import numpy as np
 from scipy.optimize import nnls
 
 from gradtune._validation import GradTuneInputError
+from gradtune.selection.audit import class_folds
 
 _CHUNK = 65536
 
@@ -70,10 +71,7 @@ def deployment_shares(x_val: np.ndarray, groups: np.ndarray, x_dep: np.ndarray, 
     if method not in ("bbse", "em"):
         raise GradTuneInputError(f"method must be 'bbse' or 'em', got {method!r}")
     val = _group_shares(groups, n_groups)
-    fold = np.empty(len(groups), dtype=np.int64)         # folds stratified by group
-    for g in np.flatnonzero(val):
-        rows = np.flatnonzero(groups == g)
-        fold[rng.permutation(rows)] = np.arange(len(rows)) % int(n_folds)
+    fold = class_folds(groups, int(n_folds), rng)         # folds stratified by group
     if np.count_nonzero(val) < 2:
         return val, val.copy()
     mean, scale = x_val.mean(axis=0), x_val.std(axis=0) + 1e-8
