@@ -189,7 +189,7 @@ def test_merge_small_groups_by_hand() -> None:
 @pytest.mark.parametrize("bad", [{"families": ("magic",)}, {"features": "pixels"}, {"margin": -1},
                                  {"epochs_grid": (), "families": ("finetune",)}, {"c_grid": (0.0,)}, {"xrm_steps": 0},
                                  {"inferences": ()}, {"inferences": ("twins",)},
-                                 {"min_repaired_accuracy": 1.5}, {"margin_z": -1}])
+                                 {"min_repaired_accuracy": 1.5}, {"margin_z": -1}, {"structure_scale": "quantile"}])
 def test_bad_parameters_are_named(biased: EmbeddingBundle, bad: dict) -> None:
     with pytest.raises(GradTuneInputError):
         get_method("gradtune-auto", **{**FAST, **bad}).fit(biased, seed=0)
@@ -238,6 +238,25 @@ def test_structure_gate_keeps_the_head_and_can_be_turned_off(biased: EmbeddingBu
     twin = get_method("gradtune-auto", min_structure_auc=1.0, min_twin_auc=0.0, audit_coverage=False,
                       **FAST).fit(biased, seed=0)
     assert twin.diagnostics["candidates"] and twin.diagnostics["twin_structure_auc"] == d["twin_structure_auc"]
+
+
+def test_structure_gate_reads_the_features_on_the_chosen_scale() -> None:
+    # a heavy-tailed no-shortcut member of the stress suite: the gate's AUCs are the audit
+    # module's on the inference features of the two halves, on normal scores by default
+    from gradtune.experiments.stress import build_member_bundle
+    from gradtune.selection.audit import structure_aucs
+
+    bundle = build_member_bundle("control-t3-128", 1)
+    held, sel = bundle.view("heldout"), bundle.view("selection")
+    enc_h, enc_s = (bundle.encoder_features[v.index] for v in (held, sel))
+    wrong = [bundle.logits[v.index].argmax(1) != v.labels for v in (held, sel)]
+    for scale in ("rank", "standard"):
+        d = get_method("gradtune-auto", structure_scale=scale, min_structure_auc=1.0, min_twin_auc=1.0,
+                       **FAST).fit(bundle, seed=1).diagnostics
+        want = structure_aucs(enc_h, held.labels, bundle.logits[held.index], enc_s, sel.labels,
+                              [tuple(wrong)], 2, scale=scale)[0]
+        assert d["guard_kept_erm"] and d["structure_auc"] == pytest.approx(want, abs=1e-12)
+    assert GradTuneAutoMethod().structure_scale == "rank"
 
 
 def test_the_repaired_accuracy_floor_scales_with_the_number_of_classes() -> None:

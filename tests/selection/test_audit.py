@@ -143,3 +143,81 @@ def test_structure_aucs_matches_a_slow_reference_per_flag_pair() -> None:
     assert got[2] is None                                  # no flagged rows: nothing to test
     for (fa, fb), g in zip(pairs[:2], got[:2], strict=True):
         assert g == pytest.approx(_reference_auc(xa, ya, fa, la, xb, yb, fb), abs=1e-6)
+
+
+def test_normal_scores_by_hand() -> None:
+    from statistics import NormalDist
+
+    from gradtune.selection.audit import normal_scores
+
+    x = np.array([[3.0, 7.0], [1.0, 7.0], [2.0, 7.0], [2.0, 7.0]])
+    got = normal_scores(x)
+    # column 0: ranks 4, 1, 2.5, 2.5 of 4 -> (rank - 1/2) / 4; a constant column is all ties -> 0
+    inv = NormalDist().inv_cdf
+    want0 = [inv(0.875), inv(0.125), 0.0, 0.0]
+    assert got[:, 0] == pytest.approx(want0, abs=1e-12)
+    assert got[:, 1] == pytest.approx([0.0] * 4, abs=1e-12)
+    # many ties, columns dealt in blocks: scipy's mean ranks as the reference
+    from scipy.stats import norm, rankdata
+
+    x = np.random.default_rng(0).integers(0, 6, size=(300, 11)).astype(np.float32)
+    want = norm.ppf((rankdata(x, axis=0, method="average") - 0.5) / 300)
+    assert normal_scores(x, block=4) == pytest.approx(want, abs=1e-9)
+
+
+def test_rank_scale_ignores_monotone_feature_maps() -> None:
+    from gradtune.selection.audit import structure_aucs
+
+    xa, ya, sa = _rows(0, shortcut=2.5)
+    xb, yb, sb = _rows(1, shortcut=2.5)
+    w = np.array([1.0, 1.0, 0, 0, 0, 0])
+    la, lb = _head(xa, w), _head(xb, w)
+    pairs = [(la.argmax(1) != ya, lb.argmax(1) != yb), (np.asarray(sa) != ya, np.asarray(sb) != yb)]
+    plain = structure_aucs(xa, ya, la, xb, yb, pairs, 2, scale="rank")
+    # a strictly increasing map of every column leaves each column's ranks, so the normal scores,
+    # unchanged: only the head's logits (given) tie the test to the raw values
+    mapped = structure_aucs(np.exp(xa), ya, la, np.exp(xb), yb, pairs, 2, scale="rank")
+    assert mapped == pytest.approx(plain, abs=1e-9)
+    assert plain[1] > 0.75          # the shortcut's minority is still found on the rank scale
+    with pytest.raises(ValueError, match="scale must be one of"):
+        structure_aucs(xa, ya, la, xb, yb, pairs, 2, scale="quantile")
+
+
+def test_rank_scale_keeps_the_null_on_heavy_tailed_classes() -> None:
+    """Two classes, Student-t (3 degrees of freedom) noise on every coordinate, no shortcut: a
+    linear head errs most on rows with an extreme coordinate it weights heavily, which the
+    standardized test partly finds off the head's direction (the Gaussian null's AUC of 0.5 is
+    exceeded); on normal scores the mistakes look like overlap again. Two draws."""
+    from gradtune.selection.audit import structure_auc
+
+    standard, rank = [], []
+    d = 128
+    for seed in (0, 1):
+        rng = np.random.default_rng(seed)
+        means = np.linalg.qr(rng.normal(size=(d, 2)))[0].T * 1.4      # (2, d) class means
+
+        def rows(m: int, rng: np.random.Generator = rng, means: np.ndarray = means
+                 ) -> tuple[np.ndarray, np.ndarray]:
+            y = rng.integers(0, 2, m)
+            return rng.standard_t(3, size=(m, d)) / np.sqrt(3.0) + means[y], y
+
+        xt, yt = rows(8000)
+        clf = LogisticRegression(C=1.0, max_iter=2000).fit(xt, yt)
+        (xa, ya), (xb, yb) = rows(4000), rows(4000)
+        la, lb = (np.stack([-clf.decision_function(x), clf.decision_function(x)], 1) / 2 for x in (xa, xb))
+        fa, fb = la.argmax(1) != ya, lb.argmax(1) != yb
+        standard.append(structure_auc(xa, ya, fa, la, xb, yb, fb, 2))
+        rank.append(structure_auc(xa, ya, fa, la, xb, yb, fb, 2, scale="rank"))
+    assert np.mean(standard) > 0.54, standard                 # the Gaussian null fails on these rows ...
+    assert all(abs(r - 0.5) < 0.03 for r in rank), rank      # ... and holds on their normal scores
+
+
+def test_structure_gate_reason_by_hand() -> None:
+    from gradtune.selection.audit import structure_gate_reason
+
+    assert structure_gate_reason(0.61, 0.2, 0.6, 0.7) is None        # the mistakes route
+    assert structure_gate_reason(0.50, 0.71, 0.6, 0.7) is None       # the twins' route
+    kept = structure_gate_reason(0.55, 0.69, 0.6, 0.7)
+    assert kept is not None and "structure AUC 0.55 < min_structure_auc=0.6" in kept and "0.69 < min_twin_auc" in kept
+    none = structure_gate_reason(None, None, 0.6, 0.7)
+    assert none is not None and "too few mistakes" in none and "twins" not in none

@@ -88,7 +88,9 @@ from gradtune.methods.inferred import (
     merge_small_groups,
 )
 from gradtune.selection.audit import (
+    SCALES,
     structure_aucs,
+    structure_gate_reason,
     uncovered_classes,
     worst_over_cell_sets,
 )
@@ -202,6 +204,10 @@ class GradTuneAutoMethod(Method):
         features off its own decision directions with at least this cross-fitted AUC
         (:func:`~gradtune.selection.audit.structure_auc`): below it the mistakes look
         like class overlap or label noise, which no repair fixes.
+    structure_scale : {"standard", "rank"}, default="rank"
+        Scale of the features in the structure test: standardized, or each column's normal
+        scores (:func:`~gradtune.selection.audit.normal_scores`), so that rows with an
+        extreme value on heavy-tailed features do not pass for a shortcut's minority.
     min_twin_auc : float, default=0.7
         ... unless the XRM twins' inferred minority can be told from the other rows the
         same way with at least this AUC (the mistakes test has little power when the
@@ -264,6 +270,8 @@ class GradTuneAutoMethod(Method):
     min_repaired_accuracy: float = param(0.4, "least accuracy on every audit cell (two classes; x 2 / C)", ge=0,
                                          le=1)
     min_structure_auc: float = param(0.6, "least cross-fitted AUC of the head's mistakes", ge=0, le=1)
+    structure_scale: str = param("rank", "scale of the features in the structure test: standardized or "
+                                             "normal scores", choices=SCALES)
     min_twin_auc: float = param(0.7, "... or of the twins' inferred minority (1.0: this route off)", ge=0, le=1)
     audit_coverage: bool = param(True, "keep the ERM head when a class's region (mistakes or inferred minority) "
                                        "is below min_group_size")
@@ -386,19 +394,11 @@ class GradTuneAutoMethod(Method):
         if "xrm" in inferences:
             flags.append((inferences["xrm"][0] % 2 == 1, inferences["xrm"][1] % 2 == 1))
         aucs = structure_aucs(xi_held, held.labels, head.logits(held.features), xi_sel, sel.labels, flags,
-                              n_classes)
+                              n_classes, scale=str(self.structure_scale))
         auc, twin_auc = aucs[0], (aucs[1] if len(aucs) > 1 else None)
-        passed = (auc is not None and auc >= float(self.min_structure_auc)) or (
-            twin_auc is not None and twin_auc >= float(self.min_twin_auc))
-        if not passed:
-            found = ("too few mistakes in every class to test" if auc is None else
-                     f"structure AUC {auc:.2f} < min_structure_auc={float(self.min_structure_auc):g}")
-            if twin_auc is not None:
-                found += f"; the twins' minority: {twin_auc:.2f} < min_twin_auc={float(self.min_twin_auc):g}"
-            return _keep_erm(head, "the ERM head's mistakes differ from its correct rows only along its "
-                                   f"own decision directions ({found}): they look like class overlap or "
-                                   "label noise, not a shortcut's minority", info,
-                             structure_auc=auc, twin_structure_auc=twin_auc)
+        closed = structure_gate_reason(auc, twin_auc, float(self.min_structure_auc), float(self.min_twin_auc))
+        if closed is not None:
+            return _keep_erm(head, closed, info, structure_auc=auc, twin_structure_auc=twin_auc)
         # audit cells: where the ERM head errs, learned on the other half (and the rest of the
         # row's own half with half_folds > 1), and where the first inference's minority lies
         fold_rng = streams.rng("folds")

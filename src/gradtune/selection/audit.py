@@ -24,7 +24,11 @@ directions too (the shortcut's attribute, which the head reads only in part). So
 features are projected off a linear surrogate of the head's logits, a per-class
 logistic regression learns the mistakes from what is left on one half, and its AUC on
 the other half is the statistic: near 0.5 when the mistakes are class overlap or label
-noise, well above it when they form a group the head has not fully encoded.
+noise, well above it when they form a group the head has not fully encoded. That null
+assumes Gaussian classes; with heavy-tailed coordinates a linear head errs on rows with
+an extreme value, which the regression finds off the head's directions too.
+``scale="rank"`` replaces each feature by its normal scores (per half) first, which
+removes that route and leaves Gaussian features as they were.
 
 Shapes: N fitting rows, M scored rows, d features, C classes.
 """
@@ -34,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["class_folds", "region_cells", "cell_accuracies", "worst_cell_accuracy", "uncovered_classes", "worst_over_cell_sets",
-           "structure_auc", "structure_aucs"]
+           "normal_scores", "structure_auc", "structure_aucs", "structure_gate_reason", "SCALES"]
 
 
 def class_folds(y: np.ndarray, n_folds: int, rng: np.random.Generator) -> np.ndarray:
@@ -149,9 +153,46 @@ def uncovered_classes(cells: list[np.ndarray], n_classes: int, min_rows: int) ->
     return [(k, int(n)) for k, n in enumerate(least) if n < int(min_rows)]
 
 
+def _block_scores(xt: np.ndarray) -> np.ndarray:
+    """Normal scores of each row of a (b, N) block (one feature per row, values contiguous)."""
+    from scipy.special import ndtri
+
+    n = xt.shape[1]
+    order = np.argsort(xt, axis=1)
+    s = np.take_along_axis(xt, order, axis=1)
+    ends = np.ones(s.shape, dtype=bool)                     # last sorted position of each run of ties
+    np.not_equal(s[:, 1:], s[:, :-1], out=ends[:, :-1])
+    del s
+    pos = np.arange(n, dtype=np.float64)
+    last = np.minimum.accumulate(np.where(ends, pos, n - 1.0)[:, ::-1], axis=1)[:, ::-1]
+    starts = np.empty_like(ends)
+    starts[:, 0] = True
+    starts[:, 1:] = ends[:, :-1]
+    rank = np.maximum.accumulate(np.where(starts, pos, 0.0), axis=1)   # first position of the run
+    rank += last
+    rank += 1.0
+    rank /= 2.0 * n                                          # (mean 1-based rank of the run - 1/2) / N
+    out = np.empty(xt.shape, dtype=np.float64)
+    np.put_along_axis(out, order, rank, axis=1)
+    return ndtri(out, out=out)
+
+
+def normal_scores(x: np.ndarray, *, block: int = 256) -> np.ndarray:
+    """(N, d) float64 normal scores of each column of (N, d) ``x``: ``Phi^-1((rank - 1/2) / N)``,
+    tied values sharing their mean rank (a constant column becomes zeros); ``block`` columns
+    at a time."""
+    x = np.asarray(x)
+    out = np.empty(x.shape, dtype=np.float64)
+    if x.shape[0] == 0:
+        return out
+    for j in range(0, x.shape[1], int(block)):
+        out[:, j:j + block] = _block_scores(np.ascontiguousarray(x[:, j:j + block].T)).T
+    return out
+
+
 def structure_auc(x_a: np.ndarray, y_a: np.ndarray, flag_a: np.ndarray, logits_a: np.ndarray,
                   x_b: np.ndarray, y_b: np.ndarray, flag_b: np.ndarray, n_classes: int, *,
-                  c: float = 1.0, min_rows: int = 5) -> float | None:
+                  c: float = 1.0, min_rows: int = 5, scale: str = "standard") -> float | None:
     """Cross-fitted AUC of the mistakes predicted from features off the head's directions.
 
     Parameters
@@ -165,6 +206,10 @@ def structure_auc(x_a: np.ndarray, y_a: np.ndarray, flag_a: np.ndarray, logits_a
         Inverse L2 strength of the per-class logistic regressions.
     min_rows : int, default=5
         A class counts when both halves hold at least this many flagged and unflagged rows.
+    scale : {"standard", "rank"}, default="standard"
+        How the features are put on one scale: standardized by half a's mean and spread, or
+        each half's columns replaced by their normal scores (:func:`normal_scores`) first, so
+        that a few extreme values (heavy tails) cannot make the mistakes predictable.
 
     Returns
     -------
@@ -172,17 +217,24 @@ def structure_auc(x_a: np.ndarray, y_a: np.ndarray, flag_a: np.ndarray, logits_a
     scored half's flagged rows; None when no class counts.
     """
     return structure_aucs(x_a, y_a, logits_a, x_b, y_b, [(flag_a, flag_b)], n_classes, c=c,
-                          min_rows=min_rows)[0]
+                          min_rows=min_rows, scale=scale)[0]
+
+
+SCALES = ("standard", "rank")
 
 
 def structure_aucs(x_a: np.ndarray, y_a: np.ndarray, logits_a: np.ndarray, x_b: np.ndarray,
                    y_b: np.ndarray, flags: list[tuple[np.ndarray, np.ndarray]], n_classes: int, *,
-                   c: float = 1.0, min_rows: int = 5) -> list[float | None]:
+                   c: float = 1.0, min_rows: int = 5, scale: str = "standard") -> list[float | None]:
     """:func:`structure_auc` of several flag pairs ``[(flag_a (N,), flag_b (M,)), ...]`` with
     one standardization and projection of the features; one AUC (or None) per pair."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    if scale == "rank":
+        x_a, x_b = normal_scores(x_a), normal_scores(x_b)
     pa, pb = _standardized(x_a, x_b)       # float64 copies, worked on in place from here
     # the head's logit directions in these features: least squares on centred rows and logits
     # (the intercept), centred over classes too (softmax ignores a shift common to all logits)
@@ -207,3 +259,17 @@ def structure_aucs(x_a: np.ndarray, y_a: np.ndarray, logits_a: np.ndarray, x_b: 
                 weights.append(int(fs[ms].sum()))
         out.append(float(np.average(aucs, weights=weights)) if aucs else None)
     return out
+
+
+def structure_gate_reason(auc: float | None, twin_auc: float | None, min_auc: float, min_twin_auc: float
+                          ) -> str | None:
+    """None when the head's mistakes (``auc``) or the inferred minority (``twin_auc``) clear
+    their least structure AUC; otherwise why a repair should not be attempted."""
+    if (auc is not None and auc >= min_auc) or (twin_auc is not None and twin_auc >= min_twin_auc):
+        return None
+    found = ("too few mistakes in every class to test" if auc is None else
+             f"structure AUC {auc:.2f} < min_structure_auc={min_auc:g}")
+    if twin_auc is not None:
+        found += f"; the twins' minority: {twin_auc:.2f} < min_twin_auc={min_twin_auc:g}"
+    return (f"the ERM head's mistakes differ from its correct rows only along its own decision directions "
+            f"({found}): they look like class overlap or label noise, not a shortcut's minority")
