@@ -1,6 +1,7 @@
 """Time and peak memory of the label-free pipelines at the paper's dataset sizes.
 
     python benchmarks/auto_cost.py [--sizes celeba multinli] [--methods gradtune-auto dfr-xrm dpe]
+                                   [--param gradtune-auto:structure_scale='"standard"']
 
 For each size, generated linear-Gaussian rows in float32 (a weak core signal and a
 strong shortcut; the minority share of CelebA's training set), a class-balanced
@@ -15,6 +16,7 @@ worst-group accuracy is printed beside ERM's. Linux only (reads ``/proc``).
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -81,7 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", nargs="+", default=["celeba"], choices=sorted(SIZES))
     ap.add_argument("--methods", nargs="+", default=["gradtune-auto", "dfr-xrm", "dpe"])
+    ap.add_argument("--param", action="append", default=[], metavar="METHOD:NAME=JSON",
+                    help="a parameter of one method, e.g. gradtune-auto:half_folds=2")
     args = ap.parse_args(argv)
+    params: dict[str, dict] = {}
+    for item in args.param:
+        head, _, value = item.partition("=")
+        meth, _, name = head.partition(":")
+        if not (meth and name and value):
+            ap.error(f"--param takes METHOD:NAME=JSON, got {item!r}")
+        params.setdefault(meth, {})[name] = json.loads(value)
     for name in args.sizes:
         t = time.perf_counter()
         bundle = make_bundle(name)
@@ -95,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             base = _status_kb("VmRSS")
             _reset_peak()
             t = time.perf_counter()
-            res = get_method(meth).fit(bundle, seed=0)
+            res = get_method(meth, **params.get(meth, {})).fit(bundle, seed=0)
             sec = time.perf_counter() - t
             peak_mb = (_status_kb("VmHWM") - base) / 1024
             print(f"  {meth:>14s}: {sec:6.1f} s, peak +{peak_mb:,.0f} MiB = {peak_mb / feat_mb:.2f}x the "

@@ -99,11 +99,13 @@ def region_cells(x_fit: np.ndarray, y_fit: np.ndarray, flag_fit: np.ndarray, x_a
     return out
 
 
-def _standardized(x_fit: np.ndarray, x_other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _standardized(x_fit: np.ndarray, x_other: np.ndarray, *, copy: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Float64 copies of (N, d) x_fit and (M, d) x_other, both standardized by x_fit's column
-    mean and spread (a constant column keeps scale 1); one copy each, no temporaries."""
-    xf = np.array(x_fit, dtype=np.float64)
-    xo = np.array(x_other, dtype=np.float64)
+    mean and spread (a constant column keeps scale 1); one copy each, no temporaries
+    (``copy=False``: float64 inputs are standardized in place)."""
+    as64 = np.array if copy else np.asarray
+    xf = as64(x_fit, dtype=np.float64)
+    xo = as64(x_other, dtype=np.float64)
     mean = xf.mean(axis=0)
     scale = xf.std(axis=0)
     scale[scale == 0] = 1.0
@@ -233,9 +235,10 @@ def structure_aucs(x_a: np.ndarray, y_a: np.ndarray, logits_a: np.ndarray, x_b: 
 
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
-    if scale == "rank":
-        x_a, x_b = normal_scores(x_a), normal_scores(x_b)
-    pa, pb = _standardized(x_a, x_b)       # float64 copies, worked on in place from here
+    if scale == "rank":                    # fresh float64 arrays, standardized in place
+        pa, pb = _standardized(normal_scores(x_a), normal_scores(x_b), copy=False)
+    else:
+        pa, pb = _standardized(x_a, x_b)   # float64 copies, worked on in place from here
     # the head's logit directions in these features: least squares on centred rows and logits
     # (the intercept), centred over classes too (softmax ignores a shift common to all logits)
     z = np.asarray(logits_a, dtype=np.float64)
