@@ -250,13 +250,13 @@ def test_structure_gate_reads_the_features_on_the_chosen_scale() -> None:
     held, sel = bundle.view("heldout"), bundle.view("selection")
     enc_h, enc_s = (bundle.encoder_features[v.index] for v in (held, sel))
     wrong = [bundle.logits[v.index].argmax(1) != v.labels for v in (held, sel)]
-    for scale in ("rank", "standard"):
+    for scale in ("rank", "standard", "both"):
         d = get_method("gradtune-auto", structure_scale=scale, min_structure_auc=1.0, min_twin_auc=1.0,
                        **FAST).fit(bundle, seed=1).diagnostics
         want = structure_aucs(enc_h, held.labels, bundle.logits[held.index], enc_s, sel.labels,
                               [tuple(wrong)], 2, scale=scale)[0]
         assert d["guard_kept_erm"] and d["structure_auc"] == pytest.approx(want, abs=1e-12)
-    assert GradTuneAutoMethod().structure_scale == "rank"
+    assert GradTuneAutoMethod().structure_scale == "both"
 
 
 def test_the_repaired_accuracy_floor_scales_with_the_number_of_classes() -> None:

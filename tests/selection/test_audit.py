@@ -174,6 +174,10 @@ def test_rank_scale_ignores_monotone_feature_maps() -> None:
     la, lb = _head(xa, w), _head(xb, w)
     pairs = [(la.argmax(1) != ya, lb.argmax(1) != yb), (np.asarray(sa) != ya, np.asarray(sb) != yb)]
     plain = structure_aucs(xa, ya, la, xb, yb, pairs, 2, scale="rank")
+    standard = structure_aucs(xa, ya, la, xb, yb, pairs, 2)
+    both = structure_aucs(xa, ya, la, xb, yb, pairs + [(np.zeros(len(ya), bool), np.zeros(len(yb), bool))], 2,
+                          scale="both")
+    assert both == [min(p, s) for p, s in zip(plain, standard, strict=True)] + [None]
     # a strictly increasing map of every column leaves each column's ranks, so the normal scores,
     # unchanged: only the head's logits (given) tie the test to the raw values
     mapped = structure_aucs(np.exp(xa), ya, la, np.exp(xb), yb, pairs, 2, scale="rank")
@@ -208,6 +212,7 @@ def test_rank_scale_keeps_the_null_on_heavy_tailed_classes() -> None:
         fa, fb = la.argmax(1) != ya, lb.argmax(1) != yb
         standard.append(structure_auc(xa, ya, fa, la, xb, yb, fb, 2))
         rank.append(structure_auc(xa, ya, fa, la, xb, yb, fb, 2, scale="rank"))
+        assert structure_auc(xa, ya, fa, la, xb, yb, fb, 2, scale="both") == min(standard[-1], rank[-1])
     assert np.mean(standard) > 0.54, standard                 # the Gaussian null fails on these rows ...
     assert all(abs(r - 0.5) < 0.03 for r in rank), rank      # ... and holds on their normal scores
 

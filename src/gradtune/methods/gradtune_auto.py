@@ -204,10 +204,10 @@ class GradTuneAutoMethod(Method):
         features off its own decision directions with at least this cross-fitted AUC
         (:func:`~gradtune.selection.audit.structure_auc`): below it the mistakes look
         like class overlap or label noise, which no repair fixes.
-    structure_scale : {"standard", "rank"}, default="rank"
-        Scale of the features in the structure test: standardized, or each column's normal
-        scores (:func:`~gradtune.selection.audit.normal_scores`), so that rows with an
-        extreme value on heavy-tailed features do not pass for a shortcut's minority.
+    structure_scale : {"standard", "rank", "both"}, default="both"
+        The structure test on standardized features, on normal scores (rows with an extreme
+        value on heavy-tailed coordinates do not pass for a shortcut's minority), or the smaller
+        AUC of the two (:mod:`~gradtune.selection.audit`; elliptical tails need the first).
     min_twin_auc : float, default=0.7
         ... unless the XRM twins' inferred minority can be told from the other rows the
         same way with at least this AUC (the mistakes test has little power when the
@@ -270,8 +270,8 @@ class GradTuneAutoMethod(Method):
     min_repaired_accuracy: float = param(0.4, "least accuracy on every audit cell (two classes; x 2 / C)", ge=0,
                                          le=1)
     min_structure_auc: float = param(0.6, "least cross-fitted AUC of the head's mistakes", ge=0, le=1)
-    structure_scale: str = param("rank", "scale of the features in the structure test: standardized or "
-                                             "normal scores", choices=SCALES)
+    structure_scale: str = param("both", "scale of the features in the structure test: standardized, normal "
+                                         "scores, or the smaller AUC of the two", choices=SCALES)
     min_twin_auc: float = param(0.7, "... or of the twins' inferred minority (1.0: this route off)", ge=0, le=1)
     audit_coverage: bool = param(True, "keep the ERM head when a class's region (mistakes or inferred minority) "
                                        "is below min_group_size")
