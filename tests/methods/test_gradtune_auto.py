@@ -250,12 +250,21 @@ def test_structure_gate_reads_the_features_on_the_chosen_scale() -> None:
     held, sel = bundle.view("heldout"), bundle.view("selection")
     enc_h, enc_s = (bundle.encoder_features[v.index] for v in (held, sel))
     wrong = [bundle.logits[v.index].argmax(1) != v.labels for v in (held, sel)]
-    for scale in ("rank", "standard", "both"):
-        d = get_method("gradtune-auto", structure_scale=scale, min_structure_auc=1.0, min_twin_auc=1.0,
-                       **FAST).fit(bundle, seed=1).diagnostics
-        want = structure_aucs(enc_h, held.labels, bundle.logits[held.index], enc_s, sel.labels,
-                              [tuple(wrong)], 2, scale=scale)[0]
-        assert d["guard_kept_erm"] and d["structure_auc"] == pytest.approx(want, abs=1e-12)
+    want = {scale: structure_aucs(enc_h, held.labels, bundle.logits[held.index], enc_s, sel.labels,
+                                  [tuple(wrong)], 2, scale=scale)[0] for scale in ("rank", "standard")}
+
+    def gate(scale: str, least: float) -> dict:
+        return get_method("gradtune-auto", structure_scale=scale, min_structure_auc=least, min_twin_auc=1.0,
+                          audit_coverage=False, **FAST).fit(bundle, seed=1).diagnostics
+
+    for scale in ("rank", "standard"):
+        d = gate(scale, 1.0)
+        assert d["guard_kept_erm"] and d["structure_auc"] == pytest.approx(want[scale], abs=1e-12)
+    # "both": a gate closed on normal scores stays closed (their AUC decided); an open one reads
+    # the smaller AUC of the two scales
+    assert gate("both", 1.0)["structure_auc"] == pytest.approx(want["rank"], abs=1e-12)
+    opened = gate("both", 0.0)
+    assert opened["candidates"] and opened["structure_auc"] == pytest.approx(min(want.values()), abs=1e-12)
     assert GradTuneAutoMethod().structure_scale == "both"
 
 

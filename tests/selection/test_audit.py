@@ -226,3 +226,35 @@ def test_structure_gate_reason_by_hand() -> None:
     assert kept is not None and "structure AUC 0.55 < min_structure_auc=0.6" in kept and "0.69 < min_twin_auc" in kept
     none = structure_gate_reason(None, None, 0.6, 0.7)
     assert none is not None and "too few mistakes" in none and "twins" not in none
+
+
+def test_structure_gate_reads_the_standardized_test_only_when_normal_scores_open_it(monkeypatch) -> None:
+    from gradtune.selection import audit
+
+    xa, ya, sa = _rows(0, shortcut=2.5)
+    xb, yb, sb = _rows(1, shortcut=2.5)
+    w = np.array([1.0, 1.0, 0, 0, 0, 0])
+    la, lb = _head(xa, w), _head(xb, w)
+    flags = [(la.argmax(1) != ya, lb.argmax(1) != yb), (np.asarray(sa) != ya, np.asarray(sb) != yb)]
+    rank = audit.structure_aucs(xa, ya, la, xb, yb, flags, 2, scale="rank")
+    standard = audit.structure_aucs(xa, ya, la, xb, yb, flags, 2)
+    calls: list[str] = []
+    real = audit.structure_aucs
+
+    def counted(*a, **k):
+        calls.append(k["scale"])
+        return real(*a, **k)
+
+    monkeypatch.setattr(audit, "structure_aucs", counted)
+    # open on normal scores: both scales read, the smaller AUC decides
+    got = audit.structure_gate(xa, ya, la, xb, yb, flags, 2, scale="both", min_auc=0.6, min_twin_auc=0.7)
+    assert calls == ["rank", "standard"] and got[2] is None
+    assert got[:2] == (min(rank[0], standard[0]), min(rank[1], standard[1]))
+    # closed on normal scores: the standardized test is not run, the reason names their AUCs
+    calls.clear()
+    got = audit.structure_gate(xa, ya, la, xb, yb, flags, 2, scale="both", min_auc=0.99, min_twin_auc=0.99)
+    assert calls == ["rank"] and got[:2] == (rank[0], rank[1]) and "min_structure_auc=0.99" in got[2]
+    # one flag pair: no twins' AUC
+    calls.clear()
+    got = audit.structure_gate(xa, ya, la, xb, yb, flags[:1], 2, scale="standard", min_auc=0.6, min_twin_auc=0.7)
+    assert calls == ["standard"] and got[1] is None and got[0] == standard[0]

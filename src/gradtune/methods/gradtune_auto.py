@@ -26,8 +26,9 @@ evidence the inference cannot rig. No step reads a group label, an attribute or 
    other rows along directions other than the head's own;
    :func:`~gradtune.selection.audit.structure_auc` projects those out and asks whether the
    mistakes (``min_structure_auc``) or the twins' minority (``min_twin_auc``) can still be
-   told apart. Below both, the head is kept (a premise that holds for Gaussian classes; on
-   non-Gaussian features a control can pass, docs/label-free-design.md); so it is when a
+   told apart (``structure_scale``: on standardized features and on normal scores). Below
+   both, the head is kept (a premise that holds for Gaussian classes and heavy tails; through
+   a ReLU layer or on image features a control can pass, docs/label-free-design.md); so it is when a
    class's region has fewer than ``min_group_size`` rows on a half (``audit_coverage``).
    Then a candidate must (a) beat the ERM head's value with a paired bootstrap bound above
    ``margin`` (``gain_quantile``) and on each half by ``confirm_z`` standard errors,
@@ -89,8 +90,7 @@ from gradtune.methods.inferred import (
 )
 from gradtune.selection.audit import (
     SCALES,
-    structure_aucs,
-    structure_gate_reason,
+    structure_gate,
     uncovered_classes,
     worst_over_cell_sets,
 )
@@ -393,10 +393,10 @@ class GradTuneAutoMethod(Method):
         flags = [(~right[:n_held], ~right[n_held:])]
         if "xrm" in inferences:
             flags.append((inferences["xrm"][0] % 2 == 1, inferences["xrm"][1] % 2 == 1))
-        aucs = structure_aucs(xi_held, held.labels, head.logits(held.features), xi_sel, sel.labels, flags,
-                              n_classes, scale=str(self.structure_scale))
-        auc, twin_auc = aucs[0], (aucs[1] if len(aucs) > 1 else None)
-        closed = structure_gate_reason(auc, twin_auc, float(self.min_structure_auc), float(self.min_twin_auc))
+        auc, twin_auc, closed = structure_gate(xi_held, held.labels, head.logits(held.features), xi_sel, sel.labels,
+                                               flags, n_classes, scale=str(self.structure_scale),
+                                               min_auc=float(self.min_structure_auc),
+                                               min_twin_auc=float(self.min_twin_auc))
         if closed is not None:
             return _keep_erm(head, closed, info, structure_auc=auc, twin_structure_auc=twin_auc)
         # audit cells: where the ERM head errs, learned on the other half (and the rest of the

@@ -40,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["class_folds", "region_cells", "cell_accuracies", "worst_cell_accuracy", "uncovered_classes", "worst_over_cell_sets",
-           "normal_scores", "structure_auc", "structure_aucs", "structure_gate_reason", "SCALES"]
+           "normal_scores", "structure_auc", "structure_aucs", "structure_gate", "structure_gate_reason", "SCALES"]
 
 
 def class_folds(y: np.ndarray, n_folds: int, rng: np.random.Generator) -> np.ndarray:
@@ -283,3 +283,24 @@ def structure_gate_reason(auc: float | None, twin_auc: float | None, min_auc: fl
         found += f"; the twins' minority: {twin_auc:.2f} < min_twin_auc={min_twin_auc:g}"
     return (f"the ERM head's mistakes differ from its correct rows only along its own decision directions "
             f"({found}): they look like class overlap or label noise, not a shortcut's minority")
+
+
+def structure_gate(x_a: np.ndarray, y_a: np.ndarray, logits_a: np.ndarray, x_b: np.ndarray, y_b: np.ndarray,
+                   flags: list[tuple[np.ndarray, np.ndarray]], n_classes: int, *, scale: str, min_auc: float,
+                   min_twin_auc: float) -> tuple[float | None, float | None, str | None]:
+    """Is there a shortcut's minority to repair? (AUC of the mistakes ``flags[0]``, AUC of the
+    inferred minority ``flags[1]`` or None, why the gate is closed or None when it is open).
+
+    :func:`structure_aucs` on ``scale``; with ``"both"`` the normal scores are tested first and
+    the standardized features only when those open the gate (the smaller AUC decides, so a gate
+    closed on one scale stays closed; the AUCs returned are those that decided)."""
+    def read(one: str) -> list[float | None]:
+        got = structure_aucs(x_a, y_a, logits_a, x_b, y_b, flags, n_classes, scale=one)
+        return got + [None] * (2 - len(got))
+
+    aucs = read("rank" if scale == "both" else scale)
+    reason = structure_gate_reason(aucs[0], aucs[1], min_auc, min_twin_auc)
+    if scale == "both" and reason is None:
+        aucs = [None if None in p else min(p) for p in zip(aucs, read("standard"), strict=True)]
+        reason = structure_gate_reason(aucs[0], aucs[1], min_auc, min_twin_auc)
+    return aucs[0], aucs[1], reason
