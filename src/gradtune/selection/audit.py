@@ -228,6 +228,11 @@ def structure_auc(x_a: np.ndarray, y_a: np.ndarray, flag_a: np.ndarray, logits_a
 SCALES = ("standard", "rank", "both")
 
 
+def _smaller(a: float | None, b: float | None) -> float | None:
+    """The smaller of two AUCs; None when either scale had nothing to test."""
+    return None if a is None or b is None else min(a, b)
+
+
 def structure_aucs(x_a: np.ndarray, y_a: np.ndarray, logits_a: np.ndarray, x_b: np.ndarray,
                    y_b: np.ndarray, flags: list[tuple[np.ndarray, np.ndarray]], n_classes: int, *,
                    c: float = 1.0, min_rows: int = 5, scale: str = "standard") -> list[float | None]:
@@ -241,7 +246,7 @@ def structure_aucs(x_a: np.ndarray, y_a: np.ndarray, logits_a: np.ndarray, x_b: 
     if scale == "both":
         pairs = zip(*(structure_aucs(x_a, y_a, logits_a, x_b, y_b, flags, n_classes, c=c, min_rows=min_rows,
                                      scale=one) for one in ("standard", "rank")), strict=True)
-        return [None if None in p else min(p) for p in pairs]
+        return [_smaller(a, b) for a, b in pairs]
     if scale == "rank":                    # fresh float64 arrays, standardized in place
         pa, pb = _standardized(normal_scores(x_a), normal_scores(x_b), copy=False)
     else:
@@ -301,6 +306,6 @@ def structure_gate(x_a: np.ndarray, y_a: np.ndarray, logits_a: np.ndarray, x_b: 
     aucs = read("rank" if scale == "both" else scale)
     reason = structure_gate_reason(aucs[0], aucs[1], min_auc, min_twin_auc)
     if scale == "both" and reason is None:
-        aucs = [None if None in p else min(p) for p in zip(aucs, read("standard"), strict=True)]
+        aucs = [_smaller(a, b) for a, b in zip(aucs, read("standard"), strict=True)]
         reason = structure_gate_reason(aucs[0], aucs[1], min_auc, min_twin_auc)
     return aucs[0], aucs[1], reason
