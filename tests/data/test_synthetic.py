@@ -90,7 +90,7 @@ def test_class_prior_sets_training_and_validation_frequencies_not_test() -> None
                                  {"label_noise": -0.1}, {"dim": 2}, {"tie": "one", "n_attributes": 2},
                                  {"class_prior": (0.5, 0.3)}, {"class_prior": (1.0, 0.0)},
                                  {"n_classes": 3, "class_prior": (0.5, 0.5)}, {"encoder": "tanh"},
-                                 {"noise_df": 2.0}])
+                                 {"noise_df": 2.0}, {"noise_shared_scale": True}])
 def test_bad_specs_are_named(bad: dict) -> None:
     with pytest.raises(ValueError, match="bad"):
         ShortcutSpec("bad", **bad)
@@ -110,6 +110,20 @@ def test_heavy_tailed_noise_keeps_unit_variance_and_other_rows() -> None:
     kurt = ((resid - resid.mean(0)) ** 4).mean(0) / resid.var(0) ** 2
     assert kurt.mean() > 6.0
     assert y.shape == gauss.labels[_split(gauss, "train")].shape
+
+
+def test_shared_scale_noise_is_the_gaussian_rows_times_one_scale_per_row() -> None:
+    # no signal, so the rows are the noise: the same Gaussian draw, each row times its own factor
+    base = ShortcutSpec("mvt", dim=16, core_strength=0.0, shortcut_strength=0.0, n_train=20000, n_val=10,
+                        n_test=10, build_seed=5)
+    gauss = make_shortcut_data(base)
+    shared = make_shortcut_data(replace(base, noise_df=3.0, noise_shared_scale=True))
+    np.testing.assert_array_equal(shared.groups, gauss.groups)
+    ratio = shared.inputs.astype(np.float64) / gauss.inputs.astype(np.float64)
+    np.testing.assert_allclose(ratio, ratio[:, :1] * np.ones((1, 16)), rtol=1e-4)
+    scale2 = ratio[:, 0] ** 2                        # (df - 2) / chi2_df: mean 1 (unit variance), heavy right tail
+    assert abs(scale2.mean() - 1.0) < 0.1 and np.quantile(scale2, 0.999) > 10
+    assert abs(shared.inputs.var() - 1.0) < 0.15
 
 
 def test_relu_encoder_is_one_random_layer_over_the_gaussian_rows() -> None:

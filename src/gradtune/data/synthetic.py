@@ -25,7 +25,8 @@ attribute's value. ``label_noise`` flips training and validation labels (never t
 labels) to a uniformly drawn other class. ``class_prior`` makes the classes unequally
 frequent in training and validation (CelebA-like; the test split stays group-balanced).
 ``noise_df`` draws the noise from a Student-t law (heavy tails, still unit variance per
-dimension) and ``encoder="relu"`` passes every row through one random ReLU layer, so the
+dimension; ``noise_shared_scale`` makes it a multivariate t, one scale per row, whose tails
+are elliptical) and ``encoder="relu"`` passes every row through one random ReLU layer, so the
 features are non-negative and sparse like pooled CNN embeddings and the core and the
 shortcut are no longer linear directions of them.
 ``shortcut_strength = 0`` gives a control with nothing to repair.
@@ -82,6 +83,11 @@ class ShortcutSpec:
     noise_df : float, optional
         Degrees of freedom (> 2) of Student-t noise, scaled to unit variance; default:
         Gaussian noise.
+    noise_shared_scale : bool, default=False
+        With ``noise_df``: one Student-t scale per row shared by all its coordinates (Gaussian
+        noise divided by ``sqrt(chi2_df / (df - 2))``, a multivariate t with elliptical tails)
+        instead of independent Student-t coordinates. The row scales are drawn right after
+        the noise, so rows of specs without this option do not change.
     encoder : {"none", "relu"}, default="none"
         ``"relu"``: the rows become ``relu(W x + b) * sqrt(2)`` with ``W`` (d, d) Gaussian
         of variance ``1 / d`` and ``b`` Gaussian of variance ``1 / 4`` (one random layer,
@@ -106,6 +112,7 @@ class ShortcutSpec:
     label_noise: float = 0.0
     class_prior: tuple[float, ...] | None = None
     noise_df: float | None = None
+    noise_shared_scale: bool = False
     encoder: str = "none"
     n_train: int = 4000
     n_val: int = 2000
@@ -119,6 +126,8 @@ class ShortcutSpec:
             raise ValueError(f"{self.name}: encoder must be one of {ENCODERS}, got {self.encoder!r}")
         if self.noise_df is not None and not float(self.noise_df) > 2.0:
             raise ValueError(f"{self.name}: noise_df must be > 2 (finite variance), got {self.noise_df!r}")
+        if self.noise_shared_scale and self.noise_df is None:
+            raise ValueError(f"{self.name}: noise_shared_scale needs noise_df (the Student-t degrees of freedom)")
         if int(self.n_classes) < 2:
             raise ValueError(f"{self.name}: n_classes must be >= 2, got {self.n_classes}")
         if int(self.n_attributes) < 1 or (self.tie == "one" and int(self.n_attributes) != 1):
@@ -219,11 +228,14 @@ def make_shortcut_data(spec: ShortcutSpec) -> GroupedDataset:
     split = np.repeat([SPLIT_CODES["train"], SPLIT_CODES["val"], SPLIT_CODES["test"]],
                       [spec.n_train, spec.n_val, spec.n_test])
     n = len(labels)
-    if spec.noise_df is None:
+    if spec.noise_df is None or spec.noise_shared_scale:
         x = rng.standard_normal((n, d))
     else:  # Student-t, scaled to unit variance: var(t_df) = df / (df - 2)
         df = float(spec.noise_df)
         x = rng.standard_t(df, size=(n, d)) * np.sqrt((df - 2.0) / df)
+    if spec.noise_shared_scale:   # a multivariate t: z * sqrt((df - 2) / chi2_df) has unit variance
+        df = float(spec.noise_df)
+        x *= np.sqrt((df - 2.0) / rng.chisquare(df, size=(n, 1)))
     x += float(spec.core_strength) * mu[true_y]
     rest = attrs.copy()
     for j in reversed(range(k)):                          # decode the combined attribute

@@ -381,8 +381,27 @@ _MEMBERS: tuple[StressMember, ...] = (
     _syn("heavy-tail", "t3-mark-3class", noise_df=3.0, n_classes=3, tie="one", tied_class=1, dim=64,
          core_strength=1.8, train_agreement=0.9),
     _syn("heavy-tail", "t4-weak-core-128", noise_df=4.0, dim=128, core_strength=1.3, shortcut_strength=3.0),
+    # Tenth batch, declared together before any run on it: heavy tails shared by a row's
+    # coordinates (a multivariate t, elliptical), the kind that normal scores bend (round 9 of
+    # docs/label-free-design.md); controls and shortcut members, in both halves.
+    _syn("control", "control-mvt3", control=True, noise_df=3.0, noise_shared_scale=True, dim=64, core_strength=1.5,
+         shortcut_strength=0.0),
+    _syn("control", "control-mvt4-3class", control=True, noise_df=4.0, noise_shared_scale=True, n_classes=3,
+         dim=96, core_strength=1.8, shortcut_strength=0.0),
+    _syn("control", "control-mvt3-128", control=True, noise_df=3.0, noise_shared_scale=True, dim=128,
+         core_strength=1.4, shortcut_strength=0.0),
+    _syn("control", "control-mvt5-256", control=True, noise_df=5.0, noise_shared_scale=True, dim=256,
+         core_strength=1.5, shortcut_strength=0.0),
+    _syn("heavy-tail", "mvt3-weak-core", noise_df=3.0, noise_shared_scale=True, dim=64, core_strength=1.2,
+         shortcut_strength=3.0),
+    _syn("heavy-tail", "mvt4-mark-3class", noise_df=4.0, noise_shared_scale=True, n_classes=3, tie="one",
+         tied_class=2, dim=64, core_strength=1.8, train_agreement=0.9),
+    _syn("heavy-tail", "mvt3-minority-3pct", noise_df=3.0, noise_shared_scale=True, dim=96, core_strength=1.6,
+         train_agreement=0.97, n_train=6000),
+    _syn("heavy-tail", "mvt4-weak-core-128", noise_df=4.0, noise_shared_scale=True, dim=128, core_strength=1.3,
+         shortcut_strength=3.0),
 )
-_BATCH_ENDS = (37, 63, 73, 101, 121, 137, 151, 155)   # members listed before batch 2, 3, ... starts
+_BATCH_ENDS = (37, 63, 73, 101, 121, 137, 151, 155, 163)   # members listed before batch 2, 3, ... starts
 
 
 def _assign_roles(members: tuple[StressMember, ...]) -> tuple[StressMember, ...]:
