@@ -233,7 +233,7 @@ def make_shortcut_data(spec: ShortcutSpec) -> GroupedDataset:
     else:  # Student-t, scaled to unit variance: var(t_df) = df / (df - 2)
         df = float(spec.noise_df)
         x = rng.standard_t(df, size=(n, d)) * np.sqrt((df - 2.0) / df)
-    if spec.noise_shared_scale:   # a multivariate t: z * sqrt((df - 2) / chi2_df) has unit variance
+    if spec.noise_shared_scale and spec.noise_df is not None:   # a multivariate t: z * sqrt((df - 2) / chi2_df)
         df = float(spec.noise_df)
         x *= np.sqrt((df - 2.0) / rng.chisquare(df, size=(n, 1)))
     x += float(spec.core_strength) * mu[true_y]
