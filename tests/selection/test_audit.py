@@ -254,6 +254,7 @@ def test_structure_gate_reads_the_standardized_test_only_when_normal_scores_open
     calls.clear()
     got = audit.structure_gate(xa, ya, la, xb, yb, flags, 2, scale="both", min_auc=0.99, min_twin_auc=0.99)
     assert calls == ["rank"] and got[:2] == (rank[0], rank[1]) and "min_structure_auc=0.99" in got[2]
+    assert got[2].endswith("on normal scores): they look like class overlap or label noise, not a shortcut's minority")
     # one flag pair: no twins' AUC
     calls.clear()
     got = audit.structure_gate(xa, ya, la, xb, yb, flags[:1], 2, scale="standard", min_auc=0.6, min_twin_auc=0.7)

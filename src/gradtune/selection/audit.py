@@ -276,16 +276,19 @@ def structure_aucs(x_a: np.ndarray, y_a: np.ndarray, logits_a: np.ndarray, x_b: 
     return out
 
 
-def structure_gate_reason(auc: float | None, twin_auc: float | None, min_auc: float, min_twin_auc: float
-                          ) -> str | None:
+def structure_gate_reason(auc: float | None, twin_auc: float | None, min_auc: float, min_twin_auc: float,
+                          on: str = "") -> str | None:
     """None when the head's mistakes (``auc``) or the inferred minority (``twin_auc``) clear
-    their least structure AUC; otherwise why a repair should not be attempted."""
+    their least structure AUC; otherwise why a repair should not be attempted (``on``: the
+    features the AUCs were read on, named in the reason)."""
     if (auc is not None and auc >= min_auc) or (twin_auc is not None and twin_auc >= min_twin_auc):
         return None
     found = ("too few mistakes in every class to test" if auc is None else
              f"structure AUC {auc:.2f} < min_structure_auc={min_auc:g}")
     if twin_auc is not None:
         found += f"; the twins' minority: {twin_auc:.2f} < min_twin_auc={min_twin_auc:g}"
+    if on and auc is not None:
+        found += f"; on {on}"
     return (f"the ERM head's mistakes differ from its correct rows only along its own decision directions "
             f"({found}): they look like class overlap or label noise, not a shortcut's minority")
 
@@ -303,9 +306,11 @@ def structure_gate(x_a: np.ndarray, y_a: np.ndarray, logits_a: np.ndarray, x_b: 
         got = structure_aucs(x_a, y_a, logits_a, x_b, y_b, flags, n_classes, scale=one)
         return got + [None] * (2 - len(got))
 
+    words = {"standard": "standardized features", "rank": "normal scores"}
     aucs = read("rank" if scale == "both" else scale)
-    reason = structure_gate_reason(aucs[0], aucs[1], min_auc, min_twin_auc)
+    reason = structure_gate_reason(aucs[0], aucs[1], min_auc, min_twin_auc, words.get(scale, words["rank"]))
     if scale == "both" and reason is None:
         aucs = [_smaller(a, b) for a, b in zip(aucs, read("standard"), strict=True)]
-        reason = structure_gate_reason(aucs[0], aucs[1], min_auc, min_twin_auc)
+        reason = structure_gate_reason(aucs[0], aucs[1], min_auc, min_twin_auc,
+                                       "the smaller of normal scores and standardized features")
     return aucs[0], aucs[1], reason
