@@ -228,14 +228,15 @@ def make_shortcut_data(spec: ShortcutSpec) -> GroupedDataset:
     split = np.repeat([SPLIT_CODES["train"], SPLIT_CODES["val"], SPLIT_CODES["test"]],
                       [spec.n_train, spec.n_val, spec.n_test])
     n = len(labels)
-    if spec.noise_df is None or spec.noise_shared_scale:
+    if spec.noise_df is None:
         x = rng.standard_normal((n, d))
+    elif spec.noise_shared_scale:  # a multivariate t of unit variance: z * sqrt((df - 2) / chi2_df), one per row
+        df = float(spec.noise_df)
+        x = rng.standard_normal((n, d))
+        x *= np.sqrt((df - 2.0) / rng.chisquare(df, size=(n, 1)))
     else:  # Student-t, scaled to unit variance: var(t_df) = df / (df - 2)
         df = float(spec.noise_df)
         x = rng.standard_t(df, size=(n, d)) * np.sqrt((df - 2.0) / df)
-    if spec.noise_shared_scale and spec.noise_df is not None:   # a multivariate t: z * sqrt((df - 2) / chi2_df)
-        df = float(spec.noise_df)
-        x *= np.sqrt((df - 2.0) / rng.chisquare(df, size=(n, 1)))
     x += float(spec.core_strength) * mu[true_y]
     rest = attrs.copy()
     for j in reversed(range(k)):                          # decode the combined attribute

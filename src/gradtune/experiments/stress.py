@@ -60,7 +60,7 @@ class StressMember:
     name : str; family : str; role : "dev" or "report" (from the split rule);
     spec : ShortcutSpec (synthetic) or OfflineBenchmark (offline); erm : "linear" or "mlp"
     (synthetic only); control : True where there is no shortcut (the method must keep ERM);
-    batch : 1 for the first members, 2 to 9 for later batches (each added, with its roles,
+    batch : 1 for the first members, 2 to 10 for later batches (each added, with its roles,
     before any default was tuned on it; the earlier batches' report halves had been read).
     """
 

@@ -306,9 +306,10 @@ def structure_gate(x_a: np.ndarray, y_a: np.ndarray, logits_a: np.ndarray, x_b: 
         got = structure_aucs(x_a, y_a, logits_a, x_b, y_b, flags, n_classes, scale=one)
         return got + [None] * (2 - len(got))
 
-    words = {"standard": "standardized features", "rank": "normal scores"}
-    aucs = read("rank" if scale == "both" else scale)
-    reason = structure_gate_reason(aucs[0], aucs[1], min_auc, min_twin_auc, words.get(scale, words["rank"]))
+    first = "rank" if scale == "both" else scale
+    aucs = read(first)
+    reason = structure_gate_reason(aucs[0], aucs[1], min_auc, min_twin_auc,
+                                   {"standard": "standardized features", "rank": "normal scores"}[first])
     if scale == "both" and reason is None:
         aucs = [_smaller(a, b) for a, b in zip(aucs, read("standard"), strict=True)]
         reason = structure_gate_reason(aucs[0], aucs[1], min_auc, min_twin_auc,
