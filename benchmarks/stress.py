@@ -30,7 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from gradtune.experiments.stress import STRESS_SUITE, build_member_bundle, suite_members
+from gradtune.experiments.stress import (
+    STRESS_SUITE,
+    build_member_bundle,
+    more_validation_rows,
+    suite_members,
+)
 from gradtune.methods.tuning import build_method, family_defaults
 from gradtune.metrics import worst_group_accuracy
 
@@ -46,23 +51,25 @@ def evaluate(model, bundle) -> dict:
     return {"wga": worst_group_accuracy(pred, test.labels, test.groups), "avg": float((pred == test.labels).mean())}
 
 
-def _bundle(member: str, seed: int, bundles: dict):
-    """The member's bundle for the seed, kept while the same (member, seed) is asked for."""
-    if (member, seed) not in bundles:
+def _bundle(member: str, seed: int, bundles: dict, val_rows: int = 1):
+    """The member's bundle for the seed (``val_rows`` times its validation rows), kept while the same
+    one is asked for."""
+    if (member, seed, val_rows) not in bundles:
         bundles.clear()  # one bundle in memory at a time
-        bundles[(member, seed)] = build_member_bundle(member, seed)
-    return bundles[(member, seed)]
+        spec = STRESS_SUITE[member] if val_rows == 1 else more_validation_rows(member, val_rows)
+        bundles[(member, seed, val_rows)] = build_member_bundle(spec, seed)
+    return bundles[(member, seed, val_rows)]
 
 
-def run_one(member: str, seed: int, method: str, params: dict, bundles: dict) -> dict:
-    bundle = _bundle(member, seed, bundles)
+def run_one(member: str, seed: int, method: str, params: dict, bundles: dict, val_rows: int = 1) -> dict:
+    bundle = _bundle(member, seed, bundles, val_rows)
     m = STRESS_SUITE[member]
     full = {**family_defaults(method, m.data_family), **params}
     t = time.perf_counter()
     res = build_method(method, full).fit(bundle, seed=seed)
     sec = time.perf_counter() - t
     rec = {"member": member, "seed": seed, "method": method, "params": params, "seconds": sec,
-           **evaluate(res.model, bundle)}
+           **evaluate(res.model, bundle), **({"val_rows": val_rows} if val_rows != 1 else {})}
     diag = res.diagnostics or {}
     for k in ("chosen_family", "chosen_setting", "guard_kept_erm", "guard_reason", "chosen_inference"):
         if k in diag:
@@ -107,7 +114,9 @@ def quality_table(results: list[dict], members: list[str]) -> str:
 
 def _key(rec_or_args: dict) -> str:
     p = json.dumps(rec_or_args["params"], sort_keys=True)
-    return f"{rec_or_args['member']}|{rec_or_args['seed']}|{rec_or_args['method']}|{p}"
+    scale = rec_or_args.get("val_rows", 1)
+    return f"{rec_or_args['member']}|{rec_or_args['seed']}|{rec_or_args['method']}|{p}" + (
+        f"|x{scale}" if scale != 1 else "")
 
 
 def load_results(path: Path) -> dict[str, dict]:
@@ -203,10 +212,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("build/stress"))
     ap.add_argument("--doc", type=Path, default=None,
                     help="Markdown output (default: docs/label-free.md for the report half)")
+    ap.add_argument("--val-rows", type=int, default=1, metavar="FACTOR",
+                    help="development study: each member with FACTOR times its validation rows (a new draw)")
     ap.add_argument("--fresh", action="store_true", help="recompute stored runs")
     ap.add_argument("--no-quality", action="store_true",
                     help="skip the purity / recall of the XRM configurations' inferred minority")
     args = ap.parse_args(argv)
+    if args.val_rows < 1:
+        ap.error(f"--val-rows must be a positive integer, got {args.val_rows}")
+    if args.val_rows != 1 and args.role != "dev":
+        ap.error("--val-rows is a development study: pass --role dev (the report half is read with the defaults)")
+    if args.val_rows != 1:
+        args.no_quality = True  # the inference quality table is read on the members as declared
     role = None if args.role == "all" else args.role
     members = args.members or [m.name for m in suite_members(role, kinds=tuple(args.kinds))]
     params: dict[str, dict] = {m: {} for m in args.methods}
@@ -223,10 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         for mem in members:
             for seed in args.seeds:
                 for meth in args.methods:
-                    want = {"member": mem, "seed": seed, "method": meth, "params": params.get(meth, {})}
+                    want = {"member": mem, "seed": seed, "method": meth, "params": params.get(meth, {}),
+                            "val_rows": args.val_rows}
                     rec = done.get(_key(want))
                     if rec is None:
-                        rec = run_one(mem, seed, meth, want["params"], bundles)
+                        rec = run_one(mem, seed, meth, want["params"], bundles, args.val_rows)
                         fh.write(json.dumps(rec) + "\n")
                         fh.flush()
                         os.fsync(fh.fileno())
