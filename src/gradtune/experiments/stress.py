@@ -483,11 +483,12 @@ def more_validation_rows(member: StressMember | str, factor: int) -> StressMembe
     spec = member.spec
     if isinstance(spec, ShortcutSpec):
         return replace(member, spec=replace(spec, n_val=spec.n_val * factor))
-    n_val = getattr(spec.load, "n_val", None)
+    load: Any = spec.load    # a dataclass loader with an n_val field, or a plain function
+    n_val = getattr(load, "n_val", None)
     if not isinstance(n_val, int):
         raise ValueError(f"stress member {member.name!r} does not declare its validation rows (n_val); "
                          "only synthetic, Fashion-MNIST and reviews members can be scaled")
-    return replace(member, spec=replace(spec, load=replace(spec.load, n_val=n_val * factor)))
+    return replace(member, spec=replace(spec, load=replace(load, n_val=n_val * factor)))
 
 
 def build_member_bundle(member: StressMember | str, seed: int, *, cache_dir: Any = None,
