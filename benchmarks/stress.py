@@ -8,7 +8,9 @@ Runs each member of one half of the suite (:mod:`gradtune.experiments.stress`; t
 ``report`` half by default, the half that no default was chosen on) for every seed and
 method, keeps each run's test metrics in ``--out/results.jsonl`` (a rerun reuses them;
 pass ``--fresh`` to recompute), prints the table and, for the report half, writes it
-to ``--doc``.
+to ``--doc``. ``--role dev --val-rows 3`` rebuilds every member with three times its
+validation rows (a development study of how much the guard gains from a larger held-out
+set; records keep ``val_rows``, and the report half is never read this way).
 
 Per member: test worst-group accuracy (WGA) and average accuracy of ERM, of DFR with
 the validation rows' true groups (the oracle: the only method here that reads group
