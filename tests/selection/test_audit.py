@@ -259,3 +259,77 @@ def test_structure_gate_reads_the_standardized_test_only_when_normal_scores_open
     calls.clear()
     got = audit.structure_gate(xa, ya, la, xb, yb, flags[:1], 2, scale="standard", min_auc=0.6, min_twin_auc=0.7)
     assert calls == ["standard"] and got[1] is None and got[0] == standard[0]
+
+
+def _correlated_control(seed: int, d: int = 64, n: int = 4000):
+    """Two Gaussian classes with one shared, strongly correlated noise covariance (no shortcut),
+    a regularized logistic head fitted on the first half; the two halves scored."""
+    rng = np.random.default_rng(seed)
+    mix = rng.normal(size=(d, d)) / np.sqrt(d) + 0.3 * np.eye(d)
+    z = rng.normal(size=(n, d)) @ mix.T
+    z /= z.std(axis=0)
+    cov = np.cov(z.T)
+    mu = rng.normal(size=d)
+    mu *= 1.6 / np.sqrt(mu @ np.linalg.solve(cov, mu))        # Mahalanobis distance 1.6 between classes
+    y = rng.integers(0, 2, n)
+    x = z + np.where(y[:, None] == 1, mu, -mu) / 2
+    clf = LogisticRegression(max_iter=3000).fit(x[: n // 2], y[: n // 2])
+    logits = np.stack([-clf.decision_function(x), clf.decision_function(x)], 1) / 2
+    a, b = slice(n // 2, 3 * n // 4), slice(3 * n // 4, n)
+    return x[a], y[a], logits[a], x[b], y[b], logits[b]
+
+
+def test_regress_projection_keeps_the_null_under_correlated_noise() -> None:
+    """Removing the head's directions orthogonally leaves what the other, correlated coordinates
+    say about the logit, so a no-shortcut control's mistakes read as structure; removing the
+    features' regression on the logits does not. Two draws."""
+    from gradtune.selection.audit import structure_aucs
+
+    directions, regress = [], []
+    for seed in (0, 1):
+        xa, ya, la, xb, yb, lb = _correlated_control(seed)
+        flags = [(la.argmax(1) != ya, lb.argmax(1) != yb)]
+        directions.append(structure_aucs(xa, ya, la, xb, yb, flags, 2)[0])
+        regress.append(structure_aucs(xa, ya, la, xb, yb, flags, 2, projection="regress", logits_b=lb)[0])
+    assert min(directions) > 0.65, directions                # the directions' null fails here ...
+    assert all(abs(r - 0.5) < 0.04 for r in regress), regress  # ... the regression's holds
+
+
+def _reference_regress_auc(xa, ya, la, xb, yb, lb, fa, fb) -> float:
+    """Slow reference of projection='regress': standardize by half a, and per direction and class
+    subtract the least-squares fit of the features on [1, centred logits] of the fitting half."""
+    from sklearn.metrics import roc_auc_score
+
+    mu, sd = xa.mean(0), xa.std(0)
+    pa, pb = (xa - mu) / sd, (xb - mu) / sd
+    za, zb = la - la.mean(1, keepdims=True), lb - lb.mean(1, keepdims=True)
+    aucs, wts = [], []
+    for xf, zf, yf, ff, xs, zs, ys, fs in ((pa, za, ya, fa, pb, zb, yb, fb), (pb, zb, yb, fb, pa, za, ya, fa)):
+        for k in (0, 1):
+            mf, ms = yf == k, ys == k
+            design = np.column_stack([np.ones(mf.sum()), zf[mf]])
+            coef = np.linalg.pinv(design) @ xf[mf]
+            rf = xf[mf] - design @ coef
+            rs = xs[ms] - np.column_stack([np.ones(ms.sum()), zs[ms]]) @ coef
+            clf = LogisticRegression(C=1.0, max_iter=500).fit(rf, ff[mf])
+            aucs.append(roc_auc_score(fs[ms], clf.decision_function(rs)))
+            wts.append(fs[ms].sum())
+    return float(np.average(aucs, weights=wts))
+
+
+def test_regress_projection_matches_a_slow_reference_and_keeps_a_shortcut() -> None:
+    from gradtune.selection.audit import structure_aucs
+
+    xa, ya, sa = _rows(0, shortcut=2.5)
+    xb, yb, sb = _rows(1, shortcut=2.5)
+    w = np.array([1.0, 1.0, 0, 0, 0, 0])
+    la, lb = _head(xa, w), _head(xb, w)
+    pairs = [(la.argmax(1) != ya, lb.argmax(1) != yb), (np.asarray(sa) != ya, np.asarray(sb) != yb)]
+    got = structure_aucs(xa, ya, la, xb, yb, pairs, 2, projection="regress", logits_b=lb)
+    for (fa, fb), g in zip(pairs, got, strict=True):
+        assert g == pytest.approx(_reference_regress_auc(xa, ya, la, xb, yb, lb, fa, fb), abs=1e-6)
+    assert got[0] > 0.75 and got[1] > 0.75, got             # the minority still stands apart
+    with pytest.raises(ValueError, match="logits_b"):
+        structure_aucs(xa, ya, la, xb, yb, pairs, 2, projection="regress")
+    with pytest.raises(ValueError, match="projection"):
+        structure_aucs(xa, ya, la, xb, yb, pairs, 2, projection="whiten", logits_b=lb)

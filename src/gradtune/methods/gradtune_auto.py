@@ -89,6 +89,7 @@ from gradtune.methods.inferred import (
     merge_small_groups,
 )
 from gradtune.selection.audit import (
+    PROJECTIONS,
     SCALES,
     structure_gate,
     uncovered_classes,
@@ -208,6 +209,11 @@ class GradTuneAutoMethod(Method):
         The structure test on standardized features, on normal scores (rows with an extreme
         value on heavy-tailed coordinates do not pass for a shortcut's minority), or the smaller
         AUC of the two (:mod:`~gradtune.selection.audit`; elliptical tails need the first).
+    structure_projection : {"directions", "regress", "both"}, default="directions"
+        What the structure test removes from the features before it reads them: the head's
+        logit directions, or (per class) the features' least-squares regression on the logits,
+        whose residual stays blind to the head's decision under any covariance; or the
+        smaller AUC of the two.
     min_twin_auc : float, default=0.7
         ... unless the XRM twins' inferred minority can be told from the other rows the
         same way with at least this AUC (the mistakes test has little power when the
@@ -272,6 +278,10 @@ class GradTuneAutoMethod(Method):
     min_structure_auc: float = param(0.6, "least cross-fitted AUC of the head's mistakes", ge=0, le=1)
     structure_scale: str = param("both", "scale of the features in the structure test: standardized, normal "
                                          "scores, or the smaller AUC of the two", choices=SCALES)
+    structure_projection: str = param("directions", "how the structure test removes what the head's logits say: "
+                                                    "their directions, the features' regression on them per class, "
+                                                    "or the smaller AUC of the two",
+                                      choices=PROJECTIONS)
     min_twin_auc: float = param(0.7, "... or of the twins' inferred minority (1.0: this route off)", ge=0, le=1)
     audit_coverage: bool = param(True, "keep the ERM head when a class's region (mistakes or inferred minority) "
                                        "is below min_group_size")
@@ -396,7 +406,9 @@ class GradTuneAutoMethod(Method):
         auc, twin_auc, closed = structure_gate(xi_held, held.labels, head.logits(held.features), xi_sel, sel.labels,
                                                flags, n_classes, scale=str(self.structure_scale),
                                                min_auc=float(self.min_structure_auc),
-                                               min_twin_auc=float(self.min_twin_auc))
+                                               min_twin_auc=float(self.min_twin_auc),
+                                               projection=str(self.structure_projection),
+                                               logits_b=head.logits(sel.features))
         if closed is not None:
             return _keep_erm(head, closed, info, structure_auc=auc, twin_structure_auc=twin_auc)
         # audit cells: where the ERM head errs, learned on the other half (and the rest of the

@@ -40,7 +40,8 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["class_folds", "region_cells", "cell_accuracies", "worst_cell_accuracy", "uncovered_classes", "worst_over_cell_sets",
-           "normal_scores", "structure_auc", "structure_aucs", "structure_gate", "structure_gate_reason", "SCALES"]
+           "normal_scores", "structure_auc", "structure_aucs", "structure_gate", "structure_gate_reason", "SCALES",
+           "PROJECTIONS"]
 
 
 def class_folds(y: np.ndarray, n_folds: int, rng: np.random.Generator) -> np.ndarray:
@@ -226,6 +227,7 @@ def structure_auc(x_a: np.ndarray, y_a: np.ndarray, flag_a: np.ndarray, logits_a
 
 
 SCALES = ("standard", "rank", "both")
+PROJECTIONS = ("directions", "regress", "both")
 
 
 def _smaller(a: float | None, b: float | None) -> float | None:
@@ -235,22 +237,42 @@ def _smaller(a: float | None, b: float | None) -> float | None:
 
 def structure_aucs(x_a: np.ndarray, y_a: np.ndarray, logits_a: np.ndarray, x_b: np.ndarray,
                    y_b: np.ndarray, flags: list[tuple[np.ndarray, np.ndarray]], n_classes: int, *,
-                   c: float = 1.0, min_rows: int = 5, scale: str = "standard") -> list[float | None]:
+                   c: float = 1.0, min_rows: int = 5, scale: str = "standard", projection: str = "directions",
+                   logits_b: np.ndarray | None = None) -> list[float | None]:
     """:func:`structure_auc` of several flag pairs ``[(flag_a (N,), flag_b (M,)), ...]`` with
-    one standardization and projection of the features; one AUC (or None) per pair."""
+    one standardization and projection of the features; one AUC (or None) per pair.
+
+    ``projection="directions"`` removes the head's logit directions from the features
+    (orthogonally); ``"regress"`` removes, within each class, the features' least-squares
+    regression on the logits (``logits_b`` (M, C) needed), fitted on the training half of each
+    direction (:func:`_regress_out`); ``"both"``: the smaller AUC of the two."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    if projection not in PROJECTIONS:
+        raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
+    if projection != "directions" and logits_b is None:
+        raise ValueError(f"projection={projection!r} needs logits_b, the head's logits on half b")
+    if projection == "both":
+        pairs = zip(*(structure_aucs(x_a, y_a, logits_a, x_b, y_b, flags, n_classes, c=c, min_rows=min_rows,
+                                     scale=scale, projection=one, logits_b=logits_b)
+                      for one in ("directions", "regress")), strict=True)
+        return [_smaller(a, b) for a, b in pairs]
     if scale == "both":
         pairs = zip(*(structure_aucs(x_a, y_a, logits_a, x_b, y_b, flags, n_classes, c=c, min_rows=min_rows,
-                                     scale=one) for one in ("standard", "rank")), strict=True)
+                                     scale=one, projection=projection, logits_b=logits_b)
+                      for one in ("standard", "rank")), strict=True)
         return [_smaller(a, b) for a, b in pairs]
     if scale == "rank":                    # fresh float64 arrays, standardized in place
         pa, pb = _standardized(normal_scores(x_a), normal_scores(x_b), copy=False)
     else:
         pa, pb = _standardized(x_a, x_b)   # float64 copies, worked on in place from here
+    if projection == "regress":
+        assert logits_b is not None
+        return _regressed_aucs(pa, y_a, np.asarray(logits_a, dtype=np.float64), pb, y_b,
+                               np.asarray(logits_b, dtype=np.float64), flags, n_classes, c, min_rows)
     # the head's logit directions in these features: least squares on centred rows and logits
     # (the intercept), centred over classes too (softmax ignores a shift common to all logits)
     z = np.asarray(logits_a, dtype=np.float64)
@@ -276,6 +298,50 @@ def structure_aucs(x_a: np.ndarray, y_a: np.ndarray, logits_a: np.ndarray, x_b: 
     return out
 
 
+def _regress_out(x_fit: np.ndarray, z_fit: np.ndarray, x_apply: np.ndarray, z_apply: np.ndarray) -> np.ndarray:
+    """x_apply (m, d) minus its least-squares prediction from [1, z_apply (m, C)], the regression
+    fitted on (x_fit (n, d), z_fit (n, C)). For Gaussian rows of one class (any covariance) this
+    residual is independent of the logits, so it cannot predict anything the logits decide."""
+    design = np.column_stack([np.ones(len(z_fit)), z_fit])
+    coef, *_ = np.linalg.lstsq(design, x_fit, rcond=None)                  # (1 + C, d)
+    return x_apply - np.column_stack([np.ones(len(z_apply)), z_apply]) @ coef
+
+
+def _regressed_aucs(pa: np.ndarray, y_a: np.ndarray, za: np.ndarray, pb: np.ndarray, y_b: np.ndarray,
+                    zb: np.ndarray, flags: list[tuple[np.ndarray, np.ndarray]], n_classes: int, c: float,
+                    min_rows: int) -> list[float | None]:
+    """The per-class AUCs of :func:`structure_aucs` with ``projection="regress"``: in each direction
+    (fit on half a, score half b, and back) and class, both halves' rows of the class lose their
+    regression on the logits fitted on the fitting half's rows of the class."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    za, zb = za - za.mean(axis=1, keepdims=True), zb - zb.mean(axis=1, keepdims=True)   # softmax's shift
+    masks = [(y_a == k, y_b == k) for k in range(int(n_classes))]
+    sides = []   # per class: (fit rows, scored rows) residuals for a -> b and b -> a
+    for ma, mb in masks:
+        if min(int(ma.sum()), int(mb.sum())) < 2:
+            sides.append(None)
+            continue
+        sides.append(((_regress_out(pa[ma], za[ma], pa[ma], za[ma]), _regress_out(pa[ma], za[ma], pb[mb], zb[mb])),
+                      (_regress_out(pb[mb], zb[mb], pb[mb], zb[mb]), _regress_out(pb[mb], zb[mb], pa[ma], za[ma]))))
+    out: list[float | None] = []
+    for flag_a, flag_b in flags:
+        fa, fb = np.asarray(flag_a, dtype=bool), np.asarray(flag_b, dtype=bool)
+        aucs, weights = [], []
+        for (ma, mb), side in zip(masks, sides, strict=True):
+            if side is None:
+                continue
+            for (xf, xs), ff, fs in ((side[0], fa[ma], fb[mb]), (side[1], fb[mb], fa[ma])):
+                if min(ff.sum(), (~ff).sum(), fs.sum(), (~fs).sum()) < min_rows:
+                    continue
+                clf = LogisticRegression(C=float(c), max_iter=500).fit(xf, ff)
+                aucs.append(roc_auc_score(fs, clf.decision_function(xs)))
+                weights.append(int(fs.sum()))
+        out.append(float(np.average(aucs, weights=weights)) if aucs else None)
+    return out
+
+
 def structure_gate_reason(auc: float | None, twin_auc: float | None, min_auc: float, min_twin_auc: float,
                           on: str = "") -> str | None:
     """None when the head's mistakes (``auc``) or the inferred minority (``twin_auc``) clear
@@ -295,23 +361,30 @@ def structure_gate_reason(auc: float | None, twin_auc: float | None, min_auc: fl
 
 def structure_gate(x_a: np.ndarray, y_a: np.ndarray, logits_a: np.ndarray, x_b: np.ndarray, y_b: np.ndarray,
                    flags: list[tuple[np.ndarray, np.ndarray]], n_classes: int, *, scale: str, min_auc: float,
-                   min_twin_auc: float) -> tuple[float | None, float | None, str | None]:
+                   min_twin_auc: float, projection: str = "directions", logits_b: np.ndarray | None = None,
+                   ) -> tuple[float | None, float | None, str | None]:
     """Is there a shortcut's minority to repair? (AUC of the mistakes ``flags[0]``, AUC of the
     inferred minority ``flags[1]`` or None, why the gate is closed or None when it is open).
 
     :func:`structure_aucs` on ``scale``; with ``"both"`` the normal scores are tested first and
     the standardized features only when those open the gate (the smaller AUC decides, so a gate
     closed on one scale stays closed; the AUCs returned are those that decided)."""
-    def read(one: str) -> list[float | None]:
-        got = structure_aucs(x_a, y_a, logits_a, x_b, y_b, flags, n_classes, scale=one)
+    def read(one: str, proj: str) -> list[float | None]:
+        got = structure_aucs(x_a, y_a, logits_a, x_b, y_b, flags, n_classes, scale=one, projection=proj,
+                             logits_b=logits_b)
         return got + [None] * (2 - len(got))
 
-    first = "rank" if scale == "both" else scale
-    aucs = read(first)
-    reason = structure_gate_reason(aucs[0], aucs[1], min_auc, min_twin_auc,
-                                   {"standard": "standardized features", "rank": "normal scores"}[first])
-    if scale == "both" and reason is None:
-        aucs = [_smaller(a, b) for a, b in zip(aucs, read("standard"), strict=True)]
-        reason = structure_gate_reason(aucs[0], aucs[1], min_auc, min_twin_auc,
-                                       "the smaller of normal scores and standardized features")
+    scales = ("rank", "standard") if scale == "both" else (scale,)
+    projections = ("directions", "regress") if projection == "both" else (projection,)
+    names = {"standard": "standardized features", "rank": "normal scores"}
+    aucs: list[float | None] = []
+    reason = None
+    for i, (proj, one) in enumerate((p, s) for p in projections for s in scales):
+        got = read(one, proj)
+        aucs = got if i == 0 else [_smaller(a, b) for a, b in zip(aucs, got, strict=True)]
+        on = names[one] if i == 0 else "the smallest over " + " and ".join(
+            [names[s] for s in scales] + (["the logits' regression removed"] if i >= len(scales) else []))
+        reason = structure_gate_reason(aucs[0], aucs[1], min_auc, min_twin_auc, on)
+        if reason is not None:   # the smallest AUC decides: a gate closed on one reading stays closed
+            break
     return aucs[0], aucs[1], reason
