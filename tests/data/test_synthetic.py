@@ -90,7 +90,8 @@ def test_class_prior_sets_training_and_validation_frequencies_not_test() -> None
                                  {"label_noise": -0.1}, {"dim": 2}, {"tie": "one", "n_attributes": 2},
                                  {"class_prior": (0.5, 0.3)}, {"class_prior": (1.0, 0.0)},
                                  {"n_classes": 3, "class_prior": (0.5, 0.5)}, {"encoder": "tanh"},
-                                 {"noise_df": 2.0}, {"noise_shared_scale": True}])
+                                 {"noise_df": 2.0}, {"noise_shared_scale": True}, {"noise_factors": -1},
+                                 {"noise_factors": 1.5}])
 def test_bad_specs_are_named(bad: dict) -> None:
     with pytest.raises(ValueError, match="bad"):
         ShortcutSpec("bad", **bad)
@@ -124,6 +125,29 @@ def test_shared_scale_noise_is_the_gaussian_rows_times_one_scale_per_row() -> No
     scale2 = ratio[:, 0] ** 2                        # (df - 2) / chi2_df: mean 1 (unit variance), heavy right tail
     assert abs(scale2.mean() - 1.0) < 0.1 and np.quantile(scale2, 0.999) > 10
     assert abs(shared.inputs.var() - 1.0) < 0.15
+
+
+def test_factor_noise_is_correlated_unit_variance_and_leaves_other_specs_alone() -> None:
+    # no signal, so the rows are the noise: the Gaussian draw plus shared factors, rescaled per coordinate
+    base = ShortcutSpec("f", dim=16, core_strength=0.0, shortcut_strength=0.0, n_train=40000, n_val=10,
+                        n_test=10, build_seed=3)
+    gauss = make_shortcut_data(base)
+    np.testing.assert_array_equal(make_shortcut_data(replace(base, noise_factors=0)).inputs, gauss.inputs)
+    fac = make_shortcut_data(replace(base, noise_factors=2))
+    np.testing.assert_array_equal(fac.groups, gauss.groups)
+    x = fac.inputs.astype(np.float64)
+    np.testing.assert_allclose(x.var(axis=0), 1.0, atol=0.05)          # unit variance per coordinate
+    corr = np.corrcoef(x.T)[np.triu_indices(16, 1)]
+    assert np.abs(corr).mean() > 0.2                                   # isotropic noise would give ~0.005
+    # two factors: beyond the unit floor of the rescaled isotropic part, only two large eigenvalues
+    eig = np.sort(np.linalg.eigvalsh(np.cov(x.T)))[::-1]
+    assert eig[1] > 2 * eig[2] and eig[2] < 1.0
+    # the isotropic part is the Gaussian draw itself: taking each column's multiple of it out leaves
+    # the two factors (rank 2 up to sampling noise)
+    g = gauss.inputs.astype(np.float64)
+    resid = x - g * ((x * g).sum(axis=0) / (g * g).sum(axis=0))
+    ev = np.sort(np.linalg.eigvalsh(np.cov(resid.T)))[::-1]
+    assert ev[1] > 0.05 and ev[2] < 1e-3 * ev[1]
 
 
 def test_relu_encoder_is_one_random_layer_over_the_gaussian_rows() -> None:

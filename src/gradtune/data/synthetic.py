@@ -88,6 +88,12 @@ class ShortcutSpec:
         noise divided by ``sqrt(chi2_df / (df - 2))``, a multivariate t with elliptical tails)
         instead of independent Student-t coordinates. The row scales are drawn right after
         the noise, so rows of specs without this option do not change.
+    noise_factors : int, default=0
+        Correlated noise: each row's noise gains ``noise_factors`` shared Gaussian factors
+        (every coordinate's loadings drawn N(0, 1 / noise_factors)), then every coordinate is
+        rescaled to unit variance, so the noise covariance is far from isotropic (as in learned
+        embeddings). The loadings and factors are drawn right after the noise, so rows of specs
+        without this option do not change.
     encoder : {"none", "relu"}, default="none"
         ``"relu"``: the rows become ``relu(W x + b) * sqrt(2)`` with ``W`` (d, d) Gaussian
         of variance ``1 / d`` and ``b`` Gaussian of variance ``1 / 4`` (one random layer,
@@ -113,6 +119,7 @@ class ShortcutSpec:
     class_prior: tuple[float, ...] | None = None
     noise_df: float | None = None
     noise_shared_scale: bool = False
+    noise_factors: int = 0
     encoder: str = "none"
     n_train: int = 4000
     n_val: int = 2000
@@ -128,6 +135,8 @@ class ShortcutSpec:
             raise ValueError(f"{self.name}: noise_df must be > 2 (finite variance), got {self.noise_df!r}")
         if self.noise_shared_scale and self.noise_df is None:
             raise ValueError(f"{self.name}: noise_shared_scale needs noise_df (the Student-t degrees of freedom)")
+        if isinstance(self.noise_factors, bool) or not isinstance(self.noise_factors, int) or self.noise_factors < 0:
+            raise ValueError(f"{self.name}: noise_factors must be an int >= 0, got {self.noise_factors!r}")
         if int(self.n_classes) < 2:
             raise ValueError(f"{self.name}: n_classes must be >= 2, got {self.n_classes}")
         if int(self.n_attributes) < 1 or (self.tie == "one" and int(self.n_attributes) != 1):
@@ -237,6 +246,11 @@ def make_shortcut_data(spec: ShortcutSpec) -> GroupedDataset:
     else:  # Student-t, scaled to unit variance: var(t_df) = df / (df - 2)
         df = float(spec.noise_df)
         x = rng.standard_t(df, size=(n, d)) * np.sqrt((df - 2.0) / df)
+    if spec.noise_factors:  # shared factors, then unit variance per coordinate (exactly, from the loadings)
+        r = int(spec.noise_factors)
+        loadings = rng.standard_normal((d, r)) / np.sqrt(r)
+        x += rng.standard_normal((n, r)) @ loadings.T
+        x /= np.sqrt(1.0 + (loadings ** 2).sum(axis=1))
     x += float(spec.core_strength) * mu[true_y]
     rest = attrs.copy()
     for j in reversed(range(k)):                          # decode the combined attribute

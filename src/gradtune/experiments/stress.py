@@ -60,7 +60,7 @@ class StressMember:
     name : str; family : str; role : "dev" or "report" (from the split rule);
     spec : ShortcutSpec (synthetic) or OfflineBenchmark (offline); erm : "linear" or "mlp"
     (synthetic only); control : True where there is no shortcut (the method must keep ERM);
-    batch : 1 for the first members, 2 to 10 for later batches (each added, with its roles,
+    batch : 1 for the first members, 2 to 11 for later batches (each added, with its roles,
     before any default was tuned on it; the earlier batches' report halves had been read).
     """
 
@@ -400,8 +400,24 @@ _MEMBERS: tuple[StressMember, ...] = (
          train_agreement=0.97, n_train=6000),
     _syn("heavy-tail", "mvt4-weak-core-128", noise_df=4.0, noise_shared_scale=True, dim=128, core_strength=1.3,
          shortcut_strength=3.0),
+    # eleventh batch: correlated noise (shared factors), far from isotropic like learned embeddings
+    _syn("control", "control-factor4", control=True, noise_factors=4, dim=64, core_strength=1.0,
+         shortcut_strength=0.0),
+    _syn("control", "control-factor16-3class", control=True, noise_factors=16, n_classes=3, dim=96,
+         core_strength=1.3, shortcut_strength=0.0),
+    _syn("control", "control-factor8-128", control=True, noise_factors=8, dim=128, core_strength=1.0,
+         shortcut_strength=0.0),
+    _syn("control", "control-factor4-4class", control=True, noise_factors=4, n_classes=4, dim=64,
+         core_strength=1.3, shortcut_strength=0.0),
+    _syn("factor-noise", "factor4-weak-core", noise_factors=4, dim=64, core_strength=0.7, shortcut_strength=3.0),
+    _syn("factor-noise", "factor16-mark-3class", noise_factors=16, n_classes=3, tie="one", tied_class=2, dim=96,
+         core_strength=1.2, train_agreement=0.9),
+    _syn("factor-noise", "factor8-minority-3pct", noise_factors=8, dim=96, core_strength=1.1, train_agreement=0.97,
+         n_train=6000),
+    _syn("factor-noise", "factor4-weak-core-128", noise_factors=4, dim=128, core_strength=0.8,
+         shortcut_strength=3.0),
 )
-_BATCH_ENDS = (37, 63, 73, 101, 121, 137, 151, 155, 163)   # members listed before batch 2, 3, ... starts
+_BATCH_ENDS = (37, 63, 73, 101, 121, 137, 151, 155, 163, 171)   # members listed before batch 2, 3, ... starts
 
 
 def _assign_roles(members: tuple[StressMember, ...]) -> tuple[StressMember, ...]:
