@@ -318,7 +318,8 @@ def _regressed_aucs(pa: np.ndarray, y_a: np.ndarray, za: np.ndarray, pb: np.ndar
 
     za, zb = za - za.mean(axis=1, keepdims=True), zb - zb.mean(axis=1, keepdims=True)   # softmax's shift
     masks = [(y_a == k, y_b == k) for k in range(int(n_classes))]
-    sides = []   # per class: (fit rows, scored rows) residuals for a -> b and b -> a
+    Pair = tuple[np.ndarray, np.ndarray]
+    sides: list[tuple[Pair, Pair] | None] = []   # per class: (fit rows, scored rows) residuals, a -> b and b -> a
     for ma, mb in masks:
         if min(int(ma.sum()), int(mb.sum())) < 2:
             sides.append(None)
