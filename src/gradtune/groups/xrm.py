@@ -224,9 +224,14 @@ class XRMTwins:
         return (x.to(self.weight.dtype) - self.mean) / self.scale
 
     @torch.no_grad()
+    def twin_logits(self, features: Any) -> torch.Tensor:
+        """Both twins' logits on ``features`` (M, d): shape (2, M, C)."""
+        return stack_logits(self._x(features, "features"), self.weight, self.bias)
+
+    @torch.no_grad()
     def twin_probabilities(self, features: Any) -> torch.Tensor:
         """Both twins' softmax probabilities on ``features`` (M, d): shape (2, M, C)."""
-        return torch.softmax(stack_logits(self._x(features, "features"), self.weight, self.bias), dim=-1)
+        return torch.softmax(self.twin_logits(features), dim=-1)
 
     @torch.no_grad()
     def predict_proba(self, features: Any) -> torch.Tensor:
