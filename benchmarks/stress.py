@@ -32,12 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gradtune.experiments.stress import (
-    STRESS_SUITE,
-    build_member_bundle,
-    more_validation_rows,
-    suite_members,
-)
+from gradtune.experiments.stress import STRESS_SUITE, build_member_bundle, suite_members
+from gradtune.experiments.stress_variants import more_validation_rows
 from gradtune.methods.tuning import build_method, family_defaults
 from gradtune.metrics import worst_group_accuracy
 

@@ -27,9 +27,10 @@ evidence the inference cannot rig. No step reads a group label, an attribute or 
    :func:`~gradtune.selection.audit.structure_auc` projects those out and asks whether the
    mistakes (``min_structure_auc``) or the twins' minority (``min_twin_auc``) can still be
    told apart (``structure_scale``: on standardized features and on normal scores). Below
-   both, the head is kept (a premise that holds for Gaussian classes and heavy tails; through
-   a ReLU layer or on image features a control can pass, docs/label-free-design.md); so it is when a
-   class's region has fewer than ``min_group_size`` rows on a half (``audit_coverage``).
+   both, the head is kept (a premise that holds for isotropic Gaussian classes and heavy
+   tails; with correlated noise, through a ReLU layer or on image features a control can
+   pass, docs/label-free-design.md); so it is when a class's region has fewer than
+   ``min_group_size`` rows on a half (``audit_coverage``).
    Then a candidate must (a) beat the ERM head's value with a paired bootstrap bound above
    ``margin`` (``gain_quantile``) and on each half by ``confirm_z`` standard errors,
    (b) lose at most ``max_balanced_drop`` of class-balanced accuracy and
@@ -152,23 +153,18 @@ class GradTuneAutoMethod(Method):
     refit : bool, default=True
         Refit a chosen ``"retrain"`` candidate on both validation halves.
     crossfit : bool, default=True
-        Also fit every candidate on the selection half and score it on the held-out
-        half's audit cells; the value is the mean of the two scores. The returned head
-        is the one fitted on the held-out half (or the refit).
+        Also fit every candidate on the selection half and score it on the held-out half's
+        cells (the value: the mean of the two scores; the head returned: the held-out fit).
     half_folds : int, default=1
-        Each validation half is split into this many folds (by class); a row is judged by
-        candidates (and audit regions) fitted on the other half and the rest of its own half
-        (:mod:`~gradtune.methods.auto_crossfit`): with 1, on the other half alone. More folds
-        judge candidates fitted on more rows, closer to the refit, at ``half_folds`` times
-        the fits.
+        Folds per validation half (by class): a row is judged by candidates and audit regions
+        fitted on the other half and the rest of its own
+        (:mod:`~gradtune.methods.auto_crossfit`), at ``half_folds`` times the fits.
     size, top_k : int
-        GradTune's set for the ``"finetune"`` candidates (the paper's M' and k, scaled
-        as GradTune does when the held-out set is smaller).
+        GradTune's set for the ``"finetune"`` candidates (the paper's M' and k, scaled).
     epochs_grid : tuple of int, default=(1, 2, 5, ..., 500)
         Snapshots of the fine-tuning run (the schedule spans ``max(epochs_grid)``).
     finetune : FinetuneConfig
-        The fine-tuning loop (the paper's vision setting); ``sampler`` and ``epochs``
-        are set by the method.
+        The fine-tuning loop (the paper's vision setting; ``sampler``, ``epochs``: the method's).
     value_cells : {"mistakes", "inferred"}, default="mistakes"
         Cells the value, its bound and per-half checks read: regions of the first inference's
         minority, or of the ERM head's mistakes (which the floor and coverage also read).
@@ -182,19 +178,16 @@ class GradTuneAutoMethod(Method):
         ... plus ``margin_z`` standard errors of the difference of the two accuracies
         (binomial, on the smaller of the two worst cells, both halves counted).
     gain_quantile : float or None, default=0.1
-        The paired bootstrap bound: this quantile of the bootstrap distribution of a
-        candidate's gain over ERM's value (rows resampled with Poisson(1) weights, the same
-        draws for every candidate) must exceed ``margin`` (None turns the check off).
-    n_boot : int, default=300
-        Bootstrap draws of that bound.
+        The paired bootstrap bound: this quantile of a candidate's gain over ERM's value (rows
+        drawn with Poisson(1) weights, the same for every candidate) must exceed ``margin``.
+    n_boot : int, default=300 (bootstrap draws of that bound)
     confirm_z : float or None, default=0.0
         With ``crossfit``, a candidate must also beat ERM's value on each half on its own
         by this many standard errors of that half (0: a gain on each half; None: off).
     max_balanced_drop : float, default=0.3
         Largest allowed drop of class-balanced accuracy below ERM's (scored halves).
     max_pseudo_drop : float or None, default=0.0
-        Largest allowed drop of the mean accuracy over the first inference's
-        pseudo-groups of the scored half below ERM's (None turns the check off).
+        Largest allowed drop of the mean accuracy over the first inference's pseudo-groups.
     min_repaired_accuracy : float, default=0.4
         Least accuracy a candidate must reach on every audit cell (its value) to be
         chosen, for two classes; with C classes the floor is ``min_repaired_accuracy x 2 /
@@ -206,26 +199,21 @@ class GradTuneAutoMethod(Method):
         (:func:`~gradtune.selection.audit.structure_auc`): below it the mistakes look
         like class overlap or label noise, which no repair fixes.
     structure_scale : {"standard", "rank", "both"}, default="both"
-        The structure test on standardized features, on normal scores (rows with an extreme
-        value on heavy-tailed coordinates do not pass for a shortcut's minority), or the smaller
-        AUC of the two (:mod:`~gradtune.selection.audit`; elliptical tails need the first).
+        The structure test on standardized features, on normal scores (heavy-tailed
+        coordinates), or the smaller AUC of the two (elliptical tails need the first).
     structure_projection : {"directions", "regress", "both"}, default="directions"
-        What the structure test removes from the features before it reads them: the head's
-        logit directions, or (per class) the features' least-squares regression on the logits,
-        whose residual stays blind to the head's decision under any covariance; or the
-        smaller AUC of the two.
+        What the structure test removes first: the head's logit directions, the features'
+        per-class regression on the logits (any covariance), or the smaller AUC of the two.
     min_twin_auc : float, default=0.7
-        ... unless the XRM twins' inferred minority can be told from the other rows the
-        same way with at least this AUC (the mistakes test has little power when the
-        minority is a small share of the mistakes). ``1.0`` turns this route off.
+        ... unless the XRM twins' inferred minority can be told apart the same way with at
+        least this AUC (a small minority among the mistakes). ``1.0`` turns this route off.
     audit_coverage : bool, default=True
         Keep the ERM head when some class's region (of the mistakes or of the inferred
         minority) has fewer than ``min_group_size`` rows on a half: that class is one cell,
         and a repair could lose its minority unseen (a rare class).
     min_erm_minority_accuracy : float, default=0.0
-        Optional pre-check: keep the ERM head when it classifies fewer than this share
-        of the first inference's minority rows correctly (0 turns it off; the audit
-        cells make it unnecessary, and it refused real repairs on the stress suite).
+        Optional pre-check: keep the ERM head when it gets fewer than this share of the first
+        inference's minority right (0: off; it refused real repairs on the stress suite).
     deployment_split : str or None, default=None
         A bundle split of unlabeled deployment rows (only features are read). Then
         ``max_pseudo_drop`` weights each pseudo-group by its estimated share among those
