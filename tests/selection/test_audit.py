@@ -333,3 +333,20 @@ def test_regress_projection_matches_a_slow_reference_and_keeps_a_shortcut() -> N
         structure_aucs(xa, ya, la, xb, yb, pairs, 2, projection="regress")
     with pytest.raises(ValueError, match="projection"):
         structure_aucs(xa, ya, la, xb, yb, pairs, 2, projection="whiten", logits_b=lb)
+
+
+def test_structure_gate_with_both_projections_closes_a_correlated_control() -> None:
+    """The head's directions open the gate on a correlated-noise control; with both projections
+    the regression is read too and its smaller AUC closes it; the AUC returned is the minimum."""
+    from gradtune.selection.audit import structure_aucs, structure_gate
+
+    xa, ya, la, xb, yb, lb = _correlated_control(0)
+    flags = [(la.argmax(1) != ya, lb.argmax(1) != yb)]
+    kw = dict(scale="standard", min_auc=0.6, min_twin_auc=0.7)
+    auc, _, reason = structure_gate(xa, ya, la, xb, yb, flags, 2, **kw)
+    assert reason is None and auc > 0.6                     # open on the directions alone
+    auc2, _, reason2 = structure_gate(xa, ya, la, xb, yb, flags, 2, projection="both", logits_b=lb, **kw)
+    want = min(structure_aucs(xa, ya, la, xb, yb, flags, 2, projection=p, logits_b=lb)[0]
+               for p in ("directions", "regress"))
+    assert auc2 == pytest.approx(want) and reason2 is not None
+    assert "logits' regression removed" in reason2

@@ -369,7 +369,9 @@ def structure_gate(x_a: np.ndarray, y_a: np.ndarray, logits_a: np.ndarray, x_b: 
 
     :func:`structure_aucs` on ``scale``; with ``"both"`` the normal scores are tested first and
     the standardized features only when those open the gate (the smaller AUC decides, so a gate
-    closed on one scale stays closed; the AUCs returned are those that decided)."""
+    closed on one scale stays closed; the AUCs returned are those that decided). ``projection``
+    works the same way: with ``"both"`` the head's directions are removed first and the logits'
+    regression (``logits_b`` (M, C) needed) only while the gate is still open."""
     def read(one: str, proj: str) -> list[float | None]:
         got = structure_aucs(x_a, y_a, logits_a, x_b, y_b, flags, n_classes, scale=one, projection=proj,
                              logits_b=logits_b)
@@ -383,8 +385,8 @@ def structure_gate(x_a: np.ndarray, y_a: np.ndarray, logits_a: np.ndarray, x_b: 
     for i, (proj, one) in enumerate((p, s) for p in projections for s in scales):
         got = read(one, proj)
         aucs = got if i == 0 else [_smaller(a, b) for a, b in zip(aucs, got, strict=True)]
-        on = names[one] if i == 0 else "the smallest over " + " and ".join(
-            [names[s] for s in scales] + (["the logits' regression removed"] if i >= len(scales) else []))
+        on = names[one] if i == 0 else "the smallest over " + " and ".join([names[s] for s in scales]) + (
+            ", with the head's directions and with the logits' regression removed" if i >= len(scales) else "")
         reason = structure_gate_reason(aucs[0], aucs[1], min_auc, min_twin_auc, on)
         if reason is not None:   # the smallest AUC decides: a gate closed on one reading stays closed
             break
