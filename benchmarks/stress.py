@@ -54,8 +54,7 @@ def _bundle(member: str, seed: int, bundles: dict, val_rows: int = 1):
     one is asked for."""
     if (member, seed, val_rows) not in bundles:
         bundles.clear()  # one bundle in memory at a time
-        spec = STRESS_SUITE[member] if val_rows == 1 else more_validation_rows(member, val_rows)
-        bundles[(member, seed, val_rows)] = build_member_bundle(spec, seed)
+        bundles[(member, seed, val_rows)] = build_member_bundle(more_validation_rows(member, val_rows), seed)
     return bundles[(member, seed, val_rows)]
 
 

@@ -130,15 +130,22 @@ def _reference_auc(xa, ya, fa, la, xb, yb, fb) -> float:
     return float(np.average(aucs, weights=wts))
 
 
-def test_structure_aucs_matches_a_slow_reference_per_flag_pair() -> None:
-    from gradtune.selection.audit import structure_aucs
-
+def _shortcut_halves():
+    """Two halves of the 2.5-shortcut rows, a head leaning on the shortcut, and the flag pairs
+    (its mistakes, the true minority)."""
     xa, ya, sa = _rows(0, shortcut=2.5)
     xb, yb, sb = _rows(1, shortcut=2.5)
     w = np.array([1.0, 1.0, 0, 0, 0, 0])
     la, lb = _head(xa, w), _head(xb, w)
-    pairs = [(la.argmax(1) != ya, lb.argmax(1) != yb), (np.asarray(sa) != ya, np.asarray(sb) != yb),
-             (np.zeros(len(ya), dtype=bool), np.zeros(len(yb), dtype=bool))]
+    pairs = [(la.argmax(1) != ya, lb.argmax(1) != yb), (np.asarray(sa) != ya, np.asarray(sb) != yb)]
+    return xa, ya, la, xb, yb, lb, pairs
+
+
+def test_structure_aucs_matches_a_slow_reference_per_flag_pair() -> None:
+    from gradtune.selection.audit import structure_aucs
+
+    xa, ya, la, xb, yb, lb, pairs = _shortcut_halves()
+    pairs.append((np.zeros(len(ya), dtype=bool), np.zeros(len(yb), dtype=bool)))
     got = structure_aucs(xa, ya, la, xb, yb, pairs, 2)
     assert got[2] is None                                  # no flagged rows: nothing to test
     for (fa, fb), g in zip(pairs[:2], got[:2], strict=True):
@@ -320,11 +327,7 @@ def _reference_regress_auc(xa, ya, la, xb, yb, lb, fa, fb) -> float:
 def test_regress_projection_matches_a_slow_reference_and_keeps_a_shortcut() -> None:
     from gradtune.selection.audit import structure_aucs
 
-    xa, ya, sa = _rows(0, shortcut=2.5)
-    xb, yb, sb = _rows(1, shortcut=2.5)
-    w = np.array([1.0, 1.0, 0, 0, 0, 0])
-    la, lb = _head(xa, w), _head(xb, w)
-    pairs = [(la.argmax(1) != ya, lb.argmax(1) != yb), (np.asarray(sa) != ya, np.asarray(sb) != yb)]
+    xa, ya, la, xb, yb, lb, pairs = _shortcut_halves()
     got = structure_aucs(xa, ya, la, xb, yb, pairs, 2, projection="regress", logits_b=lb)
     for (fa, fb), g in zip(pairs, got, strict=True):
         assert g == pytest.approx(_reference_regress_auc(xa, ya, la, xb, yb, lb, fa, fb), abs=1e-6)

@@ -179,7 +179,7 @@ class GradTuneAutoMethod(Method):
         (binomial, on the smaller of the two worst cells, both halves counted).
     gain_quantile : float or None, default=0.1
         The paired bootstrap bound: this quantile of a candidate's gain over ERM's value (rows
-        drawn with Poisson(1) weights, the same for every candidate) must exceed ``margin``.
+        drawn with Poisson(1) weights, the same for all) must exceed ``margin`` (None: off).
     n_boot : int, default=300 (bootstrap draws of that bound)
     confirm_z : float or None, default=0.0
         With ``crossfit``, a candidate must also beat ERM's value on each half on its own
@@ -187,7 +187,7 @@ class GradTuneAutoMethod(Method):
     max_balanced_drop : float, default=0.3
         Largest allowed drop of class-balanced accuracy below ERM's (scored halves).
     max_pseudo_drop : float or None, default=0.0
-        Largest allowed drop of the mean accuracy over the first inference's pseudo-groups.
+        Largest allowed drop of the mean accuracy over the first inference's pseudo-groups (None: off).
     min_repaired_accuracy : float, default=0.4
         Least accuracy a candidate must reach on every audit cell (its value) to be
         chosen, for two classes; with C classes the floor is ``min_repaired_accuracy x 2 /

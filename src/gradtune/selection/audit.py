@@ -246,9 +246,6 @@ def structure_aucs(x_a: np.ndarray, y_a: np.ndarray, logits_a: np.ndarray, x_b: 
     (orthogonally); ``"regress"`` removes, within each class, the features' least-squares
     regression on the logits (``logits_b`` (M, C) needed), fitted on the training half of each
     direction (:func:`_regress_out`); ``"both"``: the smaller AUC of the two."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     if projection not in PROJECTIONS:
@@ -285,17 +282,34 @@ def structure_aucs(x_a: np.ndarray, y_a: np.ndarray, logits_a: np.ndarray, x_b: 
     out: list[float | None] = []
     for flag_a, flag_b in flags:
         fa, fb = np.asarray(flag_a, dtype=bool), np.asarray(flag_b, dtype=bool)
-        aucs, weights = [], []
+        got = []
         for xf, yf, ff, xs, ys, fs in ((pa, y_a, fa, pb, y_b, fb), (pb, y_b, fb, pa, y_a, fa)):
             for k in range(int(n_classes)):
                 mf, ms = yf == k, ys == k
-                if min(ff[mf].sum(), (~ff[mf]).sum(), fs[ms].sum(), (~fs[ms]).sum()) < min_rows:
-                    continue
-                clf = LogisticRegression(C=float(c), max_iter=500).fit(xf[mf], ff[mf])
-                aucs.append(roc_auc_score(fs[ms], clf.decision_function(xs[ms])))
-                weights.append(int(fs[ms].sum()))
-        out.append(float(np.average(aucs, weights=weights)) if aucs else None)
+                got.append(_probe_auc(xf, mf, ff[mf], xs, ms, fs[ms], c, min_rows))
+        out.append(_weighted_auc(got))
     return out
+
+
+def _probe_auc(x_fit: np.ndarray, rows_fit: np.ndarray | slice, flag_fit: np.ndarray, x_score: np.ndarray,
+               rows_score: np.ndarray | slice, flag_score: np.ndarray, c: float, min_rows: int,
+               ) -> tuple[float, int] | None:
+    """(AUC on the scored rows, their flagged count) of a logistic regression of ``flag_fit`` on
+    ``x_fit[rows_fit]``, read on ``x_score[rows_score]``; None when either side has fewer than
+    ``min_rows`` flagged or unflagged rows (the rows are sliced only when the probe runs)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    if min(flag_fit.sum(), (~flag_fit).sum(), flag_score.sum(), (~flag_score).sum()) < min_rows:
+        return None
+    clf = LogisticRegression(C=float(c), max_iter=500).fit(x_fit[rows_fit], flag_fit)
+    return float(roc_auc_score(flag_score, clf.decision_function(x_score[rows_score]))), int(flag_score.sum())
+
+
+def _weighted_auc(got: list[tuple[float, int] | None]) -> float | None:
+    """The probes' AUCs averaged with their flagged counts as weights; None when none ran."""
+    ran = [g for g in got if g is not None]
+    return float(np.average([a for a, _ in ran], weights=[w for _, w in ran])) if ran else None
 
 
 def _regress_out(x_fit: np.ndarray, z_fit: np.ndarray, x_apply: np.ndarray, z_apply: np.ndarray) -> np.ndarray:
@@ -313,9 +327,6 @@ def _regressed_aucs(pa: np.ndarray, y_a: np.ndarray, za: np.ndarray, pb: np.ndar
     """The per-class AUCs of :func:`structure_aucs` with ``projection="regress"``: in each direction
     (fit on half a, score half b, and back) and class, both halves' rows of the class lose their
     regression on the logits fitted on the fitting half's rows of the class."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-
     za, zb = za - za.mean(axis=1, keepdims=True), zb - zb.mean(axis=1, keepdims=True)   # softmax's shift
     masks = [(y_a == k, y_b == k) for k in range(int(n_classes))]
     Pair = tuple[np.ndarray, np.ndarray]
@@ -327,19 +338,13 @@ def _regressed_aucs(pa: np.ndarray, y_a: np.ndarray, za: np.ndarray, pb: np.ndar
         sides.append(((_regress_out(pa[ma], za[ma], pa[ma], za[ma]), _regress_out(pa[ma], za[ma], pb[mb], zb[mb])),
                       (_regress_out(pb[mb], zb[mb], pb[mb], zb[mb]), _regress_out(pb[mb], zb[mb], pa[ma], za[ma]))))
     out: list[float | None] = []
+    every = slice(None)
     for flag_a, flag_b in flags:
         fa, fb = np.asarray(flag_a, dtype=bool), np.asarray(flag_b, dtype=bool)
-        aucs, weights = [], []
-        for (ma, mb), side in zip(masks, sides, strict=True):
-            if side is None:
-                continue
-            for (xf, xs), ff, fs in ((side[0], fa[ma], fb[mb]), (side[1], fb[mb], fa[ma])):
-                if min(ff.sum(), (~ff).sum(), fs.sum(), (~fs).sum()) < min_rows:
-                    continue
-                clf = LogisticRegression(C=float(c), max_iter=500).fit(xf, ff)
-                aucs.append(roc_auc_score(fs, clf.decision_function(xs)))
-                weights.append(int(fs.sum()))
-        out.append(float(np.average(aucs, weights=weights)) if aucs else None)
+        got = [_probe_auc(xf, every, ff, xs, every, fs, c, min_rows)
+               for (ma, mb), side in zip(masks, sides, strict=True) if side is not None
+               for (xf, xs), ff, fs in ((side[0], fa[ma], fb[mb]), (side[1], fb[mb], fa[ma]))]
+        out.append(_weighted_auc(got))
     return out
 
 
