@@ -382,3 +382,22 @@ def test_a_repair_must_pay_where_the_model_is_deployed(biased: EmbeddingBundle) 
 def test_a_missing_deployment_split_is_named(biased: EmbeddingBundle) -> None:
     with pytest.raises(BundleError, match="'deploy'"):
         GradTuneAutoMethod(**FAST, deployment_split="deploy").fit(biased, seed=1)
+
+
+def test_the_guard_inputs_in_the_diagnostics_replay_the_fit(biased: EmbeddingBundle) -> None:
+    import json
+
+    from gradtune.selection.guard import replay_guard
+
+    d = get_method("gradtune-auto", audit_coverage=False, **FAST).fit(biased, seed=0).diagnostics
+    rec = json.loads(json.dumps(d["guard_inputs"]))
+    got = replay_guard(rec)
+    cands = d["candidates"]
+    assert not d["guard_kept_erm"] and got.best > 0
+    assert cands[got.best]["value"] == d["chosen_value"]
+    assert [bool(a) for a in got.allowed] == [c["allowed"] for c in cands]
+    # a threshold replayed is the threshold refitted: same decision, same reason
+    refit = get_method("gradtune-auto", audit_coverage=False, margin=1.0, **FAST).fit(biased, seed=0).diagnostics
+    again = replay_guard(rec, margin=1.0)
+    assert again.best == 0 and refit["guard_kept_erm"]
+    assert again.reason == refit["guard_reason"]

@@ -7,13 +7,16 @@ import math
 import numpy as np
 import pytest
 
+from gradtune._validation import GradTuneInputError
 from gradtune.selection.audit import worst_cell_accuracy
 from gradtune.selection.guard import (
     GuardRule,
     bootstrap_worst_cells,
     class_balanced_accuracy,
     guard_choice,
+    guard_record,
     paired_gain_bound,
+    replay_guard,
 )
 
 
@@ -161,3 +164,39 @@ def test_the_bound_does_not_depend_on_the_draws_being_made_in_blocks() -> None:
     w = np.random.default_rng(5).poisson(1.0, size=(150, 90))
     worst = bootstrap_worst_cells(correct, cells, 4, 5, w)
     np.testing.assert_allclose(blocked, np.quantile(worst - worst[0], 0.2, axis=1), atol=1e-9)
+
+
+def test_a_recorded_guard_call_replays_exactly_and_under_other_thresholds() -> None:
+    import json
+
+    va, vb = np.array([0.2, 0.5, 0.45, -np.inf]), np.array([0.25, 0.4, 0.5, -np.inf])
+    n = np.array([40, 40, 40, 40])
+    bal = np.array([0.9, 0.8, 0.86, 0.5])
+    pseudo = np.array([0.7, 0.72, 0.71, 0.5])
+    lower = np.array([0.0, 0.2, 0.04, -1.0])
+    floor = np.array([0.2, 0.35, 0.3, 0.0])
+    rule = GuardRule(margin=0.05, confirm_z=0.0, max_balanced_drop=0.3, min_repaired_accuracy=0.3,
+                     max_pseudo_drop=0.0)
+    args = (va, n, bal, rule, vb, n)
+    kw = {"pseudo": pseudo, "lower": lower, "floor_values": floor}
+    rec = json.loads(json.dumps(guard_record(*args, **kw)))          # survives JSON, -inf included
+    want, got = guard_choice(*args, **kw), replay_guard(rec)
+    assert got.best == want.best == 1
+    np.testing.assert_array_equal(got.allowed, want.allowed)
+    np.testing.assert_array_equal(got.values, want.values)
+    assert got.reason == want.reason
+    # overrides: a thresholds' change is guard_choice with the changed rule ...
+    from dataclasses import replace as dc_replace
+    for change in ({"margin": 0.3}, {"max_balanced_drop": 0.05}, {"min_repaired_accuracy": 0.5}):
+        expect = guard_choice(va, n, bal, dc_replace(rule, **change), vb, n, **kw)
+        again = replay_guard(rec, **change)
+        assert again.best == expect.best and again.reason == expect.reason, change
+    assert replay_guard(rec, margin=0.3).best == 0                    # no candidate beats ERM by 0.3
+    # ... and lower=None / floor_values=None drop the bound and the separate floor cells
+    no_bound = replay_guard(rec, lower=None)
+    assert no_bound.best == guard_choice(*args, pseudo=pseudo, floor_values=floor).best
+    no_floor = replay_guard(rec, floor_values=None, min_repaired_accuracy=0.4)
+    assert no_floor.best == 1                                         # its value 0.45 is read, not its floor
+    assert replay_guard(rec, min_repaired_accuracy=0.4).best == 0     # its floor 0.35 is under 0.4
+    with pytest.raises(GradTuneInputError, match="not a guard_record"):
+        replay_guard({"values_a": [0.1, 0.2]})

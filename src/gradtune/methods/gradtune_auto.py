@@ -38,8 +38,9 @@ evidence the inference cannot rig. No step reads a group label, an attribute or 
    estimated share among unlabeled rows of ``deployment_split`` when given,
    :mod:`gradtune.selection.shift`), (c) classify at least ``min_repaired_accuracy x 2 /
    C`` of every cell correctly. The best allowed value wins
-   (:func:`~gradtune.selection.guard.guard_choice`). Without ``encoder_features`` (and
-   ``features="auto"``) the head is kept too. The reason is in
+   (:func:`~gradtune.selection.guard.guard_choice`; its inputs are kept in
+   ``diagnostics["guard_inputs"]`` for :func:`~gradtune.selection.guard.replay_guard`). Without
+   ``encoder_features`` (and ``features="auto"``) the head is kept too. The reason is in
    ``diagnostics["guard_reason"]`` (WARNING log).
 5. **Refit** (``refit=True``): a chosen ``"retrain"`` candidate is refitted with its C
    on both validation halves, as DFR does. A chosen fine-tune is kept as is.
@@ -96,17 +97,18 @@ from gradtune.selection.audit import (
     uncovered_classes,
     worst_over_cell_sets,
 )
-from gradtune.selection.guard import GuardRule, guard_choice, paired_gain_bound
+from gradtune.selection.guard import GuardRule, guard_record, paired_gain_bound, replay_guard
 from gradtune.selection.select import SIZE, TOP_K
 from gradtune.selection.shift import deployment_accuracy
 
-__all__ = ["GradTuneAutoMethod", "AutoCandidate", "FAMILIES", "INFERENCES", "AUTO_EPOCHS"]
+__all__ = ["GradTuneAutoMethod", "AutoCandidate", "FAMILIES", "INFERENCES", "AUTO_EPOCHS", "SEED_STREAMS"]
 
 _log = logging.getLogger(__name__)
 
 FAMILIES = ("retrain", "reweight", "finetune")
 INFERENCES = ("xrm", "erm_error")
 AUTO_EPOCHS: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500)
+SEED_STREAMS = ("xrm", "retrain", "solver", "finetune", "guard", "shift", "folds")  # fit's seed_streams names
 
 
 def _keep_erm(head: LinearHead, reason: str, info: dict[str, Any] | None = None, **extra: Any) -> MethodResult:
@@ -370,7 +372,7 @@ class GradTuneAutoMethod(Method):
                                    "frozen encoder's features, or pass features='features' to infer from the "
                                    "head's inputs anyway)")
         x_dep = None if self.deployment_split is None else bundle.view(str(self.deployment_split)).features
-        streams = seed_streams(seed, "xrm", "retrain", "solver", "finetune", "guard", "shift", "folds")
+        streams = seed_streams(seed, *SEED_STREAMS)
         inferences, info = self._pseudo_groups(bundle, held, sel, head, streams)
         first = next(iter(inferences))
         minority = np.concatenate([inferences[first][0], inferences[first][1]]) % 2 == 1
@@ -446,24 +448,21 @@ class GradTuneAutoMethod(Method):
                          min_repaired_accuracy=float(self.min_repaired_accuracy) * 2 / n_classes,
                          max_pseudo_drop=None if self.max_pseudo_drop is None else float(self.max_pseudo_drop),
                          pseudo_weighting="equally" if x_dep is None else "as the deployment rows hold them")
-        decision = guard_choice(values, n_small, balanced, rule, v2, n2, pseudo=pseudo, lower=lower,
-                                floor_values=(floor := np.mean(floors, axis=0)))
+        guard_inputs = guard_record(values, n_small, balanced, rule, v2, n2, pseudo=pseudo, lower=lower,
+                                    floor_values=(floor := np.mean(floors, axis=0)))
+        decision = replay_guard(guard_inputs)   # decided from the record itself: a replay reproduces it
         values, needed, allowed, best = decision.values, decision.needed, decision.allowed, decision.best
         chosen_inf, chosen = pairs[best]
         model = chosen.head
-        refitted = False
-        if chosen.family in ("retrain", "reweight") and self.refit:
-            g_held, g_sel = inferences[chosen_inf]
-            x_all = np.concatenate([held.features, sel.features])
-            y_all = np.concatenate([held.labels, sel.labels])
-            g_all = np.concatenate([g_held, g_sel])
+        refitted = chosen.family in ("retrain", "reweight") and bool(self.refit)
+        if refitted:
+            x_all, y_all = np.concatenate([held.features, sel.features]), np.concatenate([held.labels, sel.labels])
+            g_all = np.concatenate(inferences[chosen_inf])
             if chosen.family == "retrain":
                 model = self._retrain(x_all, y_all, g_all, chosen.setting, n_classes, streams.rng("retrain"),
                                       streams.integer("solver"))
             else:
                 model = reweight_head(x_all, y_all, g_all, chosen.setting, n_classes, streams.integer("solver"))
-            refitted = True
-        reason = decision.reason
         bounds = [None] * len(pairs) if lower is None else [float(x) for x in lower]
         diag = {
             "pseudo_groups": info,
@@ -483,7 +482,8 @@ class GradTuneAutoMethod(Method):
             "erm_value": float(values[0]),
             "refitted": refitted,
             "guard_kept_erm": best == 0,
-            "guard_reason": reason,
+            "guard_reason": decision.reason,
+            "guard_inputs": guard_inputs,   # selection.guard.replay_guard decides again under other thresholds
             "candidates": [{"inference": k, "family": c.family, "setting": c.setting, "value": float(v),
                             "needed": float(t), "balanced_accuracy": float(b), "allowed": bool(a),
                             "gain_bound": lo, "floor_value": float(f)}
@@ -495,6 +495,6 @@ class GradTuneAutoMethod(Method):
                                                       sel.index[inferences[first][1] % 2 == 1]]).tolist(),
         }
         if best == 0:
-            _log.warning("gradtune-auto kept the ERM head: %s", reason)
+            _log.warning("gradtune-auto kept the ERM head: %s", decision.reason)
         return MethodResult(model, diag)
 

@@ -29,14 +29,16 @@ Among the allowed candidates the one with the highest mean value wins.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import numpy as np
 
+from gradtune._validation import GradTuneInputError
 from gradtune.selection.audit import cell_accuracies
 
-__all__ = ["GuardRule", "GuardDecision", "guard_choice", "class_balanced_accuracy", "paired_gain_bound",
-           "bootstrap_worst_cells"]
+__all__ = ["GuardRule", "GuardDecision", "guard_choice", "guard_record", "replay_guard", "class_balanced_accuracy",
+           "paired_gain_bound", "bootstrap_worst_cells"]
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,41 @@ def guard_choice(values_a: np.ndarray, sizes_a: np.ndarray, balanced: np.ndarray
     best = int(np.argmax(np.where(allowed, values, -np.inf))) if allowed[1:].any() else 0
     reason = None if best else _reason(values, needed, balanced, allowed, rule, pseudo_ok, bound_ok, floor)
     return GuardDecision(best, values, needed, allowed, np.asarray(balanced, dtype=np.float64), reason)
+
+
+_RECORD_ARRAYS = ("values_a", "sizes_a", "balanced", "values_b", "sizes_b", "pseudo", "lower", "floor_values")
+
+
+def guard_record(values_a: np.ndarray, sizes_a: np.ndarray, balanced: np.ndarray, rule: GuardRule,
+                 values_b: np.ndarray | None = None, sizes_b: np.ndarray | None = None, *,
+                 pseudo: np.ndarray | None = None, lower: np.ndarray | None = None,
+                 floor_values: np.ndarray | None = None) -> dict[str, Any]:
+    """The arguments of one :func:`guard_choice` call as a JSON-friendly dict (lists of floats,
+    None where absent; the rule's fields under ``"rule"``), so that :func:`replay_guard` can
+    decide again, under other thresholds, without refitting a candidate."""
+    arrays = (values_a, sizes_a, balanced, values_b, sizes_b, pseudo, lower, floor_values)
+    out: dict[str, Any] = {k: None if a is None else np.asarray(a, dtype=np.float64).tolist()
+                           for k, a in zip(_RECORD_ARRAYS, arrays, strict=True)}
+    out["rule"] = asdict(rule)
+    return out
+
+
+def replay_guard(record: dict[str, Any], **overrides: Any) -> GuardDecision:
+    """:func:`guard_choice` on a :func:`guard_record`, with fields of its :class:`GuardRule`
+    replaced by ``overrides`` (e.g. ``margin=0.1``); ``lower=None`` or ``floor_values=None``
+    drop the paired bound or the separate floor cells (an unknown rule field raises TypeError)."""
+    missing = [k for k in ("values_a", "sizes_a", "balanced", "rule") if record.get(k) is None]
+    if missing:
+        raise GradTuneInputError(f"not a guard_record: {missing} missing (keys present: {sorted(record)})")
+    arrays = {k: None if record.get(k) is None else np.asarray(record[k], dtype=np.float64) for k in _RECORD_ARRAYS}
+    for k in ("lower", "floor_values"):
+        if k in overrides:
+            arrays[k] = None if overrides.pop(k) is None else arrays[k]
+    rule = replace(GuardRule(**record["rule"]), **overrides)
+    sizes_b = None if arrays["sizes_b"] is None else arrays["sizes_b"].astype(np.int64)
+    va, na, bal = (np.asarray(record[k], dtype=np.float64) for k in ("values_a", "sizes_a", "balanced"))
+    return guard_choice(va, na.astype(np.int64), bal, rule, arrays["values_b"], sizes_b, pseudo=arrays["pseudo"],
+                        lower=arrays["lower"], floor_values=arrays["floor_values"])
 
 
 def _reason(values: np.ndarray, needed: np.ndarray, balanced: np.ndarray, allowed: np.ndarray,
