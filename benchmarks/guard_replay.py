@@ -40,6 +40,7 @@ from gradtune.methods.auto_candidates import retrain_head
 from gradtune.methods.base import erm_head
 from gradtune.methods.gradtune_auto import SEED_STREAMS
 from gradtune.methods.tuning import build_method, family_defaults
+from gradtune.selection.audit import structure_gate_reason
 from gradtune.selection.guard import replay_guard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -97,10 +98,8 @@ def collect_one(member: str, seed: int, params: dict) -> dict:
 
 def decide(rec: dict, gate: dict, rule: dict) -> tuple[list[float], bool]:
     """(test [WGA, avg], repaired?) of one stored run under a gate and guard rule."""
-    def above(auc: float | None, t: float) -> bool:
-        return auc is not None and auc >= t
-    open_ = above(rec["auc"], gate["min_structure_auc"]) or above(rec["twin_auc"], gate["min_twin_auc"])
-    if not open_ or "guard_inputs" not in rec:
+    closed = structure_gate_reason(rec["auc"], rec["twin_auc"], gate["min_structure_auc"], gate["min_twin_auc"])
+    if closed is not None or "guard_inputs" not in rec:
         return rec["erm"], False
     best = replay_guard(rec["guard_inputs"], **rule).best
     return rec["candidate_test"][best], best != 0

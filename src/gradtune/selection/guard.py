@@ -201,7 +201,9 @@ def guard_choice(values_a: np.ndarray, sizes_a: np.ndarray, balanced: np.ndarray
     return GuardDecision(best, values, needed, allowed, np.asarray(balanced, dtype=np.float64), reason)
 
 
-_RECORD_ARRAYS = ("values_a", "sizes_a", "balanced", "values_b", "sizes_b", "pseudo", "lower", "floor_values")
+_REQUIRED = ("values_a", "sizes_a", "balanced")
+_OPTIONAL = ("values_b", "sizes_b", "pseudo", "lower", "floor_values")
+_RECORD_ARRAYS = _REQUIRED + _OPTIONAL
 
 
 def guard_record(values_a: np.ndarray, sizes_a: np.ndarray, balanced: np.ndarray, rule: GuardRule,
@@ -222,18 +224,20 @@ def replay_guard(record: dict[str, Any], **overrides: Any) -> GuardDecision:
     """:func:`guard_choice` on a :func:`guard_record`, with fields of its :class:`GuardRule`
     replaced by ``overrides`` (e.g. ``margin=0.1``); ``lower=None`` or ``floor_values=None``
     drop the paired bound or the separate floor cells (an unknown rule field raises TypeError)."""
-    missing = [k for k in ("values_a", "sizes_a", "balanced", "rule") if record.get(k) is None]
+    missing = [k for k in (*_REQUIRED, "rule") if record.get(k) is None]
     if missing:
         raise GradTuneInputError(f"not a guard_record: {missing} missing (keys present: {sorted(record)})")
-    arrays = {k: None if record.get(k) is None else np.asarray(record[k], dtype=np.float64) for k in _RECORD_ARRAYS}
-    for k in ("lower", "floor_values"):
-        if k in overrides:
-            arrays[k] = None if overrides.pop(k) is None else arrays[k]
+    dropped = {k for k in ("lower", "floor_values") if k in overrides}
+    for k in dropped:
+        if overrides.pop(k) is not None:
+            raise GradTuneInputError(f"{k} can only be dropped in a replay ({k}=None), not replaced")
+    got = {k: None if record.get(k) is None or k in dropped else np.asarray(record[k], dtype=np.float64)
+           for k in _OPTIONAL}
     rule = replace(GuardRule(**record["rule"]), **overrides)
-    sizes_b = None if arrays["sizes_b"] is None else arrays["sizes_b"].astype(np.int64)
-    va, na, bal = (np.asarray(record[k], dtype=np.float64) for k in ("values_a", "sizes_a", "balanced"))
-    return guard_choice(va, na.astype(np.int64), bal, rule, arrays["values_b"], sizes_b, pseudo=arrays["pseudo"],
-                        lower=arrays["lower"], floor_values=arrays["floor_values"])
+    va, na, bal = (np.asarray(record[k], dtype=np.float64) for k in _REQUIRED)
+    nb = None if got["sizes_b"] is None else got["sizes_b"].astype(np.int64)
+    return guard_choice(va, na.astype(np.int64), bal, rule, got["values_b"], nb, pseudo=got["pseudo"],
+                        lower=got["lower"], floor_values=got["floor_values"])
 
 
 def _reason(values: np.ndarray, needed: np.ndarray, balanced: np.ndarray, allowed: np.ndarray,
