@@ -353,3 +353,31 @@ def test_structure_gate_with_both_projections_closes_a_correlated_control() -> N
                for p in ("directions", "regress"))
     assert auc2 == pytest.approx(want) and reason2 is not None
     assert "logits' regression removed" in reason2
+
+
+def test_head_margins_against_a_hand_count() -> None:
+    from gradtune.selection.audit import head_margins
+
+    logits = np.array([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0], [1.0, 1.0, 0.0]])
+    y = np.array([0, 1, 2])
+    # own logit minus the largest other: 2 - 0.5, 1 - 3, 0 - 1
+    np.testing.assert_allclose(head_margins(logits, y), [1.5, -2.0, -1.0])
+
+
+def test_pad_regions_fills_a_small_region_with_the_least_margin_rows() -> None:
+    from gradtune.selection.audit import pad_regions
+
+    # class 0: 8 rows, region {0, 1}; class 1: 6 rows, region {8, 9, 10, 11} (already 4 >= 4)
+    y = np.array([0] * 8 + [1] * 6)
+    cells = 2 * y
+    cells[[0, 1, 8, 9, 10, 11]] += 1
+    margins = np.array([-1.0, -0.5, 3.0, 0.2, 5.0, 0.1, 0.3, 2.0, -2.0, -1.0, 0.0, 0.5, 0.05, 9.0])
+    out = pad_regions(cells, y, margins, 2, 4)
+    want = cells.copy()
+    want[[5, 3]] += 1            # class 0's two least-margin rows outside its region: 0.1, then 0.2
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(cells, 2 * y + np.isin(np.arange(14), [0, 1, 8, 9, 10, 11]))  # input kept
+    # a class with fewer rows than min_class_rows (a rare class) is left alone
+    np.testing.assert_array_equal(pad_regions(cells, y, margins, 2, 4, min_class_rows=9), cells)
+    # so is a class with fewer rows than min_rows in all
+    np.testing.assert_array_equal(pad_regions(cells, y, margins, 2, 9)[8:], cells[8:])

@@ -19,9 +19,9 @@ from collections.abc import Callable
 import numpy as np
 
 from gradtune.methods.auto_candidates import AutoCandidate
-from gradtune.selection.audit import class_folds, region_cells
+from gradtune.selection.audit import class_folds, head_margins, pad_regions, region_cells
 
-__all__ = ["class_folds", "fold_cells", "halves_cells", "fold_correct"]
+__all__ = ["class_folds", "fold_cells", "halves_cells", "fold_correct", "pad_half"]
 
 #: fit(x (n, d), y (n,), {inference: pseudo-group ids (n,)}) -> [(inference, candidate), ...], ERM first
 FitFn = Callable[[np.ndarray, np.ndarray, dict[str, np.ndarray]], list[tuple[str, AutoCandidate]]]
@@ -55,6 +55,17 @@ def halves_cells(x_a: np.ndarray, y_a: np.ndarray, flag_a: np.ndarray, x_b: np.n
     """:func:`fold_cells` of both halves: (cells of half a (m,), cells of half b (n,))."""
     return (fold_cells(x_a, y_a, flag_a, x_b, y_b, flag_b, folds_a, n_classes),
             fold_cells(x_b, y_b, flag_b, x_a, y_a, flag_a, folds_b, n_classes))
+
+
+def pad_half(cells: tuple[np.ndarray, ...], y: np.ndarray, logits: np.ndarray, n_classes: int, min_rows: int,
+             rare_share: float) -> tuple[np.ndarray, ...]:
+    """Each (m,) cell array of one half with its too-small region cells filled up to
+    ``min_rows`` rows by :func:`~gradtune.selection.audit.pad_regions`, on the margins of the
+    ERM head's (m, C) ``logits``; a class holding fewer than ``rare_share / n_classes`` of the
+    half's rows is left as it is (a rare class is still refused by the coverage check)."""
+    margins = head_margins(logits, y)
+    least = float(rare_share) / int(n_classes) * len(y)
+    return tuple(pad_regions(c, y, margins, n_classes, min_rows, min_class_rows=least) for c in cells)
 
 
 def fold_correct(fit: FitFn, x_score: np.ndarray, y_score: np.ndarray, g_score: dict[str, np.ndarray],

@@ -60,7 +60,7 @@ import numpy as np
 
 from gradtune._seeding import SeedStreams, seed_streams
 from gradtune._validation import GradTuneInputError, check_positive_int
-from gradtune.embeddings.bundle import EmbeddingBundle, SplitView
+from gradtune.embeddings.bundle import EmbeddingBundle
 from gradtune.finetune.linear import FinetuneConfig
 from gradtune.groups.xrm import XRM_CONFIGS, XRMConfig
 from gradtune.methods.auto_candidates import (
@@ -70,7 +70,8 @@ from gradtune.methods.auto_candidates import (
     reweight_head,
     score_correct,
 )
-from gradtune.methods.auto_crossfit import class_folds, fold_correct, halves_cells
+from gradtune.methods.auto_crossfit import class_folds, fold_correct, halves_cells, pad_half
+from gradtune.methods.auto_inference import auto_pseudo_groups
 from gradtune.methods.base import (
     LinearHead,
     Method,
@@ -82,14 +83,7 @@ from gradtune.methods.base import (
     register_method,
 )
 from gradtune.methods.dfr import DFRMethod
-from gradtune.methods.inferred import (
-    FEATURES,
-    POOL,
-    RULE,
-    bundle_pseudo_groups,
-    inference_features,
-    merge_small_groups,
-)
+from gradtune.methods.inferred import FEATURES, POOL, RULE, inference_features
 from gradtune.selection.audit import (
     PROJECTIONS,
     SCALES,
@@ -213,6 +207,14 @@ class GradTuneAutoMethod(Method):
         Keep the ERM head when some class's region (of the mistakes or of the inferred
         minority) has fewer than ``min_group_size`` rows on a half: that class is one cell,
         and a repair could lose its minority unseen (a rare class).
+    pad_regions : bool, default=True
+        Before that check, fill a class's too-small region up to ``min_group_size`` rows with
+        its rows of least ERM margin (:func:`~gradtune.selection.audit.pad_regions`), so the
+        class is judged on the rows a repair would lose first instead of being refused.
+        A rare class (fewer than ``rare_class_share / n_classes`` of a half's rows) is not
+        padded: its own minority may have no validation row, so it is still refused.
+    rare_class_share : float, default=0.5
+        See ``pad_regions``.
     min_erm_minority_accuracy : float, default=0.0
         Optional pre-check: keep the ERM head when it gets fewer than this share of the first
         inference's minority right (0: off; it refused real repairs on the stress suite).
@@ -275,6 +277,10 @@ class GradTuneAutoMethod(Method):
     min_twin_auc: float = param(0.7, "... or of the twins' inferred minority (1.0: this route off)", ge=0, le=1)
     audit_coverage: bool = param(True, "keep the ERM head when a class's region (mistakes or inferred minority) "
                                        "is below min_group_size")
+    pad_regions: bool = param(True, "fill a too-small region with the class's least-margin rows before "
+                                     "audit_coverage checks it")
+    rare_class_share: float = param(0.5, "with pad_regions: a class under this share of 1 / n_classes of a "
+                                         "half's rows is not padded (still refused)", ge=0, le=1)
     min_erm_minority_accuracy: float = param(0.0, "optional pre-check on the ERM head (0: off)", ge=0, le=1)
     deployment_split: str | None = param(None, "a bundle split of unlabeled deployment rows: max_pseudo_drop then "
                                                "weights the pseudo-groups by their estimated share there", kind="str")
@@ -336,30 +342,6 @@ class GradTuneAutoMethod(Method):
                                                         int(self.min_group_size))
         return pairs, values, sizes, balanced, pseudo, sets[0], correct
 
-    def _pseudo_groups(self, bundle: EmbeddingBundle, held: SplitView, sel: SplitView, head: LinearHead,
-                       streams: SeedStreams) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
-        """{inference: (held-out ids (n,), selection ids (m,))}, ids ``2 * label + minority``
-        (small minorities merged), and the XRM diagnostics."""
-        n_classes = int(bundle.n_classes)
-        flags: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        info: dict[str, Any] = {}
-        if "xrm" in self.inferences:
-            cfg = XRMConfig(n_steps=int(self.xrm_steps)) if self.xrm_recipe == "default" else XRM_CONFIGS[
-                self.xrm_recipe]
-            pg = bundle_pseudo_groups(bundle, seed=streams.integer("xrm", modulo=2**31), features=self.features,
-                                      pool=self.pool, rule=self.rule, config=cfg)
-            flags["xrm"] = (pg.held % 2 == 1, pg.sel % 2 == 1)
-            info = dict(pg.info)
-        if "erm_error" in self.inferences:
-            flags["erm_error"] = (head.predict(held.features) != held.labels,
-                                  head.predict(sel.features) != sel.labels)
-        out = {}
-        for name in self.inferences:
-            f_held, f_sel = flags[name]
-            out[name] = merge_small_groups(2 * held.labels + f_held, held.labels,
-                                           2 * sel.labels + f_sel, sel.labels, n_classes)
-        return out, info
-
     def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
         seed = check_positive_int(seed, "seed", allow_zero=True)
         epochs = self._check()
@@ -373,7 +355,11 @@ class GradTuneAutoMethod(Method):
                                    "head's inputs anyway)")
         x_dep = None if self.deployment_split is None else bundle.view(str(self.deployment_split)).features
         streams = seed_streams(seed, *SEED_STREAMS)
-        inferences, info = self._pseudo_groups(bundle, held, sel, head, streams)
+        xrm_config = XRMConfig(n_steps=int(self.xrm_steps)) if self.xrm_recipe == "default" else XRM_CONFIGS[
+            self.xrm_recipe]
+        inferences, info = auto_pseudo_groups(bundle, held, sel, head, streams, n_classes, inferences=self.inferences,
+                                              features=self.features, pool=self.pool, rule=self.rule,
+                                              xrm_config=xrm_config)
         first = next(iter(inferences))
         minority = np.concatenate([inferences[first][0], inferences[first][1]]) % 2 == 1
         right = np.concatenate([head.predict(held.features) == held.labels,
@@ -410,6 +396,10 @@ class GradTuneAutoMethod(Method):
                                              folds_sel, folds_held, n_classes)
         inf_sel, inf_held = halves_cells(xi_sel, sel.labels, g_sel % 2 == 1, xi_held, held.labels, g_held % 2 == 1,
                                          folds_sel, folds_held, n_classes)
+        if self.pad_regions:   # a class with few mistakes is judged on its least-margin rows
+            pad = (n_classes, int(self.min_group_size), float(self.rare_class_share))
+            audit_sel, inf_sel = pad_half((audit_sel, inf_sel), sel.labels, head.logits(sel.features), *pad)
+            audit_held, inf_held = pad_half((audit_held, inf_held), held.labels, head.logits(held.features), *pad)
         value_sel, value_held = (inf_sel, inf_held) if self.value_cells == "inferred" else (audit_sel, audit_held)
         uncovered = uncovered_classes([audit_sel, audit_held, inf_sel, inf_held], n_classes, int(self.min_group_size))
         if self.audit_coverage and uncovered:

@@ -158,6 +158,42 @@ def uncovered_classes(cells: list[np.ndarray], n_classes: int, min_rows: int) ->
     return [(k, int(n)) for k, n in enumerate(least) if n < int(min_rows)]
 
 
+def head_margins(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(n,) the head's margin on each row's own class: its logit minus the largest other
+    logit, from (n, C) ``logits`` and (n,) labels ``y`` (negative where the head errs)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    rows = np.arange(len(logits))
+    own = logits[rows, np.asarray(y)]
+    other = logits.copy()
+    other[rows, np.asarray(y)] = -np.inf
+    return own - other.max(axis=1)
+
+
+def pad_regions(cells: np.ndarray, y: np.ndarray, margins: np.ndarray, n_classes: int, min_rows: int,
+                *, min_class_rows: float = 0.0) -> np.ndarray:
+    """(n,) cells whose too-small region cells are filled up to ``min_rows`` rows.
+
+    A class whose region cell (``2 * y + 1``) holds fewer than ``min_rows`` rows gets its
+    rows of lowest ``margins`` outside the region added to it, so that the rows a repair
+    would lose first in that class (its few mistakes and the correct rows nearest another
+    class) are judged as a cell of their own instead of among all the class's rows. A class
+    with fewer than ``min_rows`` rows in all keeps its rows as they are.
+    """
+    out = np.array(cells, dtype=np.int64, copy=True)
+    y = np.asarray(y)
+    margins = np.asarray(margins, dtype=np.float64)
+    for k in range(int(n_classes)):
+        rows = np.flatnonzero(y == k)
+        inside = out[rows] % 2 == 1
+        need = int(min_rows) - int(inside.sum())
+        if need <= 0 or rows.size < max(int(min_rows), float(min_class_rows)):
+            continue
+        outside = rows[~inside]
+        take = outside[np.argsort(margins[outside], kind="stable")[:need]]
+        out[take] += 1
+    return out
+
+
 def _block_scores(xt: np.ndarray) -> np.ndarray:
     """Normal scores of each row of a (b, N) block (one feature per row, values contiguous)."""
     from scipy.special import ndtri
