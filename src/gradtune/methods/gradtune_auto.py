@@ -207,12 +207,14 @@ class GradTuneAutoMethod(Method):
         Keep the ERM head when some class's region (of the mistakes or of the inferred
         minority) has fewer than ``min_group_size`` rows on a half: that class is one cell,
         and a repair could lose its minority unseen (a rare class).
-    pad_regions : bool, default=True
+    pad_regions : bool, default=False
         Before that check, fill a class's too-small region up to ``min_group_size`` rows with
         its rows of least ERM margin (:func:`~gradtune.selection.audit.pad_regions`), so the
         class is judged on the rows a repair would lose first instead of being refused.
         A rare class (fewer than ``rare_class_share / n_classes`` of a half's rows) is not
-        padded: its own minority may have no validation row, so it is still refused.
+        padded: its own minority may have no validation row, so it is still refused. Off:
+        on the report half it harmed a three-class image member (docs/label-free-design.md,
+        round 12).
     rare_class_share : float, default=0.5
         See ``pad_regions``.
     min_erm_minority_accuracy : float, default=0.0
@@ -277,7 +279,7 @@ class GradTuneAutoMethod(Method):
     min_twin_auc: float = param(0.7, "... or of the twins' inferred minority (1.0: this route off)", ge=0, le=1)
     audit_coverage: bool = param(True, "keep the ERM head when a class's region (mistakes or inferred minority) "
                                        "is below min_group_size")
-    pad_regions: bool = param(True, "fill a too-small region with the class's least-margin rows before "
+    pad_regions: bool = param(False, "fill a too-small region with the class's least-margin rows before "
                                      "audit_coverage checks it")
     rare_class_share: float = param(0.5, "with pad_regions: a class under this share of 1 / n_classes of a "
                                          "half's rows is not padded (still refused)", ge=0, le=1)
