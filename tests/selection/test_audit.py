@@ -37,6 +37,31 @@ def test_region_cells_match_a_per_class_logistic_regression() -> None:
     assert x_app[got % 2 == 1, 1].mean() > x_app[got % 2 == 0, 1].mean() + 1.0
 
 
+def test_region_cells_fill_a_small_region_with_the_models_top_rows() -> None:
+    rng = np.random.default_rng(2)
+    x_fit = rng.normal(size=(400, 5))
+    y_fit = np.repeat([0, 1], 200)
+    flag = np.zeros(400, dtype=bool)             # each class's 6 rows of largest x1 (3%)
+    for k in (0, 1):
+        rows = np.flatnonzero(y_fit == k)
+        flag[rows[np.argsort(-x_fit[rows, 1])[:6]]] = True
+    x_app = rng.normal(size=(300, 5))
+    y_app = np.array([0] * 250 + [1] * 50)
+    got = region_cells(x_fit, y_fit, flag, x_app, y_app, 2, min_in=12, min_class_rows=60)
+    scaler = StandardScaler().fit(x_fit)
+    want = 2 * y_app
+    for k in (0, 1):
+        clf = LogisticRegression(C=1.0, max_iter=500).fit(scaler.transform(x_fit[y_fit == k]), flag[y_fit == k])
+        rows = np.flatnonzero(y_app == k)
+        n_in = int(round(flag[y_fit == k].mean() * rows.size))
+        if k == 0:                               # 250 rows >= 60: at least 12; class 1 (50 rows) keeps its rate
+            assert n_in < 12
+            n_in = 12
+        score = clf.decision_function(scaler.transform(x_app[rows]))
+        want[rows[np.argsort(-score, kind="stable")[:n_in]]] += 1
+    np.testing.assert_array_equal(got, want)
+
+
 def test_a_class_with_too_few_flagged_rows_gets_no_region() -> None:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(100, 3))

@@ -35,26 +35,31 @@ def _without(folds: np.ndarray, j: int, own: np.ndarray, other: np.ndarray) -> n
 
 
 def fold_cells(x_score: np.ndarray, y_score: np.ndarray, flag_score: np.ndarray, x_other: np.ndarray,
-               y_other: np.ndarray, flag_other: np.ndarray, folds: np.ndarray, n_classes: int) -> np.ndarray:
+               y_other: np.ndarray, flag_other: np.ndarray, folds: np.ndarray, n_classes: int,
+               min_in: int = 0, rare_share: float = 0.0) -> np.ndarray:
     """(m,) cell ids of the scored rows: fold j's rows are placed by a region model of the flag
     (:func:`~gradtune.selection.audit.region_cells`) fitted on the other half's rows and the
-    scored half's rows outside fold j."""
+    scored half's rows outside fold j. ``min_in`` (> 0): each class's region on the scored half
+    holds at least that many rows (shared among the folds) where its model exists, except in a
+    class with fewer than ``rare_share / n_classes`` of the scored rows."""
     cells = np.empty(len(y_score), dtype=np.int64)
     flag_score, flag_other = np.asarray(flag_score, dtype=bool), np.asarray(flag_other, dtype=bool)
     for j in np.unique(folds):
         inside = folds == j
+        share = float(inside.mean())
         cells[inside] = region_cells(_without(folds, j, x_score, x_other), _without(folds, j, y_score, y_other),
                                      _without(folds, j, flag_score, flag_other), x_score[inside], y_score[inside],
-                                     n_classes)
+                                     n_classes, min_in=int(np.ceil(min_in * share)),
+                                     min_class_rows=rare_share / n_classes * int(inside.sum()))
     return cells
 
 
 def halves_cells(x_a: np.ndarray, y_a: np.ndarray, flag_a: np.ndarray, x_b: np.ndarray, y_b: np.ndarray,
                  flag_b: np.ndarray, folds_a: np.ndarray, folds_b: np.ndarray, n_classes: int,
-                 ) -> tuple[np.ndarray, np.ndarray]:
+                 min_in: int = 0, rare_share: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """:func:`fold_cells` of both halves: (cells of half a (m,), cells of half b (n,))."""
-    return (fold_cells(x_a, y_a, flag_a, x_b, y_b, flag_b, folds_a, n_classes),
-            fold_cells(x_b, y_b, flag_b, x_a, y_a, flag_a, folds_b, n_classes))
+    return (fold_cells(x_a, y_a, flag_a, x_b, y_b, flag_b, folds_a, n_classes, min_in, rare_share),
+            fold_cells(x_b, y_b, flag_b, x_a, y_a, flag_a, folds_b, n_classes, min_in, rare_share))
 
 
 def pad_half(cells: tuple[np.ndarray, ...], y: np.ndarray, logits: np.ndarray, n_classes: int, min_rows: int,

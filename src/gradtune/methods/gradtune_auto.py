@@ -207,14 +207,15 @@ class GradTuneAutoMethod(Method):
         Keep the ERM head when some class's region (of the mistakes or of the inferred
         minority) has fewer than ``min_group_size`` rows on a half: that class is one cell,
         and a repair could lose its minority unseen (a rare class).
-    pad_regions : bool, default=False
-        Before that check, fill a class's too-small region up to ``min_group_size`` rows with
-        its rows of least ERM margin (:func:`~gradtune.selection.audit.pad_regions`), so the
-        class is judged on the rows a repair would lose first instead of being refused.
-        A rare class (fewer than ``rare_class_share / n_classes`` of a half's rows) is not
-        padded: its own minority may have no validation row, so it is still refused. Off:
-        on the report half it harmed a three-class image member (docs/label-free-design.md,
-        round 12).
+    pad_regions : {"off", "margin", "region"}, default="off"
+        Before that check, fill a class's too-small region up to ``min_group_size`` rows:
+        ``"margin"`` with its rows of least ERM margin on the judged half
+        (:func:`~gradtune.selection.audit.pad_regions`; it harmed a three-class image member of
+        the report half, docs/label-free-design.md round 12), ``"region"`` with the judged
+        half's rows that the region model fitted on the other half scores highest (only where
+        that model exists: 5 flagged rows of the class on the other half). A rare class (under
+        ``rare_class_share / n_classes`` of a half's rows) is never filled: its own minority
+        may have no validation row, so it is still refused.
     rare_class_share : float, default=0.5
         See ``pad_regions``.
     min_erm_minority_accuracy : float, default=0.0
@@ -279,8 +280,9 @@ class GradTuneAutoMethod(Method):
     min_twin_auc: float = param(0.7, "... or of the twins' inferred minority (1.0: this route off)", ge=0, le=1)
     audit_coverage: bool = param(True, "keep the ERM head when a class's region (mistakes or inferred minority) "
                                        "is below min_group_size")
-    pad_regions: bool = param(False, "fill a too-small region with the class's least-margin rows before "
-                                     "audit_coverage checks it")
+    pad_regions: str = param("off", "fill a too-small region before audit_coverage checks it: with the "
+                                    "least-margin rows, or the other half's region model's top rows",
+                             choices=("off", "margin", "region"))
     rare_class_share: float = param(0.5, "with pad_regions: a class under this share of 1 / n_classes of a "
                                          "half's rows is not padded (still refused)", ge=0, le=1)
     min_erm_minority_accuracy: float = param(0.0, "optional pre-check on the ERM head (0: off)", ge=0, le=1)
@@ -394,11 +396,12 @@ class GradTuneAutoMethod(Method):
         fold_rng = streams.rng("folds")
         folds_sel, folds_held = (class_folds(v.labels, int(self.half_folds), fold_rng) for v in (sel, held))
         (g_held, g_sel), wrong_held, wrong_sel = inferences[first], ~right[:n_held], ~right[n_held:]
+        fill = (int(self.min_group_size), float(self.rare_class_share)) if self.pad_regions == "region" else ()
         audit_sel, audit_held = halves_cells(xi_sel, sel.labels, wrong_sel, xi_held, held.labels, wrong_held,
-                                             folds_sel, folds_held, n_classes)
+                                             folds_sel, folds_held, n_classes, *fill)
         inf_sel, inf_held = halves_cells(xi_sel, sel.labels, g_sel % 2 == 1, xi_held, held.labels, g_held % 2 == 1,
-                                         folds_sel, folds_held, n_classes)
-        if self.pad_regions:   # a class with few mistakes is judged on its least-margin rows
+                                         folds_sel, folds_held, n_classes, *fill)
+        if self.pad_regions == "margin":   # a class with few mistakes is judged on its least-margin rows
             pad = (n_classes, int(self.min_group_size), float(self.rare_class_share))
             audit_sel, inf_sel = pad_half((audit_sel, inf_sel), sel.labels, head.logits(sel.features), *pad)
             audit_held, inf_held = pad_half((audit_held, inf_held), held.labels, head.logits(held.features), *pad)

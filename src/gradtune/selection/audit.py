@@ -61,7 +61,7 @@ def class_folds(y: np.ndarray, n_folds: int, rng: np.random.Generator) -> np.nda
 
 def region_cells(x_fit: np.ndarray, y_fit: np.ndarray, flag_fit: np.ndarray, x_apply: np.ndarray,
                  y_apply: np.ndarray, n_classes: int, *, c: float = 1.0, min_rows: int = 5,
-                 seed: int = 0) -> np.ndarray:
+                 seed: int = 0, min_in: int = 0, min_class_rows: float = 0.0) -> np.ndarray:
     """Cells of the ``apply`` rows from a region model of ``flag_fit`` fitted on the ``fit`` rows.
 
     Parameters
@@ -74,6 +74,11 @@ def region_cells(x_fit: np.ndarray, y_fit: np.ndarray, flag_fit: np.ndarray, x_a
     min_rows : int, default=5
     seed : int
         ``random_state`` of the solver (deterministic for lbfgs; kept for completeness).
+    min_in : int, default=0
+        Least number of a class's ``apply`` rows placed in its region (the highest scores),
+        where the flag's rate would place fewer; only for a class with a region model and at
+        least ``max(min_in, min_class_rows)`` apply rows (a rare class keeps the rate).
+    min_class_rows : float, default=0.0
 
     Returns
     -------
@@ -95,6 +100,8 @@ def region_cells(x_fit: np.ndarray, y_fit: np.ndarray, flag_fit: np.ndarray, x_a
         score = clf.decision_function(xa[apply_rows])
         q = n_flag / int(fit_rows.sum())
         n_in = int(round(q * apply_rows.size))
+        if apply_rows.size >= max(int(min_in), float(min_class_rows)):
+            n_in = max(n_in, int(min_in))
         if n_in == 0:
             continue
         top = np.argsort(-score, kind="stable")[:n_in]
