@@ -94,3 +94,48 @@ def test_gradtune_auto_with_folds_runs_and_is_reproducible(half_folds: int) -> N
     assert a.diagnostics == again.diagnostics
     one = get_method("gradtune-auto", **{**params, "half_folds": 1}).fit(b, seed=2)
     assert [c["value"] for c in one.diagnostics["candidates"]] != [c["value"] for c in a.diagnostics["candidates"]]
+
+
+def test_vetoed_by_hand() -> None:
+    from gradtune.methods.auto_crossfit import vetoed
+
+    # half a: rows 0-3, veto rows 1 and 2; half b: rows 0-2, veto row 0
+    ok_a = np.array([[1, 0, 1, 1],     # ERM head: 1 of 2 veto rows right
+                     [1, 1, 1, 0],     # 2 of 2: kept
+                     [0, 1, 1, 1]], dtype=bool)
+    ok_b = np.array([[1, 0, 0],        # ERM head: 1 of 1
+                     [0, 1, 1],        # 0 of 1: vetoed on half b
+                     [1, 0, 1]], dtype=bool)
+    rows_a = np.array([False, True, True, False])
+    rows_b = np.array([True, False, False])
+    np.testing.assert_array_equal(vetoed([ok_a, ok_b], [rows_a, rows_b]), [False, True, False])
+    np.testing.assert_array_equal(vetoed([ok_a], [rows_a]), [False, False, False])
+    # no veto row on a half: nothing refused there
+    np.testing.assert_array_equal(vetoed([ok_b], [np.zeros(3, dtype=bool)]), [False, False, False])
+
+
+def test_pad_cells_by_mode() -> None:
+    from gradtune.methods.auto_crossfit import pad_cells, pad_half, veto_rows
+
+    rng = np.random.default_rng(0)
+    y_a, y_b = np.repeat([0, 1], 30), np.repeat([0, 1], 25)
+    cells_a, cells_b = 2 * y_a, 2 * y_b
+    cells_a[[0, 1, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39]] += 1   # class 0: 2 region rows, class 1: 10
+    cells_b[[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 25]] += 1                # class 0: 10, class 1: 1
+    logits_a, logits_b = rng.normal(size=(60, 2)), rng.normal(size=(50, 2))
+    cells = (cells_a, cells_a.copy(), cells_b, cells_b.copy())
+    args = ((y_a, y_b), (logits_a, logits_b), 2, 10, 0.5)
+    off, cover, veto = pad_cells("off", cells, *args)
+    assert off is cells and veto is None and all(c is d for c, d in zip(cover, cells, strict=True))
+    padded = (*pad_half(cells[:2], y_a, logits_a, 2, 10, 0.5), *pad_half(cells[2:], y_b, logits_b, 2, 10, 0.5))
+    got, cover, veto = pad_cells("margin", cells, *args)
+    assert veto is None
+    for g, c, p in zip(got, cover, padded, strict=True):
+        np.testing.assert_array_equal(g, p)
+        np.testing.assert_array_equal(c, p)
+    got, cover, veto = pad_cells("veto", cells, *args)
+    assert got is cells and veto is not None
+    np.testing.assert_array_equal(veto[0], veto_rows(cells_a, padded[0], y_a, 2, 10))
+    # the veto rows are the 10 padded region rows of the small class only
+    assert veto[0].sum() == 10 and set(y_a[veto[0]]) == {0}
+    assert veto[1].sum() == 10 and set(y_b[veto[1]]) == {1}

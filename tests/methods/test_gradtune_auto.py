@@ -362,6 +362,21 @@ def test_padding_judges_a_common_class_with_few_mistakes_instead_of_refusing() -
     assert rare["guard_kept_erm"] and "class 1 (0 rows)" in rare["guard_reason"], rare["guard_reason"]
 
 
+def test_padded_cells_as_a_veto_are_read_but_not_judged() -> None:
+    # the same run with pad_regions="veto": coverage reads the padded cells, the value and
+    # the floor the learned ones, and a vetoed candidate is never chosen
+    from gradtune.experiments.stress import build_member_bundle
+
+    bundle = build_member_bundle("lin-minority-0.5pct", 1)
+    d = get_method("gradtune-auto", pad_regions="veto").fit(bundle, seed=1).diagnostics
+    assert "too few rows" not in (d["guard_reason"] or ""), d["guard_reason"]
+    veto = d["padded_veto"]
+    assert len(veto) == len(d["candidates"]) and not veto[0]
+    chosen = [c["setting"] == d["chosen_setting"] and c["family"] == d["chosen_family"] for c in d["candidates"]]
+    assert not any(v and c for v, c in zip(veto, chosen, strict=True))
+    assert all(c["value"] == 0.0 for c, v in zip(d["candidates"], veto, strict=True) if v)
+
+
 def test_deployment_rows_are_read_for_their_features_only(biased: EmbeddingBundle) -> None:
     params = {**FAST, "audit_coverage": False, "deployment_split": "test"}
     ref = GradTuneAutoMethod(**params).fit(biased, seed=1)

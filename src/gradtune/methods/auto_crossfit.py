@@ -19,9 +19,19 @@ from collections.abc import Callable
 import numpy as np
 
 from gradtune.methods.auto_candidates import AutoCandidate
-from gradtune.selection.audit import class_folds, head_margins, pad_regions, region_cells
+from gradtune.selection.audit import (
+    class_folds,
+    head_margins,
+    pad_regions,
+    region_cells,
+    uncovered_classes,
+)
 
-__all__ = ["class_folds", "fold_cells", "halves_cells", "fold_correct", "pad_half"]
+__all__ = ["class_folds", "fold_cells", "halves_cells", "fold_correct", "pad_half", "pad_cells", "veto_rows",
+           "vetoed", "PAD_MODES"]
+
+#: how ``gradtune-auto`` treats a class whose audit region is too small (:func:`pad_cells`)
+PAD_MODES = ("off", "margin", "region", "veto")
 
 #: fit(x (n, d), y (n,), {inference: pseudo-group ids (n,)}) -> [(inference, candidate), ...], ERM first
 FitFn = Callable[[np.ndarray, np.ndarray, dict[str, np.ndarray]], list[tuple[str, AutoCandidate]]]
@@ -71,6 +81,49 @@ def pad_half(cells: tuple[np.ndarray, ...], y: np.ndarray, logits: np.ndarray, n
     margins = head_margins(logits, y)
     least = float(rare_share) / int(n_classes) * len(y)
     return tuple(pad_regions(c, y, margins, n_classes, min_rows, min_class_rows=least) for c in cells)
+
+
+def pad_cells(mode: str, cells: tuple[np.ndarray, ...], ys: tuple[np.ndarray, np.ndarray],
+              logits: tuple[np.ndarray, np.ndarray], n_classes: int, min_rows: int, rare_share: float,
+              ) -> tuple[tuple[np.ndarray, ...], list[np.ndarray], list[np.ndarray] | None]:
+    """The audit cells after ``mode`` (:data:`PAD_MODES`), what the coverage check reads, and
+    the veto rows of each half.
+
+    ``cells``: (audit cells, inferred-minority cells) of half a, then of half b; ``ys`` and
+    ``logits`` (the ERM head's, (m, C)) of half a and half b. ``"margin"`` judges the padded
+    cells (:func:`pad_half`); ``"veto"`` keeps the cells as they are, lets coverage read the
+    padded ones and returns their rows in the small classes for :func:`vetoed`; ``"off"`` and
+    ``"region"`` (filled when the cells were learned, :func:`halves_cells`) change nothing here.
+    """
+    if mode not in ("margin", "veto"):
+        return cells, list(cells), None
+    padded = [*pad_half(cells[:2], ys[0], logits[0], n_classes, min_rows, rare_share),
+              *pad_half(cells[2:], ys[1], logits[1], n_classes, min_rows, rare_share)]
+    if mode == "margin":
+        return tuple(padded), padded, None
+    return cells, padded, [veto_rows(cells[0], padded[0], ys[0], n_classes, min_rows),
+                           veto_rows(cells[2], padded[2], ys[1], n_classes, min_rows)]
+
+
+def veto_rows(cells: np.ndarray, padded: np.ndarray, y: np.ndarray, n_classes: int, min_rows: int) -> np.ndarray:
+    """(m,) bool: the region rows of ``padded`` (:func:`pad_half`'s cells of one half) in the
+    classes whose own region in ``cells`` holds fewer than ``min_rows`` rows."""
+    small = [k for k, _ in uncovered_classes([cells], n_classes, min_rows)]
+    return (np.asarray(padded) % 2 == 1) & np.isin(y, small)
+
+
+def vetoed(correct: list[np.ndarray], rows: list[np.ndarray]) -> np.ndarray:
+    """(K,) bool: candidates that get fewer of some half's ``rows`` (m,) right than the ERM head,
+    from each half's (K, m) ``correct`` (row 0: the ERM head).
+
+    The padded cells hold the judged half's own mistakes, so a gain there is partly the
+    cell's selection; they may only refuse a candidate that loses rows there, not reward one."""
+    bad = np.zeros(len(correct[0]), dtype=bool)
+    for ok, r in zip(correct, rows, strict=False):
+        if np.any(r):
+            acc = np.asarray(ok, dtype=np.float64)[:, np.asarray(r)].mean(axis=1)
+            bad |= acc < acc[0] - 1e-12
+    return bad
 
 
 def fold_correct(fit: FitFn, x_score: np.ndarray, y_score: np.ndarray, g_score: dict[str, np.ndarray],

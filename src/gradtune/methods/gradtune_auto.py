@@ -70,7 +70,14 @@ from gradtune.methods.auto_candidates import (
     reweight_head,
     score_correct,
 )
-from gradtune.methods.auto_crossfit import class_folds, fold_correct, halves_cells, pad_half
+from gradtune.methods.auto_crossfit import (
+    PAD_MODES,
+    class_folds,
+    fold_correct,
+    halves_cells,
+    pad_cells,
+    vetoed,
+)
 from gradtune.methods.auto_inference import auto_pseudo_groups
 from gradtune.methods.base import (
     LinearHead,
@@ -207,17 +214,13 @@ class GradTuneAutoMethod(Method):
         Keep the ERM head when some class's region (of the mistakes or of the inferred
         minority) has fewer than ``min_group_size`` rows on a half: that class is one cell,
         and a repair could lose its minority unseen (a rare class).
-    pad_regions : {"off", "margin", "region"}, default="off"
-        Before that check, fill a class's too-small region up to ``min_group_size`` rows:
-        ``"margin"`` with its rows of least ERM margin on the judged half
-        (:func:`~gradtune.selection.audit.pad_regions`; it harmed a three-class image member of
-        the report half, docs/label-free-design.md round 12), ``"region"`` with the judged
-        half's rows that the region model fitted on the other half scores highest (only where
-        that model exists: 5 flagged rows of the class on the other half). A rare class (under
-        ``rare_class_share / n_classes`` of a half's rows) is never filled: its own minority
-        may have no validation row, so it is still refused.
+    pad_regions : {"off", "margin", "region", "veto"}, default="off"
+        Instead of that refusal, fill a class's too-small region up to ``min_group_size`` rows
+        (:func:`~gradtune.methods.auto_crossfit.pad_cells`): its least-margin rows, judged
+        (``"margin"``) or only able to refuse a candidate that loses rows there (``"veto"``),
+        or the other half's region model's top rows (``"region"``). A class under
+        ``rare_class_share / n_classes`` of a half's rows is still refused.
     rare_class_share : float, default=0.5
-        See ``pad_regions``.
     min_erm_minority_accuracy : float, default=0.0
         Optional pre-check: keep the ERM head when it gets fewer than this share of the first
         inference's minority right (0: off; it refused real repairs on the stress suite).
@@ -280,11 +283,9 @@ class GradTuneAutoMethod(Method):
     min_twin_auc: float = param(0.7, "... or of the twins' inferred minority (1.0: this route off)", ge=0, le=1)
     audit_coverage: bool = param(True, "keep the ERM head when a class's region (mistakes or inferred minority) "
                                        "is below min_group_size")
-    pad_regions: str = param("off", "fill a too-small region before audit_coverage checks it: with the "
-                                    "least-margin rows, or the other half's region model's top rows",
-                             choices=("off", "margin", "region"))
-    rare_class_share: float = param(0.5, "with pad_regions: a class under this share of 1 / n_classes of a "
-                                         "half's rows is not padded (still refused)", ge=0, le=1)
+    pad_regions: str = param("off", "fill a too-small region instead of refusing: its least-margin rows judged "
+                                    "or as a veto, or the other half's region model's top rows", choices=PAD_MODES)
+    rare_class_share: float = param(0.5, "pad_regions skips a class under this share of 1 / n_classes", ge=0, le=1)
     min_erm_minority_accuracy: float = param(0.0, "optional pre-check on the ERM head (0: off)", ge=0, le=1)
     deployment_split: str | None = param(None, "a bundle split of unlabeled deployment rows: max_pseudo_drop then "
                                                "weights the pseudo-groups by their estimated share there", kind="str")
@@ -401,12 +402,12 @@ class GradTuneAutoMethod(Method):
                                              folds_sel, folds_held, n_classes, *fill)
         inf_sel, inf_held = halves_cells(xi_sel, sel.labels, g_sel % 2 == 1, xi_held, held.labels, g_held % 2 == 1,
                                          folds_sel, folds_held, n_classes, *fill)
-        if self.pad_regions == "margin":   # a class with few mistakes is judged on its least-margin rows
-            pad = (n_classes, int(self.min_group_size), float(self.rare_class_share))
-            audit_sel, inf_sel = pad_half((audit_sel, inf_sel), sel.labels, head.logits(sel.features), *pad)
-            audit_held, inf_held = pad_half((audit_held, inf_held), held.labels, head.logits(held.features), *pad)
+        (audit_sel, inf_sel, audit_held, inf_held), cover, veto = pad_cells(
+            str(self.pad_regions), (audit_sel, inf_sel, audit_held, inf_held), (sel.labels, held.labels),
+            (head.logits(sel.features), head.logits(held.features)), n_classes, int(self.min_group_size),
+            float(self.rare_class_share))
         value_sel, value_held = (inf_sel, inf_held) if self.value_cells == "inferred" else (audit_sel, audit_held)
-        uncovered = uncovered_classes([audit_sel, audit_held, inf_sel, inf_held], n_classes, int(self.min_group_size))
+        uncovered = uncovered_classes(cover, n_classes, int(self.min_group_size))
         if self.audit_coverage and uncovered:
             names = ", ".join(f"class {k} ({n} rows)" for k, n in uncovered)
             return _keep_erm(head, f"too few rows like the ERM head's mistakes or the inferred minority to audit "
@@ -429,6 +430,9 @@ class GradTuneAutoMethod(Method):
             halves.append((ok_b, value_held))
             floors.append(worst_over_cell_sets(ok_b, (audit_held, value_held)[:1 + both], 2 * n_classes,
                                                int(self.min_group_size)))
+        bad = np.zeros(len(values), dtype=bool) if veto is None else vetoed([ok for ok, _ in halves], veto)
+        values, floors = np.where(bad, 0.0, values), [np.where(bad, 0.0, f) for f in floors]
+        v2 = None if v2 is None else np.where(bad, 0.0, v2)
         shares: list = []      # the pseudo-group mean as the deployment rows would weight it
         if x_dep is not None:
             rows = ((g_sel, sel.features), (g_held, held.features))[:len(halves)]
@@ -477,6 +481,7 @@ class GradTuneAutoMethod(Method):
             "erm_value": float(values[0]),
             "refitted": refitted,
             "guard_kept_erm": best == 0,
+            "padded_veto": bad.tolist(),   # candidates that lose rows of a padded cell ("veto")
             "guard_reason": decision.reason,
             "guard_inputs": guard_inputs,   # selection.guard.replay_guard decides again under other thresholds
             "candidates": [{"inference": k, "family": c.family, "setting": c.setting, "value": float(v),
