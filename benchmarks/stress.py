@@ -7,8 +7,9 @@
 Runs each member of one half of the suite (:mod:`gradtune.experiments.stress`; the
 ``report`` half by default, the half that no default was chosen on) for every seed and
 method, keeps each run's test metrics in ``--out/results.jsonl`` (a rerun reuses them;
-pass ``--fresh`` to recompute), prints the table and, for the report half, writes it
-to ``--doc``. ``--role dev --val-rows 3`` rebuilds every member with three times its
+pass ``--fresh`` to recompute), prints the table and writes it to ``--doc``; without
+``--doc`` only a whole report-half run with every method's defaults replaces
+docs/label-free.md (a partial or varied run names what differs and writes no page). ``--role dev --val-rows 3`` rebuilds every member with three times its
 validation rows (a development study of how much the guard gains from a larger held-out
 set; records keep ``val_rows``, and the report half is never read this way).
 
@@ -197,6 +198,31 @@ def checks(means: dict, members: list[str], method: str = "gradtune-auto") -> li
     return out
 
 
+PUBLISHED_DOC = Path("docs/label-free.md")
+
+
+def doc_path(args: argparse.Namespace) -> tuple[Path | None, str | None]:
+    """Where this run's table goes, and why the published page is left alone when it is.
+
+    ``--doc`` wins. Otherwise only the reading the page describes (the whole report half, every
+    method with its defaults, seeds 0-2, the quality table) replaces it; a partial or varied run
+    would overwrite it with a table of something else."""
+    if args.doc is not None:
+        return args.doc, None
+    if args.role != "report":
+        return None, None
+    differs = [name for name, off in (("--members", args.members is not None),
+                                      ("--methods", list(args.methods) != list(METHODS)),
+                                      ("--param", bool(args.param)),
+                                      ("--seeds", list(args.seeds) != [0, 1, 2]),
+                                      ("--kinds", sorted(args.kinds) != ["offline", "synthetic"]),
+                                      ("--no-quality", bool(args.no_quality))) if off]
+    if differs:
+        return None, (f"{PUBLISHED_DOC} not written: this run differs from the published reading by "
+                      f"{', '.join(differs)}; pass --doc PATH to write its table")
+    return PUBLISHED_DOC, None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--role", choices=("dev", "report", "all"), default="report")
@@ -208,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="a parameter of one method (development runs)")
     ap.add_argument("--out", type=Path, default=Path("build/stress"))
     ap.add_argument("--doc", type=Path, default=None,
-                    help="Markdown output (default: docs/label-free.md for the report half)")
+                    help="Markdown output (default: docs/label-free.md for a whole report-half run with "
+                         "every method's defaults; other runs write no page unless given one)")
     ap.add_argument("--val-rows", type=int, default=1, metavar="FACTOR",
                     help="development study: each member with FACTOR times its validation rows (a new draw)")
     ap.add_argument("--fresh", action="store_true", help="recompute stored runs")
@@ -316,8 +343,9 @@ def main(argv: list[str] | None = None) -> int:
         ]),
     ])
     print(doc)
-    out_doc = args.doc if args.doc is not None else (Path("docs/label-free.md") if args.role == "report"
-                                                     else None)
+    out_doc, why_not = doc_path(args)
+    if why_not is not None:
+        print(why_not, file=sys.stderr)
     if out_doc is not None:
         out_doc.parent.mkdir(parents=True, exist_ok=True)
         tmp = out_doc.with_suffix(".tmp")
