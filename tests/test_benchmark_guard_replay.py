@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from gradtune.selection.guard import GuardRule, guard_record
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests._benchmarks import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def tool():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location("guard_replay", ROOT / "benchmarks" / "guard_replay.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        yield mod
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    yield from benchmark_module("guard_replay")
 
 
 def _run(member: str, seed: int, control: bool, auc: float, twin_auc: float | None) -> dict:

@@ -124,7 +124,7 @@ def test_pad_cells_by_mode() -> None:
     cells_b[[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 25]] += 1                # class 0: 10, class 1: 1
     logits_a, logits_b = rng.normal(size=(60, 2)), rng.normal(size=(50, 2))
     cells = (cells_a, cells_a.copy(), cells_b, cells_b.copy())
-    args = ((y_a, y_b), (logits_a, logits_b), 2, 10, 0.5)
+    args = ((y_a, y_b), lambda: (logits_a, logits_b), 2, 10, 0.5)
     off, cover, veto = pad_cells("off", cells, *args)
     assert off is cells and veto is None and all(c is d for c, d in zip(cover, cells, strict=True))
     padded = (*pad_half(cells[:2], y_a, logits_a, 2, 10, 0.5), *pad_half(cells[2:], y_b, logits_b, 2, 10, 0.5))

@@ -84,21 +84,23 @@ def pad_half(cells: tuple[np.ndarray, ...], y: np.ndarray, logits: np.ndarray, n
 
 
 def pad_cells(mode: str, cells: tuple[np.ndarray, ...], ys: tuple[np.ndarray, np.ndarray],
-              logits: tuple[np.ndarray, np.ndarray], n_classes: int, min_rows: int, rare_share: float,
-              ) -> tuple[tuple[np.ndarray, ...], list[np.ndarray], list[np.ndarray] | None]:
+              logits: Callable[[], tuple[np.ndarray, np.ndarray]], n_classes: int, min_rows: int,
+              rare_share: float) -> tuple[tuple[np.ndarray, ...], list[np.ndarray], list[np.ndarray] | None]:
     """The audit cells after ``mode`` (:data:`PAD_MODES`), what the coverage check reads, and
     the veto rows of each half.
 
-    ``cells``: (audit cells, inferred-minority cells) of half a, then of half b; ``ys`` and
-    ``logits`` (the ERM head's, (m, C)) of half a and half b. ``"margin"`` judges the padded
+    ``cells``: (audit cells, inferred-minority cells) of half a, then of half b; ``ys``: the
+    labels of half a and half b; ``logits()``: the ERM head's (m, C) logits of both, asked for
+    only by the two modes that pad. ``"margin"`` judges the padded
     cells (:func:`pad_half`); ``"veto"`` keeps the cells as they are, lets coverage read the
     padded ones and returns their rows in the small classes for :func:`vetoed`; ``"off"`` and
     ``"region"`` (filled when the cells were learned, :func:`halves_cells`) change nothing here.
     """
     if mode not in ("margin", "veto"):
         return cells, list(cells), None
-    padded = [*pad_half(cells[:2], ys[0], logits[0], n_classes, min_rows, rare_share),
-              *pad_half(cells[2:], ys[1], logits[1], n_classes, min_rows, rare_share)]
+    logits_a, logits_b = logits()
+    padded = [*pad_half(cells[:2], ys[0], logits_a, n_classes, min_rows, rare_share),
+              *pad_half(cells[2:], ys[1], logits_b, n_classes, min_rows, rare_share)]
     if mode == "margin":
         return tuple(padded), padded, None
     return cells, padded, [veto_rows(cells[0], padded[0], ys[0], n_classes, min_rows),

@@ -21,8 +21,9 @@ __all__ = ["auto_pseudo_groups"]
 
 
 def auto_pseudo_groups(bundle: EmbeddingBundle, held: SplitView, sel: SplitView, head: LinearHead,
-                       streams: SeedStreams, n_classes: int, *, inferences: Sequence[str], features: str, pool: str, rule: str,
-                       xrm_config: XRMConfig) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
+                       streams: SeedStreams, n_classes: int, *, inferences: Sequence[str], features: str,
+                       pool: str, rule: str, xrm_config: XRMConfig,
+                       ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
     """{inference: (held-out ids (n,), selection ids (m,))} in the order of ``inferences``
     (``"xrm"``: the twins' minority, read as
     :func:`~gradtune.methods.inferred.bundle_pseudo_groups` reads it; ``"erm_error"``: the

@@ -217,10 +217,10 @@ class GradTuneAutoMethod(Method):
     pad_regions : {"off", "margin", "region", "veto"}, default="off"
         Instead of that refusal, fill a class's too-small region up to ``min_group_size`` rows
         (:func:`~gradtune.methods.auto_crossfit.pad_cells`): its least-margin rows, judged
-        (``"margin"``) or only able to refuse a candidate that loses rows there (``"veto"``),
-        or the other half's region model's top rows (``"region"``). A class under
-        ``rare_class_share / n_classes`` of a half's rows is still refused.
+        (``"margin"``) or only refusing a candidate that loses rows there (``"veto"``), or
+        the other half's region model's top rows (``"region"``).
     rare_class_share : float, default=0.5
+        With ``pad_regions``, a class under this share of 1 / n_classes of a half is refused.
     min_erm_minority_accuracy : float, default=0.0
         Optional pre-check: keep the ERM head when it gets fewer than this share of the first
         inference's minority right (0: off; it refused real repairs on the stress suite).
@@ -404,7 +404,7 @@ class GradTuneAutoMethod(Method):
                                          folds_sel, folds_held, n_classes, *fill)
         (audit_sel, inf_sel, audit_held, inf_held), cover, veto = pad_cells(
             str(self.pad_regions), (audit_sel, inf_sel, audit_held, inf_held), (sel.labels, held.labels),
-            (head.logits(sel.features), head.logits(held.features)), n_classes, int(self.min_group_size),
+            lambda: (head.logits(sel.features), head.logits(held.features)), n_classes, int(self.min_group_size),
             float(self.rare_class_share))
         value_sel, value_held = (inf_sel, inf_held) if self.value_cells == "inferred" else (audit_sel, audit_held)
         uncovered = uncovered_classes(cover, n_classes, int(self.min_group_size))
