@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from gradtune.data.synthetic import ShortcutSpec
-from gradtune.experiments.stress import _MEMBERS, STRESS_SUITE, build_member_bundle, suite_members
+from gradtune.experiments.stress import STRESS_SUITE, build_member_bundle, suite_members
+from gradtune.experiments.stress_members import _MEMBERS
 from gradtune.methods import get_method
 
 
