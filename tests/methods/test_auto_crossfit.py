@@ -114,6 +114,18 @@ def test_vetoed_by_hand() -> None:
     np.testing.assert_array_equal(vetoed([ok_b], [np.zeros(3, dtype=bool)]), [False, False, False])
 
 
+
+def test_veto_reason_says_what_the_veto_did() -> None:
+    from gradtune.methods.auto_crossfit import veto_reason
+
+    guard = "no candidate beat the ERM head on the audit cells by more than the noise (best 0.0% ...)"
+    assert veto_reason(None, np.array([False, True])) is None                 # a repair: no reason
+    assert veto_reason(guard, np.zeros(3, dtype=bool)) == guard               # nothing vetoed
+    every = veto_reason(guard, np.array([False, True, True]))
+    assert every is not None and every.startswith("every candidate (2)") and "0.0%" not in every
+    some = veto_reason(guard, np.array([False, True, False, False]))
+    assert some is not None and some.startswith(guard) and "1 of 3 candidates vetoed" in some
+
 def test_pad_cells_by_mode() -> None:
     from gradtune.methods.auto_crossfit import pad_cells, pad_half, veto_rows
 

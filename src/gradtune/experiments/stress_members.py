@@ -54,7 +54,7 @@ class StressMember:
     @property
     def data_family(self) -> str:
         """``"vision"``, ``"text"`` or ``"tabular"`` (picks fine-tuning defaults)."""
-        return "tabular" if self.kind == "synthetic" else self.spec.family
+        return "tabular" if isinstance(self.spec, ShortcutSpec) else self.spec.family
 
 
 def _syn(family: str, name: str, erm: str = "linear", control: bool = False, **kw: Any) -> StressMember:

@@ -28,7 +28,7 @@ from gradtune.selection.audit import (
 )
 
 __all__ = ["class_folds", "fold_cells", "halves_cells", "fold_correct", "pad_half", "pad_cells", "veto_rows",
-           "vetoed", "PAD_MODES"]
+           "vetoed", "veto_reason", "PAD_MODES"]
 
 #: how ``gradtune-auto`` treats a class whose audit region is too small (:func:`pad_cells`)
 PAD_MODES = ("off", "margin", "region", "veto")
@@ -127,6 +127,19 @@ def vetoed(correct: list[np.ndarray], rows: list[np.ndarray]) -> np.ndarray:
             bad |= acc < acc[0] - 1e-12
     return bad
 
+
+
+def veto_reason(reason: str | None, bad: np.ndarray) -> str | None:
+    """The guard's reason for keeping the ERM head, told true when :func:`vetoed` removed
+    candidates (``bad`` (K,) bool; the vetoed candidates' values were zeroed, so the guard
+    alone would report a best value of 0)."""
+    n_bad, n_cand = int(np.sum(bad)), len(bad) - 1
+    if reason is None or n_bad == 0:
+        return reason
+    if n_bad >= n_cand:
+        return (f"every candidate ({n_cand}) gets fewer right than the ERM head of the least-margin rows of a "
+                "class with few ERM mistakes (pad_regions='veto'): a repair would lose that class's hardest rows")
+    return f"{reason} ({n_bad} of {n_cand} candidates vetoed: they lose rows of a class with few ERM mistakes)"
 
 def fold_correct(fit: FitFn, x_score: np.ndarray, y_score: np.ndarray, g_score: dict[str, np.ndarray],
                  x_other: np.ndarray, y_other: np.ndarray, g_other: dict[str, np.ndarray], folds: np.ndarray,

@@ -76,6 +76,7 @@ from gradtune.methods.auto_crossfit import (
     fold_correct,
     halves_cells,
     pad_cells,
+    veto_reason,
     vetoed,
 )
 from gradtune.methods.auto_inference import auto_pseudo_groups
@@ -386,8 +387,7 @@ class GradTuneAutoMethod(Method):
             flags.append((inferences["xrm"][0] % 2 == 1, inferences["xrm"][1] % 2 == 1))
         auc, twin_auc, closed = structure_gate(xi_held, held.labels, head.logits(held.features), xi_sel, sel.labels,
                                                flags, n_classes, scale=str(self.structure_scale),
-                                               min_auc=float(self.min_structure_auc),
-                                               min_twin_auc=float(self.min_twin_auc),
+                                               min_auc=float(self.min_structure_auc), min_twin_auc=float(self.min_twin_auc),
                                                projection=str(self.structure_projection),
                                                logits_b=head.logits(sel.features))
         if closed is not None:
@@ -482,7 +482,7 @@ class GradTuneAutoMethod(Method):
             "refitted": refitted,
             "guard_kept_erm": best == 0,
             "padded_veto": bad.tolist(),   # candidates that lose rows of a padded cell ("veto")
-            "guard_reason": decision.reason,
+            "guard_reason": (reason := veto_reason(decision.reason, bad)),
             "guard_inputs": guard_inputs,   # selection.guard.replay_guard decides again under other thresholds
             "candidates": [{"inference": k, "family": c.family, "setting": c.setting, "value": float(v),
                             "needed": float(t), "balanced_accuracy": float(b), "allowed": bool(a),
@@ -495,6 +495,6 @@ class GradTuneAutoMethod(Method):
                                                       sel.index[inferences[first][1] % 2 == 1]]).tolist(),
         }
         if best == 0:
-            _log.warning("gradtune-auto kept the ERM head: %s", decision.reason)
+            _log.warning("gradtune-auto kept the ERM head: %s", reason)
         return MethodResult(model, diag)
 
