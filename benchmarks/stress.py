@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{', '.join(map(str, args.seeds))}; {len(members)} members, list digest {digest}; the runs "
         f"took {sum(r['seconds'] for r in results):.0f} s of method time on this machine)._",
         "",
-        "The suite and its split rule are in `src/gradtune/experiments/stress.py`: within each "
+        "The suite and its split rule are in `src/gradtune/experiments/stress_members.py`: within each "
         "family of problems, members alternate between the development half (where "
         "`gradtune-auto`'s defaults were chosen) and the report half (this page). No default was tuned "
         "on this page; its failures send the work back to the development half (the fifth batch's "
@@ -314,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
         "with `value_cells=\"inferred\"` failed `fm-3class-stripes-tied85` and the default went back to "
         "the mistakes' cells; the seventh batch's `control-t3` failure, a heavy-tailed control, led to the "
         "structure test on normal scores, `structure_scale`, chosen on the development half, round 9 of "
-        "docs/label-free-design.md). "
+        "docs/label-free-design.md; a reading with `pad_regions=\"margin\"` failed `fm-3class-stripes-tied90`, "
+        "and `\"veto\"`, built after it, became the default on the twelfth batch's development half, "
+        "round 13). "
         f"Members marked (2) to ({max(STRESS_SUITE[m].batch for m in members)}) are later batches, each added "
         "to both halves "
         "before any tuning on it; the "
