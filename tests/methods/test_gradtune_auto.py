@@ -349,7 +349,7 @@ def test_padding_judges_a_common_class_with_few_mistakes_instead_of_refusing() -
     from gradtune.experiments.stress import build_member_bundle
 
     bundle = build_member_bundle("lin-minority-0.5pct", 1)
-    off = get_method("gradtune-auto", pad_regions="off").fit(bundle, seed=1).diagnostics   # refused
+    off = get_method("gradtune-auto").fit(bundle, seed=1).diagnostics   # the default ("off"): refused
     assert off["guard_kept_erm"] and "too few rows like the ERM head's mistakes" in off["guard_reason"]
     d = get_method("gradtune-auto", pad_regions="margin").fit(bundle, seed=1).diagnostics
     assert "too few rows" not in (d["guard_reason"] or ""), d["guard_reason"]
@@ -357,8 +357,9 @@ def test_padding_judges_a_common_class_with_few_mistakes_instead_of_refusing() -
         assert min(d["audit_counts"][half][1::2]) >= 10, d["audit_counts"]
     assert "guard_inputs" in d
     # a rare class (20% of the rows, under half its equal share) is still refused, not padded,
-    # with the default ("veto") as with "margin"
-    rare = get_method("gradtune-auto", **FAST).fit(build_member_bundle("lin-imbalance-80", 0), seed=0).diagnostics
+    # with "veto" as with "margin"
+    rare = get_method("gradtune-auto", pad_regions="veto", **FAST).fit(build_member_bundle("lin-imbalance-80", 0),
+                                                                   seed=0).diagnostics
     assert rare["guard_kept_erm"] and "class 1 (0 rows)" in rare["guard_reason"], rare["guard_reason"]
 
 
@@ -368,7 +369,7 @@ def test_padded_cells_as_a_veto_are_read_but_not_judged() -> None:
     from gradtune.experiments.stress import build_member_bundle
 
     bundle = build_member_bundle("lin-minority-0.5pct", 1)
-    d = get_method("gradtune-auto").fit(bundle, seed=1).diagnostics     # the default is "veto"
+    d = get_method("gradtune-auto", pad_regions="veto").fit(bundle, seed=1).diagnostics
     assert "too few rows" not in (d["guard_reason"] or ""), d["guard_reason"]
     veto = d["padded_veto"]
     assert len(veto) == len(d["candidates"]) and not veto[0]

@@ -215,11 +215,11 @@ class GradTuneAutoMethod(Method):
         Keep the ERM head when some class's region (of the mistakes or of the inferred
         minority) has fewer than ``min_group_size`` rows on a half: that class is one cell,
         and a repair could lose its minority unseen (a rare class).
-    pad_regions : {"off", "margin", "region", "veto"}, default="veto"
+    pad_regions : {"off", "margin", "region", "veto"}, default="off"
         Instead of that refusal, fill a class's too-small region up to ``min_group_size`` rows
         (:func:`~gradtune.methods.auto_crossfit.pad_cells`): its least-margin rows, judged
         (``"margin"``) or only refusing a candidate that loses rows there (``"veto"``), or
-        the other half's region model's top rows (``"region"``). ``"off"`` keeps the refusal.
+        the other half's region model's top rows (``"region"``). ``"off"``: the refusal stands.
     rare_class_share : float, default=0.5
         With ``pad_regions``, a class under this share of 1 / n_classes of a half is refused.
     min_erm_minority_accuracy : float, default=0.0
@@ -284,7 +284,7 @@ class GradTuneAutoMethod(Method):
     min_twin_auc: float = param(0.7, "... or of the twins' inferred minority (1.0: this route off)", ge=0, le=1)
     audit_coverage: bool = param(True, "keep the ERM head when a class's region (mistakes or inferred minority) "
                                        "is below min_group_size")
-    pad_regions: str = param("veto", "fill a too-small region instead of refusing: its least-margin rows judged "
+    pad_regions: str = param("off", "fill a too-small region instead of refusing: its least-margin rows judged "
                                     "or as a veto, or the other half's region model's top rows", choices=PAD_MODES)
     rare_class_share: float = param(0.5, "pad_regions skips a class under this share of 1 / n_classes", ge=0, le=1)
     min_erm_minority_accuracy: float = param(0.0, "optional pre-check on the ERM head (0: off)", ge=0, le=1)
