@@ -92,7 +92,7 @@ def collect_one(member: str, seed: int, params: dict) -> dict:
     if tests[best] != fitted:
         raise SystemExit(f"{member} seed {seed}: the replayed choice's refit {tests[best]} differs from the "
                          f"fitted model's {fitted}; the store would not replay the method")
-    rec.update(guard_inputs=d["guard_inputs"], candidate_test=tests)
+    rec.update(guard_inputs=d["guard_inputs"], candidate_test=tests, minority_loss=d.get("minority_loss"))
     return rec
 
 

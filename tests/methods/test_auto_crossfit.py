@@ -122,9 +122,39 @@ def test_veto_reason_says_what_the_veto_did() -> None:
     assert veto_reason(None, np.array([False, True])) is None                 # a repair: no reason
     assert veto_reason(guard, np.zeros(3, dtype=bool)) == guard               # nothing vetoed
     every = veto_reason(guard, np.array([False, True, True]))
-    assert every is not None and every.startswith("every candidate (2)") and "0.0%" not in every
+    assert every is not None and every.startswith("every candidate (2) was vetoed") and "0.0%" not in every
     some = veto_reason(guard, np.array([False, True, False, False]))
     assert some is not None and some.startswith(guard) and "1 of 3 candidates vetoed" in some
+
+
+def test_minority_loss_and_refused_by_hand() -> None:
+    from gradtune.methods.auto_crossfit import minority_loss, refused
+
+    # half a: 5 rows; inferred-minority region = odd cells: rows 0, 1, 2, 4; ERM right on 0, 1, 3, 4
+    cells_a = np.array([1, 3, 1, 0, 3])
+    ok_a = np.array([[1, 1, 0, 1, 1],      # ERM head: kept rows are 0, 1, 4 (in the region, right)
+                     [1, 1, 1, 0, 1],      # 0 of 3 kept rows lost
+                     [1, 0, 1, 1, 1],      # 1 of 3 lost
+                     [0, 0, 1, 1, 1]], dtype=bool)   # 2 of 3 lost
+    cells_b = np.array([0, 1, 1])
+    ok_b = np.array([[1, 1, 1],            # kept rows 1, 2
+                     [1, 0, 1],            # 1 of 2 lost on half b
+                     [1, 1, 1],
+                     [1, 1, 1]], dtype=bool)
+    np.testing.assert_allclose(minority_loss([ok_a], [cells_a]), [0, 0, 1 / 3, 2 / 3])
+    np.testing.assert_allclose(minority_loss([ok_a, ok_b], [cells_a, cells_b]), [0, 1 / 2, 1 / 3, 2 / 3])
+    # no kept row on a half: nothing lost there
+    np.testing.assert_allclose(minority_loss([ok_b], [np.zeros(3, dtype=int)]), [0] * 4)
+    # refused: the padded cells' veto or'ed with a loss above max_loss; each off when not given
+    bad, loss = refused([ok_a, ok_b], None, [cells_a, cells_b], None)
+    np.testing.assert_array_equal(bad, [False] * 4)
+    np.testing.assert_allclose(loss, [0, 1 / 2, 1 / 3, 2 / 3])
+    np.testing.assert_array_equal(refused([ok_a, ok_b], None, [cells_a, cells_b], 0.4)[0], [False, True, False, True])
+    veto = [np.array([False, False, True, False, False])]   # ERM wrong on row 2, every candidate right
+    np.testing.assert_array_equal(refused([ok_a], veto, [cells_a], None)[0], [False] * 4)
+    veto_row0 = [np.array([True, False, False, False, False])]   # candidate 3 loses row 0
+    np.testing.assert_array_equal(refused([ok_a], veto_row0, [cells_a], None)[0], [False, False, False, True])
+    np.testing.assert_array_equal(refused([ok_a], veto_row0, [cells_a], 0.0)[0], [False, False, True, True])
 
 def test_pad_cells_by_mode() -> None:
     from gradtune.methods.auto_crossfit import pad_cells, pad_half, veto_rows

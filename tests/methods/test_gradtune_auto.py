@@ -436,3 +436,20 @@ def test_the_guard_inputs_in_the_diagnostics_replay_the_fit(biased: EmbeddingBun
     again = replay_guard(rec, margin=1.0)
     assert again.best == 0 and refit["guard_kept_erm"]
     assert again.reason == refit["guard_reason"]
+
+
+def test_minority_veto_refuses_a_repair_that_breaks_rows_the_head_handles() -> None:
+    # the option is declared with the method's other parameters and checked at the door
+    from gradtune.experiments.stress import build_member_bundle
+
+    with pytest.raises(ValueError, match="minority_veto"):
+        get_method("gradtune-auto", minority_veto=1.5)
+    bundle = build_member_bundle("lin-minority-0.5pct", 1)
+    free = get_method("gradtune-auto", pad_regions="veto").fit(bundle, seed=1).diagnostics
+    strict = get_method("gradtune-auto", pad_regions="veto", minority_veto=0.0).fit(bundle, seed=1).diagnostics
+    assert not free["guard_kept_erm"] and not any(free["padded_veto"])   # repaired (seed 1: +37 WGA)
+    # with no loss allowed, each candidate changes some prediction the head gets right in the
+    # inferred minority's region, so each is refused, carries no value, and the reason says why
+    assert strict["guard_kept_erm"] and all(strict["padded_veto"][1:])
+    assert all(c["value"] == 0.0 for c in strict["candidates"][1:])
+    assert strict["guard_reason"].startswith("every candidate (7) was vetoed"), strict["guard_reason"]

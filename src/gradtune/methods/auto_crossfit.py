@@ -28,7 +28,8 @@ from gradtune.selection.audit import (
 )
 
 __all__ = ["class_folds", "fold_cells", "halves_cells", "fold_correct", "pad_half", "pad_cells", "veto_rows",
-           "vetoed", "veto_reason", "PAD_MODES"]
+           "vetoed", "minority_loss", "refused", "veto_reason", "half_counts",
+           "PAD_MODES"]
 
 #: how ``gradtune-auto`` treats a class whose audit region is too small (:func:`pad_cells`)
 PAD_MODES = ("off", "margin", "region", "veto")
@@ -129,17 +130,49 @@ def vetoed(correct: list[np.ndarray], rows: list[np.ndarray]) -> np.ndarray:
 
 
 
+
+def minority_loss(correct: list[np.ndarray], inferred: list[np.ndarray]) -> np.ndarray:
+    """(K,) the largest share, over the halves, of a half's *kept* rows that each candidate gets
+    wrong, from each half's (K, m) ``correct`` (row 0: the ERM head) and (m,) inferred-minority
+    cells (odd ids: the region of the inferred minority). Kept rows lie in that region and the
+    ERM head gets them right: where its mistakes are not the minority, a repair of the
+    mistakes' region can break the minority rows the head already handles."""
+    loss = np.zeros(len(correct[0]))
+    for ok, cells in zip(correct, inferred, strict=False):
+        ok = np.asarray(ok, dtype=bool)
+        kept = (np.asarray(cells) % 2 == 1) & ok[0]
+        if np.any(kept):
+            loss = np.maximum(loss, (~ok[:, kept]).mean(axis=1))
+    return loss
+
+
+def refused(correct: list[np.ndarray], veto: list[np.ndarray] | None, inferred: list[np.ndarray],
+            max_loss: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """(K,) bool candidates refused before the guard, by the padded cells' veto
+    (:func:`vetoed`, when ``veto`` rows are given) or by a :func:`minority_loss` above
+    ``max_loss`` (when not None); and (K,) that loss (a diagnostic either way)."""
+    bad = np.zeros(len(correct[0]), dtype=bool) if veto is None else vetoed(correct, veto)
+    loss = minority_loss(correct, inferred)
+    return (bad if max_loss is None else bad | (loss > float(max_loss) + 1e-12)), loss
+
+
+def half_counts(held_ids: np.ndarray, sel_ids: np.ndarray, n: int) -> dict[str, list[int]]:
+    """Rows per id (n ids) on each validation half."""
+    return {"heldout": np.bincount(held_ids, minlength=n).tolist(), "selection": np.bincount(sel_ids, minlength=n).tolist()}
+
+
 def veto_reason(reason: str | None, bad: np.ndarray) -> str | None:
-    """The guard's reason for keeping the ERM head, told true when :func:`vetoed` removed
-    candidates (``bad`` (K,) bool; the vetoed candidates' values were zeroed, so the guard
+    """The guard's reason for keeping the ERM head, told true when :func:`refused` removed
+    candidates (``bad`` (K,) bool; the refused candidates' values were zeroed, so the guard
     alone would report a best value of 0)."""
     n_bad, n_cand = int(np.sum(bad)), len(bad) - 1
     if reason is None or n_bad == 0:
         return reason
+    what = ("rows the ERM head gets right among the least-margin rows of a class with few mistakes "
+            "(pad_regions='veto') or in the inferred minority (minority_veto)")
     if n_bad >= n_cand:
-        return (f"every candidate ({n_cand}) gets fewer right than the ERM head of the least-margin rows of a "
-                "class with few ERM mistakes (pad_regions='veto'): a repair would lose that class's hardest rows")
-    return f"{reason} ({n_bad} of {n_cand} candidates vetoed: they lose rows of a class with few ERM mistakes)"
+        return f"every candidate ({n_cand}) was vetoed before the guard: each loses {what}"
+    return f"{reason} ({n_bad} of {n_cand} candidates vetoed: they lose {what})"
 
 def fold_correct(fit: FitFn, x_score: np.ndarray, y_score: np.ndarray, g_score: dict[str, np.ndarray],
                  x_other: np.ndarray, y_other: np.ndarray, g_other: dict[str, np.ndarray], folds: np.ndarray,

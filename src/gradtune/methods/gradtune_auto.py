@@ -26,11 +26,10 @@ evidence the inference cannot rig. No step reads a group label, an attribute or 
    other rows along directions other than the head's own;
    :func:`~gradtune.selection.audit.structure_auc` projects those out and asks whether the
    mistakes (``min_structure_auc``) or the twins' minority (``min_twin_auc``) can still be
-   told apart (``structure_scale``: on standardized features and on normal scores). Below
-   both, the head is kept (a premise that holds for isotropic Gaussian classes and heavy
-   tails; with correlated noise, through a ReLU layer or on image features a control can
-   pass, docs/label-free-design.md); so it is when a class's region has fewer than
-   ``min_group_size`` rows on a half (``audit_coverage``).
+   told apart (``structure_scale``: on standardized features and on normal scores). Below both, the head
+   is kept (a premise that holds for isotropic Gaussian classes and heavy tails; with correlated noise,
+   through a ReLU layer or on image features a control can pass, docs/label-free-design.md); so it is
+   when a class's region has fewer than ``min_group_size`` rows on a half (``audit_coverage``).
    Then a candidate must (a) beat the ERM head's value with a paired bootstrap bound above
    ``margin`` (``gain_quantile``) and on each half by ``confirm_z`` standard errors,
    (b) lose at most ``max_balanced_drop`` of class-balanced accuracy and
@@ -74,10 +73,11 @@ from gradtune.methods.auto_crossfit import (
     PAD_MODES,
     class_folds,
     fold_correct,
+    half_counts,
     halves_cells,
     pad_cells,
+    refused,
     veto_reason,
-    vetoed,
 )
 from gradtune.methods.auto_inference import auto_pseudo_groups
 from gradtune.methods.base import (
@@ -118,11 +118,6 @@ def _keep_erm(head: LinearHead, reason: str, info: dict[str, Any] | None = None,
     _log.warning("gradtune-auto kept the ERM head: %s", reason)
     return MethodResult(head, {"chosen_family": "erm", "chosen_setting": 0.0, "guard_kept_erm": True, "guard_reason":
                                reason, "pseudo_groups": info, "candidates": [], "selected_rows": [], **extra})
-
-
-def _counts(held_ids: np.ndarray, sel_ids: np.ndarray, n: int) -> dict[str, list[int]]:
-    """Rows per id (n ids) on each validation half."""
-    return {"heldout": np.bincount(held_ids, minlength=n).tolist(), "selection": np.bincount(sel_ids, minlength=n).tolist()}
 
 
 @register_method
@@ -220,6 +215,9 @@ class GradTuneAutoMethod(Method):
         (:func:`~gradtune.methods.auto_crossfit.pad_cells`): its least-margin rows, judged
         (``"margin"``) or only refusing a candidate that loses rows there (``"veto"``), or
         the other half's region model's top rows (``"region"``). ``"off"``: the refusal stands.
+    minority_veto : float or None, default=None
+        Refuse a candidate that gets more than this share wrong, on either half, of the rows
+        in the inferred minority's region that the ERM head gets right (``auto_crossfit.minority_loss``).
     rare_class_share : float, default=0.5
         With ``pad_regions``, a class under this share of 1 / n_classes of a half is refused.
     min_erm_minority_accuracy : float, default=0.0
@@ -286,6 +284,8 @@ class GradTuneAutoMethod(Method):
                                        "is below min_group_size")
     pad_regions: str = param("off", "fill a too-small region instead of refusing: its least-margin rows judged "
                                     "or as a veto, or the other half's region model's top rows", choices=PAD_MODES)
+    minority_veto: float | None = param(None, "refuse a candidate losing over this share of the inferred minority's "
+                                        "rows the ERM head gets right (None: off)", kind="float", ge=0, le=1, optional=True)
     rare_class_share: float = param(0.5, "pad_regions skips a class under this share of 1 / n_classes", ge=0, le=1)
     min_erm_minority_accuracy: float = param(0.0, "optional pre-check on the ERM head (0: off)", ge=0, le=1)
     deployment_split: str | None = param(None, "a bundle split of unlabeled deployment rows: max_pseudo_drop then "
@@ -430,7 +430,7 @@ class GradTuneAutoMethod(Method):
             halves.append((ok_b, value_held))
             floors.append(worst_over_cell_sets(ok_b, (audit_held, value_held)[:1 + both], 2 * n_classes,
                                                int(self.min_group_size)))
-        bad = np.zeros(len(values), dtype=bool) if veto is None else vetoed([ok for ok, _ in halves], veto)
+        bad, lost = refused([ok for ok, _ in halves], veto, [inf_sel, inf_held], self.minority_veto)
         values, floors = np.where(bad, 0.0, values), [np.where(bad, 0.0, f) for f in floors]
         v2 = None if v2 is None else np.where(bad, 0.0, v2)
         shares: list = []      # the pseudo-group mean as the deployment rows would weight it
@@ -466,10 +466,10 @@ class GradTuneAutoMethod(Method):
         diag = {
             "pseudo_groups": info,
             "inferences": list(inferences),
-            "pseudo_group_counts": {k: _counts(*g, 2 * n_classes) for k, g in inferences.items()},
-            "audit_counts": _counts(audit_held, audit_sel, 2 * n_classes),
+            "pseudo_group_counts": {k: half_counts(*g, 2 * n_classes) for k, g in inferences.items()},
+            "audit_counts": half_counts(audit_held, audit_sel, 2 * n_classes),
             "value_cells": self.value_cells,
-            "value_cell_counts": _counts(value_held, value_sel, 2 * n_classes),
+            "value_cell_counts": half_counts(value_held, value_sel, 2 * n_classes),
             "erm_minority_accuracy": erm_minority_acc,
             "deployment_shares": [{"validation": v.tolist(), "deployment": d.tolist()} for v, d in shares],
             "structure_auc": auc,
@@ -481,7 +481,7 @@ class GradTuneAutoMethod(Method):
             "erm_value": float(values[0]),
             "refitted": refitted,
             "guard_kept_erm": best == 0,
-            "padded_veto": bad.tolist(),   # candidates that lose rows of a padded cell ("veto")
+            "padded_veto": bad.tolist(), "minority_loss": lost.tolist(),   # refused before the guard; why
             "guard_reason": (reason := veto_reason(decision.reason, bad)),
             "guard_inputs": guard_inputs,   # selection.guard.replay_guard decides again under other thresholds
             "candidates": [{"inference": k, "family": c.family, "setting": c.setting, "value": float(v),
