@@ -28,8 +28,7 @@ from gradtune.selection.audit import (
 )
 
 __all__ = ["class_folds", "fold_cells", "halves_cells", "fold_correct", "pad_half", "pad_cells", "veto_rows",
-           "vetoed", "minority_loss", "refused", "veto_reason", "half_counts",
-           "PAD_MODES"]
+           "vetoed", "minority_loss", "refused", "veto_reason", "half_counts", "PAD_MODES"]
 
 #: how ``gradtune-auto`` treats a class whose audit region is too small (:func:`pad_cells`)
 PAD_MODES = ("off", "margin", "region", "veto")
@@ -129,8 +128,6 @@ def vetoed(correct: list[np.ndarray], rows: list[np.ndarray]) -> np.ndarray:
     return bad
 
 
-
-
 def minority_loss(correct: list[np.ndarray], inferred: list[np.ndarray]) -> np.ndarray:
     """(K,) the largest share, over the halves, of a half's *kept* rows that each candidate gets
     wrong, from each half's (K, m) ``correct`` (row 0: the ERM head) and (m,) inferred-minority
@@ -173,6 +170,7 @@ def veto_reason(reason: str | None, bad: np.ndarray) -> str | None:
     if n_bad >= n_cand:
         return f"every candidate ({n_cand}) was vetoed before the guard: each loses {what}"
     return f"{reason} ({n_bad} of {n_cand} candidates vetoed: they lose {what})"
+
 
 def fold_correct(fit: FitFn, x_score: np.ndarray, y_score: np.ndarray, g_score: dict[str, np.ndarray],
                  x_other: np.ndarray, y_other: np.ndarray, g_other: dict[str, np.ndarray], folds: np.ndarray,
