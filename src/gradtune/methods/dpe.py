@@ -123,8 +123,13 @@ def ips_penalty(prototypes: Any, weights: Any) -> np.ndarray:
 def _member_logits(u: torch.Tensor, prototypes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """(M, N, C) logits ``-|s_m| ||u_i - q_k^m||`` of normalized rows u (N, d) or (M, N, d)."""
     q = prototypes / torch.linalg.vector_norm(prototypes, dim=2, keepdim=True).clamp_min(_EPS)
-    uu = u if u.ndim == 3 else u.unsqueeze(0).expand(prototypes.shape[0], -1, -1)
-    sq = (uu * uu).sum(2, keepdim=True) + (q * q).sum(2).unsqueeze(1) - 2.0 * torch.bmm(uu, q.transpose(1, 2))
+    n_members, c, d = q.shape
+    if u.ndim == 3:
+        u_sq, uq = (u * u).sum(2, keepdim=True), torch.bmm(u, q.transpose(1, 2))
+    else:  # shared rows: one (N, M*C) product, never an (M, N, d) copy of the rows
+        u_sq = (u * u).sum(1)[None, :, None]
+        uq = (u @ q.reshape(n_members * c, d).T).reshape(-1, n_members, c).permute(1, 0, 2)
+    sq = u_sq + (q * q).sum(2).unsqueeze(1) - 2.0 * uq
     return -scales.abs()[:, None, None] * sq.clamp_min(0.0).sqrt()
 
 
