@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -105,15 +106,17 @@ def decide(rec: dict, gate: dict, rule: dict) -> tuple[list[float], bool]:
     return rec["candidate_test"][best], best != 0
 
 
-def summarize(runs: list[dict], gate: dict, rule: dict) -> tuple[list[str], int]:
-    """The stress suite's acceptance lines for gradtune-auto under (gate, rule), and its repaired runs."""
+def summarize(runs: list[dict], gate: dict, rule: dict,
+              decider: Callable[[dict], tuple[list[float], bool]] | None = None) -> tuple[list[str], int]:
+    """The stress suite's acceptance lines for gradtune-auto under (gate, rule), and its repaired runs;
+    ``decider`` (a stored run -> (test [WGA, avg], repaired?)) replaces the gate and guard when given."""
     by: dict[str, list[dict]] = {}
     for r in runs:
         by.setdefault(r["member"], []).append(r)
     means: dict = {}
     repaired = 0
     for mem, rs in by.items():
-        got = [decide(r, gate, rule) for r in rs]
+        got = [decider(r) if decider else decide(r, gate, rule) for r in rs]
         repaired += sum(rep for _, rep in got)
         for name, rows in (("erm", [r["erm"] for r in rs]), (ORACLE, [r["oracle"] for r in rs]),
                            ("gradtune-auto", [g for g, _ in got])):
