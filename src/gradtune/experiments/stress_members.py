@@ -35,7 +35,7 @@ class StressMember:
     name : str; family : str; role : "dev" or "report" (from the split rule);
     spec : ShortcutSpec (synthetic) or OfflineBenchmark (offline); erm : "linear" or "mlp"
     (synthetic only); control : True where there is no shortcut (the method must keep ERM);
-    batch : 1 for the first members, 2 to 12 for later batches (each added, with its roles,
+    batch : 1 for the first members, 2 to 13 for later batches (each added, with its roles,
     before any default was tuned on it; the earlier batches' report halves had been read).
     """
 
@@ -417,8 +417,30 @@ _MEMBERS: tuple[StressMember, ...] = (
         agreement=0.5),
     _fm("fmnist-control", "fm-control-stripes-4class", control=True, marked=True, classes=(1, 2, 7, 9),
         tied_class=3, shortcut="stripes", agreement=0.5),
+    # Batch 13: three-class marks tied to one class at 86-87% (the kind of problem on which the value
+    # read on the twins' regions failed the report half in round 5), and three-class controls on
+    # image, ReLU and correlated features (round 14 of docs/label-free-design.md).
+    _fm("fmnist-multiclass", "fm-3class-stripes-tied86", marked=True, classes=(2, 6, 9), tied_class=1,
+        shortcut="stripes", agreement=0.86),
+    _fm("fmnist-multiclass", "fm-3class-stripes-tied87", marked=True, classes=(0, 4, 8), tied_class=0,
+        shortcut="stripes", agreement=0.87),
+    _fm("fmnist-multiclass", "fm-3class-bg-tied86", marked=True, classes=(1, 3, 9), tied_class=2, agreement=0.86),
+    _fm("fmnist-multiclass", "fm-3class-bright-tied86", marked=True, classes=(4, 5, 7), tied_class=1,
+        shortcut="brightness", agreement=0.86),
+    _syn("tied-one", "lin-mark-3class-86", n_classes=3, tie="one", tied_class=0, dim=96, core_strength=1.6,
+         train_agreement=0.86),
+    _syn("tied-one", "lin-mark-3class-87-d128", n_classes=3, tie="one", tied_class=1, dim=128, core_strength=1.7,
+         train_agreement=0.87),
+    _fm("fmnist-control", "fm-control-stripes-3class-b", control=True, marked=True, classes=(2, 6, 9),
+        tied_class=1, shortcut="stripes", agreement=0.5),
+    _fm("fmnist-control", "fm-control-bg-3class-b", control=True, marked=True, classes=(1, 3, 9), tied_class=2,
+        agreement=0.5),
+    _syn("control", "control-relu-3class-128", control=True, encoder="relu", n_classes=3, dim=128,
+         core_strength=1.8, shortcut_strength=0.0),
+    _syn("control", "control-factor8-3class", control=True, noise_factors=8, n_classes=3, dim=96,
+         core_strength=1.8, shortcut_strength=0.0),
 )
-_BATCH_ENDS = (37, 63, 73, 101, 121, 137, 151, 155, 163, 171, 179)   # members listed before batch 2, 3, ... starts
+_BATCH_ENDS = (37, 63, 73, 101, 121, 137, 151, 155, 163, 171, 179, 193)   # members listed before batch 2, 3, ... starts
 
 
 def _assign_roles(members: tuple[StressMember, ...]) -> tuple[StressMember, ...]:
