@@ -9,7 +9,8 @@ A development tool for the label-free guard, on the development half of the stre
 only (:mod:`gradtune.experiments.stress`; a report member is refused). ``collect`` fits
 gradtune-auto once per member and seed with the structure gate open
 (``min_structure_auc=0``, ``min_twin_auc=0``) and keeps, in ``--out/runs.jsonl`` (a rerun
-resumes): the structure test's AUCs, the guard's inputs (``diagnostics["guard_inputs"]``),
+resumes): the structure test's AUCs, the guard's inputs (``diagnostics["guard_inputs"]``, and
+``"guard_inputs_next"``: the records of the cell sets judged when the first keeps the head),
 and the test WGA and average accuracy of ERM, of the oracle (DFR with the validation rows'
 true groups) and of every candidate refitted on both validation halves as the method
 refits the one it chooses. The chosen candidate's refit must reproduce the fitted model's
@@ -42,7 +43,7 @@ from gradtune.methods.base import erm_head
 from gradtune.methods.gradtune_auto import SEED_STREAMS
 from gradtune.methods.tuning import build_method, family_defaults
 from gradtune.selection.audit import structure_gate_reason
-from gradtune.selection.guard import replay_guard
+from gradtune.selection.guard import replay_guards
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stress import GAP_MIN, ORACLE, checks, evaluate  # noqa: E402  (the suite's own metrics and checks)
@@ -88,12 +89,13 @@ def collect_one(member: str, seed: int, params: dict) -> dict:
         head = retrain_head(x_all, y_all, g_all, float(c["setting"]), int(bundle.n_classes),
                             int(method.num_retrains), streams.rng("retrain"), streams.integer("solver"))
         tests.append(_pair(evaluate(head, bundle)))
-    best = replay_guard(d["guard_inputs"]).best
+    best = replay_guards([d["guard_inputs"], *d.get("guard_inputs_next", [])])[1].best
     fitted = _pair(evaluate(res.model, bundle))
     if tests[best] != fitted:
         raise SystemExit(f"{member} seed {seed}: the replayed choice's refit {tests[best]} differs from the "
                          f"fitted model's {fitted}; the store would not replay the method")
-    rec.update(guard_inputs=d["guard_inputs"], candidate_test=tests, minority_loss=d.get("minority_loss"))
+    rec.update(guard_inputs=d["guard_inputs"], guard_inputs_next=d.get("guard_inputs_next", []), candidate_test=tests,
+               minority_loss=d.get("minority_loss"))
     return rec
 
 
@@ -102,7 +104,7 @@ def decide(rec: dict, gate: dict, rule: dict) -> tuple[list[float], bool]:
     closed = structure_gate_reason(rec["auc"], rec["twin_auc"], gate["min_structure_auc"], gate["min_twin_auc"])
     if closed is not None or "guard_inputs" not in rec:
         return rec["erm"], False
-    best = replay_guard(rec["guard_inputs"], **rule).best
+    best = replay_guards([rec["guard_inputs"], *rec.get("guard_inputs_next", [])], **rule)[1].best
     return rec["candidate_test"][best], best != 0
 
 

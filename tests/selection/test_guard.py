@@ -200,3 +200,21 @@ def test_a_recorded_guard_call_replays_exactly_and_under_other_thresholds() -> N
     assert replay_guard(rec, min_repaired_accuracy=0.4).best == 0     # its floor 0.35 is under 0.4
     with pytest.raises(GradTuneInputError, match="not a guard_record"):
         replay_guard({"values_a": [0.1, 0.2]})
+
+
+def test_replay_guards_judges_the_next_cell_set_only_when_the_previous_keeps_the_head() -> None:
+    from gradtune.selection.guard import replay_guards
+
+    rule = GuardRule(margin=0.05)
+    keeps = guard_record(np.array([0.4, 0.42]), np.array([30, 30]), np.array([0.9, 0.9]), rule)
+    repairs = guard_record(np.array([0.4, 0.6]), np.array([30, 30]), np.array([0.9, 0.9]), rule)
+    used, d = replay_guards([keeps, repairs])
+    assert used == 1 and d.best == 1
+    used, d = replay_guards([repairs, keeps])
+    assert used == 0 and d.best == 1
+    used, d = replay_guards([keeps, keeps])
+    assert used == 1 and d.best == 0 and d.reason
+    used, d = replay_guards([repairs, repairs], margin=0.5)   # overrides reach every record
+    assert used == 1 and d.best == 0
+    with pytest.raises(GradTuneInputError):
+        replay_guards([])

@@ -19,9 +19,10 @@ evidence the inference cannot rig. No step reads a group label, an attribute or 
    pseudo-group-balanced sampler, one candidate per epoch count of ``epochs_grid``.
 3. **Judging on audit cells** (:mod:`gradtune.selection.audit`). Scored on the
    pseudo-groups it was fitted to, any change to the ERM head looks good when those are
-   only the head's mistakes. So cells are learned on the *other* half (where the ERM head
-   errs, per class), candidates fitted on half A are scored on half B's cells and
-   (``crossfit``) the other way round; a candidate's value is its worst cell accuracy.
+   only the head's mistakes. So cells are learned on the *other* half (where the ERM head errs,
+   and where the twins' minority lies, per class), candidates fitted on half A are scored on half
+   B's cells and (``crossfit``) the other way round; a candidate's value is its worst cell accuracy
+   on the mistakes' regions, then, if the guard keeps the head there, on the twins' (``value_cells``).
 4. **The guard.** Is there a shortcut at all? A shortcut's minority differs from the
    other rows along directions other than the head's own;
    :func:`~gradtune.selection.audit.structure_auc` projects those out and asks whether the
@@ -41,12 +42,10 @@ evidence the inference cannot rig. No step reads a group label, an attribute or 
    ``diagnostics["guard_inputs"]`` for :func:`~gradtune.selection.guard.replay_guard`). Without
    ``encoder_features`` (and ``features="auto"``) the head is kept too. The reason is in
    ``diagnostics["guard_reason"]`` (WARNING log).
-5. **Refit** (``refit=True``): a chosen ``"retrain"`` candidate is refitted with its C
-   on both validation halves, as DFR does. A chosen fine-tune is kept as is.
+5. **Refit** (``refit=True``): a chosen ``"retrain"`` candidate is refitted with its C on both halves, as DFR does.
 
-The defaults were chosen on the development half of the stress suite
-(:mod:`gradtune.experiments.stress`); docs/label-free-design.md records what was tried
-and docs/label-free.md reports the other half. The paper's ``"gradtune"`` is unchanged.
+The defaults were chosen on the development half of the stress suite (:mod:`gradtune.experiments.stress`);
+docs/label-free-design.md records what was tried, docs/label-free.md reports the other half.
 """
 
 from __future__ import annotations
@@ -80,6 +79,7 @@ from gradtune.methods.auto_crossfit import (
     veto_reason,
 )
 from gradtune.methods.auto_inference import auto_pseudo_groups
+from gradtune.methods.auto_judge import CELL_ORDER, VALUE_CELLS, judged_record
 from gradtune.methods.base import (
     LinearHead,
     Method,
@@ -97,9 +97,8 @@ from gradtune.selection.audit import (
     SCALES,
     structure_gate,
     uncovered_classes,
-    worst_over_cell_sets,
 )
-from gradtune.selection.guard import GuardRule, guard_record, paired_gain_bound, replay_guard
+from gradtune.selection.guard import GuardRule, replay_guards
 from gradtune.selection.select import SIZE, TOP_K
 from gradtune.selection.shift import deployment_accuracy
 
@@ -164,9 +163,11 @@ class GradTuneAutoMethod(Method):
         Snapshots of the fine-tuning run (the schedule spans ``max(epochs_grid)``).
     finetune : FinetuneConfig
         The fine-tuning loop (the paper's vision setting; ``sampler``, ``epochs``: the method's).
-    value_cells : {"mistakes", "inferred"}, default="mistakes"
-        Cells the value, its bound and per-half checks read: regions of the first inference's
-        minority, or of the ERM head's mistakes (which the floor and coverage also read).
+    value_cells : {"mistakes_then_inferred", "mistakes", "inferred"}, default="mistakes_then_inferred"
+        Cells the value, its bound and per-half checks read: regions of the ERM head's mistakes
+        (which the floor and coverage always read) or of the first inference's minority (the
+        floor then reads both); by default the mistakes' regions, and when they keep the ERM
+        head, the twins' (:mod:`~gradtune.methods.auto_judge`).
     min_group_size : int, default=10
         Smallest audit cell the value counts.
     margin : float, default=0.05
@@ -234,8 +235,8 @@ class GradTuneAutoMethod(Method):
 
     name = "gradtune-auto"
     description = ("label-free pipeline: XRM pseudo-groups (frozen-encoder features when present), "
-                   "group-balanced retraining, a guard judged on cross-fitted audit cells of the ERM "
-                   "head's mistakes")
+                   "group-balanced retraining, a guard judged on cross-fitted audit cells of the twins' "
+                   "minority and the ERM head's mistakes")
     uses_group_labels_train: ClassVar[bool] = False
     uses_group_labels_val: ClassVar[bool] = False
 
@@ -257,8 +258,9 @@ class GradTuneAutoMethod(Method):
     top_k: int = TOP_K.field()
     epochs_grid: tuple[int, ...] = param(AUTO_EPOCHS, "snapshots of the fine-tuning run", ge=1, fast=(1, 3))
     finetune: FinetuneConfig = finetune_block(space=None, fast_epochs=None)
-    value_cells: str = param("mistakes", "cells the value reads: regions of the inferred minority or of the "
-                                         "ERM head's mistakes", choices=("inferred", "mistakes"))
+    value_cells: str = param("mistakes_then_inferred", "cells the value reads: regions of the ERM head's mistakes, "
+                                                       "then (if those keep the head) of the inferred minority; or "
+                                                       "either alone", choices=VALUE_CELLS)
     min_group_size: int = param(10, "smallest audit cell the value counts", ge=1)
     margin: float = param(0.05, "a candidate (and its paired bound) must beat ERM's value by more than this", ge=0)
     margin_z: float = param(0.0, "... plus this many standard errors of the difference", ge=0)
@@ -406,7 +408,8 @@ class GradTuneAutoMethod(Method):
             str(self.pad_regions), (audit_sel, inf_sel, audit_held, inf_held), (sel.labels, held.labels),
             lambda: (head.logits(sel.features), head.logits(held.features)), n_classes, int(self.min_group_size),
             float(self.rare_class_share))
-        value_sel, value_held = (inf_sel, inf_held) if self.value_cells == "inferred" else (audit_sel, audit_held)
+        named = {"mistakes": (audit_sel, audit_held), "inferred": (inf_sel, inf_held)}   # (selection, held-out)
+        order = CELL_ORDER[str(self.value_cells)]
         uncovered = uncovered_classes(cover, n_classes, int(self.min_group_size))
         if self.audit_coverage and uncovered:
             names = ", ".join(f"class {k} ({n} rows)" for k, n in uncovered)
@@ -414,43 +417,38 @@ class GradTuneAutoMethod(Method):
                                    f"a repair in {names}; min_group_size={int(self.min_group_size)}: a repair "
                                    "could lose that class's minority without the validation rows showing it", info,
                              structure_auc=auc, twin_structure_auc=twin_auc)
-        pairs, values, n_small, balanced, pseudo, idx, ok_a = self._side(
-            inferences, held.features, held.labels, sel.features, sel.labels, folds_sel, value_sel, epochs, head,
-            n_classes, streams)
-        v2 = n2 = None
-        halves = [(ok_a, value_sel)]
-        both = self.value_cells == "inferred"   # the floor reads every cell of both region models
-        floors = [worst_over_cell_sets(ok_a, (audit_sel, value_sel)[:1 + both], 2 * n_classes,
-                                       int(self.min_group_size))]
+        pairs, values, _, balanced, pseudo, idx, ok_a = self._side(
+            inferences, held.features, held.labels, sel.features, sel.labels, folds_sel, named[order[0]][0], epochs,
+            head, n_classes, streams)
+        correct = [ok_a]
         if self.crossfit:
             swapped = {k: (g_sel, g_held) for k, (g_held, g_sel) in inferences.items()}
-            _, v2, n2, b2, p2, _, ok_b = self._side(swapped, sel.features, sel.labels, held.features, held.labels,
-                                                    folds_held, value_held, epochs, head, n_classes, streams)
+            _, _, _, b2, p2, _, ok_b = self._side(swapped, sel.features, sel.labels, held.features, held.labels,
+                                                  folds_held, named[order[0]][1], epochs, head, n_classes, streams)
             balanced, pseudo = (balanced + b2) / 2, (pseudo + p2) / 2
-            halves.append((ok_b, value_held))
-            floors.append(worst_over_cell_sets(ok_b, (audit_held, value_held)[:1 + both], 2 * n_classes,
-                                               int(self.min_group_size)))
-        bad, lost = refused([ok for ok, _ in halves], veto, [inf_sel, inf_held], self.minority_veto)
-        values, floors = np.where(bad, 0.0, values), [np.where(bad, 0.0, f) for f in floors]
-        v2 = None if v2 is None else np.where(bad, 0.0, v2)
+            correct.append(ok_b)
+        bad, lost = refused(correct, veto, [inf_sel, inf_held], self.minority_veto)
         shares: list = []      # the pseudo-group mean as the deployment rows would weight it
         if x_dep is not None:
-            rows = ((g_sel, sel.features), (g_held, held.features))[:len(halves)]
-            scored = [(ok, g, x) for (ok, _), (g, x) in zip(halves, rows, strict=True)]
+            rows = ((g_sel, sel.features), (g_held, held.features))[:len(correct)]
+            scored = [(ok, g, x) for ok, (g, x) in zip(correct, rows, strict=True)]
             pseudo, shares = deployment_accuracy(scored, x_dep, 2 * n_classes, rng=streams.rng("shift"))
-        lower = None if self.gain_quantile is None else paired_gain_bound(
-            halves, 2 * n_classes, int(self.min_group_size), float(self.gain_quantile), streams.rng("guard"),
-            int(self.n_boot))
         rule = GuardRule(margin=float(self.margin), margin_z=float(self.margin_z),
                          confirm_z=None if self.confirm_z is None else float(self.confirm_z),
                          max_balanced_drop=float(self.max_balanced_drop),
                          min_repaired_accuracy=float(self.min_repaired_accuracy) * 2 / n_classes,
                          max_pseudo_drop=None if self.max_pseudo_drop is None else float(self.max_pseudo_drop),
                          pseudo_weighting="equally" if x_dep is None else "as the deployment rows hold them")
-        guard_inputs = guard_record(values, n_small, balanced, rule, v2, n2, pseudo=pseudo, lower=lower,
-                                    floor_values=(floor := np.mean(floors, axis=0)))
-        decision = replay_guard(guard_inputs)   # decided from the record itself: a replay reproduces it
+        # one record per cell set judged, in order; the floor reads the mistakes' regions (and the twins' judging)
+        records = [judged_record(correct, np.isfinite(values), list(named[n])[:len(correct)],
+                                 [(a, c)[:1 + (n == "inferred")]
+                                  for a, c in zip(named["mistakes"], named[n], strict=True)][:len(correct)],
+                                 bad, balanced, pseudo, rule, n_classes, int(self.min_group_size),
+                                 gain_quantile=self.gain_quantile, rng=streams.rng("guard"), n_boot=int(self.n_boot))
+                   for n in order]
+        used, decision = replay_guards(records)   # decided from the records themselves: a replay reproduces it
         values, needed, allowed, best = decision.values, decision.needed, decision.allowed, decision.best
+        lower, floor = records[used]["lower"], records[used]["floor_values"]
         chosen_inf, chosen = pairs[best]
         model = chosen.head
         refitted = chosen.family in ("retrain", "reweight") and bool(self.refit)
@@ -469,7 +467,8 @@ class GradTuneAutoMethod(Method):
             "pseudo_group_counts": {k: half_counts(*g, 2 * n_classes) for k, g in inferences.items()},
             "audit_counts": half_counts(audit_held, audit_sel, 2 * n_classes),
             "value_cells": self.value_cells,
-            "value_cell_counts": half_counts(value_held, value_sel, 2 * n_classes),
+            "value_cell_counts": half_counts(named[order[used]][1], named[order[used]][0], 2 * n_classes),
+            "judged_on": order[used],
             "erm_minority_accuracy": erm_minority_acc,
             "deployment_shares": [{"validation": v.tolist(), "deployment": d.tolist()} for v, d in shares],
             "structure_auc": auc,
@@ -483,7 +482,8 @@ class GradTuneAutoMethod(Method):
             "guard_kept_erm": best == 0,
             "padded_veto": bad.tolist(), "minority_loss": lost.tolist(),   # refused before the guard; why
             "guard_reason": (reason := veto_reason(decision.reason, bad)),
-            "guard_inputs": guard_inputs,   # selection.guard.replay_guard decides again under other thresholds
+            "guard_inputs": records[0],   # selection.guard.replay_guard(s) decide again under other thresholds
+            "guard_inputs_next": records[1:],   # the later cell sets' records (value_cells="mistakes_then_inferred")
             "candidates": [{"inference": k, "family": c.family, "setting": c.setting, "value": float(v),
                             "needed": float(t), "balanced_accuracy": float(b), "allowed": bool(a),
                             "gain_bound": lo, "floor_value": float(f)}

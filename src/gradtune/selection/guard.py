@@ -37,8 +37,8 @@ import numpy as np
 from gradtune._validation import GradTuneInputError
 from gradtune.selection.audit import cell_accuracies
 
-__all__ = ["GuardRule", "GuardDecision", "guard_choice", "guard_record", "replay_guard", "class_balanced_accuracy",
-           "paired_gain_bound", "bootstrap_worst_cells"]
+__all__ = ["GuardRule", "GuardDecision", "guard_choice", "guard_record", "replay_guard", "replay_guards",
+           "class_balanced_accuracy", "paired_gain_bound", "bootstrap_worst_cells"]
 
 
 @dataclass(frozen=True)
@@ -238,6 +238,18 @@ def replay_guard(record: dict[str, Any], **overrides: Any) -> GuardDecision:
     nb = None if got["sizes_b"] is None else got["sizes_b"].astype(np.int64)
     return guard_choice(va, na.astype(np.int64), bal, rule, got["values_b"], nb, pseudo=got["pseudo"],
                         lower=got["lower"], floor_values=got["floor_values"])
+
+
+def replay_guards(records: list[dict[str, Any]], **overrides: Any) -> tuple[int, GuardDecision]:
+    """:func:`replay_guard` on each record in turn (cell sets judged in order): the first that
+    repairs, as (its index, its decision); the last record's when every one keeps the ERM head."""
+    if not records:
+        raise GradTuneInputError("replay_guards needs at least one guard record")
+    for i, rec in enumerate(records):
+        decision = replay_guard(rec, **overrides)
+        if decision.best:
+            return i, decision
+    return len(records) - 1, decision
 
 
 def _reason(values: np.ndarray, needed: np.ndarray, balanced: np.ndarray, allowed: np.ndarray,
