@@ -424,16 +424,17 @@ def test_the_guard_inputs_in_the_diagnostics_replay_the_fit(biased: EmbeddingBun
 
     from gradtune.selection.guard import replay_guards
 
-    d = get_method("gradtune-auto", audit_coverage=False, **FAST).fit(biased, seed=0).diagnostics
+    opts = dict(audit_coverage=False, value_cells="mistakes_then_inferred", **FAST)
+    d = get_method("gradtune-auto", **opts).fit(biased, seed=0).diagnostics
     recs = json.loads(json.dumps([d["guard_inputs"], *d["guard_inputs_next"]]))
-    assert len(recs) == 2            # the default judges on the mistakes' regions, then on the twins'
+    assert len(recs) == 2            # judged on the mistakes' regions, then on the twins'
     used, got = replay_guards(recs)
     cands = d["candidates"]
     assert not d["guard_kept_erm"] and got.best > 0 and d["judged_on"] == ("mistakes", "inferred")[used]
     assert cands[got.best]["value"] == d["chosen_value"]
     assert [bool(a) for a in got.allowed] == [c["allowed"] for c in cands]
     # a threshold replayed is the threshold refitted: same decision, same reason (the last cell set's)
-    refit = get_method("gradtune-auto", audit_coverage=False, margin=1.0, **FAST).fit(biased, seed=0).diagnostics
+    refit = get_method("gradtune-auto", margin=1.0, **opts).fit(biased, seed=0).diagnostics
     used, again = replay_guards(recs, margin=1.0)
     assert again.best == 0 and refit["guard_kept_erm"] and used == 1 and refit["judged_on"] == "inferred"
     assert again.reason == refit["guard_reason"]
@@ -446,7 +447,7 @@ def test_minority_veto_refuses_a_repair_that_breaks_rows_the_head_handles() -> N
     with pytest.raises(ValueError, match="minority_veto"):
         get_method("gradtune-auto", minority_veto=1.5)
     bundle = build_member_bundle("lin-minority-0.5pct", 1)
-    opts = dict(pad_regions="veto", value_cells="mistakes")   # the setting round 13 measured it in
+    opts = dict(pad_regions="veto")
     free = get_method("gradtune-auto", **opts).fit(bundle, seed=1).diagnostics
     strict = get_method("gradtune-auto", minority_veto=0.0, **opts).fit(bundle, seed=1).diagnostics
     assert not free["guard_kept_erm"] and not any(free["padded_veto"])   # repaired (seed 1: +37 WGA)

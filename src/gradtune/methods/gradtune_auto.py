@@ -22,7 +22,7 @@ evidence the inference cannot rig. No step reads a group label, an attribute or 
    only the head's mistakes. So cells are learned on the *other* half (where the ERM head errs,
    and where the twins' minority lies, per class), candidates fitted on half A are scored on half
    B's cells and (``crossfit``) the other way round; a candidate's value is its worst cell accuracy
-   on the mistakes' regions, then, if the guard keeps the head there, on the twins' (``value_cells``).
+   on the mistakes' regions (``value_cells``: or the twins', or the twins' where those keep the head).
 4. **The guard.** Is there a shortcut at all? A shortcut's minority differs from the
    other rows along directions other than the head's own;
    :func:`~gradtune.selection.audit.structure_auc` projects those out and asks whether the
@@ -163,11 +163,11 @@ class GradTuneAutoMethod(Method):
         Snapshots of the fine-tuning run (the schedule spans ``max(epochs_grid)``).
     finetune : FinetuneConfig
         The fine-tuning loop (the paper's vision setting; ``sampler``, ``epochs``: the method's).
-    value_cells : {"mistakes_then_inferred", "mistakes", "inferred"}, default="mistakes_then_inferred"
+    value_cells : {"mistakes", "inferred", "mistakes_then_inferred"}, default="mistakes"
         Cells the value, its bound and per-half checks read: regions of the ERM head's mistakes
         (which the floor and coverage always read) or of the first inference's minority (the
-        floor then reads both); by default the mistakes' regions, and when they keep the ERM
-        head, the twins' (:mod:`~gradtune.methods.auto_judge`).
+        floor then reads both); or the mistakes' regions, and where they keep the ERM head, the
+        twins' (:mod:`~gradtune.methods.auto_judge`; it failed two three-class image members).
     min_group_size : int, default=10
         Smallest audit cell the value counts.
     margin : float, default=0.05
@@ -258,9 +258,9 @@ class GradTuneAutoMethod(Method):
     top_k: int = TOP_K.field()
     epochs_grid: tuple[int, ...] = param(AUTO_EPOCHS, "snapshots of the fine-tuning run", ge=1, fast=(1, 3))
     finetune: FinetuneConfig = finetune_block(space=None, fast_epochs=None)
-    value_cells: str = param("mistakes_then_inferred", "cells the value reads: regions of the ERM head's mistakes, "
-                                                       "then (if those keep the head) of the inferred minority; or "
-                                                       "either alone", choices=VALUE_CELLS)
+    value_cells: str = param("mistakes", "cells the value reads: regions of the ERM head's mistakes, of the "
+                                         "inferred minority, or the first then (if it keeps the head) the second",
+                             choices=VALUE_CELLS)
     min_group_size: int = param(10, "smallest audit cell the value counts", ge=1)
     margin: float = param(0.05, "a candidate (and its paired bound) must beat ERM's value by more than this", ge=0)
     margin_z: float = param(0.0, "... plus this many standard errors of the difference", ge=0)
