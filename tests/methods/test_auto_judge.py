@@ -46,3 +46,14 @@ def test_judged_record_values_floor_and_refusals() -> None:
 def test_cell_orders() -> None:
     assert VALUE_CELLS == ("inferred", "mistakes", "mistakes_then_inferred")
     assert CELL_ORDER["mistakes_then_inferred"] == ("mistakes", "inferred")
+
+
+def test_judged_record_of_one_half() -> None:
+    # without cross-fitting only the selection half is judged: no second half in the record
+    cells = np.repeat([0, 1, 2, 3], 10)
+    correct = np.array([[True] * 35 + [False] * 5, [True] * 40])
+    rec = judged_record([correct], np.ones(2, dtype=bool), [cells], [(cells,)], np.zeros(2, dtype=bool),
+                        np.array([0.9, 0.95]), np.array([0.8, 0.9]), GuardRule(), 2, 5,
+                        gain_quantile=0.1, rng=np.random.default_rng(0), n_boot=20)
+    assert rec["values_b"] is None and rec["sizes_b"] is None
+    assert rec["values_a"] == [0.5, 1.0] and rec["lower"][0] == 0.0 and rec["lower"][1] > 0

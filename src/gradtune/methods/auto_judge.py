@@ -63,6 +63,6 @@ def judged_record(correct: list[np.ndarray], valid: np.ndarray, cells: list[np.n
               for ok, fc in zip(correct, floor_cells, strict=True)]
     lower = None if gain_quantile is None else paired_gain_bound(
         list(zip(correct, cells, strict=True)), n_cells, min_rows, float(gain_quantile), rng, int(n_boot))
-    (va, na), second = (values[0], halves[0][1]), (values[1], halves[1][1]) if len(halves) > 1 else (None, None)
-    return guard_record(va, na, balanced, rule, second[0], second[1], pseudo=pseudo, lower=lower,
+    vb, nb = (values[1], halves[1][1]) if len(halves) > 1 else (None, None)   # crossfit: the other half
+    return guard_record(values[0], halves[0][1], balanced, rule, vb, nb, pseudo=pseudo, lower=lower,
                         floor_values=np.mean(floors, axis=0))
