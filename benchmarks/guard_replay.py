@@ -56,6 +56,11 @@ def _pair(d: dict) -> list[float]:
     return [float(d["wga"]), float(d["avg"])]
 
 
+def _records(d: dict) -> list[dict]:
+    """The guard records of one fit or stored run, in the order they judge (value_cells)."""
+    return [d["guard_inputs"], *d.get("guard_inputs_next", [])]
+
+
 def collect_one(member: str, seed: int, params: dict) -> dict:
     """One run's record: AUCs, guard inputs and every candidate's refitted test numbers."""
     m = STRESS_SUITE[member]
@@ -89,7 +94,7 @@ def collect_one(member: str, seed: int, params: dict) -> dict:
         head = retrain_head(x_all, y_all, g_all, float(c["setting"]), int(bundle.n_classes),
                             int(method.num_retrains), streams.rng("retrain"), streams.integer("solver"))
         tests.append(_pair(evaluate(head, bundle)))
-    best = replay_guards([d["guard_inputs"], *d.get("guard_inputs_next", [])])[1].best
+    best = replay_guards(_records(d))[1].best
     fitted = _pair(evaluate(res.model, bundle))
     if tests[best] != fitted:
         raise SystemExit(f"{member} seed {seed}: the replayed choice's refit {tests[best]} differs from the "
@@ -104,7 +109,7 @@ def decide(rec: dict, gate: dict, rule: dict) -> tuple[list[float], bool]:
     closed = structure_gate_reason(rec["auc"], rec["twin_auc"], gate["min_structure_auc"], gate["min_twin_auc"])
     if closed is not None or "guard_inputs" not in rec:
         return rec["erm"], False
-    best = replay_guards([rec["guard_inputs"], *rec.get("guard_inputs_next", [])], **rule)[1].best
+    best = replay_guards(_records(rec), **rule)[1].best
     return rec["candidate_test"][best], best != 0
 
 

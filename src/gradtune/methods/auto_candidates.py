@@ -20,11 +20,12 @@ from gradtune._seeding import SeedStreams
 from gradtune._validation import check_positive_int
 from gradtune.estimator import resolve_set_size
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
+from gradtune.methods.auto_judge import cell_values
 from gradtune.methods.base import LinearHead
 from gradtune.methods.dfr import fit_l1_logreg, fold_scaler
 from gradtune.objectives.sampling import balanced_subsample
 from gradtune.scores.grad_norms import grad_norms
-from gradtune.selection.audit import cell_accuracies, worst_cell_accuracy
+from gradtune.selection.audit import cell_accuracies
 from gradtune.selection.guard import class_balanced_accuracy
 from gradtune.selection.select import select_finetune_set
 
@@ -128,11 +129,10 @@ def score_correct(correct: np.ndarray, valid: np.ndarray, y: np.ndarray, cells: 
     cells (m,) and that cell's size, class-balanced accuracy, mean accuracy over the
     pseudo-groups (m,), each (K,); -inf where ``valid`` (K,) is False (non-finite logits)."""
     k = len(correct)
-    values, balanced, pseudo = np.full(k, -np.inf), np.full(k, -np.inf), np.full(k, -np.inf)
-    sizes = np.ones(k, dtype=np.int64)
+    values, sizes = cell_values(correct, valid, cells, n_classes, min_rows)
+    balanced, pseudo = np.full(k, -np.inf), np.full(k, -np.inf)
     for i in np.flatnonzero(valid):
         ok = correct[i]
-        values[i], sizes[i] = worst_cell_accuracy(ok, cells, 2 * n_classes, min_rows)
         balanced[i] = class_balanced_accuracy(ok, y, n_classes)
         accs, _ = cell_accuracies(ok, groups, 2 * n_classes, min_rows)
         pseudo[i] = float(np.nanmean(accs)) if not np.isnan(accs).all() else float(ok.mean())

@@ -235,8 +235,8 @@ class GradTuneAutoMethod(Method):
 
     name = "gradtune-auto"
     description = ("label-free pipeline: XRM pseudo-groups (frozen-encoder features when present), "
-                   "group-balanced retraining, a guard judged on cross-fitted audit cells of the twins' "
-                   "minority and the ERM head's mistakes")
+                   "group-balanced retraining, a guard judged on cross-fitted audit cells of the ERM "
+                   "head's mistakes")
     uses_group_labels_train: ClassVar[bool] = False
     uses_group_labels_val: ClassVar[bool] = False
 
