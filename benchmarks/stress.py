@@ -69,7 +69,7 @@ def run_one(member: str, seed: int, method: str, params: dict, bundles: dict, va
     rec = {"member": member, "seed": seed, "method": method, "params": params, "seconds": sec,
            **evaluate(res.model, bundle), **({"val_rows": val_rows} if val_rows != 1 else {})}
     diag = res.diagnostics or {}
-    for k in ("chosen_family", "chosen_setting", "guard_kept_erm", "guard_reason", "chosen_inference"):
+    for k in ("chosen_family", "chosen_setting", "guard_kept_erm", "guard_reason", "chosen_inference", "split_votes"):
         if k in diag:
             rec[k] = diag[k]
     return rec

@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 from sklearn.preprocessing import StandardScaler
 
+from gradtune._seeding import seed_streams
 from gradtune._validation import GradTuneInputError
 from gradtune.embeddings.bundle import BundleError, EmbeddingBundle
 from gradtune.groups.xrm import XRMConfig, fit_xrm
 from gradtune.methods import get_method, list_methods
+from gradtune.methods.auto_candidates import retrain_head
+from gradtune.methods.auto_votes import redealt_halves
 from gradtune.methods.dfr import DFRMethod, fit_l1_logreg
-from gradtune.methods.gradtune_auto import GradTuneAutoMethod
+from gradtune.methods.gradtune_auto import SEED_STREAMS, GradTuneAutoMethod
 from gradtune.methods.inferred import bundle_pseudo_groups, merge_small_groups
 from gradtune.metrics import evaluate
 from gradtune.objectives.sampling import balanced_subsample
@@ -48,6 +51,7 @@ def test_never_reads_group_labels_or_test_rows(biased: EmbeddingBundle) -> None:
                        "min_structure_auc": 0.0, "min_erm_minority_accuracy": 0.1, "audit_coverage": False}
     for name, params in (("gradtune-auto", FAST), ("gradtune-auto", every_inference),
                          ("gradtune-auto", {**FAST, "half_folds": 2}),
+                         ("gradtune-auto", {**FAST, "split_votes": 3, "audit_coverage": False}),
                          ("dfr-xrm", {"num_retrains": 2})):
         ref = get_method(name, **params).fit(biased, seed=1).model
         for other in (_no_groups(biased), garbage_test_rows(biased)):
@@ -120,8 +124,7 @@ def test_retrain_candidate_is_the_average_of_balanced_l1_fits() -> None:
     x = rng.normal(size=(120, 5))
     y = (x[:, 0] + 0.3 * rng.normal(size=120) > 0).astype(np.int64)
     g = 2 * y + (rng.random(120) < 0.2)
-    m = GradTuneAutoMethod(num_retrains=3)
-    head = m._retrain(x, y, g, 0.5, 2, np.random.default_rng(7), 11)
+    head = retrain_head(x, y, g, 0.5, 2, 3, np.random.default_rng(7), 11)   # num_retrains=3
     scaler = StandardScaler().fit(x)
     r = np.random.default_rng(7)
     fits = [fit_l1_logreg(scaler.transform(x)[s], y[s], 0.5, 2, random_state=11)
@@ -189,7 +192,8 @@ def test_merge_small_groups_by_hand() -> None:
 @pytest.mark.parametrize("bad", [{"families": ("magic",)}, {"features": "pixels"}, {"margin": -1},
                                  {"epochs_grid": (), "families": ("finetune",)}, {"c_grid": (0.0,)}, {"xrm_steps": 0},
                                  {"inferences": ()}, {"inferences": ("twins",)},
-                                 {"min_repaired_accuracy": 1.5}, {"margin_z": -1}, {"structure_scale": "quantile"}])
+                                 {"min_repaired_accuracy": 1.5}, {"margin_z": -1}, {"structure_scale": "quantile"},
+                                 {"split_votes": 2}, {"split_votes": 0}, {"votes_on": "never"}])
 def test_bad_parameters_are_named(biased: EmbeddingBundle, bad: dict) -> None:
     with pytest.raises(GradTuneInputError):
         get_method("gradtune-auto", **{**FAST, **bad}).fit(biased, seed=0)
@@ -456,3 +460,19 @@ def test_minority_veto_refuses_a_repair_that_breaks_rows_the_head_handles() -> N
     assert strict["guard_kept_erm"] and all(strict["padded_veto"][1:])
     assert all(c["value"] == 0.0 for c in strict["candidates"][1:])
     assert strict["guard_reason"].startswith("every candidate (7) was vetoed"), strict["guard_reason"]
+
+
+def test_split_votes_are_fits_on_redealt_halves_and_the_majority_decides(biased: EmbeddingBundle) -> None:
+    params = {**FAST, "audit_coverage": False}
+    res = get_method("gradtune-auto", split_votes=3, **params).fit(biased, seed=0)
+    votes = [v["kept"] for v in res.diagnostics["split_votes"]]
+    plain = get_method("gradtune-auto", **params).fit(biased, seed=0)
+    assert votes[0] == plain.diagnostics["guard_kept_erm"]
+    rng = seed_streams(0, *SEED_STREAMS).rng("splits")   # the later votes: plain fits on re-dealt halves
+    for v in votes[1:]:
+        other = get_method("gradtune-auto", **params).fit(redealt_halves(biased, rng), seed=0)
+        assert v == other.diagnostics["guard_kept_erm"]
+    assert len(votes) == (2 if votes[0] == votes[1] else 3)
+    assert res.diagnostics["guard_kept_erm"] == (2 * sum(votes) > len(votes))
+    if votes[0] == res.diagnostics["guard_kept_erm"]:
+        np.testing.assert_array_equal(res.model.weight, plain.model.weight)

@@ -27,9 +27,8 @@ evidence the inference cannot rig. No step reads a group label, an attribute or 
    other rows along directions other than the head's own;
    :func:`~gradtune.selection.audit.structure_auc` projects those out and asks whether the
    mistakes (``min_structure_auc``) or the twins' minority (``min_twin_auc``) can still be
-   told apart (``structure_scale``: on standardized features and on normal scores). Below both, the head
-   is kept (a premise that holds for isotropic Gaussian classes and heavy tails; with correlated noise,
-   through a ReLU layer or on image features a control can pass, docs/label-free-design.md); so it is
+   told apart (``structure_scale``). Below both, the head is kept (a premise of isotropic Gaussian
+   classes; controls with correlated noise, a ReLU layer or image features can pass); so it is
    when a class's region has fewer than ``min_group_size`` rows on a half (``audit_coverage``).
    Then a candidate must (a) beat the ERM head's value with a paired bootstrap bound above
    ``margin`` (``gain_quantile``) and on each half by ``confirm_z`` standard errors,
@@ -40,8 +39,8 @@ evidence the inference cannot rig. No step reads a group label, an attribute or 
    C`` of every cell correctly. The best allowed value wins
    (:func:`~gradtune.selection.guard.guard_choice`; its inputs are kept in
    ``diagnostics["guard_inputs"]`` for :func:`~gradtune.selection.guard.replay_guard`). Without
-   ``encoder_features`` (and ``features="auto"``) the head is kept too. The reason is in
-   ``diagnostics["guard_reason"]`` (WARNING log).
+   ``encoder_features`` (and ``features="auto"``) the head is kept too (the reason: WARNING log and
+   ``diagnostics["guard_reason"]``). ``split_votes``: the majority of fits on several halvings decides.
 5. **Refit** (``refit=True``): a chosen ``"retrain"`` candidate is refitted with its C on both halves, as DFR does.
 
 The defaults were chosen on the development half of the stress suite (:mod:`gradtune.experiments.stress`);
@@ -80,6 +79,7 @@ from gradtune.methods.auto_crossfit import (
 )
 from gradtune.methods.auto_inference import auto_pseudo_groups
 from gradtune.methods.auto_judge import CELL_ORDER, VALUE_CELLS, judged_record
+from gradtune.methods.auto_votes import VOTES_ON, split_vote
 from gradtune.methods.base import (
     LinearHead,
     Method,
@@ -92,12 +92,7 @@ from gradtune.methods.base import (
 )
 from gradtune.methods.dfr import DFRMethod
 from gradtune.methods.inferred import FEATURES, POOL, RULE, inference_features
-from gradtune.selection.audit import (
-    PROJECTIONS,
-    SCALES,
-    structure_gate,
-    uncovered_classes,
-)
+from gradtune.selection.audit import PROJECTIONS, SCALES, structure_gate, uncovered_classes
 from gradtune.selection.guard import GuardRule, replay_guards
 from gradtune.selection.select import SIZE, TOP_K
 from gradtune.selection.shift import deployment_accuracy
@@ -109,12 +104,11 @@ _log = logging.getLogger(__name__)
 FAMILIES = ("retrain", "reweight", "finetune")
 INFERENCES = ("xrm", "erm_error")
 AUTO_EPOCHS: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500)
-SEED_STREAMS = ("xrm", "retrain", "solver", "finetune", "guard", "shift", "folds")  # fit's seed_streams names
+SEED_STREAMS = ("xrm", "retrain", "solver", "finetune", "guard", "shift", "folds", "splits")  # fit's seed_streams names
 
 
 def _keep_erm(head: LinearHead, reason: str, info: dict[str, Any] | None = None, **extra: Any) -> MethodResult:
-    """The ERM head, unchanged, with the reason (and ``extra``) in the diagnostics; logged at WARNING."""
-    _log.warning("gradtune-auto kept the ERM head: %s", reason)
+    """The ERM head, unchanged, with the reason (and ``extra``) in the diagnostics (``fit`` logs it)."""
     return MethodResult(head, {"chosen_family": "erm", "chosen_setting": 0.0, "guard_kept_erm": True, "guard_reason":
                                reason, "pseudo_groups": info, "candidates": [], "selected_rows": [], **extra})
 
@@ -231,6 +225,12 @@ class GradTuneAutoMethod(Method):
         repair must not lower the accuracy that deployment would show. With no shift (a
         no-shortcut problem) that is plain accuracy, which a trade of easy rows for hard
         ones lowers. Off by default.
+    split_votes : int (odd), default=1
+        Fits on different halvings of the validation rows (the bundle's halves, then
+        class-stratified re-dealings while the outcome is open); the ERM head is replaced only
+        when most of them replace it (:mod:`~gradtune.methods.auto_votes`).
+    votes_on : {"always", "repairs"}, default="always"
+        ``"repairs"``: only a repair on the bundle's halves is put to the vote (a kept head stands).
     """
 
     name = "gradtune-auto"
@@ -292,6 +292,8 @@ class GradTuneAutoMethod(Method):
     min_erm_minority_accuracy: float = param(0.0, "optional pre-check on the ERM head (0: off)", ge=0, le=1)
     deployment_split: str | None = param(None, "a bundle split of unlabeled deployment rows: max_pseudo_drop then "
                                                "weights the pseudo-groups by their estimated share there", kind="str")
+    split_votes: int = param(1, "fits on different halvings of the validation rows; the majority decides (odd)", ge=1)
+    votes_on: str = param("always", "put every decision to the vote, or only a repair", choices=VOTES_ON)
 
     def __post_init__(self) -> None:
         super().__post_init__()  # each value against its declaration; then the rules between them
@@ -301,22 +303,11 @@ class GradTuneAutoMethod(Method):
         epochs = sorted({int(e) for e in self.epochs_grid})
         if "finetune" in self.families and not epochs:
             raise GradTuneInputError("epochs_grid must not be empty when 'finetune' is a family")
+        if int(self.split_votes) % 2 == 0:
+            raise GradTuneInputError(f"split_votes must be odd (a majority of the fits decides), got {self.split_votes}")
         if "retrain" in self.families and not self.c_grid:
             raise GradTuneInputError(f"c_grid must hold positive numbers, got {self.c_grid!r}")
         return epochs
-
-    def _retrain(self, x: np.ndarray, y: np.ndarray, g: np.ndarray, c: float, n_classes: int,
-                 rng: np.random.Generator, lib_seed: int) -> LinearHead:
-        """:func:`~gradtune.methods.auto_candidates.retrain_head` with ``num_retrains``."""
-        return retrain_head(x, y, g, c, n_classes, int(self.num_retrains), rng, lib_seed)
-
-    def _candidates(self, x: np.ndarray, y: np.ndarray, g: np.ndarray, epochs: list[int],
-                    head: LinearHead, n_classes: int, streams: SeedStreams,
-                    ) -> tuple[list[AutoCandidate], np.ndarray]:
-        """:func:`~gradtune.methods.auto_candidates.candidate_heads` with this method's settings."""
-        return candidate_heads(x, y, g, epochs, head, n_classes, streams, families=self.families,
-                               c_grid=self.c_grid, num_retrains=int(self.num_retrains), size=self.size,
-                               top_k=self.top_k, finetune=self.finetune)
 
     def _side(self, inferences: dict[str, tuple[np.ndarray, np.ndarray]], x_other: np.ndarray,
               y_other: np.ndarray, x_score: np.ndarray, y_score: np.ndarray, folds: np.ndarray, cells: np.ndarray,
@@ -338,7 +329,9 @@ class GradTuneAutoMethod(Method):
         def fit(x: np.ndarray, y: np.ndarray, groups: dict[str, np.ndarray]) -> list[tuple[str, AutoCandidate]]:
             pairs: list[tuple[str, AutoCandidate]] = [("erm", AutoCandidate("erm", 0.0, head))]
             for name, g in groups.items():
-                cands, idx = self._candidates(x, y, g, epochs, head, n_classes, streams)
+                cands, idx = candidate_heads(x, y, g, epochs, head, n_classes, streams, families=self.families,
+                                             c_grid=self.c_grid, num_retrains=int(self.num_retrains),
+                                             size=self.size, top_k=self.top_k, finetune=self.finetune)
                 pairs += [(name, c) for c in cands[1:]]
                 sets.append(idx)
             return pairs
@@ -352,6 +345,14 @@ class GradTuneAutoMethod(Method):
 
     def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
         seed = check_positive_int(seed, "seed", allow_zero=True)
+        result = split_vote(lambda b: self._fit_split(b, seed), bundle, self._fit_split(bundle, seed),
+                            int(self.split_votes), seed_streams(seed, *SEED_STREAMS).rng("splits"), str(self.votes_on))
+        if result.diagnostics.get("guard_kept_erm"):
+            _log.warning("gradtune-auto kept the ERM head: %s", result.diagnostics.get("guard_reason"))
+        return result
+
+    def _fit_split(self, bundle: EmbeddingBundle, seed: int) -> MethodResult:
+        """One fit on the bundle's validation halves as they are (``fit`` may vote over several)."""
         epochs = self._check()
         head = erm_head(bundle)
         n_classes = int(bundle.n_classes)
@@ -456,8 +457,8 @@ class GradTuneAutoMethod(Method):
             x_all, y_all = np.concatenate([held.features, sel.features]), np.concatenate([held.labels, sel.labels])
             g_all = np.concatenate(inferences[chosen_inf])
             if chosen.family == "retrain":
-                model = self._retrain(x_all, y_all, g_all, chosen.setting, n_classes, streams.rng("retrain"),
-                                      streams.integer("solver"))
+                model = retrain_head(x_all, y_all, g_all, chosen.setting, n_classes, int(self.num_retrains),
+                                     streams.rng("retrain"), streams.integer("solver"))
             else:
                 model = reweight_head(x_all, y_all, g_all, chosen.setting, n_classes, streams.integer("solver"))
         bounds = [None] * len(pairs) if lower is None else [float(x) for x in lower]
@@ -481,7 +482,7 @@ class GradTuneAutoMethod(Method):
             "refitted": refitted,
             "guard_kept_erm": best == 0,
             "padded_veto": bad.tolist(), "minority_loss": lost.tolist(),   # refused before the guard; why
-            "guard_reason": (reason := veto_reason(decision.reason, bad)),
+            "guard_reason": veto_reason(decision.reason, bad),
             "guard_inputs": records[0],   # selection.guard.replay_guard(s) decide again under other thresholds
             "guard_inputs_next": records[1:],   # the later cell sets' records (value_cells="mistakes_then_inferred")
             "candidates": [{"inference": k, "family": c.family, "setting": c.setting, "value": float(v),
@@ -494,7 +495,5 @@ class GradTuneAutoMethod(Method):
             "inferred_minority_rows": np.concatenate([held.index[inferences[first][0] % 2 == 1],
                                                       sel.index[inferences[first][1] % 2 == 1]]).tolist(),
         }
-        if best == 0:
-            _log.warning("gradtune-auto kept the ERM head: %s", reason)
         return MethodResult(model, diag)
 
