@@ -55,7 +55,8 @@ def _bundle(member: str, seed: int, bundles: dict, val_rows: int = 1):
     one is asked for."""
     if (member, seed, val_rows) not in bundles:
         bundles.clear()  # one bundle in memory at a time
-        bundles[(member, seed, val_rows)] = build_member_bundle(more_validation_rows(member, val_rows), seed)
+        declared = member if val_rows == 1 else more_validation_rows(member, val_rows)   # adult declares no n_val
+        bundles[(member, seed, val_rows)] = build_member_bundle(declared, seed)
     return bundles[(member, seed, val_rows)]
 
 

@@ -292,8 +292,8 @@ class GradTuneAutoMethod(Method):
     min_erm_minority_accuracy: float = param(0.0, "optional pre-check on the ERM head (0: off)", ge=0, le=1)
     deployment_split: str | None = param(None, "a bundle split of unlabeled deployment rows: max_pseudo_drop then "
                                                "weights the pseudo-groups by their estimated share there", kind="str")
-    split_votes: int = param(1, "fits on different halvings of the validation rows; the majority decides (odd)", ge=1)
-    votes_on: str = param("always", "put every decision to the vote, or only a repair", choices=VOTES_ON)
+    split_votes: int = param(3, "fits on different halvings of the validation rows; the majority decides (odd)", ge=1)
+    votes_on: str = param("repairs", "put every decision to the vote, or only a repair", choices=VOTES_ON)
 
     def __post_init__(self) -> None:
         super().__post_init__()  # each value against its declaration; then the rules between them
