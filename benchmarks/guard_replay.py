@@ -69,7 +69,8 @@ def collect_one(member: str, seed: int, params: dict) -> dict:
                  "erm": _pair(evaluate(erm_head(bundle), bundle))}
     oracle = build_method(ORACLE, family_defaults(ORACLE, m.data_family)).fit(bundle, seed=seed).model
     rec["oracle"] = _pair(evaluate(oracle, bundle))
-    full = {**family_defaults("gradtune-auto", m.data_family), **params, **GATE_OPEN}
+    # one fit on the bundle's own halves: the guard is replayed, not the vote over dealings (split_votes)
+    full = {**family_defaults("gradtune-auto", m.data_family), "split_votes": 1, **params, **GATE_OPEN}
     method = build_method("gradtune-auto", full)
     res = method.fit(bundle, seed=seed)
     d = res.diagnostics

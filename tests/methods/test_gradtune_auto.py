@@ -355,7 +355,8 @@ def test_padding_judges_a_common_class_with_few_mistakes_instead_of_refusing() -
     bundle = build_member_bundle("lin-minority-0.5pct", 1)
     off = get_method("gradtune-auto").fit(bundle, seed=1).diagnostics   # the default ("off"): refused
     assert off["guard_kept_erm"] and "too few rows like the ERM head's mistakes" in off["guard_reason"]
-    d = get_method("gradtune-auto", pad_regions="margin").fit(bundle, seed=1).diagnostics
+    # one fit's padding (a repair it makes can be outvoted on other dealings, split_votes)
+    d = get_method("gradtune-auto", pad_regions="margin", split_votes=1).fit(bundle, seed=1).diagnostics
     assert "too few rows" not in (d["guard_reason"] or ""), d["guard_reason"]
     for half in ("heldout", "selection"):
         assert min(d["audit_counts"][half][1::2]) >= 10, d["audit_counts"]
@@ -373,7 +374,7 @@ def test_padded_cells_as_a_veto_are_read_but_not_judged() -> None:
     from gradtune.experiments.stress import build_member_bundle
 
     bundle = build_member_bundle("lin-minority-0.5pct", 1)
-    d = get_method("gradtune-auto", pad_regions="veto").fit(bundle, seed=1).diagnostics
+    d = get_method("gradtune-auto", pad_regions="veto", split_votes=1).fit(bundle, seed=1).diagnostics
     assert "too few rows" not in (d["guard_reason"] or ""), d["guard_reason"]
     veto = d["padded_veto"]
     assert len(veto) == len(d["candidates"]) and not veto[0]
@@ -451,7 +452,7 @@ def test_minority_veto_refuses_a_repair_that_breaks_rows_the_head_handles() -> N
     with pytest.raises(ValueError, match="minority_veto"):
         get_method("gradtune-auto", minority_veto=1.5)
     bundle = build_member_bundle("lin-minority-0.5pct", 1)
-    opts = dict(pad_regions="veto")
+    opts = dict(pad_regions="veto", split_votes=1)   # one fit (no vote over dealings)
     free = get_method("gradtune-auto", **opts).fit(bundle, seed=1).diagnostics
     strict = get_method("gradtune-auto", minority_veto=0.0, **opts).fit(bundle, seed=1).diagnostics
     assert not free["guard_kept_erm"] and not any(free["padded_veto"])   # repaired (seed 1: +37 WGA)
@@ -463,8 +464,8 @@ def test_minority_veto_refuses_a_repair_that_breaks_rows_the_head_handles() -> N
 
 
 def test_split_votes_are_fits_on_redealt_halves_and_the_majority_decides(biased: EmbeddingBundle) -> None:
-    params = {**FAST, "audit_coverage": False}
-    res = get_method("gradtune-auto", split_votes=3, **params).fit(biased, seed=0)
+    params = {**FAST, "audit_coverage": False, "split_votes": 1}
+    res = get_method("gradtune-auto", **{**params, "split_votes": 3, "votes_on": "always"}).fit(biased, seed=0)
     votes = [v["kept"] for v in res.diagnostics["split_votes"]]
     plain = get_method("gradtune-auto", **params).fit(biased, seed=0)
     assert votes[0] == plain.diagnostics["guard_kept_erm"]
