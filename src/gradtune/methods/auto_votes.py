@@ -72,18 +72,20 @@ def split_vote(fit_split: Callable[[EmbeddingBundle], MethodResult], bundle: Emb
     """
     if votes_on not in VOTES_ON:
         raise ValueError(f"votes_on must be one of {VOTES_ON}, got {votes_on!r}")
-    results = [first]
-    if n_splits > 1 and not (votes_on == "repairs" and _kept(first)):
+    results, kept = [first], [_kept(first)]
+    if n_splits > 1 and not (votes_on == "repairs" and kept[0]):
         need = n_splits // 2 + 1
-        while max(n_kept := sum(map(_kept, results)), len(results) - n_kept) < need:   # the outcome is open
+        while max(sum(kept), len(kept) - sum(kept)) < need:   # the outcome is open
             results.append(fit_split(redealt_halves(bundle, rng)))
-    kept = 2 * sum(map(_kept, results)) > len(results)
-    chosen = next(r for r in results if _kept(r) == kept)
-    votes: list[dict[str, Any]] = [{"kept": _kept(r), "reason": r.diagnostics.get("guard_reason"),
-                                    "chosen_setting": r.diagnostics.get("chosen_setting")} for r in results]
+            kept.append(_kept(results[-1]))
+    keep = 2 * sum(kept) > len(kept)
+    chosen = results[kept.index(keep)]
+    votes: list[dict[str, Any]] = [{"kept": k, "reason": r.diagnostics.get("guard_reason"),
+                                    "chosen_setting": r.diagnostics.get("chosen_setting")}
+                                   for k, r in zip(kept, results, strict=True)]
     diag = {**chosen.diagnostics, "split_votes": votes}
-    if kept and not _kept(first):
-        diag["guard_reason"] = (f"the repair chosen on the validation halves was not chosen on {sum(map(_kept, results))} "
-                                f"of {len(results)} dealings of the same rows into halves (split_votes={n_splits}): "
+    if keep and not kept[0]:
+        diag["guard_reason"] = (f"the repair chosen on the validation halves was not chosen on {sum(kept)} "
+                                f"of {len(kept)} dealings of the same rows into halves (split_votes={n_splits}): "
                                 "its evidence rests on which rows fall in which half")
     return MethodResult(chosen.model, diag)

@@ -225,11 +225,11 @@ class GradTuneAutoMethod(Method):
         repair must not lower the accuracy that deployment would show. With no shift (a
         no-shortcut problem) that is plain accuracy, which a trade of easy rows for hard
         ones lowers. Off by default.
-    split_votes : int (odd), default=1
+    split_votes : int (odd), default=3
         Fits on different halvings of the validation rows (the bundle's halves, then
         class-stratified re-dealings while the outcome is open); the ERM head is replaced only
         when most of them replace it (:mod:`~gradtune.methods.auto_votes`).
-    votes_on : {"always", "repairs"}, default="always"
+    votes_on : {"always", "repairs"}, default="repairs"
         ``"repairs"``: only a repair on the bundle's halves is put to the vote (a kept head stands).
     """
 
