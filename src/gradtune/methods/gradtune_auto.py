@@ -91,7 +91,7 @@ from gradtune.methods.base import (
     register_method,
 )
 from gradtune.methods.dfr import DFRMethod
-from gradtune.methods.inferred import FEATURES, POOL, RULE, inference_features
+from gradtune.methods.inferred import FEATURES, POOL, RULE, TwinsCache, inference_features
 from gradtune.selection.audit import PROJECTIONS, SCALES, structure_gate, uncovered_classes
 from gradtune.selection.guard import GuardRule, replay_guards
 from gradtune.selection.select import SIZE, TOP_K
@@ -344,15 +344,15 @@ class GradTuneAutoMethod(Method):
         return pairs, values, sizes, balanced, pseudo, sets[0], correct
 
     def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
-        seed = check_positive_int(seed, "seed", allow_zero=True)
-        result = split_vote(lambda b: self._fit_split(b, seed), bundle, self._fit_split(bundle, seed),
+        seed, twins = check_positive_int(seed, "seed", allow_zero=True), TwinsCache()   # twins of the train rows
+        result = split_vote(lambda b: self._fit_split(b, seed, twins), bundle, self._fit_split(bundle, seed, twins),
                             int(self.split_votes), seed_streams(seed, *SEED_STREAMS).rng("splits"), str(self.votes_on))
         if result.diagnostics.get("guard_kept_erm"):
             _log.warning("gradtune-auto kept the ERM head: %s", result.diagnostics.get("guard_reason"))
         return result
 
-    def _fit_split(self, bundle: EmbeddingBundle, seed: int) -> MethodResult:
-        """One fit on the bundle's validation halves as they are (``fit`` may vote over several)."""
+    def _fit_split(self, bundle: EmbeddingBundle, seed: int, twins: TwinsCache | None = None) -> MethodResult:
+        """One fit on the bundle's validation halves as they are (``fit`` may vote over several; ``twins``: reused)."""
         epochs = self._check()
         head = erm_head(bundle)
         n_classes = int(bundle.n_classes)
@@ -368,7 +368,7 @@ class GradTuneAutoMethod(Method):
             self.xrm_recipe]
         inferences, info = auto_pseudo_groups(bundle, held, sel, head, streams, n_classes, inferences=self.inferences,
                                               features=self.features, pool=self.pool, rule=self.rule,
-                                              xrm_config=xrm_config)
+                                              xrm_config=xrm_config, twins=twins)
         first = next(iter(inferences))
         minority = np.concatenate([inferences[first][0], inferences[first][1]]) % 2 == 1
         right = np.concatenate([head.predict(held.features) == held.labels,

@@ -34,7 +34,7 @@ from gradtune.groups.xrm import XRMConfig, XRMTwins, fit_xrm
 from gradtune.methods.base import MethodResult, register_method
 from gradtune.methods.dfr import DFRMethod, dfr_retrain
 
-__all__ = ["PseudoGroups", "bundle_pseudo_groups", "inference_features", "DFRInferredMethod",
+__all__ = ["PseudoGroups", "TwinsCache", "bundle_pseudo_groups", "inference_features", "DFRInferredMethod",
            "FEATURE_SOURCES", "merge_small_groups"]
 
 FEATURE_SOURCES = ("auto", "encoder", "features")
@@ -66,6 +66,41 @@ class PseudoGroups:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class TwinsCache:
+    """XRM twins fitted on a bundle's ``train`` rows, kept for later pseudo-group readings of the
+    same bundle with its validation rows dealt anew into halves (``gradtune-auto``'s votes).
+
+    Twins fitted on the ``train`` rows read no validation row, so every dealing of the halves
+    gets the same twins; :func:`bundle_pseudo_groups` still reads each half from them per call
+    (cheap: a row's pseudo-group depends on that row and the twins only). Pools holding
+    ``heldout`` rows are never cached: a dealing changes them.
+
+    entries : {(seed, features used, XRMConfig, n_classes):
+               (the bundle's feature array, train row ids (N,), train labels (N,), XRMTwins)}
+        Kept to check that a later call reads the same rows: the same feature array object
+        (a re-dealt bundle shares it), the same row ids and labels; else the twins are fitted anew.
+    """
+
+    entries: dict[tuple[int, str, XRMConfig, int | None],
+                  tuple[np.ndarray | None, np.ndarray, np.ndarray, XRMTwins]] = field(default_factory=dict)
+
+    def twins(self, bundle: EmbeddingBundle, train: SplitView, x_tr: np.ndarray, used: str, *, seed: int,
+              config: XRMConfig | None) -> XRMTwins:
+        """The twins :func:`~gradtune.groups.xrm.fit_xrm` fits on ``x_tr`` (N, d), the ``train``
+        rows' ``used`` features, and their labels: from the cache when fitted on the same rows."""
+        config = XRMConfig() if config is None else config
+        key = (seed, used, config, bundle.n_classes)
+        source = bundle.encoder_features if used == "encoder_features" else bundle.features
+        hit = self.entries.get(key)
+        if (hit is not None and hit[0] is source and np.array_equal(hit[1], train.index)
+                and np.array_equal(hit[2], train.labels)):
+            return hit[3]
+        twins = fit_xrm(x_tr, train.labels, seed=seed, config=config, n_classes=bundle.n_classes)
+        self.entries[key] = (source, train.index, train.labels, twins)
+        return twins
+
+
 def inference_features(bundle: EmbeddingBundle, view: SplitView, source: str) -> tuple[np.ndarray, str]:
     """The (n, e) features of ``view`` the inference runs on, and their name."""
     check_choice(source, "features", FEATURE_SOURCES)
@@ -79,7 +114,7 @@ def inference_features(bundle: EmbeddingBundle, view: SplitView, source: str) ->
 
 def bundle_pseudo_groups(bundle: EmbeddingBundle, *, seed: int, features: str = "auto",
                          config: XRMConfig | None = None, rule: str = "average",
-                         pool: str = "auto") -> PseudoGroups:
+                         pool: str = "auto", cache: TwinsCache | None = None) -> PseudoGroups:
     """XRM pseudo-groups of the ``heldout`` (fitted) and ``selection`` (assigned) rows.
 
     Parameters
@@ -103,6 +138,9 @@ def bundle_pseudo_groups(bundle: EmbeddingBundle, *, seed: int, features: str = 
         discover. ``"heldout"``: the held-out rows (the selection rows are assigned).
         ``"train+heldout"``: both. ``"auto"``: ``"train"`` when the bundle has train
         rows, else ``"heldout"``.
+    cache : TwinsCache, optional
+        With ``pool`` resolved to ``"train"``, twins fitted by an earlier call on the same
+        bundle (any dealing of its validation halves) are reused; the result is the same.
 
     Returns
     -------
@@ -118,8 +156,9 @@ def bundle_pseudo_groups(bundle: EmbeddingBundle, *, seed: int, features: str = 
         pool = "train" if bundle.has_split("train") else "heldout"
     if pool == "train":
         train = bundle.view("train")
-        x_tr, _ = inference_features(bundle, train, features)
-        twins = fit_xrm(x_tr, train.labels, seed=seed, config=config, n_classes=bundle.n_classes)
+        x_tr, used_tr = inference_features(bundle, train, features)
+        twins = (fit_xrm(x_tr, train.labels, seed=seed, config=config, n_classes=bundle.n_classes)
+                 if cache is None else cache.twins(bundle, train, x_tr, used_tr, seed=seed, config=config))
         g_held = twins.assign(x_held, held.labels, rule=rule)
         g_sel = twins.assign(x_sel, sel.labels, rule=rule)
         return _pseudo(g_held, g_sel, twins, used, rule, pool)
