@@ -89,6 +89,21 @@ def test_a_repair_may_not_lower_the_mean_accuracy_over_the_inferred_groups() -> 
     assert "(weighted as the deployment rows hold them)" in d.reason
 
 
+def test_negative_pseudo_drop_asks_for_a_gain():
+    # candidate 1 has the best worst cell but raises the pseudo-group mean by 0.01 only;
+    # candidate 2 raises it by 0.03
+    va = np.array([0.2, 0.6, 0.45])
+    n = np.array([200, 200, 200])
+    bal = np.array([0.8, 0.75, 0.79])
+    pseudo = np.array([0.70, 0.71, 0.73])
+    assert guard_choice(va, n, bal, GuardRule(max_pseudo_drop=0.0), pseudo=pseudo).best == 1
+    d = guard_choice(va, n, bal, GuardRule(max_pseudo_drop=-0.02), pseudo=pseudo)
+    assert d.allowed.tolist() == [True, False, True] and d.best == 2
+    d = guard_choice(va, n, bal, GuardRule(max_pseudo_drop=-0.05), pseudo=pseudo)
+    assert d.best == 0
+    assert "raises the mean accuracy over the inferred groups (weighted equally) by less than 0.05" in d.reason
+
+
 def _slow_worst(correct: np.ndarray, cells: np.ndarray, n_cells: int, min_rows: int, w: np.ndarray) -> float:
     """Weighted worst-cell accuracy of one head under one weighting, cell by cell."""
     counts = np.bincount(cells, minlength=n_cells)

@@ -32,8 +32,8 @@ evidence the inference cannot rig. No step reads a group label, an attribute or 
    when a class's region has fewer than ``min_group_size`` rows on a half (``audit_coverage``).
    Then a candidate must (a) beat the ERM head's value with a paired bootstrap bound above
    ``margin`` (``gain_quantile``) and on each half by ``confirm_z`` standard errors,
-   (b) lose at most ``max_balanced_drop`` of class-balanced accuracy and
-   ``max_pseudo_drop`` of the mean accuracy over the pseudo-groups (weighted by their
+   (b) lose at most ``max_balanced_drop`` of class-balanced accuracy and raise the mean accuracy
+   over the pseudo-groups by at least ``-max_pseudo_drop`` (3 points; weighted by their
    estimated share among unlabeled rows of ``deployment_split`` when given,
    :mod:`gradtune.selection.shift`), (c) classify at least ``min_repaired_accuracy x 2 /
    C`` of every cell correctly. The best allowed value wins
@@ -180,8 +180,9 @@ class GradTuneAutoMethod(Method):
         by this many standard errors of that half (0: a gain on each half; None: off).
     max_balanced_drop : float, default=0.3
         Largest allowed drop of class-balanced accuracy below ERM's (scored halves).
-    max_pseudo_drop : float or None, default=0.0
-        Largest allowed drop of the mean accuracy over the first inference's pseudo-groups (None: off).
+    max_pseudo_drop : float or None, default=-0.03
+        Largest allowed drop of the mean accuracy over the first inference's pseudo-groups (negative: the
+        least gain; -0.03: a repair must raise it by 3 points; None: off).
     min_repaired_accuracy : float, default=0.4
         Least accuracy a candidate must reach on every audit cell (its value) to be
         chosen, for two classes; with C classes the floor is ``min_repaired_accuracy x 2 /
@@ -270,8 +271,8 @@ class GradTuneAutoMethod(Method):
     confirm_z: float | None = param(0.0, "with crossfit, the gain on each half in its standard errors (None: off)",
                                     kind="float", ge=0, optional=True)
     max_balanced_drop: float = param(0.3, "largest allowed drop of class-balanced accuracy", ge=0)
-    max_pseudo_drop: float | None = param(0.0, "largest allowed drop of the mean accuracy over the pseudo-groups "
-                                               "(None: off)", kind="float", ge=0, optional=True)
+    max_pseudo_drop: float | None = param(-0.03, "largest allowed drop of the pseudo-group mean accuracy (negative: "
+                                                "the least gain; None: off)", kind="float", ge=-1, le=1, optional=True)
     min_repaired_accuracy: float = param(0.4, "least accuracy on every audit cell (two classes; x 2 / C)", ge=0,
                                          le=1)
     min_structure_auc: float = param(0.6, "least cross-fitted AUC of the head's mistakes", ge=0, le=1)

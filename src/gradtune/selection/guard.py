@@ -18,8 +18,9 @@ the same cells. A candidate may replace it only when
   scored on disjoint rows;
 * it loses at most ``max_balanced_drop`` of class-balanced accuracy, and (with
   ``pseudo`` given) at most ``max_pseudo_drop`` of the mean accuracy over the inferred
-  groups: a "repair" that only trades accuracy from easy rows to hard ones raises the
-  worst audit cell without raising the group-balanced accuracy;
+  groups (a negative ``max_pseudo_drop``: that mean must rise by at least its size): a
+  "repair" that only trades accuracy from easy rows to hard ones raises the worst audit
+  cell without raising the group-balanced accuracy;
 * it gets at least ``min_repaired_accuracy`` of its worst audit cell right (the caller
   scales this to the number of classes: guessing gets ``1 / C`` of a cell right; with
   ``floor_values`` given, those are the worst-cell accuracies the floor reads).
@@ -274,10 +275,13 @@ def _reason(values: np.ndarray, needed: np.ndarray, balanced: np.ndarray, allowe
                 f"{float(rule.max_balanced_drop):g} of class-balanced accuracy (best candidate: "
                 f"{balanced[j]:.1%} against {balanced[0]:.1%})")
     if not pseudo_ok[j]:
+        drop = float(rule.max_pseudo_drop or 0.0)   # pseudo_ok is only False with the rule set
+        change = (f"lowers the mean accuracy over the inferred groups (weighted {rule.pseudo_weighting}) by more "
+                  f"than max_pseudo_drop={drop:g}" if drop >= 0 else
+                  f"raises the mean accuracy over the inferred groups (weighted {rule.pseudo_weighting}) by less "
+                  f"than {-drop:g} (max_pseudo_drop={drop:g})")
         return (f"the best candidate raises the worst audit cell ({values[j]:.1%} against {values[0]:.1%}) but "
-                f"lowers the mean accuracy over the inferred groups (weighted {rule.pseudo_weighting}) by more "
-                f"than max_pseudo_drop={rule.max_pseudo_drop:g}: it trades easy rows for hard ones rather than "
-                "repairing a minority")
+                f"{change}: it trades easy rows for hard ones rather than repairing a minority")
     return (f"the best candidate's gain on the audit cells ({values[j]:.1%} against {values[0]:.1%}) "
             f"did not show on each validation half separately (confirm_z={rule.confirm_z:g}): it looks "
             "like the luck of picking the best of several noisy candidates")
