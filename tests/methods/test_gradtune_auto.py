@@ -401,19 +401,25 @@ def test_deployment_rows_are_read_for_their_features_only(biased: EmbeddingBundl
     assert GradTuneAutoMethod(**FAST, audit_coverage=False).fit(biased, seed=1).diagnostics["deployment_shares"] == []
 
 
-def test_a_repair_must_pay_where_the_model_is_deployed(biased: EmbeddingBundle) -> None:
+def test_a_repair_must_pay_where_the_model_is_deployed(biased: EmbeddingBundle, caplog) -> None:
     # the training rows carry the validation bias: deployed there, the repair's trade of
     # majority rows for minority rows loses accuracy and the ERM head is kept; the test rows
     # are group-balanced: the minority's share rises there and the repair stands
     params = {**FAST, "audit_coverage": False}
-    assert not GradTuneAutoMethod(**params).fit(biased, seed=0).diagnostics["guard_kept_erm"]
+    with caplog.at_level("INFO", logger="gradtune"):
+        assert not GradTuneAutoMethod(**params).fit(biased, seed=0).diagnostics["guard_kept_erm"]
+    said = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
+    assert any("as if deployment weighs the inferred groups equally" in m for m in said), said
+    caplog.clear()
     like_val = GradTuneAutoMethod(**params, deployment_split="train").fit(biased, seed=0).diagnostics
     assert like_val["guard_kept_erm"]
     assert "weighted as the deployment rows hold them" in like_val["guard_reason"]
     for half in like_val["deployment_shares"]:
         np.testing.assert_allclose(half["deployment"], half["validation"], atol=0.06)
-    balanced = GradTuneAutoMethod(**params, deployment_split="test").fit(biased, seed=0).diagnostics
+    with caplog.at_level("INFO", logger="gradtune"):
+        balanced = GradTuneAutoMethod(**params, deployment_split="test").fit(biased, seed=0).diagnostics
     assert not balanced["guard_kept_erm"]
+    assert not any("weighs the inferred groups equally" in r.getMessage() for r in caplog.records)
     for half in balanced["deployment_shares"]:
         minority = np.asarray(half["deployment"])[[1, 3]].sum()       # ids 2 * label + minority
         assert minority > 2 * np.asarray(half["validation"])[[1, 3]].sum()

@@ -225,7 +225,7 @@ class GradTuneAutoMethod(Method):
         rows (:func:`~gradtune.selection.shift.deployment_shares`) rather than equally: a
         repair must not lower the accuracy that deployment would show. With no shift (a
         no-shortcut problem) that is plain accuracy, which a trade of easy rows for hard
-        ones lowers. Off by default.
+        ones lowers. Off by default (a repair made without it says so in an INFO log).
     split_votes : int (odd), default=3
         Fits on different halvings of the validation rows (the bundle's halves, then
         class-stratified re-dealings while the outcome is open); the ERM head is replaced only
@@ -350,6 +350,9 @@ class GradTuneAutoMethod(Method):
                             int(self.split_votes), seed_streams(seed, *SEED_STREAMS).rng("splits"), str(self.votes_on))
         if result.diagnostics.get("guard_kept_erm"):
             _log.warning("gradtune-auto kept the ERM head: %s", result.diagnostics.get("guard_reason"))
+        elif self.deployment_split is None:   # the one assumption no validation statistic can check
+            _log.info("gradtune-auto repaired the head, judged as if deployment weighs the inferred groups equally; "
+                      "with unlabeled deployment rows, deployment_split judges it by their shares instead")
         return result
 
     def _fit_split(self, bundle: EmbeddingBundle, seed: int, twins: TwinsCache | None = None) -> MethodResult:
@@ -473,14 +476,11 @@ class GradTuneAutoMethod(Method):
             "judged_on": order[used],
             "erm_minority_accuracy": erm_minority_acc,
             "deployment_shares": [{"validation": v.tolist(), "deployment": d.tolist()} for v, d in shares],
-            "structure_auc": auc,
-            "twin_structure_auc": twin_auc,
+            "structure_auc": auc, "twin_structure_auc": twin_auc,
             "chosen_inference": chosen_inf,
-            "chosen_family": chosen.family,
-            "chosen_setting": chosen.setting,
+            "chosen_family": chosen.family, "chosen_setting": chosen.setting,
             "chosen_value": float(values[best]),
-            "erm_value": float(values[0]),
-            "refitted": refitted,
+            "erm_value": float(values[0]), "refitted": refitted,
             "guard_kept_erm": best == 0,
             "padded_veto": bad.tolist(), "minority_loss": lost.tolist(),   # refused before the guard; why
             "guard_reason": veto_reason(decision.reason, bad),
