@@ -68,6 +68,36 @@ def test_repair_equals_the_method_on_the_same_bundle() -> None:
     np.testing.assert_array_equal(model.body.weight.detach().numpy(), np.eye(8, dtype=np.float32))
 
 
+def test_unlabeled_deployment_rows_reach_the_guard() -> None:
+    b = make_spurious_bundle(n_train=300, n_heldout=200, n_selection=200, n_test=120, d=8, seed=1, align_eval=0.9)
+    val = np.isin(b.split, ("heldout", "selection"))
+    x, y = b.features[val], b.labels[val]
+    xd = b.features[b.split == "test"]
+    # bare tensors, one-tuples and mappings whose 'labels' could not be read as labels
+    dep = [torch.as_tensor(xd[:40]), (torch.as_tensor(xd[40:80]),),
+           {"x": torch.as_tensor(xd[80:]), "labels": torch.full((len(xd) - 80,), -7.5)}]
+
+    def encoder(inp: torch.Tensor) -> torch.Tensor:
+        return inp[:, :3] * 2.0
+
+    model = Net(b.head_weight, b.head_bias)
+    params = {**FAST, "audit_coverage": False}   # this problem's halves are too small to audit every class
+    res = gradtune.repair(model, _loader(x, y), method="gradtune-auto", params=params, encoder=encoder,
+                          deployment_loader=dep, layer="head", seed=2)
+    assert res.diagnostics["deployment_rows"] == "deployment_features"
+    assert res.diagnostics["n_deployment_rows"] == len(xd)
+    # the same method on a bundle built by hand: the layer's inputs (the body is the identity) as its rows
+    split = np.full(len(y), "val", dtype="<U9")
+    held, sel = split_heldout(np.arange(len(y)), 0)
+    split[held], split[sel] = "heldout", "selection"
+    ref_bundle = EmbeddingBundle(features=x, labels=y, split=split, encoder_features=x[:, :3] * 2.0,
+                                 head_weight=b.head_weight, head_bias=b.head_bias, n_classes=2,
+                                 deployment_features=xd)
+    ref = get_method("gradtune-auto", **params).fit(ref_bundle, seed=2)
+    np.testing.assert_allclose(model.head.weight.detach().numpy(), ref.model.weight, atol=1e-6)
+    assert res.diagnostics["deployment_shares"] == ref.diagnostics["deployment_shares"] != []
+
+
 def test_repair_errors() -> None:
     b = make_spurious_bundle(n_train=50, n_heldout=20, n_selection=20, d=4, seed=0)
     model = Net(b.head_weight, b.head_bias)

@@ -31,7 +31,7 @@ __all__ = ["repair"]
 def repair(model: nn.Module, heldout_loader: Any, *, method: str = "gradtune-auto",
            params: dict[str, Any] | None = None,
            encoder: nn.Module | Callable[..., Any] | None = None, encoder_pooling: Pooling = "auto",
-           train_loader: Any = None,
+           train_loader: Any = None, deployment_loader: Any = None,
            layer: nn.Linear | str | None = None, device: str | torch.device | None = None,
            seed: int = 0, split_seed: int = 0) -> MethodResult:
     """Repair ``model``'s last linear layer in place with a registered method.
@@ -65,6 +65,12 @@ def repair(model: nn.Module, heldout_loader: Any, *, method: str = "gradtune-aut
     train_loader : iterable of batches, optional
         Training rows (features and class labels only); ``gradtune-auto`` fits its
         group inference on them when given.
+    deployment_loader : iterable of batches, optional
+        Unlabeled rows from where the model is used: batches of inputs, ``(inputs, ...)``
+        or mappings (a ``labels`` entry, if any, is never read). ``gradtune-auto`` then
+        judges a repair by how these rows hold its inferred groups rather than as if
+        deployment weighed them equally; without them a repair of a problem with nothing
+        to repair can look as good as a real one (``deployment_split`` in its parameters).
     layer : nn.Linear or str, optional
         The layer to repair (a module or its name); default: the ``nn.Linear`` whose
         output is the model's logits, found by tracing one batch (see
@@ -88,7 +94,7 @@ def repair(model: nn.Module, heldout_loader: Any, *, method: str = "gradtune-aut
     lin, heldout_loader = resolve_output_layer(model, heldout_loader, layer, device=device)
     parts = [("heldout", heldout_loader)] + ([("train", train_loader)] if train_loader is not None else [])
     bundle = loaders_bundle(model, lin, parts, encoder=encoder, pooling=encoder_pooling, device=device,
-                            split_seed=split_seed)
+                            split_seed=split_seed, deployment=deployment_loader)
     result = build_method(method, params or {}).fit(bundle, seed=seed)
     if isinstance(result.model, LinearHead):
         if lin.bias is None and np.any(result.model.bias != 0):

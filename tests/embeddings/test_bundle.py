@@ -181,3 +181,28 @@ def test_encoder_features_round_trip_views_and_old_bundles(tmp_path):
 def test_bad_encoder_features_are_named(tmp_path, bad, message):
     with pytest.raises(BundleError, match=message):
         load_bundle(write(tmp_path, {**make_arrays(), "encoder_features": bad}))
+
+
+def test_deployment_features_round_trip_and_are_not_rows(tmp_path):
+    arrays = make_arrays()
+    assert load_bundle(write(tmp_path, arrays)).deployment_features is None
+    dep = np.random.default_rng(2).normal(size=(13, 5))
+    b = load_bundle(write(tmp_path, {**arrays, "deployment_features": dep}, "dep.npz"))
+    assert b.deployment_features.dtype == np.float32 and b.deployment_features.shape == (13, 5)
+    assert len(b.labels) == 40 and sum(len(b.view(s)) for s in ("train", "val", "test")) == 40
+    np.testing.assert_array_equal(b.resolve_heldout(seed=1).deployment_features, dep.astype(np.float32))
+    for path in (tmp_path / "copy.npz", tmp_path / "copydir"):
+        b.save(path)
+        np.testing.assert_array_equal(load_bundle(path).deployment_features, b.deployment_features)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((13, 4)), r"deployment_features must have shape \(M, 5\) with M > 0.*got \(13, 4\)"),
+    (np.zeros((0, 5)), r"deployment_features must have shape \(M, 5\) with M > 0"),
+    (np.zeros(5), r"deployment_features must have shape \(M, 5\)"),
+    (np.array([["a"] * 5] * 3), "deployment_features has dtype"),
+    (np.where(np.eye(6, 5) > 0, np.inf, 0.0), r"deployment_features contain NaN or infinite values in 5 row\(s\)"),
+])
+def test_bad_deployment_features_are_named(tmp_path, bad, message):
+    with pytest.raises(BundleError, match=message):
+        load_bundle(write(tmp_path, {**make_arrays(), "deployment_features": bad}))

@@ -11,6 +11,7 @@ from torch import nn
 
 from gradtune import GradTuneInputError
 from gradtune.embeddings.capture import (
+    batch_inputs,
     call_model,
     capture_features,
     find_output_layer,
@@ -30,6 +31,15 @@ def test_split_batch_mapping_tuple_and_errors() -> None:
         split_batch({"input_ids": x})
     with pytest.raises(GradTuneInputError, match="got Tensor"):
         split_batch(x)
+
+
+def test_unlabeled_batches_give_their_inputs_and_no_label_is_read() -> None:
+    x = torch.ones(3, 2)
+    assert batch_inputs(x) is x
+    assert batch_inputs((x,)) is x and batch_inputs([x, "anything"]) is x
+    assert set(batch_inputs({"input_ids": x, "labels": "not a label", "groups": None})) == {"input_ids"}
+    with pytest.raises(GradTuneInputError, match="empty sequence"):
+        batch_inputs(())
 
 
 def test_call_model_dispatch() -> None:

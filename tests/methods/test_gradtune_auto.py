@@ -397,7 +397,7 @@ def test_deployment_rows_are_read_for_their_features_only(biased: EmbeddingBundl
     assert got.diagnostics["deployment_shares"] == ref.diagnostics["deployment_shares"]
     halves = ref.diagnostics["deployment_shares"]
     assert len(halves) == 2 and all(sum(h["deployment"]) == pytest.approx(1.0) for h in halves)
-    # off by default: no share estimated
+    # none without deployment rows in the bundle: no share estimated
     assert GradTuneAutoMethod(**FAST, audit_coverage=False).fit(biased, seed=1).diagnostics["deployment_shares"] == []
 
 
@@ -423,11 +423,6 @@ def test_a_repair_must_pay_where_the_model_is_deployed(biased: EmbeddingBundle, 
     for half in balanced["deployment_shares"]:
         minority = np.asarray(half["deployment"])[[1, 3]].sum()       # ids 2 * label + minority
         assert minority > 2 * np.asarray(half["validation"])[[1, 3]].sum()
-
-
-def test_a_missing_deployment_split_is_named(biased: EmbeddingBundle) -> None:
-    with pytest.raises(BundleError, match="'deploy'"):
-        GradTuneAutoMethod(**FAST, deployment_split="deploy").fit(biased, seed=1)
 
 
 def test_the_guard_inputs_in_the_diagnostics_replay_the_fit(biased: EmbeddingBundle) -> None:

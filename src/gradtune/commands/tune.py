@@ -47,6 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the selection draw and the sampler")
     p.add_argument("--split-seed", type=int, default=0,
                    help="seed that halves 'val' rows into held-out/selection when the bundle has no 'heldout' rows")
+    p.add_argument("--deployment-features", default=None, metavar="FILE.npy",
+                   help="(M, d) features of unlabeled rows from where the model is used, the bundle's "
+                        "kind of features (numpy.save); gradtune-auto then judges a repair by how these rows "
+                        "hold its inferred groups, not as if deployment weighed them equally")
     add_force(p, "recompute even if --out holds a finished run")
     add_quiet(p)
     add_json(p)
@@ -151,7 +155,8 @@ def _run(args: argparse.Namespace) -> tuple[int, dict]:
     path = EXAMPLE if args.embeddings == "example" else Path(args.embeddings)
     params = method_params(args)
     outcome = tune_bundle(path, args.out, method=args.method, method_params=params, seed=args.seed,
-                          split_seed=args.split_seed, fit_erm_head=args.fit_erm_head, force=args.force)
+                          split_seed=args.split_seed, fit_erm_head=args.fit_erm_head, force=args.force,
+                          deployment_features=args.deployment_features)
     metrics_path = Path(args.out) / "metrics.json"
     head_path = Path(args.out) / "head.npz"
     written = json.loads(json.dumps(outcome.result, default=jsonable))  # as written, not re-read: another

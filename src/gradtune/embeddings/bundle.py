@@ -24,6 +24,10 @@ name                     shape       meaning
 ``head_bias``            (C,)        optional, its bias
 ``groups``               (N,)        optional, int group ids (evaluation only)
 ``attributes``           (N,)        optional, int spurious attribute
+``deployment_features``  (M, d)      optional, float, finite: features of unlabeled rows from
+                                     where the model is deployed (no labels, no split; only
+                                     ``gradtune-auto``'s guard reads them, for the shares of
+                                     its inferred groups there)
 ``n_classes``            ()          optional, int C (else inferred)
 ``class_names``          (C,)        optional, str
 ``group_names``          (G,)        optional, str
@@ -56,7 +60,7 @@ FORMAT_VERSION = 1
 SPLIT_NAMES = ("train", "val", "heldout", "selection", "test")
 _REQUIRED = ("features", "labels", "split")
 _OPTIONAL = ("logits", "early_logits", "encoder_features", "head_weight", "head_bias", "groups", "attributes",
-             "n_classes", "class_names", "group_names")
+             "deployment_features", "n_classes", "class_names", "group_names")
 _KNOWN = ("format_version", "meta_json") + _REQUIRED + _OPTIONAL
 _HASH_KEY = "content_sha256"
 
@@ -110,6 +114,7 @@ class EmbeddingBundle:
     head_bias: np.ndarray | None = None
     groups: np.ndarray | None = None
     attributes: np.ndarray | None = None
+    deployment_features: np.ndarray | None = None
     n_classes: int | None = None
     class_names: list[str] | None = None
     group_names: list[str] | None = None
@@ -267,13 +272,17 @@ def _validate(b: EmbeddingBundle) -> None:
             raise BundleError(f"{name} has dtype {a.dtype}; expected {'numbers' if 'f' in kinds else 'integers'}")
         return a
 
-    feats = arr("features", b.features, "fiu")
-    if feats.ndim != 2 or feats.shape[0] == 0 or feats.shape[1] == 0:
-        raise BundleError(f"features must have shape (N, d) with N, d > 0, got {feats.shape}")
-    if not np.isfinite(feats).all():
-        rows = int((~np.isfinite(feats)).any(axis=1).sum())
-        raise BundleError(f"features contain NaN or infinite values in {rows} row(s)")
-    b.features = feats.astype(np.float32, copy=False)
+    def matrix(name: str, value, ok, shape: str) -> np.ndarray:
+        """A finite float32 2-D array whose (rows, cols) pass ``ok``; else an error giving ``shape``."""
+        a = arr(name, value, "fiu")
+        if a.ndim != 2 or not ok(*a.shape):
+            raise BundleError(f"{name} must have shape {shape}, got {a.shape}")
+        if not np.isfinite(a).all():
+            rows = int((~np.isfinite(a)).any(axis=1).sum())
+            raise BundleError(f"{name} contain NaN or infinite values in {rows} row(s)")
+        return a.astype(np.float32, copy=False)
+
+    feats = b.features = matrix("features", b.features, lambda r, c: r > 0 and c > 0, "(N, d) with N, d > 0")
     n, d = feats.shape
 
     labels = arr("labels", b.labels, "biuf")
@@ -300,14 +309,12 @@ def _validate(b: EmbeddingBundle) -> None:
     b.split = split
 
     if b.encoder_features is not None:
-        enc = arr("encoder_features", b.encoder_features, "fiu")
-        if enc.ndim != 2 or enc.shape[0] != n or enc.shape[1] == 0:
-            raise BundleError(f"encoder_features must have shape ({n}, e) with e > 0 to match "
-                              f"features, got {enc.shape}")
-        if not np.isfinite(enc).all():
-            rows = int((~np.isfinite(enc)).any(axis=1).sum())
-            raise BundleError(f"encoder_features contain NaN or infinite values in {rows} row(s)")
-        b.encoder_features = enc.astype(np.float32, copy=False)
+        b.encoder_features = matrix("encoder_features", b.encoder_features, lambda r, c: r == n and c > 0,
+                                    f"({n}, e) with e > 0 to match features")
+    if b.deployment_features is not None:
+        b.deployment_features = matrix("deployment_features", b.deployment_features, lambda r, c: r > 0 and c == d,
+                                       f"(M, {d}) with M > 0: unlabeled rows with the same {d} features as the "
+                                       "labeled ones")
 
     c = b.n_classes if b.n_classes is not None else None
     for name in ("logits", "early_logits"):

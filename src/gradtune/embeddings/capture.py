@@ -31,7 +31,7 @@ from gradtune.embeddings.pooling import Pooling, pool_encoder_output
 from gradtune.models.classifier import find_last_linear, named_linear, unwrap_model
 
 __all__ = ["find_last_linear", "find_output_layer", "resolve_output_layer", "capture_features", "loaders_bundle",
-           "split_batch", "call_model", "logits_of", "capture_batches"]
+           "split_batch", "batch_inputs", "call_model", "logits_of", "capture_batches"]
 
 LABEL_KEYS = ("labels", "label", "y")
 _NON_INPUT_KEYS = (*LABEL_KEYS, "groups", "group")
@@ -65,6 +65,18 @@ def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
     raise GradTuneInputError(
         "each batch must be (inputs, labels, ...) or a mapping with a 'labels' key; got "
         f"{type(batch).__name__}")
+
+
+def batch_inputs(batch: Any) -> Any:
+    """The model's inputs from one batch of unlabeled rows: a mapping's entries but labels and
+    groups (present or not, never read), a sequence's first entry, or the batch itself."""
+    if isinstance(batch, Mapping):
+        return {k: v for k, v in batch.items() if k not in _NON_INPUT_KEYS}
+    if isinstance(batch, (tuple, list)):
+        if not batch:
+            raise GradTuneInputError("an unlabeled batch is an empty sequence; give (inputs, ...) or the inputs")
+        return batch[0]
+    return batch
 
 
 def _to(x: Any, device: torch.device) -> Any:
@@ -236,14 +248,15 @@ def capture_features(model: nn.Module, loader: Any, layer: nn.Linear | str | Non
 
 @torch.no_grad()
 def capture_batches(model: nn.Module, loader: Any, layer: nn.Linear, *, device: str | torch.device | None = None,
-                    encoder: Any = None, pooling: Pooling = "auto"
+                    encoder: Any = None, pooling: Pooling = "auto", labeled: bool = True,
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One eval-mode pass of ``model`` (and ``encoder``) over ``loader``, hooking ``layer``.
+    ``labeled=False``: the batches are unlabeled rows (:func:`batch_inputs`), no label is read.
 
     Returns
     -------
     features : (N, d) float32, the inputs of ``layer``; logits : (N, C), its outputs;
-    labels : (N,) int64; encoder_features : (N, e) float32, ``encoder(inputs)`` (a module
+    labels : (N,) int64 (empty when unlabeled); encoder_features : (N, e) float32, ``encoder(inputs)`` (a module
     or callable) reduced to one row per sample by ``pooling`` (see
     :func:`gradtune.embeddings.pooling.pool_encoder_output`: a (B, e) tensor as is, else
     ``pooler_output``, else the attention-mask-weighted mean of ``last_hidden_state``),
@@ -265,7 +278,7 @@ def capture_batches(model: nn.Module, loader: Any, layer: nn.Linear, *, device: 
         m.eval()
     try:
         for batch in loader:
-            x, y = split_batch(batch)
+            x, y = split_batch(batch) if labeled else (batch_inputs(batch), None)
             xd = _to(x, device)
             before = len(feats)
             call_model(model, xd)
@@ -281,15 +294,17 @@ def capture_batches(model: nn.Module, loader: Any, layer: nn.Linear, *, device: 
                         f"the encoder gave {enc[0].shape[1]} features per row on the first batch and "
                         f"{e.shape[1]} on a later one; pass pooling= a callable that returns a fixed width")
                 enc.append(e)
-            labels.append(torch.as_tensor(y).reshape(-1).cpu())
+            if y is not None:
+                labels.append(torch.as_tensor(y).reshape(-1).cpu())
     finally:
         handle.remove()
         for m, mode in modes:
             m.train(mode)
     if not feats:
         raise GradTuneInputError("the loader yielded no batches")
-    f, z, y = torch.cat(feats), torch.cat(outs), as_label_tensor(torch.cat(labels), "the loader's labels")
-    if y.shape[0] != f.shape[0]:
+    f, z = torch.cat(feats), torch.cat(outs)
+    y = as_label_tensor(torch.cat(labels), "the loader's labels") if labeled else torch.zeros(0, dtype=torch.int64)
+    if labeled and y.shape[0] != f.shape[0]:
         raise GradTuneInputError(f"the loader gave {y.shape[0]} labels for {f.shape[0]} samples")
     e_all = torch.cat(enc) if encoder is not None else None
     if e_all is not None and e_all.shape[0] != f.shape[0]:
@@ -299,13 +314,15 @@ def capture_batches(model: nn.Module, loader: Any, layer: nn.Linear, *, device: 
 
 def loaders_bundle(model: nn.Module, layer: nn.Linear, parts: list[tuple[str, Iterable[Any]]], *,
                    encoder: Any = None, pooling: Pooling = "auto", device: str | torch.device | None = None,
-                   split_seed: int = 0) -> Any:
+                   split_seed: int = 0, deployment: Iterable[Any] | None = None) -> Any:
     """An :class:`~gradtune.embeddings.bundle.EmbeddingBundle` of ``model`` on named loaders.
 
     ``parts`` is ``[("heldout", loader), ("train", loader)?]``: the held-out rows come first
     and are halved by ``split_seed`` into ``heldout`` / ``selection``; training rows follow.
     ``features`` (N, d) are ``layer``'s inputs, the head is ``layer``'s weight (C, d) and bias
     (C,) (zeros without one), ``encoder_features`` (N, e) the pooled ``encoder`` output.
+    ``deployment``: a loader of unlabeled rows from deployment, whose ``layer`` inputs become
+    ``deployment_features`` (M, d) (a label in its batches is never read).
     """
     import numpy as np
 
@@ -331,6 +348,8 @@ def loaders_bundle(model: nn.Module, layer: nn.Linear, parts: list[tuple[str, It
     w = layer.weight.detach().float().cpu().numpy()
     b = (layer.bias.detach().float().cpu().numpy() if layer.bias is not None
          else np.zeros(w.shape[0], dtype=np.float32))
+    dep = None if deployment is None else capture_batches(model, deployment, layer, device=device,
+                                                          labeled=False)[0].numpy()
     return EmbeddingBundle(features=np.concatenate(feats), labels=np.concatenate(labels), split=split_arr,
-                           encoder_features=np.concatenate(encs) if encs else None,
+                           encoder_features=np.concatenate(encs) if encs else None, deployment_features=dep,
                            head_weight=w, head_bias=b, n_classes=int(w.shape[0]))

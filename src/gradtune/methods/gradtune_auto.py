@@ -3,9 +3,8 @@
 Where the held-out set carries the training bias (CelebA's, MultiNLI's and
 CivilComments' validation sets), GradTune's top-norm set is only partly minority and
 fine-tuning on it can lower worst-group accuracy. ``gradtune-auto`` infers groups without
-labels, fits repairs on them, and keeps the ERM head unless a repair is better on
-evidence the inference cannot rig. No step reads a group label, an attribute or a test row
-(``deployment_split`` may name a split whose features, and nothing else, are read).
+labels, fits repairs on them, and keeps the ERM head unless a repair is better on evidence
+the inference cannot rig. No step reads a group label, an attribute or a deployment row's label.
 
 1. **Group inference** (:func:`~gradtune.methods.inferred.bundle_pseudo_groups`): XRM
    twins fitted on the ``train`` rows (the ``heldout`` rows when the bundle has no
@@ -34,7 +33,7 @@ evidence the inference cannot rig. No step reads a group label, an attribute or 
    ``margin`` (``gain_quantile``) and on each half by ``confirm_z`` standard errors,
    (b) lose at most ``max_balanced_drop`` of class-balanced accuracy and raise the mean accuracy
    over the pseudo-groups by at least ``-max_pseudo_drop`` (3 points; weighted by their
-   estimated share among unlabeled rows of ``deployment_split`` when given,
+   estimated share among unlabeled deployment rows when there are any,
    :mod:`gradtune.selection.shift`), (c) classify at least ``min_repaired_accuracy x 2 /
    C`` of every cell correctly. The best allowed value wins
    (:func:`~gradtune.selection.guard.guard_choice`; its inputs are kept in
@@ -77,6 +76,7 @@ from gradtune.methods.auto_crossfit import (
     refused,
     veto_reason,
 )
+from gradtune.methods.auto_deployment import DEPLOYMENT_CHOICES, UNWEIGHTED, deployment_rows
 from gradtune.methods.auto_inference import auto_pseudo_groups
 from gradtune.methods.auto_judge import CELL_ORDER, VALUE_CELLS, judged_record
 from gradtune.methods.auto_votes import VOTES_ON, split_vote
@@ -220,12 +220,12 @@ class GradTuneAutoMethod(Method):
         Optional pre-check: keep the ERM head when it gets fewer than this share of the first
         inference's minority right (0: off; it refused real repairs on the stress suite).
     deployment_split : str or None, default=None
-        A bundle split of unlabeled deployment rows (only features are read). Then
-        ``max_pseudo_drop`` weights each pseudo-group by its estimated share among those
-        rows (:func:`~gradtune.selection.shift.deployment_shares`) rather than equally: a
-        repair must not lower the accuracy that deployment would show. With no shift (a
-        no-shortcut problem) that is plain accuracy, which a trade of easy rows for hard
-        ones lowers. Off by default (a repair made without it says so in an INFO log).
+        Unlabeled deployment rows, features only (:mod:`~gradtune.methods.auto_deployment`): None,
+        the bundle's ``deployment_features`` if any; a split's rows (labels unread); ``"off"``.
+        ``max_pseudo_drop`` then weights each pseudo-group by its estimated share there
+        (:func:`~gradtune.selection.shift.deployment_shares`), not equally: with no shift (no
+        shortcut) that is plain accuracy, which a trade of easy rows for hard ones lowers.
+        A repair made without them says so in an INFO log.
     split_votes : int (odd), default=3
         Fits on different halvings of the validation rows (the bundle's halves, then
         class-stratified re-dealings while the outcome is open); the ERM head is replaced only
@@ -291,8 +291,9 @@ class GradTuneAutoMethod(Method):
                                         "rows the ERM head gets right (None: off)", kind="float", ge=0, le=1, optional=True)
     rare_class_share: float = param(0.5, "pad_regions skips a class under this share of 1 / n_classes", ge=0, le=1)
     min_erm_minority_accuracy: float = param(0.0, "optional pre-check on the ERM head (0: off)", ge=0, le=1)
-    deployment_split: str | None = param(None, "a bundle split of unlabeled deployment rows: max_pseudo_drop then "
-                                               "weights the pseudo-groups by their estimated share there", kind="str")
+    deployment_split: str | None = param(None, "unlabeled deployment rows (None: the bundle's deployment_features if "
+                                               "any; a split; 'off'): max_pseudo_drop then weights the pseudo-groups "
+                                               "by their estimated share there", kind="str", choices=DEPLOYMENT_CHOICES)
     split_votes: int = param(3, "fits on different halvings of the validation rows; the majority decides (odd)", ge=1)
     votes_on: str = param("repairs", "put every decision to the vote, or only a repair", choices=VOTES_ON)
 
@@ -346,13 +347,14 @@ class GradTuneAutoMethod(Method):
 
     def fit(self, bundle: EmbeddingBundle, *, seed: int) -> MethodResult:
         seed, twins = check_positive_int(seed, "seed", allow_zero=True), TwinsCache()   # twins of the train rows
+        source, rows = deployment_rows(bundle, self.deployment_split)   # a missing split fails before any fit
         result = split_vote(lambda b: self._fit_split(b, seed, twins), bundle, self._fit_split(bundle, seed, twins),
                             int(self.split_votes), seed_streams(seed, *SEED_STREAMS).rng("splits"), str(self.votes_on))
+        result.diagnostics.update(deployment_rows=source, n_deployment_rows=0 if rows is None else len(rows))
         if result.diagnostics.get("guard_kept_erm"):
             _log.warning("gradtune-auto kept the ERM head: %s", result.diagnostics.get("guard_reason"))
-        elif self.deployment_split is None:   # the one assumption no validation statistic can check
-            _log.info("gradtune-auto repaired the head, judged as if deployment weighs the inferred groups equally; "
-                      "with unlabeled deployment rows, deployment_split judges it by their shares instead")
+        elif source is None:   # the one assumption no validation statistic can check
+            _log.info(UNWEIGHTED)
         return result
 
     def _fit_split(self, bundle: EmbeddingBundle, seed: int, twins: TwinsCache | None = None) -> MethodResult:
@@ -366,7 +368,7 @@ class GradTuneAutoMethod(Method):
                                    "not reveal the shortcut it learned, so no repair is attempted (store a "
                                    "frozen encoder's features, or pass features='features' to infer from the "
                                    "head's inputs anyway)")
-        x_dep = None if self.deployment_split is None else bundle.view(str(self.deployment_split)).features
+        x_dep = deployment_rows(bundle, self.deployment_split)[1]
         streams = seed_streams(seed, *SEED_STREAMS)
         xrm_config = XRMConfig(n_steps=int(self.xrm_steps)) if self.xrm_recipe == "default" else XRM_CONFIGS[
             self.xrm_recipe]
@@ -467,8 +469,7 @@ class GradTuneAutoMethod(Method):
                 model = reweight_head(x_all, y_all, g_all, chosen.setting, n_classes, streams.integer("solver"))
         bounds = [None] * len(pairs) if lower is None else [float(x) for x in lower]
         diag = {
-            "pseudo_groups": info,
-            "inferences": list(inferences),
+            "pseudo_groups": info, "inferences": list(inferences),
             "pseudo_group_counts": {k: half_counts(*g, 2 * n_classes) for k, g in inferences.items()},
             "audit_counts": half_counts(audit_held, audit_sel, 2 * n_classes),
             "value_cells": self.value_cells,
@@ -480,8 +481,7 @@ class GradTuneAutoMethod(Method):
             "chosen_inference": chosen_inf,
             "chosen_family": chosen.family, "chosen_setting": chosen.setting,
             "chosen_value": float(values[best]),
-            "erm_value": float(values[0]), "refitted": refitted,
-            "guard_kept_erm": best == 0,
+            "erm_value": float(values[0]), "refitted": refitted, "guard_kept_erm": best == 0,
             "padded_veto": bad.tolist(), "minority_loss": lost.tolist(),   # refused before the guard; why
             "guard_reason": veto_reason(decision.reason, bad),
             "guard_inputs": records[0],   # selection.guard.replay_guard(s) decide again under other thresholds

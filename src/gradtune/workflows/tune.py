@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from gradtune._errors import DivergenceError, GradTuneInputError, ensure_output_dir, writing
-from gradtune._io import load_run_manifest, output_lock, save_run_outputs
+from gradtune._io import file_digest, load_run_manifest, output_lock, save_run_outputs
 from gradtune._validation import check_training_rows
 from gradtune.embeddings.bundle import EmbeddingBundle, load_bundle_digest
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
@@ -27,7 +27,7 @@ from gradtune.methods.base import LinearHead, erm_head
 from gradtune.methods.tuning import build_method
 from gradtune.metrics.accuracy import evaluate
 
-__all__ = ["TuneOutcome", "tune_bundle", "erm_head_or_fit", "evaluate_heads"]
+__all__ = ["TuneOutcome", "tune_bundle", "erm_head_or_fit", "evaluate_heads", "read_deployment_features"]
 
 METRICS = "metrics.json"
 HEAD = "head.npz"
@@ -98,6 +98,25 @@ def _stored(out: Path, digest: str, params: dict) -> dict | None:
     return done
 
 
+def read_deployment_features(path: str | Path) -> tuple[np.ndarray, str]:
+    """The (M, d) array of a ``.npy`` file of unlabeled deployment rows' features, and the
+    sha256 of its bytes (read without pickle; its shape is checked against the bundle's)."""
+    path = Path(path)
+    if not path.is_file():
+        raise GradTuneInputError(f"--deployment-features {str(path)!r} is not a file: save the (M, d) features of "
+                                 "unlabeled rows from deployment with numpy.save(FILE.npy, array)")
+    digest = file_digest(path)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise GradTuneInputError(f"--deployment-features {str(path)!r} is not a readable .npy array of numbers "
+                                 f"({err}); save it with numpy.save(FILE.npy, array) (no pickled objects)") from None
+    if not isinstance(arr, np.ndarray):
+        raise GradTuneInputError(f"--deployment-features {str(path)!r} holds an archive of arrays; give one .npy "
+                                 "array of shape (M, d)")
+    return arr, digest
+
+
 def _head_arrays(head: LinearHead) -> dict[str, np.ndarray]:
     """The arrays of ``head.npz``; a head with non-finite values fails the run."""
     arrays = {"weight": np.asarray(head.weight), "bias": np.asarray(head.bias)}
@@ -124,7 +143,8 @@ def _set_summary(diag: dict[str, Any]) -> dict[str, Any]:
 
 def tune_bundle(path: str | Path, out: str | Path, *, method: str = "gradtune",
                 method_params: dict[str, Any] | None = None, seed: int = 0, split_seed: int = 0,
-                fit_erm_head: bool = False, force: bool = False) -> TuneOutcome:
+                fit_erm_head: bool = False, force: bool = False,
+                deployment_features: str | Path | None = None) -> TuneOutcome:
     """Run ``method`` on the bundle at ``path`` and write its results to ``out``.
 
     Parameters
@@ -145,13 +165,25 @@ def tune_bundle(path: str | Path, out: str | Path, *, method: str = "gradtune",
         Fit a class-balanced linear head on the train rows when the bundle has none.
     force : bool
         Recompute even if ``out`` holds this run.
+    deployment_features : path, optional
+        A ``.npy`` file of (M, d) features of unlabeled rows from deployment (the same
+        features as the bundle's), added to the bundle as its ``deployment_features``
+        (read by ``gradtune-auto``'s guard); the file's digest joins the run's identity.
     """
     path, out = Path(path), Path(out)
     runner = build_method(method, dict(method_params or {}))
     params = {"method": method, "method_params": runner.params(), "seed": seed,
               "split_seed": split_seed, "fit_erm_head": fit_erm_head}
     _refuse_overlap(path, out)
+    dep = None
+    if deployment_features is not None:
+        dep, params["deployment_features_sha256"] = read_deployment_features(deployment_features)
     bundle, digest = load_bundle_digest(path)  # one read: the digest is of the bytes loaded
+    if dep is not None:
+        try:
+            bundle = replace(bundle, deployment_features=dep)
+        except GradTuneInputError as err:
+            raise GradTuneInputError(f"--deployment-features {str(deployment_features)!r}: {err}") from None
     ensure_output_dir(out)
     if not force:
         done = _stored(out, digest, params)
