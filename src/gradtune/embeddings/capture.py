@@ -256,8 +256,8 @@ def capture_batches(model: nn.Module, loader: Any, layer: nn.Linear, *, device: 
     Returns
     -------
     features : (N, d) float32, the inputs of ``layer``; logits : (N, C), its outputs;
-    labels : (N,) int64 (empty when unlabeled); encoder_features : (N, e) float32, ``encoder(inputs)`` (a module
-    or callable) reduced to one row per sample by ``pooling`` (see
+    labels : (N,) int64 (empty when unlabeled); encoder_features : (N, e) float32,
+    ``encoder(inputs)`` (a module or callable) reduced to one row per sample by ``pooling`` (see
     :func:`gradtune.embeddings.pooling.pool_encoder_output`: a (B, e) tensor as is, else
     ``pooler_output``, else the attention-mask-weighted mean of ``last_hidden_state``),
     or None without an encoder. All on the CPU; train/eval modes are restored.

@@ -56,4 +56,3 @@ def deployment_rows(bundle: EmbeddingBundle, spec: str | None) -> tuple[str | No
     if source == "deployment_features":
         return source, bundle.deployment_features
     return source, bundle.view(source).features
-
