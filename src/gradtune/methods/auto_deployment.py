@@ -44,7 +44,8 @@ def deployment_source(bundle: EmbeddingBundle, spec: str | None) -> str | None:
                                  f"'off' or a split name {list(SPLIT_NAMES)}, got {spec!r}")
     if spec == DEPLOYMENT_OFF:
         return None
-    bundle.view(spec)   # raises, naming the splits present, when the split has no rows
+    if not bundle.has_split(spec):
+        bundle.view(spec)   # raises, naming the splits present
     return spec
 
 

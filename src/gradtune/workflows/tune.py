@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from gradtune._errors import DivergenceError, GradTuneInputError, ensure_output_dir, writing
-from gradtune._io import file_digest, load_run_manifest, output_lock, save_run_outputs
+from gradtune._io import load_run_manifest, output_lock, save_run_outputs
 from gradtune._validation import check_training_rows
 from gradtune.embeddings.bundle import EmbeddingBundle, load_bundle_digest
+from gradtune.embeddings.cache import hash_array
 from gradtune.finetune.linear import FinetuneConfig, finetune_linear
 from gradtune.methods.base import LinearHead, erm_head
 from gradtune.methods.tuning import build_method
@@ -99,13 +100,12 @@ def _stored(out: Path, digest: str, params: dict) -> dict | None:
 
 
 def read_deployment_features(path: str | Path) -> tuple[np.ndarray, str]:
-    """The (M, d) array of a ``.npy`` file of unlabeled deployment rows' features, and the
-    sha256 of its bytes (read without pickle; its shape is checked against the bundle's)."""
+    """The array of a ``.npy`` file of unlabeled deployment rows' features (read once, without
+    pickle; the bundle checks its shape when it takes it), and the sha256 of its content."""
     path = Path(path)
     if not path.is_file():
         raise GradTuneInputError(f"--deployment-features {str(path)!r} is not a file: save the (M, d) features of "
                                  "unlabeled rows from deployment with numpy.save(FILE.npy, array)")
-    digest = file_digest(path)
     try:
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
@@ -114,7 +114,7 @@ def read_deployment_features(path: str | Path) -> tuple[np.ndarray, str]:
     if not isinstance(arr, np.ndarray):
         raise GradTuneInputError(f"--deployment-features {str(path)!r} holds an archive of arrays; give one .npy "
                                  "array of shape (M, d)")
-    return arr, digest
+    return arr, hash_array(arr)
 
 
 def _head_arrays(head: LinearHead) -> dict[str, np.ndarray]:
